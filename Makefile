@@ -1,0 +1,43 @@
+# xapi-stream — two commands on a fresh machine:
+#   make demo   start a private Redis, the Webex simulator and the engine; show data arriving
+#   make test   every test (fmt, clippy, unit, integration against a real redis-server)
+SHELL := /bin/bash
+CARGO ?= cargo
+NEXTEST := $(shell command -v cargo-nextest 2>/dev/null)
+
+.PHONY: demo test deps build fmt-check clippy unit check-deploy clean
+
+## Install what a fresh machine lacks (redis-server from Debian's packages).
+deps:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo ">> installing redis-server (apt-get)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
+	@command -v redis-server >/dev/null 2>&1 || { echo "redis-server is required"; exit 1; }
+	@redis-server --version
+
+build:
+	$(CARGO) build --release --bin xapi-stream
+
+demo: deps build
+	./target/release/xapi-stream demo
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --all-targets -- -D warnings
+
+## Build every test once, then run them in parallel (each test has its own key prefix;
+## fault tests their own redis-server).
+unit: deps
+ifdef NEXTEST
+	$(CARGO) nextest run --workspace --no-fail-fast
+else
+	$(CARGO) test --workspace --no-fail-fast
+endif
+
+test: deps fmt-check clippy unit
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,256 @@
+//! The engine's configuration types: serde structs mirroring `config/default.toml`, with one
+//! `validate()` step holding every cross-field rule. Loading (file + environment layering)
+//! lives in the binary; this module is pure so every component can take `&Config`.
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde::Deserialize;
+
+use crate::secret::Secret;
+
+/// The whole configuration. Every section rejects unknown keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub integration: IntegrationConfig,
+    pub webex: WebexConfig,
+    pub activation: ActivationConfig,
+    pub redis: RedisConfig,
+    pub security: SecurityConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub bind: String,
+    pub public_url: String,
+    pub admin_token: Secret,
+    pub max_body_bytes: usize,
+    pub shutdown_grace_secs: u64,
+    pub workers: usize,
+}
+
+/// What the activation PATCH asks Webex for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IngestMode {
+    Webhook,
+    Queue,
+    Both,
+}
+
+impl IngestMode {
+    pub fn webhook(self) -> bool {
+        matches!(self, Self::Webhook | Self::Both)
+    }
+    pub fn queue(self) -> bool {
+        matches!(self, Self::Queue | Self::Both)
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Webhook => "webhook",
+            Self::Queue => "queue",
+            Self::Both => "both",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntegrationConfig {
+    pub app_id: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub ingest: IngestMode,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebexConfig {
+    pub jwks: BTreeMap<String, String>,
+    pub default_region: String,
+    pub gov_region: String,
+    pub allow_http: bool,
+    pub http_timeout_secs: u64,
+    pub jwks_refetch_cooldown_secs: u64,
+    pub jwks_max_age_secs: u64,
+}
+
+impl WebexConfig {
+    pub fn http_timeout(&self) -> Duration {
+        Duration::from_secs(self.http_timeout_secs)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActivationConfig {
+    pub auto_complete: bool,
+    pub pending_ttl_secs: u64,
+    pub purge_streams_on_deprovision: bool,
+    /// Seconds between two reads of each tenant's appUrl (jittered ±10 %).
+    pub reconcile_interval_secs: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    pub url: Secret,
+    pub key_prefix: String,
+    pub stream_maxlen: u64,
+    pub command_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityConfig {
+    pub encryption_key: Secret,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Auto,
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+/// A configuration value that breaks a rule: names the key so the operator can fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+fn err(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Length of the AES-256 key behind `security.encryption_key`.
+pub const ENCRYPTION_KEY_LEN: usize = 32;
+
+impl Config {
+    /// Every rule that serde's types cannot express, checked once before anything starts.
+    /// Returns the first broken rule (one clear line is what an operator needs).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.server
+            .bind
+            .parse::<SocketAddr>()
+            .map_err(|e| err("server.bind", format!("not a socket address ({e})")))?;
+        check_url("server.public_url", &self.server.public_url, true)?;
+        if self.server.max_body_bytes < 1024 {
+            return Err(err("server.max_body_bytes", "must be at least 1024"));
+        }
+        if self.server.shutdown_grace_secs == 0 {
+            return Err(err("server.shutdown_grace_secs", "must be at least 1"));
+        }
+        if uuid::Uuid::parse_str(&self.integration.app_id).is_err() {
+            return Err(err(
+                "integration.app_id",
+                "must be the manifest id (a UUID)",
+            ));
+        }
+        if self.webex.jwks.is_empty() {
+            return Err(err("webex.jwks", "must name at least one region"));
+        }
+        for (region, url) in &self.webex.jwks {
+            check_url(&format!("webex.jwks.{region}"), url, self.webex.allow_http)?;
+        }
+        if !self.webex.jwks.contains_key(&self.webex.default_region) {
+            return Err(err("webex.default_region", "is not a key of webex.jwks"));
+        }
+        if !self.webex.jwks.contains_key(&self.webex.gov_region) {
+            return Err(err("webex.gov_region", "is not a key of webex.jwks"));
+        }
+        if self.activation.reconcile_interval_secs.is_nan() || self.activation.reconcile_interval_secs < 0.05 {
+            return Err(err(
+                "activation.reconcile_interval_secs",
+                "must be at least 0.05",
+            ));
+        }
+        if self.webex.http_timeout_secs == 0 {
+            return Err(err("webex.http_timeout_secs", "must be at least 1"));
+        }
+        let redis_url = self.redis.url.expose();
+        if !(redis_url.starts_with("redis://") || redis_url.starts_with("rediss://")) {
+            return Err(err("redis.url", "must start with redis:// or rediss://"));
+        }
+        if self.redis.key_prefix.is_empty()
+            || self
+                .redis
+                .key_prefix
+                .chars()
+                .any(|c| c.is_whitespace() || c == '{' || c == '}')
+        {
+            return Err(err(
+                "redis.key_prefix",
+                "must be non-empty, without spaces or braces",
+            ));
+        }
+        if self.redis.command_timeout_ms == 0 {
+            return Err(err("redis.command_timeout_ms", "must be at least 1"));
+        }
+        self.encryption_key()?;
+        Ok(())
+    }
+
+    /// The decoded `security.encryption_key`.
+    pub fn encryption_key(&self) -> Result<[u8; ENCRYPTION_KEY_LEN], ConfigError> {
+        const KEY: &str = "security.encryption_key";
+        let raw = self.security.encryption_key.expose();
+        if raw.is_empty() {
+            return Err(err(
+                KEY,
+                "required: base64 of 32 random bytes (head -c32 /dev/urandom | base64)",
+            ));
+        }
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(raw.trim())
+            .map_err(|_| err(KEY, "is not valid base64"))?;
+        bytes
+            .try_into()
+            .map_err(|b: Vec<u8>| err(KEY, format!("must decode to 32 bytes, got {}", b.len())))
+    }
+
+    /// The listen address (validated).
+    pub fn bind_addr(&self) -> SocketAddr {
+        self.server
+            .bind
+            .parse()
+            .expect("validated in Config::validate")
+    }
+
+    /// `server.public_url` without a trailing slash, ready for joining paths.
+    pub fn public_base(&self) -> &str {
+        self.server.public_url.trim_end_matches('/')
+    }
+}
+
+fn check_url(key: &str, value: &str, allow_http: bool) -> Result<(), ConfigError> {
+    let url = url::Url::parse(value).map_err(|e| err(key, format!("not a URL ({e})")))?;
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if allow_http => Ok(()),
+        "http" => Err(err(
+            key,
+            "must be https (set webex.allow_http for simulators)",
+        )),
+        other => Err(err(key, format!("unsupported scheme {other}"))),
+    }
+}

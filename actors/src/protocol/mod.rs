@@ -1,0 +1,4 @@
+//! Pure protocol rules: everything here is deterministic and free of I/O so it can be read and
+//! tested in isolation.
+pub mod manifest;
+pub mod tracking;

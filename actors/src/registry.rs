@@ -1,0 +1,212 @@
+//! The tenant registry: tenant id → [`TenantHandle`]. It activates organizations (one at a time
+//! per organization, any number in parallel), resumes every stored tenant at start-up, and
+//! spreads tenant supervisors over a small pool of arbiters (threads).
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use actix::{Actor, Arbiter};
+use chrono::Utc;
+use dashmap::DashMap;
+
+use crate::protocol::jwt::ActivationClaims;
+use crate::store::StoreError;
+use crate::store::tenants::{ProvisioningState, StoredTenant, TenantRecord, TenantSecrets, TokensState};
+use crate::tenant::{Deps, TenantHandle, TenantShared, TenantSupervisor, TokenKeeper};
+
+/// Why an activation could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    #[error("storage unavailable: {0}")]
+    Store(#[from] StoreError),
+    #[error("the tenant record changed concurrently; try again")]
+    Conflict,
+}
+
+/// All tenants of this engine.
+pub struct Registry {
+    deps: Arc<Deps>,
+    by_id: DashMap<String, TenantHandle>,
+    /// Serializes activations of one organization (re-activation stops the old supervisor).
+    org_locks: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    arbiters: Vec<Arbiter>,
+    next: AtomicUsize,
+}
+
+impl Registry {
+    /// A registry whose supervisors run on `threads` arbiters (at least one).
+    pub fn new(deps: Arc<Deps>, threads: usize) -> Self {
+        Self {
+            deps,
+            by_id: DashMap::new(),
+            org_locks: DashMap::new(),
+            arbiters: (0..threads.max(1)).map(|_| Arbiter::new()).collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn deps(&self) -> &Arc<Deps> {
+        &self.deps
+    }
+
+    pub fn get(&self, tenant_id: &str) -> Option<TenantHandle> {
+        self.by_id.get(tenant_id).map(|h| h.clone())
+    }
+
+    /// Every tenant, ordered by org name then id (stable for the admin API).
+    pub fn list(&self) -> Vec<TenantHandle> {
+        let mut v: Vec<TenantHandle> = self.by_id.iter().map(|e| e.value().clone()).collect();
+        v.sort_by_cached_key(|h| {
+            let r = h.record();
+            (r.org_name, r.tenant_id)
+        });
+        v
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// Sets the `tenants{state}` gauge from the current records.
+    pub fn update_gauges(&self) {
+        let mut counts = [0i64; 4];
+        for e in self.by_id.iter() {
+            let i = ProvisioningState::ALL
+                .iter()
+                .position(|s| *s == e.value().shared.state())
+                .unwrap_or(0);
+            counts[i] += 1;
+        }
+        for (s, n) in ProvisioningState::ALL.iter().zip(counts) {
+            self.deps.metrics.tenants.with_label_values(&[s.as_str()]).set(n);
+        }
+    }
+
+    /// Loads every stored tenant and starts its supervisor; a tenant caught mid-activation
+    /// completes it. Returns how many were resumed.
+    pub async fn resume_all(&self) -> Result<usize, StoreError> {
+        let ids = self.deps.tenants.all_ids().await?;
+        let mut n = 0;
+        for (tenant_id, org) in ids {
+            if self.by_id.contains_key(&tenant_id) {
+                continue;
+            }
+            match self.deps.tenants.load(&org).await {
+                Ok(Some(stored)) => {
+                    let complete = stored.record.provisioning_state == ProvisioningState::Provisioning;
+                    self.start(stored, complete);
+                    n += 1;
+                }
+                Ok(None) => {}
+                Err(StoreError::Corrupt(e)) => {
+                    tracing::error!(tenant = %tenant_id, error = %e, "tenant record unreadable; skipped (wrong security.encryption_key?)");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.update_gauges();
+        Ok(n)
+    }
+
+    /// Starts an activation from verified claims: stores the tenant (`provisioning`) and its
+    /// refresh token (sealed), then its supervisor completes the activation in the background.
+    /// Re-activating an organization reuses its tenant id and replaces its supervisor.
+    pub async fn activate(&self, claims: &ActivationClaims) -> Result<TenantHandle, ActivateError> {
+        let org = claims.sub.clone();
+        let lock = self
+            .org_locks
+            .entry(org.clone())
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
+            .clone();
+        let _guard = lock.lock().await;
+
+        let tenants = &self.deps.tenants;
+        let tenant_id = tenants.tenant_id_for(&org).await?;
+        let existing = tenants.load(&org).await?;
+        if let Some((_, old)) = self.by_id.remove(&tenant_id) {
+            old.stop().await;
+        }
+        let now = Utc::now();
+        let record = TenantRecord {
+            tenant_id: tenant_id.clone(),
+            org_id: org.clone(),
+            org_name: claims.org_name.clone(),
+            region: claims.region.clone(),
+            provisioning_state: ProvisioningState::Provisioning,
+            tokens_state: TokensState::Unknown,
+            scopes: claims.scopes_list(),
+            xapi_access: claims.xapi_access.clone(),
+            manifest_version: existing.as_ref().and_then(|e| e.record.manifest_version.clone()),
+            ingest: self.deps.config.integration.ingest,
+            app_url: claims.app_url.clone(),
+            manifest_url: claims.manifest_url.clone(),
+            oauth_url: claims.oauth_url.clone(),
+            webexapis_base_url: claims.webexapis_base_url.clone(),
+            poll_url: None,
+            last_error: None,
+            created_at: existing.as_ref().map(|e| e.record.created_at).unwrap_or(now),
+            updated_at: now,
+        };
+        let (mut secrets, version) = match &existing {
+            Some(e) => (e.secrets.clone(), e.token_version),
+            None => (TenantSecrets::default(), 0),
+        };
+        secrets.refresh_token = claims.refresh_token.clone();
+        secrets.access_token = None;
+        secrets.access_expires_at = None;
+        let version = tenants
+            .save_secrets(&org, version, &secrets, Some(&record))
+            .await?
+            .ok_or(ActivateError::Conflict)?;
+        self.deps.metrics.activation("started");
+        let handle = self.start(
+            StoredTenant {
+                record,
+                secrets,
+                token_version: version,
+                received: Default::default(),
+            },
+            true,
+        );
+        self.update_gauges();
+        Ok(handle)
+    }
+
+    /// Starts a supervisor for a stored tenant on the next arbiter.
+    fn start(&self, stored: StoredTenant, complete: bool) -> TenantHandle {
+        let StoredTenant {
+            record,
+            secrets,
+            token_version,
+            ..
+        } = stored;
+        let tokens = Arc::new(TokenKeeper::new(
+            self.deps.clone(),
+            record.org_id.clone(),
+            record.oauth_url.clone(),
+            secrets,
+            token_version,
+        ));
+        let shared = Arc::new(TenantShared::new(self.deps.clone(), record, tokens));
+        let arbiter = &self.arbiters[self.next.fetch_add(1, Ordering::Relaxed) % self.arbiters.len()];
+        let sup_shared = shared.clone();
+        let addr = TenantSupervisor::start_in_arbiter(&arbiter.handle(), move |_| {
+            TenantSupervisor::new(sup_shared, complete)
+        });
+        let handle = TenantHandle { shared, addr };
+        self.by_id.insert(handle.tenant_id().to_string(), handle.clone());
+        handle
+    }
+
+    /// Stops every supervisor (and its children), then the arbiters.
+    pub async fn stop_all(&self) {
+        let handles: Vec<TenantHandle> = self.by_id.iter().map(|e| e.value().clone()).collect();
+        futures::future::join_all(handles.iter().map(|h| h.stop())).await;
+        for a in &self.arbiters {
+            a.stop();
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! Every Redis key name the engine writes. Per-organization keys carry the `{org}` hash tag so
+//! that multi-key scripts stay in one slot on Redis Cluster.
+
+/// Key builder for one `redis.key_prefix`.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_string(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `<p>:{<org>}:status` — status change stream of one organization.
+    pub fn status_stream(&self, org: &str) -> String {
+        format!("{}:{{{org}}}:status", self.prefix)
+    }
+
+    /// `<p>:{<org>}:events` — event stream of one organization.
+    pub fn events_stream(&self, org: &str) -> String {
+        format!("{}:{{{org}}}:events", self.prefix)
+    }
+
+    /// `<p>:{<org>}:state:<deviceId>` — current status values of one device.
+    pub fn device_state(&self, org: &str, device: &str) -> String {
+        format!("{}:{{{org}}}:state:{device}", self.prefix)
+    }
+
+    /// `<p>:jti:<sha256(jti)>` — a seen JWT id (hashed: jtis are caller-chosen strings).
+    pub fn jti(&self, jti: &str) -> String {
+        use sha2::Digest;
+        format!(
+            "{}:jti:{}",
+            self.prefix,
+            hex::encode(sha2::Sha256::digest(jti.as_bytes()))
+        )
+    }
+
+    /// `<p>:{<org>}:tenant` — the tenant record, sealed secrets, token version, counters.
+    pub fn tenant(&self, org: &str) -> String {
+        format!("{}:{{{org}}}:tenant", self.prefix)
+    }
+
+    /// `<p>:tenant_ids` — hash tenant id → org.
+    pub fn tenant_ids(&self) -> String {
+        format!("{}:tenant_ids", self.prefix)
+    }
+
+    /// `<p>:tenant_by_org` — hash org → tenant id (stable across re-activations).
+    pub fn tenant_by_org(&self) -> String {
+        format!("{}:tenant_by_org", self.prefix)
+    }
+
+    /// `<p>:pending:<session>` — a sealed HTTPS activation awaiting its setup page.
+    pub fn pending(&self, session: &str) -> String {
+        format!("{}:pending:{session}", self.prefix)
+    }
+
+    /// `<p>:tenants` — tenant lifecycle stream.
+    pub fn tenants_stream(&self) -> String {
+        format!("{}:tenants", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contract_key_shapes() {
+        let k = Keys::new("xapi");
+        assert_eq!(k.status_stream("ORG"), "xapi:{ORG}:status");
+        assert_eq!(k.events_stream("ORG"), "xapi:{ORG}:events");
+        assert_eq!(k.device_state("ORG", "D1"), "xapi:{ORG}:state:D1");
+        assert_eq!(k.tenants_stream(), "xapi:tenants");
+    }
+}

@@ -1,0 +1,176 @@
+//! Redis, the system of record: the connection, key names, and (with later work) tenant
+//! records, the jti store and the stream writer. Only this module knows key names and scripts.
+//!
+//! # Layout
+//! - [`keys`]: every key name the engine writes, in one place.
+//! - [`Store`]: a cloneable handle on one multiplexed, self-reconnecting connection.
+pub mod crypto;
+pub mod jti;
+pub mod keys;
+pub mod tenants;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::OnceCell;
+
+use crate::config::RedisConfig;
+use crate::telemetry::Metrics;
+
+pub use keys::Keys;
+
+/// How long a readiness ping may take before Redis counts as unreachable.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(1);
+/// Pause between two attempts of the initial connection.
+const CONNECT_RETRY: Duration = Duration::from_millis(500);
+
+/// Errors of the store, mapped by callers to 503 (unavailable) or 500.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("redis is not connected yet")]
+    NotConnected,
+    #[error("redis command timed out")]
+    Timeout,
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("stored record is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// True when the failure is about reaching Redis (worth a 503 and a retry), not about data.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::NotConnected | StoreError::Timeout => true,
+            StoreError::Redis(e) => {
+                e.is_io_error()
+                    || e.is_timeout()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || matches!(e.kind(), redis::ErrorKind::Io)
+            }
+            StoreError::Corrupt(_) => false,
+        }
+    }
+}
+
+/// A cloneable handle on Redis. The connection is established in the background so the HTTP
+/// edge (health probes) can serve while Redis is still coming up.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: redis::Client,
+    conn: OnceCell<ConnectionManager>,
+    keys: Keys,
+    command_timeout: Duration,
+    metrics: Metrics,
+}
+
+impl Store {
+    /// Parses the URL; does not connect (see [`Store::connect`]).
+    pub fn new(cfg: &RedisConfig, metrics: Metrics) -> Result<Self, StoreError> {
+        let client = redis::Client::open(cfg.url.expose())?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client,
+                conn: OnceCell::new(),
+                keys: Keys::new(&cfg.key_prefix),
+                command_timeout: Duration::from_millis(cfg.command_timeout_ms),
+                metrics,
+            }),
+        })
+    }
+
+    /// Connects, retrying until it succeeds or `until` resolves. The connection manager then
+    /// reconnects by itself after Redis restarts.
+    pub async fn connect(&self, until: impl std::future::Future<Output = ()>) -> bool {
+        tokio::pin!(until);
+        let mut attempts = 0u32;
+        loop {
+            let cfg = ConnectionManagerConfig::new()
+                .set_response_timeout(Some(self.inner.command_timeout))
+                .set_connection_timeout(Some(self.inner.command_timeout))
+                .set_number_of_retries(2);
+            let attempt = self.inner.client.get_connection_manager_with_config(cfg);
+            tokio::select! {
+                _ = &mut until => return false,
+                res = attempt => match res {
+                    Ok(conn) => {
+                        let _ = self.inner.conn.set(conn);
+                        self.inner.metrics.redis_up.set(1);
+                        tracing::info!(attempts, "connected to redis");
+                        return true;
+                    }
+                    Err(e) => {
+                        attempts += 1;
+                        if attempts == 1 || attempts.is_multiple_of(20) {
+                            tracing::warn!(error = %e, attempts, "redis not reachable yet; retrying");
+                        }
+                    }
+                }
+            }
+            tokio::select! {
+                _ = &mut until => return false,
+                _ = tokio::time::sleep(CONNECT_RETRY) => {}
+            }
+        }
+    }
+
+    /// The multiplexed connection, or `NotConnected` before the first connect.
+    pub fn conn(&self) -> Result<ConnectionManager, StoreError> {
+        self.inner
+            .conn
+            .get()
+            .cloned()
+            .ok_or(StoreError::NotConnected)
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.inner.keys
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Runs one command future under the store's bound, so nothing hangs past it.
+    pub async fn bounded<T>(
+        &self,
+        fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        let res = match tokio::time::timeout(self.inner.command_timeout, fut).await {
+            Ok(r) => r.map_err(StoreError::from),
+            Err(_) => Err(StoreError::Timeout),
+        };
+        match &res {
+            Ok(_) => self.inner.metrics.redis_up.set(1),
+            Err(e) if e.is_unavailable() => self.inner.metrics.redis_up.set(0),
+            Err(_) => {}
+        }
+        res
+    }
+
+    /// PING within [`PING_TIMEOUT`]: the readiness probe's view of Redis.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        let fut = async move { redis::cmd("PING").query_async::<String>(&mut conn).await };
+        match tokio::time::timeout(PING_TIMEOUT, fut).await {
+            Ok(Ok(_)) => {
+                self.inner.metrics.redis_up.set(1);
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                self.inner.metrics.redis_up.set(0);
+                Err(e.into())
+            }
+            Err(_) => {
+                self.inner.metrics.redis_up.set(0);
+                Err(StoreError::Timeout)
+            }
+        }
+    }
+}

@@ -1,0 +1,386 @@
+//! Tenant records in Redis. Each organization has one hash `<p>:{<org>}:tenant` with the
+//! public record (JSON), the encrypted secrets, a `token_version` for compare-and-set, and
+//! message counters; `<p>:tenant_ids` maps the stable tenant id to its organization.
+//!
+//! Secrets (refresh token, access token, webhook secrets) are one AES-GCM blob bound to the
+//! organization; they are never written in plain text. A write of secrets names the version it
+//! was derived from and fails if another writer got there first, so an older refresh token can
+//! never overwrite a newer one.
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+
+use super::crypto::Sealer;
+use super::{Store, StoreError};
+use crate::config::IngestMode;
+use crate::secret::Secret;
+
+/// Where an organization's activation stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProvisioningState {
+    Provisioning,
+    Completed,
+    Error,
+    Deprovisioned,
+}
+
+impl ProvisioningState {
+    pub const ALL: [ProvisioningState; 4] = [
+        Self::Provisioning,
+        Self::Completed,
+        Self::Error,
+        Self::Deprovisioned,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Provisioning => "provisioning",
+            Self::Completed => "completed",
+            Self::Error => "error",
+            Self::Deprovisioned => "deprovisioned",
+        }
+    }
+}
+
+/// Whether the tenant's tokens work (the healthCheck `tokensState`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokensState {
+    Valid,
+    Invalid,
+    Unknown,
+}
+
+/// The last failure of a tenant, with the trackingId quoted to support.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastError {
+    #[serde(rename = "trackingId")]
+    pub tracking_id: String,
+    pub description: String,
+    pub at: DateTime<Utc>,
+}
+
+/// The non-secret record of one tenant (one customer organization).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TenantRecord {
+    pub tenant_id: String,
+    /// The JWT `sub`: the Webex organization id.
+    pub org_id: String,
+    pub org_name: String,
+    pub region: String,
+    pub provisioning_state: ProvisioningState,
+    pub tokens_state: TokensState,
+    pub scopes: Vec<String>,
+    pub xapi_access: serde_json::Value,
+    pub manifest_version: Option<String>,
+    pub ingest: IngestMode,
+    pub app_url: String,
+    pub manifest_url: String,
+    pub oauth_url: String,
+    pub webexapis_base_url: String,
+    pub poll_url: Option<String>,
+    pub last_error: Option<LastError>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The tenant's secrets, stored sealed as one blob.
+#[derive(Clone, Default, Serialize, Deserialize)]
+pub struct TenantSecrets {
+    pub refresh_token: Secret,
+    pub access_token: Option<Secret>,
+    pub access_expires_at: Option<DateTime<Utc>>,
+    /// The current webhook secret (hmac_signature / authorization_header).
+    pub webhook_secret: Option<Secret>,
+    /// The secret before the last rotation, accepted until `previous_valid_until`.
+    pub previous_webhook_secret: Option<Secret>,
+    pub previous_valid_until: Option<DateTime<Utc>>,
+}
+
+impl std::fmt::Debug for TenantSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantSecrets")
+            .field("access_expires_at", &self.access_expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A record with its secrets and the version the secrets were read at.
+#[derive(Debug, Clone)]
+pub struct StoredTenant {
+    pub record: TenantRecord,
+    pub secrets: TenantSecrets,
+    pub token_version: u64,
+    pub received: BTreeMap<String, u64>,
+}
+
+/// Hash fields of `<p>:{<org>}:tenant`.
+mod field {
+    pub const RECORD: &str = "record";
+    pub const SECRETS: &str = "secrets";
+    pub const TOKEN_VERSION: &str = "token_version";
+    /// Message counters are `received:<source>`.
+    pub const RECEIVED_PREFIX: &str = "received:";
+}
+
+/// Compare-and-set of the secrets: writes only if `token_version` is still the one the new
+/// secrets were derived from; bumps the version. Returns the new version, or -1.
+const CAS_SECRETS: &str = r#"
+local v = tonumber(redis.call('HGET', KEYS[1], 'token_version') or '0')
+if v ~= tonumber(ARGV[1]) then return -1 end
+redis.call('HSET', KEYS[1], 'secrets', ARGV[2], 'token_version', v + 1)
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'record', ARGV[3]) end
+return v + 1
+"#;
+
+/// The secrets blob is bound to its organization.
+fn secrets_context(org: &str) -> String {
+    format!("tenant:{org}:secrets")
+}
+
+/// The store's view of tenants, with the sealer for their secrets.
+#[derive(Clone)]
+pub struct Tenants {
+    store: Store,
+    sealer: Sealer,
+    cas: redis::Script,
+}
+
+impl Tenants {
+    pub fn new(store: Store, sealer: Sealer) -> Self {
+        Self {
+            store,
+            sealer,
+            cas: redis::Script::new(CAS_SECRETS),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn sealer(&self) -> &Sealer {
+        &self.sealer
+    }
+
+    /// The tenant id of `org`, creating one if the organization is new. Stable across
+    /// re-activations and safe under concurrent activations of one organization.
+    pub async fn tenant_id_for(&self, org: &str) -> Result<String, StoreError> {
+        let mut conn = self.store.conn()?;
+        let by_org = self.store.keys().tenant_by_org();
+        let candidate = uuid::Uuid::new_v4().to_string();
+        let _: bool = self
+            .store
+            .bounded(conn.hset_nx(&by_org, org, &candidate))
+            .await?;
+        let id: String = self.store.bounded(conn.hget(&by_org, org)).await?;
+        if id == candidate {
+            let _: () = self
+                .store
+                .bounded(conn.hset(self.store.keys().tenant_ids(), &id, org))
+                .await?;
+        }
+        Ok(id)
+    }
+
+    /// The organization of a tenant id, if known.
+    pub async fn org_of(&self, tenant_id: &str) -> Result<Option<String>, StoreError> {
+        let mut conn = self.store.conn()?;
+        self.store
+            .bounded(conn.hget(self.store.keys().tenant_ids(), tenant_id))
+            .await
+    }
+
+    /// Every (tenant id, org) known.
+    pub async fn all_ids(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let mut conn = self.store.conn()?;
+        let map: BTreeMap<String, String> = self
+            .store
+            .bounded(conn.hgetall(self.store.keys().tenant_ids()))
+            .await?;
+        Ok(map.into_iter().collect())
+    }
+
+    /// Loads one tenant with decrypted secrets.
+    pub async fn load(&self, org: &str) -> Result<Option<StoredTenant>, StoreError> {
+        let mut conn = self.store.conn()?;
+        let map: BTreeMap<String, String> = self
+            .store
+            .bounded(conn.hgetall(self.store.keys().tenant(org)))
+            .await?;
+        let Some(record) = map.get(field::RECORD) else {
+            return Ok(None);
+        };
+        let record: TenantRecord = serde_json::from_str(record)
+            .map_err(|e| StoreError::Corrupt(format!("tenant record of {org}: {e}")))?;
+        let secrets = match map.get(field::SECRETS) {
+            Some(sealed) => {
+                let plain = self
+                    .sealer
+                    .open(sealed, &secrets_context(org))
+                    .map_err(|e| StoreError::Corrupt(format!("secrets of {org}: {e}")))?;
+                serde_json::from_slice(&plain)
+                    .map_err(|e| StoreError::Corrupt(format!("secrets of {org}: {e}")))?
+            }
+            None => TenantSecrets::default(),
+        };
+        let token_version = map
+            .get(field::TOKEN_VERSION)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let received = map
+            .iter()
+            .filter_map(|(k, v)| {
+                k.strip_prefix(field::RECEIVED_PREFIX)
+                    .map(|src| (src.to_string(), v.parse().unwrap_or(0)))
+            })
+            .collect();
+        Ok(Some(StoredTenant {
+            record,
+            secrets,
+            token_version,
+            received,
+        }))
+    }
+
+    /// Writes the public record (not the secrets).
+    pub async fn save_record(&self, record: &TenantRecord) -> Result<(), StoreError> {
+        let mut conn = self.store.conn()?;
+        let json = serde_json::to_string(record).expect("record serializes");
+        self.store
+            .bounded(conn.hset(
+                self.store.keys().tenant(&record.org_id),
+                field::RECORD,
+                json,
+            ))
+            .await
+    }
+
+    /// Compare-and-set of the secrets (and optionally the record in the same step):
+    /// `Ok(Some(new_version))` on success, `Ok(None)` if `expected_version` is stale.
+    pub async fn save_secrets(
+        &self,
+        org: &str,
+        expected_version: u64,
+        secrets: &TenantSecrets,
+        record: Option<&TenantRecord>,
+    ) -> Result<Option<u64>, StoreError> {
+        let mut conn = self.store.conn()?;
+        let plain = serde_json::to_vec(secrets).expect("secrets serialize");
+        let sealed = self.sealer.seal(&plain, &secrets_context(org));
+        let record_json = record
+            .map(|r| serde_json::to_string(r).expect("record serializes"))
+            .unwrap_or_default();
+        let mut inv = self.cas.prepare_invoke();
+        inv.key(self.store.keys().tenant(org))
+            .arg(expected_version)
+            .arg(sealed)
+            .arg(record_json);
+        let v: i64 = self.store.bounded(inv.invoke_async(&mut conn)).await?;
+        Ok((v >= 0).then_some(v as u64))
+    }
+
+    /// Removes the secrets (deprovisioning) and bumps the version so no in-flight refresh
+    /// can write them back.
+    pub async fn delete_secrets(&self, org: &str) -> Result<(), StoreError> {
+        let mut conn = self.store.conn()?;
+        let key = self.store.keys().tenant(org);
+        let _: () = self
+            .store
+            .bounded(
+                redis::pipe()
+                    .atomic()
+                    .hdel(&key, field::SECRETS)
+                    .ignore()
+                    .hincr(&key, field::TOKEN_VERSION, 1)
+                    .ignore()
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Counts messages received from `source` (webhook/queue).
+    pub async fn count_received(&self, org: &str, source: &str, n: u64) -> Result<(), StoreError> {
+        let mut conn = self.store.conn()?;
+        let _: i64 = self
+            .store
+            .bounded(conn.hincr(
+                self.store.keys().tenant(org),
+                format!("{}{source}", field::RECEIVED_PREFIX),
+                n,
+            ))
+            .await?;
+        Ok(())
+    }
+
+    /// Appends a lifecycle entry to `<p>:tenants`.
+    pub async fn lifecycle(
+        &self,
+        tenant_id: &str,
+        org: &str,
+        event: &str,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.store.conn()?;
+        let ts = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let _: String = self
+            .store
+            .bounded(conn.xadd(
+                self.store.keys().tenants_stream(),
+                "*",
+                &[
+                    ("tenant", tenant_id),
+                    ("org", org),
+                    ("event", event),
+                    ("ts", &ts),
+                ],
+            ))
+            .await?;
+        Ok(())
+    }
+
+    /// Stores a pending HTTPS activation (sealed) under a random session id for `ttl_secs`.
+    pub async fn put_pending(
+        &self,
+        session: &str,
+        payload: &[u8],
+        ttl_secs: u64,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.store.conn()?;
+        let sealed = self.sealer.seal(payload, &format!("pending:{session}"));
+        self.store
+            .bounded(conn.set_ex(self.store.keys().pending(session), sealed, ttl_secs))
+            .await
+    }
+
+    /// Reads a pending activation.
+    pub async fn get_pending(&self, session: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut conn = self.store.conn()?;
+        let sealed: Option<String> = self
+            .store
+            .bounded(conn.get(self.store.keys().pending(session)))
+            .await?;
+        match sealed {
+            None => Ok(None),
+            Some(s) => self
+                .sealer
+                .open(&s, &format!("pending:{session}"))
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt(format!("pending activation: {e}"))),
+        }
+    }
+
+    /// Removes a pending activation (once completed).
+    pub async fn take_pending(&self, session: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let v = self.get_pending(session).await?;
+        let mut conn = self.store.conn()?;
+        let _: i64 = self
+            .store
+            .bounded(conn.del(self.store.keys().pending(session)))
+            .await?;
+        Ok(v)
+    }
+}

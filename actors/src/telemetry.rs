@@ -1,0 +1,255 @@
+//! Every metric family of the engine, registered once in one registry per engine, plus named
+//! recording functions. Business logic records through these functions and never registers
+//! or names a metric itself. Label values come from small fixed sets (never a tenant id).
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Prefix of every metric name.
+pub const NAMESPACE: &str = "xapi_stream";
+
+/// Latency buckets (seconds) for sub-millisecond to multi-second operations.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// The engine's metric handles. Cheap to clone (each handle is an `Arc` inside).
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub webhooks_total: IntCounterVec,
+    pub queue_polls_total: IntCounterVec,
+    pub messages_total: IntCounterVec,
+    pub stream_entries_total: IntCounterVec,
+    pub redis_write_seconds: Histogram,
+    pub token_refreshes_total: IntCounterVec,
+    pub actions_total: IntCounterVec,
+    pub activations_total: IntCounterVec,
+    pub jwt_rejections_total: IntCounterVec,
+    pub jwks_fetches_total: IntCounterVec,
+    pub backpressure_rejections_total: IntCounter,
+    pub tenants: IntGaugeVec,
+    pub ingest_queue_depth: IntGauge,
+    pub stage_seconds: HistogramVec,
+    pub actor_restarts_total: IntCounterVec,
+    pub redis_up: IntGauge,
+    pub http_requests_total: IntCounterVec,
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help).namespace(NAMESPACE)
+}
+
+impl Metrics {
+    /// Creates and registers every family in a fresh registry (with process metrics).
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        #[cfg(target_os = "linux")]
+        {
+            let pc = prometheus::process_collector::ProcessCollector::new(
+                std::process::id() as i32,
+                NAMESPACE,
+            );
+            registry
+                .register(Box::new(pc))
+                .expect("process collector registers once");
+        }
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(opts(name, help), labels).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique");
+            c
+        };
+        let webhooks_total =
+            counter_vec("webhooks_total", "Webhook requests by result.", &["result"]);
+        let queue_polls_total = counter_vec(
+            "queue_polls_total",
+            "Queue long-polls by result.",
+            &["result"],
+        );
+        let messages_total = counter_vec(
+            "messages_total",
+            "xAPI messages accepted, by source and type.",
+            &["source", "type"],
+        );
+        let stream_entries_total = counter_vec(
+            "stream_entries_total",
+            "Entries appended to Redis streams, by stream.",
+            &["stream"],
+        );
+        let token_refreshes_total = counter_vec(
+            "token_refreshes_total",
+            "OAuth refresh-token exchanges by result.",
+            &["result"],
+        );
+        let actions_total = counter_vec(
+            "actions_total",
+            "Webex actions handled, by action and result.",
+            &["action", "result"],
+        );
+        let activations_total = counter_vec(
+            "activations_total",
+            "Activations by result (started, completed, error, rejected).",
+            &["result"],
+        );
+        let jwt_rejections_total = counter_vec(
+            "jwt_rejections_total",
+            "JWTs rejected, by reason.",
+            &["reason"],
+        );
+        let jwks_fetches_total =
+            counter_vec("jwks_fetches_total", "JWKS fetches by result.", &["result"]);
+        let actor_restarts_total = counter_vec(
+            "actor_restarts_total",
+            "Child actors restarted by their supervisor, by actor kind.",
+            &["actor"],
+        );
+        let http_requests_total = counter_vec(
+            "http_requests_total",
+            "HTTP requests answered, by route and status class.",
+            &["route", "class"],
+        );
+        let backpressure_rejections_total = IntCounter::with_opts(opts(
+            "backpressure_rejections_total",
+            "Requests or polls refused because ingest was saturated or Redis unreachable.",
+        ))
+        .expect("valid metric");
+        registry
+            .register(Box::new(backpressure_rejections_total.clone()))
+            .expect("unique");
+        let redis_write_seconds = Histogram::with_opts(
+            HistogramOpts::new("redis_write_seconds", "Time of one batched Redis write.")
+                .namespace(NAMESPACE)
+                .buckets(LATENCY_BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(redis_write_seconds.clone()))
+            .expect("unique");
+        let stage_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "stage_seconds",
+                "Latency of one pipeline stage (verify, normalize, redis_write, end_to_end).",
+            )
+            .namespace(NAMESPACE)
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["stage"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(stage_seconds.clone()))
+            .expect("unique");
+        let tenants = IntGaugeVec::new(
+            opts("tenants", "Tenants by provisioning state."),
+            &["state"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(tenants.clone()))
+            .expect("unique");
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::with_opts(opts(name, help)).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique");
+            g
+        };
+        let ingest_queue_depth = gauge(
+            "ingest_queue_depth",
+            "Messages accepted for writing but not yet durable in Redis.",
+        );
+        let redis_up = gauge("redis_up", "1 when the last Redis round trip succeeded.");
+        Self {
+            registry,
+            webhooks_total,
+            queue_polls_total,
+            messages_total,
+            stream_entries_total,
+            redis_write_seconds,
+            token_refreshes_total,
+            actions_total,
+            activations_total,
+            jwt_rejections_total,
+            jwks_fetches_total,
+            backpressure_rejections_total,
+            tenants,
+            ingest_queue_depth,
+            stage_seconds,
+            actor_restarts_total,
+            redis_up,
+            http_requests_total,
+        }
+    }
+
+    /// The text exposition of every family.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::with_capacity(16 * 1024);
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding of gathered metrics cannot fail");
+        String::from_utf8(buf).expect("exposition format is UTF-8")
+    }
+
+    pub fn jwt_rejected(&self, reason: &str) {
+        self.jwt_rejections_total.with_label_values(&[reason]).inc();
+    }
+
+    pub fn activation(&self, result: &str) {
+        self.activations_total.with_label_values(&[result]).inc();
+    }
+
+    pub fn token_refresh(&self, result: &str) {
+        self.token_refreshes_total
+            .with_label_values(&[result])
+            .inc();
+    }
+
+    pub fn jwks_fetch(&self, result: &str) {
+        self.jwks_fetches_total.with_label_values(&[result]).inc();
+    }
+
+    pub fn http_answered(&self, route: &'static str, status: u16) {
+        let class = match status {
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.http_requests_total
+            .with_label_values(&[route, class])
+            .inc();
+    }
+
+    /// Counter value for tests and the admin API.
+    pub fn count(&self, family: &IntCounterVec, labels: &[&str]) -> u64 {
+        family.with_label_values(labels).get()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_contract_families() {
+        let m = Metrics::new();
+        m.jwt_rejected("signature");
+        m.webhooks_total.with_label_values(&["accepted"]).inc();
+        m.backpressure_rejections_total.inc();
+        let text = m.render();
+        for name in [
+            "xapi_stream_jwt_rejections_total",
+            "xapi_stream_webhooks_total",
+            "xapi_stream_backpressure_rejections_total",
+            "xapi_stream_ingest_queue_depth",
+            "xapi_stream_redis_write_seconds",
+        ] {
+            assert!(text.contains(name), "{name} missing");
+        }
+    }
+}

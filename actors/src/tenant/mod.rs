@@ -1,0 +1,277 @@
+//! One tenant (customer organization): its shared state, the handle the rest of the engine
+//! uses, and the supervisor actor that owns its lifecycle and children.
+//!
+//! # Layout
+//! - [`tokens`]: `TokenKeeper`, the only place that exchanges the tenant's refresh token.
+//! - [`supervisor`]: `TenantSupervisor`, the actor that completes activations and supervises
+//!   the tenant's background work, restarting failed children with backoff.
+pub mod supervisor;
+pub mod tokens;
+
+use std::sync::{Arc, RwLock};
+
+use actix::Addr;
+use chrono::Utc;
+use serde_json::json;
+
+use crate::config::Config;
+use crate::protocol::tracking::TrackingId;
+use crate::shutdown::Shutdown;
+use crate::store::tenants::{LastError, ProvisioningState, TenantRecord, Tenants};
+use crate::store::{Store, StoreError};
+use crate::telemetry::Metrics;
+use crate::webex::client::WebexClient;
+
+pub use supervisor::TenantSupervisor;
+pub use tokens::{TokenError, TokenKeeper};
+
+/// What every tenant component needs from the engine.
+pub struct Deps {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub tenants: Tenants,
+    pub webex: WebexClient,
+    pub metrics: Metrics,
+    pub shutdown: Shutdown,
+}
+
+impl Deps {
+    /// `<public_url>/tenants/<id>/actions`.
+    pub fn actions_url(&self, tenant_id: &str) -> String {
+        format!("{}/tenants/{tenant_id}/actions", self.config.public_base())
+    }
+
+    /// `<public_url>/tenants/<id>/webhook`.
+    pub fn webhook_url(&self, tenant_id: &str) -> String {
+        format!("{}/tenants/{tenant_id}/webhook", self.config.public_base())
+    }
+}
+
+/// State of one tenant shared between its supervisor and the HTTP edge: readable without a
+/// mailbox round trip. Only the supervisor (and actions routed through it) writes the record.
+pub struct TenantShared {
+    pub tenant_id: String,
+    pub org_id: String,
+    record: RwLock<TenantRecord>,
+    pub tokens: Arc<TokenKeeper>,
+    pub deps: Arc<Deps>,
+}
+
+impl TenantShared {
+    pub fn new(deps: Arc<Deps>, record: TenantRecord, tokens: Arc<TokenKeeper>) -> Self {
+        Self {
+            tenant_id: record.tenant_id.clone(),
+            org_id: record.org_id.clone(),
+            record: RwLock::new(record),
+            tokens,
+            deps,
+        }
+    }
+
+    /// A copy of the record.
+    pub fn record(&self) -> TenantRecord {
+        self.record.read().expect("record lock").clone()
+    }
+
+    pub fn state(&self) -> ProvisioningState {
+        self.record.read().expect("record lock").provisioning_state
+    }
+
+    /// Applies `change`, stamps `updated_at`, persists. The in-memory copy changes only if
+    /// the write succeeded, so memory never runs ahead of Redis.
+    pub async fn update(&self, change: impl FnOnce(&mut TenantRecord)) -> Result<TenantRecord, StoreError> {
+        let mut next = self.record();
+        change(&mut next);
+        next.updated_at = Utc::now();
+        self.deps.tenants.save_record(&next).await?;
+        *self.record.write().expect("record lock") = next.clone();
+        Ok(next)
+    }
+
+    /// Records a failure with a fresh trackingId (also in the log line); returns the id.
+    pub async fn fail(&self, state: Option<ProvisioningState>, description: String) -> TrackingId {
+        let tracking = TrackingId::new();
+        tracing::error!(trackingId = %tracking, tenant = %self.tenant_id, %description, "tenant error");
+        let err = LastError {
+            tracking_id: tracking.to_string(),
+            description,
+            at: Utc::now(),
+        };
+        if let Err(e) = self
+            .update(|r| {
+                if let Some(s) = state {
+                    r.provisioning_state = s;
+                }
+                r.last_error = Some(err);
+            })
+            .await
+        {
+            tracing::error!(trackingId = %tracking, error = %e, "could not store the tenant error");
+        }
+        tracking
+    }
+
+    /// Appends a lifecycle entry; failures are logged, not fatal.
+    pub async fn lifecycle(&self, event: &str) {
+        if let Err(e) = self
+            .deps
+            .tenants
+            .lifecycle(&self.tenant_id, &self.org_id, event)
+            .await
+        {
+            tracing::warn!(tenant = %self.tenant_id, event, error = %e, "lifecycle entry not written");
+        }
+    }
+}
+
+/// The handle on one tenant: the supervisor's address and the shared state.
+#[derive(Clone)]
+pub struct TenantHandle {
+    pub shared: Arc<TenantShared>,
+    pub addr: Addr<TenantSupervisor>,
+}
+
+impl TenantHandle {
+    pub fn tenant_id(&self) -> &str {
+        &self.shared.tenant_id
+    }
+
+    pub fn record(&self) -> TenantRecord {
+        self.shared.record()
+    }
+
+    /// The tenant as the admin API shows it.
+    pub async fn to_json(&self) -> serde_json::Value {
+        let r = self.record();
+        let received = match self.shared.deps.tenants.load(&r.org_id).await {
+            Ok(Some(t)) => t.received,
+            _ => Default::default(),
+        };
+        tenant_json(&r, &received)
+    }
+
+    /// Asks the supervisor to stop its children and itself; resolves when it has.
+    pub async fn stop(&self) {
+        let _ = self.addr.send(supervisor::Stop).await;
+    }
+}
+
+/// The contract's tenant JSON.
+pub fn tenant_json(
+    r: &TenantRecord,
+    received: &std::collections::BTreeMap<String, u64>,
+) -> serde_json::Value {
+    let total: u64 = received.values().sum();
+    json!({
+        "tenant_id": r.tenant_id,
+        "org_id": r.org_id,
+        "org_name": r.org_name,
+        "region": r.region,
+        "provisioning_state": r.provisioning_state,
+        "tokens_state": r.tokens_state,
+        "scopes": r.scopes,
+        "xapi_access": r.xapi_access,
+        "manifest_version": r.manifest_version,
+        "ingest": r.ingest,
+        "last_error": r.last_error,
+        "messages_received": {
+            "webhook": received.get("webhook").copied().unwrap_or(0),
+            "queue": received.get("queue").copied().unwrap_or(0),
+            "total": total,
+        },
+        "app_url": r.app_url,
+        "poll_url": r.poll_url,
+        "created_at": r.created_at,
+        "updated_at": r.updated_at,
+    })
+}
+
+/// First and largest pause between failed background refreshes (doubling in between).
+const REFRESH_RETRY_BASE: std::time::Duration = std::time::Duration::from_secs(1);
+const REFRESH_RETRY_CAP: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl TenantShared {
+    /// A usable access token; token-state transitions are recorded.
+    pub async fn access_token(&self) -> Result<crate::secret::Secret, TokenError> {
+        let res = self.tokens.access_token().await;
+        self.note_token_result(&res).await;
+        res
+    }
+
+    /// After Webex refused `rejected` (401): a fresh token, or why not.
+    pub async fn refresh_after_rejection(
+        &self,
+        rejected: &crate::secret::Secret,
+    ) -> Result<crate::secret::Secret, TokenError> {
+        let res = self.tokens.refresh(Some(rejected)).await;
+        self.note_token_result(&res).await;
+        res
+    }
+
+    /// Keeps `tokens_state` in the record in line with what the token endpoint said.
+    pub async fn note_token_result(&self, res: &Result<crate::secret::Secret, TokenError>) {
+        use crate::store::tenants::TokensState;
+        let now = self.record.read().expect("record lock").tokens_state;
+        let next = match res {
+            Ok(_) => TokensState::Valid,
+            Err(TokenError::Invalid) => TokensState::Invalid,
+            Err(_) => return,
+        };
+        if now == next {
+            return;
+        }
+        if let Err(e) = self.update(|r| r.tokens_state = next).await {
+            tracing::warn!(tenant = %self.tenant_id, error = %e, "tokens_state not stored");
+        }
+        if next == TokensState::Invalid {
+            self.deps.metrics.token_refresh("invalid");
+            self.lifecycle("tokens_invalid").await;
+        }
+    }
+
+    /// The background refresher: keeps a fresh access token ahead of expiry until `stop`.
+    /// It runs on its own task, so a busy supervisor mailbox cannot delay it. Failures back off
+    /// (doubling, capped, honouring `Retry-After`); a rejected refresh token parks the loop
+    /// until a new one is adopted.
+    pub async fn run_refresher(self: Arc<Self>, stop: Shutdown) {
+        use tokio::time::Instant;
+        let mut failures = 0u32;
+        let mut retry_at: Option<Instant> = None;
+        loop {
+            let idle = self.tokens.is_invalid() || !self.tokens.has_refresh_token().await;
+            let wait_until = if idle {
+                None
+            } else {
+                Some(retry_at.or(self.tokens.refresh_due_at()).unwrap_or_else(Instant::now))
+            };
+            tokio::select! {
+                _ = stop.wait() => return,
+                _ = self.tokens.changed() => { retry_at = None; continue }
+                _ = async {
+                    match wait_until {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending::<()>().await,
+                    }
+                } => {}
+            }
+            // The current token is due: replace it even though it is usable for a moment.
+            let due = self.tokens.current_token();
+            let res = self.tokens.refresh(due.as_ref()).await;
+            self.note_token_result(&res).await;
+            match res {
+                Ok(_) | Err(TokenError::Invalid | TokenError::Gone) => {
+                    failures = 0;
+                    retry_at = None;
+                }
+                Err(TokenError::Transient { retry_after, message }) => {
+                    failures += 1;
+                    let backoff = retry_after
+                        .unwrap_or_else(|| REFRESH_RETRY_BASE.saturating_mul(1 << failures.min(6)))
+                        .min(REFRESH_RETRY_CAP);
+                    tracing::warn!(tenant = %self.tenant_id, failures, %message, ?backoff, "token refresh failed; backing off");
+                    retry_at = Some(Instant::now() + backoff);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,392 @@
+//! `TenantSupervisor`: the actor that owns one tenant's lifecycle. It completes activations
+//! (token exchange, PATCH of the appUrl), runs the tenant's children — the token refresher and
+//! the appUrl reconciler now; the queue poller and action handler join them — and restarts a
+//! child that failed, with capped exponential backoff.
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use base64::Engine as _;
+use chrono::Utc;
+use serde_json::{Value, json};
+
+use super::{TenantShared, TokenError};
+use crate::secret::Secret;
+use crate::shutdown::{self, Shutdown, ShutdownTrigger};
+use crate::store::tenants::{ProvisioningState, TokensState};
+use crate::webex::client::AppUrlError;
+
+/// Bounded mailbox: lifecycle messages are rare; a full mailbox means something is stuck.
+const MAILBOX_CAPACITY: usize = 64;
+/// Backoff of child restarts: first delay, doubling, capped.
+const RESTART_BASE: Duration = Duration::from_millis(500);
+const RESTART_CAP: Duration = Duration::from_secs(30);
+/// A webhook secret is this many random bytes (base64url: 43 characters, ≥ 32 required).
+const WEBHOOK_SECRET_BYTES: usize = 32;
+/// After a secret rotation the old one still verifies this long (the protocol's 5 minutes).
+pub const SECRET_ROTATION_GRACE: Duration = Duration::from_secs(5 * 60);
+/// The reconciler's interval varies by ±this fraction so tenants do not call Webex in step.
+const RECONCILE_JITTER: f64 = 0.1;
+
+/// The background work a tenant runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChildKind {
+    TokenRefresher,
+    Reconciler,
+}
+
+impl ChildKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::TokenRefresher => "token_refresher",
+            Self::Reconciler => "reconciler",
+        }
+    }
+}
+
+/// Stop every child and the supervisor.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Stop;
+
+/// A child ended: restart it unless it ended cleanly or we are stopping.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ChildExited {
+    kind: ChildKind,
+    result: Result<(), String>,
+}
+
+/// The supervisor of one tenant.
+pub struct TenantSupervisor {
+    shared: Arc<TenantShared>,
+    /// Fired on [`Stop`] or engine shutdown; every child races it.
+    trigger: ShutdownTrigger,
+    stop: Shutdown,
+    children: HashMap<ChildKind, SpawnHandle>,
+    restarts: HashMap<ChildKind, u32>,
+    /// Complete the activation once started (new activation, or resumed after a crash).
+    complete_on_start: bool,
+}
+
+impl TenantSupervisor {
+    pub fn new(shared: Arc<TenantShared>, complete_on_start: bool) -> Self {
+        let (trigger, stop) = shutdown::channel();
+        Self {
+            shared,
+            trigger,
+            stop,
+            children: HashMap::new(),
+            restarts: HashMap::new(),
+            complete_on_start,
+        }
+    }
+
+    fn spawn_child(&mut self, kind: ChildKind, ctx: &mut Context<Self>) {
+        if self.stop.is_fired() || self.children.contains_key(&kind) {
+            return;
+        }
+        let shared = self.shared.clone();
+        let stop = self.stop.clone();
+        let me = ctx.address();
+        let fut = async move {
+            let result = match kind {
+                ChildKind::TokenRefresher => {
+                    shared.run_refresher(stop).await;
+                    Ok(())
+                }
+                ChildKind::Reconciler => run_reconciler(shared, stop).await,
+            };
+            // try_send: the mailbox is bounded; an exit lost to a full mailbox only delays
+            // a restart until the next lifecycle event.
+            let _ = me.try_send(ChildExited { kind, result });
+        };
+        let handle = ctx.spawn(fut.into_actor(self));
+        self.children.insert(kind, handle);
+    }
+
+    fn start_children(&mut self, ctx: &mut Context<Self>) {
+        self.spawn_child(ChildKind::TokenRefresher, ctx);
+        if self.shared.state() == ProvisioningState::Completed {
+            self.spawn_child(ChildKind::Reconciler, ctx);
+        }
+    }
+}
+
+impl Actor for TenantSupervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
+        // Engine shutdown stops this tenant too.
+        let engine = self.shared.deps.shutdown.clone();
+        ctx.spawn(
+            async move { engine.wait().await }
+                .into_actor(self)
+                .map(|_, _, ctx| ctx.notify(Stop)),
+        );
+        if self.shared.state() == ProvisioningState::Deprovisioned {
+            return;
+        }
+        self.spawn_child(ChildKind::TokenRefresher, ctx);
+        if self.complete_on_start {
+            let shared = self.shared.clone();
+            ctx.spawn(
+                async move { complete_activation(&shared).await }
+                    .into_actor(self)
+                    .map(|ok, act, ctx| {
+                        if ok {
+                            act.start_children(ctx);
+                        }
+                    }),
+            );
+        } else {
+            self.start_children(ctx);
+        }
+    }
+
+    fn stopping(&mut self, _: &mut Self::Context) -> Running {
+        self.trigger.fire();
+        Running::Stop
+    }
+}
+
+impl Handler<Stop> for TenantSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, _: Stop, ctx: &mut Self::Context) {
+        self.trigger.fire();
+        for (_, h) in self.children.drain() {
+            ctx.cancel_future(h);
+        }
+        ctx.stop();
+    }
+}
+
+impl Handler<ChildExited> for TenantSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ChildExited, ctx: &mut Self::Context) {
+        self.children.remove(&msg.kind);
+        if self.stop.is_fired() {
+            return;
+        }
+        match msg.result {
+            Ok(()) => {
+                self.restarts.remove(&msg.kind);
+            }
+            Err(e) => {
+                let n = self.restarts.entry(msg.kind).or_default();
+                *n += 1;
+                let delay = RESTART_BASE.saturating_mul(1 << (*n).min(6)).min(RESTART_CAP);
+                tracing::warn!(tenant = %self.shared.tenant_id, child = msg.kind.as_str(), error = %e, ?delay, "child failed; restarting");
+                self.shared
+                    .deps
+                    .metrics
+                    .actor_restarts_total
+                    .with_label_values(&[msg.kind.as_str()])
+                    .inc();
+                let kind = msg.kind;
+                ctx.run_later(delay, move |act, ctx| act.spawn_child(kind, ctx));
+            }
+        }
+    }
+}
+
+/// A fresh webhook secret: 32 random bytes, base64url.
+pub fn new_webhook_secret() -> Secret {
+    let bytes: [u8; WEBHOOK_SECRET_BYTES] = rand::random();
+    Secret::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// Completes an activation: token exchange (adopting a rotated refresh token), a fresh webhook
+/// secret stored before Webex learns it, the PATCH of the appUrl, and the tenant's final
+/// state. On failure the tenant shows `error` with a trackingId and Webex is told
+/// `provisioningState: error` when a token is at hand. Returns whether it completed.
+pub async fn complete_activation(shared: &TenantShared) -> bool {
+    let metrics = &shared.deps.metrics;
+    match try_complete(shared).await {
+        Ok(()) => {
+            metrics.activation("completed");
+            shared.lifecycle("activated").await;
+            tracing::info!(tenant = %shared.tenant_id, org = %shared.org_id, "activation completed");
+            true
+        }
+        Err((description, token)) => {
+            metrics.activation("error");
+            let tracking = shared
+                .fail(Some(ProvisioningState::Error), description)
+                .await;
+            if let Some(token) = token {
+                let body = json!({ "provisioningState": "error" });
+                let app_url = shared.record().app_url;
+                if let Err(e) = shared.deps.webex.patch_app(&app_url, &token, &body).await {
+                    tracing::warn!(trackingId = %tracking, error = %e, "could not report the error to Webex");
+                }
+            }
+            false
+        }
+    }
+}
+
+type Failure = (String, Option<Secret>);
+
+async fn try_complete(shared: &TenantShared) -> Result<(), Failure> {
+    let deps = &shared.deps;
+    let token = shared.access_token().await.map_err(|e| {
+        let why = match e {
+            TokenError::Invalid => "the activation's refresh token was rejected by Webex".into(),
+            other => format!("could not exchange the refresh token: {other}"),
+        };
+        (why, None)
+    })?;
+    let record = shared.record();
+    let ingest = record.ingest;
+    let mut body = json!({
+        "provisioningState": "completed",
+        "actionsUrl": deps.actions_url(&shared.tenant_id),
+        "customer": { "id": shared.tenant_id, "name": record.org_name },
+    });
+    if ingest.webhook() {
+        // Rotate: a new secret, with the old one honoured for the grace period.
+        let secret = new_webhook_secret();
+        let grace = chrono::Duration::from_std(SECRET_ROTATION_GRACE).unwrap_or_default();
+        let new = secret.clone();
+        shared
+            .tokens
+            .update_secrets(move |s| {
+                if let Some(old) = s.webhook_secret.take() {
+                    s.previous_webhook_secret = Some(old);
+                    s.previous_valid_until = Some(Utc::now() + grace);
+                }
+                s.webhook_secret = Some(new);
+            })
+            .await
+            .map_err(|e| (format!("could not store the webhook secret: {e}"), Some(token.clone())))?;
+        body["webhook"] = json!({
+            "targetUrl": deps.webhook_url(&shared.tenant_id),
+            "type": "hmac_signature",
+            "secret": secret.expose(),
+        });
+    }
+    if ingest.queue() {
+        body["queue"] = json!({ "state": "enabled" });
+    }
+    let answer = match deps.webex.patch_app(&record.app_url, &token, &body).await {
+        Err(AppUrlError::Unauthorized(_)) => {
+            // The token may have been revoked between exchange and PATCH: one fresh try.
+            let fresh = shared
+                .refresh_after_rejection(&token)
+                .await
+                .map_err(|e| (format!("appUrl rejected our token and refresh failed: {e}"), None))?;
+            deps.webex.patch_app(&record.app_url, &fresh, &body).await
+        }
+        other => other,
+    }
+    .map_err(|e| (format!("PATCH of the appUrl failed: {e}"), Some(token.clone())))?;
+    let poll_url = answer
+        .pointer("/queue/pollUrl")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    if ingest.queue() {
+        match &poll_url {
+            Some(u) => {
+                deps.webex
+                    .check_url(u)
+                    .map_err(|e| (format!("pollUrl refused: {e}"), Some(token.clone())))?;
+            }
+            None => {
+                return Err((
+                    "Webex did not return a queue pollUrl".into(),
+                    Some(token.clone()),
+                ));
+            }
+        }
+    }
+    shared
+        .update(|r| {
+            r.provisioning_state = ProvisioningState::Completed;
+            r.tokens_state = TokensState::Valid;
+            r.poll_url = poll_url;
+            r.last_error = None;
+        })
+        .await
+        .map_err(|e| (format!("could not store the completed activation: {e}"), None))?;
+    Ok(())
+}
+
+/// Periodically reads the appUrl: granted scopes, xAPI access and manifest version follow
+/// what Webex says; a removed integration is reported. Interval from
+/// `activation.reconcile_interval_secs`, jittered.
+async fn run_reconciler(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), String> {
+    let every = shared.deps.config.activation.reconcile_interval_secs;
+    loop {
+        let jitter = 1.0 + RECONCILE_JITTER * (rand::random::<f64>() * 2.0 - 1.0);
+        let wait = Duration::from_secs_f64((every * jitter).max(0.01));
+        tokio::select! {
+            _ = stop.wait() => return Ok(()),
+            _ = tokio::time::sleep(wait) => {}
+        }
+        reconcile_once(&shared).await?;
+    }
+}
+
+/// One reconciliation. Errors that a restart could mend are returned; Webex being down is not
+/// one of them (logged, next round).
+pub async fn reconcile_once(shared: &TenantShared) -> Result<(), String> {
+    let deps = &shared.deps;
+    let app_url = shared.record().app_url;
+    let token = match shared.access_token().await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::debug!(tenant = %shared.tenant_id, error = %e, "reconcile skipped: no token");
+            return Ok(());
+        }
+    };
+    let answer = match deps.webex.get_app(&app_url, &token).await {
+        Err(AppUrlError::Unauthorized(_)) => match shared.refresh_after_rejection(&token).await {
+            Ok(fresh) => deps.webex.get_app(&app_url, &fresh).await,
+            Err(_) => return Ok(()),
+        },
+        other => other,
+    };
+    match answer {
+        Ok(app) => {
+            let scopes: Option<Vec<String>> = app
+                .get("scopes")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect());
+            let access = app.get("xapiAccessKeys").cloned();
+            let version = app.get("manifestVersion").map(|v| match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            });
+            shared
+                .update(|r| {
+                    if let Some(s) = scopes {
+                        r.scopes = s;
+                    }
+                    if let Some(a) = access.filter(|a| !a.is_null()) {
+                        r.xapi_access = a;
+                    }
+                    if version.is_some() {
+                        r.manifest_version = version;
+                    }
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(())
+        }
+        Err(AppUrlError::Gone(code)) => {
+            shared
+                .fail(None, format!("the integration was removed on the Webex side ({code})"))
+                .await;
+            Ok(())
+        }
+        Err(e) => {
+            tracing::warn!(tenant = %shared.tenant_id, error = %e, "reconcile: appUrl unavailable");
+            Ok(())
+        }
+    }
+}

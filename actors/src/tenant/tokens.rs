@@ -1,0 +1,309 @@
+//! The token keeper of one tenant: the only place that exchanges its refresh token. Readers get
+//! a valid access token without a round trip; refreshes are single-flight, happen ahead of
+//! expiry on their own task (not on an actor timer that a busy mailbox could delay), adopt a
+//! rotated refresh token, and persist it with compare-and-set before the new access token is
+//! used anywhere.
+use std::sync::Arc;
+use std::sync::Mutex as StdMutex;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::{Mutex, Notify};
+use tokio::time::Instant;
+
+use super::Deps;
+use crate::secret::Secret;
+use crate::store::StoreError;
+use crate::store::tenants::TenantSecrets;
+use crate::webex::client::OAuthError;
+
+/// An access token is not handed out when it expires sooner than this: a request needs time
+/// to reach Webex.
+pub const USE_MARGIN: Duration = Duration::from_millis(500);
+/// Refresh ahead of expiry by a third of the lifetime, at most this much.
+pub const MAX_REFRESH_LEAD: Duration = Duration::from_secs(300);
+
+
+
+
+/// A usable access token.
+#[derive(Clone, Debug)]
+pub struct AccessToken {
+    pub token: Secret,
+    pub expires_at: Instant,
+    pub lifetime: Duration,
+}
+
+impl AccessToken {
+    fn usable(&self) -> bool {
+        self.expires_at.saturating_duration_since(Instant::now()) > USE_MARGIN
+    }
+
+    fn refresh_at(&self) -> Instant {
+        let lead = (self.lifetime / 3).min(MAX_REFRESH_LEAD).max(USE_MARGIN * 2);
+        self.expires_at.checked_sub(lead).unwrap_or_else(Instant::now)
+    }
+}
+
+/// Why no token could be had.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TokenError {
+    /// The refresh token is dead; the tenant needs an `update` action with a new one.
+    #[error("refresh token rejected; the tenant needs a new one (update action)")]
+    Invalid,
+    /// Try again later.
+    #[error("token refresh failed: {message}")]
+    Transient {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// The tenant has no secrets (deprovisioned).
+    #[error("tenant has no credentials")]
+    Gone,
+}
+
+struct Persisted {
+    secrets: TenantSecrets,
+    version: u64,
+}
+
+/// Owns one tenant's token state.
+pub struct TokenKeeper {
+    deps: Arc<Deps>,
+    org: String,
+    oauth_url: StdMutex<String>,
+    /// Held for the whole exchange: refreshes are single-flight.
+    persisted: Mutex<Persisted>,
+    /// The fast read path.
+    current: StdMutex<Option<AccessToken>>,
+    /// Set when the refresh token was rejected; cleared by a new one.
+    invalid: StdMutex<bool>,
+    /// Wakes the background refresher (new token, new refresh token, stop).
+    wake: Notify,
+}
+
+impl TokenKeeper {
+    pub fn new(
+        deps: Arc<Deps>,
+        org: String,
+        oauth_url: String,
+        secrets: TenantSecrets,
+        version: u64,
+    ) -> Self {
+        let current = match (&secrets.access_token, secrets.access_expires_at) {
+            (Some(t), Some(at)) => {
+                let left = (at - Utc::now()).to_std().unwrap_or_default();
+                Some(AccessToken {
+                    token: t.clone(),
+                    expires_at: Instant::now() + left,
+                    lifetime: left,
+                })
+            }
+            _ => None,
+        };
+        Self {
+            deps,
+            org,
+            oauth_url: StdMutex::new(oauth_url),
+            persisted: Mutex::new(Persisted { secrets, version }),
+            current: StdMutex::new(current),
+            invalid: StdMutex::new(false),
+            wake: Notify::new(),
+        }
+    }
+
+    fn cached(&self) -> Option<AccessToken> {
+        self.current
+            .lock()
+            .expect("token lock")
+            .clone()
+            .filter(AccessToken::usable)
+    }
+
+    /// True after the refresh token was rejected (until a new one is adopted).
+    pub fn is_invalid(&self) -> bool {
+        *self.invalid.lock().expect("invalid lock")
+    }
+
+    /// A usable access token, refreshing first when needed.
+    pub async fn access_token(&self) -> Result<Secret, TokenError> {
+        if let Some(t) = self.cached() {
+            return Ok(t.token);
+        }
+        self.refresh(None).await
+    }
+
+    /// Refreshes unless another caller already did; `rejected` is a token Webex just refused
+    /// (401), which is never handed out again.
+    pub async fn refresh(&self, rejected: Option<&Secret>) -> Result<Secret, TokenError> {
+        let mut p = self.persisted.lock().await;
+        if let Some(t) = self.cached()
+            && rejected.is_none_or(|r| r != &t.token)
+        {
+            return Ok(t.token);
+        }
+        if p.secrets.refresh_token.is_empty() {
+            return Err(TokenError::Gone);
+        }
+        if self.is_invalid() {
+            return Err(TokenError::Invalid);
+        }
+        let cfg = &self.deps.config.integration;
+        let oauth_url = self.oauth_url.lock().expect("url lock").clone();
+        let result = self
+            .deps
+            .webex
+            .refresh(&oauth_url, &cfg.client_id, &cfg.client_secret, &p.secrets.refresh_token)
+            .await;
+        match result {
+            Ok(grant) => {
+                let mut next = p.secrets.clone();
+                if let Some(rt) = grant.refresh_token {
+                    next.refresh_token = rt;
+                }
+                next.access_token = Some(grant.access_token.clone());
+                next.access_expires_at = Some(
+                    Utc::now()
+                        + chrono::Duration::from_std(grant.expires_in).unwrap_or_default(),
+                );
+                // Persist the (possibly rotated) refresh token before anything uses the grant:
+                // the old one is dead now.
+                self.persist(&mut p, next).await.map_err(|e| TokenError::Transient {
+                    message: format!("could not store the rotated refresh token: {e}"),
+                    retry_after: None,
+                })?;
+                let token = AccessToken {
+                    token: grant.access_token.clone(),
+                    expires_at: Instant::now() + grant.expires_in,
+                    lifetime: grant.expires_in,
+                };
+                *self.current.lock().expect("token lock") = Some(token);
+                self.deps.metrics.token_refresh("ok");
+                self.wake.notify_one();
+                Ok(grant.access_token)
+            }
+            Err(OAuthError::InvalidGrant(msg)) => {
+                tracing::warn!(org = %self.org, reason = %msg, "refresh token rejected");
+                self.deps.metrics.token_refresh("invalid_grant");
+                *self.invalid.lock().expect("invalid lock") = true;
+                *self.current.lock().expect("token lock") = None;
+                Err(TokenError::Invalid)
+            }
+            Err(OAuthError::Transient {
+                message,
+                retry_after,
+            }) => {
+                self.deps.metrics.token_refresh("error");
+                Err(TokenError::Transient {
+                    message,
+                    retry_after,
+                })
+            }
+            Err(e @ (OAuthError::BadClient(_) | OAuthError::Url(_))) => {
+                self.deps.metrics.token_refresh("error");
+                Err(TokenError::Transient {
+                    message: e.to_string(),
+                    retry_after: None,
+                })
+            }
+        }
+    }
+
+    /// Compare-and-set write; on a lost race, the stored (newer) refresh token wins and our
+    /// grant's access token is still used.
+    async fn persist(&self, p: &mut Persisted, next: TenantSecrets) -> Result<(), StoreError> {
+        match self
+            .deps
+            .tenants
+            .save_secrets(&self.org, p.version, &next, None)
+            .await?
+        {
+            Some(v) => {
+                p.version = v;
+                p.secrets = next;
+            }
+            None => {
+                tracing::warn!(org = %self.org, "token state changed under us; adopting the stored one");
+                if let Some(stored) = self.deps.tenants.load(&self.org).await? {
+                    p.version = stored.token_version;
+                    p.secrets = stored.secrets;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Adopts a new refresh token (update action) and new oauthUrl, persisted with CAS.
+    pub async fn adopt_refresh_token(
+        &self,
+        refresh_token: Secret,
+        oauth_url: Option<String>,
+    ) -> Result<(), StoreError> {
+        let mut p = self.persisted.lock().await;
+        let mut next = p.secrets.clone();
+        next.refresh_token = refresh_token;
+        next.access_token = None;
+        next.access_expires_at = None;
+        self.persist(&mut p, next).await?;
+        if let Some(url) = oauth_url {
+            *self.oauth_url.lock().expect("url lock") = url;
+        }
+        *self.current.lock().expect("token lock") = None;
+        *self.invalid.lock().expect("invalid lock") = false;
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Updates the secrets other than tokens (webhook secret rotation) under the same CAS.
+    pub async fn update_secrets(
+        &self,
+        change: impl FnOnce(&mut TenantSecrets),
+    ) -> Result<TenantSecrets, StoreError> {
+        let mut p = self.persisted.lock().await;
+        let mut next = p.secrets.clone();
+        change(&mut next);
+        self.persist(&mut p, next).await?;
+        Ok(p.secrets.clone())
+    }
+
+    /// A copy of the current secrets.
+    pub async fn secrets(&self) -> TenantSecrets {
+        self.persisted.lock().await.secrets.clone()
+    }
+
+    /// Forgets every credential in memory (deprovisioning).
+    pub async fn clear(&self) {
+        let mut p = self.persisted.lock().await;
+        p.secrets = TenantSecrets::default();
+        *self.current.lock().expect("token lock") = None;
+        self.wake.notify_one();
+    }
+
+    /// When the current token should be replaced (None: no token yet, refresh now).
+    pub fn refresh_due_at(&self) -> Option<Instant> {
+        self.current
+            .lock()
+            .expect("token lock")
+            .as_ref()
+            .map(AccessToken::refresh_at)
+    }
+
+    /// The token that is due, to be passed to [`refresh`](Self::refresh) as the one to replace.
+    pub fn current_token(&self) -> Option<Secret> {
+        self.current
+            .lock()
+            .expect("token lock")
+            .as_ref()
+            .map(|t| t.token.clone())
+    }
+
+    /// True while a refresh token is held (activated and not deprovisioned).
+    pub async fn has_refresh_token(&self) -> bool {
+        !self.persisted.lock().await.secrets.refresh_token.is_empty()
+    }
+
+    /// Resolves when the token state changed (new token, new refresh token, cleared).
+    pub async fn changed(&self) {
+        self.wake.notified().await
+    }
+}

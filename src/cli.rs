@@ -1,0 +1,242 @@
+//! The `xapi-stream` command line: `serve`, `sim`, `demo`, `activate` and `manifest check`.
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{config, engine, logging};
+
+#[derive(Parser, Debug)]
+#[command(name = "xapi-stream", version, about = "Webex Workspace Integration engine: xAPI status and events into Redis Streams")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the engine.
+    Serve {
+        /// TOML configuration file (defaults: config/default.toml, built in).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Run the built-in Webex cloud simulator.
+    Sim(SimArgs),
+    /// Run the end-to-end demo: private Redis, simulator and engine, with progress output.
+    Demo(crate::demo::DemoArgs),
+    /// Activate an organization by hand: sends the activation JWT (copied from Control Hub) to a
+    /// running engine's admin API.
+    Activate {
+        /// File holding the activation JWT.
+        #[arg(long)]
+        jwt_file: PathBuf,
+        /// The engine's configuration (for its address and admin token).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Engine base URL (default: http://<server.bind>).
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// Integration manifest tools.
+    Manifest {
+        #[command(subcommand)]
+        command: ManifestCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ManifestCommand {
+    /// Check a manifest against every rule of the protocol; prints each problem with its JSON path.
+    Check { path: PathBuf },
+}
+
+#[derive(Args, Debug)]
+pub struct SimArgs {
+    /// Listen address.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub bind: SocketAddr,
+    /// Number of customer organizations.
+    #[arg(long, default_value_t = 3)]
+    pub orgs: usize,
+    /// Devices per organization.
+    #[arg(long, default_value_t = 4)]
+    pub devices: usize,
+    /// Integration (manifest) id.
+    #[arg(long, default_value = "ac6b6972-538e-11ec-bf63-0242ac130002")]
+    pub app_id: String,
+    #[arg(long, default_value = "sim-client-id")]
+    pub client_id: String,
+    #[arg(long, default_value = "sim-client-secret")]
+    pub client_secret: String,
+    /// Access-token lifetime in seconds.
+    #[arg(long, default_value_t = 7199)]
+    pub access_token_ttl: u64,
+    /// Queue long-poll wait in seconds.
+    #[arg(long, default_value_t = 20)]
+    pub poll_wait: u64,
+    /// Background traffic in messages per second across all organizations (0 = none).
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+}
+
+/// Parses arguments and runs the command; the exit code is the process's.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config } => serve(config),
+        Command::Sim(args) => sim(args),
+        Command::Demo(args) => crate::demo::run(args),
+        Command::Activate {
+            jwt_file,
+            config,
+            url,
+        } => activate(&jwt_file, config.as_deref(), url),
+        Command::Manifest {
+            command: ManifestCommand::Check { path },
+        } => manifest_check(&path),
+    }
+}
+
+fn serve(path: Option<PathBuf>) -> ExitCode {
+    // Validate everything before any port is bound; one line naming the key on failure.
+    let cfg = match config::load(path.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    logging::init(&cfg.log);
+    let result = actix_web::rt::System::new().block_on(async move {
+        let running = engine::start(cfg).await?;
+        engine::termination_signal().await;
+        running.shutdown().await;
+        anyhow::Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "engine failed");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn sim(args: SimArgs) -> ExitCode {
+    logging::init(&actors::config::LogConfig {
+        format: actors::config::LogFormat::Auto,
+        level: "info".into(),
+    });
+    let cfg = crate::sim::SimConfig {
+        orgs: args.orgs,
+        devices_per_org: args.devices,
+        app_id: args.app_id,
+        client_id: args.client_id,
+        client_secret: args.client_secret,
+        access_token_ttl: Duration::from_secs(args.access_token_ttl),
+        poll_wait: Duration::from_secs(args.poll_wait),
+        ..Default::default()
+    };
+    let result = actix_web::rt::System::new().block_on(async move {
+        let sim = crate::sim::Sim::start(cfg, args.bind).await?;
+        println!("webex simulator listening on {}", sim.base_url());
+        for (region, url) in sim.jwks_table() {
+            println!("  jwks {region:<18} {url}");
+        }
+        for org in sim.orgs() {
+            println!("  org {} {:<14} {}", org.index, org.name, org.org_id);
+        }
+        println!("  activation JWT: curl -X POST {}/_sim/orgs/0/activation", sim.base_url());
+        if args.rate > 0.0 {
+            sim.start_traffic(args.rate);
+        }
+        engine::termination_signal().await;
+        sim.shutdown().await;
+        anyhow::Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn activate(jwt_file: &std::path::Path, config: Option<&std::path::Path>, url: Option<String>) -> ExitCode {
+    let cfg = match config::load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let jwt = match std::fs::read_to_string(jwt_file) {
+        Ok(t) => t.trim().to_string(),
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", jwt_file.display());
+            return ExitCode::from(2);
+        }
+    };
+    let base = url.unwrap_or_else(|| format!("http://{}", cfg.server.bind));
+    let token = cfg.server.admin_token.clone();
+    let result = actix_web::rt::System::new().block_on(async move {
+        let resp = reqwest::Client::new()
+            .post(format!("{}/admin/activations", base.trim_end_matches('/')))
+            .bearer_auth(token.expose())
+            .json(&serde_json::json!({ "jwt": jwt }))
+            .send()
+            .await?;
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await.unwrap_or_default();
+        anyhow::Ok((status, body))
+    });
+    match result {
+        Ok((status, body)) if status.is_success() => {
+            println!(
+                "activation started: tenant {} ({}), state {}",
+                body["tenant_id"].as_str().unwrap_or("?"),
+                body["org_name"].as_str().unwrap_or("?"),
+                body["provisioning_state"].as_str().unwrap_or("?")
+            );
+            ExitCode::SUCCESS
+        }
+        Ok((status, body)) => {
+            eprintln!(
+                "activation refused ({status}): {} (trackingId {})",
+                body["description"].as_str().unwrap_or("no description"),
+                body["trackingId"].as_str().unwrap_or("-")
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn manifest_check(path: &std::path::Path) -> ExitCode {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    };
+    let problems = actors::protocol::manifest::check_str(&text);
+    if problems.is_empty() {
+        println!("{}: manifest OK", path.display());
+        ExitCode::SUCCESS
+    } else {
+        for p in &problems {
+            println!("{}: {p}", path.display());
+        }
+        eprintln!("{} problem(s) found", problems.len());
+        ExitCode::from(1)
+    }
+}

@@ -1,0 +1,175 @@
+//! Wires the engine together and runs it: metrics, the Redis store, the HTTP edge. Start-up
+//! binds only after the configuration validated; shutdown drains in order: readiness off →
+//! HTTP intake stopped (in-flight requests finish) → background work stopped.
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use actix_web::{App, HttpServer, web};
+use actors::auth::JwtVerifier;
+use actors::config::Config;
+use actors::registry::Registry;
+use actors::shutdown::{self, ShutdownTrigger};
+use actors::store::Store;
+use actors::store::crypto::Sealer;
+use actors::store::tenants::Tenants;
+use actors::telemetry::Metrics;
+use actors::tenant::Deps;
+use actors::webex::client::WebexClient;
+
+use crate::http::{self, AppState};
+
+/// Threads (actix arbiters) that tenant supervisors are spread over.
+const SUPERVISOR_THREADS: usize = 2;
+
+/// A running engine. Dropping it does not stop it; call [`RunningEngine::shutdown`].
+pub struct RunningEngine {
+    addr: SocketAddr,
+    server: actix_web::dev::ServerHandle,
+    server_task: tokio::task::JoinHandle<std::io::Result<()>>,
+    state: web::Data<AppState>,
+    trigger: ShutdownTrigger,
+}
+
+/// Starts the engine on `config.server.bind` (port 0 picks a free port).
+pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
+    let config = Arc::new(config);
+    let metrics = Metrics::new();
+    let store = Store::new(&config.redis, metrics.clone())?;
+    let (trigger, shutdown) = shutdown::channel();
+    let sealer = Sealer::new(&config.encryption_key()?);
+    let http = reqwest::Client::builder()
+        .timeout(config.webex.http_timeout())
+        .connect_timeout(config.webex.http_timeout())
+        .user_agent(concat!("xapi-stream/", env!("CARGO_PKG_VERSION")))
+        .build()?;
+    let deps = Arc::new(Deps {
+        config: config.clone(),
+        store: store.clone(),
+        tenants: Tenants::new(store.clone(), sealer),
+        webex: WebexClient::new(http.clone(), config.webex.allow_http),
+        metrics: metrics.clone(),
+        shutdown: shutdown.clone(),
+    });
+    let verifier = Arc::new(JwtVerifier::new(&config, http, store.clone(), metrics.clone()));
+    let registry = Arc::new(Registry::new(deps, SUPERVISOR_THREADS));
+
+    let state = web::Data::new(AppState {
+        config: config.clone(),
+        metrics,
+        store: store.clone(),
+        registry: registry.clone(),
+        verifier,
+        accepting: AtomicBool::new(true),
+    });
+
+    let max_body = config.server.max_body_bytes;
+    let app_state = state.clone();
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .app_data(app_state.clone())
+            .app_data(web::PayloadConfig::new(max_body))
+            .configure(http::routes)
+    })
+    .disable_signals()
+    .shutdown_timeout(config.server.shutdown_grace_secs);
+    if config.server.workers > 0 {
+        server = server.workers(config.server.workers);
+    }
+    let server = server.bind(config.bind_addr())?;
+    let addr = *server
+        .addrs()
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("server bound no address"))?;
+    let server = server.run();
+    let handle = server.handle();
+    let server_task = tokio::spawn(server);
+    tracing::info!(%addr, public_url = %config.server.public_url, "http edge listening");
+
+    tokio::spawn(async move {
+        // Connect, then resume every stored tenant (retrying while Redis is flaky).
+        if !store.connect(shutdown.wait()).await {
+            return;
+        }
+        loop {
+            match registry.resume_all().await {
+                Ok(n) => {
+                    tracing::info!(tenants = n, "tenants resumed");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not load tenants yet; retrying");
+                    tokio::select! {
+                        _ = shutdown.wait() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+    });
+
+    Ok(RunningEngine {
+        addr,
+        server: handle,
+        server_task,
+        state,
+        trigger,
+    })
+}
+
+impl RunningEngine {
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://<addr>`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.state.metrics
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.state.store
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.state.registry
+    }
+
+    /// Ordered drain: readiness off, intake stopped (in-flight requests complete within the
+    /// grace), background loops stopped.
+    pub async fn shutdown(self) {
+        let grace = Duration::from_secs(self.state.config.server.shutdown_grace_secs);
+        tracing::info!("shutting down: readiness off, draining in-flight requests");
+        self.state.accepting.store(false, Ordering::Release);
+        self.server.stop(true).await;
+        self.trigger.fire();
+        self.state.registry.stop_all().await;
+        let _ = tokio::time::timeout(grace, self.server_task).await;
+        tracing::info!("shutdown complete");
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (we own signal handling; actix-web's is disabled, because it
+/// treats SIGINT as a forced stop).
+pub async fn termination_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,59 @@
+//! The operator's admin API: bearer `server.admin_token` (empty disables it), tenant listing.
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+
+use super::{ApiError, AppState};
+
+/// The bearer token of a request, if any.
+pub fn bearer(req: &HttpRequest) -> Option<&str> {
+    req.headers()
+        .get(actix_web::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// Constant-time check of a presented admin token; always false when the admin API is off.
+pub fn token_ok(state: &AppState, presented: Option<&str>) -> bool {
+    let expected = &state.config.server.admin_token;
+    !expected.is_empty() && presented.is_some_and(|p| expected.ct_eq(p))
+}
+
+/// 403 when the admin API is disabled, 401 for a wrong or missing token.
+pub fn authorize(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
+    if state.config.server.admin_token.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "admin_disabled",
+            "the admin API is disabled (server.admin_token is empty)",
+        ));
+    }
+    if token_ok(state, bearer(req)) {
+        Ok(())
+    } else {
+        Err(ApiError::unauthorized("wrong or missing admin bearer token"))
+    }
+}
+
+/// `GET /admin/tenants`.
+pub async fn list(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let handles = state.registry.list();
+    let tenants = futures::future::join_all(handles.iter().map(|h| h.to_json())).await;
+    Ok(HttpResponse::Ok().json(tenants))
+}
+
+/// `GET /admin/tenants/<id>`.
+pub async fn get(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let id = path.into_inner();
+    match state.registry.get(&id) {
+        Some(h) => Ok(HttpResponse::Ok().json(h.to_json().await)),
+        None => Err(ApiError::not_found(&format!("tenant {id}"))),
+    }
+}

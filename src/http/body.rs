@@ -1,0 +1,54 @@
+//! Request bodies read under `server.max_body_bytes`, so an oversized body is refused with the
+//! contract's error JSON (413) instead of actix's plain-text default, and JSON is parsed with a
+//! clear 400.
+use actix_web::HttpRequest;
+use actix_web::http::StatusCode;
+use actix_web::web::{Bytes, BytesMut, Payload};
+use futures::StreamExt;
+use serde::de::DeserializeOwned;
+
+use super::ApiError;
+
+/// Reads the whole body, refusing more than `limit` bytes (checked against Content-Length
+/// first, then while streaming).
+pub async fn read(req: &HttpRequest, mut payload: Payload, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("request body larger than {limit} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::new(StatusCode::BAD_REQUEST, "malformed", format!("unreadable request body: {e}"))
+        })?;
+        if buf.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+/// Parses a JSON body, with a 400 naming the problem.
+pub fn json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, "malformed", format!("malformed JSON body: {e}"))
+    })
+}
+
+/// `{"jwt": "..."}`, the body of provisioning, activation and action requests.
+#[derive(serde::Deserialize)]
+pub struct JwtBody {
+    pub jwt: String,
+}

@@ -1,0 +1,49 @@
+//! The HTTP edge: routes, size limits and the mapping of outcomes to status codes. Handlers
+//! talk to engine handles (store, metrics, tenants), never to Redis or Webex directly.
+pub mod activation;
+pub mod admin;
+pub mod body;
+pub mod error;
+mod probes;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use actix_web::web;
+use actors::auth::JwtVerifier;
+use actors::config::Config;
+use actors::registry::Registry;
+use actors::store::Store;
+use actors::telemetry::Metrics;
+
+pub use error::ApiError;
+
+/// What every handler can reach. Built once, before `HttpServer::new`, and shared by workers.
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub metrics: Metrics,
+    pub store: Store,
+    pub registry: Arc<Registry>,
+    pub verifier: Arc<JwtVerifier>,
+    /// Cleared first on shutdown so the readiness probe sends traffic elsewhere.
+    pub accepting: AtomicBool,
+}
+
+impl AppState {
+    pub fn is_accepting(&self) -> bool {
+        self.accepting.load(Ordering::Acquire)
+    }
+}
+
+/// Registers every route.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(probes::healthz))
+        .route("/readyz", web::get().to(probes::readyz))
+        .route("/metrics", web::get().to(probes::metrics))
+        .route("/provision", web::post().to(activation::provision))
+        .route("/setup/{session}", web::get().to(activation::setup_page))
+        .route("/setup/{session}", web::post().to(activation::setup_submit))
+        .route("/admin/activations", web::post().to(activation::admin_activate))
+        .route("/admin/tenants", web::get().to(admin::list))
+        .route("/admin/tenants/{tenant_id}", web::get().to(admin::get));
+}

@@ -1,0 +1,1 @@
+//! Webex cloud simulator.

@@ -1,0 +1,511 @@
+//! Activation end to end: JWT security rules, concurrent activations, token refresh with
+//! rotating refresh tokens, resume after a crash, secrets encrypted at rest.
+use std::collections::HashSet;
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+use xapi_stream::devenv::ADMIN_TOKEN;
+use xapi_stream::sim::{Sim, SimConfig};
+
+use crate::utils::*;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+async fn post_activation(base: &str, jwt: &str) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{base}/admin/activations"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({ "jwt": jwt }))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn tenant(base: &str, id: &str) -> Value {
+    reqwest::Client::new()
+        .get(format!("{base}/admin/tenants/{id}"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn wait_state(base: &str, id: &str, want: &str, limit: Duration) -> Value {
+    let mut last = Value::Null;
+    let ok = eventually(limit, || {
+        let base = base.to_string();
+        let id = id.to_string();
+        let last = &mut last;
+        async move {
+            *last = tenant(&base, &id).await;
+            last["provisioning_state"] == want
+        }
+    })
+    .await;
+    assert!(ok, "tenant {id} never reached {want}: {last}");
+    last
+}
+
+fn assert_error_json(body: &Value) {
+    let t = body["trackingId"].as_str().expect("trackingId present");
+    assert_eq!(t.len(), 32, "{body}");
+    assert!(t.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+    assert!(!body["description"].as_str().unwrap_or("").is_empty(), "{body}");
+}
+
+async fn rejections(base: &str, reason: &str) -> f64 {
+    let text = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    metric(&text, &format!("xapi_stream_jwt_rejections_total{{reason=\"{reason}\"}}")).unwrap_or(0.0)
+}
+
+/// Re-encodes a signed token with a changed payload, keeping header and signature.
+fn tamper(jwt: &str, f: impl FnOnce(&mut Value)) -> String {
+    let parts: Vec<&str> = jwt.split('.').collect();
+    let mut claims: Value = serde_json::from_slice(&B64.decode(parts[1]).unwrap()).unwrap();
+    f(&mut claims);
+    format!("{}.{}.{}", parts[0], B64.encode(claims.to_string()), parts[2])
+}
+
+#[actix_web::test]
+async fn every_bad_token_is_rejected_counted_and_stores_nothing() {
+    let redis = shared_redis();
+    let prefix = unique_prefix();
+    let sim = start_sim(SimConfig::default()).await;
+    let engine = start_engine(&sim, &redis.url(), &prefix, &[("SERVER__MAX_BODY_BYTES", "4096")]).await;
+    let base = engine.base_url();
+
+    let good = sim.activation_claims(0);
+    let now = chrono::Utc::now().timestamp();
+    let pem = sim.public_key_pem();
+    let hs256 = jsonwebtoken::encode(
+        &jsonwebtoken::Header {
+            kid: Some(sim.current_kid()),
+            ..jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256)
+        },
+        &good,
+        &jsonwebtoken::EncodingKey::from_secret(pem.as_bytes()),
+    )
+    .unwrap();
+    let none = format!(
+        "{}.{}.",
+        B64.encode(json!({"alg": "none", "typ": "JWT", "kid": sim.current_kid()}).to_string()),
+        B64.encode(good.to_string())
+    );
+    let mut expired = good.clone();
+    expired["expiryTime"] = json!("2023-08-10T08:02:33.816114574Z");
+    let mut wrong_app = good.clone();
+    wrong_app["appId"] = json!("00000000-0000-4000-8000-000000000000");
+    let action = sim.action_jwt(0, "healthCheck", json!({}));
+
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        ("bad signature", tamper(&sim.activation_jwt(0), |c| c["orgName"] = json!("Evil")), 401, "signature"),
+        ("unknown kid", sim.sign_claims(&good, Some("no-such-kid")), 401, "unknown_kid"),
+        ("alg none", none, 401, "algorithm"),
+        ("HS256 with the public key", hs256, 401, "algorithm"),
+        ("expired", sim.sign_claims(&expired, None), 401, "expired"),
+        ("wrong appId", sim.sign_claims(&wrong_app, None), 401, "app_id"),
+        ("action JWT at activation", action, 400, "wrong_action"),
+        ("malformed", "not.a.jwt".to_string(), 400, "malformed"),
+        ("garbage", "garbage".to_string(), 400, "malformed"),
+    ];
+    for (name, jwt, status, reason) in cases {
+        let before = rejections(&base, reason).await;
+        let (got, body) = post_activation(&base, &jwt).await;
+        assert!(got == status || (got / 100 == status / 100), "{name}: got {got}, want {status}: {body}");
+        assert_eq!(got / 100, 4, "{name}: {got}");
+        assert_error_json(&body);
+        assert_eq!(rejections(&base, reason).await, before + 1.0, "{name}: {reason} not counted");
+    }
+
+    // Oversized body: 413 with the contract JSON.
+    let big = "x".repeat(8192);
+    let (got, body) = post_activation(&base, &big).await;
+    assert_eq!(got, 413);
+    assert_error_json(&body);
+
+    // Nothing at all was written for any of these (not even a jti).
+    assert!(keys_with_prefix(redis, &prefix).is_empty(), "{:?}", keys_with_prefix(redis, &prefix));
+    let _ = now;
+
+    // A valid one works, and the same token again is a replay.
+    let jwt = sim.activation_jwt(0);
+    let (got, body) = post_activation(&base, &jwt).await;
+    assert_eq!(got, 202, "{body}");
+    let before = rejections(&base, "replay").await;
+    let (got, body) = post_activation(&base, &jwt).await;
+    assert_eq!(got / 100, 4);
+    assert_error_json(&body);
+    assert_eq!(rejections(&base, "replay").await, before + 1.0);
+
+    // A replay is still refused by a new engine process on the same Redis.
+    engine.shutdown().await;
+    let engine = start_engine(&sim, &redis.url(), &prefix, &[]).await;
+    let (got, _) = post_activation(&engine.base_url(), &jwt).await;
+    assert_eq!(got / 100, 4, "replay accepted after restart");
+    assert_eq!(rejections(&engine.base_url(), "replay").await, 1.0);
+    engine.shutdown().await;
+    sim.shutdown().await;
+}
+
+#[actix_web::test]
+async fn unknown_regions_fall_back_to_the_default_and_gov_urls() {
+    let redis = shared_redis();
+    let sim = start_sim(SimConfig::default()).await;
+    // Only the fallback targets point at the simulator: any other choice fails to verify.
+    let dead = "http://127.0.0.1:9/jwks";
+    let us_east = sim.jwks_url("us-east-2_a");
+    let gov = sim.jwks_url("us-gov-west-1_a1");
+    let overrides = [
+        ("WEBEX__JWKS__us-west-2_r", dead),
+        ("WEBEX__JWKS__eu-central-1_k", dead),
+        ("WEBEX__JWKS__me-central-1_d", dead),
+        ("WEBEX__JWKS__us-east-2_a", us_east.as_str()),
+        ("WEBEX__JWKS__us-gov-west-1_a1", dead),
+    ];
+    let engine = start_engine(&sim, &redis.url(), &unique_prefix(), &overrides).await;
+    let mut claims = sim.activation_claims(0);
+    claims["region"] = json!("xx-north-9_z");
+    let (got, body) = post_activation(&engine.base_url(), &sim.sign_claims(&claims, None)).await;
+    assert_eq!(got, 202, "unknown region did not fall back to us-east-2_a: {body}");
+    // A gov region must NOT fall back to us-east-2_a.
+    let mut claims = sim.activation_claims(1);
+    claims["region"] = json!("us-gov-east-9_q");
+    let (got, body) = post_activation(&engine.base_url(), &sim.sign_claims(&claims, None)).await;
+    assert_eq!(got, 503, "gov region must use the gov JWKS (unreachable here): {body}");
+    engine.shutdown().await;
+
+    let overrides = [
+        ("WEBEX__JWKS__us-east-2_a", dead),
+        ("WEBEX__JWKS__us-gov-west-1_a1", gov.as_str()),
+    ];
+    let engine = start_engine(&sim, &redis.url(), &unique_prefix(), &overrides).await;
+    let mut claims = sim.activation_claims(2);
+    claims["region"] = json!("us-gov-east-9_q");
+    let (got, body) = post_activation(&engine.base_url(), &sim.sign_claims(&claims, None)).await;
+    assert_eq!(got, 202, "unknown us-gov region did not fall back to the gov JWKS: {body}");
+    engine.shutdown().await;
+    sim.shutdown().await;
+}
+
+#[actix_web::test]
+async fn a_hundred_tenants_activate_concurrently_with_one_patch_each() {
+    const N: usize = 100;
+    let redis = shared_redis();
+    let sim = start_sim(SimConfig {
+        orgs: N,
+        devices_per_org: 1,
+        ..Default::default()
+    })
+    .await;
+    let engine = start_engine(&sim, &redis.url(), &unique_prefix(), &[("INTEGRATION__INGEST", "both")]).await;
+    let base = engine.base_url();
+    let jwts: Vec<String> = (0..N).map(|i| sim.activation_jwt(i)).collect();
+    let answers = futures::future::join_all(jwts.iter().map(|j| post_activation(&base, j))).await;
+    let mut ids = Vec::new();
+    for (status, body) in answers {
+        assert_eq!(status, 202, "{body}");
+        assert_eq!(body["provisioning_state"], "provisioning", "{body}");
+        ids.push(body["tenant_id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), N);
+    for id in &ids {
+        let t = wait_state(&base, id, "completed", Duration::from_secs(60)).await;
+        assert_eq!(t["tokens_state"], "valid");
+        assert_eq!(t["ingest"], "both");
+    }
+    let mut secrets = HashSet::new();
+    for (i, id) in ids.iter().enumerate() {
+        let app = sim.app_state(i);
+        assert_eq!(app.patches.len(), 1, "org {i}: {:?}", app.patches);
+        let p = &app.patches[0];
+        assert_eq!(p["provisioningState"], "completed");
+        let org_tenant = tenant(&base, id).await;
+        assert_eq!(org_tenant["org_id"], sim.org(i).org_id);
+        let tid = org_tenant["tenant_id"].as_str().unwrap();
+        assert_eq!(p["actionsUrl"], format!("{base}/tenants/{tid}/actions"));
+        assert_eq!(p["webhook"]["targetUrl"], format!("{base}/tenants/{tid}/webhook"));
+        assert_eq!(p["webhook"]["type"], "hmac_signature");
+        let secret = p["webhook"]["secret"].as_str().unwrap();
+        assert!(secret.len() >= 32, "secret too short");
+        assert!(secrets.insert(secret.to_string()), "webhook secret reused");
+        assert_eq!(p["queue"]["state"], "enabled");
+        assert!(app.poll_url.is_some());
+        assert_eq!(org_tenant["poll_url"].as_str(), app.poll_url.as_deref());
+    }
+    let list: Vec<Value> = reqwest::Client::new()
+        .get(format!("{base}/admin/tenants"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list.len(), N);
+    let text = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    assert_eq!(metric(&text, "xapi_stream_tenants{state=\"completed\"}"), Some(N as f64));
+    assert_eq!(metric(&text, "xapi_stream_activations_total{result=\"completed\"}"), Some(N as f64));
+
+    // Re-activating an organization keeps its tenant id.
+    let (status, body) = post_activation(&base, &sim.activation_jwt(0)).await;
+    assert_eq!(status, 202);
+    assert_eq!(body["tenant_id"], ids[0]);
+    engine.shutdown().await;
+    sim.shutdown().await;
+}
+
+#[actix_web::test]
+async fn https_provisioning_goes_through_the_setup_page() {
+    let redis = shared_redis();
+    let sim = start_sim(SimConfig::default()).await;
+    let engine = start_engine(&sim, &redis.url(), &unique_prefix(), &[]).await;
+    let base = engine.base_url();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = http
+        .post(format!("{base}/provision"))
+        .json(&json!({ "jwt": sim.activation_jwt(0) }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    let redirect = body["redirectUrl"].as_str().unwrap().to_string();
+    assert!(redirect.starts_with("http://127.0.0.1:8080/setup/") || redirect.contains("/setup/"), "{redirect}");
+    let session = redirect.rsplit('/').next().unwrap().to_string();
+
+    let page = http.get(format!("{base}/setup/{session}")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(html.contains(&sim.org(0).name), "org name on the page");
+    assert!(html.contains("us-east-2_a"));
+    assert!(html.contains("awaiting confirmation"));
+    assert_eq!(sim.app_state(0).patches.len(), 0, "nothing happens before the admin confirms");
+
+    // Wrong token: 401 page, nothing changed.
+    let r = http
+        .post(format!("{base}/setup/{session}"))
+        .form(&[("admin_token", "wrong")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(engine.registry().is_empty());
+
+    let r = http
+        .post(format!("{base}/setup/{session}"))
+        .form(&[("admin_token", ADMIN_TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let ok = eventually(Duration::from_secs(20), || async {
+        let html = http.get(format!("{base}/setup/{session}")).send().await.unwrap().text().await.unwrap();
+        html.contains("<dd id=state>completed</dd>")
+    })
+    .await;
+    assert!(ok, "setup page never showed completed");
+    assert_eq!(sim.app_state(0).patches.len(), 1);
+
+    // Unknown session: 404 page.
+    let r = http.get(format!("{base}/setup/nope")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    engine.shutdown().await;
+    sim.shutdown().await;
+}
+
+#[actix_web::test]
+async fn auto_complete_starts_at_once_and_failures_show_a_tracking_id() {
+    let redis = shared_redis();
+    let sim = start_sim(SimConfig::default()).await;
+    let engine = start_engine(&sim, &redis.url(), &unique_prefix(), &[("ACTIVATION__AUTO_COMPLETE", "true")]).await;
+    let base = engine.base_url();
+    let r = reqwest::Client::new()
+        .post(format!("{base}/provision"))
+        .json(&json!({ "jwt": sim.activation_jwt(0) }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(eventually(Duration::from_secs(20), || async { sim.app_state(0).provisioning_state.as_deref() == Some("completed") }).await);
+
+    // appUrl answering 500: the tenant ends in `error` with a trackingId.
+    sim.set_app_url_status(1, Some(500));
+    let (status, body) = post_activation(&base, &sim.activation_jwt(1)).await;
+    assert_eq!(status, 202);
+    let t = wait_state(&base, body["tenant_id"].as_str().unwrap(), "error", Duration::from_secs(20)).await;
+    assert_eq!(t["last_error"]["trackingId"].as_str().unwrap().len(), 32, "{t}");
+    engine.shutdown().await;
+    sim.shutdown().await;
+}
+
+#[actix_web::test]
+async fn short_lived_tokens_are_always_fresh_and_refresh_tokens_never_reused() {
+    let redis = shared_redis();
+    let sim = start_sim(SimConfig {
+        orgs: 5,
+        access_token_ttl: Duration::from_secs(3),
+        ..Default::default()
+    })
+    .await;
+    // The reconciler calls the appUrl with the tenant's token every 200 ms.
+    let engine = start_engine(&sim, &redis.url(), &unique_prefix(), &[("ACTIVATION__RECONCILE_INTERVAL_SECS", "0.2")]).await;
+    let base = engine.base_url();
+    for i in 0..5 {
+        let (status, body) = post_activation(&base, &sim.activation_jwt(i)).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let stats = sim.oauth_stats();
+    assert_eq!(sim.expired_bearer_calls(), 0, "the engine used an expired token");
+    assert_eq!(stats.invalid_grant, 0, "a rotated refresh token was reused: {stats:?}");
+    // 5 tenants × 30 s / (refresh every ≤ 2 s) — many exchanges, all with the newest token.
+    assert!(stats.exchanges_ok >= 5 * 10, "{stats:?}");
+    assert!(sim.app_reads() >= 5 * 50, "reconciler did not exercise the tokens");
+    for t in engine.registry().list() {
+        assert_eq!(t.record().tokens_state, actors::store::tenants::TokensState::Valid);
+    }
+    engine.shutdown().await;
+    sim.shutdown().await;
+}
+
+#[actix_web::test]
+async fn a_rejected_refresh_token_marks_the_tenant_invalid() {
+    let redis = shared_redis();
+    let prefix = unique_prefix();
+    let sim = start_sim(SimConfig {
+        access_token_ttl: Duration::from_secs(2),
+        ..Default::default()
+    })
+    .await;
+    let engine = start_engine(&sim, &redis.url(), &prefix, &[]).await;
+    let (_, body) = post_activation(&engine.base_url(), &sim.activation_jwt(0)).await;
+    let id = body["tenant_id"].as_str().unwrap().to_string();
+    wait_state(&engine.base_url(), &id, "completed", Duration::from_secs(20)).await;
+    sim.revoke_refresh_tokens(0);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            tenant(&engine.base_url(), &id).await["tokens_state"] == "invalid"
+        })
+        .await
+    );
+    // The lifecycle stream says so.
+    let mut conn = redis.client().get_connection().unwrap();
+    let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(format!("{prefix}:tenants"))
+        .arg("-")
+        .arg("+")
+        .query(&mut conn)
+        .unwrap();
+    let events: Vec<String> = entries
+        .ids
+        .iter()
+        .map(|e| e.get::<String>("event").unwrap())
+        .collect();
+    assert_eq!(events, vec!["activated", "tokens_invalid"]);
+    engine.shutdown().await;
+    sim.shutdown().await;
+}
+
+/// Everything in Redis under `prefix`, as raw bytes (SCAN + DUMP).
+fn dump_all(redis: &xapi_stream::redis_server::RedisServer, prefix: &str) -> Vec<u8> {
+    let mut conn = redis.client().get_connection().unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query(&mut conn).unwrap();
+    let mut all = Vec::new();
+    for k in keys {
+        all.extend_from_slice(k.as_bytes());
+        let d: Vec<u8> = redis::cmd("DUMP").arg(&k).query(&mut conn).unwrap();
+        all.extend_from_slice(&d);
+    }
+    all
+}
+
+fn contains(hay: &[u8], needle: &str) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+#[actix_web::test]
+async fn killed_engine_resumes_every_tenant_and_redis_holds_no_plain_secret() {
+    let redis = shared_redis();
+    let prefix = unique_prefix();
+    let sim: Sim = start_sim(SimConfig {
+        orgs: 4,
+        access_token_ttl: Duration::from_secs(3),
+        ..Default::default()
+    })
+    .await;
+    let bin = env!("CARGO_BIN_EXE_xapi-stream");
+    let port = xapi_stream::redis_server::free_port().unwrap();
+    let env = xapi_stream::devenv::engine_env(&sim, &redis.url(), &prefix);
+    let spawn = || {
+        let mut cmd = std::process::Command::new(bin);
+        cmd.arg("serve")
+            .envs(env.iter().cloned())
+            .env("XAPI_STREAM__SERVER__BIND", format!("127.0.0.1:{port}"))
+            .env("XAPI_STREAM__INTEGRATION__INGEST", "both")
+            .env("XAPI_STREAM__ACTIVATION__RECONCILE_INTERVAL_SECS", "0.5")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        cmd.spawn().unwrap()
+    };
+    let base = format!("http://127.0.0.1:{port}");
+    let mut child = spawn();
+    wait_ready(&base, Duration::from_secs(15)).await;
+    let mut refresh_tokens = Vec::new();
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let claims = sim.activation_claims(i);
+        refresh_tokens.push(claims["refreshToken"].as_str().unwrap().to_string());
+        let (status, body) = post_activation(&base, &sim.sign_claims(&claims, None)).await;
+        assert_eq!(status, 202, "{body}");
+        ids.push(body["tenant_id"].as_str().unwrap().to_string());
+    }
+    for id in &ids {
+        wait_state(&base, id, "completed", Duration::from_secs(20)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await; // a refresh or two
+    child.kill().unwrap(); // SIGKILL: no drain
+    child.wait().unwrap();
+
+    let mut child = spawn();
+    wait_ready(&base, Duration::from_secs(15)).await;
+    for id in &ids {
+        wait_state(&base, id, "completed", Duration::from_secs(20)).await;
+    }
+    let exchanges_before = sim.oauth_stats().exchanges_ok;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(sim.oauth_stats().exchanges_ok > exchanges_before, "tokens not refreshed after resume");
+    assert_eq!(sim.oauth_stats().invalid_grant, 0, "a stale refresh token was used after restart");
+    assert_eq!(sim.expired_bearer_calls(), 0);
+    for i in 0..4 {
+        assert_eq!(sim.app_state(i).patches.len(), 1, "org {i} was re-activated");
+    }
+
+    let dump = dump_all(redis, &prefix);
+    assert!(!dump.is_empty());
+    let cfg = sim.config();
+    let mut secrets: Vec<String> = refresh_tokens;
+    secrets.push(cfg.client_secret.clone());
+    secrets.push(ADMIN_TOKEN.to_string());
+    secrets.extend(sim.issued_tokens());
+    for i in 0..4 {
+        if let Some(s) = sim.app_state(i).webhook.and_then(|w| w.secret) {
+            secrets.push(s);
+        }
+    }
+    assert!(secrets.len() > 10);
+    for s in &secrets {
+        assert!(!contains(&dump, s), "a secret is stored in plain text in Redis");
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    sim.shutdown().await;
+}

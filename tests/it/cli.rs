@@ -1,0 +1,136 @@
+//! The real binary: configuration errors, manifest checks, signal handling.
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::utils::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_xapi-stream");
+const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+fn write_config(text: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    f
+}
+
+fn serve(config: &std::path::Path, env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve").arg("--config").arg(config);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn bad_key_in_config_exits_non_zero_with_one_line_naming_it() {
+    // Bind a port the engine would use so we also see nothing binds before validation.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let f = write_config(&format!(
+        "[server]\nbind = \"127.0.0.1:{port}\"\n[redis]\nurl = \"redis://127.0.0.1:1\"\nmax_connections = 3\n[security]\nencryption_key = \"{KEY}\"\n"
+    ));
+    let out = serve(f.path(), &[]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "exactly one line: {stderr:?}");
+    assert!(lines[0].contains("redis.max_connections"), "{stderr}");
+    // Nothing was bound: the port is still free.
+    std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+}
+
+#[test]
+fn invalid_values_and_env_overrides_are_named() {
+    let f = write_config(&format!("[security]\nencryption_key = \"{KEY}\"\n"));
+    let out = serve(f.path(), &[("XAPI_STREAM__SERVER__BIND", "not-an-address")]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.trim().starts_with("config error: server.bind:"), "{stderr}");
+
+    let f = write_config("[server]\nbind = \"127.0.0.1:0\"\n");
+    let out = serve(f.path(), &[]);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("security.encryption_key"), "{stderr}");
+
+    let f = write_config("this is = = not toml");
+    let out = serve(f.path(), &[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8(out.stderr).unwrap().contains("not valid TOML"));
+}
+
+#[test]
+fn manifest_check_passes_the_example_and_names_problems() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/manifest.example.json");
+    let out = Command::new(BIN)
+        .args(["manifest", "check", example])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+
+    let f = write_config(
+        r#"{"id":"nope","manifestVersion":"1","displayName":"x","vendor":"v","email":"e@x.io",
+            "description":"d","availability":"global","apiAccess":[],"xapiAccess":{},
+            "provisioning":{"type":"https","url":"http://insecure.example.com"}}"#,
+    );
+    let out = Command::new(BIN)
+        .args(["manifest", "check"])
+        .arg(f.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    for path in ["$.id", "$.manifestVersion", "$.tocUrl", "$.provisioning.url"] {
+        assert!(stdout.contains(path), "{path} not reported:\n{stdout}");
+    }
+}
+
+#[test]
+fn serve_drains_and_exits_zero_on_sigterm() {
+    let redis = shared_redis();
+    let port = xapi_stream::redis_server::free_port().unwrap();
+    let f = write_config(&format!(
+        "[server]\nbind = \"127.0.0.1:{port}\"\nshutdown_grace_secs = 5\n[redis]\nurl = \"{}\"\nkey_prefix = \"{}\"\n[security]\nencryption_key = \"{KEY}\"\n",
+        redis.url(),
+        unique_prefix()
+    ));
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .arg("--config")
+        .arg(f.path())
+        .env("XAPI_STREAM__LOG__FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let client = reqwest::blocking::Client::new();
+    loop {
+        if let Ok(r) = client.get(format!("http://127.0.0.1:{port}/readyz")).send()
+            && r.status() == 200
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "engine did not become ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let t = Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit status {status:?}");
+    let mut log = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut log).unwrap();
+    assert!(log.contains("SIGTERM received"), "{log}");
+    assert!(log.contains("shutdown complete"), "{log}");
+}

@@ -1,0 +1,126 @@
+//! The engine's process skeleton: probes, metrics, Redis reachability, ordered shutdown.
+use std::time::{Duration, Instant};
+
+use xapi_stream::sim::SimConfig;
+
+use crate::utils::*;
+
+#[actix_web::test]
+async fn probes_and_metrics_answer() {
+    let redis = shared_redis();
+    let sim = start_sim(SimConfig::default()).await;
+    let engine = start_engine(&sim, &redis.url(), &unique_prefix(), &[]).await;
+    let http = reqwest::Client::new();
+    let base = engine.base_url();
+
+    let health = http.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+
+    let metrics = http.get(format!("{base}/metrics")).send().await.unwrap();
+    assert_eq!(metrics.status(), 200);
+    let text = metrics.text().await.unwrap();
+    for family in [
+        "xapi_stream_webhooks_total",
+        "xapi_stream_queue_polls_total",
+        "xapi_stream_messages_total",
+        "xapi_stream_stream_entries_total",
+        "xapi_stream_redis_write_seconds",
+        "xapi_stream_token_refreshes_total",
+        "xapi_stream_actions_total",
+        "xapi_stream_activations_total",
+        "xapi_stream_jwt_rejections_total",
+        "xapi_stream_backpressure_rejections_total",
+        "xapi_stream_tenants",
+        "xapi_stream_ingest_queue_depth",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {family} ")),
+            "metric family {family} missing from /metrics"
+        );
+    }
+    assert!(text.contains("xapi_stream_process_resident_memory_bytes"));
+    assert_eq!(metric(&text, "xapi_stream_redis_up"), Some(1.0));
+
+    engine.shutdown().await;
+    sim.shutdown().await;
+}
+
+#[actix_web::test]
+async fn readiness_follows_redis_within_a_bound() {
+    let mut redis = own_redis();
+    let sim = start_sim(SimConfig::default()).await;
+    let engine = start_engine(&sim, &redis.url(), &unique_prefix(), &[]).await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/readyz", engine.base_url());
+
+    // A hung Redis (SIGSTOP): readiness answers 503 within the ping bound, never hangs.
+    redis.pause();
+    let t = Instant::now();
+    let r = http.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(t.elapsed() < Duration::from_secs(5), "readyz hung {:?}", t.elapsed());
+    // Liveness is unaffected.
+    let h = http.get(format!("{}/healthz", engine.base_url())).send().await.unwrap();
+    assert_eq!(h.status(), 200);
+    redis.resume();
+    assert!(eventually(Duration::from_secs(10), || async {
+        http.get(&url).send().await.map(|r| r.status() == 200).unwrap_or(false)
+    })
+    .await);
+
+    // A dead Redis, then a restarted one on the same port: readiness recovers by itself.
+    redis.kill();
+    assert!(eventually(Duration::from_secs(10), || async {
+        http.get(&url).send().await.map(|r| r.status() == 503).unwrap_or(false)
+    })
+    .await);
+    redis.restart().unwrap();
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            http.get(&url).send().await.map(|r| r.status() == 200).unwrap_or(false)
+        })
+        .await,
+        "readiness did not recover after redis restart"
+    );
+    engine.shutdown().await;
+    sim.shutdown().await;
+}
+
+#[actix_web::test]
+async fn engine_serves_health_before_redis_exists() {
+    // Redis not started yet: liveness 200, readiness 503; once Redis appears, ready.
+    let port = xapi_stream::redis_server::free_port().unwrap();
+    let sim = start_sim(SimConfig::default()).await;
+    let cfg = xapi_stream::devenv::engine_config(
+        &sim,
+        &format!("redis://127.0.0.1:{port}"),
+        &unique_prefix(),
+        &[],
+    )
+    .unwrap();
+    let engine = xapi_stream::engine::start(cfg).await.unwrap();
+    let http = reqwest::Client::new();
+    let base = engine.base_url();
+    assert_eq!(http.get(format!("{base}/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(http.get(format!("{base}/readyz")).send().await.unwrap().status(), 503);
+    engine.shutdown().await;
+    sim.shutdown().await;
+}
+
+#[actix_web::test]
+async fn each_test_gets_a_private_prefix_and_redis_can_be_faulted() {
+    let mut redis = own_redis();
+    let a = unique_prefix();
+    let b = unique_prefix();
+    assert_ne!(a, b);
+    let mut conn = redis.client().get_connection().unwrap();
+    let _: () = redis::cmd("SET").arg(format!("{a}:k")).arg(1).query(&mut conn).unwrap();
+    assert_eq!(keys_with_prefix(&redis, &a), vec![format!("{a}:k")]);
+    assert!(keys_with_prefix(&redis, &b).is_empty());
+    redis.kill();
+    assert!(redis.client().get_connection().is_err());
+    redis.restart().unwrap();
+    assert!(keys_with_prefix(&redis, &a).is_empty(), "no persistence across restarts");
+}

@@ -1,0 +1,8 @@
+//! Black-box tests: the engine (in-process or as the real binary) against a private
+//! `redis-server` and the Webex simulator, over real HTTP. One test binary so the build links
+//! once; each test gets its own key prefix, fault tests get their own Redis.
+mod utils;
+
+mod activation;
+mod cli;
+mod engine_basics;

@@ -1,0 +1,99 @@
+//! The test harness: private Redis, simulator and engine helpers.
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use xapi_stream::engine::{self, RunningEngine};
+use xapi_stream::redis_server::RedisServer;
+use xapi_stream::sim::{Sim, SimConfig};
+
+/// One redis-server per test binary for tests that do not disturb Redis. It dies with the
+/// test process (see `redis_server::spawn_tied_to_process`).
+pub fn shared_redis() -> &'static RedisServer {
+    static SHARED: OnceLock<RedisServer> = OnceLock::new();
+    SHARED.get_or_init(|| RedisServer::start().expect("redis-server starts (is it installed?)"))
+}
+
+/// A private redis-server that this test may kill, pause and restart.
+pub fn own_redis() -> RedisServer {
+    RedisServer::start().expect("redis-server starts (is it installed?)")
+}
+
+/// A key prefix no other test uses.
+pub fn unique_prefix() -> String {
+    format!("t{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
+}
+
+/// A simulator on a free port with quick defaults for tests.
+pub async fn start_sim(cfg: SimConfig) -> Sim {
+    Sim::start(cfg, "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("simulator starts")
+}
+
+/// An engine on a free port against `redis_url` and `sim`, waited until ready.
+pub async fn start_engine(
+    sim: &Sim,
+    redis_url: &str,
+    prefix: &str,
+    extra: &[(&str, &str)],
+) -> RunningEngine {
+    let cfg = xapi_stream::devenv::engine_config(sim, redis_url, prefix, extra)
+        .expect("test configuration is valid");
+    let engine = engine::start(cfg).await.expect("engine starts");
+    wait_ready(&engine.base_url(), Duration::from_secs(10)).await;
+    engine
+}
+
+/// Polls `/readyz` until 200 or panics after `limit`.
+pub async fn wait_ready(base: &str, limit: Duration) {
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
+            && r.status().is_success()
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{base} not ready within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls `cond` every 50 ms until it holds or `limit` passes; returns whether it held.
+pub async fn eventually<F, Fut>(limit: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every key under `prefix` in `redis`.
+pub fn keys_with_prefix(redis: &RedisServer, prefix: &str) -> Vec<String> {
+    let mut conn = redis.client().get_connection().expect("redis connection");
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query(&mut conn)
+        .expect("KEYS");
+    keys.sort();
+    keys
+}
+
+/// A sample's value from a Prometheus text exposition, e.g. `name{label="x"}`.
+pub fn metric(text: &str, sample: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(sample) && l[sample.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
