@@ -9,7 +9,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::{config, engine, logging};
 
 #[derive(Parser, Debug)]
-#[command(name = "xapi-stream", version, about = "Webex Workspace Integration engine: xAPI status and events into Redis Streams")]
+#[command(
+    name = "xapi-stream",
+    version,
+    about = "Webex Workspace Integration engine: xAPI status and events into Redis Streams"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -150,7 +154,10 @@ fn sim(args: SimArgs) -> ExitCode {
         for org in sim.orgs() {
             println!("  org {} {:<14} {}", org.index, org.name, org.org_id);
         }
-        println!("  activation JWT: curl -X POST {}/_sim/orgs/0/activation", sim.base_url());
+        println!(
+            "  activation JWT: curl -X POST {}/_sim/orgs/0/activation",
+            sim.base_url()
+        );
         if args.rate > 0.0 {
             sim.start_traffic(args.rate);
         }
@@ -167,7 +174,11 @@ fn sim(args: SimArgs) -> ExitCode {
     }
 }
 
-fn activate(jwt_file: &std::path::Path, config: Option<&std::path::Path>, url: Option<String>) -> ExitCode {
+fn activate(
+    jwt_file: &std::path::Path,
+    config: Option<&std::path::Path>,
+    url: Option<String>,
+) -> ExitCode {
     let cfg = match config::load(config) {
         Ok(c) => c,
         Err(e) => {

@@ -39,10 +39,12 @@ impl From<ConfigError> for LoadError {
 /// environment, and validates.
 pub fn load(path: Option<&Path>) -> Result<Config, LoadError> {
     let text = match path {
-        Some(p) => Some(std::fs::read_to_string(p).map_err(|source| LoadError::Read {
-            path: p.display().to_string(),
-            source,
-        })?),
+        Some(p) => Some(
+            std::fs::read_to_string(p).map_err(|source| LoadError::Read {
+                path: p.display().to_string(),
+                source,
+            })?,
+        ),
         None => None,
     };
     let name = path.map(|p| p.display().to_string()).unwrap_or_default();
@@ -55,12 +57,16 @@ pub fn load_from(
     file_name: &str,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Config, LoadError> {
-    let mut tree: Table = DEFAULT_TOML.parse().expect("config/default.toml is valid TOML");
+    let mut tree: Table = DEFAULT_TOML
+        .parse()
+        .expect("config/default.toml is valid TOML");
     if let Some(text) = file_text {
-        let user: Table = text.parse().map_err(|e: toml::de::Error| LoadError::Syntax {
-            path: file_name.to_string(),
-            message: e.message().to_string(),
-        })?;
+        let user: Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| LoadError::Syntax {
+                path: file_name.to_string(),
+                message: e.message().to_string(),
+            })?;
         merge(&mut tree, user);
     }
     let mut overrides: Vec<(String, String)> = env
@@ -131,7 +137,9 @@ fn apply_env(tree: &mut Table, name: &str, raw: String) -> Result<(), LoadError>
         message: format!("environment value {raw:?} is not {what}"),
     };
     let value = match table.get(last) {
-        Some(Value::Integer(_)) => Value::Integer(raw.trim().parse().map_err(|_| bad("an integer"))?),
+        Some(Value::Integer(_)) => {
+            Value::Integer(raw.trim().parse().map_err(|_| bad("an integer"))?)
+        }
         Some(Value::Float(_)) => Value::Float(raw.trim().parse().map_err(|_| bad("a number"))?),
         Some(Value::Boolean(_)) => Value::Boolean(match raw.trim() {
             "true" | "1" | "yes" => true,
@@ -172,14 +180,19 @@ mod tests {
 
     #[test]
     fn shipped_default_file_parses_as_the_operator_file() {
-        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml")).unwrap();
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml"))
+                .unwrap();
         load_from(Some(&text), "config/default.toml", with_key()).unwrap();
     }
 
     #[test]
     fn missing_encryption_key_names_the_key() {
         let e = load_from(None, "", vec![]).unwrap_err().to_string();
-        assert!(e.starts_with("config error: security.encryption_key:"), "{e}");
+        assert!(
+            e.starts_with("config error: security.encryption_key:"),
+            "{e}"
+        );
         assert!(!e.contains('\n'));
     }
 
@@ -236,16 +249,36 @@ mod tests {
         let cases = [
             ("[server]\nbind = \"nope\"\n", "server.bind"),
             ("[integration]\napp_id = \"x\"\n", "integration.app_id"),
-            ("[integration]\ningest = \"carrier-pigeon\"\n", "integration.ingest"),
+            (
+                "[integration]\ningest = \"carrier-pigeon\"\n",
+                "integration.ingest",
+            ),
             ("[redis]\nurl = \"http://x\"\n", "redis.url"),
-            ("[webex]\ndefault_region = \"mars-1\"\n", "webex.default_region"),
-            ("[webex.jwks]\n\"x\" = \"http://127.0.0.1/jwks\"\n", "webex.jwks.x"),
-            ("[security]\nencryption_key = \"c2hvcnQ=\"\n", "security.encryption_key"),
+            (
+                "[webex]\ndefault_region = \"mars-1\"\n",
+                "webex.default_region",
+            ),
+            (
+                "[webex.jwks]\n\"x\" = \"http://127.0.0.1/jwks\"\n",
+                "webex.jwks.x",
+            ),
+            (
+                "[security]\nencryption_key = \"c2hvcnQ=\"\n",
+                "security.encryption_key",
+            ),
         ];
         for (text, key) in cases {
-            let e = load_from(Some(text), "f.toml", if key.starts_with("security") { vec![] } else { with_key() })
-                .unwrap_err()
-                .to_string();
+            let e = load_from(
+                Some(text),
+                "f.toml",
+                if key.starts_with("security") {
+                    vec![]
+                } else {
+                    with_key()
+                },
+            )
+            .unwrap_err()
+            .to_string();
             assert!(e.contains(key), "{text:?} → {e}");
         }
     }
@@ -253,7 +286,10 @@ mod tests {
     #[test]
     fn secrets_do_not_show_in_debug() {
         let mut e = with_key();
-        e.push(("XAPI_STREAM__INTEGRATION__CLIENT_SECRET".into(), "very-secret-value".into()));
+        e.push((
+            "XAPI_STREAM__INTEGRATION__CLIENT_SECRET".into(),
+            "very-secret-value".into(),
+        ));
         let c = load_from(None, "", e).unwrap();
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("very-secret-value"));

@@ -28,7 +28,11 @@ struct Progress(Instant);
 
 impl Progress {
     fn step(&self, msg: impl AsRef<str>) {
-        println!("[{:>6.2}s] {}", self.0.elapsed().as_secs_f64(), msg.as_ref());
+        println!(
+            "[{:>6.2}s] {}",
+            self.0.elapsed().as_secs_f64(),
+            msg.as_ref()
+        );
     }
 }
 

@@ -14,6 +14,7 @@ use actors::shutdown::{self, ShutdownTrigger};
 use actors::store::Store;
 use actors::store::crypto::Sealer;
 use actors::store::tenants::Tenants;
+use actors::store::writer::{StreamWriter, WriterConfig};
 use actors::telemetry::Metrics;
 use actors::tenant::Deps;
 use actors::webex::client::WebexClient;
@@ -30,6 +31,7 @@ pub struct RunningEngine {
     server_task: tokio::task::JoinHandle<std::io::Result<()>>,
     state: web::Data<AppState>,
     trigger: ShutdownTrigger,
+    writer_trigger: ShutdownTrigger,
 }
 
 /// Starts the engine on `config.server.bind` (port 0 picks a free port).
@@ -38,21 +40,38 @@ pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
     let metrics = Metrics::new();
     let store = Store::new(&config.redis, metrics.clone())?;
     let (trigger, shutdown) = shutdown::channel();
+    // The writer stops last: after HTTP intake and tenants, so accepted messages are flushed.
+    let (writer_trigger, writer_stop) = shutdown::channel();
     let sealer = Sealer::new(&config.encryption_key()?);
     let http = reqwest::Client::builder()
         .timeout(config.webex.http_timeout())
         .connect_timeout(config.webex.http_timeout())
         .user_agent(concat!("xapi-stream/", env!("CARGO_PKG_VERSION")))
         .build()?;
+    let writer = StreamWriter::start(
+        store.clone(),
+        WriterConfig {
+            queue_capacity: config.ingest.queue_capacity,
+            writers: config.ingest.writers,
+            stream_maxlen: config.redis.stream_maxlen,
+        },
+        writer_stop,
+    );
     let deps = Arc::new(Deps {
         config: config.clone(),
         store: store.clone(),
         tenants: Tenants::new(store.clone(), sealer),
         webex: WebexClient::new(http.clone(), config.webex.allow_http),
         metrics: metrics.clone(),
+        writer: writer.clone(),
         shutdown: shutdown.clone(),
     });
-    let verifier = Arc::new(JwtVerifier::new(&config, http, store.clone(), metrics.clone()));
+    let verifier = Arc::new(JwtVerifier::new(
+        &config,
+        http,
+        store.clone(),
+        metrics.clone(),
+    ));
     let registry = Arc::new(Registry::new(deps, SUPERVISOR_THREADS));
 
     let state = web::Data::new(AppState {
@@ -61,6 +80,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
         store: store.clone(),
         registry: registry.clone(),
         verifier,
+        writer,
         accepting: AtomicBool::new(true),
     });
 
@@ -115,6 +135,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
         server_task,
         state,
         trigger,
+        writer_trigger,
     })
 }
 
@@ -150,6 +171,7 @@ impl RunningEngine {
         self.server.stop(true).await;
         self.trigger.fire();
         self.state.registry.stop_all().await;
+        self.writer_trigger.fire();
         let _ = tokio::time::timeout(grace, self.server_task).await;
         tracing::info!("shutdown complete");
     }

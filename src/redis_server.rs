@@ -62,8 +62,7 @@ impl RedisServer {
 
     fn spawn(&mut self) -> Result<(), RedisServerError> {
         let mut cmd = Command::new("redis-server");
-        cmd
-            .args(["--port", &self.port.to_string()])
+        cmd.args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
             .args(["--appendonly", "no"])
@@ -74,9 +73,9 @@ impl RedisServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         let child = spawn_tied_to_process(cmd).map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => RedisServerError::NotInstalled,
-                _ => RedisServerError::Io(e),
-            })?;
+            std::io::ErrorKind::NotFound => RedisServerError::NotInstalled,
+            _ => RedisServerError::Io(e),
+        })?;
         self.child = Some(child);
         self.wait_ready()
     }
@@ -117,9 +116,7 @@ impl RedisServer {
 
     fn signal(&self, sig: &str) {
         if let Some(pid) = self.pid() {
-            let _ = Command::new("kill")
-                .args([sig, &pid.to_string()])
-                .status();
+            let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
         }
     }
 

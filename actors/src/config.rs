@@ -20,7 +20,20 @@ pub struct Config {
     pub activation: ActivationConfig,
     pub redis: RedisConfig,
     pub security: SecurityConfig,
+    pub ingest: IngestConfig,
     pub log: LogConfig,
+}
+
+/// Ingest tuning: how much may be in flight before callers are refused.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Messages accepted but not yet durable in Redis, at most (beyond: 503).
+    pub queue_capacity: usize,
+    /// Concurrent Redis pipelines.
+    pub writers: usize,
+    /// First pause after a failed queue poll, in seconds (doubling, capped at 60, jittered).
+    pub poll_retry_secs: f64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -178,7 +191,9 @@ impl Config {
         if !self.webex.jwks.contains_key(&self.webex.gov_region) {
             return Err(err("webex.gov_region", "is not a key of webex.jwks"));
         }
-        if self.activation.reconcile_interval_secs.is_nan() || self.activation.reconcile_interval_secs < 0.05 {
+        if self.activation.reconcile_interval_secs.is_nan()
+            || self.activation.reconcile_interval_secs < 0.05
+        {
             return Err(err(
                 "activation.reconcile_interval_secs",
                 "must be at least 0.05",

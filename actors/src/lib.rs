@@ -4,6 +4,7 @@
 //! - [`protocol`]: pure rules of the Webex Workspace Integration protocol (no I/O, no actix,
 //!   no reqwest, no redis): manifest checks, JWT claims and policy, webhook authentication,
 //!   message types and normalization.
+//! - [`auth`]: `JwtVerifier`: region → JWKS → signature → policy → jti.
 //! - [`config`]: configuration types and their validation (loading lives in the binary).
 //! - [`registry`]: tenant id → handle; activation, resume at start-up.
 //! - [`secret`]: `Secret`, a string redacted in `Debug`/`Display`.
@@ -11,11 +12,14 @@
 //! - [`store`]: Redis: connection, key names, records, stream writer.
 //! - [`telemetry`]: every metric family, registered once; named recording functions.
 //! - [`tenant`]: one tenant's shared state, token keeper and supervisor actor.
+//! - [`webex`]: reqwest client for Webex: JWKS cache, OAuth refresh, appUrl.
+pub mod auth;
 pub mod config;
 pub mod protocol;
-// PENDING pub mod registry;
+pub mod registry;
 pub mod secret;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
-// PENDING pub mod tenant;
+pub mod tenant;
+pub mod webex;

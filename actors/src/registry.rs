@@ -10,7 +10,9 @@ use dashmap::DashMap;
 
 use crate::protocol::jwt::ActivationClaims;
 use crate::store::StoreError;
-use crate::store::tenants::{ProvisioningState, StoredTenant, TenantRecord, TenantSecrets, TokensState};
+use crate::store::tenants::{
+    ProvisioningState, StoredTenant, TenantRecord, TenantSecrets, TokensState,
+};
 use crate::tenant::{Deps, TenantHandle, TenantShared, TenantSupervisor, TokenKeeper};
 
 /// Why an activation could not start.
@@ -81,7 +83,11 @@ impl Registry {
             counts[i] += 1;
         }
         for (s, n) in ProvisioningState::ALL.iter().zip(counts) {
-            self.deps.metrics.tenants.with_label_values(&[s.as_str()]).set(n);
+            self.deps
+                .metrics
+                .tenants
+                .with_label_values(&[s.as_str()])
+                .set(n);
         }
     }
 
@@ -96,7 +102,8 @@ impl Registry {
             }
             match self.deps.tenants.load(&org).await {
                 Ok(Some(stored)) => {
-                    let complete = stored.record.provisioning_state == ProvisioningState::Provisioning;
+                    let complete =
+                        stored.record.provisioning_state == ProvisioningState::Provisioning;
                     self.start(stored, complete);
                     n += 1;
                 }
@@ -139,7 +146,9 @@ impl Registry {
             tokens_state: TokensState::Unknown,
             scopes: claims.scopes_list(),
             xapi_access: claims.xapi_access.clone(),
-            manifest_version: existing.as_ref().and_then(|e| e.record.manifest_version.clone()),
+            manifest_version: existing
+                .as_ref()
+                .and_then(|e| e.record.manifest_version.clone()),
             ingest: self.deps.config.integration.ingest,
             app_url: claims.app_url.clone(),
             manifest_url: claims.manifest_url.clone(),
@@ -147,7 +156,10 @@ impl Registry {
             webexapis_base_url: claims.webexapis_base_url.clone(),
             poll_url: None,
             last_error: None,
-            created_at: existing.as_ref().map(|e| e.record.created_at).unwrap_or(now),
+            created_at: existing
+                .as_ref()
+                .map(|e| e.record.created_at)
+                .unwrap_or(now),
             updated_at: now,
         };
         let (mut secrets, version) = match &existing {
@@ -191,13 +203,15 @@ impl Registry {
             token_version,
         ));
         let shared = Arc::new(TenantShared::new(self.deps.clone(), record, tokens));
-        let arbiter = &self.arbiters[self.next.fetch_add(1, Ordering::Relaxed) % self.arbiters.len()];
+        let arbiter =
+            &self.arbiters[self.next.fetch_add(1, Ordering::Relaxed) % self.arbiters.len()];
         let sup_shared = shared.clone();
         let addr = TenantSupervisor::start_in_arbiter(&arbiter.handle(), move |_| {
             TenantSupervisor::new(sup_shared, complete)
         });
         let handle = TenantHandle { shared, addr };
-        self.by_id.insert(handle.tenant_id().to_string(), handle.clone());
+        self.by_id
+            .insert(handle.tenant_id().to_string(), handle.clone());
         handle
     }
 

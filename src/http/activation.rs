@@ -19,7 +19,10 @@ struct Pending {
 }
 
 /// Verifies an activation JWT (counting any rejection) and maps failures to responses.
-pub async fn verify_activation(state: &AppState, token: &str) -> Result<ActivationClaims, ApiError> {
+pub async fn verify_activation(
+    state: &AppState,
+    token: &str,
+) -> Result<ActivationClaims, ApiError> {
     match state.verifier.verify(token, Expect::Activation).await {
         Ok(Verified::Activation(c)) => Ok(c),
         Ok(Verified::Action(_)) => Err(ApiError::new(
@@ -37,11 +40,15 @@ pub fn verify_error(e: VerifyError) -> ApiError {
         VerifyError::Rejected(r) => {
             let status = StatusCode::from_u16(r.http_status()).unwrap_or(StatusCode::UNAUTHORIZED);
             let err = ApiError::new(status, r.reason(), r.to_string());
-            if status == StatusCode::SERVICE_UNAVAILABLE { err.retry_after(5) } else { err }
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                err.retry_after(5)
+            } else {
+                err
+            }
         }
-        VerifyError::StoreUnavailable(e) => {
-            ApiError::unavailable(&format!("cannot record the JWT id: storage unavailable ({e})"))
-        }
+        VerifyError::StoreUnavailable(e) => ApiError::unavailable(&format!(
+            "cannot record the JWT id: storage unavailable ({e})"
+        )),
     }
 }
 
@@ -114,7 +121,11 @@ async fn load_pending(state: &AppState, session: &str) -> Result<Pending, HttpRe
     let tenants = &state.registry.deps().tenants;
     match tenants.get_pending(session).await {
         Ok(Some(bytes)) => serde_json::from_slice(&bytes).map_err(|_| {
-            page(StatusCode::INTERNAL_SERVER_ERROR, "Activation unreadable", "<p>This activation cannot be read. Ask Webex to activate again.</p>")
+            page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Activation unreadable",
+                "<p>This activation cannot be read. Ask Webex to activate again.</p>",
+            )
         }),
         Ok(None) => Err(page(
             StatusCode::NOT_FOUND,
@@ -126,7 +137,10 @@ async fn load_pending(state: &AppState, session: &str) -> Result<Pending, HttpRe
             Err(page(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Try again shortly",
-                &format!("<p>Storage is unavailable. Reference: <code>{}</code></p>", err.tracking_id),
+                &format!(
+                    "<p>Storage is unavailable. Reference: <code>{}</code></p>",
+                    err.tracking_id
+                ),
             ))
         }
     }
@@ -140,13 +154,23 @@ pub async fn setup_page(state: web::Data<AppState>, path: web::Path<String>) -> 
         Err(resp) => return resp,
     };
     let c = &pending.claims;
-    let (state_text, error) = match pending.tenant_id.as_deref().and_then(|id| state.registry.get(id)) {
+    let (state_text, error) = match pending
+        .tenant_id
+        .as_deref()
+        .and_then(|id| state.registry.get(id))
+    {
         Some(h) => {
             let r = h.record();
             (
                 r.provisioning_state.as_str().to_string(),
                 r.last_error
-                    .map(|e| format!("<p class=err>Last error: {} (trackingId <code>{}</code>)</p>", esc(&e.description), e.tracking_id))
+                    .map(|e| {
+                        format!(
+                            "<p class=err>Last error: {} (trackingId <code>{}</code>)</p>",
+                            esc(&e.description),
+                            e.tracking_id
+                        )
+                    })
                     .unwrap_or_default(),
             )
         }
@@ -162,7 +186,11 @@ pub async fn setup_page(state: web::Data<AppState>, path: web::Path<String>) -> 
     } else {
         "<p>Activation started. Reload this page to follow its state.</p>".to_string()
     };
-    let scopes: Vec<String> = c.scopes_list().iter().map(|s| format!("<li><code>{}</code></li>", esc(s))).collect();
+    let scopes: Vec<String> = c
+        .scopes_list()
+        .iter()
+        .map(|s| format!("<li><code>{}</code></li>", esc(s)))
+        .collect();
     page(
         StatusCode::OK,
         "Activate xapi-stream",
@@ -199,7 +227,10 @@ pub async fn setup_submit(
         return page(
             StatusCode::UNAUTHORIZED,
             "Not authorized",
-            &format!("<p>The admin token is wrong or missing. Nothing was changed. Reference: <code>{}</code></p>", e.tracking_id),
+            &format!(
+                "<p>The admin token is wrong or missing. Nothing was changed. Reference: <code>{}</code></p>",
+                e.tracking_id
+            ),
         );
     }
     let mut pending = match load_pending(&state, &session).await {
@@ -211,7 +242,15 @@ pub async fn setup_submit(
             Ok(h) => pending.tenant_id = Some(h.tenant_id().to_string()),
             Err(e) => {
                 let e = activate_error(&state, e);
-                return page(e.status, "Activation failed", &format!("<p>{}. Reference: <code>{}</code></p>", esc(&e.description), e.tracking_id));
+                return page(
+                    e.status,
+                    "Activation failed",
+                    &format!(
+                        "<p>{}. Reference: <code>{}</code></p>",
+                        esc(&e.description),
+                        e.tracking_id
+                    ),
+                );
             }
         }
         if let Err(e) = store_pending(&state, &session, &pending).await {

@@ -32,7 +32,9 @@ pub fn authorize(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
     if token_ok(state, bearer(req)) {
         Ok(())
     } else {
-        Err(ApiError::unauthorized("wrong or missing admin bearer token"))
+        Err(ApiError::unauthorized(
+            "wrong or missing admin bearer token",
+        ))
     }
 }
 

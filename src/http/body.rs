@@ -11,7 +11,11 @@ use super::ApiError;
 
 /// Reads the whole body, refusing more than `limit` bytes (checked against Content-Length
 /// first, then while streaming).
-pub async fn read(req: &HttpRequest, mut payload: Payload, limit: usize) -> Result<Bytes, ApiError> {
+pub async fn read(
+    req: &HttpRequest,
+    mut payload: Payload,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -30,7 +34,11 @@ pub async fn read(req: &HttpRequest, mut payload: Payload, limit: usize) -> Resu
     let mut buf = BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| {
-            ApiError::new(StatusCode::BAD_REQUEST, "malformed", format!("unreadable request body: {e}"))
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed",
+                format!("unreadable request body: {e}"),
+            )
         })?;
         if buf.len() + chunk.len() > limit {
             return Err(too_large());
@@ -43,7 +51,11 @@ pub async fn read(req: &HttpRequest, mut payload: Payload, limit: usize) -> Resu
 /// Parses a JSON body, with a 400 naming the problem.
 pub fn json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, "malformed", format!("malformed JSON body: {e}"))
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed",
+            format!("malformed JSON body: {e}"),
+        )
     })
 }
 

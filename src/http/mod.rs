@@ -5,6 +5,7 @@ pub mod admin;
 pub mod body;
 pub mod error;
 mod probes;
+pub mod webhook;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +26,7 @@ pub struct AppState {
     pub store: Store,
     pub registry: Arc<Registry>,
     pub verifier: Arc<JwtVerifier>,
+    pub writer: actors::store::writer::StreamWriter,
     /// Cleared first on shutdown so the readiness probe sends traffic elsewhere.
     pub accepting: AtomicBool,
 }
@@ -43,7 +45,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/provision", web::post().to(activation::provision))
         .route("/setup/{session}", web::get().to(activation::setup_page))
         .route("/setup/{session}", web::post().to(activation::setup_submit))
-        .route("/admin/activations", web::post().to(activation::admin_activate))
+        .route(
+            "/admin/activations",
+            web::post().to(activation::admin_activate),
+        )
         .route("/admin/tenants", web::get().to(admin::list))
-        .route("/admin/tenants/{tenant_id}", web::get().to(admin::get));
+        .route("/admin/tenants/{tenant_id}", web::get().to(admin::get))
+        .route(
+            "/tenants/{tenant_id}/webhook",
+            web::post().to(webhook::receive),
+        );
 }

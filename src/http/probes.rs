@@ -15,8 +15,15 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             .content_type("text/plain")
             .body("draining\n");
     }
+    if state.writer.capacity() == 0 {
+        return HttpResponse::ServiceUnavailable()
+            .content_type("text/plain")
+            .body("ingest saturated\n");
+    }
     match state.store.ping().await {
-        Ok(()) => HttpResponse::Ok().content_type("text/plain").body("ready\n"),
+        Ok(()) => HttpResponse::Ok()
+            .content_type("text/plain")
+            .body("ready\n"),
         Err(e) => HttpResponse::ServiceUnavailable()
             .content_type("text/plain")
             .body(format!("redis: {e}\n")),

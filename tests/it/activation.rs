@@ -55,13 +55,28 @@ async fn wait_state(base: &str, id: &str, want: &str, limit: Duration) -> Value 
 fn assert_error_json(body: &Value) {
     let t = body["trackingId"].as_str().expect("trackingId present");
     assert_eq!(t.len(), 32, "{body}");
-    assert!(t.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
-    assert!(!body["description"].as_str().unwrap_or("").is_empty(), "{body}");
+    assert!(
+        t.chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+    );
+    assert!(
+        !body["description"].as_str().unwrap_or("").is_empty(),
+        "{body}"
+    );
 }
 
 async fn rejections(base: &str, reason: &str) -> f64 {
-    let text = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
-    metric(&text, &format!("xapi_stream_jwt_rejections_total{{reason=\"{reason}\"}}")).unwrap_or(0.0)
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metric(
+        &text,
+        &format!("xapi_stream_jwt_rejections_total{{reason=\"{reason}\"}}"),
+    )
+    .unwrap_or(0.0)
 }
 
 /// Re-encodes a signed token with a changed payload, keeping header and signature.
@@ -69,7 +84,12 @@ fn tamper(jwt: &str, f: impl FnOnce(&mut Value)) -> String {
     let parts: Vec<&str> = jwt.split('.').collect();
     let mut claims: Value = serde_json::from_slice(&B64.decode(parts[1]).unwrap()).unwrap();
     f(&mut claims);
-    format!("{}.{}.{}", parts[0], B64.encode(claims.to_string()), parts[2])
+    format!(
+        "{}.{}.{}",
+        parts[0],
+        B64.encode(claims.to_string()),
+        parts[2]
+    )
 }
 
 #[actix_web::test]
@@ -77,7 +97,13 @@ async fn every_bad_token_is_rejected_counted_and_stores_nothing() {
     let redis = shared_redis();
     let prefix = unique_prefix();
     let sim = start_sim(SimConfig::default()).await;
-    let engine = start_engine(&sim, &redis.url(), &prefix, &[("SERVER__MAX_BODY_BYTES", "4096")]).await;
+    let engine = start_engine(
+        &sim,
+        &redis.url(),
+        &prefix,
+        &[("SERVER__MAX_BODY_BYTES", "4096")],
+    )
+    .await;
     let base = engine.base_url();
 
     let good = sim.activation_claims(0);
@@ -104,12 +130,27 @@ async fn every_bad_token_is_rejected_counted_and_stores_nothing() {
     let action = sim.action_jwt(0, "healthCheck", json!({}));
 
     let cases: Vec<(&str, String, u16, &str)> = vec![
-        ("bad signature", tamper(&sim.activation_jwt(0), |c| c["orgName"] = json!("Evil")), 401, "signature"),
-        ("unknown kid", sim.sign_claims(&good, Some("no-such-kid")), 401, "unknown_kid"),
+        (
+            "bad signature",
+            tamper(&sim.activation_jwt(0), |c| c["orgName"] = json!("Evil")),
+            401,
+            "signature",
+        ),
+        (
+            "unknown kid",
+            sim.sign_claims(&good, Some("no-such-kid")),
+            401,
+            "unknown_kid",
+        ),
         ("alg none", none, 401, "algorithm"),
         ("HS256 with the public key", hs256, 401, "algorithm"),
         ("expired", sim.sign_claims(&expired, None), 401, "expired"),
-        ("wrong appId", sim.sign_claims(&wrong_app, None), 401, "app_id"),
+        (
+            "wrong appId",
+            sim.sign_claims(&wrong_app, None),
+            401,
+            "app_id",
+        ),
         ("action JWT at activation", action, 400, "wrong_action"),
         ("malformed", "not.a.jwt".to_string(), 400, "malformed"),
         ("garbage", "garbage".to_string(), 400, "malformed"),
@@ -117,10 +158,17 @@ async fn every_bad_token_is_rejected_counted_and_stores_nothing() {
     for (name, jwt, status, reason) in cases {
         let before = rejections(&base, reason).await;
         let (got, body) = post_activation(&base, &jwt).await;
-        assert!(got == status || (got / 100 == status / 100), "{name}: got {got}, want {status}: {body}");
+        assert!(
+            got == status || (got / 100 == status / 100),
+            "{name}: got {got}, want {status}: {body}"
+        );
         assert_eq!(got / 100, 4, "{name}: {got}");
         assert_error_json(&body);
-        assert_eq!(rejections(&base, reason).await, before + 1.0, "{name}: {reason} not counted");
+        assert_eq!(
+            rejections(&base, reason).await,
+            before + 1.0,
+            "{name}: {reason} not counted"
+        );
     }
 
     // Oversized body: 413 with the contract JSON.
@@ -130,7 +178,11 @@ async fn every_bad_token_is_rejected_counted_and_stores_nothing() {
     assert_error_json(&body);
 
     // Nothing at all was written for any of these (not even a jti).
-    assert!(keys_with_prefix(redis, &prefix).is_empty(), "{:?}", keys_with_prefix(redis, &prefix));
+    assert!(
+        keys_with_prefix(redis, &prefix).is_empty(),
+        "{:?}",
+        keys_with_prefix(redis, &prefix)
+    );
     let _ = now;
 
     // A valid one works, and the same token again is a replay.
@@ -172,12 +224,18 @@ async fn unknown_regions_fall_back_to_the_default_and_gov_urls() {
     let mut claims = sim.activation_claims(0);
     claims["region"] = json!("xx-north-9_z");
     let (got, body) = post_activation(&engine.base_url(), &sim.sign_claims(&claims, None)).await;
-    assert_eq!(got, 202, "unknown region did not fall back to us-east-2_a: {body}");
+    assert_eq!(
+        got, 202,
+        "unknown region did not fall back to us-east-2_a: {body}"
+    );
     // A gov region must NOT fall back to us-east-2_a.
     let mut claims = sim.activation_claims(1);
     claims["region"] = json!("us-gov-east-9_q");
     let (got, body) = post_activation(&engine.base_url(), &sim.sign_claims(&claims, None)).await;
-    assert_eq!(got, 503, "gov region must use the gov JWKS (unreachable here): {body}");
+    assert_eq!(
+        got, 503,
+        "gov region must use the gov JWKS (unreachable here): {body}"
+    );
     engine.shutdown().await;
 
     let overrides = [
@@ -188,7 +246,10 @@ async fn unknown_regions_fall_back_to_the_default_and_gov_urls() {
     let mut claims = sim.activation_claims(2);
     claims["region"] = json!("us-gov-east-9_q");
     let (got, body) = post_activation(&engine.base_url(), &sim.sign_claims(&claims, None)).await;
-    assert_eq!(got, 202, "unknown us-gov region did not fall back to the gov JWKS: {body}");
+    assert_eq!(
+        got, 202,
+        "unknown us-gov region did not fall back to the gov JWKS: {body}"
+    );
     engine.shutdown().await;
     sim.shutdown().await;
 }
@@ -203,7 +264,13 @@ async fn a_hundred_tenants_activate_concurrently_with_one_patch_each() {
         ..Default::default()
     })
     .await;
-    let engine = start_engine(&sim, &redis.url(), &unique_prefix(), &[("INTEGRATION__INGEST", "both")]).await;
+    let engine = start_engine(
+        &sim,
+        &redis.url(),
+        &unique_prefix(),
+        &[("INTEGRATION__INGEST", "both")],
+    )
+    .await;
     let base = engine.base_url();
     let jwts: Vec<String> = (0..N).map(|i| sim.activation_jwt(i)).collect();
     let answers = futures::future::join_all(jwts.iter().map(|j| post_activation(&base, j))).await;
@@ -229,7 +296,10 @@ async fn a_hundred_tenants_activate_concurrently_with_one_patch_each() {
         assert_eq!(org_tenant["org_id"], sim.org(i).org_id);
         let tid = org_tenant["tenant_id"].as_str().unwrap();
         assert_eq!(p["actionsUrl"], format!("{base}/tenants/{tid}/actions"));
-        assert_eq!(p["webhook"]["targetUrl"], format!("{base}/tenants/{tid}/webhook"));
+        assert_eq!(
+            p["webhook"]["targetUrl"],
+            format!("{base}/tenants/{tid}/webhook")
+        );
         assert_eq!(p["webhook"]["type"], "hmac_signature");
         let secret = p["webhook"]["secret"].as_str().unwrap();
         assert!(secret.len() >= 32, "secret too short");
@@ -248,9 +318,20 @@ async fn a_hundred_tenants_activate_concurrently_with_one_patch_each() {
         .await
         .unwrap();
     assert_eq!(list.len(), N);
-    let text = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
-    assert_eq!(metric(&text, "xapi_stream_tenants{state=\"completed\"}"), Some(N as f64));
-    assert_eq!(metric(&text, "xapi_stream_activations_total{result=\"completed\"}"), Some(N as f64));
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric(&text, "xapi_stream_tenants{state=\"completed\"}"),
+        Some(N as f64)
+    );
+    assert_eq!(
+        metric(&text, "xapi_stream_activations_total{result=\"completed\"}"),
+        Some(N as f64)
+    );
 
     // Re-activating an organization keeps its tenant id.
     let (status, body) = post_activation(&base, &sim.activation_jwt(0)).await;
@@ -279,16 +360,27 @@ async fn https_provisioning_goes_through_the_setup_page() {
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.unwrap();
     let redirect = body["redirectUrl"].as_str().unwrap().to_string();
-    assert!(redirect.starts_with("http://127.0.0.1:8080/setup/") || redirect.contains("/setup/"), "{redirect}");
+    assert!(
+        redirect.starts_with("http://127.0.0.1:8080/setup/") || redirect.contains("/setup/"),
+        "{redirect}"
+    );
     let session = redirect.rsplit('/').next().unwrap().to_string();
 
-    let page = http.get(format!("{base}/setup/{session}")).send().await.unwrap();
+    let page = http
+        .get(format!("{base}/setup/{session}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(page.status(), 200);
     let html = page.text().await.unwrap();
     assert!(html.contains(&sim.org(0).name), "org name on the page");
     assert!(html.contains("us-east-2_a"));
     assert!(html.contains("awaiting confirmation"));
-    assert_eq!(sim.app_state(0).patches.len(), 0, "nothing happens before the admin confirms");
+    assert_eq!(
+        sim.app_state(0).patches.len(),
+        0,
+        "nothing happens before the admin confirms"
+    );
 
     // Wrong token: 401 page, nothing changed.
     let r = http
@@ -308,7 +400,14 @@ async fn https_provisioning_goes_through_the_setup_page() {
         .unwrap();
     assert_eq!(r.status(), 303);
     let ok = eventually(Duration::from_secs(20), || async {
-        let html = http.get(format!("{base}/setup/{session}")).send().await.unwrap().text().await.unwrap();
+        let html = http
+            .get(format!("{base}/setup/{session}"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         html.contains("<dd id=state>completed</dd>")
     })
     .await;
@@ -326,7 +425,13 @@ async fn https_provisioning_goes_through_the_setup_page() {
 async fn auto_complete_starts_at_once_and_failures_show_a_tracking_id() {
     let redis = shared_redis();
     let sim = start_sim(SimConfig::default()).await;
-    let engine = start_engine(&sim, &redis.url(), &unique_prefix(), &[("ACTIVATION__AUTO_COMPLETE", "true")]).await;
+    let engine = start_engine(
+        &sim,
+        &redis.url(),
+        &unique_prefix(),
+        &[("ACTIVATION__AUTO_COMPLETE", "true")],
+    )
+    .await;
     let base = engine.base_url();
     let r = reqwest::Client::new()
         .post(format!("{base}/provision"))
@@ -335,14 +440,29 @@ async fn auto_complete_starts_at_once_and_failures_show_a_tracking_id() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert!(eventually(Duration::from_secs(20), || async { sim.app_state(0).provisioning_state.as_deref() == Some("completed") }).await);
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            sim.app_state(0).provisioning_state.as_deref() == Some("completed")
+        })
+        .await
+    );
 
     // appUrl answering 500: the tenant ends in `error` with a trackingId.
     sim.set_app_url_status(1, Some(500));
     let (status, body) = post_activation(&base, &sim.activation_jwt(1)).await;
     assert_eq!(status, 202);
-    let t = wait_state(&base, body["tenant_id"].as_str().unwrap(), "error", Duration::from_secs(20)).await;
-    assert_eq!(t["last_error"]["trackingId"].as_str().unwrap().len(), 32, "{t}");
+    let t = wait_state(
+        &base,
+        body["tenant_id"].as_str().unwrap(),
+        "error",
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(
+        t["last_error"]["trackingId"].as_str().unwrap().len(),
+        32,
+        "{t}"
+    );
     engine.shutdown().await;
     sim.shutdown().await;
 }
@@ -357,7 +477,13 @@ async fn short_lived_tokens_are_always_fresh_and_refresh_tokens_never_reused() {
     })
     .await;
     // The reconciler calls the appUrl with the tenant's token every 200 ms.
-    let engine = start_engine(&sim, &redis.url(), &unique_prefix(), &[("ACTIVATION__RECONCILE_INTERVAL_SECS", "0.2")]).await;
+    let engine = start_engine(
+        &sim,
+        &redis.url(),
+        &unique_prefix(),
+        &[("ACTIVATION__RECONCILE_INTERVAL_SECS", "0.2")],
+    )
+    .await;
     let base = engine.base_url();
     for i in 0..5 {
         let (status, body) = post_activation(&base, &sim.activation_jwt(i)).await;
@@ -365,13 +491,26 @@ async fn short_lived_tokens_are_always_fresh_and_refresh_tokens_never_reused() {
     }
     tokio::time::sleep(Duration::from_secs(30)).await;
     let stats = sim.oauth_stats();
-    assert_eq!(sim.expired_bearer_calls(), 0, "the engine used an expired token");
-    assert_eq!(stats.invalid_grant, 0, "a rotated refresh token was reused: {stats:?}");
+    assert_eq!(
+        sim.expired_bearer_calls(),
+        0,
+        "the engine used an expired token"
+    );
+    assert_eq!(
+        stats.invalid_grant, 0,
+        "a rotated refresh token was reused: {stats:?}"
+    );
     // 5 tenants × 30 s / (refresh every ≤ 2 s) — many exchanges, all with the newest token.
     assert!(stats.exchanges_ok >= 5 * 10, "{stats:?}");
-    assert!(sim.app_reads() >= 5 * 50, "reconciler did not exercise the tokens");
+    assert!(
+        sim.app_reads() >= 5 * 50,
+        "reconciler did not exercise the tokens"
+    );
     for t in engine.registry().list() {
-        assert_eq!(t.record().tokens_state, actors::store::tenants::TokensState::Valid);
+        assert_eq!(
+            t.record().tokens_state,
+            actors::store::tenants::TokensState::Valid
+        );
     }
     engine.shutdown().await;
     sim.shutdown().await;
@@ -389,7 +528,13 @@ async fn a_rejected_refresh_token_marks_the_tenant_invalid() {
     let engine = start_engine(&sim, &redis.url(), &prefix, &[]).await;
     let (_, body) = post_activation(&engine.base_url(), &sim.activation_jwt(0)).await;
     let id = body["tenant_id"].as_str().unwrap().to_string();
-    wait_state(&engine.base_url(), &id, "completed", Duration::from_secs(20)).await;
+    wait_state(
+        &engine.base_url(),
+        &id,
+        "completed",
+        Duration::from_secs(20),
+    )
+    .await;
     sim.revoke_refresh_tokens(0);
     assert!(
         eventually(Duration::from_secs(10), || async {
@@ -418,7 +563,10 @@ async fn a_rejected_refresh_token_marks_the_tenant_invalid() {
 /// Everything in Redis under `prefix`, as raw bytes (SCAN + DUMP).
 fn dump_all(redis: &xapi_stream::redis_server::RedisServer, prefix: &str) -> Vec<u8> {
     let mut conn = redis.client().get_connection().unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query(&mut conn).unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query(&mut conn)
+        .unwrap();
     let mut all = Vec::new();
     for k in keys {
         all.extend_from_slice(k.as_bytes());
@@ -482,11 +630,22 @@ async fn killed_engine_resumes_every_tenant_and_redis_holds_no_plain_secret() {
     }
     let exchanges_before = sim.oauth_stats().exchanges_ok;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert!(sim.oauth_stats().exchanges_ok > exchanges_before, "tokens not refreshed after resume");
-    assert_eq!(sim.oauth_stats().invalid_grant, 0, "a stale refresh token was used after restart");
+    assert!(
+        sim.oauth_stats().exchanges_ok > exchanges_before,
+        "tokens not refreshed after resume"
+    );
+    assert_eq!(
+        sim.oauth_stats().invalid_grant,
+        0,
+        "a stale refresh token was used after restart"
+    );
     assert_eq!(sim.expired_bearer_calls(), 0);
     for i in 0..4 {
-        assert_eq!(sim.app_state(i).patches.len(), 1, "org {i} was re-activated");
+        assert_eq!(
+            sim.app_state(i).patches.len(),
+            1,
+            "org {i} was re-activated"
+        );
     }
 
     let dump = dump_all(redis, &prefix);
@@ -503,7 +662,10 @@ async fn killed_engine_resumes_every_tenant_and_redis_holds_no_plain_secret() {
     }
     assert!(secrets.len() > 10);
     for s in &secrets {
-        assert!(!contains(&dump, s), "a secret is stored in plain text in Redis");
+        assert!(
+            !contains(&dump, s),
+            "a secret is stored in plain text in Redis"
+        );
     }
     child.kill().unwrap();
     child.wait().unwrap();

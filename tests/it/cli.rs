@@ -48,7 +48,10 @@ fn invalid_values_and_env_overrides_are_named() {
     let out = serve(f.path(), &[("XAPI_STREAM__SERVER__BIND", "not-an-address")]);
     assert!(!out.status.success());
     let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(stderr.trim().starts_with("config error: server.bind:"), "{stderr}");
+    assert!(
+        stderr.trim().starts_with("config error: server.bind:"),
+        "{stderr}"
+    );
 
     let f = write_config("[server]\nbind = \"127.0.0.1:0\"\n");
     let out = serve(f.path(), &[]);
@@ -58,7 +61,11 @@ fn invalid_values_and_env_overrides_are_named() {
     let f = write_config("this is = = not toml");
     let out = serve(f.path(), &[]);
     assert!(!out.status.success());
-    assert!(String::from_utf8(out.stderr).unwrap().contains("not valid TOML"));
+    assert!(
+        String::from_utf8(out.stderr)
+            .unwrap()
+            .contains("not valid TOML")
+    );
 }
 
 #[test]
@@ -68,7 +75,11 @@ fn manifest_check_passes_the_example_and_names_problems() {
         .args(["manifest", "check", example])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 
     let f = write_config(
         r#"{"id":"nope","manifestVersion":"1","displayName":"x","vendor":"v","email":"e@x.io",
@@ -82,7 +93,12 @@ fn manifest_check_passes_the_example_and_names_problems() {
         .unwrap();
     assert!(!out.status.success());
     let stdout = String::from_utf8(out.stdout).unwrap();
-    for path in ["$.id", "$.manifestVersion", "$.tocUrl", "$.provisioning.url"] {
+    for path in [
+        "$.id",
+        "$.manifestVersion",
+        "$.tocUrl",
+        "$.provisioning.url",
+    ] {
         assert!(stdout.contains(path), "{path} not reported:\n{stdout}");
     }
 }
@@ -125,7 +141,10 @@ fn serve_drains_and_exits_zero_on_sigterm() {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(t.elapsed() < Duration::from_secs(10), "did not exit after SIGTERM");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "did not exit after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "exit status {status:?}");

@@ -60,26 +60,50 @@ async fn readiness_follows_redis_within_a_bound() {
     let t = Instant::now();
     let r = http.get(&url).send().await.unwrap();
     assert_eq!(r.status(), 503);
-    assert!(t.elapsed() < Duration::from_secs(5), "readyz hung {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "readyz hung {:?}",
+        t.elapsed()
+    );
     // Liveness is unaffected.
-    let h = http.get(format!("{}/healthz", engine.base_url())).send().await.unwrap();
+    let h = http
+        .get(format!("{}/healthz", engine.base_url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(h.status(), 200);
     redis.resume();
-    assert!(eventually(Duration::from_secs(10), || async {
-        http.get(&url).send().await.map(|r| r.status() == 200).unwrap_or(false)
-    })
-    .await);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            http.get(&url)
+                .send()
+                .await
+                .map(|r| r.status() == 200)
+                .unwrap_or(false)
+        })
+        .await
+    );
 
     // A dead Redis, then a restarted one on the same port: readiness recovers by itself.
     redis.kill();
-    assert!(eventually(Duration::from_secs(10), || async {
-        http.get(&url).send().await.map(|r| r.status() == 503).unwrap_or(false)
-    })
-    .await);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            http.get(&url)
+                .send()
+                .await
+                .map(|r| r.status() == 503)
+                .unwrap_or(false)
+        })
+        .await
+    );
     redis.restart().unwrap();
     assert!(
         eventually(Duration::from_secs(15), || async {
-            http.get(&url).send().await.map(|r| r.status() == 200).unwrap_or(false)
+            http.get(&url)
+                .send()
+                .await
+                .map(|r| r.status() == 200)
+                .unwrap_or(false)
         })
         .await,
         "readiness did not recover after redis restart"
@@ -103,8 +127,22 @@ async fn engine_serves_health_before_redis_exists() {
     let engine = xapi_stream::engine::start(cfg).await.unwrap();
     let http = reqwest::Client::new();
     let base = engine.base_url();
-    assert_eq!(http.get(format!("{base}/healthz")).send().await.unwrap().status(), 200);
-    assert_eq!(http.get(format!("{base}/readyz")).send().await.unwrap().status(), 503);
+    assert_eq!(
+        http.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        http.get(format!("{base}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        503
+    );
     engine.shutdown().await;
     sim.shutdown().await;
 }
@@ -116,11 +154,18 @@ async fn each_test_gets_a_private_prefix_and_redis_can_be_faulted() {
     let b = unique_prefix();
     assert_ne!(a, b);
     let mut conn = redis.client().get_connection().unwrap();
-    let _: () = redis::cmd("SET").arg(format!("{a}:k")).arg(1).query(&mut conn).unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(format!("{a}:k"))
+        .arg(1)
+        .query(&mut conn)
+        .unwrap();
     assert_eq!(keys_with_prefix(&redis, &a), vec![format!("{a}:k")]);
     assert!(keys_with_prefix(&redis, &b).is_empty());
     redis.kill();
     assert!(redis.client().get_connection().is_err());
     redis.restart().unwrap();
-    assert!(keys_with_prefix(&redis, &a).is_empty(), "no persistence across restarts");
+    assert!(
+        keys_with_prefix(&redis, &a).is_empty(),
+        "no persistence across restarts"
+    );
 }

@@ -63,6 +63,16 @@ impl Keys {
         format!("{}:pending:{session}", self.prefix)
     }
 
+    /// `<p>:{<org>}:stamps:<deviceId>` — per key, the millisecond timestamp that last changed it.
+    pub fn device_stamps(&self, org: &str, device: &str) -> String {
+        format!("{}:{{{org}}}:stamps:{device}", self.prefix)
+    }
+
+    /// `<p>:{<org>}:seen:<fingerprint>` — a message already applied (deduplication).
+    pub fn seen(&self, org: &str, fingerprint: &str) -> String {
+        format!("{}:{{{org}}}:seen:{fingerprint}", self.prefix)
+    }
+
     /// `<p>:tenants` — tenant lifecycle stream.
     pub fn tenants_stream(&self) -> String {
         format!("{}:tenants", self.prefix)

@@ -8,6 +8,7 @@ pub mod crypto;
 pub mod jti;
 pub mod keys;
 pub mod tenants;
+pub mod writer;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,9 +2,11 @@
 //! uses, and the supervisor actor that owns its lifecycle and children.
 //!
 //! # Layout
+//! - [`poller`]: the queue poller (long-poll → stream writer), a supervised child.
 //! - [`tokens`]: `TokenKeeper`, the only place that exchanges the tenant's refresh token.
 //! - [`supervisor`]: `TenantSupervisor`, the actor that completes activations and supervises
 //!   the tenant's background work, restarting failed children with backoff.
+pub mod poller;
 pub mod supervisor;
 pub mod tokens;
 
@@ -32,6 +34,7 @@ pub struct Deps {
     pub tenants: Tenants,
     pub webex: WebexClient,
     pub metrics: Metrics,
+    pub writer: crate::store::writer::StreamWriter,
     pub shutdown: Shutdown,
 }
 
@@ -79,7 +82,10 @@ impl TenantShared {
 
     /// Applies `change`, stamps `updated_at`, persists. The in-memory copy changes only if
     /// the write succeeded, so memory never runs ahead of Redis.
-    pub async fn update(&self, change: impl FnOnce(&mut TenantRecord)) -> Result<TenantRecord, StoreError> {
+    pub async fn update(
+        &self,
+        change: impl FnOnce(&mut TenantRecord),
+    ) -> Result<TenantRecord, StoreError> {
         let mut next = self.record();
         change(&mut next);
         next.updated_at = Utc::now();
@@ -242,7 +248,11 @@ impl TenantShared {
             let wait_until = if idle {
                 None
             } else {
-                Some(retry_at.or(self.tokens.refresh_due_at()).unwrap_or_else(Instant::now))
+                Some(
+                    retry_at
+                        .or(self.tokens.refresh_due_at())
+                        .unwrap_or_else(Instant::now),
+                )
             };
             tokio::select! {
                 _ = stop.wait() => return,
@@ -263,7 +273,10 @@ impl TenantShared {
                     failures = 0;
                     retry_at = None;
                 }
-                Err(TokenError::Transient { retry_after, message }) => {
+                Err(TokenError::Transient {
+                    retry_after,
+                    message,
+                }) => {
                     failures += 1;
                     let backoff = retry_after
                         .unwrap_or_else(|| REFRESH_RETRY_BASE.saturating_mul(1 << failures.min(6)))

@@ -34,6 +34,7 @@ const RECONCILE_JITTER: f64 = 0.1;
 pub enum ChildKind {
     TokenRefresher,
     Reconciler,
+    QueuePoller,
 }
 
 impl ChildKind {
@@ -41,6 +42,7 @@ impl ChildKind {
         match self {
             Self::TokenRefresher => "token_refresher",
             Self::Reconciler => "reconciler",
+            Self::QueuePoller => "queue_poller",
         }
     }
 }
@@ -97,6 +99,7 @@ impl TenantSupervisor {
                     Ok(())
                 }
                 ChildKind::Reconciler => run_reconciler(shared, stop).await,
+                ChildKind::QueuePoller => super::poller::run(shared, stop).await,
             };
             // try_send: the mailbox is bounded; an exit lost to a full mailbox only delays
             // a restart until the next lifecycle event.
@@ -110,6 +113,10 @@ impl TenantSupervisor {
         self.spawn_child(ChildKind::TokenRefresher, ctx);
         if self.shared.state() == ProvisioningState::Completed {
             self.spawn_child(ChildKind::Reconciler, ctx);
+            let r = self.shared.record();
+            if r.ingest.queue() && r.poll_url.is_some() {
+                self.spawn_child(ChildKind::QueuePoller, ctx);
+            }
         }
     }
 }
@@ -179,7 +186,9 @@ impl Handler<ChildExited> for TenantSupervisor {
             Err(e) => {
                 let n = self.restarts.entry(msg.kind).or_default();
                 *n += 1;
-                let delay = RESTART_BASE.saturating_mul(1 << (*n).min(6)).min(RESTART_CAP);
+                let delay = RESTART_BASE
+                    .saturating_mul(1 << (*n).min(6))
+                    .min(RESTART_CAP);
                 tracing::warn!(tenant = %self.shared.tenant_id, child = msg.kind.as_str(), error = %e, ?delay, "child failed; restarting");
                 self.shared
                     .deps
@@ -263,7 +272,12 @@ async fn try_complete(shared: &TenantShared) -> Result<(), Failure> {
                 s.webhook_secret = Some(new);
             })
             .await
-            .map_err(|e| (format!("could not store the webhook secret: {e}"), Some(token.clone())))?;
+            .map_err(|e| {
+                (
+                    format!("could not store the webhook secret: {e}"),
+                    Some(token.clone()),
+                )
+            })?;
         body["webhook"] = json!({
             "targetUrl": deps.webhook_url(&shared.tenant_id),
             "type": "hmac_signature",
@@ -276,15 +290,22 @@ async fn try_complete(shared: &TenantShared) -> Result<(), Failure> {
     let answer = match deps.webex.patch_app(&record.app_url, &token, &body).await {
         Err(AppUrlError::Unauthorized(_)) => {
             // The token may have been revoked between exchange and PATCH: one fresh try.
-            let fresh = shared
-                .refresh_after_rejection(&token)
-                .await
-                .map_err(|e| (format!("appUrl rejected our token and refresh failed: {e}"), None))?;
+            let fresh = shared.refresh_after_rejection(&token).await.map_err(|e| {
+                (
+                    format!("appUrl rejected our token and refresh failed: {e}"),
+                    None,
+                )
+            })?;
             deps.webex.patch_app(&record.app_url, &fresh, &body).await
         }
         other => other,
     }
-    .map_err(|e| (format!("PATCH of the appUrl failed: {e}"), Some(token.clone())))?;
+    .map_err(|e| {
+        (
+            format!("PATCH of the appUrl failed: {e}"),
+            Some(token.clone()),
+        )
+    })?;
     let poll_url = answer
         .pointer("/queue/pollUrl")
         .and_then(Value::as_str)
@@ -312,7 +333,12 @@ async fn try_complete(shared: &TenantShared) -> Result<(), Failure> {
             r.last_error = None;
         })
         .await
-        .map_err(|e| (format!("could not store the completed activation: {e}"), None))?;
+        .map_err(|e| {
+            (
+                format!("could not store the completed activation: {e}"),
+                None,
+            )
+        })?;
     Ok(())
 }
 
@@ -353,10 +379,12 @@ pub async fn reconcile_once(shared: &TenantShared) -> Result<(), String> {
     };
     match answer {
         Ok(app) => {
-            let scopes: Option<Vec<String>> = app
-                .get("scopes")
-                .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect());
+            let scopes: Option<Vec<String>> =
+                app.get("scopes").and_then(Value::as_array).map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(str::to_string))
+                        .collect()
+                });
             let access = app.get("xapiAccessKeys").cloned();
             let version = app.get("manifestVersion").map(|v| match v {
                 Value::String(s) => s.clone(),
@@ -380,7 +408,10 @@ pub async fn reconcile_once(shared: &TenantShared) -> Result<(), String> {
         }
         Err(AppUrlError::Gone(code)) => {
             shared
-                .fail(None, format!("the integration was removed on the Webex side ({code})"))
+                .fail(
+                    None,
+                    format!("the integration was removed on the Webex side ({code})"),
+                )
                 .await;
             Ok(())
         }

@@ -23,9 +23,6 @@ pub const USE_MARGIN: Duration = Duration::from_millis(500);
 /// Refresh ahead of expiry by a third of the lifetime, at most this much.
 pub const MAX_REFRESH_LEAD: Duration = Duration::from_secs(300);
 
-
-
-
 /// A usable access token.
 #[derive(Clone, Debug)]
 pub struct AccessToken {
@@ -40,8 +37,12 @@ impl AccessToken {
     }
 
     fn refresh_at(&self) -> Instant {
-        let lead = (self.lifetime / 3).min(MAX_REFRESH_LEAD).max(USE_MARGIN * 2);
-        self.expires_at.checked_sub(lead).unwrap_or_else(Instant::now)
+        let lead = (self.lifetime / 3)
+            .min(MAX_REFRESH_LEAD)
+            .max(USE_MARGIN * 2);
+        self.expires_at
+            .checked_sub(lead)
+            .unwrap_or_else(Instant::now)
     }
 }
 
@@ -80,6 +81,27 @@ pub struct TokenKeeper {
     invalid: StdMutex<bool>,
     /// Wakes the background refresher (new token, new refresh token, stop).
     wake: Notify,
+    /// Webhook secrets as last persisted, readable without waiting for an exchange.
+    webhook: StdMutex<WebhookSecrets>,
+}
+
+/// The secrets a webhook may be signed with.
+#[derive(Clone, Default)]
+struct WebhookSecrets {
+    current: Option<Secret>,
+    previous: Option<(Secret, chrono::DateTime<Utc>)>,
+}
+
+impl WebhookSecrets {
+    fn of(s: &TenantSecrets) -> Self {
+        Self {
+            current: s.webhook_secret.clone(),
+            previous: s
+                .previous_webhook_secret
+                .clone()
+                .zip(s.previous_valid_until),
+        }
+    }
 }
 
 impl TokenKeeper {
@@ -101,7 +123,9 @@ impl TokenKeeper {
             }
             _ => None,
         };
+        let webhook = StdMutex::new(WebhookSecrets::of(&secrets));
         Self {
+            webhook,
             deps,
             org,
             oauth_url: StdMutex::new(oauth_url),
@@ -153,7 +177,12 @@ impl TokenKeeper {
         let result = self
             .deps
             .webex
-            .refresh(&oauth_url, &cfg.client_id, &cfg.client_secret, &p.secrets.refresh_token)
+            .refresh(
+                &oauth_url,
+                &cfg.client_id,
+                &cfg.client_secret,
+                &p.secrets.refresh_token,
+            )
             .await;
         match result {
             Ok(grant) => {
@@ -163,15 +192,16 @@ impl TokenKeeper {
                 }
                 next.access_token = Some(grant.access_token.clone());
                 next.access_expires_at = Some(
-                    Utc::now()
-                        + chrono::Duration::from_std(grant.expires_in).unwrap_or_default(),
+                    Utc::now() + chrono::Duration::from_std(grant.expires_in).unwrap_or_default(),
                 );
                 // Persist the (possibly rotated) refresh token before anything uses the grant:
                 // the old one is dead now.
-                self.persist(&mut p, next).await.map_err(|e| TokenError::Transient {
-                    message: format!("could not store the rotated refresh token: {e}"),
-                    retry_after: None,
-                })?;
+                self.persist(&mut p, next)
+                    .await
+                    .map_err(|e| TokenError::Transient {
+                        message: format!("could not store the rotated refresh token: {e}"),
+                        retry_after: None,
+                    })?;
                 let token = AccessToken {
                     token: grant.access_token.clone(),
                     expires_at: Instant::now() + grant.expires_in,
@@ -230,7 +260,20 @@ impl TokenKeeper {
                 }
             }
         }
+        *self.webhook.lock().expect("webhook lock") = WebhookSecrets::of(&p.secrets);
         Ok(())
+    }
+
+    /// How webhooks of this tenant authenticate now; `None` before a secret exists. The
+    /// previous secret is included only while its rotation grace lasts.
+    pub fn webhook_auth(&self) -> Option<crate::protocol::webhook::WebhookAuth> {
+        let w = self.webhook.lock().expect("webhook lock").clone();
+        let previous = w
+            .previous
+            .filter(|(_, until)| *until > Utc::now())
+            .map(|(s, _)| s);
+        w.current
+            .map(|current| crate::protocol::webhook::WebhookAuth::Hmac { current, previous })
     }
 
     /// Adopts a new refresh token (update action) and new oauthUrl, persisted with CAS.
@@ -275,6 +318,7 @@ impl TokenKeeper {
     pub async fn clear(&self) {
         let mut p = self.persisted.lock().await;
         p.secrets = TenantSecrets::default();
+        *self.webhook.lock().expect("webhook lock") = WebhookSecrets::default();
         *self.current.lock().expect("token lock") = None;
         self.wake.notify_one();
     }

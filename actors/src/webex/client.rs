@@ -124,7 +124,10 @@ impl WebexClient {
             return Ok(TokenGrant {
                 access_token: Secret::new(body.access_token),
                 expires_in: Duration::from_secs(body.expires_in),
-                refresh_token: body.refresh_token.filter(|t| !t.is_empty()).map(Secret::new),
+                refresh_token: body
+                    .refresh_token
+                    .filter(|t| !t.is_empty())
+                    .map(Secret::new),
             });
         }
         let body = short_body(resp).await;

@@ -56,7 +56,10 @@ pub async fn wait_ready(base: &str, limit: Duration) {
         {
             return;
         }
-        assert!(Instant::now() < deadline, "{base} not ready within {limit:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{base} not ready within {limit:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -1,0 +1,224 @@
+//! The queue poller of one tenant: long-polls the `pollUrl` with the tenant's token and hands
+//! every message to the stream writer. It never holds more than one batch: the next poll is
+//! sent only after the previous batch is durable in Redis (Webex keeps unpolled messages for
+//! 10 minutes, so pausing under backpressure loses nothing).
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::join_all;
+use serde::Deserialize;
+
+use super::{TenantShared, TokenError};
+use crate::protocol::message::{self, Source};
+use crate::shutdown::Shutdown;
+use crate::store::writer::Applied;
+
+/// Pause after a failed poll (the protocol suggests 10 s), doubling up to the cap, jittered.
+pub const POLL_RETRY_BASE: Duration = Duration::from_secs(10);
+pub const POLL_RETRY_CAP: Duration = Duration::from_secs(60);
+/// A long-poll waits up to 20 s on the server; allow this much more before giving up.
+const LONG_POLL_TIMEOUT: Duration = Duration::from_secs(35);
+/// With fewer free places than this in the writer's queue, polling pauses.
+const MIN_FREE_PLACES: usize = 64;
+/// How often to look again while paused for backpressure.
+const BACKPRESSURE_PAUSE: Duration = Duration::from_millis(200);
+/// Pause between retries of a batch Redis refused.
+const WRITE_RETRY: Duration = Duration::from_millis(500);
+
+#[derive(Deserialize)]
+struct PollResponse {
+    #[serde(default)]
+    messages: Vec<serde_json::Value>,
+}
+
+/// Overrides of the poller's pacing (tests use short ones).
+#[derive(Debug, Clone, Copy)]
+pub struct PollPacing {
+    pub retry_base: Duration,
+    pub retry_cap: Duration,
+}
+
+impl Default for PollPacing {
+    fn default() -> Self {
+        Self {
+            retry_base: POLL_RETRY_BASE,
+            retry_cap: POLL_RETRY_CAP,
+        }
+    }
+}
+
+/// Runs until `stop`. Returns `Err` only for failures a restart could mend.
+pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), String> {
+    let deps = shared.deps.clone();
+    let pacing = PollPacing {
+        retry_base: Duration::from_secs_f64(deps.config.ingest.poll_retry_secs),
+        retry_cap: POLL_RETRY_CAP,
+    };
+    let metrics = &deps.metrics;
+    let count = |result: &str| metrics.queue_polls_total.with_label_values(&[result]).inc();
+    let mut failures = 0u32;
+    loop {
+        if stop.is_fired() {
+            return Ok(());
+        }
+        if deps.writer.capacity() < MIN_FREE_PLACES {
+            count("backpressure");
+            metrics.backpressure_rejections_total.inc();
+            if sleep_or_stop(BACKPRESSURE_PAUSE, &stop).await {
+                return Ok(());
+            }
+            continue;
+        }
+        let outcome = poll_once(&shared, &stop).await;
+        let delay = match outcome {
+            Poll::Stopped => return Ok(()),
+            Poll::Messages(0) => {
+                count("empty");
+                failures = 0;
+                None
+            }
+            Poll::Messages(_) => {
+                count("ok");
+                failures = 0;
+                None
+            }
+            Poll::Failed(why) => {
+                count("error");
+                failures += 1;
+                let base = pacing.retry_base.saturating_mul(1 << (failures - 1).min(4));
+                let jitter = 0.8 + 0.4 * rand::random::<f64>();
+                let d = base.min(pacing.retry_cap).mul_f64(jitter);
+                tracing::warn!(tenant = %shared.tenant_id, failures, error = %why, delay = ?d, "queue poll failed");
+                Some(d)
+            }
+        };
+        if let Some(d) = delay
+            && sleep_or_stop(d, &stop).await
+        {
+            return Ok(());
+        }
+    }
+}
+
+enum Poll {
+    Messages(usize),
+    Failed(String),
+    Stopped,
+}
+
+async fn sleep_or_stop(d: Duration, stop: &Shutdown) -> bool {
+    tokio::select! {
+        _ = stop.wait() => true,
+        _ = tokio::time::sleep(d) => false,
+    }
+}
+
+async fn poll_once(shared: &Arc<TenantShared>, stop: &Shutdown) -> Poll {
+    let deps = &shared.deps;
+    let Some(poll_url) = shared.record().poll_url else {
+        return Poll::Failed("no pollUrl".into());
+    };
+    let url = match deps.webex.check_url(&poll_url) {
+        Ok(u) => u,
+        Err(e) => return Poll::Failed(e),
+    };
+    let mut token = match shared.access_token().await {
+        Ok(t) => t,
+        Err(e @ (TokenError::Invalid | TokenError::Gone)) => return Poll::Failed(e.to_string()),
+        Err(e) => return Poll::Failed(e.to_string()),
+    };
+    for attempt in 0..2 {
+        let req = deps
+            .webex
+            .http()
+            .get(url.clone())
+            .bearer_auth(token.expose())
+            .timeout(LONG_POLL_TIMEOUT)
+            .send();
+        let resp = tokio::select! {
+            _ = stop.wait() => return Poll::Stopped,
+            r = req => r,
+        };
+        let resp = match resp {
+            Ok(r) => r,
+            Err(e) => return Poll::Failed(e.without_url().to_string()),
+        };
+        let status = resp.status();
+        if status == reqwest::StatusCode::UNAUTHORIZED && attempt == 0 {
+            shared
+                .deps
+                .metrics
+                .queue_polls_total
+                .with_label_values(&["unauthorized"])
+                .inc();
+            match shared.refresh_after_rejection(&token).await {
+                Ok(t) => {
+                    token = t;
+                    continue;
+                }
+                Err(e) => return Poll::Failed(format!("token: {e}")),
+            }
+        }
+        if !status.is_success() {
+            return Poll::Failed(format!("pollUrl answered {status}"));
+        }
+        let body: PollResponse = match resp.json().await {
+            Ok(b) => b,
+            Err(e) => {
+                return Poll::Failed(format!("unreadable poll response: {}", e.without_url()));
+            }
+        };
+        let n = body.messages.len();
+        write_batch(shared, body.messages, stop).await;
+        return Poll::Messages(n);
+    }
+    Poll::Failed("unauthorized twice".into())
+}
+
+/// Writes one polled batch, retrying what Redis refused until it is durable or we stop: the
+/// messages are no longer in the Webex queue, so giving up would lose them.
+async fn write_batch(shared: &Arc<TenantShared>, raw: Vec<serde_json::Value>, stop: &Shutdown) {
+    let deps = &shared.deps;
+    let mut pending = Vec::with_capacity(raw.len());
+    for v in raw {
+        match message::from_value(v) {
+            Ok(m) if matches!(m.body, message::Body::HealthCheck) => {}
+            Ok(m) if m.org_id != shared.org_id => {
+                tracing::warn!(tenant = %shared.tenant_id, "queue message for another organization dropped");
+            }
+            Ok(m) => pending.push(Arc::new(m)),
+            Err(e) => {
+                tracing::warn!(tenant = %shared.tenant_id, error = %e, "malformed queue message dropped")
+            }
+        }
+    }
+    while !pending.is_empty() {
+        let results = join_all(
+            pending
+                .iter()
+                .map(|m| deps.writer.write(m.clone(), Source::Queue)),
+        )
+        .await;
+        let mut retry = Vec::new();
+        for (m, r) in pending.into_iter().zip(results) {
+            match r {
+                Ok(Applied::Written(_)) => deps
+                    .metrics
+                    .messages_total
+                    .with_label_values(&["queue", m.type_str()])
+                    .inc(),
+                Ok(Applied::Duplicate) => {}
+                Err(_) => retry.push(m),
+            }
+        }
+        pending = retry;
+        if !pending.is_empty() {
+            // After stop, keep trying for a moment: the drain flushes accepted work.
+            if stop.is_fired() && deps.shutdown.is_fired() {
+                tracing::error!(tenant = %shared.tenant_id, lost = pending.len(), "shutting down with unwritten queue messages");
+                return;
+            }
+            tokio::time::sleep(WRITE_RETRY).await;
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! `POST /tenants/<tenant_id>/webhook`: xAPI status, events and health checks from Webex.
+//! Order of checks: size → tenant → signature → JSON → health check → organization →
+//! freshness → write. A 200 is answered only once the records are durable in Redis.
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use actors::protocol::message::{self, Source};
+use actors::protocol::webhook::{self, Presented};
+use actors::store::tenants::ProvisioningState;
+use actors::store::writer::{Applied, WriteError};
+
+use super::{ApiError, AppState, body};
+
+/// The longest a webhook waits for its write before answering 503 (a bound, so a hung Redis
+/// never hangs Webex's request).
+pub const WRITE_DEADLINE: Duration = Duration::from_secs(5);
+/// `Retry-After` for a saturated or Redis-less engine.
+const RETRY_AFTER_SECS: u64 = 2;
+
+pub async fn receive(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> HttpResponse {
+    let result = handle(&state, &req, &path, payload).await;
+    let (label, resp) = match result {
+        Ok(label) => (label, HttpResponse::Ok().finish()),
+        Err((label, e)) => (label, actix_web::ResponseError::error_response(&e)),
+    };
+    state
+        .metrics
+        .webhooks_total
+        .with_label_values(&[label])
+        .inc();
+    resp
+}
+
+type Rejected = (&'static str, ApiError);
+
+async fn handle(
+    state: &AppState,
+    req: &HttpRequest,
+    tenant_id: &str,
+    payload: web::Payload,
+) -> Result<&'static str, Rejected> {
+    let bytes = body::read(req, payload, state.config.server.max_body_bytes)
+        .await
+        .map_err(|e| {
+            (
+                if e.status == StatusCode::PAYLOAD_TOO_LARGE {
+                    "too_large"
+                } else {
+                    "malformed"
+                },
+                e,
+            )
+        })?;
+    let tenant = state.registry.get(tenant_id).ok_or_else(|| {
+        (
+            "unknown_tenant",
+            ApiError::not_found(&format!("tenant {tenant_id}")),
+        )
+    })?;
+    if tenant.shared.state() == ProvisioningState::Deprovisioned {
+        return Err((
+            "gone",
+            ApiError::new(StatusCode::GONE, "gone", "tenant deprovisioned"),
+        ));
+    }
+    let bad_sig = |what: &str| {
+        (
+            "bad_signature",
+            ApiError::new(StatusCode::UNAUTHORIZED, "bad_signature", what),
+        )
+    };
+    let auth = tenant
+        .shared
+        .tokens
+        .webhook_auth()
+        .ok_or_else(|| bad_sig("tenant has no webhook secret yet"))?;
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let presented = Presented {
+        signature: header("X-Spark-Signature"),
+        authorization: header("Authorization"),
+    };
+    let verified =
+        webhook::verify(&auth, presented, &bytes).map_err(|e| bad_sig(&e.to_string()))?;
+    let msg = message::parse(verified.body()).map_err(|e| {
+        (
+            "malformed",
+            ApiError::new(StatusCode::BAD_REQUEST, "malformed", e.to_string()),
+        )
+    })?;
+    if matches!(msg.body, message::Body::HealthCheck) {
+        return Ok("health_check");
+    }
+    if msg.org_id != tenant.shared.org_id {
+        return Err((
+            "malformed",
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed",
+                "orgId does not belong to this tenant",
+            ),
+        ));
+    }
+    msg.check_fresh(chrono::Utc::now()).map_err(|e| {
+        (
+            "stale",
+            ApiError::new(StatusCode::BAD_REQUEST, "stale", e.to_string()),
+        )
+    })?;
+    let kind = msg.type_str();
+    let overloaded = |why: &str| {
+        state.metrics.backpressure_rejections_total.inc();
+        (
+            "overloaded",
+            ApiError::unavailable(why).retry_after(RETRY_AFTER_SECS),
+        )
+    };
+    let written = tokio::time::timeout(
+        WRITE_DEADLINE,
+        state.writer.write(Arc::new(msg), Source::Webhook),
+    )
+    .await
+    .map_err(|_| overloaded("write to redis timed out"))?;
+    match written {
+        Ok(Applied::Written(_)) => {
+            state
+                .metrics
+                .messages_total
+                .with_label_values(&["webhook", kind])
+                .inc();
+            Ok("accepted")
+        }
+        Ok(Applied::Duplicate) => Ok("duplicate"),
+        Err(WriteError::Overloaded) => Err(overloaded("ingest saturated")),
+        Err(e) => Err(overloaded(&format!("cannot write: {e}"))),
+    }
+}
