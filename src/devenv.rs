@@ -8,13 +8,17 @@ use crate::sim::Sim;
 /// Admin bearer token used by the local environment.
 pub const ADMIN_TOKEN: &str = "dev-admin-token";
 
-/// The environment overrides (`XAPI_STREAM__…`) for an engine on a free port, writing under
+/// The environment overrides (`XAPI_STREAM__…`) for an engine on a free port (bind and
+/// public URL), writing under
 /// `prefix` in the Redis at `redis_url`, trusting `sim`'s JWKS and OAuth client.
 pub fn engine_env(sim: &Sim, redis_url: &str, prefix: &str) -> Vec<(String, String)> {
     let cfg = sim.config();
     let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
+    // A known port, so public_url (where the simulator sends webhooks) is right from the start.
+    let port = crate::redis_server::free_port().expect("a free loopback port");
     let mut env: Vec<(String, String)> = [
-        ("SERVER__BIND", "127.0.0.1:0".to_string()),
+        ("SERVER__BIND", format!("127.0.0.1:{port}")),
+        ("SERVER__PUBLIC_URL", format!("http://127.0.0.1:{port}")),
         ("SERVER__ADMIN_TOKEN", ADMIN_TOKEN.to_string()),
         ("SERVER__SHUTDOWN_GRACE_SECS", "5".to_string()),
         ("SERVER__WORKERS", "2".to_string()),

@@ -121,7 +121,11 @@ impl Registry {
     /// Starts an activation from verified claims: stores the tenant (`provisioning`) and its
     /// refresh token (sealed), then its supervisor completes the activation in the background.
     /// Re-activating an organization reuses its tenant id and replaces its supervisor.
-    pub async fn activate(&self, claims: &ActivationClaims) -> Result<TenantHandle, ActivateError> {
+    /// Returns the handle and the record as it was when the activation started.
+    pub async fn activate(
+        &self,
+        claims: &ActivationClaims,
+    ) -> Result<(TenantHandle, TenantRecord), ActivateError> {
         let org = claims.sub.clone();
         let lock = self
             .org_locks
@@ -174,6 +178,7 @@ impl Registry {
             .await?
             .ok_or(ActivateError::Conflict)?;
         self.deps.metrics.activation("started");
+        let started = record.clone();
         let handle = self.start(
             StoredTenant {
                 record,
@@ -184,7 +189,7 @@ impl Registry {
             true,
         );
         self.update_gauges();
-        Ok(handle)
+        Ok((handle, started))
     }
 
     /// Starts a supervisor for a stored tenant on the next arbiter.

@@ -15,6 +15,42 @@ const LATENCY_BUCKETS: &[f64] = &[
     5.0, 10.0,
 ];
 
+/// Label values of the contract's fixed sets, initialised to 0 so every series exists from the
+/// first scrape (dashboards and `rate()` see zeros, not gaps).
+pub const WEBHOOK_RESULTS: &[&str] = &[
+    "accepted",
+    "health_check",
+    "bad_signature",
+    "stale",
+    "malformed",
+    "too_large",
+    "unknown_tenant",
+    "gone",
+    "overloaded",
+    "duplicate",
+];
+pub const JWT_REASONS: &[&str] = &[
+    "malformed",
+    "algorithm",
+    "unknown_kid",
+    "signature",
+    "expired",
+    "stale",
+    "app_id",
+    "replay",
+    "wrong_action",
+    "jwks_unavailable",
+];
+pub const QUEUE_POLL_RESULTS: &[&str] = &["ok", "empty", "error", "unauthorized", "backpressure"];
+pub const TOKEN_REFRESH_RESULTS: &[&str] = &["ok", "invalid_grant", "invalid", "error"];
+pub const ACTIVATION_RESULTS: &[&str] = &["started", "completed", "error", "rejected"];
+pub const ACTIONS: &[&str] = &["healthCheck", "update", "updateApproved", "deprovision"];
+pub const ACTION_RESULTS: &[&str] = &["ok", "rejected", "error"];
+pub const SOURCES: &[&str] = &["webhook", "queue"];
+pub const MESSAGE_TYPES: &[&str] = &["status", "events"];
+pub const STREAMS: &[&str] = &["status", "events"];
+pub const TENANT_STATES: &[&str] = &["provisioning", "completed", "error", "deprovisioned"];
+
 /// The engine's metric handles. Cheap to clone (each handle is an `Arc` inside).
 #[derive(Clone)]
 pub struct Metrics {
@@ -158,6 +194,37 @@ impl Metrics {
             "Messages accepted for writing but not yet durable in Redis.",
         );
         let redis_up = gauge("redis_up", "1 when the last Redis round trip succeeded.");
+        for r in WEBHOOK_RESULTS {
+            webhooks_total.with_label_values(&[r]);
+        }
+        for r in JWT_REASONS {
+            jwt_rejections_total.with_label_values(&[r]);
+        }
+        for r in QUEUE_POLL_RESULTS {
+            queue_polls_total.with_label_values(&[r]);
+        }
+        for r in TOKEN_REFRESH_RESULTS {
+            token_refreshes_total.with_label_values(&[r]);
+        }
+        for r in ACTIVATION_RESULTS {
+            activations_total.with_label_values(&[r]);
+        }
+        for a in ACTIONS {
+            for r in ACTION_RESULTS {
+                actions_total.with_label_values(&[a, r]);
+            }
+        }
+        for src in SOURCES {
+            for t in MESSAGE_TYPES {
+                messages_total.with_label_values(&[src, t]);
+            }
+        }
+        for st in STREAMS {
+            stream_entries_total.with_label_values(&[st]);
+        }
+        for st in TENANT_STATES {
+            tenants.with_label_values(&[st]);
+        }
         Self {
             registry,
             webhooks_total,

@@ -87,7 +87,7 @@ pub async fn provision(
         tenant_id: None,
     };
     if state.config.activation.auto_complete {
-        let handle = state
+        let (handle, _) = state
             .registry
             .activate(&pending.claims)
             .await
@@ -239,7 +239,7 @@ pub async fn setup_submit(
     };
     if pending.tenant_id.is_none() {
         match state.registry.activate(&pending.claims).await {
-            Ok(h) => pending.tenant_id = Some(h.tenant_id().to_string()),
+            Ok((h, _)) => pending.tenant_id = Some(h.tenant_id().to_string()),
             Err(e) => {
                 let e = activate_error(&state, e);
                 return page(
@@ -274,12 +274,13 @@ pub async fn admin_activate(
     let claims = verify_activation(&state, &jwt.jwt)
         .await
         .map_err(|e| rejected(&state, e))?;
-    let handle = state
+    let (_, started) = state
         .registry
         .activate(&claims)
         .await
         .map_err(|e| activate_error(&state, e))?;
-    Ok(HttpResponse::Accepted().json(handle.to_json().await))
+    // The tenant as the activation started; it moves on to completed/error in the background.
+    Ok(HttpResponse::Accepted().json(actors::tenant::tenant_json(&started, &Default::default())))
 }
 
 /// A small, self-contained HTML page.

@@ -37,19 +37,18 @@ async fn tenant(base: &str, id: &str) -> Value {
 }
 
 async fn wait_state(base: &str, id: &str, want: &str, limit: Duration) -> Value {
-    let mut last = Value::Null;
-    let ok = eventually(limit, || {
-        let base = base.to_string();
-        let id = id.to_string();
-        let last = &mut last;
-        async move {
-            *last = tenant(&base, &id).await;
-            last["provisioning_state"] == want
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let t = tenant(base, id).await;
+        if t["provisioning_state"] == want {
+            return t;
         }
-    })
-    .await;
-    assert!(ok, "tenant {id} never reached {want}: {last}");
-    last
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tenant {id} never reached {want}: {t}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn assert_error_json(body: &Value) {
@@ -598,6 +597,10 @@ async fn killed_engine_resumes_every_tenant_and_redis_holds_no_plain_secret() {
         cmd.arg("serve")
             .envs(env.iter().cloned())
             .env("XAPI_STREAM__SERVER__BIND", format!("127.0.0.1:{port}"))
+            .env(
+                "XAPI_STREAM__SERVER__PUBLIC_URL",
+                format!("http://127.0.0.1:{port}"),
+            )
             .env("XAPI_STREAM__INTEGRATION__INGEST", "both")
             .env("XAPI_STREAM__ACTIVATION__RECONCILE_INTERVAL_SECS", "0.5")
             .stdout(std::process::Stdio::null())

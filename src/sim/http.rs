@@ -1,0 +1,424 @@
+//! The simulator's HTTP endpoints.
+use std::time::Instant;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde_json::{Value, json};
+
+use super::{AccessToken, MAX_POLL_MESSAGES, Sim, WebhookReg, now_rfc3339, random_token};
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/jwks/{region}", web::get().to(jwks))
+        .route("/v1/access_token", web::post().to(token))
+        .route(
+            "/xapi/api/organizations/{org}/apps/{app}",
+            web::get().to(get_app),
+        )
+        .route(
+            "/xapi/api/organizations/{org}/apps/{app}",
+            web::patch().to(patch_app),
+        )
+        .route(
+            "/xapi/api/organizations/{org}/appManifests/{app}",
+            web::get().to(manifest),
+        )
+        .route("/queue/{org}/poll", web::get().to(poll))
+        .route("/_sim/orgs", web::get().to(list_orgs))
+        .route("/_sim/orgs/{i}/activation", web::post().to(activation))
+        .route("/_sim/orgs/{i}/emit", web::post().to(emit));
+}
+
+fn error(status: u16, code: &str, message: &str) -> HttpResponse {
+    HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR))
+        .json(json!({ "error": code, "message": message, "trackingId": format!("SIM_{}", hex::encode(rand::random::<[u8; 8]>())) }))
+}
+
+async fn jwks(sim: web::Data<Sim>) -> HttpResponse {
+    sim.inner
+        .jwks_fetches
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    HttpResponse::Ok().json(sim.jwks())
+}
+
+/// `POST /v1/access_token`: refresh-token grant with rotation.
+async fn token(sim: web::Data<Sim>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    let is_json = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let params: std::collections::HashMap<String, String> = if is_json {
+        match serde_json::from_slice::<serde_json::Map<String, Value>>(&body) {
+            Ok(m) => m
+                .into_iter()
+                .filter_map(|(k, v)| v.as_str().map(|s| (k, s.to_string())))
+                .collect(),
+            Err(_) => return error(400, "invalid_request", "body is not JSON"),
+        }
+    } else {
+        url::form_urlencoded::parse(&body).into_owned().collect()
+    };
+    let get = |k: &str| params.get(k).map(String::as_str).unwrap_or("");
+    if let Some(status) = sim.state().oauth_status {
+        let mut r = error(status, "temporarily_unavailable", "forced by the simulator");
+        if status == 429 {
+            r.headers_mut().insert(
+                actix_web::http::header::RETRY_AFTER,
+                actix_web::http::header::HeaderValue::from_static("1"),
+            );
+        }
+        return r;
+    }
+    if get("grant_type") != "refresh_token" {
+        return error(400, "unsupported_grant_type", "only refresh_token");
+    }
+    let cfg = &sim.inner.cfg;
+    if get("client_id") != cfg.client_id || get("client_secret") != cfg.client_secret {
+        sim.inner.oauth.lock().expect("oauth lock").bad_client += 1;
+        return error(401, "invalid_client", "client authentication failed");
+    }
+    let presented = get("refresh_token").to_string();
+    let ttl = cfg.access_token_ttl;
+    let mut s = sim.state();
+    let org = match s.refresh.get_mut(&presented) {
+        Some(t) if !t.used => {
+            t.used = true;
+            t.org
+        }
+        Some(_) => {
+            drop(s);
+            let mut o = sim.inner.oauth.lock().expect("oauth lock");
+            o.invalid_grant += 1;
+            o.reused += 1;
+            return error(400, "invalid_grant", "refresh token already used");
+        }
+        None => {
+            drop(s);
+            sim.inner.oauth.lock().expect("oauth lock").invalid_grant += 1;
+            return error(400, "invalid_grant", "unknown refresh token");
+        }
+    };
+    let access = random_token("at_");
+    let refresh = random_token("rt_");
+    s.access.insert(
+        access.clone(),
+        AccessToken {
+            org,
+            expires: Instant::now() + ttl,
+        },
+    );
+    s.refresh
+        .insert(refresh.clone(), super::RefreshToken { org, used: false });
+    s.issued.push(access.clone());
+    s.issued.push(refresh.clone());
+    drop(s);
+    sim.inner.oauth.lock().expect("oauth lock").exchanges_ok += 1;
+    HttpResponse::Ok().json(json!({
+        "access_token": access,
+        "expires_in": ttl.as_secs(),
+        "token_type": "Bearer",
+        "refresh_token": refresh,
+        "refresh_token_expires_in": 5_090_490,
+    }))
+}
+
+fn org_index(sim: &Sim, org_uuid: &str) -> Option<usize> {
+    sim.inner.orgs.iter().position(|o| o.org_uuid == org_uuid)
+}
+
+/// Checks the bearer: known, unexpired, of org `i`. Failures are counted.
+fn bearer_ok(sim: &Sim, req: &HttpRequest, i: usize) -> bool {
+    let token = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let ok = token.is_some_and(|t| {
+        sim.state()
+            .access
+            .get(t)
+            .is_some_and(|a| a.org == i && a.expires > Instant::now())
+    });
+    if !ok {
+        sim.inner
+            .expired_bearer_calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    ok
+}
+
+/// Resolves the org of an appUrl, applying forced statuses and the bearer check.
+fn app_guard(sim: &Sim, req: &HttpRequest, path: &(String, String)) -> Result<usize, HttpResponse> {
+    let i =
+        org_index(sim, &path.0).ok_or_else(|| error(404, "not_found", "unknown organization"))?;
+    if path.1 != sim.inner.cfg.app_id {
+        return Err(error(404, "not_found", "unknown app"));
+    }
+    if let Some(status) = sim.state().app_status[i] {
+        return Err(error(status, "forced", "forced by the simulator"));
+    }
+    if !bearer_ok(sim, req, i) {
+        return Err(error(
+            401,
+            "unauthorized",
+            "missing, expired or foreign access token",
+        ));
+    }
+    Ok(i)
+}
+
+fn details(sim: &Sim, i: usize) -> Value {
+    let s = sim.state();
+    let a = &s.apps[i];
+    let mut d = json!({
+        "id": sim.inner.cfg.app_id,
+        "manifestVersion": 1,
+        "scopes": super::SCOPES.split(',').collect::<Vec<_>>(),
+        "xapiAccessKeys": {
+            "commands": ["Message.Send"],
+            "statuses": ["RoomAnalytics.*", "Standby.State", "SystemUnit.State.NumberOfActiveCalls", "Audio.Microphones.Mute"],
+        },
+        "createdAt": "2021-10-27T08:48:26.232928Z",
+        "updatedAt": now_rfc3339(),
+        "provisioningState": a.provisioning_state,
+        "actionsUrl": a.actions_url,
+        "customer": a.customer,
+    });
+    if let Some(w) = &a.webhook {
+        d["webhook"] = json!({ "targetUrl": w.target_url });
+    }
+    if let Some(q) = &a.queue_state {
+        d["queue"] = json!({ "state": q, "pollUrl": a.poll_url });
+    }
+    d
+}
+
+async fn get_app(
+    sim: web::Data<Sim>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> HttpResponse {
+    match app_guard(&sim, &req, &path) {
+        Ok(i) => {
+            sim.inner
+                .app_reads
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            HttpResponse::Ok().json(details(&sim, i))
+        }
+        Err(r) => r,
+    }
+}
+
+async fn patch_app(
+    sim: web::Data<Sim>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    body: web::Bytes,
+) -> HttpResponse {
+    let i = match app_guard(&sim, &req, &path) {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
+    let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
+        return error(400, "invalid_request", "body is not JSON");
+    };
+    if let Some(ps) = patch.get("provisioningState")
+        && !matches!(ps.as_str(), Some("completed" | "error"))
+    {
+        return error(
+            400,
+            "invalid_request",
+            "provisioningState must be completed or error",
+        );
+    }
+    let webhook = match patch.get("webhook") {
+        None => None,
+        Some(w) => {
+            let kind = w["type"].as_str().unwrap_or("");
+            if !matches!(
+                kind,
+                "hmac_signature" | "basic_authentication" | "authorization_header" | "none"
+            ) {
+                return error(400, "invalid_request", "webhook.type invalid");
+            }
+            let secret = w["secret"].as_str().map(str::to_string);
+            if matches!(kind, "hmac_signature" | "authorization_header")
+                && secret.as_ref().is_none_or(|s| s.len() < 20)
+            {
+                return error(
+                    400,
+                    "invalid_request",
+                    "webhook.secret must be 20 characters or longer",
+                );
+            }
+            if kind != "none" && w["targetUrl"].as_str().is_none() {
+                return error(400, "invalid_request", "webhook.targetUrl required");
+            }
+            Some((kind.to_string(), w.clone(), secret))
+        }
+    };
+    let queue = patch
+        .pointer("/queue/state")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    if let Some(q) = &queue
+        && !matches!(q.as_str(), "enabled" | "disabled" | "remove")
+    {
+        return error(400, "invalid_request", "queue.state invalid");
+    }
+    {
+        let base = sim.inner.base_url.clone();
+        let uuid = sim.inner.orgs[i].org_uuid.clone();
+        let mut s = sim.state();
+        let a = &mut s.apps[i];
+        a.patches.push(patch.clone());
+        if let Some(ps) = patch["provisioningState"].as_str() {
+            a.provisioning_state = Some(ps.to_string());
+        }
+        if let Some(u) = patch["actionsUrl"].as_str() {
+            a.actions_url = Some(u.to_string());
+        }
+        if let Some(c) = patch.get("customer") {
+            a.customer = Some(c.clone());
+        }
+        match webhook {
+            Some((kind, _, _)) if kind == "none" => a.webhook = None,
+            Some((kind, w, secret)) => {
+                a.webhook = Some(WebhookReg {
+                    target_url: w["targetUrl"].as_str().unwrap_or_default().to_string(),
+                    kind,
+                    secret,
+                    username: w["username"].as_str().map(str::to_string),
+                    password: w["password"].as_str().map(str::to_string),
+                })
+            }
+            None => {}
+        }
+        match queue.as_deref() {
+            Some("enabled") => {
+                a.queue_state = Some("enabled".into());
+                a.poll_url = Some(format!("{base}/queue/{uuid}/poll"));
+            }
+            Some("disabled") => a.queue_state = Some("disabled".into()),
+            Some("remove") => {
+                a.queue_state = None;
+                a.poll_url = None;
+            }
+            _ => {}
+        }
+    }
+    HttpResponse::Ok().json(details(&sim, i))
+}
+
+async fn manifest(sim: web::Data<Sim>, path: web::Path<(String, String)>) -> HttpResponse {
+    if org_index(&sim, &path.0).is_none() {
+        return error(404, "not_found", "unknown organization");
+    }
+    HttpResponse::Ok().json(json!({
+        "id": sim.inner.cfg.app_id, "manifestVersion": 1, "displayName": "xapi-stream",
+        "vendor": "xapi-stream", "email": "ops@example.com", "description": "Simulated manifest",
+        "availability": "org_private", "apiAccess": [], "xapiAccess": {}, "provisioning": {"type": "manual"}
+    }))
+}
+
+/// Decrements the poller count when a poll ends, however it ends.
+struct PollerGuard<'a>(&'a Sim, usize);
+
+impl Drop for PollerGuard<'_> {
+    fn drop(&mut self) {
+        self.0.state().queues[self.1].pollers -= 1;
+    }
+}
+
+/// `GET /queue/<org>/poll`: up to 10 messages; waits up to the poll wait when empty.
+async fn poll(sim: web::Data<Sim>, req: HttpRequest, path: web::Path<String>) -> HttpResponse {
+    let Some(i) = org_index(&sim, &path) else {
+        return error(404, "not_found", "unknown queue");
+    };
+    if !bearer_ok(&sim, &req, i) {
+        return error(
+            401,
+            "unauthorized",
+            "missing, expired or foreign access token",
+        );
+    }
+    let wait = {
+        let mut s = sim.state();
+        let q = &mut s.queues[i];
+        q.pollers += 1;
+        q.max_pollers = q.max_pollers.max(q.pollers);
+        s.poll_wait
+    };
+    let _guard = PollerGuard(&sim, i);
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut stop = sim.inner.stop.subscribe();
+    loop {
+        let notified = sim.inner.queue_notify[i].notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let taken = take(&sim, i);
+        if !taken.is_empty() || tokio::time::Instant::now() >= deadline || *stop.borrow() {
+            return HttpResponse::Ok().json(json!({ "messages": taken }));
+        }
+        tokio::select! {
+            _ = notified => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+fn take(sim: &Sim, i: usize) -> Vec<Value> {
+    let retention = sim.inner.cfg.retention;
+    let mut s = sim.state();
+    let q = &mut s.queues[i].messages;
+    while q.front().is_some_and(|(t, _)| t.elapsed() > retention) {
+        q.pop_front();
+    }
+    let n = q.len().min(MAX_POLL_MESSAGES);
+    q.drain(..n).map(|(_, m)| m).collect()
+}
+
+async fn list_orgs(sim: web::Data<Sim>) -> HttpResponse {
+    let orgs: Vec<Value> = sim
+        .orgs()
+        .into_iter()
+        .map(|o| {
+            let i = o.index;
+            json!({ "org": o, "app": sim.app_state(i), "queue_length": sim.queue_len(i) })
+        })
+        .collect();
+    HttpResponse::Ok().json(orgs)
+}
+
+fn index(sim: &Sim, raw: &str) -> Result<usize, HttpResponse> {
+    raw.parse::<usize>()
+        .ok()
+        .filter(|i| *i < sim.inner.orgs.len())
+        .ok_or_else(|| error(404, "not_found", "no such organization index"))
+}
+
+async fn activation(sim: web::Data<Sim>, path: web::Path<String>) -> HttpResponse {
+    match index(&sim, &path) {
+        Ok(i) => HttpResponse::Ok().json(json!({ "jwt": sim.activation_jwt(i) })),
+        Err(r) => r,
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct EmitQuery {
+    n: Option<usize>,
+}
+
+async fn emit(
+    sim: web::Data<Sim>,
+    path: web::Path<String>,
+    q: web::Query<EmitQuery>,
+) -> HttpResponse {
+    let i = match index(&sim, &path) {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
+    let msgs = sim.generate(i, q.n.unwrap_or(1).min(1000));
+    let report = sim.deliver(i, &msgs).await;
+    HttpResponse::Ok().json(report)
+}
