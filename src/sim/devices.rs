@@ -63,7 +63,9 @@ impl DeviceModel {
 
     /// A timestamp strictly later than the previous one of this device.
     fn next_ts(&mut self) -> String {
-        let mut now = Utc::now();
+        // Millisecond precision, as sent: compare what the receiver will see.
+        let mut now =
+            DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap_or_else(Utc::now);
         if let Some(last) = self.last_ts
             && now <= last
         {
