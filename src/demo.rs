@@ -21,6 +21,9 @@ pub struct DemoArgs {
     /// How long to show traffic, in seconds (Ctrl-C stops earlier).
     #[arg(long, default_value_t = 15)]
     pub duration: u64,
+    /// Device changes per second across all organizations.
+    #[arg(long, default_value_t = 40.0)]
+    pub rate: f64,
 }
 
 /// Prints one progress line with the elapsed time.
@@ -113,21 +116,94 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let health = http.get(format!("{base}/healthz")).send().await?.status();
     p.step(format!("engine /healthz: {health}"));
 
+    // Activate every organization the way an operator does (manual activation JWTs).
+    for org in sim.orgs() {
+        let resp = http
+            .post(format!("{base}/admin/activations"))
+            .bearer_auth(devenv::ADMIN_TOKEN)
+            .json(&serde_json::json!({ "jwt": sim.activation_jwt(org.index) }))
+            .send()
+            .await?;
+        let body: serde_json::Value = resp.json().await?;
+        p.step(format!(
+            "activation of {} started: tenant {} is {}",
+            org.name,
+            body["tenant_id"].as_str().unwrap_or("?"),
+            body["provisioning_state"].as_str().unwrap_or("?")
+        ));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let tenants: Vec<serde_json::Value> = http
+            .get(format!("{base}/admin/tenants"))
+            .bearer_auth(devenv::ADMIN_TOKEN)
+            .send()
+            .await?
+            .json()
+            .await?;
+        let done = tenants.iter().filter(|t| t["provisioning_state"] == "completed").count();
+        if done == args.orgs {
+            p.step(format!("all {done} tenants completed: webhook + queue registered with Webex, tokens valid"));
+            break;
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("activations did not complete: {tenants:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rate = args.rate;
+    sim.start_traffic(rate);
+    p.step(format!("devices now send {rate} changes/s (as signed webhooks and to the queues)"));
+
+    let mut conn = redis.client().get_multiplexed_async_connection().await?;
     let stop = tokio::time::sleep(Duration::from_secs(args.duration));
     tokio::pin!(stop);
     let mut tick = tokio::time::interval(Duration::from_secs(3));
+    tick.tick().await;
     loop {
         tokio::select! {
             _ = &mut stop => break,
             _ = engine::termination_signal() => break,
             _ = tick.tick() => {
                 let metrics = http.get(format!("{base}/metrics")).send().await?.text().await?;
-                let families = metrics.lines().filter(|l| l.starts_with("# TYPE xapi_stream_")).count();
-                let redis_up = metric_value(&metrics, "xapi_stream_redis_up").unwrap_or(0.0);
-                p.step(format!("engine /metrics: {families} xapi_stream_* families, redis_up={redis_up}"));
+                let m = |s: &str| metric_value(&metrics, s).unwrap_or(0.0);
+                let mut status = 0u64;
+                let mut events = 0u64;
+                for org in sim.orgs() {
+                    let s: u64 = redis::cmd("XLEN").arg(format!("demo:{{{}}}:status", org.org_id)).query_async(&mut conn).await?;
+                    let e: u64 = redis::cmd("XLEN").arg(format!("demo:{{{}}}:events", org.org_id)).query_async(&mut conn).await?;
+                    status += s;
+                    events += e;
+                }
+                p.step(format!(
+                    "streams: {status} status + {events} event entries | webhooks accepted {} duplicate {} | queue polls {} | redis_up {}",
+                    m("xapi_stream_webhooks_total{result=\"accepted\"}"),
+                    m("xapi_stream_webhooks_total{result=\"duplicate\"}"),
+                    m("xapi_stream_queue_polls_total{result=\"ok\"}") + m("xapi_stream_queue_polls_total{result=\"empty\"}"),
+                    m("xapi_stream_redis_up"),
+                ));
             }
         }
     }
+    let org = sim.org(0);
+    let last: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+        .arg(format!("demo:{{{}}}:status", org.org_id))
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut conn)
+        .await?;
+    if let Some(entry) = last.ids.first() {
+        let fields: Vec<String> = entry
+            .map
+            .iter()
+            .map(|(k, v)| format!("{k}={}", redis::from_redis_value_ref::<String>(v).unwrap_or_default()))
+            .collect();
+        p.step(format!("latest entry of demo:{{{}}}:status:", org.name));
+        println!("    {}", fields.join("  "));
+    }
+    p.step(format!("read them yourself: redis-cli -p {} XRANGE 'demo:{{{}}}:status' - + COUNT 5", redis.port(), org.org_id));
 
     p.step("stopping: engine, simulator, redis");
     engine.shutdown().await;
