@@ -141,9 +141,14 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             .await?
             .json()
             .await?;
-        let done = tenants.iter().filter(|t| t["provisioning_state"] == "completed").count();
+        let done = tenants
+            .iter()
+            .filter(|t| t["provisioning_state"] == "completed")
+            .count();
         if done == args.orgs {
-            p.step(format!("all {done} tenants completed: webhook + queue registered with Webex, tokens valid"));
+            p.step(format!(
+                "all {done} tenants completed: webhook + queue registered with Webex, tokens valid"
+            ));
             break;
         }
         if Instant::now() > deadline {
@@ -153,7 +158,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     }
     let rate = args.rate;
     sim.start_traffic(rate);
-    p.step(format!("devices now send {rate} changes/s (as signed webhooks and to the queues)"));
+    p.step(format!(
+        "devices now send {rate} changes/s (as signed webhooks and to the queues)"
+    ));
 
     let mut conn = redis.client().get_multiplexed_async_connection().await?;
     let stop = tokio::time::sleep(Duration::from_secs(args.duration));
@@ -198,12 +205,21 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         let fields: Vec<String> = entry
             .map
             .iter()
-            .map(|(k, v)| format!("{k}={}", redis::from_redis_value_ref::<String>(v).unwrap_or_default()))
+            .map(|(k, v)| {
+                format!(
+                    "{k}={}",
+                    redis::from_redis_value_ref::<String>(v).unwrap_or_default()
+                )
+            })
             .collect();
         p.step(format!("latest entry of demo:{{{}}}:status:", org.name));
         println!("    {}", fields.join("  "));
     }
-    p.step(format!("read them yourself: redis-cli -p {} XRANGE 'demo:{{{}}}:status' - + COUNT 5", redis.port(), org.org_id));
+    p.step(format!(
+        "read them yourself: redis-cli -p {} XRANGE 'demo:{{{}}}:status' - + COUNT 5",
+        redis.port(),
+        org.org_id
+    ));
 
     p.step("stopping: engine, simulator, redis");
     engine.shutdown().await;

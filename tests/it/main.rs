@@ -6,3 +6,4 @@ mod utils;
 mod activation;
 mod cli;
 mod engine_basics;
+mod ingest;

@@ -1,0 +1,525 @@
+//! Ingest: webhooks and queue polls into Redis streams, exactly as the contract says; reject
+//! paths; faults of Redis under load.
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::streams::StreamRangeReply;
+use serde_json::{Value, json};
+use xapi_stream::devenv::ADMIN_TOKEN;
+use xapi_stream::sim::{Sim, SimConfig, sign_webhook};
+
+use crate::utils::*;
+
+/// Activates org `i` and returns (tenant id, webhook secret) once completed.
+async fn activate(sim: &Sim, base: &str, i: usize) -> (String, String) {
+    let body: Value = reqwest::Client::new()
+        .post(format!("{base}/admin/activations"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({ "jwt": sim.activation_jwt(i) }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = body["tenant_id"].as_str().expect("tenant id").to_string();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            sim.app_state(i).provisioning_state.as_deref() == Some("completed")
+        })
+        .await,
+        "activation of org {i} did not complete"
+    );
+    let secret = sim
+        .app_state(i)
+        .webhook
+        .and_then(|w| w.secret)
+        .unwrap_or_default();
+    (id, secret)
+}
+
+async fn post(base: &str, tenant: &str, secret: &str, body: &[u8]) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{base}/tenants/{tenant}/webhook"))
+        .header("X-Spark-Signature", sign_webhook(secret, body))
+        .header("Content-Type", "application/json")
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+fn entries(
+    redis: &xapi_stream::redis_server::RedisServer,
+    key: &str,
+) -> Vec<HashMap<String, String>> {
+    let mut conn = redis.client().get_connection().unwrap();
+    let r: StreamRangeReply = redis::cmd("XRANGE")
+        .arg(key)
+        .arg("-")
+        .arg("+")
+        .query(&mut conn)
+        .unwrap();
+    r.ids
+        .into_iter()
+        .map(|e| {
+            e.map
+                .keys()
+                .map(|k| (k.clone(), e.get::<String>(k).unwrap()))
+                .collect()
+        })
+        .collect()
+}
+
+fn now_ts(offset_ms: i64) -> String {
+    (chrono::Utc::now() + chrono::Duration::milliseconds(offset_ms))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn fields(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+async fn webhooks(base: &str, result: &str) -> f64 {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metric(
+        &text,
+        &format!("xapi_stream_webhooks_total{{result=\"{result}\"}}"),
+    )
+    .unwrap_or(0.0)
+}
+
+#[actix_web::test]
+async fn seed_payloads_become_exactly_the_contract_records() {
+    let redis = shared_redis();
+    let p = unique_prefix();
+    let sim = start_sim(SimConfig::default()).await;
+    let engine = start_engine(&sim, &redis.url(), &p, &[]).await;
+    let base = engine.base_url();
+    let (tenant, secret) = activate(&sim, &base, 0).await;
+    let org = sim.org(0);
+    let (dev, ws) = (
+        org.devices[0].device_id.clone(),
+        org.devices[0].workspace_id.clone(),
+    );
+    let app = sim.config().app_id.clone();
+    let status_key = format!("{p}:{{{}}}:status", org.org_id);
+    let events_key = format!("{p}:{{{}}}:events", org.org_id);
+    let state_key = format!("{p}:{{{}}}:state:{dev}", org.org_id);
+
+    // The seed's example webhook, for our org and device.
+    let t1 = now_ts(-3000);
+    let seed = json!({
+      "appId": app, "deviceId": dev, "workspaceId": ws, "orgId": org.org_id, "timestamp": t1,
+      "type": "status",
+      "changes": { "updated": { "Standby.State": "Halfwake", "RoomAnalytics.PeopleCount.Current": 2 },
+                   "removed": [ "Audio.Microphones.Mute" ] },
+      "isFullSync": false
+    });
+    let body = serde_json::to_vec(&seed).unwrap();
+    assert_eq!(post(&base, &tenant, &secret, &body).await.0, 200);
+    let common = |key: &str, op: &str| {
+        let mut f = fields(&[
+            ("org", &org.org_id),
+            ("workspace", &ws),
+            ("device", &dev),
+            ("key", key),
+            ("op", op),
+            ("ts", &t1),
+            ("full_sync", "0"),
+            ("source", "webhook"),
+            ("app", &app),
+        ]);
+        f.retain(|_, v| !v.is_empty());
+        f
+    };
+    let mut people = common("RoomAnalytics.PeopleCount.Current", "set");
+    people.insert("value".into(), "2".into());
+    let mut standby = common("Standby.State", "set");
+    standby.insert("value".into(), "\"Halfwake\"".into());
+    let mute = common("Audio.Microphones.Mute", "remove");
+    let got = entries(redis, &status_key);
+    assert_eq!(got.len(), 3, "{got:#?}");
+    for want in [&people, &standby, &mute] {
+        assert!(got.contains(want), "missing {want:#?} in {got:#?}");
+    }
+    let mut conn = redis.client().get_connection().unwrap();
+    let state: HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(&state_key)
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(
+        state,
+        fields(&[
+            ("Standby.State", "\"Halfwake\""),
+            ("RoomAnalytics.PeopleCount.Current", "2")
+        ])
+    );
+
+    // Delivered again (a webhook retry): 200, counted duplicate, nothing written.
+    let dup_before = webhooks(&base, "duplicate").await;
+    assert_eq!(post(&base, &tenant, &secret, &body).await.0, 200);
+    assert_eq!(webhooks(&base, "duplicate").await, dup_before + 1.0);
+    assert_eq!(entries(redis, &status_key).len(), 3);
+
+    // A change of one key carries prev; an unchanged key writes nothing.
+    let t2 = now_ts(-2000);
+    let change = json!({"appId": app, "deviceId": dev, "workspaceId": ws, "orgId": org.org_id, "timestamp": t2,
+        "type": "status", "changes": {"updated": {"Standby.State": "Standby", "RoomAnalytics.PeopleCount.Current": 2}}, "isFullSync": false});
+    assert_eq!(
+        post(
+            &base,
+            &tenant,
+            &secret,
+            &serde_json::to_vec(&change).unwrap()
+        )
+        .await
+        .0,
+        200
+    );
+    let got = entries(redis, &status_key);
+    assert_eq!(got.len(), 4);
+    assert_eq!(got[3]["key"], "Standby.State");
+    assert_eq!(got[3]["value"], "\"Standby\"");
+    assert_eq!(got[3]["prev"], "\"Halfwake\"");
+
+    // A stale message (older than what was applied) does not overwrite.
+    let stale = json!({"appId": app, "deviceId": dev, "workspaceId": ws, "orgId": org.org_id, "timestamp": now_ts(-2500),
+        "type": "status", "changes": {"updated": {"Standby.State": "Off"}}, "isFullSync": false});
+    assert_eq!(
+        post(
+            &base,
+            &tenant,
+            &secret,
+            &serde_json::to_vec(&stale).unwrap()
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(entries(redis, &status_key).len(), 4);
+
+    // Full sync: Standby unchanged, a new key set, PeopleCount no longer listed → removed.
+    let t3 = now_ts(-1000);
+    let full = json!({"appId": app, "deviceId": dev, "workspaceId": ws, "orgId": org.org_id, "timestamp": t3,
+        "type": "status", "changes": {"updated": {"Standby.State": "Standby", "RoomAnalytics.PeoplePresence": "No"}, "removed": []}, "isFullSync": true});
+    assert_eq!(
+        post(&base, &tenant, &secret, &serde_json::to_vec(&full).unwrap())
+            .await
+            .0,
+        200
+    );
+    let got = entries(redis, &status_key);
+    assert_eq!(got.len(), 6, "{got:#?}");
+    let new: Vec<(&str, &str)> = got[4..]
+        .iter()
+        .map(|e| (e["key"].as_str(), e["op"].as_str()))
+        .collect();
+    assert!(new.contains(&("RoomAnalytics.PeoplePresence", "set")));
+    assert!(new.contains(&("RoomAnalytics.PeopleCount.Current", "remove")));
+    let removal = got[4..].iter().find(|e| e["op"] == "remove").unwrap();
+    assert_eq!(removal["prev"], "2");
+    assert!(!removal.contains_key("value"));
+    assert!(got[4..].iter().all(|e| e["full_sync"] == "1"));
+
+    // Events: one entry per event, with both timestamps.
+    let t4 = now_ts(0);
+    let ev = json!({"appId": app, "deviceId": dev, "workspaceId": ws, "orgId": org.org_id, "timestamp": t4, "type": "events",
+        "events": [{"key": "BootEvent", "value": {"Level": "Full"}, "timestamp": t3},
+                   {"key": "UserInterface.Message.Prompt.Response", "value": {"OptionId": 2}, "timestamp": t4}]});
+    assert_eq!(
+        post(&base, &tenant, &secret, &serde_json::to_vec(&ev).unwrap())
+            .await
+            .0,
+        200
+    );
+    let got = entries(redis, &events_key);
+    assert_eq!(got.len(), 2);
+    assert_eq!(
+        got[0],
+        fields(&[
+            ("org", &org.org_id),
+            ("workspace", &ws),
+            ("device", &dev),
+            ("key", "BootEvent"),
+            ("value", "{\"Level\":\"Full\"}"),
+            ("ts", &t3),
+            ("msg_ts", &t4),
+            ("source", "webhook"),
+            ("app", &app)
+        ])
+    );
+
+    // The tenant counts what it received.
+    let t: Value = reqwest::Client::new()
+        .get(format!("{base}/admin/tenants/{tenant}"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(t["messages_received"]["webhook"], 5, "{t}");
+    engine.shutdown().await;
+    sim.shutdown().await;
+}
+
+#[actix_web::test]
+async fn every_reject_path_is_answered_counted_and_writes_nothing() {
+    let redis = shared_redis();
+    let p = unique_prefix();
+    let sim = start_sim(SimConfig::default()).await;
+    let engine = start_engine(
+        &sim,
+        &redis.url(),
+        &p,
+        &[("SERVER__MAX_BODY_BYTES", "2048")],
+    )
+    .await;
+    let base = engine.base_url();
+    let (tenant, secret) = activate(&sim, &base, 0).await;
+    let org = sim.org(0);
+    let msg = |ts: String| {
+        json!({"appId": sim.config().app_id, "deviceId": org.devices[0].device_id, "workspaceId": org.devices[0].workspace_id,
+            "orgId": org.org_id, "timestamp": ts, "type": "status", "changes": {"updated": {"Standby.State": "On"}}, "isFullSync": false})
+    };
+    let good = serde_json::to_vec(&msg(now_ts(0))).unwrap();
+    let http = reqwest::Client::new();
+    let url = format!("{base}/tenants/{tenant}/webhook");
+    let keys_before = keys_with_prefix(redis, &p);
+
+    let check = |status: u16, body: Value, want: u16| {
+        assert_eq!(status, want, "{body}");
+        assert_eq!(
+            body["trackingId"].as_str().map(str::len),
+            Some(32),
+            "{body}"
+        );
+    };
+    // Bad, missing, and wrong-length signatures.
+    let r = http
+        .post(&url)
+        .header(
+            "X-Spark-Signature",
+            sign_webhook("wrong-secret-wrong-secret", &good),
+        )
+        .body(good.clone())
+        .send()
+        .await
+        .unwrap();
+    check(r.status().as_u16(), r.json().await.unwrap(), 401);
+    let r = http.post(&url).body(good.clone()).send().await.unwrap();
+    check(r.status().as_u16(), r.json().await.unwrap(), 401);
+    let r = http
+        .post(&url)
+        .header("X-Spark-Signature", "abc")
+        .body(good.clone())
+        .send()
+        .await
+        .unwrap();
+    check(r.status().as_u16(), r.json().await.unwrap(), 401);
+    // Malformed JSON, correctly signed.
+    let (s, b) = post(&base, &tenant, &secret, b"{not json").await;
+    check(s, b, 400);
+    // Stale and future timestamps.
+    let (s, b) = post(
+        &base,
+        &tenant,
+        &secret,
+        &serde_json::to_vec(&msg(now_ts(-6 * 60_000))).unwrap(),
+    )
+    .await;
+    check(s, b, 400);
+    let (s, b) = post(
+        &base,
+        &tenant,
+        &secret,
+        &serde_json::to_vec(&msg(now_ts(6 * 60_000))).unwrap(),
+    )
+    .await;
+    check(s, b, 400);
+    // Unknown tenant; too large.
+    let (s, b) = post(
+        &base,
+        "00000000-0000-0000-0000-000000000000",
+        &secret,
+        &good,
+    )
+    .await;
+    check(s, b, 404);
+    let big = vec![b' '; 4096];
+    let (s, b) = post(&base, &tenant, &secret, &big).await;
+    check(s, b, 413);
+    // A health check is accepted and writes nothing.
+    let hc = serde_json::to_vec(
+        &json!({"appId": sim.config().app_id, "timestamp": now_ts(0), "type": "healthCheck"}),
+    )
+    .unwrap();
+    assert_eq!(post(&base, &tenant, &secret, &hc).await.0, 200);
+
+    assert_eq!(
+        keys_with_prefix(redis, &p),
+        keys_before,
+        "a rejected request wrote something"
+    );
+    for (result, n) in [
+        ("bad_signature", 3.0),
+        ("malformed", 1.0),
+        ("stale", 2.0),
+        ("unknown_tenant", 1.0),
+        ("too_large", 1.0),
+        ("health_check", 1.0),
+        ("accepted", 0.0),
+    ] {
+        assert_eq!(
+            webhooks(&base, result).await,
+            n,
+            "webhooks_total{{result={result}}}"
+        );
+    }
+    // And the good one is accepted.
+    assert_eq!(post(&base, &tenant, &secret, &good).await.0, 200);
+    assert_eq!(webhooks(&base, "accepted").await, 1.0);
+    engine.shutdown().await;
+    sim.shutdown().await;
+}
+
+#[actix_web::test]
+async fn redis_paused_then_killed_under_20000_webhooks_loses_and_doubles_nothing() {
+    const N: usize = 20_000;
+    const TENANTS: usize = 8;
+    let mut redis = xapi_stream::redis_server::RedisServer::start_with(&[
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+    ])
+    .unwrap();
+    let p = unique_prefix();
+    let sim = start_sim(SimConfig {
+        orgs: TENANTS,
+        devices_per_org: 1,
+        ..Default::default()
+    })
+    .await;
+    let engine = start_engine(
+        &sim,
+        &redis.url(),
+        &p,
+        &[("REDIS__COMMAND_TIMEOUT_MS", "500")],
+    )
+    .await;
+    let base = engine.base_url();
+    let mut tenants = Vec::new();
+    for i in 0..TENANTS {
+        tenants.push(activate(&sim, &base, i).await);
+    }
+    // Unique event ids: each accepted message must appear exactly once.
+    let bodies: Vec<(usize, Vec<u8>)> = (0..N)
+        .map(|n| {
+            let i = n % TENANTS;
+            let org = sim.org(i);
+            let m = json!({"appId": sim.config().app_id, "deviceId": org.devices[0].device_id, "workspaceId": org.devices[0].workspace_id,
+                "orgId": org.org_id, "timestamp": now_ts(0), "type": "events",
+                "events": [{"key": "Test.Load", "value": {"n": n}, "timestamp": now_ts(0)}]});
+            (i, serde_json::to_vec(&m).unwrap())
+        })
+        .collect();
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let sem = Arc::new(tokio::sync::Semaphore::new(64));
+    let mut tasks = Vec::with_capacity(N);
+    for (n, (i, body)) in bodies.into_iter().enumerate() {
+        if n == N / 4 {
+            redis.pause();
+        }
+        if n == N / 4 + 2000 {
+            redis.resume();
+        }
+        if n == N / 2 {
+            redis.kill();
+        }
+        if n == N / 2 + 2000 {
+            redis.restart().unwrap();
+        }
+        let permit = sem.clone().acquire_owned().await.unwrap();
+        let (tenant, secret) = tenants[i].clone();
+        let http = http.clone();
+        let url = format!("{base}/tenants/{tenant}/webhook");
+        tasks.push(tokio::spawn(async move {
+            let sig = sign_webhook(&secret, &body);
+            let r = http
+                .post(url)
+                .header("X-Spark-Signature", sig)
+                .body(body)
+                .send()
+                .await;
+            drop(permit);
+            (n, r.map(|r| r.status().as_u16()).unwrap_or(0))
+        }));
+    }
+    let mut status: HashMap<usize, u16> = HashMap::new();
+    for t in tasks {
+        let (n, s) = t.await.unwrap();
+        status.insert(n, s);
+    }
+    let ok = status.values().filter(|s| **s == 200).count();
+    let refused = status.values().filter(|s| **s >= 500).count();
+    assert_eq!(
+        ok + refused,
+        N,
+        "every request got 200 or 5xx: {:?}",
+        status
+            .values()
+            .filter(|s| **s != 200 && **s < 500)
+            .take(5)
+            .collect::<Vec<_>>()
+    );
+    assert!(refused > 0, "the faults were not felt");
+    assert!(ok > N / 2, "too few accepted: {ok}");
+
+    // Count each id in the streams.
+    let mut seen: HashMap<usize, usize> = HashMap::new();
+    for i in 0..TENANTS {
+        for e in entries(&redis, &format!("{p}:{{{}}}:events", sim.org(i).org_id)) {
+            let v: Value = serde_json::from_str(&e["value"]).unwrap();
+            *seen.entry(v["n"].as_u64().unwrap() as usize).or_default() += 1;
+        }
+    }
+    for (n, s) in &status {
+        let c = seen.get(n).copied().unwrap_or(0);
+        assert!(c <= 1, "message {n} written {c} times");
+        if *s == 200 {
+            assert_eq!(c, 1, "message {n} answered 200 but is not in the stream");
+        }
+    }
+    // The engine is alive and ready again by itself.
+    let h = reqwest::get(format!("{base}/healthz")).await.unwrap();
+    assert_eq!(h.status(), 200);
+    wait_ready(&base, Duration::from_secs(15)).await;
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metric(&text, "xapi_stream_backpressure_rejections_total").unwrap_or(0.0) > 0.0);
+    eprintln!("fault test: {ok} accepted, {refused} refused (503) of {N}");
+    engine.shutdown().await;
+    sim.shutdown().await;
+}
