@@ -44,6 +44,8 @@ pub enum Command {
         #[arg(long)]
         url: Option<String>,
     },
+    /// Read the streams with a consumer group and print records (a downstream example).
+    Tail(crate::tail::TailArgs),
     /// Integration manifest tools.
     Manifest {
         #[command(subcommand)]
@@ -93,6 +95,7 @@ pub fn main() -> ExitCode {
         Command::Serve { config } => serve(config),
         Command::Sim(args) => sim(args),
         Command::Demo(args) => crate::demo::run(args),
+        Command::Tail(args) => crate::tail::run(args),
         Command::Activate {
             jwt_file,
             config,

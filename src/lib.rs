@@ -10,6 +10,7 @@
 //! - [`sim`]: the built-in Webex cloud simulator (HTTP server + library API for tests,
 //!   benches and the demo).
 //! - [`redis_server`]: a private `redis-server` process for the demo, tests and benches.
+//! - [`tail`]: `xapi-stream tail`, a consumer-group reader of the streams.
 //! - [`cli`]: the `xapi-stream` command line.
 pub mod cli;
 pub mod config;
@@ -20,3 +21,4 @@ pub mod http;
 pub mod logging;
 pub mod redis_server;
 pub mod sim;
+pub mod tail;

@@ -153,3 +153,99 @@ fn serve_drains_and_exits_zero_on_sigterm() {
     assert!(log.contains("SIGTERM received"), "{log}");
     assert!(log.contains("shutdown complete"), "{log}");
 }
+
+#[test]
+fn tail_reads_with_a_consumer_group_and_acks() {
+    let redis = shared_redis();
+    let prefix = unique_prefix();
+    let mut conn = redis.client().get_connection().unwrap();
+    let key = format!("{prefix}:{{ORG1}}:status");
+    for v in 0..3 {
+        let _: String = redis::cmd("XADD")
+            .arg(&key)
+            .arg("*")
+            .arg(&[
+                ("org", "ORG1"),
+                ("device", "DEV"),
+                ("key", "Standby.State"),
+                ("op", "set"),
+                ("value", &format!("{v}")),
+                ("source", "webhook"),
+            ])
+            .query(&mut conn)
+            .unwrap();
+    }
+    let out = Command::new(BIN)
+        .args(["tail", "--org", "ORG1", "--count", "3", "--group", "g1"])
+        .env("XAPI_STREAM__REDIS__URL", redis.url())
+        .env("XAPI_STREAM__REDIS__KEY_PREFIX", &prefix)
+        .env("XAPI_STREAM__SECURITY__ENCRYPTION_KEY", KEY)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 3, "{stdout}");
+    assert!(stdout.contains("Standby.State = 2"), "{stdout}");
+    let pending: redis::Value = redis::cmd("XPENDING")
+        .arg(&key)
+        .arg("g1")
+        .query(&mut conn)
+        .unwrap();
+    let redis::Value::Array(parts) = pending else {
+        panic!("{pending:?}")
+    };
+    assert_eq!(
+        parts[0],
+        redis::Value::Int(0),
+        "everything printed was acknowledged"
+    );
+}
+
+#[actix_web::test]
+async fn activate_command_sends_the_jwt_to_a_running_engine() {
+    let redis = shared_redis();
+    let sim = start_sim(xapi_stream::sim::SimConfig::default()).await;
+    let engine = start_engine(&sim, &redis.url(), &unique_prefix(), &[]).await;
+    let jwt_file = write_config(&sim.activation_jwt(0));
+    let out = tokio::process::Command::new(BIN)
+        .args(["activate", "--url", &engine.base_url(), "--jwt-file"])
+        .arg(jwt_file.path())
+        .env(
+            "XAPI_STREAM__SERVER__ADMIN_TOKEN",
+            xapi_stream::devenv::ADMIN_TOKEN,
+        )
+        .env("XAPI_STREAM__SECURITY__ENCRYPTION_KEY", KEY)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("activation started") && stdout.contains("provisioning"),
+        "{stdout}"
+    );
+    // The same JWT again is a replay: refused with the trackingId shown.
+    let out = tokio::process::Command::new(BIN)
+        .args(["activate", "--url", &engine.base_url(), "--jwt-file"])
+        .arg(jwt_file.path())
+        .env(
+            "XAPI_STREAM__SERVER__ADMIN_TOKEN",
+            xapi_stream::devenv::ADMIN_TOKEN,
+        )
+        .env("XAPI_STREAM__SECURITY__ENCRYPTION_KEY", KEY)
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("trackingId"));
+    engine.shutdown().await;
+    sim.shutdown().await;
+}

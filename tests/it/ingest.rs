@@ -530,7 +530,13 @@ async fn queues_of_50_tenants_drain_5000_messages_without_loss_or_duplicates() {
     const PER_TENANT: usize = 100;
     let redis = shared_redis();
     let p = unique_prefix();
-    let sim = start_sim(SimConfig { orgs: TENANTS, devices_per_org: 3, poll_wait: Duration::from_secs(2), ..Default::default() }).await;
+    let sim = start_sim(SimConfig {
+        orgs: TENANTS,
+        devices_per_org: 3,
+        poll_wait: Duration::from_secs(2),
+        ..Default::default()
+    })
+    .await;
     let engine = start_engine(&sim, &redis.url(), &p, &[("INTEGRATION__INGEST", "both")]).await;
     let base = engine.base_url();
     let acts = futures::future::join_all((0..TENANTS).map(|i| activate(&sim, &base, i))).await;
@@ -553,7 +559,10 @@ async fn queues_of_50_tenants_drain_5000_messages_without_loss_or_duplicates() {
     }))
     .await;
     assert!(
-        eventually(Duration::from_secs(60), || async { (0..TENANTS).all(|i| sim.queue_len(i) == 0) }).await,
+        eventually(Duration::from_secs(60), || async {
+            (0..TENANTS).all(|i| sim.queue_len(i) == 0)
+        })
+        .await,
         "queues not drained"
     );
     // Let the last polled batch land.
@@ -564,7 +573,10 @@ async fn queues_of_50_tenants_drain_5000_messages_without_loss_or_duplicates() {
         // No duplicates: each (device, key, ts) at most once.
         let mut seen = std::collections::HashSet::new();
         for e in entries(redis, &format!("{p}:{{{}}}:status", org.org_id)) {
-            assert!(seen.insert((e["device"].clone(), e["key"].clone(), e["ts"].clone())), "duplicate record {e:?}");
+            assert!(
+                seen.insert((e["device"].clone(), e["key"].clone(), e["ts"].clone())),
+                "duplicate record {e:?}"
+            );
         }
         let events = entries(redis, &format!("{p}:{{{}}}:events", org.org_id));
         let expected_events = all[i].iter().filter(|m| m["type"] == "events").count();
@@ -577,20 +589,42 @@ async fn queues_of_50_tenants_drain_5000_messages_without_loss_or_duplicates() {
                 .query(&mut conn)
                 .unwrap();
             for (k, v) in state {
-                assert_eq!(want.get(&k).map(|w| w.to_string()), Some(v.clone()), "org {i} device {d} key {k}");
+                assert_eq!(
+                    want.get(&k).map(|w| w.to_string()),
+                    Some(v.clone()),
+                    "org {i} device {d} key {k}"
+                );
             }
         }
     }
-    let text = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let m = |s: &str| metric(&text, s).unwrap_or(0.0);
-    let via_webhook = m("xapi_stream_messages_total{source=\"webhook\",type=\"status\"}") + m("xapi_stream_messages_total{source=\"webhook\",type=\"events\"}");
-    let via_queue = m("xapi_stream_messages_total{source=\"queue\",type=\"status\"}") + m("xapi_stream_messages_total{source=\"queue\",type=\"events\"}");
+    let via_webhook = m("xapi_stream_messages_total{source=\"webhook\",type=\"status\"}")
+        + m("xapi_stream_messages_total{source=\"webhook\",type=\"events\"}");
+    let via_queue = m("xapi_stream_messages_total{source=\"queue\",type=\"status\"}")
+        + m("xapi_stream_messages_total{source=\"queue\",type=\"events\"}");
     let dups = m("xapi_stream_webhooks_total{result=\"duplicate\"}");
-    assert_eq!(via_webhook + dups, (TENANTS * PER_TENANT) as f64, "every webhook accepted or a duplicate");
-    assert_eq!(via_queue + via_webhook, (TENANTS * PER_TENANT) as f64, "each message written exactly once");
+    assert_eq!(
+        via_webhook + dups,
+        (TENANTS * PER_TENANT) as f64,
+        "every webhook accepted or a duplicate"
+    );
+    assert_eq!(
+        via_queue + via_webhook,
+        (TENANTS * PER_TENANT) as f64,
+        "each message written exactly once"
+    );
     assert!(via_queue > 0.0, "the queue path was used");
     for i in 0..TENANTS {
-        assert!(sim.max_concurrent_pollers(i) <= 1, "org {i} polled concurrently");
+        assert!(
+            sim.max_concurrent_pollers(i) <= 1,
+            "org {i} polled concurrently"
+        );
     }
     engine.shutdown().await;
     sim.shutdown().await;
