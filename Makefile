@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 NEXTEST := $(shell command -v cargo-nextest 2>/dev/null)
 
-.PHONY: demo test deps build fmt-check clippy unit check-deploy clean
+.PHONY: demo test deps build bench fmt-check clippy unit clean
 
 ## Install what a fresh machine lacks (redis-server from Debian's packages).
 deps:
@@ -21,6 +21,12 @@ build:
 
 demo: deps build
 	./target/release/xapi-stream demo
+
+## Criterion micro-bench and the webhook load run (engine vs. reference server, one run).
+bench: deps
+	$(CARGO) bench --bench ingest -- --warm-up-time 1 --measurement-time 3
+	$(CARGO) build --release --bins
+	./target/release/xapi-load --seconds 8 --connections 64
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
