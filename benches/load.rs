@@ -5,7 +5,8 @@
 //!   2. closed-loop max throughput of the engine (every 200 is durable in Redis),
 //!   3. open-loop latency of the engine at a third of its max (a fixed offered rate;
 //!      latency counted from each request's scheduled send time, so stalls are not hidden),
-//! and prints the figures and their ratios.
+//!
+//! It prints the figures and their ratios.
 //!
 //!   cargo build --release --bins && target/release/xapi-load [--seconds 10] [--connections 64]
 use std::sync::Arc;
