@@ -57,6 +57,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
         },
         writer_stop,
     );
+    let (gone_tx, gone_rx) = tokio::sync::mpsc::unbounded_channel();
     let deps = Arc::new(Deps {
         config: config.clone(),
         store: store.clone(),
@@ -65,6 +66,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
         metrics: metrics.clone(),
         writer: writer.clone(),
         shutdown: shutdown.clone(),
+        gone: gone_tx,
     });
     let verifier = Arc::new(JwtVerifier::new(
         &config,
@@ -73,6 +75,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
         metrics.clone(),
     ));
     let registry = Arc::new(Registry::new(deps, SUPERVISOR_THREADS));
+    registry.spawn_gone_cleaner(gone_rx);
 
     let state = web::Data::new(AppState {
         config: config.clone(),

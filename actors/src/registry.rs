@@ -220,6 +220,26 @@ impl Registry {
         handle
     }
 
+    /// Cleans up tenants whose integration was removed on the Webex side, as if deprovisioned.
+    pub fn spawn_gone_cleaner(
+        self: &Arc<Self>,
+        mut gone: tokio::sync::mpsc::UnboundedReceiver<String>,
+    ) {
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while let Some(id) = gone.recv().await {
+                let Some(reg) = me.upgrade() else { return };
+                if let Some(h) = reg.get(&id)
+                    && h.shared.state() != ProvisioningState::Deprovisioned
+                    && let Err(e) = crate::tenant::actions::deprovision(&h, false).await
+                {
+                    tracing::error!(tenant = %id, error = %e, "cleanup of a removed integration failed");
+                }
+                reg.update_gauges();
+            }
+        });
+    }
+
     /// Stops every supervisor (and its children), then the arbiters.
     pub async fn stop_all(&self) {
         let handles: Vec<TenantHandle> = self.by_id.iter().map(|e| e.value().clone()).collect();

@@ -1,5 +1,6 @@
 //! The HTTP edge: routes, size limits and the mapping of outcomes to status codes. Handlers
 //! talk to engine handles (store, metrics, tenants), never to Redis or Webex directly.
+pub mod actions;
 pub mod activation;
 pub mod admin;
 pub mod body;
@@ -43,6 +44,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/readyz", web::get().to(probes::readyz))
         .route("/metrics", web::get().to(probes::metrics))
         .route("/provision", web::post().to(activation::provision))
+        .route(
+            "/setup/removed/{tenant_id}",
+            web::get().to(actions::removed_page),
+        )
         .route("/setup/{session}", web::get().to(activation::setup_page))
         .route("/setup/{session}", web::post().to(activation::setup_submit))
         .route(
@@ -54,5 +59,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route(
             "/tenants/{tenant_id}/webhook",
             web::post().to(webhook::receive),
+        )
+        .route(
+            "/tenants/{tenant_id}/actions",
+            web::post().to(actions::receive),
         );
 }

@@ -333,6 +333,9 @@ impl Drop for PollerGuard<'_> {
 
 /// `GET /queue/<org>/poll`: up to 10 messages; waits up to the poll wait when empty.
 async fn poll(sim: web::Data<Sim>, req: HttpRequest, path: web::Path<String>) -> HttpResponse {
+    sim.inner
+        .polls
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let Some(i) = org_index(&sim, &path) else {
         return error(404, "not_found", "unknown queue");
     };

@@ -182,6 +182,7 @@ struct Inner {
     jwks_fetches: AtomicU64,
     expired_bearer_calls: AtomicU64,
     app_reads: AtomicU64,
+    polls: AtomicU64,
     http: reqwest::Client,
     server: Mutex<Option<actix_web::dev::ServerHandle>>,
     stop: tokio::sync::watch::Sender<bool>,
@@ -294,6 +295,7 @@ impl Sim {
             jwks_fetches: AtomicU64::new(0),
             expired_bearer_calls: AtomicU64::new(0),
             app_reads: AtomicU64::new(0),
+            polls: AtomicU64::new(0),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
@@ -488,6 +490,11 @@ impl Sim {
     /// Successful GETs of any appUrl.
     pub fn app_reads(&self) -> u64 {
         self.inner.app_reads.load(Ordering::Relaxed)
+    }
+
+    /// Queue polls received (any organization, any outcome).
+    pub fn polls(&self) -> u64 {
+        self.inner.polls.load(Ordering::Relaxed)
     }
 
     /// Every refresh and access token the simulator issued (to look for leaks).

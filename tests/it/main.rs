@@ -3,6 +3,7 @@
 //! once; each test gets its own key prefix, fault tests get their own Redis.
 mod utils;
 
+mod actions;
 mod activation;
 mod cli;
 mod engine_basics;

@@ -303,6 +303,38 @@ impl Tenants {
         Ok(())
     }
 
+    /// Deletes an organization's streams and device state (deprovisioning with purge).
+    pub async fn purge_streams(&self, org: &str) -> Result<(), StoreError> {
+        let mut conn = self.store.conn()?;
+        let keys = self.store.keys();
+        let pattern = format!("{}:{{{org}}}:*", keys.prefix());
+        let mut found: Vec<String> = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = self
+                .store
+                .bounded(
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(500)
+                        .query_async(&mut conn),
+                )
+                .await?;
+            found.extend(batch.into_iter().filter(|k| !k.ends_with(":tenant")));
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        for chunk in found.chunks(500) {
+            let _: i64 = self.store.bounded(conn.del(chunk)).await?;
+        }
+        Ok(())
+    }
+
     /// Counts messages received from `source` (webhook/queue).
     pub async fn count_received(&self, org: &str, source: &str, n: u64) -> Result<(), StoreError> {
         let mut conn = self.store.conn()?;

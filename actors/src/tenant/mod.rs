@@ -2,10 +2,12 @@
 //! uses, and the supervisor actor that owns its lifecycle and children.
 //!
 //! # Layout
+//! - [`actions`]: healthCheck, update, updateApproved, deprovision.
 //! - [`poller`]: the queue poller (long-poll → stream writer), a supervised child.
 //! - [`tokens`]: `TokenKeeper`, the only place that exchanges the tenant's refresh token.
 //! - [`supervisor`]: `TenantSupervisor`, the actor that completes activations and supervises
 //!   the tenant's background work, restarting failed children with backoff.
+pub mod actions;
 pub mod poller;
 pub mod supervisor;
 pub mod tokens;
@@ -36,6 +38,8 @@ pub struct Deps {
     pub metrics: Metrics,
     pub writer: crate::store::writer::StreamWriter,
     pub shutdown: Shutdown,
+    /// Tenants found removed on the Webex side (appUrl 404/410), for the registry to clean up.
+    pub gone: tokio::sync::mpsc::UnboundedSender<String>,
 }
 
 impl Deps {
@@ -58,6 +62,8 @@ pub struct TenantShared {
     record: RwLock<TenantRecord>,
     pub tokens: Arc<TokenKeeper>,
     pub deps: Arc<Deps>,
+    /// Set while the queue poller's last poll failed (healthCheck reports `impaired`).
+    pub poller_failing: std::sync::atomic::AtomicBool,
 }
 
 impl TenantShared {
@@ -68,6 +74,7 @@ impl TenantShared {
             record: RwLock::new(record),
             tokens,
             deps,
+            poller_failing: Default::default(),
         }
     }
 

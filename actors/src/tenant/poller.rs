@@ -73,16 +73,25 @@ pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), String
         let delay = match outcome {
             Poll::Stopped => return Ok(()),
             Poll::Messages(0) => {
+                shared
+                    .poller_failing
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
                 count("empty");
                 failures = 0;
                 None
             }
             Poll::Messages(_) => {
+                shared
+                    .poller_failing
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
                 count("ok");
                 failures = 0;
                 None
             }
             Poll::Failed(why) => {
+                shared
+                    .poller_failing
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 count("error");
                 failures += 1;
                 let base = pacing.retry_base.saturating_mul(1 << (failures - 1).min(4));

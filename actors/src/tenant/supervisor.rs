@@ -52,6 +52,16 @@ impl ChildKind {
 #[rtype(result = "()")]
 pub struct Stop;
 
+/// Restart the children (after an `update`: new URLs, new tokens).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RestartChildren;
+
+/// The tenant is being deprovisioned: stop every child, keep the actor (its handle answers 410).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Deprovision;
+
 /// A child ended: restart it unless it ended cleanly or we are stopping.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -168,6 +178,31 @@ impl Handler<Stop> for TenantSupervisor {
             ctx.cancel_future(h);
         }
         ctx.stop();
+    }
+}
+
+impl Handler<RestartChildren> for TenantSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, _: RestartChildren, ctx: &mut Self::Context) {
+        // The refresher keeps running (it follows the token state); URL-bound children restart.
+        for kind in [ChildKind::QueuePoller, ChildKind::Reconciler] {
+            if let Some(h) = self.children.remove(&kind) {
+                ctx.cancel_future(h);
+            }
+        }
+        self.start_children(ctx);
+    }
+}
+
+impl Handler<Deprovision> for TenantSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, _: Deprovision, ctx: &mut Self::Context) {
+        self.trigger.fire();
+        for (_, h) in self.children.drain() {
+            ctx.cancel_future(h);
+        }
     }
 }
 
@@ -410,9 +445,11 @@ pub async fn reconcile_once(shared: &TenantShared) -> Result<(), String> {
             shared
                 .fail(
                     None,
-                    format!("the integration was removed on the Webex side ({code})"),
+                    format!("the integration was removed on the Webex side ({code}); cleaning up"),
                 )
                 .await;
+            // Cleaned up as if deprovisioned (by the registry, which stops this reconciler too).
+            let _ = shared.deps.gone.send(shared.tenant_id.clone());
             Ok(())
         }
         Err(e) => {

@@ -41,6 +41,10 @@ pub async fn start_engine(
 ) -> RunningEngine {
     let cfg = xapi_stream::devenv::engine_config(sim, redis_url, prefix, extra)
         .expect("test configuration is valid");
+    if std::env::var_os("RUST_LOG").is_some() {
+        // Engine logs in test output when asked for: RUST_LOG=debug cargo nextest run …
+        xapi_stream::logging::init(&cfg.log);
+    }
     let engine = engine::start(cfg).await.expect("engine starts");
     wait_ready(&engine.base_url(), Duration::from_secs(10)).await;
     engine
