@@ -57,6 +57,20 @@ pub enum Command {
 pub enum ManifestCommand {
     /// Check a manifest against every rule of the protocol; prints each problem with its JSON path.
     Check { path: PathBuf },
+    /// Ask Webex to offer a new manifest to one tenant's admin (PATCH of its appUrl with an
+    /// `updateRequest`), through a running engine.
+    RequestUpdate {
+        /// The tenant id.
+        #[arg(long)]
+        tenant: String,
+        /// The new manifest (checked locally first).
+        path: PathBuf,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Engine base URL (default: http://<server.bind>).
+        #[arg(long)]
+        url: Option<String>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -104,6 +118,15 @@ pub fn main() -> ExitCode {
         Command::Manifest {
             command: ManifestCommand::Check { path },
         } => manifest_check(&path),
+        Command::Manifest {
+            command:
+                ManifestCommand::RequestUpdate {
+                    tenant,
+                    path,
+                    config,
+                    url,
+                },
+        } => request_update(&tenant, &path, config.as_deref(), url),
     }
 }
 
@@ -222,6 +245,61 @@ fn activate(
         Ok((status, body)) => {
             eprintln!(
                 "activation refused ({status}): {} (trackingId {})",
+                body["description"].as_str().unwrap_or("no description"),
+                body["trackingId"].as_str().unwrap_or("-")
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn request_update(
+    tenant: &str,
+    path: &std::path::Path,
+    config: Option<&std::path::Path>,
+    url: Option<String>,
+) -> ExitCode {
+    if manifest_check(path) != ExitCode::SUCCESS {
+        return ExitCode::from(1);
+    }
+    let cfg = match config::load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let base = url.unwrap_or_else(|| format!("http://{}", cfg.server.bind));
+    let token = cfg.server.admin_token.clone();
+    let tenant = tenant.to_string();
+    let result = actix_web::rt::System::new().block_on(async move {
+        let resp = reqwest::Client::new()
+            .post(format!(
+                "{}/admin/tenants/{tenant}/manifest-update",
+                base.trim_end_matches('/')
+            ))
+            .bearer_auth(token.expose())
+            .header("Content-Type", "application/json")
+            .body(text)
+            .send()
+            .await?;
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await.unwrap_or_default();
+        anyhow::Ok((status, body))
+    });
+    match result {
+        Ok((status, _)) if status.is_success() => {
+            println!("update request sent: the customer's admin can now approve the new manifest");
+            ExitCode::SUCCESS
+        }
+        Ok((status, body)) => {
+            eprintln!(
+                "update request refused ({status}): {} (trackingId {})",
                 body["description"].as_str().unwrap_or("no description"),
                 body["trackingId"].as_str().unwrap_or("-")
             );

@@ -59,3 +59,38 @@ pub async fn get(
         None => Err(ApiError::not_found(&format!("tenant {id}"))),
     }
 }
+
+/// `POST /admin/tenants/<id>/manifest-update`: body is a manifest; it is checked against every
+/// rule, then PATCHed to the tenant's appUrl as an `updateRequest`.
+pub async fn manifest_update(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let id = path.into_inner();
+    let bytes = super::body::read(&req, payload, state.config.server.max_body_bytes).await?;
+    let manifest: serde_json::Value = super::body::json(&bytes)?;
+    let problems = actors::protocol::manifest::check(&manifest);
+    if !problems.is_empty() {
+        let list: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_manifest",
+            format!("invalid manifest: {}", list.join("; ")),
+        ));
+    }
+    let handle = state
+        .registry
+        .get(&id)
+        .ok_or_else(|| ApiError::not_found(&format!("tenant {id}")))?;
+    match actors::tenant::actions::request_manifest_update(&handle.shared, manifest).await {
+        Ok(answer) => Ok(HttpResponse::Ok().json(answer)),
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "webex",
+            format!("Webex refused the update request: {e}"),
+        )),
+    }
+}

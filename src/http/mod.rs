@@ -57,6 +57,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/admin/tenants", web::get().to(admin::list))
         .route("/admin/tenants/{tenant_id}", web::get().to(admin::get))
         .route(
+            "/admin/tenants/{tenant_id}/manifest-update",
+            web::post().to(admin::manifest_update),
+        )
+        .route(
             "/tenants/{tenant_id}/webhook",
             web::post().to(webhook::receive),
         )

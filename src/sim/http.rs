@@ -24,6 +24,15 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::get().to(manifest),
         )
         .route("/queue/{org}/poll", web::get().to(poll))
+        .route(
+            "/{cluster}/xapi/api/organizations/{org}/apps/{app}",
+            web::get().to(get_app_moved),
+        )
+        .route(
+            "/{cluster}/xapi/api/organizations/{org}/apps/{app}",
+            web::patch().to(patch_app_moved),
+        )
+        .route("/{cluster}/queue/{org}/poll", web::get().to(poll_moved))
         .route("/_sim/orgs", web::get().to(list_orgs))
         .route("/_sim/orgs/{i}/activation", web::post().to(activation))
         .route("/_sim/orgs/{i}/emit", web::post().to(emit));
@@ -168,7 +177,7 @@ fn app_guard(sim: &Sim, req: &HttpRequest, path: &(String, String)) -> Result<us
     Ok(i)
 }
 
-fn details(sim: &Sim, i: usize) -> Value {
+fn details(sim: &Sim, i: usize, cluster: &str) -> Value {
     let s = sim.state();
     let a = &s.apps[i];
     let mut d = json!({
@@ -189,7 +198,16 @@ fn details(sim: &Sim, i: usize) -> Value {
         d["webhook"] = json!({ "targetUrl": w.target_url });
     }
     if let Some(q) = &a.queue_state {
-        d["queue"] = json!({ "state": q, "pollUrl": a.poll_url });
+        // After a move to another cluster, the queue is polled there.
+        let poll = if cluster.is_empty() {
+            a.poll_url.clone()
+        } else {
+            Some(format!(
+                "{}/{cluster}/queue/{}/poll",
+                sim.inner.base_url, sim.inner.orgs[i].org_uuid
+            ))
+        };
+        d["queue"] = json!({ "state": q, "pollUrl": poll });
     }
     d
 }
@@ -204,10 +222,59 @@ async fn get_app(
             sim.inner
                 .app_reads
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            HttpResponse::Ok().json(details(&sim, i))
+            HttpResponse::Ok().json(details(&sim, i, ""))
         }
         Err(r) => r,
     }
+}
+
+async fn get_app_moved(
+    sim: web::Data<Sim>,
+    req: HttpRequest,
+    path: web::Path<(String, String, String)>,
+) -> HttpResponse {
+    let (cluster, org, app) = path.into_inner();
+    match app_guard(&sim, &req, &(org, app)) {
+        Ok(i) => {
+            sim.inner
+                .app_reads
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            HttpResponse::Ok().json(details(&sim, i, &cluster))
+        }
+        Err(r) => r,
+    }
+}
+
+async fn patch_app_moved(
+    sim: web::Data<Sim>,
+    req: HttpRequest,
+    path: web::Path<(String, String, String)>,
+    body: web::Bytes,
+) -> HttpResponse {
+    let (cluster, org, app) = path.into_inner();
+    let resp = patch_app(sim.clone(), req, web::Path::from((org.clone(), app)), body).await;
+    if !resp.status().is_success() {
+        return resp;
+    }
+    match org_index(&sim, &org) {
+        Some(i) => HttpResponse::Ok().json(details(&sim, i, &cluster)),
+        None => resp,
+    }
+}
+
+async fn poll_moved(
+    sim: web::Data<Sim>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> HttpResponse {
+    let (cluster, org) = path.into_inner();
+    *sim.inner
+        .polls_by_cluster
+        .lock()
+        .expect("polls lock")
+        .entry(cluster)
+        .or_default() += 1;
+    poll(sim, req, web::Path::from(org)).await
 }
 
 async fn patch_app(
@@ -308,7 +375,7 @@ async fn patch_app(
             _ => {}
         }
     }
-    HttpResponse::Ok().json(details(&sim, i))
+    HttpResponse::Ok().json(details(&sim, i, ""))
 }
 
 async fn manifest(sim: web::Data<Sim>, path: web::Path<(String, String)>) -> HttpResponse {

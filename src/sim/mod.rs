@@ -183,6 +183,7 @@ struct Inner {
     expired_bearer_calls: AtomicU64,
     app_reads: AtomicU64,
     polls: AtomicU64,
+    polls_by_cluster: Mutex<HashMap<String, u64>>,
     http: reqwest::Client,
     server: Mutex<Option<actix_web::dev::ServerHandle>>,
     stop: tokio::sync::watch::Sender<bool>,
@@ -296,6 +297,7 @@ impl Sim {
             expired_bearer_calls: AtomicU64::new(0),
             app_reads: AtomicU64::new(0),
             polls: AtomicU64::new(0),
+            polls_by_cluster: Mutex::new(HashMap::new()),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
@@ -495,6 +497,26 @@ impl Sim {
     /// Queue polls received (any organization, any outcome).
     pub fn polls(&self) -> u64 {
         self.inner.polls.load(Ordering::Relaxed)
+    }
+
+    /// Polls of queues under a cluster prefix (after an `update` moved the appUrl there).
+    pub fn polls_in_cluster(&self, cluster: &str) -> u64 {
+        self.inner
+            .polls_by_cluster
+            .lock()
+            .expect("polls lock")
+            .get(cluster)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// org `i`'s appUrl as seen after a move to `cluster` (for `update` actions).
+    pub fn moved_app_url(&self, i: usize, cluster: &str) -> String {
+        let o = &self.inner.orgs[i];
+        format!(
+            "{}/{cluster}/xapi/api/organizations/{}/apps/{}",
+            self.inner.base_url, o.org_uuid, self.inner.cfg.app_id
+        )
     }
 
     /// Every refresh and access token the simulator issued (to look for leaks).

@@ -338,3 +338,67 @@ async fn app_url_gone_on_reconciliation_cleans_the_tenant_up() {
     engine.shutdown().await;
     sim.shutdown().await;
 }
+
+#[actix_web::test]
+async fn update_moves_tokens_and_polling_to_the_new_app_url() {
+    let redis = shared_redis();
+    let prefix = unique_prefix();
+    let sim = start_sim(SimConfig {
+        poll_wait: Duration::from_millis(200),
+        ..Default::default()
+    })
+    .await;
+    let engine = start_engine(
+        &sim,
+        &redis.url(),
+        &prefix,
+        &[("INTEGRATION__INGEST", "queue")],
+    )
+    .await;
+    let base = engine.base_url();
+    let id = activate(&sim, &base, 0).await;
+    assert!(
+        eventually(Duration::from_secs(5), || async { sim.polls() > 2 }).await,
+        "not polling"
+    );
+    assert_eq!(sim.polls_in_cluster("k"), 0);
+    // The customer moved: old refresh tokens are revoked, a new one comes with the update.
+    sim.revoke_refresh_tokens(0);
+    let fresh = sim.mint_refresh_token(0);
+    let new_app = sim.moved_app_url(0, "k");
+    let (s, b) = action(&base, &id, &sim.action_jwt(0, "update", json!({
+        "appUrl": new_app, "manifestUrl": format!("{new_app}/manifest"), "region": "eu-central-1_k", "refreshToken": fresh}))).await;
+    assert_eq!(s, 204, "{b}");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            sim.polls_in_cluster("k") > 2
+        })
+        .await,
+        "polling did not move to the new pollUrl"
+    );
+    let t = tenant(&base, &id).await;
+    assert_eq!(t["app_url"], new_app);
+    assert_eq!(t["tokens_state"], "valid");
+    assert!(t["poll_url"].as_str().unwrap().contains("/k/queue/"), "{t}");
+    assert_eq!(
+        sim.oauth_stats().invalid_grant,
+        0,
+        "the revoked refresh token was used"
+    );
+    // The lifecycle stream says so.
+    let mut conn = redis.client().get_connection().unwrap();
+    let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(format!("{prefix}:tenants"))
+        .arg("-")
+        .arg("+")
+        .query(&mut conn)
+        .unwrap();
+    let events: Vec<String> = entries
+        .ids
+        .iter()
+        .map(|e| e.get::<String>("event").unwrap())
+        .collect();
+    assert_eq!(events, vec!["activated", "updated"]);
+    engine.shutdown().await;
+    sim.shutdown().await;
+}

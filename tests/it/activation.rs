@@ -674,3 +674,60 @@ async fn killed_engine_resumes_every_tenant_and_redis_holds_no_plain_secret() {
     child.wait().unwrap();
     sim.shutdown().await;
 }
+
+#[actix_web::test]
+async fn a_token_endpoint_outage_is_retried_with_backoff_and_recovers() {
+    let redis = shared_redis();
+    let sim = start_sim(SimConfig {
+        access_token_ttl: Duration::from_secs(2),
+        ..Default::default()
+    })
+    .await;
+    let engine = start_engine(
+        &sim,
+        &redis.url(),
+        &unique_prefix(),
+        &[("ACTIVATION__RECONCILE_INTERVAL_SECS", "0.3")],
+    )
+    .await;
+    let base = engine.base_url();
+    let (_, body) = post_activation(&base, &sim.activation_jwt(0)).await;
+    let id = body["tenant_id"].as_str().unwrap().to_string();
+    wait_state(&base, &id, "completed", Duration::from_secs(20)).await;
+    // 429 with Retry-After: 1 for 4 s: the token expires meanwhile; nothing uses an expired one.
+    sim.set_oauth_status(Some(429));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let during = sim.oauth_stats().exchanges_ok;
+    sim.set_oauth_status(None);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            sim.oauth_stats().exchanges_ok > during
+        })
+        .await,
+        "the refresher did not recover by itself"
+    );
+    assert_eq!(
+        sim.expired_bearer_calls(),
+        0,
+        "an expired token was used during the outage"
+    );
+    let t = tenant(&base, &id).await;
+    assert_eq!(
+        t["tokens_state"], "valid",
+        "a transient outage must not mark tokens invalid: {t}"
+    );
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let errors =
+        metric(&text, "xapi_stream_token_refreshes_total{result=\"error\"}").unwrap_or(0.0);
+    assert!(
+        (1.0..=8.0).contains(&errors),
+        "retries should back off, not hammer: {errors}"
+    );
+    engine.shutdown().await;
+    sim.shutdown().await;
+}

@@ -249,3 +249,71 @@ async fn activate_command_sends_the_jwt_to_a_running_engine() {
     engine.shutdown().await;
     sim.shutdown().await;
 }
+
+#[actix_web::test]
+async fn manifest_request_update_patches_the_app_url() {
+    let redis = shared_redis();
+    let sim = start_sim(xapi_stream::sim::SimConfig::default()).await;
+    let engine = start_engine(&sim, &redis.url(), &unique_prefix(), &[]).await;
+    let base = engine.base_url();
+    let body: serde_json::Value = reqwest::Client::new()
+        .post(format!("{base}/admin/activations"))
+        .bearer_auth(xapi_stream::devenv::ADMIN_TOKEN)
+        .json(&serde_json::json!({ "jwt": sim.activation_jwt(0) }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = body["tenant_id"].as_str().unwrap().to_string();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            sim.app_state(0).provisioning_state.as_deref() == Some("completed")
+        })
+        .await
+    );
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/manifest.example.json");
+    let run = |file: String| {
+        let base = base.clone();
+        let id = id.clone();
+        async move {
+            tokio::process::Command::new(BIN)
+                .args([
+                    "manifest",
+                    "request-update",
+                    "--tenant",
+                    &id,
+                    "--url",
+                    &base,
+                    &file,
+                ])
+                .env(
+                    "XAPI_STREAM__SERVER__ADMIN_TOKEN",
+                    xapi_stream::devenv::ADMIN_TOKEN,
+                )
+                .env("XAPI_STREAM__SECURITY__ENCRYPTION_KEY", KEY)
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+    let out = run(example.to_string()).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = sim.app_state(0).patches.last().cloned().unwrap();
+    let want: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(example).unwrap()).unwrap();
+    assert_eq!(last["updateRequest"]["newManifest"], want);
+    // An invalid manifest is refused locally, nothing sent.
+    let bad = write_config(r#"{"id": "nope"}"#);
+    let before = sim.app_state(0).patches.len();
+    let out = run(bad.path().display().to_string()).await;
+    assert!(!out.status.success());
+    assert_eq!(sim.app_state(0).patches.len(), before);
+    engine.shutdown().await;
+    sim.shutdown().await;
+}

@@ -629,3 +629,63 @@ async fn queues_of_50_tenants_drain_5000_messages_without_loss_or_duplicates() {
     engine.shutdown().await;
     sim.shutdown().await;
 }
+
+#[actix_web::test]
+async fn after_a_secret_rotation_old_and_new_secrets_both_verify() {
+    let redis = shared_redis();
+    let sim = start_sim(SimConfig::default()).await;
+    let engine = start_engine(&sim, &redis.url(), &unique_prefix(), &[]).await;
+    let base = engine.base_url();
+    let (tenant, old) = activate(&sim, &base, 0).await;
+    // Re-activation PATCHes a fresh secret.
+    let (again, new) = {
+        let before = sim.app_state(0).patches.len();
+        let body: Value = reqwest::Client::new()
+            .post(format!("{base}/admin/activations"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({ "jwt": sim.activation_jwt(0) }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(
+            eventually(Duration::from_secs(20), || async {
+                sim.app_state(0).patches.len() == before + 1
+            })
+            .await
+        );
+        (
+            body["tenant_id"].as_str().unwrap().to_string(),
+            sim.app_state(0).webhook.unwrap().secret.unwrap(),
+        )
+    };
+    assert_eq!(again, tenant, "same tenant id after re-activation");
+    assert_ne!(old, new, "a new secret was registered");
+    let org = sim.org(0);
+    let msg = |n: i64| {
+        serde_json::to_vec(&json!({"appId": sim.config().app_id, "deviceId": org.devices[0].device_id, "workspaceId": "w",
+            "orgId": org.org_id, "timestamp": now_ts(n), "type": "status",
+            "changes": {"updated": {"RoomAnalytics.PeopleCount.Current": n}}, "isFullSync": false}))
+        .unwrap()
+    };
+    assert_eq!(
+        post(&base, &tenant, &new, &msg(1)).await.0,
+        200,
+        "new secret"
+    );
+    assert_eq!(
+        post(&base, &tenant, &old, &msg(2)).await.0,
+        200,
+        "old secret within the 5-minute grace"
+    );
+    assert_eq!(
+        post(&base, &tenant, "some-other-secret-0123456789", &msg(3))
+            .await
+            .0,
+        401
+    );
+    engine.shutdown().await;
+    sim.shutdown().await;
+}

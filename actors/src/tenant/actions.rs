@@ -193,3 +193,28 @@ pub async fn deprovision(
         ActionOutcome::NoContent
     })
 }
+
+/// Asks Webex to offer a new manifest to this customer's admin: `PATCH {appUrl}` with
+/// `updateRequest.newManifest` (the integration → Webex direction of the Management section).
+pub async fn request_manifest_update(
+    shared: &TenantShared,
+    manifest: Value,
+) -> Result<Value, String> {
+    let deps = &shared.deps;
+    let app_url = shared.record().app_url;
+    let body = serde_json::json!({ "updateRequest": { "newManifest": manifest } });
+    let token = shared.access_token().await.map_err(|e| e.to_string())?;
+    match deps.webex.patch_app(&app_url, &token, &body).await {
+        Err(AppUrlError::Unauthorized(_)) => {
+            let fresh = shared
+                .refresh_after_rejection(&token)
+                .await
+                .map_err(|e| e.to_string())?;
+            deps.webex
+                .patch_app(&app_url, &fresh, &body)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        other => other.map_err(|e| e.to_string()),
+    }
+}

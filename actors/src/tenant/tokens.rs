@@ -83,7 +83,22 @@ pub struct TokenKeeper {
     wake: Notify,
     /// Webhook secrets as last persisted, readable without waiting for an exchange.
     webhook: StdMutex<WebhookSecrets>,
+    /// After a transient failure: no new exchange before this instant, whoever asks (the
+    /// reconciler, the poller and health checks share one backoff instead of each hammering
+    /// the token endpoint), and how many failures in a row.
+    backoff: StdMutex<Backoff>,
 }
+
+#[derive(Default)]
+struct Backoff {
+    until: Option<(Instant, TokenError)>,
+    failures: u32,
+}
+
+/// First and largest pause between failed exchanges (doubling in between) when the server
+/// gives no `Retry-After`.
+const EXCHANGE_RETRY_BASE: Duration = Duration::from_secs(1);
+const EXCHANGE_RETRY_CAP: Duration = Duration::from_secs(60);
 
 /// The secrets a webhook may be signed with.
 #[derive(Clone, Default)]
@@ -125,6 +140,7 @@ impl TokenKeeper {
         };
         let webhook = StdMutex::new(WebhookSecrets::of(&secrets));
         Self {
+            backoff: StdMutex::new(Backoff::default()),
             webhook,
             deps,
             org,
@@ -172,6 +188,11 @@ impl TokenKeeper {
         if self.is_invalid() {
             return Err(TokenError::Invalid);
         }
+        if let Some((until, err)) = &self.backoff.lock().expect("backoff lock").until
+            && Instant::now() < *until
+        {
+            return Err(err.clone());
+        }
         let cfg = &self.deps.config.integration;
         let oauth_url = self.oauth_url.lock().expect("url lock").clone();
         let result = self
@@ -208,6 +229,7 @@ impl TokenKeeper {
                     lifetime: grant.expires_in,
                 };
                 *self.current.lock().expect("token lock") = Some(token);
+                *self.backoff.lock().expect("backoff lock") = Backoff::default();
                 self.deps.metrics.token_refresh("ok");
                 self.wake.notify_one();
                 Ok(grant.access_token)
@@ -222,21 +244,28 @@ impl TokenKeeper {
             Err(OAuthError::Transient {
                 message,
                 retry_after,
-            }) => {
-                self.deps.metrics.token_refresh("error");
-                Err(TokenError::Transient {
-                    message,
-                    retry_after,
-                })
-            }
+            }) => Err(self.back_off(message, retry_after)),
             Err(e @ (OAuthError::BadClient(_) | OAuthError::Url(_))) => {
-                self.deps.metrics.token_refresh("error");
-                Err(TokenError::Transient {
-                    message: e.to_string(),
-                    retry_after: None,
-                })
+                Err(self.back_off(e.to_string(), None))
             }
         }
+    }
+
+    /// Records a transient failure: no exchange until the server's `Retry-After`, or a doubling
+    /// pause, has passed. Returns the error to hand out meanwhile.
+    fn back_off(&self, message: String, retry_after: Option<Duration>) -> TokenError {
+        self.deps.metrics.token_refresh("error");
+        let mut b = self.backoff.lock().expect("backoff lock");
+        b.failures += 1;
+        let wait = retry_after
+            .unwrap_or_else(|| EXCHANGE_RETRY_BASE.saturating_mul(1 << (b.failures - 1).min(6)))
+            .min(EXCHANGE_RETRY_CAP);
+        let err = TokenError::Transient {
+            message,
+            retry_after: Some(wait),
+        };
+        b.until = Some((Instant::now() + wait, err.clone()));
+        err
     }
 
     /// Compare-and-set write; on a lost race, the stored (newer) refresh token wins and our
@@ -293,6 +322,7 @@ impl TokenKeeper {
         }
         *self.current.lock().expect("token lock") = None;
         *self.invalid.lock().expect("invalid lock") = false;
+        *self.backoff.lock().expect("backoff lock") = Backoff::default();
         self.wake.notify_one();
         Ok(())
     }
