@@ -71,7 +71,6 @@ pub struct Metrics {
     pub stage_seconds: HistogramVec,
     pub actor_restarts_total: IntCounterVec,
     pub redis_up: IntGauge,
-    pub http_requests_total: IntCounterVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -140,11 +139,6 @@ impl Metrics {
             "actor_restarts_total",
             "Child actors restarted by their supervisor, by actor kind.",
             &["actor"],
-        );
-        let http_requests_total = counter_vec(
-            "http_requests_total",
-            "HTTP requests answered, by route and status class.",
-            &["route", "class"],
         );
         let backpressure_rejections_total = IntCounter::with_opts(opts(
             "backpressure_rejections_total",
@@ -243,7 +237,6 @@ impl Metrics {
             stage_seconds,
             actor_restarts_total,
             redis_up,
-            http_requests_total,
         }
     }
 
@@ -274,21 +267,12 @@ impl Metrics {
         self.jwks_fetches_total.with_label_values(&[result]).inc();
     }
 
-    pub fn http_answered(&self, route: &'static str, status: u16) {
-        let class = match status {
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        };
-        self.http_requests_total
-            .with_label_values(&[route, class])
-            .inc();
-    }
-
-    /// Counter value for tests and the admin API.
-    pub fn count(&self, family: &IntCounterVec, labels: &[&str]) -> u64 {
-        family.with_label_values(labels).get()
+    /// Records the duration of one pipeline stage (`verify`, `parse`, `redis_write`,
+    /// `end_to_end`).
+    pub fn stage(&self, stage: &'static str, started: std::time::Instant) {
+        self.stage_seconds
+            .with_label_values(&[stage])
+            .observe(started.elapsed().as_secs_f64());
     }
 }
 

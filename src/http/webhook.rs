@@ -2,7 +2,7 @@
 //! Order of checks: size → tenant → signature → JSON → health check → organization →
 //! freshness → write. A 200 is answered only once the records are durable in Redis.
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -46,6 +46,7 @@ async fn handle(
     tenant_id: &str,
     payload: web::Payload,
 ) -> Result<&'static str, Rejected> {
+    let started = Instant::now();
     let bytes = body::read(req, payload, state.config.server.max_body_bytes)
         .await
         .map_err(|e| {
@@ -86,14 +87,18 @@ async fn handle(
         signature: header("X-Spark-Signature"),
         authorization: header("Authorization"),
     };
+    let t = Instant::now();
     let verified =
         webhook::verify(&auth, presented, &bytes).map_err(|e| bad_sig(&e.to_string()))?;
+    state.metrics.stage("verify", t);
+    let t = Instant::now();
     let msg = message::parse(verified.body()).map_err(|e| {
         (
             "malformed",
             ApiError::new(StatusCode::BAD_REQUEST, "malformed", e.to_string()),
         )
     })?;
+    state.metrics.stage("parse", t);
     if matches!(msg.body, message::Body::HealthCheck) {
         return Ok("health_check");
     }
@@ -121,14 +126,17 @@ async fn handle(
             ApiError::unavailable(why).retry_after(RETRY_AFTER_SECS),
         )
     };
+    let t = Instant::now();
     let written = tokio::time::timeout(
         WRITE_DEADLINE,
         state.writer.write(Arc::new(msg), Source::Webhook),
     )
     .await
     .map_err(|_| overloaded("write to redis timed out"))?;
+    state.metrics.stage("redis_write", t);
     match written {
         Ok(Applied::Written(_)) => {
+            state.metrics.stage("end_to_end", started);
             state
                 .metrics
                 .messages_total

@@ -39,6 +39,21 @@ async fn action(base: &str, tenant: &str, jwt: &str) -> (u16, Value) {
     (s, r.json().await.unwrap_or(Value::Null))
 }
 
+fn lifecycle(redis: &xapi_stream::redis_server::RedisServer, prefix: &str) -> Vec<String> {
+    let mut conn = redis.client().get_connection().unwrap();
+    let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(format!("{prefix}:tenants"))
+        .arg("-")
+        .arg("+")
+        .query(&mut conn)
+        .unwrap();
+    entries
+        .ids
+        .iter()
+        .map(|e| e.get::<String>("event").unwrap())
+        .collect()
+}
+
 async fn tenant(base: &str, id: &str) -> Value {
     reqwest::Client::new()
         .get(format!("{base}/admin/tenants/{id}"))
@@ -161,8 +176,9 @@ async fn bad_action_tokens_are_rejected_and_change_nothing() {
 #[actix_web::test]
 async fn update_approved_stores_the_new_grant() {
     let redis = shared_redis();
+    let prefix = unique_prefix();
     let sim = start_sim(SimConfig::default()).await;
-    let engine = start_engine(&sim, &redis.url(), &unique_prefix(), &[]).await;
+    let engine = start_engine(&sim, &redis.url(), &prefix, &[]).await;
     let base = engine.base_url();
     let id = activate(&sim, &base, 0).await;
     let before = sim.oauth_stats().exchanges_ok;
@@ -190,6 +206,10 @@ async fn update_approved_stores_the_new_grant() {
         sim.oauth_stats().exchanges_ok,
         before + 1,
         "a new access token was fetched"
+    );
+    assert_eq!(
+        lifecycle(redis, &prefix),
+        vec!["activated", "update_approved"]
     );
     engine.shutdown().await;
     sim.shutdown().await;
@@ -302,6 +322,10 @@ async fn deprovision_stops_everything_answers_410_and_forgets_secrets() {
         .query(&mut conn)
         .unwrap();
     assert!(!has, "sealed secrets still stored");
+    assert_eq!(
+        lifecycle(redis, &prefix),
+        vec!["activated", "deprovisioned"]
+    );
     engine.shutdown().await;
     sim.shutdown().await;
 }

@@ -272,6 +272,21 @@ async fn seed_payloads_become_exactly_the_contract_records() {
         .await
         .unwrap();
     assert_eq!(t["messages_received"]["webhook"], 5, "{t}");
+    // Per-stage latencies are recorded.
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for stage in ["verify", "parse", "redis_write", "end_to_end"] {
+        let n = metric(
+            &text,
+            &format!("xapi_stream_stage_seconds_count{{stage=\"{stage}\"}}"),
+        )
+        .unwrap_or(0.0);
+        assert!(n >= 5.0, "stage {stage} recorded {n} times");
+    }
     engine.shutdown().await;
     sim.shutdown().await;
 }

@@ -335,20 +335,6 @@ impl Tenants {
         Ok(())
     }
 
-    /// Counts messages received from `source` (webhook/queue).
-    pub async fn count_received(&self, org: &str, source: &str, n: u64) -> Result<(), StoreError> {
-        let mut conn = self.store.conn()?;
-        let _: i64 = self
-            .store
-            .bounded(conn.hincr(
-                self.store.keys().tenant(org),
-                format!("{}{source}", field::RECEIVED_PREFIX),
-                n,
-            ))
-            .await?;
-        Ok(())
-    }
-
     /// Appends a lifecycle entry to `<p>:tenants`.
     pub async fn lifecycle(
         &self,

@@ -13,8 +13,8 @@ use crate::protocol::message::{self, Source};
 use crate::shutdown::Shutdown;
 use crate::store::writer::Applied;
 
-/// Pause after a failed poll (the protocol suggests 10 s), doubling up to the cap, jittered.
-pub const POLL_RETRY_BASE: Duration = Duration::from_secs(10);
+/// Largest pause after failed polls; the first is `ingest.poll_retry_secs` (the protocol
+/// suggests 10 s), doubling up to this cap, jittered ±20 %.
 pub const POLL_RETRY_CAP: Duration = Duration::from_secs(60);
 /// A long-poll waits up to 20 s on the server; allow this much more before giving up.
 const LONG_POLL_TIMEOUT: Duration = Duration::from_secs(35);
@@ -31,29 +31,10 @@ struct PollResponse {
     messages: Vec<serde_json::Value>,
 }
 
-/// Overrides of the poller's pacing (tests use short ones).
-#[derive(Debug, Clone, Copy)]
-pub struct PollPacing {
-    pub retry_base: Duration,
-    pub retry_cap: Duration,
-}
-
-impl Default for PollPacing {
-    fn default() -> Self {
-        Self {
-            retry_base: POLL_RETRY_BASE,
-            retry_cap: POLL_RETRY_CAP,
-        }
-    }
-}
-
 /// Runs until `stop`. Returns `Err` only for failures a restart could mend.
 pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), String> {
     let deps = shared.deps.clone();
-    let pacing = PollPacing {
-        retry_base: Duration::from_secs_f64(deps.config.ingest.poll_retry_secs),
-        retry_cap: POLL_RETRY_CAP,
-    };
+    let retry_base = Duration::from_secs_f64(deps.config.ingest.poll_retry_secs);
     let metrics = &deps.metrics;
     let count = |result: &str| metrics.queue_polls_total.with_label_values(&[result]).inc();
     let mut failures = 0u32;
@@ -94,9 +75,9 @@ pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), String
                     .store(true, std::sync::atomic::Ordering::Relaxed);
                 count("error");
                 failures += 1;
-                let base = pacing.retry_base.saturating_mul(1 << (failures - 1).min(4));
+                let base = retry_base.saturating_mul(1 << (failures - 1).min(4));
                 let jitter = 0.8 + 0.4 * rand::random::<f64>();
-                let d = base.min(pacing.retry_cap).mul_f64(jitter);
+                let d = base.min(POLL_RETRY_CAP).mul_f64(jitter);
                 tracing::warn!(tenant = %shared.tenant_id, failures, error = %why, delay = ?d, "queue poll failed");
                 Some(d)
             }
