@@ -3,30 +3,9 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use xapi_stream::devenv::ADMIN_TOKEN;
-use xapi_stream::sim::{Sim, SimConfig, sign_webhook};
+use xapi_stream::sim::{SimConfig, sign_webhook};
 
 use crate::utils::*;
-
-async fn activate(sim: &Sim, base: &str, i: usize) -> String {
-    let body: Value = reqwest::Client::new()
-        .post(format!("{base}/admin/activations"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({ "jwt": sim.activation_jwt(i) }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert!(
-        eventually(Duration::from_secs(20), || async {
-            sim.app_state(i).provisioning_state.as_deref() == Some("completed")
-        })
-        .await
-    );
-    body["tenant_id"].as_str().unwrap().to_string()
-}
 
 async fn action(base: &str, tenant: &str, jwt: &str) -> (u16, Value) {
     let r = reqwest::Client::new()
@@ -39,40 +18,13 @@ async fn action(base: &str, tenant: &str, jwt: &str) -> (u16, Value) {
     (s, r.json().await.unwrap_or(Value::Null))
 }
 
-fn lifecycle(redis: &xapi_stream::redis_server::RedisServer, prefix: &str) -> Vec<String> {
-    let mut conn = redis.client().get_connection().unwrap();
-    let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(format!("{prefix}:tenants"))
-        .arg("-")
-        .arg("+")
-        .query(&mut conn)
-        .unwrap();
-    entries
-        .ids
-        .iter()
-        .map(|e| e.get::<String>("event").unwrap())
-        .collect()
-}
-
-async fn tenant(base: &str, id: &str) -> Value {
-    reqwest::Client::new()
-        .get(format!("{base}/admin/tenants/{id}"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 #[actix_web::test]
 async fn health_check_reports_valid_invalid_and_unknown() {
     let redis = shared_redis();
     let sim = start_sim(SimConfig::default()).await;
     let engine = start_engine(&sim, &redis.url(), &unique_prefix(), &[]).await;
     let base = engine.base_url();
-    let id = activate(&sim, &base, 0).await;
+    let id = activate_org(&sim, &base, 0).await;
 
     let (s, b) = action(&base, &id, &sim.action_jwt(0, "healthCheck", json!({}))).await;
     assert_eq!(
@@ -92,7 +44,7 @@ async fn health_check_reports_valid_invalid_and_unknown() {
     sim.revoke_refresh_tokens(0);
     let (s, b) = action(&base, &id, &sim.action_jwt(0, "healthCheck", json!({}))).await;
     assert_eq!((s, b["tokensState"].clone()), (200, json!("invalid")));
-    assert_eq!(tenant(&base, &id).await["tokens_state"], "invalid");
+    assert_eq!(admin_tenant(&base, &id).await["tokens_state"], "invalid");
 
     // The fix is an update with a new refresh token: tokens are valid again.
     sim.set_app_url_status(0, None);
@@ -110,7 +62,7 @@ async fn health_check_reports_valid_invalid_and_unknown() {
     assert_eq!(s, 204);
     let (s, b) = action(&base, &id, &sim.action_jwt(0, "healthCheck", json!({}))).await;
     assert_eq!((s, b["tokensState"].clone()), (200, json!("valid")));
-    let t = tenant(&base, &id).await;
+    let t = admin_tenant(&base, &id).await;
     assert_eq!(t["tokens_state"], "valid");
     assert_eq!(t["region"], "eu-central-1_k");
     assert_eq!(
@@ -128,7 +80,7 @@ async fn bad_action_tokens_are_rejected_and_change_nothing() {
     let sim = start_sim(SimConfig::default()).await;
     let engine = start_engine(&sim, &redis.url(), &unique_prefix(), &[]).await;
     let base = engine.base_url();
-    let id = activate(&sim, &base, 0).await;
+    let id = activate_org(&sim, &base, 0).await;
     let six_min_ago = chrono::Utc::now().timestamp() - 360;
     let stale = sim.action_jwt(0, "deprovision", json!({"iat": six_min_ago}));
     let wrong_app = sim.action_jwt(
@@ -153,7 +105,10 @@ async fn bad_action_tokens_are_rejected_and_change_nothing() {
             "{name}: {b}"
         );
     }
-    assert_eq!(tenant(&base, &id).await["provisioning_state"], "completed");
+    assert_eq!(
+        admin_tenant(&base, &id).await["provisioning_state"],
+        "completed"
+    );
     // Unknown tenant: 404.
     assert_eq!(
         action(&base, "nope", &sim.action_jwt(0, "healthCheck", json!({})))
@@ -168,7 +123,10 @@ async fn bad_action_tokens_are_rejected_and_change_nothing() {
             .0,
         403
     );
-    assert_eq!(tenant(&base, &id).await["provisioning_state"], "completed");
+    assert_eq!(
+        admin_tenant(&base, &id).await["provisioning_state"],
+        "completed"
+    );
     engine.shutdown().await;
     sim.shutdown().await;
 }
@@ -180,7 +138,7 @@ async fn update_approved_stores_the_new_grant() {
     let sim = start_sim(SimConfig::default()).await;
     let engine = start_engine(&sim, &redis.url(), &prefix, &[]).await;
     let base = engine.base_url();
-    let id = activate(&sim, &base, 0).await;
+    let id = activate_org(&sim, &base, 0).await;
     let before = sim.oauth_stats().exchanges_ok;
     let (s, _) = action(
         &base,
@@ -195,7 +153,7 @@ async fn update_approved_stores_the_new_grant() {
     )
     .await;
     assert_eq!(s, 204);
-    let t = tenant(&base, &id).await;
+    let t = admin_tenant(&base, &id).await;
     assert_eq!(t["manifest_version"], "3");
     assert_eq!(
         t["scopes"],
@@ -213,20 +171,6 @@ async fn update_approved_stores_the_new_grant() {
     );
     engine.shutdown().await;
     sim.shutdown().await;
-}
-
-fn dump(redis: &xapi_stream::redis_server::RedisServer, prefix: &str) -> Vec<u8> {
-    let mut conn = redis.client().get_connection().unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query(&mut conn)
-        .unwrap();
-    let mut all = Vec::new();
-    for k in keys {
-        let d: Vec<u8> = redis::cmd("DUMP").arg(&k).query(&mut conn).unwrap();
-        all.extend_from_slice(&d);
-    }
-    all
 }
 
 #[actix_web::test]
@@ -250,7 +194,7 @@ async fn deprovision_stops_everything_answers_410_and_forgets_secrets() {
     )
     .await;
     let base = engine.base_url();
-    let id = activate(&sim, &base, 0).await;
+    let id = activate_org(&sim, &base, 0).await;
     let secret = sim.app_state(0).webhook.unwrap().secret.unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(sim.polls() > 0, "the queue was being polled");
@@ -296,7 +240,7 @@ async fn deprovision_stops_everything_answers_410_and_forgets_secrets() {
         .unwrap();
     assert_eq!(r.status(), 410);
     assert_eq!(
-        tenant(&base, &id).await["provisioning_state"],
+        admin_tenant(&base, &id).await["provisioning_state"],
         "deprovisioned"
     );
     // Actions too.
@@ -308,7 +252,7 @@ async fn deprovision_stops_everything_answers_410_and_forgets_secrets() {
     );
 
     // No secret of it remains in Redis (not even encrypted: the secrets field is gone).
-    let d = dump(redis, &prefix);
+    let d = dump_prefix(redis, &prefix);
     for s in sim.issued_tokens().iter().chain([&secret]) {
         assert!(
             !d.windows(s.len()).any(|w| w == s.as_bytes()),
@@ -342,16 +286,16 @@ async fn app_url_gone_on_reconciliation_cleans_the_tenant_up() {
     )
     .await;
     let base = engine.base_url();
-    let id = activate(&sim, &base, 0).await;
+    let id = activate_org(&sim, &base, 0).await;
     sim.set_app_url_status(0, Some(410));
     assert!(
         eventually(Duration::from_secs(10), || async {
-            tenant(&base, &id).await["provisioning_state"] == "deprovisioned"
+            admin_tenant(&base, &id).await["provisioning_state"] == "deprovisioned"
         })
         .await,
         "tenant not cleaned up after appUrl 410"
     );
-    let t = tenant(&base, &id).await;
+    let t = admin_tenant(&base, &id).await;
     assert!(
         t["last_error"]["description"]
             .as_str()
@@ -380,7 +324,7 @@ async fn update_moves_tokens_and_polling_to_the_new_app_url() {
     )
     .await;
     let base = engine.base_url();
-    let id = activate(&sim, &base, 0).await;
+    let id = activate_org(&sim, &base, 0).await;
     assert!(
         eventually(Duration::from_secs(5), || async { sim.polls() > 2 }).await,
         "not polling"
@@ -400,7 +344,7 @@ async fn update_moves_tokens_and_polling_to_the_new_app_url() {
         .await,
         "polling did not move to the new pollUrl"
     );
-    let t = tenant(&base, &id).await;
+    let t = admin_tenant(&base, &id).await;
     assert_eq!(t["app_url"], new_app);
     assert_eq!(t["tokens_state"], "valid");
     assert!(t["poll_url"].as_str().unwrap().contains("/k/queue/"), "{t}");
@@ -409,20 +353,7 @@ async fn update_moves_tokens_and_polling_to_the_new_app_url() {
         0,
         "the revoked refresh token was used"
     );
-    // The lifecycle stream says so.
-    let mut conn = redis.client().get_connection().unwrap();
-    let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(format!("{prefix}:tenants"))
-        .arg("-")
-        .arg("+")
-        .query(&mut conn)
-        .unwrap();
-    let events: Vec<String> = entries
-        .ids
-        .iter()
-        .map(|e| e.get::<String>("event").unwrap())
-        .collect();
-    assert_eq!(events, vec!["activated", "updated"]);
+    assert_eq!(lifecycle(redis, &prefix), vec!["activated", "updated"]);
     engine.shutdown().await;
     sim.shutdown().await;
 }

@@ -12,34 +12,10 @@ use crate::utils::*;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-async fn post_activation(base: &str, jwt: &str) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .post(format!("{base}/admin/activations"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({ "jwt": jwt }))
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
-async fn tenant(base: &str, id: &str) -> Value {
-    reqwest::Client::new()
-        .get(format!("{base}/admin/tenants/{id}"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 async fn wait_state(base: &str, id: &str, want: &str, limit: Duration) -> Value {
     let deadline = std::time::Instant::now() + limit;
     loop {
-        let t = tenant(base, id).await;
+        let t = admin_tenant(base, id).await;
         if t["provisioning_state"] == want {
             return t;
         }
@@ -156,7 +132,7 @@ async fn every_bad_token_is_rejected_counted_and_stores_nothing() {
     ];
     for (name, jwt, status, reason) in cases {
         let before = rejections(&base, reason).await;
-        let (got, body) = post_activation(&base, &jwt).await;
+        let (got, body) = admin_activate(&base, &jwt).await;
         assert!(
             got == status || (got / 100 == status / 100),
             "{name}: got {got}, want {status}: {body}"
@@ -172,7 +148,7 @@ async fn every_bad_token_is_rejected_counted_and_stores_nothing() {
 
     // Oversized body: 413 with the contract JSON.
     let big = "x".repeat(8192);
-    let (got, body) = post_activation(&base, &big).await;
+    let (got, body) = admin_activate(&base, &big).await;
     assert_eq!(got, 413);
     assert_error_json(&body);
 
@@ -186,10 +162,10 @@ async fn every_bad_token_is_rejected_counted_and_stores_nothing() {
 
     // A valid one works, and the same token again is a replay.
     let jwt = sim.activation_jwt(0);
-    let (got, body) = post_activation(&base, &jwt).await;
+    let (got, body) = admin_activate(&base, &jwt).await;
     assert_eq!(got, 202, "{body}");
     let before = rejections(&base, "replay").await;
-    let (got, body) = post_activation(&base, &jwt).await;
+    let (got, body) = admin_activate(&base, &jwt).await;
     assert_eq!(got / 100, 4);
     assert_error_json(&body);
     assert_eq!(rejections(&base, "replay").await, before + 1.0);
@@ -197,7 +173,7 @@ async fn every_bad_token_is_rejected_counted_and_stores_nothing() {
     // A replay is still refused by a new engine process on the same Redis.
     engine.shutdown().await;
     let engine = start_engine(&sim, &redis.url(), &prefix, &[]).await;
-    let (got, _) = post_activation(&engine.base_url(), &jwt).await;
+    let (got, _) = admin_activate(&engine.base_url(), &jwt).await;
     assert_eq!(got / 100, 4, "replay accepted after restart");
     assert_eq!(rejections(&engine.base_url(), "replay").await, 1.0);
     engine.shutdown().await;
@@ -222,7 +198,7 @@ async fn unknown_regions_fall_back_to_the_default_and_gov_urls() {
     let engine = start_engine(&sim, &redis.url(), &unique_prefix(), &overrides).await;
     let mut claims = sim.activation_claims(0);
     claims["region"] = json!("xx-north-9_z");
-    let (got, body) = post_activation(&engine.base_url(), &sim.sign_claims(&claims, None)).await;
+    let (got, body) = admin_activate(&engine.base_url(), &sim.sign_claims(&claims, None)).await;
     assert_eq!(
         got, 202,
         "unknown region did not fall back to us-east-2_a: {body}"
@@ -230,7 +206,7 @@ async fn unknown_regions_fall_back_to_the_default_and_gov_urls() {
     // A gov region must NOT fall back to us-east-2_a.
     let mut claims = sim.activation_claims(1);
     claims["region"] = json!("us-gov-east-9_q");
-    let (got, body) = post_activation(&engine.base_url(), &sim.sign_claims(&claims, None)).await;
+    let (got, body) = admin_activate(&engine.base_url(), &sim.sign_claims(&claims, None)).await;
     assert_eq!(
         got, 503,
         "gov region must use the gov JWKS (unreachable here): {body}"
@@ -244,7 +220,7 @@ async fn unknown_regions_fall_back_to_the_default_and_gov_urls() {
     let engine = start_engine(&sim, &redis.url(), &unique_prefix(), &overrides).await;
     let mut claims = sim.activation_claims(2);
     claims["region"] = json!("us-gov-east-9_q");
-    let (got, body) = post_activation(&engine.base_url(), &sim.sign_claims(&claims, None)).await;
+    let (got, body) = admin_activate(&engine.base_url(), &sim.sign_claims(&claims, None)).await;
     assert_eq!(
         got, 202,
         "unknown us-gov region did not fall back to the gov JWKS: {body}"
@@ -272,7 +248,7 @@ async fn a_hundred_tenants_activate_concurrently_with_one_patch_each() {
     .await;
     let base = engine.base_url();
     let jwts: Vec<String> = (0..N).map(|i| sim.activation_jwt(i)).collect();
-    let answers = futures::future::join_all(jwts.iter().map(|j| post_activation(&base, j))).await;
+    let answers = futures::future::join_all(jwts.iter().map(|j| admin_activate(&base, j))).await;
     let mut ids = Vec::new();
     for (status, body) in answers {
         assert_eq!(status, 202, "{body}");
@@ -291,7 +267,7 @@ async fn a_hundred_tenants_activate_concurrently_with_one_patch_each() {
         assert_eq!(app.patches.len(), 1, "org {i}: {:?}", app.patches);
         let p = &app.patches[0];
         assert_eq!(p["provisioningState"], "completed");
-        let org_tenant = tenant(&base, id).await;
+        let org_tenant = admin_tenant(&base, id).await;
         assert_eq!(org_tenant["org_id"], sim.org(i).org_id);
         let tid = org_tenant["tenant_id"].as_str().unwrap();
         assert_eq!(p["actionsUrl"], format!("{base}/tenants/{tid}/actions"));
@@ -333,7 +309,7 @@ async fn a_hundred_tenants_activate_concurrently_with_one_patch_each() {
     );
 
     // Re-activating an organization keeps its tenant id.
-    let (status, body) = post_activation(&base, &sim.activation_jwt(0)).await;
+    let (status, body) = admin_activate(&base, &sim.activation_jwt(0)).await;
     assert_eq!(status, 202);
     assert_eq!(body["tenant_id"], ids[0]);
     engine.shutdown().await;
@@ -448,7 +424,7 @@ async fn auto_complete_starts_at_once_and_failures_show_a_tracking_id() {
 
     // appUrl answering 500: the tenant ends in `error` with a trackingId.
     sim.set_app_url_status(1, Some(500));
-    let (status, body) = post_activation(&base, &sim.activation_jwt(1)).await;
+    let (status, body) = admin_activate(&base, &sim.activation_jwt(1)).await;
     assert_eq!(status, 202);
     let t = wait_state(
         &base,
@@ -485,7 +461,7 @@ async fn short_lived_tokens_are_always_fresh_and_refresh_tokens_never_reused() {
     .await;
     let base = engine.base_url();
     for i in 0..5 {
-        let (status, body) = post_activation(&base, &sim.activation_jwt(i)).await;
+        let (status, body) = admin_activate(&base, &sim.activation_jwt(i)).await;
         assert_eq!(status, 202, "{body}");
     }
     tokio::time::sleep(Duration::from_secs(30)).await;
@@ -525,7 +501,7 @@ async fn a_rejected_refresh_token_marks_the_tenant_invalid() {
     })
     .await;
     let engine = start_engine(&sim, &redis.url(), &prefix, &[]).await;
-    let (_, body) = post_activation(&engine.base_url(), &sim.activation_jwt(0)).await;
+    let (_, body) = admin_activate(&engine.base_url(), &sim.activation_jwt(0)).await;
     let id = body["tenant_id"].as_str().unwrap().to_string();
     wait_state(
         &engine.base_url(),
@@ -537,46 +513,16 @@ async fn a_rejected_refresh_token_marks_the_tenant_invalid() {
     sim.revoke_refresh_tokens(0);
     assert!(
         eventually(Duration::from_secs(10), || async {
-            tenant(&engine.base_url(), &id).await["tokens_state"] == "invalid"
+            admin_tenant(&engine.base_url(), &id).await["tokens_state"] == "invalid"
         })
         .await
     );
-    // The lifecycle stream says so.
-    let mut conn = redis.client().get_connection().unwrap();
-    let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(format!("{prefix}:tenants"))
-        .arg("-")
-        .arg("+")
-        .query(&mut conn)
-        .unwrap();
-    let events: Vec<String> = entries
-        .ids
-        .iter()
-        .map(|e| e.get::<String>("event").unwrap())
-        .collect();
-    assert_eq!(events, vec!["activated", "tokens_invalid"]);
+    assert_eq!(
+        lifecycle(redis, &prefix),
+        vec!["activated", "tokens_invalid"]
+    );
     engine.shutdown().await;
     sim.shutdown().await;
-}
-
-/// Everything in Redis under `prefix`, as raw bytes (SCAN + DUMP).
-fn dump_all(redis: &xapi_stream::redis_server::RedisServer, prefix: &str) -> Vec<u8> {
-    let mut conn = redis.client().get_connection().unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query(&mut conn)
-        .unwrap();
-    let mut all = Vec::new();
-    for k in keys {
-        all.extend_from_slice(k.as_bytes());
-        let d: Vec<u8> = redis::cmd("DUMP").arg(&k).query(&mut conn).unwrap();
-        all.extend_from_slice(&d);
-    }
-    all
-}
-
-fn contains(hay: &[u8], needle: &str) -> bool {
-    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle.as_bytes())
 }
 
 #[actix_web::test]
@@ -615,7 +561,7 @@ async fn killed_engine_resumes_every_tenant_and_redis_holds_no_plain_secret() {
     for i in 0..4 {
         let claims = sim.activation_claims(i);
         refresh_tokens.push(claims["refreshToken"].as_str().unwrap().to_string());
-        let (status, body) = post_activation(&base, &sim.sign_claims(&claims, None)).await;
+        let (status, body) = admin_activate(&base, &sim.sign_claims(&claims, None)).await;
         assert_eq!(status, 202, "{body}");
         ids.push(body["tenant_id"].as_str().unwrap().to_string());
     }
@@ -651,7 +597,7 @@ async fn killed_engine_resumes_every_tenant_and_redis_holds_no_plain_secret() {
         );
     }
 
-    let dump = dump_all(redis, &prefix);
+    let dump = dump_prefix(redis, &prefix);
     assert!(!dump.is_empty());
     let cfg = sim.config();
     let mut secrets: Vec<String> = refresh_tokens;
@@ -666,7 +612,7 @@ async fn killed_engine_resumes_every_tenant_and_redis_holds_no_plain_secret() {
     assert!(secrets.len() > 10);
     for s in &secrets {
         assert!(
-            !contains(&dump, s),
+            !contains_bytes(&dump, s),
             "a secret is stored in plain text in Redis"
         );
     }
@@ -691,7 +637,7 @@ async fn a_token_endpoint_outage_is_retried_with_backoff_and_recovers() {
     )
     .await;
     let base = engine.base_url();
-    let (_, body) = post_activation(&base, &sim.activation_jwt(0)).await;
+    let (_, body) = admin_activate(&base, &sim.activation_jwt(0)).await;
     let id = body["tenant_id"].as_str().unwrap().to_string();
     wait_state(&base, &id, "completed", Duration::from_secs(20)).await;
     // 429 with Retry-After: 1 for 4 s: the token expires meanwhile; nothing uses an expired one.
@@ -711,7 +657,7 @@ async fn a_token_endpoint_outage_is_retried_with_backoff_and_recovers() {
         0,
         "an expired token was used during the outage"
     );
-    let t = tenant(&base, &id).await;
+    let t = admin_tenant(&base, &id).await;
     assert_eq!(
         t["tokens_state"], "valid",
         "a transient outage must not mark tokens invalid: {t}"

@@ -256,23 +256,7 @@ async fn manifest_request_update_patches_the_app_url() {
     let sim = start_sim(xapi_stream::sim::SimConfig::default()).await;
     let engine = start_engine(&sim, &redis.url(), &unique_prefix(), &[]).await;
     let base = engine.base_url();
-    let body: serde_json::Value = reqwest::Client::new()
-        .post(format!("{base}/admin/activations"))
-        .bearer_auth(xapi_stream::devenv::ADMIN_TOKEN)
-        .json(&serde_json::json!({ "jwt": sim.activation_jwt(0) }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = body["tenant_id"].as_str().unwrap().to_string();
-    assert!(
-        eventually(Duration::from_secs(20), || async {
-            sim.app_state(0).provisioning_state.as_deref() == Some("completed")
-        })
-        .await
-    );
+    let id = activate_org(&sim, &base, 0).await;
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/manifest.example.json");
     let run = |file: String| {
         let base = base.clone();

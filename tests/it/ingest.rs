@@ -11,26 +11,9 @@ use xapi_stream::sim::{Sim, SimConfig, sign_webhook};
 
 use crate::utils::*;
 
-/// Activates org `i` and returns (tenant id, webhook secret) once completed.
+/// Activates org `i`; returns (tenant id, webhook secret) once completed.
 async fn activate(sim: &Sim, base: &str, i: usize) -> (String, String) {
-    let body: Value = reqwest::Client::new()
-        .post(format!("{base}/admin/activations"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({ "jwt": sim.activation_jwt(i) }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = body["tenant_id"].as_str().expect("tenant id").to_string();
-    assert!(
-        eventually(Duration::from_secs(20), || async {
-            sim.app_state(i).provisioning_state.as_deref() == Some("completed")
-        })
-        .await,
-        "activation of org {i} did not complete"
-    );
+    let id = activate_org(sim, base, i).await;
     let secret = sim
         .app_state(i)
         .webhook

@@ -2,7 +2,10 @@
 #![allow(dead_code)]
 
 use std::sync::OnceLock;
+
+use serde_json::{Value, json};
 use std::time::{Duration, Instant};
+use xapi_stream::devenv::ADMIN_TOKEN;
 
 use xapi_stream::engine::{self, RunningEngine};
 use xapi_stream::redis_server::RedisServer;
@@ -103,4 +106,81 @@ pub fn metric(text: &str, sample: &str) -> Option<f64> {
         .find(|l| l.starts_with(sample) && l[sample.len()..].starts_with(' '))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+/// `POST /admin/activations` with `jwt`: (status, body).
+pub async fn admin_activate(base: &str, jwt: &str) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{base}/admin/activations"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({ "jwt": jwt }))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// `GET /admin/tenants/<id>`.
+pub async fn admin_tenant(base: &str, id: &str) -> Value {
+    reqwest::Client::new()
+        .get(format!("{base}/admin/tenants/{id}"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Activates simulated org `i` and waits until Webex saw it completed; returns the tenant id.
+pub async fn activate_org(sim: &Sim, base: &str, i: usize) -> String {
+    let (status, body) = admin_activate(base, &sim.activation_jwt(i)).await;
+    assert_eq!(status, 202, "{body}");
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            sim.app_state(i).provisioning_state.as_deref() == Some("completed")
+        })
+        .await,
+        "activation of org {i} did not complete"
+    );
+    body["tenant_id"].as_str().expect("tenant id").to_string()
+}
+
+/// Every key under `prefix` and its DUMP, concatenated (to look for plain-text secrets).
+pub fn dump_prefix(redis: &RedisServer, prefix: &str) -> Vec<u8> {
+    let mut conn = redis.client().get_connection().unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query(&mut conn)
+        .unwrap();
+    let mut all = Vec::new();
+    for k in keys {
+        all.extend_from_slice(k.as_bytes());
+        let d: Vec<u8> = redis::cmd("DUMP").arg(&k).query(&mut conn).unwrap();
+        all.extend_from_slice(&d);
+    }
+    all
+}
+
+/// Whether `needle` occurs in `hay`.
+pub fn contains_bytes(hay: &[u8], needle: &str) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+/// The `event` field of every entry of `<prefix>:tenants`.
+pub fn lifecycle(redis: &RedisServer, prefix: &str) -> Vec<String> {
+    let mut conn = redis.client().get_connection().unwrap();
+    let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(format!("{prefix}:tenants"))
+        .arg("-")
+        .arg("+")
+        .query(&mut conn)
+        .unwrap();
+    entries
+        .ids
+        .iter()
+        .map(|e| e.get::<String>("event").unwrap())
+        .collect()
 }
