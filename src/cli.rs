@@ -219,20 +219,8 @@ fn activate(
             return ExitCode::from(2);
         }
     };
-    let base = url.unwrap_or_else(|| format!("http://{}", cfg.server.bind));
-    let token = cfg.server.admin_token.clone();
-    let result = actix_web::rt::System::new().block_on(async move {
-        let resp = reqwest::Client::new()
-            .post(format!("{}/admin/activations", base.trim_end_matches('/')))
-            .bearer_auth(token.expose())
-            .json(&serde_json::json!({ "jwt": jwt }))
-            .send()
-            .await?;
-        let status = resp.status();
-        let body: serde_json::Value = resp.json().await.unwrap_or_default();
-        anyhow::Ok((status, body))
-    });
-    match result {
+    let body = serde_json::json!({ "jwt": jwt }).to_string();
+    match admin_post(&cfg, url, "/admin/activations", body) {
         Ok((status, body)) if status.is_success() => {
             println!(
                 "activation started: tenant {} ({}), state {}",
@@ -242,19 +230,49 @@ fn activate(
             );
             ExitCode::SUCCESS
         }
-        Ok((status, body)) => {
-            eprintln!(
-                "activation refused ({status}): {} (trackingId {})",
-                body["description"].as_str().unwrap_or("no description"),
-                body["trackingId"].as_str().unwrap_or("-")
-            );
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
+        other => refused("activation", other),
     }
+}
+
+/// POSTs a JSON `body` to a running engine's admin API (bearer `server.admin_token`); the
+/// engine is at `url` or `http://<server.bind>`.
+fn admin_post(
+    cfg: &config::Config,
+    url: Option<String>,
+    path: &str,
+    body: String,
+) -> anyhow::Result<(reqwest::StatusCode, serde_json::Value)> {
+    let base = url.unwrap_or_else(|| format!("http://{}", cfg.server.bind));
+    let target = format!("{}{path}", base.trim_end_matches('/'));
+    let token = cfg.server.admin_token.clone();
+    actix_web::rt::System::new().block_on(async move {
+        let resp = reqwest::Client::new()
+            .post(target)
+            .bearer_auth(token.expose())
+            .header("Content-Type", "application/json")
+            .body(body)
+            .send()
+            .await?;
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await.unwrap_or_default();
+        Ok((status, body))
+    })
+}
+
+/// Reports a refused or failed admin call with the engine's description and trackingId.
+fn refused(
+    what: &str,
+    result: anyhow::Result<(reqwest::StatusCode, serde_json::Value)>,
+) -> ExitCode {
+    match result {
+        Ok((status, body)) => eprintln!(
+            "{what} refused ({status}): {} (trackingId {})",
+            body["description"].as_str().unwrap_or("no description"),
+            body["trackingId"].as_str().unwrap_or("-")
+        ),
+        Err(e) => eprintln!("error: {e:#}"),
+    }
+    ExitCode::FAILURE
 }
 
 fn request_update(
@@ -274,41 +292,17 @@ fn request_update(
         }
     };
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let base = url.unwrap_or_else(|| format!("http://{}", cfg.server.bind));
-    let token = cfg.server.admin_token.clone();
-    let tenant = tenant.to_string();
-    let result = actix_web::rt::System::new().block_on(async move {
-        let resp = reqwest::Client::new()
-            .post(format!(
-                "{}/admin/tenants/{tenant}/manifest-update",
-                base.trim_end_matches('/')
-            ))
-            .bearer_auth(token.expose())
-            .header("Content-Type", "application/json")
-            .body(text)
-            .send()
-            .await?;
-        let status = resp.status();
-        let body: serde_json::Value = resp.json().await.unwrap_or_default();
-        anyhow::Ok((status, body))
-    });
-    match result {
+    match admin_post(
+        &cfg,
+        url,
+        &format!("/admin/tenants/{tenant}/manifest-update"),
+        text,
+    ) {
         Ok((status, _)) if status.is_success() => {
             println!("update request sent: the customer's admin can now approve the new manifest");
             ExitCode::SUCCESS
         }
-        Ok((status, body)) => {
-            eprintln!(
-                "update request refused ({status}): {} (trackingId {})",
-                body["description"].as_str().unwrap_or("no description"),
-                body["trackingId"].as_str().unwrap_or("-")
-            );
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
+        other => refused("update request", other),
     }
 }
 

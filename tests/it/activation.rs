@@ -41,17 +41,11 @@ fn assert_error_json(body: &Value) {
 }
 
 async fn rejections(base: &str, reason: &str) -> f64 {
-    let text = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    metric(
-        &text,
+    scrape(
+        base,
         &format!("xapi_stream_jwt_rejections_total{{reason=\"{reason}\"}}"),
     )
-    .unwrap_or(0.0)
+    .await
 }
 
 /// Re-encodes a signed token with a changed payload, keeping header and signature.

@@ -70,17 +70,11 @@ fn fields(pairs: &[(&str, &str)]) -> HashMap<String, String> {
 }
 
 async fn webhooks(base: &str, result: &str) -> f64 {
-    let text = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    metric(
-        &text,
+    scrape(
+        base,
         &format!("xapi_stream_webhooks_total{{result=\"{result}\"}}"),
     )
-    .unwrap_or(0.0)
+    .await
 }
 
 #[actix_web::test]

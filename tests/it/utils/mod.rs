@@ -184,3 +184,14 @@ pub fn lifecycle(redis: &RedisServer, prefix: &str) -> Vec<String> {
         .map(|e| e.get::<String>("event").unwrap())
         .collect()
 }
+
+/// One sample from the engine's `/metrics`, 0 when absent.
+pub async fn scrape(base: &str, sample: &str) -> f64 {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metric(&text, sample).unwrap_or(0.0)
+}
