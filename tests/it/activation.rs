@@ -230,6 +230,7 @@ async fn a_hundred_tenants_activate_concurrently_with_one_patch_each() {
     let sim = start_sim(SimConfig {
         orgs: N,
         devices_per_org: 1,
+        poll_wait: Duration::from_secs(1),
         ..Default::default()
     })
     .await;

@@ -6,5 +6,6 @@ mod utils;
 mod actions;
 mod activation;
 mod cli;
+mod drain;
 mod engine_basics;
 mod ingest;

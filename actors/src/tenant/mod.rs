@@ -163,9 +163,16 @@ impl TenantHandle {
         tenant_json(&r, &received)
     }
 
-    /// Asks the supervisor to stop its children and itself; resolves when it has.
+    /// Asks the supervisor to stop its children and itself; resolves when it has (children
+    /// finish their current work first, bounded by `server.shutdown_grace_secs`).
     pub async fn stop(&self) {
         let _ = self.addr.send(supervisor::Stop).await;
+        let grace =
+            std::time::Duration::from_secs(self.shared.deps.config.server.shutdown_grace_secs + 1);
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.addr.connected() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 }
 

@@ -52,7 +52,6 @@ pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), String
         }
         let outcome = poll_once(&shared, &stop).await;
         let delay = match outcome {
-            Poll::Stopped => return Ok(()),
             Poll::Messages(0) => {
                 shared
                     .poller_failing
@@ -93,7 +92,6 @@ pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), String
 enum Poll {
     Messages(usize),
     Failed(String),
-    Stopped,
 }
 
 async fn sleep_or_stop(d: Duration, stop: &Shutdown) -> bool {
@@ -125,10 +123,10 @@ async fn poll_once(shared: &Arc<TenantShared>, stop: &Shutdown) -> Poll {
             .bearer_auth(token.expose())
             .timeout(LONG_POLL_TIMEOUT)
             .send();
-        let resp = tokio::select! {
-            _ = stop.wait() => return Poll::Stopped,
-            r = req => r,
-        };
+        // Not raced with `stop`: a poll answered while we stop still carries messages that
+        // Webex has removed from its queue, so it is finished and its batch written. The
+        // supervisor cancels us only if that outlasts the shutdown grace.
+        let resp = req.await;
         let resp = match resp {
             Ok(r) => r,
             Err(e) => return Poll::Failed(e.without_url().to_string()),

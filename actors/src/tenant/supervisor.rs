@@ -80,6 +80,8 @@ pub struct TenantSupervisor {
     restarts: HashMap<ChildKind, u32>,
     /// Complete the activation once started (new activation, or resumed after a crash).
     complete_on_start: bool,
+    /// Set by [`Stop`]: the actor stops once every child has finished its current work.
+    stopping: bool,
 }
 
 impl TenantSupervisor {
@@ -92,6 +94,7 @@ impl TenantSupervisor {
             children: HashMap::new(),
             restarts: HashMap::new(),
             complete_on_start,
+            stopping: false,
         }
     }
 
@@ -172,12 +175,27 @@ impl Actor for TenantSupervisor {
 impl Handler<Stop> for TenantSupervisor {
     type Result = ();
 
+    /// Cooperative: children see the stop signal and exit at a safe point (a queue poller
+    /// finishes its in-flight poll and writes that batch: Webex has already removed those
+    /// messages from its queue). Whatever is still running after the shutdown grace is cancelled.
     fn handle(&mut self, _: Stop, ctx: &mut Self::Context) {
         self.trigger.fire();
-        for (_, h) in self.children.drain() {
-            ctx.cancel_future(h);
+        if self.stopping {
+            return;
         }
-        ctx.stop();
+        self.stopping = true;
+        if self.children.is_empty() {
+            ctx.stop();
+            return;
+        }
+        let grace = Duration::from_secs(self.shared.deps.config.server.shutdown_grace_secs);
+        ctx.run_later(grace, |act, ctx| {
+            for (kind, h) in act.children.drain() {
+                tracing::warn!(tenant = %act.shared.tenant_id, child = kind.as_str(), "child did not stop within the grace; cancelled");
+                ctx.cancel_future(h);
+            }
+            ctx.stop();
+        });
     }
 }
 
@@ -211,6 +229,10 @@ impl Handler<ChildExited> for TenantSupervisor {
 
     fn handle(&mut self, msg: ChildExited, ctx: &mut Self::Context) {
         self.children.remove(&msg.kind);
+        if self.stopping && self.children.is_empty() {
+            ctx.stop();
+            return;
+        }
         if self.stop.is_fired() {
             return;
         }
