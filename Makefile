@@ -7,14 +7,20 @@ NEXTEST := $(shell command -v cargo-nextest 2>/dev/null)
 
 .PHONY: demo test deps build bench fmt-check clippy unit clean
 
-## Install what a fresh machine lacks (redis-server from Debian's packages).
+## Install what a fresh machine lacks, from Debian's packages: redis-server (every Redis-backed
+## test) and prometheus (promtool, and the real Prometheus the observability test scrapes with).
 deps:
-	@command -v redis-server >/dev/null 2>&1 || { \
-	  echo ">> installing redis-server (apt-get)"; \
+	@missing=""; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	command -v prometheus >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	if [ -n "$$missing" ]; then \
+	  echo ">> installing$$missing (apt-get)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
 	@command -v redis-server >/dev/null 2>&1 || { echo "redis-server is required"; exit 1; }
-	@redis-server --version
+	@command -v prometheus >/dev/null 2>&1 || { echo "prometheus is required"; exit 1; }
+	@redis-server --version; promtool --version 2>&1 | head -1
 
 build:
 	$(CARGO) build --release --bin xapi-stream

@@ -9,3 +9,4 @@ mod cli;
 mod drain;
 mod engine_basics;
 mod ingest;
+mod prometheus;
