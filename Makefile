@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 NEXTEST := $(shell command -v cargo-nextest 2>/dev/null)
 
-.PHONY: demo test deps build bench fmt-check clippy unit clean
+.PHONY: demo test deps build bench check-deploy fmt-check clippy unit clean
 
 ## Install what a fresh machine lacks, from Debian's packages: redis-server (every Redis-backed
 ## test) and prometheus (promtool, and the real Prometheus the observability test scrapes with).
@@ -50,6 +50,11 @@ else
 endif
 
 test: deps fmt-check clippy unit
+
+## Offline validation of deploy/: kustomize overlays against Kubernetes schemas, promtool on the
+## alert rules, the dashboard's JSON (installs kubectl/promtool/kubernetes-validate if missing).
+check-deploy:
+	bash deploy/check.sh
 
 clean:
 	$(CARGO) clean

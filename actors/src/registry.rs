@@ -82,6 +82,16 @@ impl Registry {
                 .unwrap_or(0);
             counts[i] += 1;
         }
+        let horizon = self
+            .by_id
+            .iter()
+            .filter(|e| e.value().shared.state() == ProvisioningState::Completed)
+            .filter_map(|e| e.value().shared.tokens.expires_in())
+            .min();
+        self.deps
+            .metrics
+            .token_expiry_horizon_seconds
+            .set(horizon.map(|d| d.as_secs_f64()).unwrap_or(0.0));
         for (s, n) in ProvisioningState::ALL.iter().zip(counts) {
             self.deps
                 .metrics

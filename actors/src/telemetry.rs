@@ -71,6 +71,8 @@ pub struct Metrics {
     pub stage_seconds: HistogramVec,
     pub actor_restarts_total: IntCounterVec,
     pub redis_up: IntGauge,
+    pub token_expiry_horizon_seconds: prometheus::Gauge,
+    pub queue_poll_lag_seconds: Histogram,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -188,6 +190,28 @@ impl Metrics {
             "Messages accepted for writing but not yet durable in Redis.",
         );
         let redis_up = gauge("redis_up", "1 when the last Redis round trip succeeded.");
+        let token_expiry_horizon_seconds = prometheus::Gauge::with_opts(opts(
+            "token_expiry_horizon_seconds",
+            "Seconds until the earliest access-token expiry of any active tenant (negative: expired).",
+        ))
+        .expect("valid metric");
+        registry
+            .register(Box::new(token_expiry_horizon_seconds.clone()))
+            .expect("unique");
+        let queue_poll_lag_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "queue_poll_lag_seconds",
+                "Age of a queue message when polled (its timestamp to now).",
+            )
+            .namespace(NAMESPACE)
+            .buckets(vec![
+                0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+            ]),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(queue_poll_lag_seconds.clone()))
+            .expect("unique");
         for r in WEBHOOK_RESULTS {
             webhooks_total.with_label_values(&[r]);
         }
@@ -237,6 +261,8 @@ impl Metrics {
             stage_seconds,
             actor_restarts_total,
             redis_up,
+            token_expiry_horizon_seconds,
+            queue_poll_lag_seconds,
         }
     }
 

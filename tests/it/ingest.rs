@@ -612,6 +612,15 @@ async fn queues_of_50_tenants_drain_5000_messages_without_loss_or_duplicates() {
         "each message written exactly once"
     );
     assert!(via_queue > 0.0, "the queue path was used");
+    assert!(
+        m("xapi_stream_queue_poll_lag_seconds_count") > 0.0,
+        "queue-poll lag recorded"
+    );
+    let horizon = m("xapi_stream_token_expiry_horizon_seconds");
+    assert!(
+        horizon > 7000.0 && horizon <= 7199.0,
+        "token expiry horizon {horizon}"
+    );
     for i in 0..TENANTS {
         assert!(
             sim.max_concurrent_pollers(i) <= 1,

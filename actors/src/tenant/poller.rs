@@ -174,7 +174,11 @@ async fn write_batch(shared: &Arc<TenantShared>, raw: Vec<serde_json::Value>, st
             Ok(m) if m.org_id != shared.org_id => {
                 tracing::warn!(tenant = %shared.tenant_id, "queue message for another organization dropped");
             }
-            Ok(m) => pending.push(Arc::new(m)),
+            Ok(m) => {
+                let lag = (chrono::Utc::now() - m.ts).num_milliseconds().max(0) as f64 / 1000.0;
+                deps.metrics.queue_poll_lag_seconds.observe(lag);
+                pending.push(Arc::new(m));
+            }
             Err(e) => {
                 tracing::warn!(tenant = %shared.tenant_id, error = %e, "malformed queue message dropped")
             }

@@ -353,6 +353,15 @@ impl TokenKeeper {
         self.wake.notify_one();
     }
 
+    /// Time left on the current access token (None when there is none).
+    pub fn expires_in(&self) -> Option<Duration> {
+        self.current
+            .lock()
+            .expect("token lock")
+            .as_ref()
+            .map(|t| t.expires_at.saturating_duration_since(Instant::now()))
+    }
+
     /// When the current token should be replaced (None: no token yet, refresh now).
     pub fn refresh_due_at(&self) -> Option<Instant> {
         self.current
