@@ -27,8 +27,9 @@ impl Drop for Prometheus {
 fn start_prometheus(target: &str) -> Prometheus {
     let dir = tempfile::tempdir().unwrap();
     let port = xapi_stream::redis_server::free_port().unwrap();
+    let rules = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/prometheus/alerts.yaml");
     let cfg = format!(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: xapi-stream\n    static_configs:\n      - targets: ['{target}']\n"
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {rules}\nscrape_configs:\n  - job_name: xapi-stream\n    static_configs:\n      - targets: ['{target}']\n"
     );
     std::fs::write(dir.path().join("prometheus.yml"), cfg).unwrap();
     let child = Command::new("prometheus")
@@ -150,6 +151,29 @@ async fn a_real_prometheus_scrapes_the_engine_and_dashboard_queries_work() {
         assert!(
             with_data.iter().any(|e| e.contains(main)),
             "no dashboard panel on {main} returned data; with data: {with_data:#?}"
+        );
+    }
+    // The alert rules were loaded from deploy/prometheus/alerts.yaml and evaluate cleanly.
+    let rules: Value = http
+        .get(format!("{}/api/v1/rules", prom.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let all: Vec<&Value> = rules["data"]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap())
+        .collect();
+    assert!(all.len() >= 6, "alert rules loaded: {}", all.len());
+    for r in &all {
+        assert_eq!(
+            r["health"], "ok",
+            "rule {} does not evaluate: {}",
+            r["name"], r["lastError"]
         );
     }
     // promtool's linter on a live scrape (naming, help, types).
