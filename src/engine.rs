@@ -63,6 +63,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
         store: store.clone(),
         tenants: Tenants::new(store.clone(), sealer),
         webex: WebexClient::new(http.clone(), config.webex.allow_http),
+        poll_http: reqwest::Client::builder()
+            .connect_timeout(config.webex.http_timeout())
+            .user_agent(concat!("xapi-stream/", env!("CARGO_PKG_VERSION")))
+            .build()?,
         metrics: metrics.clone(),
         writer: writer.clone(),
         shutdown: shutdown.clone(),

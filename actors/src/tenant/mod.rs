@@ -35,6 +35,12 @@ pub struct Deps {
     pub store: Store,
     pub tenants: Tenants,
     pub webex: WebexClient,
+    /// A separate HTTP client for queue long-polls. reqwest drives each pooled connection on
+    /// the runtime that opened it; sharing the pool with calls made from HTTP workers would let
+    /// a poller reuse a connection that dies when those workers stop during a drain — with a
+    /// batch Webex already removed from its queue in flight. Pollers run on the supervisors'
+    /// arbiters, which stop only after them.
+    pub poll_http: reqwest::Client,
     pub metrics: Metrics,
     pub writer: crate::store::writer::StreamWriter,
     pub shutdown: Shutdown,

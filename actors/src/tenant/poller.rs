@@ -117,8 +117,7 @@ async fn poll_once(shared: &Arc<TenantShared>, stop: &Shutdown) -> Poll {
     };
     for attempt in 0..2 {
         let req = deps
-            .webex
-            .http()
+            .poll_http
             .get(url.clone())
             .bearer_auth(token.expose())
             .timeout(LONG_POLL_TIMEOUT)
