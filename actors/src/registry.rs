@@ -147,9 +147,9 @@ impl Registry {
         let tenants = &self.deps.tenants;
         let tenant_id = tenants.tenant_id_for(&org).await?;
         let existing = tenants.load(&org).await?;
-        if let Some((_, old)) = self.by_id.remove(&tenant_id) {
-            old.stop().await;
-        }
+        // A running supervisor (re-activation) is replaced below and stopped only after, so
+        // webhooks keep finding the tenant meanwhile and its poller finishes its current poll.
+        let previous = self.get(&tenant_id);
         let now = Utc::now();
         let record = TenantRecord {
             tenant_id: tenant_id.clone(),
@@ -189,6 +189,9 @@ impl Registry {
             .ok_or(ActivateError::Conflict)?;
         self.deps.metrics.activation("started");
         let started = record.clone();
+        if let Some(old) = previous {
+            tokio::spawn(async move { old.stop().await });
+        }
         let handle = self.start(
             StoredTenant {
                 record,

@@ -524,9 +524,13 @@ async fn a_rejected_refresh_token_marks_the_tenant_invalid() {
 async fn killed_engine_resumes_every_tenant_and_redis_holds_no_plain_secret() {
     let redis = shared_redis();
     let prefix = unique_prefix();
+    // 4-s tokens refresh every ~2.7 s (at ≈2.8 s and ≈5.5 s); the kill at ≈4.2 s falls between
+    // them. A SIGKILL *between* an exchange's response and the CAS write of the rotated refresh
+    // token (a window of microseconds to milliseconds) loses that token: inherent to rotating
+    // refresh tokens, documented in ARCHITECTURE.md, and not what this test is about.
     let sim: Sim = start_sim(SimConfig {
         orgs: 4,
-        access_token_ttl: Duration::from_secs(3),
+        access_token_ttl: Duration::from_secs(4),
         ..Default::default()
     })
     .await;
