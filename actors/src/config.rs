@@ -21,7 +21,31 @@ pub struct Config {
     pub redis: RedisConfig,
     pub security: SecurityConfig,
     pub ingest: IngestConfig,
+    pub devices: DevicesConfig,
     pub log: LogConfig,
+}
+
+/// The device API: inventory, xAPI status/commands, configurations, the command stream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevicesConfig {
+    /// Seconds between two inventory syncs of a tenant (jittered ±10 %); the first runs at
+    /// activation.
+    pub inventory_interval_secs: f64,
+    /// Items asked for per page of `/devices` and `/workspaces`.
+    pub page_size: u32,
+    /// Device-API calls of one tenant in flight at once.
+    pub max_concurrency: usize,
+    /// Attempts of one call (retries after 429, 5xx and network errors; never after other 4xx).
+    pub max_attempts: u32,
+    /// Longest time one request may take, waits for rate limits and retries included.
+    pub call_deadline_secs: f64,
+    /// Pause between two reads of an idle command stream, in milliseconds.
+    pub commands_poll_ms: u64,
+    /// Commands pending this long with another consumer (a dead replica) are claimed.
+    pub commands_claim_idle_secs: u64,
+    /// Approximate cap of the results and inventory streams (XADD MAXLEN ~).
+    pub results_maxlen: u64,
 }
 
 /// Ingest tuning: how much may be in flight before callers are refused.
@@ -198,6 +222,28 @@ impl Config {
                 "activation.reconcile_interval_secs",
                 "must be at least 0.05",
             ));
+        }
+        let d = &self.devices;
+        if d.inventory_interval_secs.is_nan() || d.inventory_interval_secs < 0.05 {
+            return Err(err(
+                "devices.inventory_interval_secs",
+                "must be at least 0.05",
+            ));
+        }
+        if !(1..=1000).contains(&d.page_size) {
+            return Err(err("devices.page_size", "must be between 1 and 1000"));
+        }
+        if d.max_concurrency == 0 {
+            return Err(err("devices.max_concurrency", "must be at least 1"));
+        }
+        if d.max_attempts == 0 {
+            return Err(err("devices.max_attempts", "must be at least 1"));
+        }
+        if d.call_deadline_secs.is_nan() || d.call_deadline_secs < 0.1 {
+            return Err(err("devices.call_deadline_secs", "must be at least 0.1"));
+        }
+        if d.commands_poll_ms == 0 {
+            return Err(err("devices.commands_poll_ms", "must be at least 1"));
         }
         if self.webex.http_timeout_secs == 0 {
             return Err(err("webex.http_timeout_secs", "must be at least 1"));

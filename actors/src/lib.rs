@@ -5,6 +5,8 @@
 //!   no reqwest, no redis): manifest checks, JWT claims and policy, webhook authentication,
 //!   message types and normalization.
 //! - [`auth`]: `JwtVerifier`: region → JWKS → signature → policy → jti.
+//! - [`devices`]: the device API: inventory, xAPI status/commands, configurations, the
+//!   command stream; per-tenant grants, rate limits and retries.
 //! - [`config`]: configuration types and their validation (loading lives in the binary).
 //! - [`registry`]: tenant id → handle; activation, resume at start-up.
 //! - [`secret`]: `Secret`, a string redacted in `Debug`/`Display`.
@@ -15,6 +17,7 @@
 //! - [`webex`]: reqwest client for Webex: JWKS cache, OAuth refresh, appUrl.
 pub mod auth;
 pub mod config;
+pub mod devices;
 pub mod protocol;
 pub mod registry;
 pub mod secret;

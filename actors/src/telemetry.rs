@@ -50,6 +50,30 @@ pub const SOURCES: &[&str] = &["webhook", "queue"];
 pub const MESSAGE_TYPES: &[&str] = &["status", "events"];
 pub const STREAMS: &[&str] = &["status", "events"];
 pub const TENANT_STATES: &[&str] = &["provisioning", "completed", "error", "deprovisioned"];
+/// `kind` of device-API calls (see `devices::access::CallKind`).
+pub const DEVICE_CALL_KINDS: &[&str] = &[
+    "devices",
+    "workspaces",
+    "status",
+    "command",
+    "config_get",
+    "config_patch",
+];
+/// Outcome of one HTTP attempt of a device-API call.
+pub const DEVICE_CALL_RESULTS: &[&str] = &[
+    "ok",
+    "client_error",
+    "unauthorized",
+    "rate_limited",
+    "server_error",
+    "network",
+];
+/// Where a device request came from, and how it ended.
+pub const DEVICE_REQUEST_SOURCES: &[&str] = &["http", "stream"];
+pub const DEVICE_REQUEST_RESULTS: &[&str] = &["ok", "refused", "error"];
+pub const INVENTORY_SYNC_RESULTS: &[&str] = &["ok", "error"];
+pub const INVENTORY_KINDS: &[&str] = &["device", "workspace"];
+pub const INVENTORY_OPS: &[&str] = &["add", "update", "remove"];
 
 /// The engine's metric handles. Cheap to clone (each handle is an `Arc` inside).
 #[derive(Clone)]
@@ -73,6 +97,11 @@ pub struct Metrics {
     pub redis_up: IntGauge,
     pub token_expiry_horizon_seconds: prometheus::Gauge,
     pub queue_poll_lag_seconds: Histogram,
+    pub device_api_calls_total: IntCounterVec,
+    pub device_api_seconds: HistogramVec,
+    pub device_requests_total: IntCounterVec,
+    pub inventory_syncs_total: IntCounterVec,
+    pub inventory_changes_total: IntCounterVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -212,6 +241,58 @@ impl Metrics {
         registry
             .register(Box::new(queue_poll_lag_seconds.clone()))
             .expect("unique");
+        let device_api_calls_total = counter_vec(
+            "device_api_calls_total",
+            "HTTP attempts of device-API calls to Webex, by kind and result.",
+            &["kind", "result"],
+        );
+        let device_requests_total = counter_vec(
+            "device_requests_total",
+            "Device requests (xAPI status, commands, configurations) by source and result.",
+            &["source", "result"],
+        );
+        let inventory_syncs_total = counter_vec(
+            "inventory_syncs_total",
+            "Inventory syncs (devices and workspaces of one tenant) by result.",
+            &["result"],
+        );
+        let inventory_changes_total = counter_vec(
+            "inventory_changes_total",
+            "Inventory changes written, by kind (device, workspace) and op.",
+            &["kind", "op"],
+        );
+        let device_api_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "device_api_seconds",
+                "Duration of one HTTP attempt of a device-API call, by kind.",
+            )
+            .namespace(NAMESPACE)
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["kind"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(device_api_seconds.clone()))
+            .expect("unique");
+        for k in DEVICE_CALL_KINDS {
+            device_api_seconds.with_label_values(&[k]);
+            for r in DEVICE_CALL_RESULTS {
+                device_api_calls_total.with_label_values(&[k, r]);
+            }
+        }
+        for s in DEVICE_REQUEST_SOURCES {
+            for r in DEVICE_REQUEST_RESULTS {
+                device_requests_total.with_label_values(&[s, r]);
+            }
+        }
+        for r in INVENTORY_SYNC_RESULTS {
+            inventory_syncs_total.with_label_values(&[r]);
+        }
+        for k in INVENTORY_KINDS {
+            for o in INVENTORY_OPS {
+                inventory_changes_total.with_label_values(&[k, o]);
+            }
+        }
         for r in WEBHOOK_RESULTS {
             webhooks_total.with_label_values(&[r]);
         }
@@ -263,6 +344,11 @@ impl Metrics {
             redis_up,
             token_expiry_horizon_seconds,
             queue_poll_lag_seconds,
+            device_api_calls_total,
+            device_api_seconds,
+            device_requests_total,
+            inventory_syncs_total,
+            inventory_changes_total,
         }
     }
 
@@ -291,6 +377,35 @@ impl Metrics {
 
     pub fn jwks_fetch(&self, result: &str) {
         self.jwks_fetches_total.with_label_values(&[result]).inc();
+    }
+
+    /// One HTTP attempt of a device-API call: its result and duration.
+    pub fn device_call(&self, kind: &str, result: &str, started: std::time::Instant) {
+        self.device_api_calls_total
+            .with_label_values(&[kind, result])
+            .inc();
+        self.device_api_seconds
+            .with_label_values(&[kind])
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// One device request finished (`source`: http or stream; `result`: ok, refused, error).
+    pub fn device_request(&self, source: &str, result: &str) {
+        self.device_requests_total
+            .with_label_values(&[source, result])
+            .inc();
+    }
+
+    /// One inventory sync finished, with the changes it wrote.
+    pub fn inventory_sync(&self, result: &str, changes: &[(&str, &str, u64)]) {
+        self.inventory_syncs_total
+            .with_label_values(&[result])
+            .inc();
+        for (kind, op, n) in changes {
+            self.inventory_changes_total
+                .with_label_values(&[kind, op])
+                .inc_by(*n);
+        }
     }
 
     /// Records the duration of one pipeline stage (`verify`, `parse`, `redis_write`,

@@ -4,6 +4,7 @@ pub mod actions;
 pub mod activation;
 pub mod admin;
 pub mod body;
+pub mod devices;
 pub mod error;
 mod probes;
 pub mod webhook;
@@ -56,6 +57,34 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         )
         .route("/admin/tenants", web::get().to(admin::list))
         .route("/admin/tenants/{tenant_id}", web::get().to(admin::get))
+        .route(
+            "/admin/tenants/{tenant_id}/devices",
+            web::get().to(devices::list_devices),
+        )
+        .route(
+            "/admin/tenants/{tenant_id}/workspaces",
+            web::get().to(devices::list_workspaces),
+        )
+        .route(
+            "/admin/tenants/{tenant_id}/inventory/sync",
+            web::post().to(devices::sync),
+        )
+        .route(
+            "/admin/tenants/{tenant_id}/devices/{device_id}/commands/{name}",
+            web::post().to(devices::command),
+        )
+        .route(
+            "/admin/tenants/{tenant_id}/devices/{device_id}/status",
+            web::get().to(devices::status),
+        )
+        .route(
+            "/admin/tenants/{tenant_id}/devices/{device_id}/configurations",
+            web::get().to(devices::config_get),
+        )
+        .route(
+            "/admin/tenants/{tenant_id}/devices/{device_id}/configurations",
+            web::patch().to(devices::config_patch),
+        )
         .route(
             "/admin/tenants/{tenant_id}/manifest-update",
             web::post().to(admin::manifest_update),

@@ -61,6 +61,11 @@ impl DeviceModel {
         }
     }
 
+    /// The device's current status values (what `GET /xapi/status` answers from).
+    pub fn status_values(&self) -> &BTreeMap<&'static str, Value> {
+        &self.values
+    }
+
     /// A timestamp strictly later than the previous one of this device.
     fn next_ts(&mut self) -> String {
         // Millisecond precision, as sent: compare what the receiver will see.

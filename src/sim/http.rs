@@ -33,12 +33,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::patch().to(patch_app_moved),
         )
         .route("/{cluster}/queue/{org}/poll", web::get().to(poll_moved))
+        .configure(super::api::routes)
         .route("/_sim/orgs", web::get().to(list_orgs))
         .route("/_sim/orgs/{i}/activation", web::post().to(activation))
         .route("/_sim/orgs/{i}/emit", web::post().to(emit));
 }
 
-fn error(status: u16, code: &str, message: &str) -> HttpResponse {
+pub(super) fn error(status: u16, code: &str, message: &str) -> HttpResponse {
     HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR))
         .json(json!({ "error": code, "message": message, "trackingId": format!("SIM_{}", hex::encode(rand::random::<[u8; 8]>())) }))
 }

@@ -7,10 +7,15 @@
 //! # Layout
 //! - [`keys`]: signing keys and JWKS entries.
 //! - [`devices`]: device models producing realistic status changes and events.
-//! - `http`: the endpoints.
+//! - `http`: the endpoints of the integration protocol (JWKS, OAuth, appUrl, queues).
+//! - `api`: the Webex public API a device integration uses: `/devices`, `/workspaces`,
+//!   `/xapi/status`, `/xapi/command/<Name>`, `/deviceConfigurations`, with paging, rate limits
+//!   (429 + Retry-After), forced 403/5xx and a log of every call.
+mod api;
 mod devices;
 mod http;
 pub mod keys;
+pub use api::{ApiCall, CommandCall};
 #[cfg(test)]
 mod tests;
 
@@ -45,8 +50,7 @@ pub const MAX_POLL_MESSAGES: usize = 10;
 /// Activation JWTs expire after a day.
 const ACTIVATION_TTL_HOURS: i64 = 24;
 /// Scopes granted to every organization.
-const SCOPES: &str =
-    "spark-admin:devices_read,spark:xapi_statuses,spark-admin:workspaces_read,spark:xapi_commands";
+const SCOPES: &str = "spark-admin:devices_read,spark:xapi_statuses,spark-admin:workspaces_read,spark:xapi_commands,spark-admin:devices_write";
 
 /// How the simulator behaves.
 #[derive(Debug, Clone)]
@@ -169,6 +173,10 @@ struct State {
     issued: Vec<String>,
     poll_wait: Duration,
     regions: Vec<String>,
+    /// Per organization: inventory attributes of each device (parallel to `devices`).
+    inventory: Vec<Vec<api::InventoryDevice>>,
+    /// Per organization: the public API's knobs and call log.
+    api: Vec<api::ApiState>,
 }
 
 struct Inner {
@@ -283,6 +291,16 @@ impl Sim {
             issued: Vec::new(),
             poll_wait: cfg.poll_wait,
             regions: vec![region.to_string(); cfg.orgs],
+            inventory: orgs
+                .iter()
+                .map(|o| {
+                    o.devices
+                        .iter()
+                        .map(|d| api::InventoryDevice::new(&d.name))
+                        .collect()
+                })
+                .collect(),
+            api: (0..cfg.orgs).map(|_| api::ApiState::default()).collect(),
         };
         let (stop, _) = tokio::sync::watch::channel(false);
         let inner = Arc::new(Inner {

@@ -6,6 +6,7 @@ mod utils;
 mod actions;
 mod activation;
 mod cli;
+mod devices;
 mod drain;
 mod engine_basics;
 mod ingest;

@@ -73,6 +73,42 @@ impl Keys {
         format!("{}:{{{org}}}:seen:{fingerprint}", self.prefix)
     }
 
+    /// `<p>:{<org>}:devices` — hash device id → inventory JSON.
+    pub fn devices(&self, org: &str) -> String {
+        format!("{}:{{{org}}}:devices", self.prefix)
+    }
+
+    /// `<p>:{<org>}:workspaces` — hash workspace id → inventory JSON.
+    pub fn workspaces(&self, org: &str) -> String {
+        format!("{}:{{{org}}}:workspaces", self.prefix)
+    }
+
+    /// `<p>:{<org>}:inventory` — stream of inventory changes (add, update, remove).
+    pub fn inventory_stream(&self, org: &str) -> String {
+        format!("{}:{{{org}}}:inventory", self.prefix)
+    }
+
+    /// `<p>:{<org>}:commands` — requests from downstream systems for the tenant's devices.
+    pub fn commands_stream(&self, org: &str) -> String {
+        format!("{}:{{{org}}}:commands", self.prefix)
+    }
+
+    /// `<p>:{<org>}:command_results` — one result (or error) per request, with its id.
+    pub fn command_results(&self, org: &str) -> String {
+        format!("{}:{{{org}}}:command_results", self.prefix)
+    }
+
+    /// `<p>:{<org>}:cmdreq:<sha256(request id)>` — a request id already sent to Webex
+    /// (commands run at most once per id).
+    pub fn command_request(&self, org: &str, request_id: &str) -> String {
+        use sha2::Digest;
+        format!(
+            "{}:{{{org}}}:cmdreq:{}",
+            self.prefix,
+            hex::encode(sha2::Sha256::digest(request_id.as_bytes()))
+        )
+    }
+
     /// `<p>:tenants` — tenant lifecycle stream.
     pub fn tenants_stream(&self) -> String {
         format!("{}:tenants", self.prefix)
@@ -90,5 +126,9 @@ mod tests {
         assert_eq!(k.events_stream("ORG"), "xapi:{ORG}:events");
         assert_eq!(k.device_state("ORG", "D1"), "xapi:{ORG}:state:D1");
         assert_eq!(k.tenants_stream(), "xapi:tenants");
+        assert_eq!(k.devices("ORG"), "xapi:{ORG}:devices");
+        assert_eq!(k.workspaces("ORG"), "xapi:{ORG}:workspaces");
+        assert_eq!(k.commands_stream("ORG"), "xapi:{ORG}:commands");
+        assert_eq!(k.command_results("ORG"), "xapi:{ORG}:command_results");
     }
 }

@@ -2,9 +2,11 @@
 //! records, the jti store and the stream writer. Only this module knows key names and scripts.
 //!
 //! # Layout
+//! - [`devices`]: inventory hashes and the command/result streams of the device API.
 //! - [`keys`]: every key name the engine writes, in one place.
 //! - [`Store`]: a cloneable handle on one multiplexed, self-reconnecting connection.
 pub mod crypto;
+pub mod devices;
 pub mod jti;
 pub mod keys;
 pub mod tenants;

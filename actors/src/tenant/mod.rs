@@ -70,6 +70,8 @@ pub struct TenantShared {
     pub deps: Arc<Deps>,
     /// Set while the queue poller's last poll failed (healthCheck reports `impaired`).
     pub poller_failing: std::sync::atomic::AtomicBool,
+    /// The device API's per-tenant gate (concurrency, rate-limit window).
+    pub devices: crate::devices::DeviceApi,
 }
 
 impl TenantShared {
@@ -79,6 +81,7 @@ impl TenantShared {
             org_id: record.org_id.clone(),
             record: RwLock::new(record),
             tokens,
+            devices: crate::devices::DeviceApi::new(deps.config.devices.max_concurrency),
             deps,
             poller_failing: Default::default(),
         }

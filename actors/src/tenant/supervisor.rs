@@ -35,6 +35,8 @@ pub enum ChildKind {
     TokenRefresher,
     Reconciler,
     QueuePoller,
+    Inventory,
+    CommandConsumer,
 }
 
 impl ChildKind {
@@ -43,6 +45,8 @@ impl ChildKind {
             Self::TokenRefresher => "token_refresher",
             Self::Reconciler => "reconciler",
             Self::QueuePoller => "queue_poller",
+            Self::Inventory => "inventory",
+            Self::CommandConsumer => "command_consumer",
         }
     }
 }
@@ -113,6 +117,8 @@ impl TenantSupervisor {
                 }
                 ChildKind::Reconciler => run_reconciler(shared, stop).await,
                 ChildKind::QueuePoller => super::poller::run(shared, stop).await,
+                ChildKind::Inventory => crate::devices::inventory::run(shared, stop).await,
+                ChildKind::CommandConsumer => crate::devices::commands::run(shared, stop).await,
             };
             // try_send: the mailbox is bounded; an exit lost to a full mailbox only delays
             // a restart until the next lifecycle event.
@@ -126,6 +132,8 @@ impl TenantSupervisor {
         self.spawn_child(ChildKind::TokenRefresher, ctx);
         if self.shared.state() == ProvisioningState::Completed {
             self.spawn_child(ChildKind::Reconciler, ctx);
+            self.spawn_child(ChildKind::Inventory, ctx);
+            self.spawn_child(ChildKind::CommandConsumer, ctx);
             let r = self.shared.record();
             if r.ingest.queue() && r.poll_url.is_some() {
                 self.spawn_child(ChildKind::QueuePoller, ctx);

@@ -1,0 +1,625 @@
+//! The device API of a tenant: inventory (devices, workspaces), xAPI status queries, xAPI
+//! commands and device configurations, called on Webex with the tenant's token. Every call is
+//! checked locally against the tenant's granted scopes and `xapiAccess` first; calls of one
+//! tenant share a concurrency bound and a rate-limit gate (a 429's `Retry-After` holds back
+//! every call of that tenant, not just the one that got it); 5xx and network errors are
+//! retried with backoff, other 4xx are not, and a command whose outcome is unknown is never
+//! sent twice.
+//!
+//! # Layout
+//! - [`access`]: pure rules — scopes per call kind, xAPI path patterns, name/key/patch syntax.
+//! - [`inventory`]: listing with paging, normalization, the sync into Redis hashes + stream.
+//! - [`commands`]: the consumer of `<p>:{<org>}:commands` writing `command_results`.
+//! - this file: [`DeviceApi`] (the per-tenant gate), [`DeviceRequest`], [`DeviceError`], and
+//!   the HTTP call with its retry policy.
+pub mod access;
+pub mod commands;
+pub mod inventory;
+
+use std::sync::Mutex as StdMutex;
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use crate::store::StoreError;
+use crate::store::tenants::ProvisioningState;
+use crate::tenant::{TenantShared, TokenError};
+use access::{AccessError, CallKind, Grants};
+
+/// Wait after a 429 that carries no `Retry-After`.
+const DEFAULT_RATE_LIMIT_WAIT: Duration = Duration::from_secs(5);
+/// First pause before retrying a 5xx or network error (doubling, capped, jittered ±20 %).
+const RETRY_BASE: Duration = Duration::from_millis(250);
+const RETRY_CAP: Duration = Duration::from_secs(8);
+/// Largest error body kept for a message.
+const ERROR_BODY_LIMIT: usize = 512;
+/// Longest accepted device id.
+const MAX_DEVICE_ID_LEN: usize = 512;
+
+/// One tenant's device-API gate: bounded concurrency, the rate-limit window, and the
+/// single-flight lock of inventory syncs.
+pub struct DeviceApi {
+    permits: Semaphore,
+    /// No call of this tenant before this instant (set from a 429's `Retry-After`).
+    not_before: StdMutex<Option<Instant>>,
+    /// Held for a whole inventory sync: periodic and on-demand syncs never overlap.
+    inventory: tokio::sync::Mutex<()>,
+}
+
+impl DeviceApi {
+    pub fn new(max_concurrency: usize) -> Self {
+        Self {
+            permits: Semaphore::new(max_concurrency.max(1)),
+            not_before: StdMutex::new(None),
+            inventory: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Holds back every call until `until` (later windows win).
+    fn block_until(&self, until: Instant) {
+        let mut nb = self.not_before.lock().expect("gate lock");
+        if nb.is_none_or(|cur| cur < until) {
+            *nb = Some(until);
+        }
+    }
+
+    /// Waits out the rate-limit window; refuses when it outlasts `deadline`.
+    async fn wait_gate(&self, deadline: Instant) -> Result<(), DeviceError> {
+        loop {
+            let until = *self.not_before.lock().expect("gate lock");
+            let now = Instant::now();
+            match until {
+                Some(u) if u > now => {
+                    if u > deadline {
+                        return Err(DeviceError::RateLimited {
+                            retry_after: u - now,
+                        });
+                    }
+                    tokio::time::sleep_until(u).await;
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
+}
+
+/// A request for one device, from the admin API or the command stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeviceRequest {
+    /// `GET /xapi/status?deviceId=&name=…` (batched by 10 names).
+    Status { device: String, names: Vec<String> },
+    /// `POST /xapi/command/<Name>` with `arguments` and an optional multiline `body`.
+    Command {
+        device: String,
+        name: String,
+        arguments: Option<serde_json::Map<String, Value>>,
+        body: Option<String>,
+    },
+    /// `GET /deviceConfigurations?deviceId=&key=`.
+    ConfigGet { device: String, key: Option<String> },
+    /// `PATCH /deviceConfigurations?deviceId=` with JSON-patch operations.
+    ConfigPatch { device: String, ops: Value },
+}
+
+impl DeviceRequest {
+    pub fn kind(&self) -> CallKind {
+        match self {
+            Self::Status { .. } => CallKind::Status,
+            Self::Command { .. } => CallKind::Command,
+            Self::ConfigGet { .. } => CallKind::ConfigGet,
+            Self::ConfigPatch { .. } => CallKind::ConfigPatch,
+        }
+    }
+
+    pub fn device(&self) -> &str {
+        match self {
+            Self::Status { device, .. }
+            | Self::Command { device, .. }
+            | Self::ConfigGet { device, .. }
+            | Self::ConfigPatch { device, .. } => device,
+        }
+    }
+
+    /// The command name, status names or configuration key (for results and logs).
+    pub fn name(&self) -> Option<String> {
+        match self {
+            Self::Status { names, .. } => Some(names.join(",")),
+            Self::Command { name, .. } => Some(name.clone()),
+            Self::ConfigGet { key, .. } => key.clone(),
+            Self::ConfigPatch { .. } => None,
+        }
+    }
+}
+
+/// Why a device request failed. [`code`](Self::code) is the stable word downstream systems
+/// and the HTTP edge use.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error(transparent)]
+    Refused(#[from] AccessError),
+    #[error("the tenant is {0}; device calls need a completed activation")]
+    NotActive(&'static str),
+    #[error("Webex answered {status}: {message}")]
+    Webex { status: u16, message: String },
+    #[error("rate limited by Webex; retry in {}s", retry_after.as_secs().max(1))]
+    RateLimited { retry_after: Duration },
+    #[error("Webex unavailable: {0}")]
+    Unavailable(String),
+    #[error("no usable access token: {0}")]
+    Token(#[from] TokenError),
+    #[error("the command's outcome is unknown ({0}); it was not sent again")]
+    OutcomeUnknown(String),
+    #[error("no answer within devices.call_deadline_secs")]
+    Deadline,
+    #[error("storage unavailable: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl DeviceError {
+    /// Stable error code: in `command_results` entries and the HTTP edge's log lines.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Refused(e) if e.is_forbidden() => "forbidden",
+            Self::Refused(_) => "invalid_request",
+            Self::NotActive(_) => "tenant_not_active",
+            Self::Webex { status: 404, .. } => "not_found",
+            Self::Webex { status: 401, .. } => "unauthorized",
+            Self::Webex { status: 403, .. } => "webex_forbidden",
+            Self::Webex { .. } => "webex_rejected",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::Unavailable(_) => "webex_unavailable",
+            Self::Token(_) => "no_token",
+            Self::OutcomeUnknown(_) => "outcome_unknown",
+            Self::Deadline => "timeout",
+            Self::Store(_) => "storage_unavailable",
+        }
+    }
+
+    /// The HTTP status the admin API answers with.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Self::Refused(e) if e.is_forbidden() => 403,
+            Self::Refused(_) => 400,
+            Self::NotActive(_) => 409,
+            Self::Webex { status, .. } if (400..500).contains(status) && *status != 401 => *status,
+            Self::Webex { .. } => 502,
+            Self::RateLimited { .. } => 429,
+            Self::Unavailable(_) => 502,
+            Self::Token(_) | Self::Store(_) => 503,
+            Self::OutcomeUnknown(_) | Self::Deadline => 504,
+        }
+    }
+
+    /// Seconds a caller should wait before trying again, when that is known.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            Self::RateLimited { retry_after } => Some(retry_after.as_secs().max(1)),
+            Self::Token(_) | Self::Store(_) | Self::Unavailable(_) => Some(5),
+            _ => None,
+        }
+    }
+
+    /// Refused before anything reached Webex.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Self::Refused(_) | Self::NotActive(_))
+    }
+
+    /// Worth trying again later (the inventory child restarts with backoff on these).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::RateLimited { .. }
+                | Self::Unavailable(_)
+                | Self::Deadline
+                | Self::Store(_)
+                | Self::Token(TokenError::Transient { .. })
+        )
+    }
+}
+
+/// A request body.
+enum Body {
+    Json(Value),
+    JsonPatch(Value),
+}
+
+/// A successful answer: the JSON body and the `Link: <…>; rel="next"` of a paged listing.
+struct Answer {
+    body: Value,
+    next: Option<String>,
+}
+
+fn check_device_id(device: &str) -> Result<(), AccessError> {
+    if device.is_empty()
+        || device.len() > MAX_DEVICE_ID_LEN
+        || device.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(AccessError::Invalid(format!(
+            "device id {device:?} is empty, too long or has spaces"
+        )));
+    }
+    Ok(())
+}
+
+impl TenantShared {
+    /// Runs a device request through the tenant's grants, gate and token.
+    pub async fn device_request(&self, req: &DeviceRequest) -> Result<Value, DeviceError> {
+        let record = self.record();
+        if record.provisioning_state != ProvisioningState::Completed {
+            return Err(DeviceError::NotActive(record.provisioning_state.as_str()));
+        }
+        let grants = Grants::new(&record.scopes, &record.xapi_access);
+        grants.check_scope(req.kind())?;
+        let device = req.device();
+        check_device_id(device)?;
+        let base = self.api_base(&record.webexapis_base_url)?;
+        let deadline = self.call_deadline();
+        match req {
+            DeviceRequest::Status { names, .. } => {
+                for n in names {
+                    grants.check_status(n)?;
+                }
+                let batches = access::status_batches(names)?;
+                let calls = batches.iter().map(|batch| {
+                    let mut url = base.join("xapi/status").expect("relative path joins");
+                    {
+                        let mut q = url.query_pairs_mut();
+                        q.append_pair("deviceId", device);
+                        for n in batch {
+                            q.append_pair("name", n);
+                        }
+                    }
+                    self.device_call(CallKind::Status, Method::GET, url, None, deadline)
+                });
+                let mut merged = json!({});
+                for answer in futures::future::join_all(calls).await {
+                    let body = answer?.body;
+                    access::merge_json(
+                        &mut merged,
+                        body.get("result").cloned().unwrap_or(json!({})),
+                    );
+                }
+                Ok(json!({ "deviceId": device, "result": merged }))
+            }
+            DeviceRequest::Command {
+                name,
+                arguments,
+                body,
+                ..
+            } => {
+                grants.check_command(name)?;
+                // The name was checked to be dotted letters/digits: safe as a path segment.
+                let url = base
+                    .join(&format!("xapi/command/{name}"))
+                    .expect("checked name joins");
+                let mut payload = json!({ "deviceId": device });
+                if let Some(a) = arguments {
+                    payload["arguments"] = Value::Object(a.clone());
+                }
+                if let Some(b) = body {
+                    payload["body"] = Value::String(b.clone());
+                }
+                let answer = self
+                    .device_call(
+                        CallKind::Command,
+                        Method::POST,
+                        url,
+                        Some(Body::Json(payload)),
+                        deadline,
+                    )
+                    .await?;
+                Ok(answer.body)
+            }
+            DeviceRequest::ConfigGet { key, .. } => {
+                if let Some(k) = key {
+                    access::check_config_key(k)?;
+                }
+                let mut url = base.join("deviceConfigurations").expect("joins");
+                {
+                    // form-urlencoding percent-encodes the brackets of `Service[1].Name`.
+                    let mut q = url.query_pairs_mut();
+                    q.append_pair("deviceId", device);
+                    if let Some(k) = key {
+                        q.append_pair("key", k);
+                    }
+                }
+                let answer = self
+                    .device_call(CallKind::ConfigGet, Method::GET, url, None, deadline)
+                    .await?;
+                Ok(answer.body)
+            }
+            DeviceRequest::ConfigPatch { ops, .. } => {
+                let ops = access::check_config_patch(ops)?;
+                let mut url = base.join("deviceConfigurations").expect("joins");
+                url.query_pairs_mut().append_pair("deviceId", device);
+                let answer = self
+                    .device_call(
+                        CallKind::ConfigPatch,
+                        Method::PATCH,
+                        url,
+                        Some(Body::JsonPatch(Value::Array(ops))),
+                        deadline,
+                    )
+                    .await?;
+                Ok(answer.body)
+            }
+        }
+    }
+
+    /// `webexapisBaseUrl` as a base for joining (trailing slash), checked against the URL
+    /// policy (https, or http with `webex.allow_http`).
+    fn api_base(&self, raw: &str) -> Result<url::Url, DeviceError> {
+        let with_slash = format!("{}/", raw.trim_end_matches('/'));
+        self.deps.webex.check_url(&with_slash).map_err(|e| {
+            DeviceError::Refused(AccessError::Invalid(format!("webexapisBaseUrl {e}")))
+        })
+    }
+
+    fn call_deadline(&self) -> Instant {
+        Instant::now() + Duration::from_secs_f64(self.deps.config.devices.call_deadline_secs)
+    }
+
+    /// One device-API call with the tenant's policy: gate, bounded concurrency, token (one
+    /// refresh after a 401), retries after 429/5xx/network errors with backoff, none after
+    /// other 4xx, and never a second send of a command whose outcome is unknown.
+    async fn device_call(
+        &self,
+        kind: CallKind,
+        method: Method,
+        url: url::Url,
+        body: Option<Body>,
+        deadline: Instant,
+    ) -> Result<Answer, DeviceError> {
+        let api = &self.devices;
+        let metrics = &self.deps.metrics;
+        let max_attempts = self.deps.config.devices.max_attempts;
+        let label = kind.as_str();
+        let mut attempt = 0u32;
+        let mut refreshed = false;
+        loop {
+            attempt += 1;
+            api.wait_gate(deadline).await?;
+            let _permit = tokio::time::timeout_at(deadline, api.permits.acquire())
+                .await
+                .map_err(|_| DeviceError::Deadline)?
+                .expect("the semaphore is never closed");
+            // A 429 may have arrived while this call waited for its permit.
+            api.wait_gate(deadline).await?;
+            let token = self.access_token().await?;
+            let started = std::time::Instant::now();
+            let mut rb = self
+                .deps
+                .webex
+                .http()
+                .request(method.clone(), url.clone())
+                .bearer_auth(token.expose());
+            match &body {
+                Some(Body::Json(v)) => rb = rb.json(v),
+                Some(Body::JsonPatch(v)) => {
+                    rb = rb
+                        .header(reqwest::header::CONTENT_TYPE, "application/json-patch+json")
+                        .body(serde_json::to_vec(v).expect("JSON serializes"))
+                }
+                None => {}
+            }
+            let resp = match tokio::time::timeout_at(deadline, rb.send()).await {
+                Err(_) => {
+                    metrics.device_call(label, "network", started);
+                    return Err(if kind.idempotent() {
+                        DeviceError::Deadline
+                    } else {
+                        DeviceError::OutcomeUnknown("no answer before the deadline".into())
+                    });
+                }
+                Ok(Err(e)) => {
+                    metrics.device_call(label, "network", started);
+                    let connect = e.is_connect();
+                    let message = e.without_url().to_string();
+                    // A command that may have left is never sent again.
+                    if !kind.idempotent() && !connect {
+                        return Err(DeviceError::OutcomeUnknown(message));
+                    }
+                    if attempt >= max_attempts {
+                        return Err(DeviceError::Unavailable(message));
+                    }
+                    retry_pause(attempt, None, deadline).await?;
+                    continue;
+                }
+                Ok(Ok(r)) => r,
+            };
+            let status = resp.status();
+            let retry_after = retry_after(&resp);
+            if status.is_success() {
+                let next = next_link(&resp, &url);
+                let text = match tokio::time::timeout_at(deadline, resp.text()).await {
+                    Ok(Ok(t)) => t,
+                    Ok(Err(e)) => {
+                        metrics.device_call(label, "network", started);
+                        return Err(DeviceError::Unavailable(e.without_url().to_string()));
+                    }
+                    Err(_) => {
+                        metrics.device_call(label, "network", started);
+                        return Err(DeviceError::Deadline);
+                    }
+                };
+                metrics.device_call(label, "ok", started);
+                let body = if text.trim().is_empty() {
+                    Value::Null
+                } else {
+                    serde_json::from_str(&text).map_err(|e| {
+                        DeviceError::Unavailable(format!("unreadable JSON from Webex: {e}"))
+                    })?
+                };
+                return Ok(Answer { body, next });
+            }
+            let message = short_body(resp).await;
+            match status.as_u16() {
+                401 => {
+                    metrics.device_call(label, "unauthorized", started);
+                    if refreshed {
+                        return Err(DeviceError::Webex {
+                            status: 401,
+                            message,
+                        });
+                    }
+                    refreshed = true;
+                    attempt -= 1;
+                    self.refresh_after_rejection(&token).await?;
+                }
+                429 => {
+                    metrics.device_call(label, "rate_limited", started);
+                    let wait = retry_after.unwrap_or(DEFAULT_RATE_LIMIT_WAIT);
+                    let until = Instant::now() + wait;
+                    api.block_until(until);
+                    tracing::info!(tenant = %self.tenant_id, kind = label, ?wait, "rate limited by Webex; holding back the tenant's calls");
+                    if attempt >= max_attempts || until > deadline {
+                        return Err(DeviceError::RateLimited { retry_after: wait });
+                    }
+                }
+                s if s >= 500 => {
+                    metrics.device_call(label, "server_error", started);
+                    if attempt >= max_attempts {
+                        return Err(DeviceError::Unavailable(format!("{status}: {message}")));
+                    }
+                    drop(_permit);
+                    retry_pause(attempt, retry_after, deadline).await?;
+                }
+                s => {
+                    metrics.device_call(label, "client_error", started);
+                    return Err(DeviceError::Webex { status: s, message });
+                }
+            }
+        }
+    }
+}
+
+/// Sleeps before retry `attempt + 1`: `Retry-After` when given, else a doubling, jittered
+/// pause; refuses when that would pass the deadline.
+async fn retry_pause(
+    attempt: u32,
+    retry_after: Option<Duration>,
+    deadline: Instant,
+) -> Result<(), DeviceError> {
+    let backoff = RETRY_BASE
+        .saturating_mul(1 << (attempt - 1).min(6))
+        .min(RETRY_CAP)
+        .mul_f64(0.8 + 0.4 * rand::random::<f64>());
+    let wait = retry_after.unwrap_or(backoff);
+    let at = Instant::now() + wait;
+    if at > deadline {
+        return Err(DeviceError::Deadline);
+    }
+    tokio::time::sleep_until(at).await;
+    Ok(())
+}
+
+fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
+    resp.headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+/// The `rel="next"` target of a `Link` header, only when it stays on the origin of `current`:
+/// the tenant's bearer token is never sent to another host.
+fn next_link(resp: &reqwest::Response, current: &url::Url) -> Option<String> {
+    let header = resp.headers().get(reqwest::header::LINK)?.to_str().ok()?;
+    parse_next_link(header, current)
+}
+
+/// Parses `<url>; rel="next", <url>; rel="prev"` and keeps a same-origin `next`.
+pub fn parse_next_link(header: &str, current: &url::Url) -> Option<String> {
+    header.split(',').find_map(|part| {
+        let mut pieces = part.split(';');
+        let target = pieces.next()?.trim();
+        let target = target.strip_prefix('<')?.strip_suffix('>')?;
+        let is_next = pieces.any(|p| {
+            let p = p.trim();
+            p == "rel=\"next\"" || p == "rel=next"
+        });
+        if !is_next {
+            return None;
+        }
+        let next = current.join(target).ok()?;
+        (next.origin() == current.origin()).then(|| next.to_string())
+    })
+}
+
+async fn short_body(resp: reqwest::Response) -> String {
+    let mut text = resp.text().await.unwrap_or_default();
+    if text.len() > ERROR_BODY_LIMIT {
+        let mut cut = ERROR_BODY_LIMIT;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_link_same_origin_only() {
+        let cur = url::Url::parse("https://webexapis.com/v1/devices?max=100").unwrap();
+        assert_eq!(
+            parse_next_link(
+                r#"<https://webexapis.com/v1/devices?max=100&start=100>; rel="next""#,
+                &cur
+            )
+            .as_deref(),
+            Some("https://webexapis.com/v1/devices?max=100&start=100")
+        );
+        assert_eq!(
+            parse_next_link(
+                r#"<https://webexapis.com/v1/devices?start=0>; rel="prev", </v1/devices?start=200>; rel="next""#,
+                &cur
+            )
+            .as_deref(),
+            Some("https://webexapis.com/v1/devices?start=200")
+        );
+        assert_eq!(
+            parse_next_link(r#"<https://evil.example/steal>; rel="next""#, &cur),
+            None
+        );
+        assert_eq!(
+            parse_next_link(r#"<http://webexapis.com/v1/devices>; rel="next""#, &cur),
+            None
+        );
+        assert_eq!(parse_next_link("garbage", &cur), None);
+    }
+
+    #[test]
+    fn error_codes_and_statuses() {
+        let forbidden = DeviceError::Refused(AccessError::NotGranted {
+            what: "command",
+            path: "SystemUnit.Boot".into(),
+            granted: "Message.Send".into(),
+        });
+        assert_eq!(
+            (forbidden.code(), forbidden.http_status()),
+            ("forbidden", 403)
+        );
+        assert!(forbidden.is_refusal());
+        let nf = DeviceError::Webex {
+            status: 404,
+            message: String::new(),
+        };
+        assert_eq!((nf.code(), nf.http_status()), ("not_found", 404));
+        let rl = DeviceError::RateLimited {
+            retry_after: Duration::from_secs(2),
+        };
+        assert_eq!((rl.http_status(), rl.retry_after_secs()), (429, Some(2)));
+        assert!(rl.is_transient());
+        assert!(!nf.is_transient());
+    }
+}

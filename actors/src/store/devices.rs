@@ -1,0 +1,321 @@
+//! The device API's Redis side: inventory hashes with their change stream, and the command
+//! stream (consumer group) with its results stream. Every key carries the `{org}` hash tag, so
+//! each script and transaction stays in one Cluster slot.
+use std::collections::HashMap;
+
+use redis::AsyncCommands;
+use redis::streams::{StreamAutoClaimReply, StreamReadOptions, StreamReadReply};
+
+use super::{Store, StoreError};
+
+/// Diffs a full listing against the stored hash and writes only the changes, atomically:
+/// `HSET`/`HDEL` plus one `add`/`update`/`remove` entry each on the inventory stream.
+/// Idempotent: the same listing applied twice writes nothing the second time, whichever
+/// replica applies it.
+const INVENTORY_LUA: &str = r#"
+-- KEYS[1] hash, KEYS[2] stream
+-- ARGV[1] kind, ARGV[2] org, ARGV[3] ts, ARGV[4] maxlen, then id, json pairs
+local current = redis.call('HGETALL', KEYS[1])
+local have = {}
+for i = 1, #current, 2 do have[current[i]] = current[i + 1] end
+local added, updated, removed = 0, 0, 0
+local seen = {}
+for i = 5, #ARGV, 2 do
+  local id, json = ARGV[i], ARGV[i + 1]
+  seen[id] = true
+  local prev = have[id]
+  if prev == nil then
+    redis.call('HSET', KEYS[1], id, json)
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'org', ARGV[2], 'kind', ARGV[1],
+      'id', id, 'op', 'add', 'value', json, 'ts', ARGV[3])
+    added = added + 1
+  elseif prev ~= json then
+    redis.call('HSET', KEYS[1], id, json)
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'org', ARGV[2], 'kind', ARGV[1],
+      'id', id, 'op', 'update', 'value', json, 'prev', prev, 'ts', ARGV[3])
+    updated = updated + 1
+  end
+  have[id] = json
+end
+for i = 1, #current, 2 do
+  local id = current[i]
+  if not seen[id] then
+    redis.call('HDEL', KEYS[1], id)
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'org', ARGV[2], 'kind', ARGV[1],
+      'id', id, 'op', 'remove', 'prev', current[i + 1], 'ts', ARGV[3])
+    removed = removed + 1
+  end
+end
+return {added, updated, removed}
+"#;
+
+/// Changes written by one inventory apply.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct InventoryChanges {
+    pub total: usize,
+    pub added: u64,
+    pub updated: u64,
+    pub removed: u64,
+}
+
+/// Which inventory hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InventoryKind {
+    Device,
+    Workspace,
+}
+
+impl InventoryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Device => "device",
+            Self::Workspace => "workspace",
+        }
+    }
+}
+
+/// How a request id stood when a consumer marked it as being sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mark {
+    /// First time: go ahead.
+    New,
+    /// This same stream entry was marked before (a consumer died mid-call): outcome unknown.
+    SameEntry,
+    /// Another entry used this request id already.
+    OtherEntry(String),
+}
+
+/// One entry read from the command stream.
+#[derive(Debug, Clone)]
+pub struct CommandEntry {
+    pub id: String,
+    pub fields: HashMap<String, String>,
+}
+
+/// A request id is remembered this long (commands run at most once per id).
+pub const REQUEST_ID_TTL_SECS: u64 = 24 * 3600;
+
+/// The device API's view of Redis.
+#[derive(Clone)]
+pub struct DeviceStore {
+    store: Store,
+    inventory: redis::Script,
+}
+
+impl DeviceStore {
+    pub fn new(store: Store) -> Self {
+        Self {
+            store,
+            inventory: redis::Script::new(INVENTORY_LUA),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Applies a full listing of `kind` for `org` (entries: id → canonical JSON).
+    pub async fn apply_inventory(
+        &self,
+        org: &str,
+        kind: InventoryKind,
+        entries: &[(String, String)],
+        maxlen: u64,
+    ) -> Result<InventoryChanges, StoreError> {
+        let keys = self.store.keys();
+        let hash = match kind {
+            InventoryKind::Device => keys.devices(org),
+            InventoryKind::Workspace => keys.workspaces(org),
+        };
+        let ts = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let mut inv = self.inventory.prepare_invoke();
+        inv.key(hash)
+            .key(keys.inventory_stream(org))
+            .arg(kind.as_str())
+            .arg(org)
+            .arg(ts)
+            .arg(maxlen);
+        for (id, json) in entries {
+            inv.arg(id).arg(json);
+        }
+        let mut conn = self.store.conn()?;
+        let (added, updated, removed): (u64, u64, u64) =
+            self.store.bounded(inv.invoke_async(&mut conn)).await?;
+        Ok(InventoryChanges {
+            total: entries.len(),
+            added,
+            updated,
+            removed,
+        })
+    }
+
+    /// The stored inventory of `kind` for `org`: id → JSON.
+    pub async fn inventory(
+        &self,
+        org: &str,
+        kind: InventoryKind,
+    ) -> Result<HashMap<String, String>, StoreError> {
+        let keys = self.store.keys();
+        let hash = match kind {
+            InventoryKind::Device => keys.devices(org),
+            InventoryKind::Workspace => keys.workspaces(org),
+        };
+        let mut conn = self.store.conn()?;
+        self.store.bounded(conn.hgetall(hash)).await
+    }
+
+    /// Creates the consumer group of `org`'s command stream (from the stream's start, so
+    /// commands written before the tenant's first activation are not skipped).
+    pub async fn ensure_group(&self, org: &str, group: &str) -> Result<(), StoreError> {
+        let mut conn = self.store.conn()?;
+        let res: Result<(), StoreError> = self
+            .store
+            .bounded(conn.xgroup_create_mkstream(
+                self.store.keys().commands_stream(org),
+                group,
+                "0",
+            ))
+            .await;
+        match res {
+            Err(StoreError::Redis(e)) if e.code() == Some("BUSYGROUP") => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Reads up to `count` entries: `">"` for new ones, `"0"` for this consumer's pending ones.
+    /// Never blocks (a blocking read would stall the shared multiplexed connection).
+    pub async fn read_commands(
+        &self,
+        org: &str,
+        group: &str,
+        consumer: &str,
+        from: &str,
+        count: usize,
+    ) -> Result<Vec<CommandEntry>, StoreError> {
+        let mut conn = self.store.conn()?;
+        let opts = StreamReadOptions::default()
+            .group(group, consumer)
+            .count(count);
+        let reply: Option<StreamReadReply> = self
+            .store
+            .bounded(conn.xread_options(&[self.store.keys().commands_stream(org)], &[from], &opts))
+            .await?;
+        Ok(reply
+            .into_iter()
+            .flat_map(|r| r.keys)
+            .flat_map(|k| k.ids)
+            .map(|e| CommandEntry {
+                id: e.id,
+                fields: e
+                    .map
+                    .into_iter()
+                    .filter_map(|(k, v)| redis::from_redis_value::<String>(v).ok().map(|v| (k, v)))
+                    .collect(),
+            })
+            .collect())
+    }
+
+    /// Claims entries another consumer left pending for `min_idle_ms` (a dead replica's).
+    pub async fn claim_stale(
+        &self,
+        org: &str,
+        group: &str,
+        consumer: &str,
+        min_idle_ms: u64,
+        count: usize,
+    ) -> Result<Vec<CommandEntry>, StoreError> {
+        let mut conn = self.store.conn()?;
+        let reply: StreamAutoClaimReply = self
+            .store
+            .bounded(
+                redis::cmd("XAUTOCLAIM")
+                    .arg(self.store.keys().commands_stream(org))
+                    .arg(group)
+                    .arg(consumer)
+                    .arg(min_idle_ms)
+                    .arg("0-0")
+                    .arg("COUNT")
+                    .arg(count)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(reply
+            .claimed
+            .into_iter()
+            .map(|e| CommandEntry {
+                id: e.id,
+                fields: e
+                    .map
+                    .into_iter()
+                    .filter_map(|(k, v)| redis::from_redis_value::<String>(v).ok().map(|v| (k, v)))
+                    .collect(),
+            })
+            .collect())
+    }
+
+    /// Marks `request_id` as sent by stream entry `entry` (SET NX, 24 h).
+    pub async fn mark_request(
+        &self,
+        org: &str,
+        request_id: &str,
+        entry: &str,
+    ) -> Result<Mark, StoreError> {
+        let mut conn = self.store.conn()?;
+        let key = self.store.keys().command_request(org, request_id);
+        let set: Option<String> = self
+            .store
+            .bounded(
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(entry)
+                    .arg("NX")
+                    .arg("EX")
+                    .arg(REQUEST_ID_TTL_SECS)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        if set.is_some() {
+            return Ok(Mark::New);
+        }
+        let holder: Option<String> = self.store.bounded(conn.get(&key)).await?;
+        Ok(match holder {
+            Some(h) if h == entry => Mark::SameEntry,
+            Some(h) => Mark::OtherEntry(h),
+            // Expired between the two calls: treat as ours now.
+            None => Mark::New,
+        })
+    }
+
+    /// Writes the results and acknowledges their requests in one transaction: a request is
+    /// never acknowledged without its result, nor answered twice.
+    pub async fn finish_commands(
+        &self,
+        org: &str,
+        group: &str,
+        results: &[(String, Vec<(String, String)>)],
+        maxlen: u64,
+    ) -> Result<(), StoreError> {
+        if results.is_empty() {
+            return Ok(());
+        }
+        let keys = self.store.keys();
+        let results_key = keys.command_results(org);
+        let stream = keys.commands_stream(org);
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for (entry, fields) in results {
+            pipe.cmd("XADD")
+                .arg(&results_key)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(maxlen)
+                .arg("*")
+                .arg(fields)
+                .ignore();
+            pipe.xack(&stream, group, &[entry]).ignore();
+        }
+        let mut conn = self.store.conn()?;
+        let _: () = self.store.bounded(pipe.query_async(&mut conn)).await?;
+        Ok(())
+    }
+}
