@@ -224,6 +224,56 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         org.org_id
     ));
 
+    // The device API: the inventory downstream joins on, and a command sent through Redis.
+    let devices: u64 = redis::cmd("HLEN")
+        .arg(format!("demo:{{{}}}:devices", org.org_id))
+        .query_async(&mut conn)
+        .await?;
+    p.step(format!(
+        "inventory of {}: {devices} devices in demo:{{…}}:devices (id → name, product, workspace)",
+        org.name
+    ));
+    let device = &org.devices[0];
+    let _: String = redis::cmd("XADD")
+        .arg(format!("demo:{{{}}}:commands", org.org_id))
+        .arg("*")
+        .arg(&["id", "demo-1", "device", &device.device_id, "name", "Message.Send"])
+        .arg(&["arguments", r#"{"Text": "Hello from xapi-stream"}"#])
+        .query_async(&mut conn)
+        .await?;
+    p.step(format!(
+        "wrote a Message.Send request for {} to demo:{{…}}:commands",
+        device.name
+    ));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let results: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(format!("demo:{{{}}}:command_results", org.org_id))
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await?;
+        let field = |e: &redis::streams::StreamId, k: &str| {
+            e.map
+                .get(k)
+                .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
+                .unwrap_or_default()
+        };
+        if let Some(e) = results.ids.iter().find(|e| field(e, "id") == "demo-1") {
+            p.step(format!(
+                "command_results: id=demo-1 status={} result={}{}",
+                field(e, "status"),
+                field(e, "result"),
+                field(e, "description")
+            ));
+            break;
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("no result for the demo command within 10 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     p.step("stopping: engine, simulator, redis");
     engine.shutdown().await;
     sim.shutdown().await;
