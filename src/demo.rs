@@ -237,7 +237,14 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let _: String = redis::cmd("XADD")
         .arg(format!("demo:{{{}}}:commands", org.org_id))
         .arg("*")
-        .arg(&["id", "demo-1", "device", &device.device_id, "name", "Message.Send"])
+        .arg(&[
+            "id",
+            "demo-1",
+            "device",
+            &device.device_id,
+            "name",
+            "Message.Send",
+        ])
         .arg(&["arguments", r#"{"Text": "Hello from xapi-stream"}"#])
         .query_async(&mut conn)
         .await?;

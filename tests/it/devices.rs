@@ -715,3 +715,79 @@ async fn admin_routes_query_status_run_commands_and_patch_configurations() {
     engine.shutdown().await;
     sim.shutdown().await;
 }
+
+#[actix_web::test]
+async fn entries_left_by_a_dead_consumer_are_claimed_and_never_sent_twice() {
+    let redis = shared_redis();
+    let prefix = unique_prefix();
+    let sim = start_sim(SimConfig {
+        orgs: 1,
+        devices_per_org: 2,
+        ..Default::default()
+    })
+    .await;
+    let org = sim.org(0);
+    let dev = org.devices[0].device_id.clone();
+    let commands = format!("{prefix}:{{{}}}:commands", org.org_id);
+    let results_key = format!("{prefix}:{{{}}}:command_results", org.org_id);
+    // A replica that died: it took two requests; it had sent the first (its marker is set)
+    // and not yet the second.
+    let mut conn = redis.client().get_connection().unwrap();
+    let _: () = conn
+        .xgroup_create_mkstream(&commands, "xapi-stream", "0")
+        .unwrap();
+    xadd(
+        redis,
+        &commands,
+        &[
+            ("id", "sent-before-crash"),
+            ("device", &dev),
+            ("name", "Message.Send"),
+        ],
+    );
+    xadd(
+        redis,
+        &commands,
+        &[
+            ("id", "not-sent-yet"),
+            ("device", &dev),
+            ("name", "Message.Send"),
+        ],
+    );
+    let taken: redis::streams::StreamReadReply = conn
+        .xread_options(
+            &[&commands],
+            &[">"],
+            &redis::streams::StreamReadOptions::default()
+                .group("xapi-stream", "dead-replica")
+                .count(2),
+        )
+        .unwrap();
+    let first_entry = taken.keys[0].ids[0].id.clone();
+    let marker =
+        actors::store::keys::Keys::new(&prefix).command_request(&org.org_id, "sent-before-crash");
+    let _: () = conn.set(&marker, &first_entry).unwrap();
+
+    let engine = start_engine(
+        &sim,
+        &redis.url(),
+        &prefix,
+        &[
+            ("DEVICES__COMMANDS_POLL_MS", "50"),
+            ("DEVICES__COMMANDS_CLAIM_IDLE_SECS", "1"),
+        ],
+    )
+    .await;
+    activate_org(&sim, &engine.base_url(), 0).await;
+    let all = results(redis, &results_key, 2, Duration::from_secs(20)).await;
+    let unknown = by_id(&all, "sent-before-crash");
+    assert_eq!(unknown["error"], "outcome_unknown", "{unknown:?}");
+    assert_eq!(by_id(&all, "not-sent-yet")["status"], "ok");
+    // Only the request that had not been sent reached Webex.
+    assert_eq!(sim.commands_received(0).len(), 1);
+    let pending: redis::streams::StreamPendingReply =
+        conn.xpending(&commands, "xapi-stream").unwrap();
+    assert_eq!(pending.count(), 0, "both acknowledged");
+    engine.shutdown().await;
+    sim.shutdown().await;
+}
