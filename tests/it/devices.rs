@@ -767,6 +767,38 @@ async fn entries_left_by_a_dead_consumer_are_claimed_and_never_sent_twice() {
     let marker =
         actors::store::keys::Keys::new(&prefix).command_request(&org.org_id, "sent-before-crash");
     let _: () = conn.set(&marker, &first_entry).unwrap();
+    // And this engine's own consumer (same name: a restarted child) left two pending: one
+    // that was deleted from the stream meanwhile, one to run.
+    xadd(
+        redis,
+        &commands,
+        &[
+            ("id", "deleted-while-pending"),
+            ("device", &dev),
+            ("name", "Message.Send"),
+        ],
+    );
+    xadd(
+        redis,
+        &commands,
+        &[
+            ("id", "own-pending"),
+            ("device", &dev),
+            ("name", "Message.Send"),
+        ],
+    );
+    let own = actors::devices::commands::consumer_name();
+    let taken: redis::streams::StreamReadReply = conn
+        .xread_options(
+            &[&commands],
+            &[">"],
+            &redis::streams::StreamReadOptions::default()
+                .group("xapi-stream", &own)
+                .count(2),
+        )
+        .unwrap();
+    let deleted = taken.keys[0].ids[0].id.clone();
+    let _: i64 = conn.xdel(&commands, &[&deleted]).unwrap();
 
     let engine = start_engine(
         &sim,
@@ -779,12 +811,18 @@ async fn entries_left_by_a_dead_consumer_are_claimed_and_never_sent_twice() {
     )
     .await;
     activate_org(&sim, &engine.base_url(), 0).await;
-    let all = results(redis, &results_key, 2, Duration::from_secs(20)).await;
+    let all = results(redis, &results_key, 4, Duration::from_secs(20)).await;
     let unknown = by_id(&all, "sent-before-crash");
     assert_eq!(unknown["error"], "outcome_unknown", "{unknown:?}");
     assert_eq!(by_id(&all, "not-sent-yet")["status"], "ok");
-    // Only the request that had not been sent reached Webex.
-    assert_eq!(sim.commands_received(0).len(), 1);
+    assert_eq!(by_id(&all, "own-pending")["status"], "ok");
+    let gone = all
+        .iter()
+        .find(|r| r["request"] == deleted)
+        .expect("a result for the deleted entry");
+    assert!(gone["description"].contains("deleted"), "{gone:?}");
+    // Only the two requests that had not been sent reached Webex.
+    assert_eq!(sim.commands_received(0).len(), 2);
     let pending: redis::streams::StreamPendingReply =
         conn.xpending(&commands, "xapi-stream").unwrap();
     assert_eq!(pending.count(), 0, "both acknowledged");

@@ -139,6 +139,11 @@ async fn handle(
         out.push(("name".into(), n));
     }
     let outcome: Result<Value, DeviceError> = async {
+        if entry.fields.is_empty() {
+            return Err(DeviceError::Refused(AccessError::Invalid(
+                "the request was deleted from the stream before it ran".into(),
+            )));
+        }
         if request_id.is_empty() || request_id.len() > MAX_REQUEST_ID_LEN {
             return Err(DeviceError::Refused(AccessError::Invalid(format!(
                 "field id (the request id, 1 to {MAX_REQUEST_ID_LEN} characters) is required"
@@ -160,6 +165,8 @@ async fn handle(
                 }
             }
         }
+        // Refusals are decided before the request id is marked as sent.
+        shared.check_request(&req)?;
         match store
             .mark_request(&shared.org_id, &request_id, &entry.id)
             .await?

@@ -247,21 +247,12 @@ fn check_device_id(device: &str) -> Result<(), AccessError> {
 impl TenantShared {
     /// Runs a device request through the tenant's grants, gate and token.
     pub async fn device_request(&self, req: &DeviceRequest) -> Result<Value, DeviceError> {
-        let record = self.record();
-        if record.provisioning_state != ProvisioningState::Completed {
-            return Err(DeviceError::NotActive(record.provisioning_state.as_str()));
-        }
-        let grants = Grants::new(&record.scopes, &record.xapi_access);
-        grants.check_scope(req.kind())?;
+        self.check_request(req)?;
         let device = req.device();
-        check_device_id(device)?;
-        let base = self.api_base(&record.webexapis_base_url)?;
+        let base = self.api_base(&self.record().webexapis_base_url)?;
         let deadline = self.call_deadline();
         match req {
             DeviceRequest::Status { names, .. } => {
-                for n in names {
-                    grants.check_status(n)?;
-                }
                 let batches = access::status_batches(names)?;
                 let calls = batches.iter().map(|batch| {
                     let mut url = base.join("xapi/status").expect("relative path joins");
@@ -290,7 +281,6 @@ impl TenantShared {
                 body,
                 ..
             } => {
-                grants.check_command(name)?;
                 // The name was checked to be dotted letters/digits: safe as a path segment.
                 let url = base
                     .join(&format!("xapi/command/{name}"))
@@ -314,9 +304,6 @@ impl TenantShared {
                 Ok(answer.body)
             }
             DeviceRequest::ConfigGet { key, .. } => {
-                if let Some(k) = key {
-                    access::check_config_key(k)?;
-                }
                 let mut url = base.join("deviceConfigurations").expect("joins");
                 {
                     // form-urlencoding percent-encodes the brackets of `Service[1].Name`.
@@ -347,6 +334,36 @@ impl TenantShared {
                 Ok(answer.body)
             }
         }
+    }
+
+    /// Every local check of a request — the tenant is active, the scope and the xAPI path are
+    /// granted, names, keys and patches are well formed — without calling Webex.
+    pub fn check_request(&self, req: &DeviceRequest) -> Result<(), DeviceError> {
+        let record = self.record();
+        if record.provisioning_state != ProvisioningState::Completed {
+            return Err(DeviceError::NotActive(record.provisioning_state.as_str()));
+        }
+        let grants = Grants::new(&record.scopes, &record.xapi_access);
+        grants.check_scope(req.kind())?;
+        check_device_id(req.device())?;
+        match req {
+            DeviceRequest::Status { names, .. } => {
+                for n in names {
+                    grants.check_status(n)?;
+                }
+                access::status_batches(names)?;
+            }
+            DeviceRequest::Command { name, .. } => grants.check_command(name)?,
+            DeviceRequest::ConfigGet { key, .. } => {
+                if let Some(k) = key {
+                    access::check_config_key(k)?;
+                }
+            }
+            DeviceRequest::ConfigPatch { ops, .. } => {
+                access::check_config_patch(ops)?;
+            }
+        }
+        Ok(())
     }
 
     /// `webexapisBaseUrl` as a base for joining (trailing slash), checked against the URL

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use redis::AsyncCommands;
-use redis::streams::{StreamAutoClaimReply, StreamReadOptions, StreamReadReply};
+use redis::streams::StreamAutoClaimReply;
 
 use super::{Store, StoreError};
 
@@ -90,6 +90,54 @@ pub enum Mark {
 pub struct CommandEntry {
     pub id: String,
     pub fields: HashMap<String, String>,
+}
+
+/// The entries of an XREADGROUP reply (one stream), RESP2 or RESP3; a deleted entry has no
+/// fields.
+fn parse_read_reply(reply: redis::Value) -> Vec<CommandEntry> {
+    use redis::Value;
+    fn text(v: &Value) -> Option<String> {
+        match v {
+            Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+            Value::SimpleString(s) => Some(s.clone()),
+            _ => None,
+        }
+    }
+    let streams: Vec<Value> = match reply {
+        Value::Array(a) => a
+            .into_iter()
+            .filter_map(|s| match s {
+                Value::Array(mut kv) if kv.len() == 2 => kv.pop(),
+                _ => None,
+            })
+            .collect(),
+        Value::Map(m) => m.into_iter().map(|(_, v)| v).collect(),
+        _ => Vec::new(),
+    };
+    let mut out = Vec::new();
+    for entries in streams {
+        let Value::Array(entries) = entries else {
+            continue;
+        };
+        for e in entries {
+            let Value::Array(parts) = e else { continue };
+            let Some(id) = parts.first().and_then(text) else {
+                continue;
+            };
+            let mut fields = HashMap::new();
+            if let Some(Value::Array(kv)) = parts.get(1) {
+                for pair in kv.chunks(2) {
+                    if let [k, v] = pair
+                        && let (Some(k), Some(v)) = (text(k), text(v))
+                    {
+                        fields.insert(k, v);
+                    }
+                }
+            }
+            out.push(CommandEntry { id, fields });
+        }
+    }
+    out
 }
 
 /// A request id is remembered this long (commands run at most once per id).
@@ -193,26 +241,25 @@ impl DeviceStore {
         count: usize,
     ) -> Result<Vec<CommandEntry>, StoreError> {
         let mut conn = self.store.conn()?;
-        let opts = StreamReadOptions::default()
-            .group(group, consumer)
-            .count(count);
-        let reply: Option<StreamReadReply> = self
+        // Parsed by hand: an entry that was deleted (XDEL, trimming) while pending comes back
+        // with nil fields, which the typed reply refuses — and a consumer that cannot read
+        // past it would stall on it forever.
+        let reply: redis::Value = self
             .store
-            .bounded(conn.xread_options(&[self.store.keys().commands_stream(org)], &[from], &opts))
+            .bounded(
+                redis::cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg(group)
+                    .arg(consumer)
+                    .arg("COUNT")
+                    .arg(count)
+                    .arg("STREAMS")
+                    .arg(self.store.keys().commands_stream(org))
+                    .arg(from)
+                    .query_async(&mut conn),
+            )
             .await?;
-        Ok(reply
-            .into_iter()
-            .flat_map(|r| r.keys)
-            .flat_map(|k| k.ids)
-            .map(|e| CommandEntry {
-                id: e.id,
-                fields: e
-                    .map
-                    .into_iter()
-                    .filter_map(|(k, v)| redis::from_redis_value::<String>(v).ok().map(|v| (k, v)))
-                    .collect(),
-            })
-            .collect())
+        Ok(parse_read_reply(reply))
     }
 
     /// Claims entries another consumer left pending for `min_idle_ms` (a dead replica's).
