@@ -118,6 +118,26 @@ async fn inventory_ready(redis: &RedisServer, prefix: &str, sim: &Sim, i: usize)
     );
 }
 
+/// One organization with `devices` devices, activated on a fresh engine (with `extra`
+/// settings) whose first inventory sync has landed: (sim, engine, prefix, tenant id).
+async fn one_org(
+    devices: usize,
+    extra: &[(&str, &str)],
+) -> (Sim, xapi_stream::engine::RunningEngine, String, String) {
+    let redis = shared_redis();
+    let prefix = unique_prefix();
+    let sim = start_sim(SimConfig {
+        orgs: 1,
+        devices_per_org: devices,
+        ..Default::default()
+    })
+    .await;
+    let engine = start_engine(&sim, &redis.url(), &prefix, extra).await;
+    let tenant = activate_org(&sim, &engine.base_url(), 0).await;
+    inventory_ready(redis, &prefix, &sim, 0).await;
+    (sim, engine, prefix, tenant)
+}
+
 #[actix_web::test]
 async fn inventory_of_three_tenants_lands_and_follows_rename_and_removal() {
     let redis = shared_redis();
@@ -280,23 +300,8 @@ async fn inventory_of_three_tenants_lands_and_follows_rename_and_removal() {
 #[actix_web::test]
 async fn command_stream_runs_each_request_once_and_refuses_what_is_not_granted() {
     let redis = shared_redis();
-    let prefix = unique_prefix();
-    let sim = start_sim(SimConfig {
-        orgs: 1,
-        devices_per_org: 3,
-        ..Default::default()
-    })
-    .await;
-    let engine = start_engine(
-        &sim,
-        &redis.url(),
-        &prefix,
-        &[("DEVICES__COMMANDS_POLL_MS", "50")],
-    )
-    .await;
+    let (sim, engine, prefix, _) = one_org(3, &[("DEVICES__COMMANDS_POLL_MS", "50")]).await;
     let base = engine.base_url();
-    activate_org(&sim, &base, 0).await;
-    inventory_ready(redis, &prefix, &sim, 0).await;
     let org = sim.org(0);
     let dev = org.devices[0].device_id.clone();
     let commands = format!("{prefix}:{{{}}}:commands", org.org_id);
@@ -440,23 +445,8 @@ async fn command_stream_runs_each_request_once_and_refuses_what_is_not_granted()
 #[actix_web::test]
 async fn a_429_burst_waits_for_retry_after_then_completes() {
     let redis = shared_redis();
-    let prefix = unique_prefix();
-    let sim = start_sim(SimConfig {
-        orgs: 1,
-        devices_per_org: 3,
-        ..Default::default()
-    })
-    .await;
-    let engine = start_engine(
-        &sim,
-        &redis.url(),
-        &prefix,
-        &[("DEVICES__COMMANDS_POLL_MS", "50")],
-    )
-    .await;
+    let (sim, engine, prefix, _) = one_org(3, &[("DEVICES__COMMANDS_POLL_MS", "50")]).await;
     let base = engine.base_url();
-    activate_org(&sim, &base, 0).await;
-    inventory_ready(redis, &prefix, &sim, 0).await;
     let org = sim.org(0);
     let dev = org.devices[1].device_id.clone();
     let commands = format!("{prefix}:{{{}}}:commands", org.org_id);
@@ -527,18 +517,8 @@ async fn a_429_burst_waits_for_retry_after_then_completes() {
 
 #[actix_web::test]
 async fn admin_routes_query_status_run_commands_and_patch_configurations() {
-    let redis = shared_redis();
-    let prefix = unique_prefix();
-    let sim = start_sim(SimConfig {
-        orgs: 1,
-        devices_per_org: 3,
-        ..Default::default()
-    })
-    .await;
-    let engine = start_engine(&sim, &redis.url(), &prefix, &[]).await;
+    let (sim, engine, _prefix, tenant) = one_org(3, &[]).await;
     let base = engine.base_url();
-    let tenant = activate_org(&sim, &base, 0).await;
-    inventory_ready(redis, &prefix, &sim, 0).await;
     let dev = sim.org(0).devices[0].device_id.clone();
     let root = format!("{base}/admin/tenants/{tenant}/devices/{}", seg(&dev));
     use reqwest::Method;

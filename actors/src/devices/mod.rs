@@ -27,6 +27,7 @@ use tokio::time::Instant;
 use crate::store::StoreError;
 use crate::store::tenants::ProvisioningState;
 use crate::tenant::{TenantShared, TokenError};
+use crate::webex::client::{retry_after, short_body};
 use access::{AccessError, CallKind, Grants};
 
 /// Wait after a 429 that carries no `Retry-After`.
@@ -34,8 +35,6 @@ const DEFAULT_RATE_LIMIT_WAIT: Duration = Duration::from_secs(5);
 /// First pause before retrying a 5xx or network error (doubling, capped, jittered ±20 %).
 const RETRY_BASE: Duration = Duration::from_millis(250);
 const RETRY_CAP: Duration = Duration::from_secs(8);
-/// Largest error body kept for a message.
-const ERROR_BODY_LIMIT: usize = 512;
 /// Longest accepted device id.
 const MAX_DEVICE_ID_LEN: usize = 512;
 
@@ -533,17 +532,6 @@ async fn retry_pause(
     Ok(())
 }
 
-fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
-    resp.headers()
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
-}
-
 /// The `rel="next"` target of a `Link` header, only when it stays on the origin of `current`:
 /// the tenant's bearer token is never sent to another host.
 fn next_link(resp: &reqwest::Response, current: &url::Url) -> Option<String> {
@@ -567,18 +555,6 @@ pub fn parse_next_link(header: &str, current: &url::Url) -> Option<String> {
         let next = current.join(target).ok()?;
         (next.origin() == current.origin()).then(|| next.to_string())
     })
-}
-
-async fn short_body(resp: reqwest::Response) -> String {
-    let mut text = resp.text().await.unwrap_or_default();
-    if text.len() > ERROR_BODY_LIMIT {
-        let mut cut = ERROR_BODY_LIMIT;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-    }
-    text
 }
 
 #[cfg(test)]

@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 
 use redis::AsyncCommands;
-use redis::streams::StreamAutoClaimReply;
 
 use super::{Store, StoreError};
 
@@ -96,13 +95,6 @@ pub struct CommandEntry {
 /// fields.
 fn parse_read_reply(reply: redis::Value) -> Vec<CommandEntry> {
     use redis::Value;
-    fn text(v: &Value) -> Option<String> {
-        match v {
-            Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-            Value::SimpleString(s) => Some(s.clone()),
-            _ => None,
-        }
-    }
     let streams: Vec<Value> = match reply {
         Value::Array(a) => a
             .into_iter()
@@ -114,28 +106,39 @@ fn parse_read_reply(reply: redis::Value) -> Vec<CommandEntry> {
         Value::Map(m) => m.into_iter().map(|(_, v)| v).collect(),
         _ => Vec::new(),
     };
+    streams.into_iter().flat_map(parse_entries).collect()
+}
+
+/// `[[id, [field, value, …] | nil], …]` → entries (a deleted entry has no fields).
+fn parse_entries(entries: redis::Value) -> Vec<CommandEntry> {
+    use redis::Value;
+    fn text(v: &Value) -> Option<String> {
+        match v {
+            Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+            Value::SimpleString(s) => Some(s.clone()),
+            _ => None,
+        }
+    }
+    let Value::Array(entries) = entries else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
-    for entries in streams {
-        let Value::Array(entries) = entries else {
+    for e in entries {
+        let Value::Array(parts) = e else { continue };
+        let Some(id) = parts.first().and_then(text) else {
             continue;
         };
-        for e in entries {
-            let Value::Array(parts) = e else { continue };
-            let Some(id) = parts.first().and_then(text) else {
-                continue;
-            };
-            let mut fields = HashMap::new();
-            if let Some(Value::Array(kv)) = parts.get(1) {
-                for pair in kv.chunks(2) {
-                    if let [k, v] = pair
-                        && let (Some(k), Some(v)) = (text(k), text(v))
-                    {
-                        fields.insert(k, v);
-                    }
+        let mut fields = HashMap::new();
+        if let Some(Value::Array(kv)) = parts.get(1) {
+            for pair in kv.chunks(2) {
+                if let [k, v] = pair
+                    && let (Some(k), Some(v)) = (text(k), text(v))
+                {
+                    fields.insert(k, v);
                 }
             }
-            out.push(CommandEntry { id, fields });
         }
+        out.push(CommandEntry { id, fields });
     }
     out
 }
@@ -272,7 +275,8 @@ impl DeviceStore {
         count: usize,
     ) -> Result<Vec<CommandEntry>, StoreError> {
         let mut conn = self.store.conn()?;
-        let reply: StreamAutoClaimReply = self
+        // Reply: [next cursor, [entries], [deleted ids]].
+        let reply: redis::Value = self
             .store
             .bounded(
                 redis::cmd("XAUTOCLAIM")
@@ -286,18 +290,12 @@ impl DeviceStore {
                     .query_async(&mut conn),
             )
             .await?;
-        Ok(reply
-            .claimed
-            .into_iter()
-            .map(|e| CommandEntry {
-                id: e.id,
-                fields: e
-                    .map
-                    .into_iter()
-                    .filter_map(|(k, v)| redis::from_redis_value::<String>(v).ok().map(|v| (k, v)))
-                    .collect(),
-            })
-            .collect())
+        Ok(match reply {
+            redis::Value::Array(mut parts) if parts.len() >= 2 => {
+                parse_entries(parts.swap_remove(1))
+            }
+            _ => Vec::new(),
+        })
     }
 
     /// Marks `request_id` as sent by stream entry `entry` (SET NX, 24 h).

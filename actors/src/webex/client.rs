@@ -210,7 +210,8 @@ async fn app_response(resp: reqwest::Response) -> Result<serde_json::Value, AppU
     }
 }
 
-fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
+/// The `Retry-After` of a response, in seconds form.
+pub(crate) fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
     resp.headers()
         .get(reqwest::header::RETRY_AFTER)?
         .to_str()
@@ -221,7 +222,8 @@ fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
-async fn short_body(resp: reqwest::Response) -> String {
+/// The start of an error body, for messages and logs.
+pub(crate) async fn short_body(resp: reqwest::Response) -> String {
     let mut text = resp.text().await.unwrap_or_default();
     if text.len() > ERROR_BODY_LIMIT {
         let mut cut = ERROR_BODY_LIMIT;
