@@ -242,6 +242,12 @@ impl Config {
         if d.call_deadline_secs.is_nan() || d.call_deadline_secs < 0.1 {
             return Err(err("devices.call_deadline_secs", "must be at least 0.1"));
         }
+        if (d.commands_claim_idle_secs as f64) < 2.0 * d.call_deadline_secs {
+            return Err(err(
+                "devices.commands_claim_idle_secs",
+                "must be at least twice devices.call_deadline_secs (a live consumer's entry must not be claimed)",
+            ));
+        }
         if d.commands_poll_ms == 0 {
             return Err(err("devices.commands_poll_ms", "must be at least 1"));
         }

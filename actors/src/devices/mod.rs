@@ -32,6 +32,8 @@ use access::{AccessError, CallKind, Grants};
 
 /// Wait after a 429 that carries no `Retry-After`.
 const DEFAULT_RATE_LIMIT_WAIT: Duration = Duration::from_secs(5);
+/// A `Retry-After` is honoured up to this (a huge value must not overflow the clock).
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// First pause before retrying a 5xx or network error (doubling, capped, jittered ±20 %).
 const RETRY_BASE: Duration = Duration::from_millis(250);
 const RETRY_CAP: Duration = Duration::from_secs(8);
@@ -487,7 +489,9 @@ impl TenantShared {
                 }
                 429 => {
                     metrics.device_call(label, "rate_limited", started);
-                    let wait = retry_after.unwrap_or(DEFAULT_RATE_LIMIT_WAIT);
+                    let wait = retry_after
+                        .unwrap_or(DEFAULT_RATE_LIMIT_WAIT)
+                        .min(MAX_RETRY_AFTER);
                     let until = Instant::now() + wait;
                     api.block_until(until);
                     tracing::info!(tenant = %self.tenant_id, kind = label, ?wait, "rate limited by Webex; holding back the tenant's calls");
@@ -497,6 +501,13 @@ impl TenantShared {
                 }
                 s if s >= 500 => {
                     metrics.device_call(label, "server_error", started);
+                    // Only a 503 says the request was not processed; any other 5xx on a
+                    // command may come after it ran on the device: never send it again.
+                    if !kind.idempotent() && s != 503 {
+                        return Err(DeviceError::OutcomeUnknown(format!(
+                            "Webex answered {status}: {message}"
+                        )));
+                    }
                     if attempt >= max_attempts {
                         return Err(DeviceError::Unavailable(format!("{status}: {message}")));
                     }
@@ -523,7 +534,7 @@ async fn retry_pause(
         .saturating_mul(1 << (attempt - 1).min(6))
         .min(RETRY_CAP)
         .mul_f64(0.8 + 0.4 * rand::random::<f64>());
-    let wait = retry_after.unwrap_or(backoff);
+    let wait = retry_after.unwrap_or(backoff).min(MAX_RETRY_AFTER);
     let at = Instant::now() + wait;
     if at > deadline {
         return Err(DeviceError::Deadline);
