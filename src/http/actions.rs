@@ -25,17 +25,7 @@ pub async fn receive(
             .inc();
     };
     let bytes = body::read(&req, payload, state.config.server.max_body_bytes).await?;
-    let handle = state
-        .registry
-        .get(&tenant_id)
-        .ok_or_else(|| ApiError::not_found(&format!("tenant {tenant_id}")))?;
-    if handle.shared.state() == ProvisioningState::Deprovisioned {
-        return Err(ApiError::new(
-            StatusCode::GONE,
-            "gone",
-            "tenant deprovisioned",
-        ));
-    }
+    let handle = super::live_tenant(&state, &tenant_id)?;
     let jwt: body::JwtBody = body::json(&bytes)?;
     let claims = match state.verifier.verify(&jwt.jwt, Expect::Action).await {
         Ok(Verified::Action(c)) => c,

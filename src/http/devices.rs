@@ -6,28 +6,11 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use actors::devices::{DeviceError, DeviceRequest};
 use actors::store::devices::{DeviceStore, InventoryKind};
-use actors::store::tenants::ProvisioningState;
 use actors::tenant::TenantHandle;
 use serde_json::Value;
 
 use super::admin::authorize;
-use super::{ApiError, AppState, body};
-
-/// The tenant of an admin device route: 404 unknown, 410 deprovisioned.
-fn tenant(state: &AppState, id: &str) -> Result<TenantHandle, ApiError> {
-    let h = state
-        .registry
-        .get(id)
-        .ok_or_else(|| ApiError::not_found(&format!("tenant {id}")))?;
-    if h.shared.state() == ProvisioningState::Deprovisioned {
-        return Err(ApiError::new(
-            StatusCode::GONE,
-            "gone",
-            "tenant deprovisioned",
-        ));
-    }
-    Ok(h)
-}
+use super::{ApiError, AppState, body, live_tenant};
 
 /// The contract error for a failed device request (counted by the caller).
 fn device_error(e: DeviceError) -> ApiError {
@@ -79,7 +62,7 @@ async fn inventory(
     kind: InventoryKind,
 ) -> Result<HttpResponse, ApiError> {
     authorize(state, req)?;
-    let h = tenant(state, id)?;
+    let h = live_tenant(state, id)?;
     let store = DeviceStore::new(state.store.clone());
     let map = store
         .inventory(&h.shared.org_id, kind)
@@ -124,7 +107,7 @@ pub async fn sync(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     authorize(&state, &req)?;
-    let h = tenant(&state, &path)?;
+    let h = live_tenant(&state, &path)?;
     match h.shared.sync_inventory().await {
         Ok(report) => Ok(HttpResponse::Ok().json(report)),
         Err(e) => Err(device_error(e)),
@@ -151,7 +134,7 @@ pub async fn command(
     authorize(&state, &req)?;
     let (id, device, name) = path.into_inner();
     let bytes = body::read(&req, payload, state.config.server.max_body_bytes).await?;
-    let h = tenant(&state, &id)?;
+    let h = live_tenant(&state, &id)?;
     let cmd: CommandBody = if bytes.iter().all(u8::is_ascii_whitespace) {
         CommandBody::default()
     } else {
@@ -174,7 +157,7 @@ pub async fn status(
 ) -> Result<HttpResponse, ApiError> {
     authorize(&state, &req)?;
     let (id, device) = path.into_inner();
-    let h = tenant(&state, &id)?;
+    let h = live_tenant(&state, &id)?;
     let names = query_values(&req, "name");
     run(&state, &h, DeviceRequest::Status { device, names }).await
 }
@@ -187,7 +170,7 @@ pub async fn config_get(
 ) -> Result<HttpResponse, ApiError> {
     authorize(&state, &req)?;
     let (id, device) = path.into_inner();
-    let h = tenant(&state, &id)?;
+    let h = live_tenant(&state, &id)?;
     let key = query_values(&req, "key").into_iter().next();
     run(&state, &h, DeviceRequest::ConfigGet { device, key }).await
 }
@@ -202,7 +185,7 @@ pub async fn config_patch(
     authorize(&state, &req)?;
     let (id, device) = path.into_inner();
     let bytes = body::read(&req, payload, state.config.server.max_body_bytes).await?;
-    let h = tenant(&state, &id)?;
+    let h = live_tenant(&state, &id)?;
     let ops: Value = body::json(&bytes)?;
     run(&state, &h, DeviceRequest::ConfigPatch { device, ops }).await
 }

@@ -39,6 +39,22 @@ impl AppState {
     }
 }
 
+/// The tenant a per-tenant route names: 404 when unknown, 410 once deprovisioned.
+pub fn live_tenant(state: &AppState, id: &str) -> Result<actors::tenant::TenantHandle, ApiError> {
+    let h = state
+        .registry
+        .get(id)
+        .ok_or_else(|| ApiError::not_found(&format!("tenant {id}")))?;
+    if h.shared.state() == actors::store::tenants::ProvisioningState::Deprovisioned {
+        return Err(ApiError::new(
+            actix_web::http::StatusCode::GONE,
+            "gone",
+            "tenant deprovisioned",
+        ));
+    }
+    Ok(h)
+}
+
 /// Registers every route.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(probes::healthz))

@@ -144,33 +144,9 @@ impl Sim {
     }
 }
 
-/// The organization of the bearer token (unknown or expired tokens are counted).
-fn org_of_bearer(sim: &Sim, req: &HttpRequest) -> Option<usize> {
-    let token = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))?;
-    let org = sim
-        .state()
-        .access
-        .get(token)
-        .filter(|a| a.expires > Instant::now())
-        .map(|a| a.org);
-    match org {
-        Some(i) => Some(i),
-        None => {
-            sim.inner
-                .expired_bearer_calls
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            None
-        }
-    }
-}
-
 /// Authenticates and applies the organization's knobs (throttle, 403, forced 5xx).
 fn guard(sim: &Sim, req: &HttpRequest) -> Result<usize, (Option<usize>, HttpResponse)> {
-    let Some(i) = org_of_bearer(sim, req) else {
+    let Some(i) = super::http::bearer_org(sim, req) else {
         return Err((
             None,
             error(

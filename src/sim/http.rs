@@ -137,23 +137,41 @@ fn org_index(sim: &Sim, org_uuid: &str) -> Option<usize> {
     sim.inner.orgs.iter().position(|o| o.org_uuid == org_uuid)
 }
 
-/// Checks the bearer: known, unexpired, of org `i`. Failures are counted.
-fn bearer_ok(sim: &Sim, req: &HttpRequest, i: usize) -> bool {
+/// The organization of the request's bearer token, when it is known and unexpired.
+fn token_org(sim: &Sim, req: &HttpRequest) -> Option<usize> {
     let token = req
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let ok = token.is_some_and(|t| {
-        sim.state()
-            .access
-            .get(t)
-            .is_some_and(|a| a.org == i && a.expires > Instant::now())
-    });
+        .and_then(|v| v.strip_prefix("Bearer "))?;
+    sim.state()
+        .access
+        .get(token)
+        .filter(|a| a.expires > Instant::now())
+        .map(|a| a.org)
+}
+
+fn count_bad_bearer(sim: &Sim) {
+    sim.inner
+        .expired_bearer_calls
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The organization of a valid bearer token (the public API is org-agnostic). Failures are
+/// counted.
+pub(super) fn bearer_org(sim: &Sim, req: &HttpRequest) -> Option<usize> {
+    let org = token_org(sim, req);
+    if org.is_none() {
+        count_bad_bearer(sim);
+    }
+    org
+}
+
+/// Checks the bearer: known, unexpired, of org `i`. Failures are counted.
+fn bearer_ok(sim: &Sim, req: &HttpRequest, i: usize) -> bool {
+    let ok = token_org(sim, req) == Some(i);
     if !ok {
-        sim.inner
-            .expired_bearer_calls
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        count_bad_bearer(sim);
     }
     ok
 }

@@ -183,7 +183,7 @@ async fn handle(
                 ))));
             }
         }
-        shared.device_request(&req).await
+        shared.send_checked(&req).await
     }
     .await;
     let metrics = &shared.deps.metrics;

@@ -249,6 +249,11 @@ impl TenantShared {
     /// Runs a device request through the tenant's grants, gate and token.
     pub async fn device_request(&self, req: &DeviceRequest) -> Result<Value, DeviceError> {
         self.check_request(req)?;
+        self.send_checked(req).await
+    }
+
+    /// Sends a request that passed [`check_request`](Self::check_request).
+    pub async fn send_checked(&self, req: &DeviceRequest) -> Result<Value, DeviceError> {
         let device = req.device();
         let base = self.api_base(&self.record().webexapis_base_url)?;
         let deadline = self.call_deadline();
@@ -320,7 +325,6 @@ impl TenantShared {
                 Ok(answer.body)
             }
             DeviceRequest::ConfigPatch { ops, .. } => {
-                let ops = access::check_config_patch(ops)?;
                 let mut url = base.join("deviceConfigurations").expect("joins");
                 url.query_pairs_mut().append_pair("deviceId", device);
                 let answer = self
@@ -328,7 +332,7 @@ impl TenantShared {
                         CallKind::ConfigPatch,
                         Method::PATCH,
                         url,
-                        Some(Body::JsonPatch(Value::Array(ops))),
+                        Some(Body::JsonPatch(ops.clone())),
                         deadline,
                     )
                     .await?;

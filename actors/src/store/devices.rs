@@ -165,6 +165,14 @@ impl DeviceStore {
         &self.store
     }
 
+    fn hash_key(&self, org: &str, kind: InventoryKind) -> String {
+        let keys = self.store.keys();
+        match kind {
+            InventoryKind::Device => keys.devices(org),
+            InventoryKind::Workspace => keys.workspaces(org),
+        }
+    }
+
     /// Applies a full listing of `kind` for `org` (entries: id → canonical JSON).
     pub async fn apply_inventory(
         &self,
@@ -174,10 +182,7 @@ impl DeviceStore {
         maxlen: u64,
     ) -> Result<InventoryChanges, StoreError> {
         let keys = self.store.keys();
-        let hash = match kind {
-            InventoryKind::Device => keys.devices(org),
-            InventoryKind::Workspace => keys.workspaces(org),
-        };
+        let hash = self.hash_key(org, kind);
         let ts = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let mut inv = self.inventory.prepare_invoke();
         inv.key(hash)
@@ -206,11 +211,7 @@ impl DeviceStore {
         org: &str,
         kind: InventoryKind,
     ) -> Result<HashMap<String, String>, StoreError> {
-        let keys = self.store.keys();
-        let hash = match kind {
-            InventoryKind::Device => keys.devices(org),
-            InventoryKind::Workspace => keys.workspaces(org),
-        };
+        let hash = self.hash_key(org, kind);
         let mut conn = self.store.conn()?;
         self.store.bounded(conn.hgetall(hash)).await
     }
