@@ -9,6 +9,7 @@ use std::time::Duration;
 use actix_web::{App, HttpServer, web};
 use actors::auth::JwtVerifier;
 use actors::config::Config;
+use actors::ownership::Coordinator;
 use actors::registry::Registry;
 use actors::shutdown::{self, ShutdownTrigger};
 use actors::store::Store;
@@ -32,6 +33,10 @@ pub struct RunningEngine {
     state: web::Data<AppState>,
     trigger: ShutdownTrigger,
     writer_trigger: ShutdownTrigger,
+    coordinator: Arc<Coordinator>,
+    /// Stops the ownership rounds: after the tenants' work stopped (leases are renewed while it
+    /// finishes), before the leases are released.
+    coordinator_trigger: ShutdownTrigger,
 }
 
 /// Starts the engine on `config.server.bind` (port 0 picks a free port).
@@ -80,6 +85,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
     ));
     let registry = Arc::new(Registry::new(deps, SUPERVISOR_THREADS));
     registry.spawn_gone_cleaner(gone_rx);
+    let coordinator = Coordinator::new(registry.clone());
+    let (coordinator_trigger, coordinator_stop) = shutdown::channel();
 
     let state = web::Data::new(AppState {
         config: config.clone(),
@@ -114,16 +121,19 @@ pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
     let server_task = tokio::spawn(server);
     tracing::info!(%addr, public_url = %config.server.public_url, "http edge listening");
 
+    let coord = coordinator.clone();
     tokio::spawn(async move {
-        // Connect, then resume every stored tenant (retrying while Redis is flaky).
+        // Connect, then load every stored tenant (retrying while Redis is flaky), then follow
+        // other replicas' changes and run the ownership rounds.
         if !store.connect(shutdown.wait()).await {
             return;
         }
+        tokio::spawn(follow_changes(registry.clone(), shutdown.clone()));
         loop {
             match registry.resume_all().await {
                 Ok(n) => {
-                    tracing::info!(tenants = n, "tenants resumed");
-                    return;
+                    tracing::info!(tenants = n, replica = %coord.replica(), "tenants loaded");
+                    break;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "could not load tenants yet; retrying");
@@ -134,6 +144,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
                 }
             }
         }
+        tokio::spawn(resync_loop(registry.clone(), shutdown.clone()));
+        coord.run(coordinator_stop).await;
     });
 
     Ok(RunningEngine {
@@ -143,7 +155,74 @@ pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
         state,
         trigger,
         writer_trigger,
+        coordinator,
+        coordinator_trigger,
     })
+}
+
+/// Applies the changes other replicas announce on `<p>:changes` (one org per message). The
+/// subscription reconnects by itself; after a gap every tenant is reloaded, since messages
+/// published meanwhile are lost.
+async fn follow_changes(registry: Arc<Registry>, stop: actors::shutdown::Shutdown) {
+    use futures::StreamExt;
+    let deps = registry.deps().clone();
+    let channel = deps.store.keys().changes_channel();
+    let mut gap = false;
+    loop {
+        let attempt = async {
+            let mut pubsub = deps.store.pubsub_client().get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+            Ok(Ok(pubsub)) => {
+                if gap {
+                    tracing::info!("change announcements resubscribed; reloading every tenant");
+                    let _ = registry.resync().await;
+                }
+                let mut messages = pubsub.into_on_message();
+                loop {
+                    tokio::select! {
+                        _ = stop.wait() => return,
+                        m = messages.next() => match m {
+                            Some(m) => {
+                                let Ok(org) = m.get_payload::<String>() else { continue };
+                                let registry = registry.clone();
+                                tokio::spawn(async move {
+                                    if let Err(e) = registry.refresh(&org).await {
+                                        tracing::warn!(org, error = %e, "announced change not loaded; the next resync will");
+                                    }
+                                });
+                            }
+                            None => break,
+                        }
+                    }
+                }
+                tracing::warn!("change announcements: subscription lost; reconnecting");
+            }
+            Ok(Err(e)) => tracing::debug!(error = %e, "change announcements: cannot subscribe yet"),
+            Err(_) => tracing::debug!("change announcements: subscribe timed out"),
+        }
+        gap = true;
+        tokio::select! {
+            _ = stop.wait() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Reloads every tenant every `scaling.resync_secs`: the safety net for missed announcements.
+async fn resync_loop(registry: Arc<Registry>, stop: actors::shutdown::Shutdown) {
+    let every = Duration::from_secs_f64(registry.deps().config.scaling.resync_secs);
+    loop {
+        tokio::select! {
+            _ = stop.wait() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        if let Err(e) = registry.resync().await {
+            tracing::warn!(error = %e, "tenant resync failed; next round");
+        }
+    }
 }
 
 impl RunningEngine {
@@ -175,9 +254,14 @@ impl RunningEngine {
         let grace = Duration::from_secs(self.state.config.server.shutdown_grace_secs);
         tracing::info!("shutting down: readiness off, draining in-flight requests");
         self.state.accepting.store(false, Ordering::Release);
+        // Leave the replica set first: the others start taking this replica's tenants while
+        // its in-flight work finishes; the leases are deleted once that work stopped.
+        self.coordinator.leave().await;
         self.server.stop(true).await;
         self.trigger.fire();
         self.state.registry.stop_all().await;
+        self.coordinator_trigger.fire();
+        self.coordinator.release_all().await;
         self.writer_trigger.fire();
         let _ = tokio::time::timeout(grace, self.server_task).await;
         tracing::info!("shutdown complete");

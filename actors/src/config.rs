@@ -22,6 +22,7 @@ pub struct Config {
     pub security: SecurityConfig,
     pub ingest: IngestConfig,
     pub devices: DevicesConfig,
+    pub scaling: ScalingConfig,
     pub log: LogConfig,
 }
 
@@ -136,10 +137,54 @@ pub struct ActivationConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
+    /// `redis://…`, or a comma-separated list of cluster nodes.
     pub url: Secret,
+    /// Talk to a Redis Cluster (implied when `url` lists more than one node).
+    pub cluster: bool,
     pub key_prefix: String,
     pub stream_maxlen: u64,
     pub command_timeout_ms: u64,
+}
+
+impl RedisConfig {
+    /// Cluster mode: `redis.cluster = true` or several nodes in `redis.url`.
+    pub fn is_cluster(&self) -> bool {
+        self.cluster || crate::store::seed_urls(self.url.expose()).len() > 1
+    }
+}
+
+/// Sharing tenants between replicas: leases on token refresh and queue polling.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScalingConfig {
+    /// This replica's name in leases and logs; empty = `$HOSTNAME-<pid>` (the pod name on
+    /// Kubernetes).
+    pub replica_id: String,
+    /// How long a tenant's lease (and a replica's heartbeat) lasts without renewal. A dead
+    /// replica's tenants are taken over within about this long.
+    pub lease_ttl_secs: f64,
+    /// Seconds between two full reloads of the tenant list (a safety net under pub/sub).
+    pub resync_secs: f64,
+}
+
+impl ScalingConfig {
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_secs_f64(self.lease_ttl_secs)
+    }
+
+    /// Leases are renewed (and unowned tenants looked for) this often.
+    pub fn renew_every(&self) -> Duration {
+        Duration::from_secs_f64((self.lease_ttl_secs / 6.0).clamp(0.05, 3.0))
+    }
+
+    /// The replica id: configured, or `$HOSTNAME-<pid>`.
+    pub fn replica_id(&self) -> String {
+        if !self.replica_id.is_empty() {
+            return self.replica_id.clone();
+        }
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "replica".into());
+        format!("{host}-{}", std::process::id())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -254,9 +299,37 @@ impl Config {
         if self.webex.http_timeout_secs == 0 {
             return Err(err("webex.http_timeout_secs", "must be at least 1"));
         }
-        let redis_url = self.redis.url.expose();
-        if !(redis_url.starts_with("redis://") || redis_url.starts_with("rediss://")) {
-            return Err(err("redis.url", "must start with redis:// or rediss://"));
+        let seeds = crate::store::seed_urls(self.redis.url.expose());
+        if seeds.is_empty() {
+            return Err(err("redis.url", "is empty"));
+        }
+        if seeds
+            .iter()
+            .any(|u| !(u.starts_with("redis://") || u.starts_with("rediss://")))
+        {
+            return Err(err(
+                "redis.url",
+                "must start with redis:// or rediss:// (a comma-separated list for a cluster)",
+            ));
+        }
+        let s = &self.scaling;
+        if s.lease_ttl_secs.is_nan() || s.lease_ttl_secs < 1.0 {
+            return Err(err("scaling.lease_ttl_secs", "must be at least 1"));
+        }
+        if s.lease_ttl_secs < 2.0 * self.webex.http_timeout_secs as f64 {
+            return Err(err(
+                "scaling.lease_ttl_secs",
+                "must be at least twice webex.http_timeout_secs (a token exchange must end well within the lease)",
+            ));
+        }
+        if s.resync_secs.is_nan() || s.resync_secs < 0.5 {
+            return Err(err("scaling.resync_secs", "must be at least 0.5"));
+        }
+        if s.replica_id.chars().any(|c| c.is_whitespace() || c == ',') {
+            return Err(err(
+                "scaling.replica_id",
+                "must not contain spaces or commas",
+            ));
         }
         if self.redis.key_prefix.is_empty()
             || self

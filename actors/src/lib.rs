@@ -18,6 +18,7 @@
 pub mod auth;
 pub mod config;
 pub mod devices;
+pub mod ownership;
 pub mod protocol;
 pub mod registry;
 pub mod secret;

@@ -1,6 +1,8 @@
 //! The tenant registry: tenant id → [`TenantHandle`]. It activates organizations (one at a time
-//! per organization, any number in parallel), resumes every stored tenant at start-up, and
-//! spreads tenant supervisors over a small pool of arbiters (threads).
+//! per organization, any number in parallel), loads every stored tenant at start-up, follows
+//! changes other replicas make (pub/sub, periodic resync, lookups of unknown ids), and spreads
+//! tenant supervisors over a small pool of arbiters (threads). Which replica runs a tenant's
+//! background work is decided by leases (`crate::ownership`), not here.
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -11,8 +13,10 @@ use dashmap::DashMap;
 use crate::protocol::jwt::ActivationClaims;
 use crate::store::StoreError;
 use crate::store::tenants::{
-    ProvisioningState, StoredTenant, TenantRecord, TenantSecrets, TokensState,
+    CasOutcome, ProvisioningState, StoredTenant, TenantRecord, TenantSecrets, TokensState,
 };
+use crate::tenant::lease::LeaseCell;
+use crate::tenant::supervisor::Deprovision;
 use crate::tenant::{Deps, TenantHandle, TenantShared, TenantSupervisor, TokenKeeper};
 
 /// Why an activation could not start.
@@ -32,6 +36,8 @@ pub struct Registry {
     org_locks: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
     arbiters: Vec<Arbiter>,
     next: AtomicUsize,
+    /// Wakes the ownership coordinator (a tenant appeared or needs its owner now).
+    pub kick: Arc<tokio::sync::Notify>,
 }
 
 impl Registry {
@@ -43,7 +49,111 @@ impl Registry {
             org_locks: DashMap::new(),
             arbiters: (0..threads.max(1)).map(|_| Arbiter::new()).collect(),
             next: AtomicUsize::new(0),
+            kick: Arc::new(tokio::sync::Notify::new()),
         }
+    }
+
+    /// Every handle, in no particular order.
+    pub fn handles(&self) -> Vec<TenantHandle> {
+        self.by_id.iter().map(|e| e.value().clone()).collect()
+    }
+
+    /// The tenant with this id, loading it from Redis when another replica created it and the
+    /// announcement has not arrived yet.
+    pub async fn lookup(&self, tenant_id: &str) -> Result<Option<TenantHandle>, StoreError> {
+        if let Some(h) = self.get(tenant_id) {
+            return Ok(Some(h));
+        }
+        let Some(org) = self.deps.tenants.org_of(tenant_id).await? else {
+            return Ok(None);
+        };
+        self.refresh(&org).await?;
+        Ok(self.get(tenant_id))
+    }
+
+    /// Follows what Redis holds for `org` (after another replica changed it): loads an unknown
+    /// tenant, adopts new record and secrets, stops a deprovisioned one's work, restarts the
+    /// owned work after a re-activation or an update.
+    pub async fn refresh(&self, org: &str) -> Result<(), StoreError> {
+        if self.follow(org).await? {
+            self.update_gauges();
+        }
+        Ok(())
+    }
+
+    /// [`Registry::refresh`] without the gauges; returns whether anything changed.
+    async fn follow(&self, org: &str) -> Result<bool, StoreError> {
+        let stored = match self.deps.tenants.load(org).await {
+            Ok(Some(s)) => s,
+            Ok(None) => return Ok(false),
+            Err(StoreError::Corrupt(e)) => {
+                tracing::error!(org, error = %e, "tenant record unreadable; skipped (wrong security.encryption_key?)");
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        };
+        let lock = self.org_lock(org);
+        let _guard = lock.lock().await;
+        let Some(handle) = self.get(&stored.record.tenant_id) else {
+            self.start(stored, None);
+            self.kick.notify_one();
+            return Ok(true);
+        };
+        let before = handle.shared.state();
+        let changes = handle.shared.reload(stored.clone()).await;
+        if changes.deprovisioned {
+            let _ = handle.addr.send(Deprovision).await;
+            handle.shared.tokens.clear().await;
+        } else if changes.reactivated {
+            self.replace(handle.clone(), stored);
+        } else if changes.updated {
+            let _ = handle
+                .addr
+                .send(crate::tenant::supervisor::RestartChildren)
+                .await;
+        }
+        Ok(changes != Default::default() || before != handle.shared.state())
+    }
+
+    /// Reloads every stored tenant (the safety net under pub/sub); returns how many exist.
+    pub async fn resync(&self) -> Result<usize, StoreError> {
+        let ids = self.deps.tenants.all_ids().await?;
+        let n = ids.len();
+        for (_, org) in ids {
+            self.follow(&org).await?;
+        }
+        self.update_gauges();
+        Ok(n)
+    }
+
+    fn org_lock(&self, org: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.org_locks
+            .entry(org.to_string())
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
+            .clone()
+    }
+
+    /// Replaces a running supervisor with a fresh one for `stored` (re-activation). The old
+    /// one stops first (its poller finishes the poll in flight) before the new one may start
+    /// owned work, so two pollers never share the queue.
+    fn replace(&self, old: TenantHandle, stored: StoredTenant) -> TenantHandle {
+        let lease = old.shared.lease.clone();
+        lease.blocked.store(true, Ordering::Release);
+        let handle = self.start(stored, Some(lease.clone()));
+        let registry_kick = self.kick_handle();
+        tokio::spawn(async move {
+            old.stop().await;
+            lease.owning.store(false, Ordering::Release);
+            lease.blocked.store(false, Ordering::Release);
+            registry_kick();
+        });
+        handle
+    }
+
+    /// A closure that wakes the coordinator, for tasks that outlive a borrow of `self`.
+    fn kick_handle(&self) -> impl Fn() + Send + 'static {
+        let kick = self.kick.clone();
+        move || kick.notify_one()
     }
 
     pub fn deps(&self) -> &Arc<Deps> {
@@ -101,30 +211,12 @@ impl Registry {
         }
     }
 
-    /// Loads every stored tenant and starts its supervisor; a tenant caught mid-activation
-    /// completes it. Returns how many were resumed.
+    /// Loads every stored tenant and starts its supervisor (owned work starts when the
+    /// coordinator acquires the tenant's lease; a tenant caught mid-activation completes it
+    /// then). Returns how many tenants exist.
     pub async fn resume_all(&self) -> Result<usize, StoreError> {
-        let ids = self.deps.tenants.all_ids().await?;
-        let mut n = 0;
-        for (tenant_id, org) in ids {
-            if self.by_id.contains_key(&tenant_id) {
-                continue;
-            }
-            match self.deps.tenants.load(&org).await {
-                Ok(Some(stored)) => {
-                    let complete =
-                        stored.record.provisioning_state == ProvisioningState::Provisioning;
-                    self.start(stored, complete);
-                    n += 1;
-                }
-                Ok(None) => {}
-                Err(StoreError::Corrupt(e)) => {
-                    tracing::error!(tenant = %tenant_id, error = %e, "tenant record unreadable; skipped (wrong security.encryption_key?)");
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        self.update_gauges();
+        let n = self.resync().await?;
+        self.kick.notify_one();
         Ok(n)
     }
 
@@ -137,11 +229,7 @@ impl Registry {
         claims: &ActivationClaims,
     ) -> Result<(TenantHandle, TenantRecord), ActivateError> {
         let org = claims.sub.clone();
-        let lock = self
-            .org_locks
-            .entry(org.clone())
-            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
-            .clone();
+        let lock = self.org_lock(&org);
         let _guard = lock.lock().await;
 
         let tenants = &self.deps.tenants;
@@ -176,56 +264,63 @@ impl Registry {
                 .unwrap_or(now),
             updated_at: now,
         };
-        let (mut secrets, version) = match &existing {
-            Some(e) => (e.secrets.clone(), e.token_version),
-            None => (TenantSecrets::default(), 0),
+        let (mut secrets, version, record_version) = match &existing {
+            Some(e) => (e.secrets.clone(), e.token_version, e.record_version),
+            None => (TenantSecrets::default(), 0, 0),
         };
         secrets.refresh_token = claims.refresh_token.clone();
         secrets.access_token = None;
         secrets.access_expires_at = None;
-        let version = tenants
-            .save_secrets(&org, version, &secrets, Some(&record))
+        let version = match tenants
+            .save_secrets(&org, version, &secrets, Some(&record), None)
             .await?
-            .ok_or(ActivateError::Conflict)?;
+        {
+            CasOutcome::Written(v) => v,
+            CasOutcome::Stale | CasOutcome::Fenced => return Err(ActivateError::Conflict),
+        };
         self.deps.metrics.activation("started");
         let started = record.clone();
-        if let Some(old) = previous {
-            tokio::spawn(async move { old.stop().await });
-        }
-        let handle = self.start(
-            StoredTenant {
-                record,
-                secrets,
-                token_version: version,
-                received: Default::default(),
-            },
-            true,
-        );
+        let stored = StoredTenant {
+            record,
+            secrets,
+            token_version: version,
+            record_version: record_version + 1,
+            received: Default::default(),
+        };
+        // The lease holder (this replica or another one, told by pub/sub) completes it.
+        let handle = match previous {
+            Some(old) => self.replace(old, stored),
+            None => self.start(stored, None),
+        };
+        self.kick.notify_one();
         self.update_gauges();
         Ok((handle, started))
     }
 
-    /// Starts a supervisor for a stored tenant on the next arbiter.
-    fn start(&self, stored: StoredTenant, complete: bool) -> TenantHandle {
+    /// Starts a supervisor for a stored tenant on the next arbiter (keeping the lease view of
+    /// a supervisor it replaces).
+    fn start(&self, stored: StoredTenant, lease: Option<Arc<LeaseCell>>) -> TenantHandle {
         let StoredTenant {
             record,
             secrets,
             token_version,
             ..
         } = stored;
+        let lease = lease.unwrap_or_default();
         let tokens = Arc::new(TokenKeeper::new(
             self.deps.clone(),
             record.org_id.clone(),
             record.oauth_url.clone(),
             secrets,
             token_version,
+            lease.clone(),
         ));
-        let shared = Arc::new(TenantShared::new(self.deps.clone(), record, tokens));
+        let shared = Arc::new(TenantShared::new(self.deps.clone(), record, tokens, lease));
         let arbiter =
             &self.arbiters[self.next.fetch_add(1, Ordering::Relaxed) % self.arbiters.len()];
         let sup_shared = shared.clone();
         let addr = TenantSupervisor::start_in_arbiter(&arbiter.handle(), move |_| {
-            TenantSupervisor::new(sup_shared, complete)
+            TenantSupervisor::new(sup_shared)
         });
         let handle = TenantHandle { shared, addr };
         self.by_id

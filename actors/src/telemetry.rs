@@ -74,6 +74,8 @@ pub const DEVICE_REQUEST_RESULTS: &[&str] = &["ok", "refused", "error"];
 pub const INVENTORY_SYNC_RESULTS: &[&str] = &["ok", "error"];
 pub const INVENTORY_KINDS: &[&str] = &["device", "workspace"];
 pub const INVENTORY_OPS: &[&str] = &["add", "update", "remove"];
+/// `lease_changes_total{result}`: how this replica's leases changed hands.
+pub const LEASE_RESULTS: &[&str] = &["acquired", "lost", "lapsed", "handed_over"];
 
 /// The engine's metric handles. Cheap to clone (each handle is an `Arc` inside).
 #[derive(Clone)]
@@ -102,6 +104,9 @@ pub struct Metrics {
     pub device_requests_total: IntCounterVec,
     pub inventory_syncs_total: IntCounterVec,
     pub inventory_changes_total: IntCounterVec,
+    pub lease_changes_total: IntCounterVec,
+    pub replicas_live: IntGauge,
+    pub tenants_owned: IntGauge,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -219,6 +224,14 @@ impl Metrics {
             "Messages accepted for writing but not yet durable in Redis.",
         );
         let redis_up = gauge("redis_up", "1 when the last Redis round trip succeeded.");
+        let replicas_live = gauge(
+            "replicas",
+            "Live replicas (heartbeating in Redis) as this replica saw them last.",
+        );
+        let tenants_owned = gauge(
+            "tenants_owned",
+            "Tenants whose background work (token refresh, queue poller) this replica runs.",
+        );
         let token_expiry_horizon_seconds = prometheus::Gauge::with_opts(opts(
             "token_expiry_horizon_seconds",
             "Seconds until the earliest access-token expiry of any active tenant (negative: expired).",
@@ -293,6 +306,14 @@ impl Metrics {
                 inventory_changes_total.with_label_values(&[k, o]);
             }
         }
+        let lease_changes_total = counter_vec(
+            "lease_changes_total",
+            "Tenant leases of this replica: acquired, lost to another replica, lapsed without renewal, handed over.",
+            &["result"],
+        );
+        for r in LEASE_RESULTS {
+            lease_changes_total.with_label_values(&[r]);
+        }
         for r in WEBHOOK_RESULTS {
             webhooks_total.with_label_values(&[r]);
         }
@@ -349,7 +370,14 @@ impl Metrics {
             device_requests_total,
             inventory_syncs_total,
             inventory_changes_total,
+            lease_changes_total,
+            replicas_live,
+            tenants_owned,
         }
+    }
+
+    pub fn lease(&self, result: &str) {
+        self.lease_changes_total.with_label_values(&[result]).inc();
     }
 
     /// The text exposition of every family.

@@ -25,7 +25,7 @@ pub async fn receive(
             .inc();
     };
     let bytes = body::read(&req, payload, state.config.server.max_body_bytes).await?;
-    let handle = super::live_tenant(&state, &tenant_id)?;
+    let handle = super::live_tenant(&state, &tenant_id).await?;
     let jwt: body::JwtBody = body::json(&bytes)?;
     let claims = match state.verifier.verify(&jwt.jwt, Expect::Action).await {
         Ok(Verified::Action(c)) => c,

@@ -54,10 +54,8 @@ pub async fn get(
 ) -> Result<HttpResponse, ApiError> {
     authorize(&state, &req)?;
     let id = path.into_inner();
-    match state.registry.get(&id) {
-        Some(h) => Ok(HttpResponse::Ok().json(h.to_json().await)),
-        None => Err(ApiError::not_found(&format!("tenant {id}"))),
-    }
+    let h = super::find_tenant(&state, &id).await?;
+    Ok(HttpResponse::Ok().json(h.to_json().await))
 }
 
 /// `POST /admin/tenants/<id>/manifest-update`: body is a manifest; it is checked against every

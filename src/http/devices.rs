@@ -62,7 +62,7 @@ async fn inventory(
     kind: InventoryKind,
 ) -> Result<HttpResponse, ApiError> {
     authorize(state, req)?;
-    let h = live_tenant(state, id)?;
+    let h = live_tenant(state, id).await?;
     let store = DeviceStore::new(state.store.clone());
     let map = store
         .inventory(&h.shared.org_id, kind)
@@ -107,7 +107,7 @@ pub async fn sync(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     authorize(&state, &req)?;
-    let h = live_tenant(&state, &path)?;
+    let h = live_tenant(&state, &path).await?;
     match h.shared.sync_inventory().await {
         Ok(report) => Ok(HttpResponse::Ok().json(report)),
         Err(e) => Err(device_error(e)),
@@ -134,7 +134,7 @@ pub async fn command(
     authorize(&state, &req)?;
     let (id, device, name) = path.into_inner();
     let bytes = body::read(&req, payload, state.config.server.max_body_bytes).await?;
-    let h = live_tenant(&state, &id)?;
+    let h = live_tenant(&state, &id).await?;
     let cmd: CommandBody = if bytes.iter().all(u8::is_ascii_whitespace) {
         CommandBody::default()
     } else {
@@ -157,7 +157,7 @@ pub async fn status(
 ) -> Result<HttpResponse, ApiError> {
     authorize(&state, &req)?;
     let (id, device) = path.into_inner();
-    let h = live_tenant(&state, &id)?;
+    let h = live_tenant(&state, &id).await?;
     let names = query_values(&req, "name");
     run(&state, &h, DeviceRequest::Status { device, names }).await
 }
@@ -170,7 +170,7 @@ pub async fn config_get(
 ) -> Result<HttpResponse, ApiError> {
     authorize(&state, &req)?;
     let (id, device) = path.into_inner();
-    let h = live_tenant(&state, &id)?;
+    let h = live_tenant(&state, &id).await?;
     let key = query_values(&req, "key").into_iter().next();
     run(&state, &h, DeviceRequest::ConfigGet { device, key }).await
 }
@@ -185,7 +185,7 @@ pub async fn config_patch(
     authorize(&state, &req)?;
     let (id, device) = path.into_inner();
     let bytes = body::read(&req, payload, state.config.server.max_body_bytes).await?;
-    let h = live_tenant(&state, &id)?;
+    let h = live_tenant(&state, &id).await?;
     let ops: Value = body::json(&bytes)?;
     run(&state, &h, DeviceRequest::ConfigPatch { device, ops }).await
 }

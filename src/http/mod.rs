@@ -39,12 +39,26 @@ impl AppState {
     }
 }
 
+/// The tenant a route names (loaded from Redis if another replica just created it), or 404.
+pub async fn find_tenant(
+    state: &AppState,
+    id: &str,
+) -> Result<actors::tenant::TenantHandle, ApiError> {
+    match state.registry.lookup(id).await {
+        Ok(Some(h)) => Ok(h),
+        Ok(None) => Err(ApiError::not_found(&format!("tenant {id}"))),
+        Err(e) => Err(ApiError::unavailable(&format!(
+            "could not look the tenant up: {e}"
+        ))),
+    }
+}
+
 /// The tenant a per-tenant route names: 404 when unknown, 410 once deprovisioned.
-pub fn live_tenant(state: &AppState, id: &str) -> Result<actors::tenant::TenantHandle, ApiError> {
-    let h = state
-        .registry
-        .get(id)
-        .ok_or_else(|| ApiError::not_found(&format!("tenant {id}")))?;
+pub async fn live_tenant(
+    state: &AppState,
+    id: &str,
+) -> Result<actors::tenant::TenantHandle, ApiError> {
+    let h = find_tenant(state, id).await?;
     if h.shared.state() == actors::store::tenants::ProvisioningState::Deprovisioned {
         return Err(ApiError::new(
             actix_web::http::StatusCode::GONE,

@@ -16,6 +16,8 @@ use super::{ApiError, AppState, body};
 /// The longest a webhook waits for its write before answering 503 (a bound, so a hung Redis
 /// never hangs Webex's request).
 pub const WRITE_DEADLINE: Duration = Duration::from_secs(5);
+/// A failed signature check reloads the tenant's secrets at most this often.
+const SECRET_RELOAD_EVERY: Duration = Duration::from_secs(1);
 /// `Retry-After` for a saturated or Redis-less engine.
 const RETRY_AFTER_SECS: u64 = 2;
 
@@ -59,12 +61,25 @@ async fn handle(
                 e,
             )
         })?;
-    let tenant = state.registry.get(tenant_id).ok_or_else(|| {
-        (
-            "unknown_tenant",
-            ApiError::not_found(&format!("tenant {tenant_id}")),
-        )
-    })?;
+    let tenant = match state.registry.get(tenant_id) {
+        Some(t) => t,
+        // Perhaps activated on another replica a moment ago: ask Redis before answering 404.
+        None => match state.registry.lookup(tenant_id).await {
+            Ok(Some(t)) => t,
+            Ok(None) => {
+                return Err((
+                    "unknown_tenant",
+                    ApiError::not_found(&format!("tenant {tenant_id}")),
+                ));
+            }
+            Err(e) => {
+                return Err((
+                    "overloaded",
+                    ApiError::unavailable(&format!("could not look the tenant up: {e}")),
+                ));
+            }
+        },
+    };
     if tenant.shared.state() == ProvisioningState::Deprovisioned {
         return Err((
             "gone",
@@ -77,19 +92,30 @@ async fn handle(
             ApiError::new(StatusCode::UNAUTHORIZED, "bad_signature", what),
         )
     };
-    let auth = tenant
-        .shared
-        .tokens
-        .webhook_auth()
-        .ok_or_else(|| bad_sig("tenant has no webhook secret yet"))?;
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
     let presented = Presented {
         signature: header("X-Spark-Signature"),
         authorization: header("Authorization"),
     };
     let t = Instant::now();
-    let verified =
-        webhook::verify(&auth, presented, &bytes).map_err(|e| bad_sig(&e.to_string()))?;
+    let verify = || {
+        let auth = tenant
+            .shared
+            .tokens
+            .webhook_auth()
+            .ok_or_else(|| "tenant has no webhook secret yet".to_string())?;
+        webhook::verify(&auth, presented, &bytes).map_err(|e| e.to_string())
+    };
+    let verified = match verify() {
+        Ok(v) => v,
+        // The secret may have been rotated by another replica a moment ago: read it again
+        // (at most once a second per tenant, so bad signatures cannot hammer Redis).
+        Err(_) if tenant.shared.since_reload() > SECRET_RELOAD_EVERY => {
+            let _ = state.registry.refresh(&tenant.shared.org_id).await;
+            verify().map_err(|e| bad_sig(&e))?
+        }
+        Err(e) => return Err(bad_sig(&e)),
+    };
     state.metrics.stage("verify", t);
     let t = Instant::now();
     let msg = message::parse(verified.body()).map_err(|e| {

@@ -548,6 +548,9 @@ async fn killed_engine_resumes_every_tenant_and_redis_holds_no_plain_secret() {
             )
             .env("XAPI_STREAM__INTEGRATION__INGEST", "both")
             .env("XAPI_STREAM__ACTIVATION__RECONCILE_INTERVAL_SECS", "0.5")
+            // A restarted container keeps its pod name, so it takes its tenants' leases back
+            // at once instead of waiting for them to expire.
+            .env("XAPI_STREAM__SCALING__REPLICA_ID", "pod-a")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
         cmd.spawn().unwrap()

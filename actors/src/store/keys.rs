@@ -109,6 +109,22 @@ impl Keys {
         )
     }
 
+    /// `<p>:{<org>}:lease` — which replica owns the tenant's token refresh and queue poller,
+    /// and under which fencing epoch (`<replica>|<epoch>`, expires unless renewed).
+    pub fn lease(&self, org: &str) -> String {
+        format!("{}:{{{org}}}:lease", self.prefix)
+    }
+
+    /// `<p>:replicas` — sorted set of live replicas, scored by heartbeat expiry (Redis time, ms).
+    pub fn replicas(&self) -> String {
+        format!("{}:replicas", self.prefix)
+    }
+
+    /// `<p>:changes` — pub/sub channel: an organization whose record or secrets changed.
+    pub fn changes_channel(&self) -> String {
+        format!("{}:changes", self.prefix)
+    }
+
     /// `<p>:tenants` — tenant lifecycle stream.
     pub fn tenants_stream(&self) -> String {
         format!("{}:tenants", self.prefix)

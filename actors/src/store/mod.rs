@@ -9,13 +9,15 @@ pub mod crypto;
 pub mod devices;
 pub mod jti;
 pub mod keys;
+pub mod lease;
 pub mod tenants;
 pub mod writer;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
 use tokio::sync::OnceCell;
 
 use crate::config::RedisConfig;
@@ -39,6 +41,8 @@ pub enum StoreError {
     Redis(#[from] redis::RedisError),
     #[error("stored record is corrupt: {0}")]
     Corrupt(String),
+    #[error("concurrent change: {0}")]
+    Conflict(&'static str),
 }
 
 impl StoreError {
@@ -53,9 +57,64 @@ impl StoreError {
                     || e.is_connection_refusal()
                     || matches!(e.kind(), redis::ErrorKind::Io)
             }
-            StoreError::Corrupt(_) => false,
+            StoreError::Corrupt(_) | StoreError::Conflict(_) => false,
         }
     }
+}
+
+/// One multiplexed connection: to a single Redis (self-reconnecting) or to a Redis Cluster
+/// (following MOVED/ASK and topology changes). Every command and script of the engine runs on
+/// it unchanged; only pipelines must stay within one hash slot in cluster mode (see
+/// [`Store::is_cluster`]).
+#[derive(Clone)]
+pub enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Where Redis is: one server, or the seed nodes of a cluster.
+enum Target {
+    Single(redis::Client),
+    Cluster(Box<redis::cluster::ClusterClient>),
+}
+
+/// The seed URLs of `redis.url` (a comma-separated list for a cluster).
+pub fn seed_urls(url: &str) -> Vec<&str> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect()
 }
 
 /// A cloneable handle on Redis. The connection is established in the background so the HTTP
@@ -66,8 +125,10 @@ pub struct Store {
 }
 
 struct Inner {
-    client: redis::Client,
-    conn: OnceCell<ConnectionManager>,
+    target: Target,
+    /// A plain client on the first seed: pub/sub (cluster-wide in Redis Cluster).
+    pubsub_client: redis::Client,
+    conn: OnceCell<Conn>,
     keys: Keys,
     command_timeout: Duration,
     metrics: Metrics,
@@ -76,10 +137,24 @@ struct Inner {
 impl Store {
     /// Parses the URL; does not connect (see [`Store::connect`]).
     pub fn new(cfg: &RedisConfig, metrics: Metrics) -> Result<Self, StoreError> {
-        let client = redis::Client::open(cfg.url.expose())?;
+        let seeds = seed_urls(cfg.url.expose());
+        let first = seeds.first().copied().unwrap_or_default();
+        let target = if cfg.is_cluster() {
+            let timeout = Duration::from_millis(cfg.command_timeout_ms);
+            Target::Cluster(Box::new(
+                redis::cluster::ClusterClientBuilder::new(seeds.clone())
+                    .connection_timeout(timeout)
+                    .response_timeout(timeout)
+                    .retries(2)
+                    .build()?,
+            ))
+        } else {
+            Target::Single(redis::Client::open(first)?)
+        };
         Ok(Self {
             inner: Arc::new(Inner {
-                client,
+                target,
+                pubsub_client: redis::Client::open(first)?,
                 conn: OnceCell::new(),
                 keys: Keys::new(&cfg.key_prefix),
                 command_timeout: Duration::from_millis(cfg.command_timeout_ms),
@@ -94,11 +169,23 @@ impl Store {
         tokio::pin!(until);
         let mut attempts = 0u32;
         loop {
-            let cfg = ConnectionManagerConfig::new()
-                .set_response_timeout(Some(self.inner.command_timeout))
-                .set_connection_timeout(Some(self.inner.command_timeout))
-                .set_number_of_retries(2);
-            let attempt = self.inner.client.get_connection_manager_with_config(cfg);
+            let attempt = async {
+                match &self.inner.target {
+                    Target::Single(client) => {
+                        let cfg = ConnectionManagerConfig::new()
+                            .set_response_timeout(Some(self.inner.command_timeout))
+                            .set_connection_timeout(Some(self.inner.command_timeout))
+                            .set_number_of_retries(2);
+                        client
+                            .get_connection_manager_with_config(cfg)
+                            .await
+                            .map(Conn::Single)
+                    }
+                    Target::Cluster(client) => {
+                        client.get_async_connection().await.map(Conn::Cluster)
+                    }
+                }
+            };
             tokio::select! {
                 _ = &mut until => return false,
                 res = attempt => match res {
@@ -123,8 +210,18 @@ impl Store {
         }
     }
 
+    /// True when talking to a Redis Cluster (pipelines must then stay within one slot).
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.inner.target, Target::Cluster(_))
+    }
+
+    /// A client for pub/sub (a dedicated connection per subscriber).
+    pub fn pubsub_client(&self) -> &redis::Client {
+        &self.inner.pubsub_client
+    }
+
     /// The multiplexed connection, or `NotConnected` before the first connect.
-    pub fn conn(&self) -> Result<ConnectionManager, StoreError> {
+    pub fn conn(&self) -> Result<Conn, StoreError> {
         self.inner
             .conn
             .get()

@@ -114,6 +114,7 @@ pub struct StoredTenant {
     pub record: TenantRecord,
     pub secrets: TenantSecrets,
     pub token_version: u64,
+    pub record_version: u64,
     pub received: BTreeMap<String, u64>,
 }
 
@@ -122,19 +123,46 @@ mod field {
     pub const RECORD: &str = "record";
     pub const SECRETS: &str = "secrets";
     pub const TOKEN_VERSION: &str = "token_version";
+    /// Bumped by every write of the record (compare-and-set across replicas).
+    pub const RECORD_VERSION: &str = "record_version";
     /// Message counters are `received:<source>`.
     pub const RECEIVED_PREFIX: &str = "received:";
 }
 
 /// Compare-and-set of the secrets: writes only if `token_version` is still the one the new
-/// secrets were derived from; bumps the version. Returns the new version, or -1.
+/// secrets were derived from and, when a fencing epoch is given (ARGV[4]), only if it is still
+/// the tenant's current lease epoch (a paused ex-owner cannot write). Bumps the version.
+/// Returns the new version, -1 (version moved on) or -2 (fenced off).
 const CAS_SECRETS: &str = r#"
+if ARGV[4] ~= '' and redis.call('HGET', KEYS[1], 'lease_epoch') ~= ARGV[4] then return -2 end
 local v = tonumber(redis.call('HGET', KEYS[1], 'token_version') or '0')
 if v ~= tonumber(ARGV[1]) then return -1 end
 redis.call('HSET', KEYS[1], 'secrets', ARGV[2], 'token_version', v + 1)
-if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'record', ARGV[3]) end
+if ARGV[3] ~= '' then
+  redis.call('HSET', KEYS[1], 'record', ARGV[3])
+  redis.call('HINCRBY', KEYS[1], 'record_version', 1)
+end
 return v + 1
 "#;
+
+/// Compare-and-set of the record: writes only if `record_version` is still ARGV[1].
+const CAS_RECORD: &str = r#"
+local v = tonumber(redis.call('HGET', KEYS[1], 'record_version') or '0')
+if v ~= tonumber(ARGV[1]) then return -1 end
+redis.call('HSET', KEYS[1], 'record', ARGV[2], 'record_version', v + 1)
+return v + 1
+"#;
+
+/// The outcome of a compare-and-set of the secrets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CasOutcome {
+    /// Written; the new version.
+    Written(u64),
+    /// Someone else wrote first: reload and decide again.
+    Stale,
+    /// The lease epoch moved on: this replica no longer owns the tenant.
+    Fenced,
+}
 
 /// The secrets blob is bound to its organization.
 fn secrets_context(org: &str) -> String {
@@ -147,6 +175,7 @@ pub struct Tenants {
     store: Store,
     sealer: Sealer,
     cas: redis::Script,
+    cas_record: redis::Script,
 }
 
 impl Tenants {
@@ -155,6 +184,22 @@ impl Tenants {
             store,
             sealer,
             cas: redis::Script::new(CAS_SECRETS),
+            cas_record: redis::Script::new(CAS_RECORD),
+        }
+    }
+
+    /// Tells every replica that `org`'s record or secrets changed (`<p>:changes`, payload: the
+    /// org). Best effort: replicas also reload periodically and on a failed signature check.
+    pub async fn announce(&self, org: &str) {
+        let Ok(mut conn) = self.store.conn() else {
+            return;
+        };
+        let res: Result<i64, _> = self
+            .store
+            .bounded(conn.publish(self.store.keys().changes_channel(), org))
+            .await;
+        if let Err(e) = res {
+            tracing::debug!(org, error = %e, "change announcement not published");
         }
     }
 
@@ -231,6 +276,10 @@ impl Tenants {
             .get(field::TOKEN_VERSION)
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
+        let record_version = map
+            .get(field::RECORD_VERSION)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         let received = map
             .iter()
             .filter_map(|(k, v)| {
@@ -242,32 +291,62 @@ impl Tenants {
             record,
             secrets,
             token_version,
+            record_version,
             received,
         }))
     }
 
-    /// Writes the public record (not the secrets).
-    pub async fn save_record(&self, record: &TenantRecord) -> Result<(), StoreError> {
+    /// The stored record and its version (None: no record).
+    pub async fn load_record(&self, org: &str) -> Result<Option<(TenantRecord, u64)>, StoreError> {
         let mut conn = self.store.conn()?;
-        let json = serde_json::to_string(record).expect("record serializes");
-        self.store
-            .bounded(conn.hset(
-                self.store.keys().tenant(&record.org_id),
-                field::RECORD,
-                json,
-            ))
-            .await
+        let (record, version): (Option<String>, Option<u64>) = self
+            .store
+            .bounded(
+                redis::cmd("HMGET")
+                    .arg(self.store.keys().tenant(org))
+                    .arg(field::RECORD)
+                    .arg(field::RECORD_VERSION)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let Some(record) = record else {
+            return Ok(None);
+        };
+        let record: TenantRecord = serde_json::from_str(&record)
+            .map_err(|e| StoreError::Corrupt(format!("tenant record of {org}: {e}")))?;
+        Ok(Some((record, version.unwrap_or(0))))
     }
 
-    /// Compare-and-set of the secrets (and optionally the record in the same step):
-    /// `Ok(Some(new_version))` on success, `Ok(None)` if `expected_version` is stale.
+    /// Compare-and-set of the public record (not the secrets): `Ok(Some(new_version))`, or
+    /// `Ok(None)` when another writer (another replica) got there first.
+    pub async fn save_record(
+        &self,
+        record: &TenantRecord,
+        expected_version: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let mut conn = self.store.conn()?;
+        let json = serde_json::to_string(record).expect("record serializes");
+        let mut inv = self.cas_record.prepare_invoke();
+        inv.key(self.store.keys().tenant(&record.org_id))
+            .arg(expected_version)
+            .arg(json);
+        let v: i64 = self.store.bounded(inv.invoke_async(&mut conn)).await?;
+        if v >= 0 {
+            self.announce(&record.org_id).await;
+        }
+        Ok((v >= 0).then_some(v as u64))
+    }
+
+    /// Compare-and-set of the secrets (and optionally the record in the same step), fenced by
+    /// the lease epoch when one is given.
     pub async fn save_secrets(
         &self,
         org: &str,
         expected_version: u64,
         secrets: &TenantSecrets,
         record: Option<&TenantRecord>,
-    ) -> Result<Option<u64>, StoreError> {
+        epoch: Option<u64>,
+    ) -> Result<CasOutcome, StoreError> {
         let mut conn = self.store.conn()?;
         let plain = serde_json::to_vec(secrets).expect("secrets serialize");
         let sealed = self.sealer.seal(&plain, &secrets_context(org));
@@ -278,9 +357,17 @@ impl Tenants {
         inv.key(self.store.keys().tenant(org))
             .arg(expected_version)
             .arg(sealed)
-            .arg(record_json);
+            .arg(record_json)
+            .arg(epoch.map(|e| e.to_string()).unwrap_or_default());
         let v: i64 = self.store.bounded(inv.invoke_async(&mut conn)).await?;
-        Ok((v >= 0).then_some(v as u64))
+        if v >= 0 {
+            self.announce(org).await;
+        }
+        Ok(match v {
+            -2 => CasOutcome::Fenced,
+            v if v < 0 => CasOutcome::Stale,
+            v => CasOutcome::Written(v as u64),
+        })
     }
 
     /// Removes the secrets (deprovisioning) and bumps the version so no in-flight refresh
@@ -300,6 +387,7 @@ impl Tenants {
                     .query_async(&mut conn),
             )
             .await?;
+        self.announce(org).await;
         Ok(())
     }
 

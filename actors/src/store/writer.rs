@@ -129,9 +129,9 @@ async fn run(
         let n = batch.len() as i64;
         let results = apply_batch(&store, &script, maxlen, &batch).await;
         store.metrics().ingest_queue_depth.sub(n);
-        match results {
-            Ok(counts) => {
-                for (job, c) in batch.into_iter().zip(counts) {
+        for (job, result) in batch.into_iter().zip(results) {
+            match result {
+                Ok(c) => {
                     let applied = if c < 0 {
                         Applied::Duplicate
                     } else {
@@ -153,29 +153,67 @@ async fn run(
                     }
                     let _ = job.reply.send(Ok(applied));
                 }
-            }
-            Err(e) => {
-                let text = e.to_string();
-                for job in batch {
-                    let _ = job.reply.send(Err(WriteError::Unavailable(text.clone())));
+                Err(text) => {
+                    let _ = job.reply.send(Err(WriteError::Unavailable(text)));
                 }
             }
         }
     }
 }
 
-/// One pipeline for the whole batch; NOSCRIPT (a restarted Redis) loads the script and
-/// retries once — safe because every message is deduplicated by fingerprint.
+/// One pipeline for the whole batch — on Redis Cluster one per organization (a pipeline must
+/// stay in one slot), sent concurrently. One result per job, in batch order: a failed group
+/// fails only its own jobs.
 async fn apply_batch(
     store: &Store,
     script: &redis::Script,
     maxlen: u64,
     batch: &[Job],
+) -> Vec<Result<i64, String>> {
+    let per_job = |res: Result<Vec<i64>, StoreError>, n: usize| -> Vec<Result<i64, String>> {
+        match res {
+            Ok(v) => v.into_iter().map(Ok).collect(),
+            Err(e) => vec![Err(e.to_string()); n],
+        }
+    };
+    if !store.is_cluster() {
+        return per_job(
+            apply_group(store, script, maxlen, batch.iter()).await,
+            batch.len(),
+        );
+    }
+    let mut groups: std::collections::HashMap<&str, Vec<usize>> = Default::default();
+    for (i, job) in batch.iter().enumerate() {
+        groups.entry(job.msg.org_id.as_str()).or_default().push(i);
+    }
+    let groups: Vec<Vec<usize>> = groups.into_values().collect();
+    let results = futures::future::join_all(
+        groups
+            .iter()
+            .map(|idx| apply_group(store, script, maxlen, idx.iter().map(|&i| &batch[i]))),
+    )
+    .await;
+    let mut out: Vec<Result<i64, String>> = vec![Ok(0); batch.len()];
+    for (idx, res) in groups.iter().zip(results) {
+        for (&i, r) in idx.iter().zip(per_job(res, idx.len())) {
+            out[i] = r;
+        }
+    }
+    out
+}
+
+/// One pipeline of `EVALSHA apply.lua`; NOSCRIPT (a restarted Redis) loads the script and
+/// retries once — safe because every message is deduplicated by fingerprint.
+async fn apply_group<'a>(
+    store: &Store,
+    script: &redis::Script,
+    maxlen: u64,
+    jobs: impl Iterator<Item = &'a Job>,
 ) -> Result<Vec<i64>, StoreError> {
     let started = Instant::now();
     let mut conn = store.conn()?;
     let mut pipe = redis::pipe();
-    for job in batch {
+    for job in jobs {
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(script.get_hash());
         add_args(&mut cmd, store, &job.msg, job.source, maxlen);

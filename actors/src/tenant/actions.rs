@@ -116,22 +116,8 @@ async fn update(handle: &TenantHandle, c: ActionClaims) -> Result<ActionOutcome,
             }
         })
         .await?;
-    // Exchange now, so a dead token shows at once; then learn the queue on the new appUrl.
-    if let Ok(token) = shared.access_token().await
-        && shared.record().ingest.queue()
-    {
-        let app_url = shared.record().app_url;
-        let poll_url = match shared.deps.webex.get_app(&app_url, &token).await {
-            Ok(app) => app
-                .pointer("/queue/pollUrl")
-                .and_then(Value::as_str)
-                .map(str::to_string),
-            Err(_) => None,
-        };
-        if poll_url.is_some() {
-            shared.update(|r| r.poll_url = poll_url).await?;
-        }
-    }
+    // The owner (this replica or another, told by pub/sub) exchanges the new token, learns
+    // the queue of the new appUrl and restarts its poller.
     let _ = handle.addr.send(RestartChildren).await;
     shared.lifecycle("updated").await;
     Ok(ActionOutcome::NoContent)

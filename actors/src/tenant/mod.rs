@@ -3,11 +3,13 @@
 //!
 //! # Layout
 //! - [`actions`]: healthCheck, update, updateApproved, deprovision.
+//! - [`lease`]: this replica's view of the tenant's lease (who refreshes and polls).
 //! - [`poller`]: the queue poller (long-poll → stream writer), a supervised child.
 //! - [`tokens`]: `TokenKeeper`, the only place that exchanges the tenant's refresh token.
 //! - [`supervisor`]: `TenantSupervisor`, the actor that completes activations and supervises
 //!   the tenant's background work, restarting failed children with backoff.
 pub mod actions;
+pub mod lease;
 pub mod poller;
 pub mod supervisor;
 pub mod tokens;
@@ -72,14 +74,39 @@ pub struct TenantShared {
     pub poller_failing: std::sync::atomic::AtomicBool,
     /// The device API's per-tenant gate (concurrency, rate-limit window).
     pub devices: crate::devices::DeviceApi,
+    /// Whether this replica owns the tenant's background work (token refresh, queue poller…).
+    pub lease: Arc<lease::LeaseCell>,
+    /// When the record and secrets were last read from Redis (see [`TenantShared::reload`]).
+    reloaded_at: std::sync::Mutex<std::time::Instant>,
+}
+
+/// How many times a record update is retried after another replica wrote first.
+const RECORD_CAS_ATTEMPTS: usize = 8;
+
+/// What a reload found changed, for the supervisor to act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Changes {
+    /// Re-activated elsewhere: the owned work restarts and completes the activation.
+    pub reactivated: bool,
+    /// Deprovisioned elsewhere.
+    pub deprovisioned: bool,
+    /// New URLs, scopes or refresh token (an update action elsewhere): owned work restarts.
+    pub updated: bool,
 }
 
 impl TenantShared {
-    pub fn new(deps: Arc<Deps>, record: TenantRecord, tokens: Arc<TokenKeeper>) -> Self {
+    pub fn new(
+        deps: Arc<Deps>,
+        record: TenantRecord,
+        tokens: Arc<TokenKeeper>,
+        lease: Arc<lease::LeaseCell>,
+    ) -> Self {
         Self {
             tenant_id: record.tenant_id.clone(),
             org_id: record.org_id.clone(),
             record: RwLock::new(record),
+            lease,
+            reloaded_at: std::sync::Mutex::new(std::time::Instant::now()),
             tokens,
             devices: crate::devices::DeviceApi::new(deps.config.devices.max_concurrency),
             deps,
@@ -96,18 +123,62 @@ impl TenantShared {
         self.record.read().expect("record lock").provisioning_state
     }
 
-    /// Applies `change`, stamps `updated_at`, persists. The in-memory copy changes only if
-    /// the write succeeded, so memory never runs ahead of Redis.
+    /// Applies `change` to the stored record (another replica may have changed it), stamps
+    /// `updated_at`, writes it with compare-and-set. The in-memory copy changes only if the
+    /// write succeeded, so memory never runs ahead of Redis.
     pub async fn update(
         &self,
-        change: impl FnOnce(&mut TenantRecord),
+        change: impl Fn(&mut TenantRecord),
     ) -> Result<TenantRecord, StoreError> {
-        let mut next = self.record();
-        change(&mut next);
-        next.updated_at = Utc::now();
-        self.deps.tenants.save_record(&next).await?;
-        *self.record.write().expect("record lock") = next.clone();
-        Ok(next)
+        let tenants = &self.deps.tenants;
+        for _ in 0..RECORD_CAS_ATTEMPTS {
+            let (mut next, version) = match tenants.load_record(&self.org_id).await? {
+                Some(found) => found,
+                None => (self.record(), 0),
+            };
+            change(&mut next);
+            next.updated_at = Utc::now();
+            if tenants.save_record(&next, version).await?.is_some() {
+                *self.record.write().expect("record lock") = next.clone();
+                return Ok(next);
+            }
+        }
+        Err(StoreError::Conflict("the tenant record kept changing"))
+    }
+
+    /// Adopts the record and secrets as stored (after another replica changed them) and says
+    /// what changed for the supervisor.
+    pub async fn reload(&self, stored: crate::store::tenants::StoredTenant) -> Changes {
+        use crate::store::tenants::TokensState;
+        *self.reloaded_at.lock().expect("reload lock") = std::time::Instant::now();
+        let before = self.record();
+        let new_refresh_token = stored.token_version > self.tokens.version().await
+            && self.tokens.secrets().await.refresh_token != stored.secrets.refresh_token;
+        let after = stored.record.clone();
+        self.tokens
+            .reload(stored.secrets, stored.token_version)
+            .await;
+        self.tokens.set_oauth_url(&after.oauth_url);
+        self.tokens
+            .follow_invalid(after.tokens_state == TokensState::Invalid);
+        *self.record.write().expect("record lock") = after.clone();
+        let state_changed = before.provisioning_state != after.provisioning_state;
+        Changes {
+            reactivated: after.provisioning_state == ProvisioningState::Provisioning
+                && (state_changed || new_refresh_token),
+            deprovisioned: state_changed
+                && after.provisioning_state == ProvisioningState::Deprovisioned,
+            updated: !state_changed
+                && (new_refresh_token
+                    || before.app_url != after.app_url
+                    || before.poll_url != after.poll_url
+                    || before.scopes != after.scopes),
+        }
+    }
+
+    /// Time since the record and secrets were last read from Redis.
+    pub fn since_reload(&self) -> std::time::Duration {
+        self.reloaded_at.lock().expect("reload lock").elapsed()
     }
 
     /// Records a failure with a fresh trackingId (also in the log line); returns the id.
@@ -124,7 +195,7 @@ impl TenantShared {
                 if let Some(s) = state {
                     r.provisioning_state = s;
                 }
-                r.last_error = Some(err);
+                r.last_error = Some(err.clone());
             })
             .await
         {

@@ -22,6 +22,8 @@ const LONG_POLL_TIMEOUT: Duration = Duration::from_secs(35);
 const MIN_FREE_PLACES: usize = 64;
 /// How often to look again while paused for backpressure.
 const BACKPRESSURE_PAUSE: Duration = Duration::from_millis(200);
+/// How often to look again while the lease is not fresh enough to poll on.
+const LEASE_WAIT: Duration = Duration::from_millis(100);
 /// Pause between retries of a batch Redis refused.
 const WRITE_RETRY: Duration = Duration::from_millis(500);
 
@@ -37,6 +39,7 @@ pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), String
     let retry_base = Duration::from_secs_f64(deps.config.ingest.poll_retry_secs);
     let metrics = &deps.metrics;
     let count = |result: &str| metrics.queue_polls_total.with_label_values(&[result]).inc();
+    let lease_floor = deps.config.scaling.lease_ttl() / 2;
     let mut failures = 0u32;
     loop {
         if stop.is_fired() {
@@ -46,6 +49,14 @@ pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), String
             count("backpressure");
             metrics.backpressure_rejections_total.inc();
             if sleep_or_stop(BACKPRESSURE_PAUSE, &stop).await {
+                return Ok(());
+            }
+            continue;
+        }
+        // Poll only on a lease renewed recently (this replica is alive and owns the queue):
+        // a poll started on a lapsing lease could overlap with the next owner's first one.
+        if shared.lease.valid_for() < lease_floor {
+            if sleep_or_stop(LEASE_WAIT, &stop).await {
                 return Ok(());
             }
             continue;

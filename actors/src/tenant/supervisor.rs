@@ -1,7 +1,9 @@
-//! `TenantSupervisor`: the actor that owns one tenant's lifecycle. It completes activations
-//! (token exchange, PATCH of the appUrl), runs the tenant's children — the token refresher and
-//! the appUrl reconciler now; the queue poller and action handler join them — and restarts a
-//! child that failed, with capped exponential backoff.
+//! `TenantSupervisor`: the actor that owns one tenant's lifecycle on this replica. Every replica
+//! has one per tenant (webhooks and actions are served anywhere), but only the replica holding
+//! the tenant's lease runs the *owned* work: completing an activation (token exchange, PATCH of
+//! the appUrl) and the children — token refresher, appUrl reconciler, queue poller, inventory,
+//! command consumer. The ownership coordinator says [`Acquired`] and [`Released`]; a child
+//! that failed is restarted with capped exponential backoff while the lease is held.
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,10 +58,22 @@ impl ChildKind {
 #[rtype(result = "()")]
 pub struct Stop;
 
-/// Restart the children (after an `update`: new URLs, new tokens).
+/// Restart the children (after an `update`: new URLs, new tokens): the owner exchanges the
+/// token, learns the pollUrl of the (new) appUrl, and restarts its URL-bound children.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct RestartChildren;
+
+/// This replica now holds the tenant's lease: start the owned work (completing a pending
+/// activation first).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Acquired;
+
+/// The lease is lost or being handed over: owned children finish their current work and stop.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Released;
 
 /// The tenant is being deprovisioned: stop every child, keep the actor (its handle answers 410).
 #[derive(Message)]
@@ -77,39 +91,56 @@ struct ChildExited {
 /// The supervisor of one tenant.
 pub struct TenantSupervisor {
     shared: Arc<TenantShared>,
-    /// Fired on [`Stop`] or engine shutdown; every child races it.
+    /// Fired on [`Stop`] or engine shutdown.
     trigger: ShutdownTrigger,
     stop: Shutdown,
+    /// While the lease is held: fired on [`Released`], [`Stop`] or [`Deprovision`]; every
+    /// child races it.
+    owned: Option<(ShutdownTrigger, Shutdown)>,
     children: HashMap<ChildKind, SpawnHandle>,
     restarts: HashMap<ChildKind, u32>,
-    /// Complete the activation once started (new activation, or resumed after a crash).
-    complete_on_start: bool,
     /// Set by [`Stop`]: the actor stops once every child has finished its current work.
     stopping: bool,
 }
 
 impl TenantSupervisor {
-    pub fn new(shared: Arc<TenantShared>, complete_on_start: bool) -> Self {
+    pub fn new(shared: Arc<TenantShared>) -> Self {
         let (trigger, stop) = shutdown::channel();
         Self {
             shared,
             trigger,
             stop,
+            owned: None,
             children: HashMap::new(),
             restarts: HashMap::new(),
-            complete_on_start,
             stopping: false,
         }
     }
 
+    /// Stops the owned work (children finish their current step).
+    fn release(&mut self) {
+        if let Some((trigger, _)) = self.owned.take() {
+            trigger.fire();
+        }
+        self.shared
+            .lease
+            .owning
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
+
     fn spawn_child(&mut self, kind: ChildKind, ctx: &mut Context<Self>) {
-        if self.stop.is_fired() || self.children.contains_key(&kind) {
+        let Some((_, owned_stop)) = &self.owned else {
+            return;
+        };
+        if self.stop.is_fired() || owned_stop.is_fired() || self.children.contains_key(&kind) {
             return;
         }
         let shared = self.shared.clone();
-        let stop = self.stop.clone();
+        let stop = owned_stop.clone();
         let me = ctx.address();
+        let guard = shared.lease.child_guard();
         let fut = async move {
+            let _guard = guard;
             let result = match kind {
                 ChildKind::TokenRefresher => {
                     shared.run_refresher(stop).await;
@@ -154,29 +185,64 @@ impl Actor for TenantSupervisor {
                 .into_actor(self)
                 .map(|_, _, ctx| ctx.notify(Stop)),
         );
-        if self.shared.state() == ProvisioningState::Deprovisioned {
+    }
+
+    fn stopping(&mut self, _: &mut Self::Context) -> Running {
+        self.trigger.fire();
+        self.release();
+        Running::Stop
+    }
+}
+
+impl Handler<Acquired> for TenantSupervisor {
+    type Result = ();
+
+    /// Starts the owned work; a tenant caught mid-activation (new, re-activated, or its owner
+    /// died) completes it first.
+    fn handle(&mut self, _: Acquired, ctx: &mut Self::Context) {
+        if self.owned.is_some()
+            || self.stop.is_fired()
+            || self.shared.state() == ProvisioningState::Deprovisioned
+        {
             return;
         }
+        let (trigger, owned_stop) = shutdown::channel();
+        self.owned = Some((trigger, owned_stop.clone()));
+        self.shared
+            .lease
+            .owning
+            .store(true, std::sync::atomic::Ordering::Release);
+        tracing::debug!(tenant = %self.shared.tenant_id, "lease acquired; starting owned work");
         self.spawn_child(ChildKind::TokenRefresher, ctx);
-        if self.complete_on_start {
+        if self.shared.state() == ProvisioningState::Provisioning {
             let shared = self.shared.clone();
+            let guard = shared.lease.child_guard();
             ctx.spawn(
-                async move { complete_activation(&shared).await }
-                    .into_actor(self)
-                    .map(|ok, act, ctx| {
-                        if ok {
-                            act.start_children(ctx);
-                        }
-                    }),
+                async move {
+                    let _guard = guard;
+                    complete_activation(&shared).await
+                }
+                .into_actor(self)
+                .map(move |ok, act, ctx| {
+                    if ok && !owned_stop.is_fired() {
+                        act.start_children(ctx);
+                    }
+                }),
             );
         } else {
             self.start_children(ctx);
         }
     }
+}
 
-    fn stopping(&mut self, _: &mut Self::Context) -> Running {
-        self.trigger.fire();
-        Running::Stop
+impl Handler<Released> for TenantSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, _: Released, _: &mut Self::Context) {
+        if self.owned.is_some() {
+            tracing::debug!(tenant = %self.shared.tenant_id, "lease released; stopping owned work");
+        }
+        self.release();
     }
 }
 
@@ -188,6 +254,7 @@ impl Handler<Stop> for TenantSupervisor {
     /// messages from its queue). Whatever is still running after the shutdown grace is cancelled.
     fn handle(&mut self, _: Stop, ctx: &mut Self::Context) {
         self.trigger.fire();
+        self.release();
         if self.stopping {
             return;
         }
@@ -211,13 +278,23 @@ impl Handler<RestartChildren> for TenantSupervisor {
     type Result = ();
 
     fn handle(&mut self, _: RestartChildren, ctx: &mut Self::Context) {
-        // The refresher keeps running (it follows the token state); URL-bound children restart.
+        if self.owned.is_none() {
+            // Not ours: the owner hears of the change (pub/sub) and restarts its own.
+            return;
+        }
+        // The refresher keeps running (it follows the token state); URL-bound children restart
+        // once the (new) appUrl told us the queue's pollUrl.
         for kind in [ChildKind::QueuePoller, ChildKind::Reconciler] {
             if let Some(h) = self.children.remove(&kind) {
                 ctx.cancel_future(h);
             }
         }
-        self.start_children(ctx);
+        let shared = self.shared.clone();
+        ctx.spawn(
+            async move { relearn_poll_url(&shared).await }
+                .into_actor(self)
+                .map(|_, act, ctx| act.start_children(ctx)),
+        );
     }
 }
 
@@ -226,6 +303,7 @@ impl Handler<Deprovision> for TenantSupervisor {
 
     fn handle(&mut self, _: Deprovision, ctx: &mut Self::Context) {
         self.trigger.fire();
+        self.release();
         for (_, h) in self.children.drain() {
             ctx.cancel_future(h);
         }
@@ -241,7 +319,7 @@ impl Handler<ChildExited> for TenantSupervisor {
             ctx.stop();
             return;
         }
-        if self.stop.is_fired() {
+        if self.stop.is_fired() || self.owned.is_none() {
             return;
         }
         match msg.result {
@@ -265,6 +343,34 @@ impl Handler<ChildExited> for TenantSupervisor {
                 ctx.run_later(delay, move |act, ctx| act.spawn_child(kind, ctx));
             }
         }
+    }
+}
+
+/// After an update: exchange the (possibly new) refresh token now, so a dead one shows at once,
+/// and learn the queue's pollUrl from the (possibly moved) appUrl.
+async fn relearn_poll_url(shared: &TenantShared) {
+    let Ok(token) = shared.access_token().await else {
+        return;
+    };
+    if !shared.record().ingest.queue() {
+        return;
+    }
+    let app_url = shared.record().app_url;
+    let poll_url = match shared.deps.webex.get_app(&app_url, &token).await {
+        Ok(app) => app
+            .pointer("/queue/pollUrl")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        Err(e) => {
+            tracing::warn!(tenant = %shared.tenant_id, error = %e, "could not read the appUrl after an update");
+            None
+        }
+    };
+    if let Some(url) = poll_url
+        && shared.record().poll_url.as_deref() != Some(url.as_str())
+        && let Err(e) = shared.update(|r| r.poll_url = Some(url.clone())).await
+    {
+        tracing::warn!(tenant = %shared.tenant_id, error = %e, "new pollUrl not stored");
     }
 }
 
@@ -334,7 +440,7 @@ async fn try_complete(shared: &TenantShared) -> Result<(), Failure> {
                     s.previous_webhook_secret = Some(old);
                     s.previous_valid_until = Some(Utc::now() + grace);
                 }
-                s.webhook_secret = Some(new);
+                s.webhook_secret = Some(new.clone());
             })
             .await
             .map_err(|e| {
@@ -394,7 +500,7 @@ async fn try_complete(shared: &TenantShared) -> Result<(), Failure> {
         .update(|r| {
             r.provisioning_state = ProvisioningState::Completed;
             r.tokens_state = TokensState::Valid;
-            r.poll_url = poll_url;
+            r.poll_url = poll_url.clone();
             r.last_error = None;
         })
         .await
@@ -457,14 +563,14 @@ pub async fn reconcile_once(shared: &TenantShared) -> Result<(), String> {
             });
             shared
                 .update(|r| {
-                    if let Some(s) = scopes {
-                        r.scopes = s;
+                    if let Some(s) = &scopes {
+                        r.scopes = s.clone();
                     }
-                    if let Some(a) = access.filter(|a| !a.is_null()) {
-                        r.xapi_access = a;
+                    if let Some(a) = access.as_ref().filter(|a| !a.is_null()) {
+                        r.xapi_access = a.clone();
                     }
                     if version.is_some() {
-                        r.manifest_version = version;
+                        r.manifest_version = version.clone();
                     }
                 })
                 .await

@@ -12,9 +12,10 @@ use tokio::sync::{Mutex, Notify};
 use tokio::time::Instant;
 
 use super::Deps;
+use super::lease::LeaseCell;
 use crate::secret::Secret;
 use crate::store::StoreError;
-use crate::store::tenants::TenantSecrets;
+use crate::store::tenants::{CasOutcome, TenantSecrets};
 use crate::webex::client::OAuthError;
 
 /// An access token is not handed out when it expires sooner than this: a request needs time
@@ -68,10 +69,18 @@ struct Persisted {
     version: u64,
 }
 
-/// Owns one tenant's token state.
+/// How many times a compare-and-set of the secrets is retried after another writer (another
+/// replica, an action) got there first.
+const CAS_ATTEMPTS: usize = 5;
+/// A replica that does not own the tenant answers "try again" this long after.
+const FOLLOWER_RETRY: Duration = Duration::from_secs(1);
+
+/// Owns one tenant's token state. Only the replica holding the tenant's lease exchanges the
+/// refresh token (its writes are fenced by the lease epoch); the others follow what it stores.
 pub struct TokenKeeper {
     deps: Arc<Deps>,
     org: String,
+    lease: Arc<LeaseCell>,
     oauth_url: StdMutex<String>,
     /// Held for the whole exchange: refreshes are single-flight.
     persisted: Mutex<Persisted>,
@@ -126,24 +135,16 @@ impl TokenKeeper {
         oauth_url: String,
         secrets: TenantSecrets,
         version: u64,
+        lease: Arc<LeaseCell>,
     ) -> Self {
-        let current = match (&secrets.access_token, secrets.access_expires_at) {
-            (Some(t), Some(at)) => {
-                let left = (at - Utc::now()).to_std().unwrap_or_default();
-                Some(AccessToken {
-                    token: t.clone(),
-                    expires_at: Instant::now() + left,
-                    lifetime: left,
-                })
-            }
-            _ => None,
-        };
+        let current = stored_access_token(&secrets);
         let webhook = StdMutex::new(WebhookSecrets::of(&secrets));
         Self {
             backoff: StdMutex::new(Backoff::default()),
             webhook,
             deps,
             org,
+            lease,
             oauth_url: StdMutex::new(oauth_url),
             persisted: Mutex::new(Persisted { secrets, version }),
             current: StdMutex::new(current),
@@ -188,6 +189,11 @@ impl TokenKeeper {
         if self.is_invalid() {
             return Err(TokenError::Invalid);
         }
+        // Exchange only while holding the lease long enough for the call to end within it;
+        // otherwise follow whoever owns the tenant.
+        let Some(epoch) = self.lease.epoch_for(self.deps.config.webex.http_timeout()) else {
+            return self.follow_owner(&mut p, rejected).await;
+        };
         if let Some((until, err)) = &self.backoff.lock().expect("backoff lock").until
             && Instant::now() < *until
         {
@@ -207,22 +213,33 @@ impl TokenKeeper {
             .await;
         match result {
             Ok(grant) => {
-                let mut next = p.secrets.clone();
-                if let Some(rt) = grant.refresh_token {
-                    next.refresh_token = rt;
-                }
-                next.access_token = Some(grant.access_token.clone());
-                next.access_expires_at = Some(
-                    Utc::now() + chrono::Duration::from_std(grant.expires_in).unwrap_or_default(),
-                );
+                let used = p.secrets.refresh_token.clone();
+                let expires_at =
+                    Utc::now() + chrono::Duration::from_std(grant.expires_in).unwrap_or_default();
                 // Persist the (possibly rotated) refresh token before anything uses the grant:
-                // the old one is dead now.
-                self.persist(&mut p, next)
+                // the old one is dead now. If another writer changed the secrets meanwhile
+                // (webhook secret rotation), our tokens are merged into theirs; if it replaced
+                // the refresh token itself (an update action), theirs is newer and wins.
+                let stored = self
+                    .persist(&mut p, Some(epoch), |s| {
+                        if s.refresh_token != used {
+                            return false;
+                        }
+                        if let Some(rt) = &grant.refresh_token {
+                            s.refresh_token = rt.clone();
+                        }
+                        s.access_token = Some(grant.access_token.clone());
+                        s.access_expires_at = Some(expires_at);
+                        true
+                    })
                     .await
                     .map_err(|e| TokenError::Transient {
                         message: format!("could not store the rotated refresh token: {e}"),
                         retry_after: None,
                     })?;
+                if !stored {
+                    tracing::warn!(org = %self.org, "refresh token replaced while exchanging; the new one is kept");
+                }
                 let token = AccessToken {
                     token: grant.access_token.clone(),
                     expires_at: Instant::now() + grant.expires_in,
@@ -268,29 +285,126 @@ impl TokenKeeper {
         err
     }
 
-    /// Compare-and-set write; on a lost race, the stored (newer) refresh token wins and our
-    /// grant's access token is still used.
-    async fn persist(&self, p: &mut Persisted, next: TenantSecrets) -> Result<(), StoreError> {
-        match self
-            .deps
-            .tenants
-            .save_secrets(&self.org, p.version, &next, None)
-            .await?
-        {
-            Some(v) => {
-                p.version = v;
-                p.secrets = next;
+    /// Compare-and-set write of `change` applied to the secrets; after a lost race the stored
+    /// secrets are reloaded and `change` decides again (returning false: not applicable to
+    /// what is stored now, which is then simply adopted). `epoch` fences the write to the
+    /// lease holder. Returns whether `change` was written.
+    async fn persist(
+        &self,
+        p: &mut Persisted,
+        epoch: Option<u64>,
+        change: impl Fn(&mut TenantSecrets) -> bool,
+    ) -> Result<bool, StoreError> {
+        for _ in 0..CAS_ATTEMPTS {
+            let mut next = p.secrets.clone();
+            if !change(&mut next) {
+                return Ok(false);
             }
-            None => {
-                tracing::warn!(org = %self.org, "token state changed under us; adopting the stored one");
-                if let Some(stored) = self.deps.tenants.load(&self.org).await? {
-                    p.version = stored.token_version;
-                    p.secrets = stored.secrets;
+            match self
+                .deps
+                .tenants
+                .save_secrets(&self.org, p.version, &next, None, epoch)
+                .await?
+            {
+                CasOutcome::Written(v) => {
+                    p.version = v;
+                    p.secrets = next;
+                    *self.webhook.lock().expect("webhook lock") = WebhookSecrets::of(&p.secrets);
+                    return Ok(true);
+                }
+                CasOutcome::Fenced => {
+                    tracing::warn!(org = %self.org, "lease lost: another replica owns this tenant's tokens now");
+                    return Err(StoreError::Conflict(
+                        "another replica took over this tenant (lease epoch moved on)",
+                    ));
+                }
+                CasOutcome::Stale => {
+                    tracing::debug!(org = %self.org, "token state changed under us; reloading");
+                    self.reload_locked(p).await?;
                 }
             }
         }
-        *self.webhook.lock().expect("webhook lock") = WebhookSecrets::of(&p.secrets);
+        Err(StoreError::Conflict("the tenant's secrets kept changing"))
+    }
+
+    /// Reads the stored secrets and adopts them when newer.
+    async fn reload_locked(&self, p: &mut Persisted) -> Result<(), StoreError> {
+        if let Some(stored) = self.deps.tenants.load(&self.org).await? {
+            self.adopt_locked(p, stored.secrets, stored.token_version);
+        }
         Ok(())
+    }
+
+    /// Adopts secrets written elsewhere (another replica, an action) if newer than ours.
+    fn adopt_locked(&self, p: &mut Persisted, secrets: TenantSecrets, version: u64) {
+        if version <= p.version {
+            return;
+        }
+        let new_refresh_token = secrets.refresh_token != p.secrets.refresh_token;
+        if let Some(t) = stored_access_token(&secrets) {
+            let mut cur = self.current.lock().expect("token lock");
+            if cur.as_ref().is_none_or(|c| c.token != t.token) {
+                *cur = Some(t);
+            }
+        } else if new_refresh_token {
+            *self.current.lock().expect("token lock") = None;
+        }
+        p.secrets = secrets;
+        p.version = version;
+        *self.webhook.lock().expect("webhook lock") = WebhookSecrets::of(&p.secrets);
+        if new_refresh_token {
+            *self.invalid.lock().expect("invalid lock") = false;
+            *self.backoff.lock().expect("backoff lock") = Backoff::default();
+        }
+        self.wake.notify_one();
+    }
+
+    /// Adopts secrets read from Redis (a change announced by another replica, a resync).
+    pub async fn reload(&self, secrets: TenantSecrets, version: u64) {
+        let mut p = self.persisted.lock().await;
+        self.adopt_locked(&mut p, secrets, version);
+    }
+
+    /// The version of the secrets held.
+    pub async fn version(&self) -> u64 {
+        self.persisted.lock().await.version
+    }
+
+    /// Marks the refresh token dead or alive as the owner recorded it (followers only).
+    pub fn follow_invalid(&self, invalid: bool) {
+        if !self.lease.is_owning() {
+            *self.invalid.lock().expect("invalid lock") = invalid;
+        }
+    }
+
+    /// A replica that does not own the tenant never exchanges: it uses the access token the
+    /// owner stored, if it is usable and not the one just refused.
+    async fn follow_owner(
+        &self,
+        p: &mut Persisted,
+        rejected: Option<&Secret>,
+    ) -> Result<Secret, TokenError> {
+        if let Err(e) = self.reload_locked(p).await {
+            return Err(TokenError::Transient {
+                message: format!("could not read the tenant's token state: {e}"),
+                retry_after: Some(FOLLOWER_RETRY),
+            });
+        }
+        if let Some(t) = self.cached()
+            && rejected.is_none_or(|r| r != &t.token)
+        {
+            return Ok(t.token);
+        }
+        if p.secrets.refresh_token.is_empty() {
+            return Err(TokenError::Gone);
+        }
+        if self.is_invalid() {
+            return Err(TokenError::Invalid);
+        }
+        Err(TokenError::Transient {
+            message: "the replica owning this tenant has not refreshed its token yet".into(),
+            retry_after: Some(FOLLOWER_RETRY),
+        })
     }
 
     /// How webhooks of this tenant authenticate now; `None` before a secret exists. The
@@ -312,11 +426,13 @@ impl TokenKeeper {
         oauth_url: Option<String>,
     ) -> Result<(), StoreError> {
         let mut p = self.persisted.lock().await;
-        let mut next = p.secrets.clone();
-        next.refresh_token = refresh_token;
-        next.access_token = None;
-        next.access_expires_at = None;
-        self.persist(&mut p, next).await?;
+        self.persist(&mut p, None, |s| {
+            s.refresh_token = refresh_token.clone();
+            s.access_token = None;
+            s.access_expires_at = None;
+            true
+        })
+        .await?;
         if let Some(url) = oauth_url {
             *self.oauth_url.lock().expect("url lock") = url;
         }
@@ -327,16 +443,28 @@ impl TokenKeeper {
         Ok(())
     }
 
-    /// Updates the secrets other than tokens (webhook secret rotation) under the same CAS.
+    /// Updates the secrets other than tokens (webhook secret rotation) under the same CAS,
+    /// fenced by the lease when this replica holds one.
     pub async fn update_secrets(
         &self,
-        change: impl FnOnce(&mut TenantSecrets),
+        change: impl Fn(&mut TenantSecrets),
     ) -> Result<TenantSecrets, StoreError> {
         let mut p = self.persisted.lock().await;
-        let mut next = p.secrets.clone();
-        change(&mut next);
-        self.persist(&mut p, next).await?;
+        let epoch = self.lease.held_epoch();
+        self.persist(&mut p, epoch, |s| {
+            change(s);
+            true
+        })
+        .await?;
         Ok(p.secrets.clone())
+    }
+
+    /// Follows the oauthUrl of the record (an update action handled by another replica).
+    pub fn set_oauth_url(&self, url: &str) {
+        let mut cur = self.oauth_url.lock().expect("url lock");
+        if *cur != url {
+            *cur = url.to_string();
+        }
     }
 
     /// A copy of the current secrets.
@@ -388,5 +516,20 @@ impl TokenKeeper {
     /// Resolves when the token state changed (new token, new refresh token, cleared).
     pub async fn changed(&self) {
         self.wake.notified().await
+    }
+}
+
+/// The access token stored with the secrets, if any.
+fn stored_access_token(secrets: &TenantSecrets) -> Option<AccessToken> {
+    match (&secrets.access_token, secrets.access_expires_at) {
+        (Some(t), Some(at)) => {
+            let left = (at - Utc::now()).to_std().unwrap_or_default();
+            Some(AccessToken {
+                token: t.clone(),
+                expires_at: Instant::now() + left,
+                lifetime: left,
+            })
+        }
+        _ => None,
     }
 }

@@ -89,13 +89,16 @@ where
     }
 }
 
-/// Every key under `prefix` in `redis`.
+/// Every key under `prefix` in `redis`, except `<prefix>:replicas` (the heartbeats every
+/// running engine writes, whatever its traffic).
 pub fn keys_with_prefix(redis: &RedisServer, prefix: &str) -> Vec<String> {
     let mut conn = redis.client().get_connection().expect("redis connection");
     let mut keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{prefix}:*"))
         .query(&mut conn)
         .expect("KEYS");
+    let heartbeats = format!("{prefix}:replicas");
+    keys.retain(|k| *k != heartbeats);
     keys.sort();
     keys
 }
