@@ -10,6 +10,7 @@
 //! - [`sim`]: the built-in Webex cloud simulator (HTTP server + library API for tests,
 //!   benches and the demo).
 //! - [`redis_server`]: a private `redis-server` process for the demo, tests and benches.
+//! - [`redis_cluster`]: a local 3-master Redis Cluster of such processes.
 //! - [`tail`]: `xapi-stream tail`, a consumer-group reader of the streams.
 //! - [`cli`]: the `xapi-stream` command line.
 pub mod cli;
@@ -19,6 +20,7 @@ pub mod devenv;
 pub mod engine;
 pub mod http;
 pub mod logging;
+pub mod redis_cluster;
 pub mod redis_server;
 pub mod sim;
 pub mod tail;

@@ -437,6 +437,7 @@ async fn poll(sim: web::Data<Sim>, req: HttpRequest, path: web::Path<String>) ->
         let q = &mut s.queues[i];
         q.pollers += 1;
         q.max_pollers = q.max_pollers.max(q.pollers);
+        q.last_poll = Some(std::time::Instant::now());
         s.poll_wait
     };
     let _guard = PollerGuard(&sim, i);

@@ -159,6 +159,8 @@ struct QueueState {
     messages: VecDeque<(Instant, Value)>,
     pollers: usize,
     max_pollers: usize,
+    /// When an authorized poll last arrived.
+    last_poll: Option<Instant>,
 }
 
 struct State {
@@ -284,6 +286,7 @@ impl Sim {
                     messages: VecDeque::new(),
                     pollers: 0,
                     max_pollers: 0,
+                    last_poll: None,
                 })
                 .collect(),
             devices,
@@ -557,6 +560,11 @@ impl Sim {
     /// The most pollers seen waiting on org `i`'s queue at once.
     pub fn max_concurrent_pollers(&self, i: usize) -> usize {
         self.state().queues[i].max_pollers
+    }
+
+    /// When an authorized poll of org `i`'s queue last arrived.
+    pub fn last_poll(&self, i: usize) -> Option<Instant> {
+        self.state().queues[i].last_poll
     }
 
     /// `n` realistic messages from org `i`'s devices.

@@ -11,3 +11,4 @@ mod drain;
 mod engine_basics;
 mod ingest;
 mod prometheus;
+mod scale;

@@ -1,0 +1,473 @@
+//! Scale-out: three engine processes (the real binary) share 200 tenants over one Redis, and
+//! over a 3-master Redis Cluster. Every tenant is polled by one replica at a time; a replica
+//! killed with SIGKILL under load has its tenants polled again within the lease TTL + 5 s; no
+//! refresh token is ever used twice; every webhook answered 200 is in the streams exactly once.
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use xapi_stream::devenv::ADMIN_TOKEN;
+use xapi_stream::redis_cluster::RedisCluster;
+use xapi_stream::redis_server::{RedisServer, free_port};
+use xapi_stream::sim::{Sim, SimConfig, sign_webhook};
+
+use crate::utils::*;
+
+const TENANTS: usize = 200;
+const REPLICAS: usize = 3;
+/// Short leases so a takeover happens within the test (the default is 30 s).
+const LEASE_TTL: Duration = Duration::from_secs(6);
+/// The acceptance bound for a dead replica's tenants to be polled again.
+const TAKEOVER_BOUND: Duration = Duration::from_secs(6 + 5);
+
+/// Where the engines keep their data.
+enum Backend {
+    Single(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl Backend {
+    /// The engine's `redis.url`.
+    fn url(&self) -> String {
+        match self {
+            Backend::Single(r) => r.url(),
+            Backend::Cluster(c) => c.urls(),
+        }
+    }
+
+    /// A synchronous connection that routes every key to the node holding it.
+    fn conn(&self) -> Box<dyn redis::ConnectionLike> {
+        match self {
+            Backend::Single(r) => Box::new(r.client().get_connection().expect("redis")),
+            Backend::Cluster(c) => Box::new(
+                redis::cluster::ClusterClient::new(c.node_urls())
+                    .expect("cluster client")
+                    .get_connection()
+                    .expect("cluster connection"),
+            ),
+        }
+    }
+}
+
+/// One engine process.
+struct Replica {
+    id: String,
+    base: String,
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Replica {
+    fn spawn(id: &str, env: &[(String, String)]) -> Replica {
+        let port = free_port().unwrap();
+        let log = std::env::temp_dir().join(format!("xapi-scale-{}-{id}.log", std::process::id()));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_xapi-stream"))
+            .arg("serve")
+            .envs(env.iter().cloned())
+            .env("XAPI_STREAM__SERVER__BIND", format!("127.0.0.1:{port}"))
+            .env(
+                "XAPI_STREAM__SERVER__PUBLIC_URL",
+                format!("http://127.0.0.1:{port}"),
+            )
+            .env("XAPI_STREAM__SCALING__REPLICA_ID", id)
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        Replica {
+            id: id.to_string(),
+            base: format!("http://127.0.0.1:{port}"),
+            child,
+            log,
+        }
+    }
+
+    /// The last lines of its log (for failure messages).
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// What the load generator saw answered 200: (org index, n) pairs.
+type Accepted = Arc<Mutex<Vec<(usize, u64)>>>;
+
+/// Sends signed event webhooks for random tenants to the live replicas, round robin, until
+/// `stop`; records every message answered 200.
+fn start_load(
+    sim: &Sim,
+    tenant_ids: Arc<Vec<String>>,
+    live: Arc<Mutex<Vec<String>>>,
+    accepted: Accepted,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let secrets: Arc<Vec<String>> = Arc::new(
+        (0..TENANTS)
+            .map(|i| {
+                sim.app_state(i)
+                    .webhook
+                    .and_then(|w| w.secret)
+                    .expect("webhook secret registered")
+            })
+            .collect(),
+    );
+    let orgs: Arc<Vec<_>> = Arc::new((0..TENANTS).map(|i| sim.org(i)).collect());
+    let app = sim.config().app_id.clone();
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    (0..16)
+        .map(|_| {
+            let (secrets, orgs, app, next, http, live, accepted, stop, tenant_ids) = (
+                secrets.clone(),
+                orgs.clone(),
+                app.clone(),
+                next.clone(),
+                http.clone(),
+                live.clone(),
+                accepted.clone(),
+                stop.clone(),
+                tenant_ids.clone(),
+            );
+            tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let i = (n as usize * 7919) % TENANTS;
+                    let org = &orgs[i];
+                    let ts =
+                        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+                    let body = serde_json::to_vec(&json!({
+                        "appId": app, "deviceId": org.devices[0].device_id,
+                        "workspaceId": org.devices[0].workspace_id, "orgId": org.org_id,
+                        "timestamp": ts, "type": "events",
+                        "events": [{"key": "Test.Scale", "value": {"n": n}, "timestamp": ts}]
+                    }))
+                    .unwrap();
+                    let base = {
+                        let live = live.lock().unwrap();
+                        live[n as usize % live.len()].clone()
+                    };
+                    let res = http
+                        .post(format!("{base}/tenants/{}/webhook", tenant_ids[i]))
+                        .header("X-Spark-Signature", sign_webhook(&secrets[i], &body))
+                        .header("Content-Type", "application/json")
+                        .body(body)
+                        .send()
+                        .await;
+                    if let Ok(r) = res
+                        && r.status().as_u16() == 200
+                    {
+                        accepted.lock().unwrap().push((i, n));
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// The lease holder of every tenant: org index → replica id.
+fn lease_holders(backend: &Backend, prefix: &str, sim: &Sim) -> HashMap<usize, String> {
+    let mut conn = backend.conn();
+    (0..TENANTS)
+        .filter_map(|i| {
+            let v: Option<String> = redis::cmd("GET")
+                .arg(format!("{prefix}:{{{}}}:lease", sim.org(i).org_id))
+                .query(&mut *conn)
+                .unwrap();
+            v.and_then(|v| v.rsplit_once('|').map(|(r, _)| (i, r.to_string())))
+        })
+        .collect()
+}
+
+async fn tenant_count(base: &str) -> usize {
+    let r = reqwest::Client::new()
+        .get(format!("{base}/admin/tenants"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await;
+    match r {
+        Ok(r) => r
+            .json::<Value>()
+            .await
+            .ok()
+            .and_then(|v| v.as_array().map(Vec::len))
+            .unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
+async fn suite(backend: Backend) {
+    let prefix = unique_prefix();
+    // 8-s tokens: each tenant's refresh token rotates every ~5 s, before and after the takeover.
+    let sim = start_sim(SimConfig {
+        orgs: TENANTS,
+        devices_per_org: 1,
+        access_token_ttl: Duration::from_secs(8),
+        poll_wait: Duration::from_secs(1),
+        ..Default::default()
+    })
+    .await;
+    let mut env = xapi_stream::devenv::engine_env(&sim, &backend.url(), &prefix);
+    for (k, v) in [
+        ("INTEGRATION__INGEST", "both"),
+        ("SCALING__LEASE_TTL_SECS", "6"),
+        ("SCALING__RESYNC_SECS", "5"),
+        ("WEBEX__HTTP_TIMEOUT_SECS", "3"),
+        ("SERVER__WORKERS", "1"),
+        ("LOG__LEVEL", "warn"),
+        ("LOG__FORMAT", "text"),
+    ] {
+        env.push((format!("XAPI_STREAM__{k}"), v.to_string()));
+    }
+    let mut replicas: Vec<Replica> = (0..REPLICAS)
+        .map(|r| Replica::spawn(&format!("r{r}"), &env))
+        .collect();
+    for r in &replicas {
+        wait_ready(&r.base, Duration::from_secs(20)).await;
+    }
+
+    // Activate every tenant through replica 0, 20 at a time; the lease holders complete them.
+    let base0 = replicas[0].base.clone();
+    let mut tenant_ids = vec![String::new(); TENANTS];
+    for chunk in (0..TENANTS).collect::<Vec<_>>().chunks(20) {
+        let jwts: Vec<String> = chunk.iter().map(|&i| sim.activation_jwt(i)).collect();
+        let answers =
+            futures::future::join_all(jwts.iter().map(|jwt| admin_activate(&base0, jwt))).await;
+        for (&i, (status, body)) in chunk.iter().zip(answers) {
+            assert_eq!(status, 202, "{body}");
+            tenant_ids[i] = body["tenant_id"].as_str().unwrap().to_string();
+        }
+    }
+    let all_completed = eventually(Duration::from_secs(60), || async {
+        (0..TENANTS).all(|i| sim.app_state(i).provisioning_state.as_deref() == Some("completed"))
+    })
+    .await;
+    let pending: Vec<usize> = (0..TENANTS)
+        .filter(|&i| sim.app_state(i).provisioning_state.as_deref() != Some("completed"))
+        .collect();
+    assert!(
+        all_completed,
+        "activations not completed: {pending:?}\n{}",
+        replicas[0].log_tail()
+    );
+    // Every replica knows every tenant (announcements), every tenant has one lease holder, the
+    // three replicas share them, and every queue is being polled.
+    for r in &replicas {
+        assert!(
+            eventually(Duration::from_secs(20), || async {
+                tenant_count(&r.base).await == TENANTS
+            })
+            .await,
+            "{} does not list every tenant",
+            r.id
+        );
+    }
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            lease_holders(&backend, &prefix, &sim).len() == TENANTS
+                && (0..TENANTS).all(|i| sim.last_poll(i).is_some())
+        })
+        .await,
+        "not every tenant is leased and polled"
+    );
+    let holders = lease_holders(&backend, &prefix, &sim);
+    let mut share: BTreeMap<String, usize> = BTreeMap::new();
+    for r in holders.values() {
+        *share.entry(r.clone()).or_default() += 1;
+    }
+    assert_eq!(share.len(), REPLICAS, "{share:?}");
+    for (r, n) in &share {
+        assert!(
+            (30..=110).contains(n),
+            "uneven spread: {r} owns {n} of {TENANTS} ({share:?})"
+        );
+    }
+
+    // Load: webhooks to every live replica; queue messages too.
+    let tenant_ids = Arc::new(tenant_ids);
+    let live = Arc::new(Mutex::new(
+        replicas.iter().map(|r| r.base.clone()).collect::<Vec<_>>(),
+    ));
+    let accepted: Accepted = Default::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = start_load(
+        &sim,
+        tenant_ids.clone(),
+        live.clone(),
+        accepted.clone(),
+        stop.clone(),
+    );
+    let queue_sim = sim.clone();
+    let queue_stop = stop.clone();
+    let queued = tokio::spawn(async move {
+        let mut n = 0u64;
+        while !queue_stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let i = (n as usize * 31) % TENANTS;
+            let org = queue_sim.org(i);
+            let ts = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            queue_sim.enqueue(
+                i,
+                json!({"appId": queue_sim.config().app_id, "deviceId": org.devices[0].device_id,
+                    "workspaceId": org.devices[0].workspace_id, "orgId": org.org_id, "timestamp": ts,
+                    "type": "events", "events": [{"key": "Test.Queue", "value": {"n": n}, "timestamp": ts}]}),
+            );
+            n += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        n
+    });
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    // Kill -9 the third replica under load.
+    let victim = replicas.pop().unwrap();
+    let victims: Vec<usize> = lease_holders(&backend, &prefix, &sim)
+        .into_iter()
+        .filter(|(_, r)| *r == victim.id)
+        .map(|(i, _)| i)
+        .collect();
+    assert!(!victims.is_empty());
+    live.lock().unwrap().retain(|b| *b != victim.base);
+    let mut victim = victim;
+    victim.child.kill().unwrap();
+    victim.child.wait().unwrap();
+    let killed_at = Instant::now();
+    let accepted_before_kill = accepted.lock().unwrap().len();
+
+    // Its tenants are polled again within the lease TTL + 5 s.
+    let mut resumed: HashMap<usize, Duration> = HashMap::new();
+    while resumed.len() < victims.len() && killed_at.elapsed() < TAKEOVER_BOUND * 2 {
+        for &i in &victims {
+            if !resumed.contains_key(&i) && sim.last_poll(i).is_some_and(|t| t > killed_at) {
+                resumed.insert(i, killed_at.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let slowest = resumed.values().max().copied().unwrap_or_default();
+    assert_eq!(
+        resumed.len(),
+        victims.len(),
+        "{} of {} tenants of the killed replica not polled again within {:?}",
+        victims.len() - resumed.len(),
+        victims.len(),
+        TAKEOVER_BOUND * 2
+    );
+    assert!(
+        slowest <= TAKEOVER_BOUND,
+        "takeover took {slowest:?} (bound {TAKEOVER_BOUND:?})"
+    );
+    eprintln!(
+        "takeover of {} tenants: slowest {slowest:?}, lease TTL {LEASE_TTL:?}",
+        victims.len()
+    );
+    // More load on the survivors (tokens keep rotating), then stop.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    futures::future::join_all(load).await;
+    let queued_total = queued.await.unwrap();
+
+    // No queue ever had two pollers; no refresh token was used twice.
+    for i in 0..TENANTS {
+        assert!(
+            sim.max_concurrent_pollers(i) <= 1,
+            "org {i}: {} concurrent pollers",
+            sim.max_concurrent_pollers(i)
+        );
+    }
+    let oauth = sim.oauth_stats();
+    assert_eq!(oauth.reused, 0, "a refresh token was used twice: {oauth:?}");
+    assert_eq!(oauth.invalid_grant, 0, "{oauth:?}");
+    assert!(oauth.exchanges_ok >= TENANTS as u64, "{oauth:?}");
+    assert_eq!(sim.expired_bearer_calls(), 0, "an expired token was used");
+
+    // Every webhook answered 200 is in its org's events stream exactly once; every queue
+    // message at most once (a batch in the killed replica's hands is lost with it: Webex had
+    // already removed it from the queue).
+    let accepted = accepted.lock().unwrap().clone();
+    assert!(
+        accepted.len() > accepted_before_kill && accepted_before_kill > 100,
+        "too little load: {accepted_before_kill} before the kill, {} in all",
+        accepted.len()
+    );
+    let mut conn = backend.conn();
+    let mut scale_seen: HashMap<u64, usize> = HashMap::new();
+    let mut queue_seen: HashMap<u64, usize> = HashMap::new();
+    for i in 0..TENANTS {
+        let key = format!("{prefix}:{{{}}}:events", sim.org(i).org_id);
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&key)
+            .arg("-")
+            .arg("+")
+            .query(&mut *conn)
+            .unwrap();
+        for e in reply.ids {
+            let k: String = e.get("key").unwrap();
+            let v: String = e.get("value").unwrap();
+            let n = serde_json::from_str::<Value>(&v).unwrap()["n"]
+                .as_u64()
+                .unwrap();
+            match k.as_str() {
+                "Test.Scale" => *scale_seen.entry(n).or_default() += 1,
+                "Test.Queue" => *queue_seen.entry(n).or_default() += 1,
+                other => panic!("unexpected event {other}"),
+            }
+        }
+    }
+    let accepted_ns: HashSet<u64> = accepted.iter().map(|(_, n)| *n).collect();
+    for n in &accepted_ns {
+        assert_eq!(
+            scale_seen.get(n).copied().unwrap_or(0),
+            1,
+            "webhook {n} answered 200 but written {} times",
+            scale_seen.get(n).copied().unwrap_or(0)
+        );
+    }
+    assert!(
+        queue_seen.values().all(|&c| c == 1),
+        "a queue message was written twice"
+    );
+    eprintln!(
+        "{} webhooks answered 200 (each written once); {} of {queued_total} queue messages written; {} still queued",
+        accepted_ns.len(),
+        queue_seen.len(),
+        (0..TENANTS).map(|i| sim.queue_len(i)).sum::<usize>()
+    );
+
+    // The survivors now own everything.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let h = lease_holders(&backend, &prefix, &sim);
+            h.len() == TENANTS && h.values().all(|r| r != &victim.id)
+        })
+        .await
+    );
+    drop(replicas);
+    sim.shutdown().await;
+}
+
+#[actix_web::test]
+async fn three_replicas_share_200_tenants_on_one_redis() {
+    suite(Backend::Single(own_redis())).await;
+}
+
+#[actix_web::test]
+async fn three_replicas_share_200_tenants_on_a_redis_cluster() {
+    suite(Backend::Cluster(
+        RedisCluster::start(3).expect("a 3-master redis cluster starts"),
+    ))
+    .await;
+}
