@@ -793,7 +793,8 @@ async fn entries_left_by_a_dead_consumer_are_claimed_and_never_sent_twice() {
             ("name", "Message.Send"),
         ],
     );
-    let own = actors::devices::commands::consumer_name();
+    // The engine below reads as this consumer (its replica id).
+    let own = "replica-under-test";
     let taken: redis::streams::StreamReadReply = conn
         .xread_options(
             &[&commands],
@@ -814,6 +815,7 @@ async fn entries_left_by_a_dead_consumer_are_claimed_and_never_sent_twice() {
             ("DEVICES__COMMANDS_POLL_MS", "50"),
             ("DEVICES__COMMANDS_CLAIM_IDLE_SECS", "1"),
             ("DEVICES__CALL_DEADLINE_SECS", "0.5"),
+            ("SCALING__REPLICA_ID", own),
         ],
     )
     .await;

@@ -26,12 +26,6 @@ const BATCH: usize = 10;
 /// Longest accepted request id.
 const MAX_REQUEST_ID_LEN: usize = 128;
 
-/// The consumer name of this process: the pod name under Kubernetes (`HOSTNAME`), plus the pid.
-pub fn consumer_name() -> String {
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "engine".into());
-    format!("{host}-{}", std::process::id())
-}
-
 /// A parsed request, or why it cannot run (answered with an error record).
 fn parse(fields: &HashMap<String, String>) -> Result<DeviceRequest, DeviceError> {
     let invalid = |m: String| DeviceError::Refused(AccessError::Invalid(m));
@@ -223,7 +217,8 @@ pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), String
     let cfg = &shared.deps.config.devices;
     let store = DeviceStore::new(shared.deps.store.clone());
     let org = shared.org_id.clone();
-    let consumer = consumer_name();
+    // The replica id: a restarted replica (same pod name) finds its own pending entries.
+    let consumer = shared.deps.config.scaling.replica_id();
     let idle = Duration::from_millis(cfg.commands_poll_ms);
     let claim_every = Duration::from_secs(cfg.commands_claim_idle_secs.max(1));
     let claim_idle_ms = cfg.commands_claim_idle_secs * 1000;
