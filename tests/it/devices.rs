@@ -800,7 +800,7 @@ async fn entries_left_by_a_dead_consumer_are_claimed_and_never_sent_twice() {
             &[&commands],
             &[">"],
             &redis::streams::StreamReadOptions::default()
-                .group("xapi-stream", &own)
+                .group("xapi-stream", own)
                 .count(2),
         )
         .unwrap();
