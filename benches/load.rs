@@ -9,6 +9,9 @@
 //! It prints the figures and their ratios.
 //!
 //!   cargo build --release --bins && target/release/xapi-load [--seconds 10] [--connections 64]
+//!
+//! With `--replicas 1,2,3` it measures scale-out instead: for each N, N engine processes share
+//! one Redis (a fresh key prefix per round) and the tenants; the load is spread over them.
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -162,10 +165,191 @@ fn exe(name: &str) -> std::path::PathBuf {
     me.with_file_name(name)
 }
 
+/// Spawns an engine process with `env` on its own port; returns it and its base URL once ready.
+async fn spawn_engine(
+    env: &[(String, String)],
+    replica: &str,
+) -> anyhow::Result<(std::process::Child, String)> {
+    let port = free_port()?;
+    let child = std::process::Command::new(exe("xapi-stream"))
+        .arg("serve")
+        .envs(env.iter().cloned())
+        .env("XAPI_STREAM__SERVER__BIND", format!("127.0.0.1:{port}"))
+        .env(
+            "XAPI_STREAM__SERVER__PUBLIC_URL",
+            format!("http://127.0.0.1:{port}"),
+        )
+        .env("XAPI_STREAM__SCALING__REPLICA_ID", replica)
+        .env("XAPI_STREAM__SERVER__WORKERS", "0")
+        .env("XAPI_STREAM__LOG__LEVEL", "error")
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let ready = Instant::now();
+    while !http
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        anyhow::ensure!(
+            ready.elapsed() < Duration::from_secs(20),
+            "engine not ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok((child, base))
+}
+
+/// `--replicas 1,2,3`: closed-loop throughput with N engine processes sharing one Redis.
+async fn scale_out(list: &str, secs: f64, connections: usize) -> anyhow::Result<()> {
+    let counts: Vec<usize> = list
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .filter(|&n| n > 0)
+        .collect();
+    anyhow::ensure!(!counts.is_empty(), "--replicas wants a list like 1,2,3");
+    println!(
+        "xapi-stream scale-out: replicas {counts:?}, {connections} connections, {secs} s each, {TENANTS} tenants"
+    );
+    let redis = RedisServer::start()?;
+    let sim = Sim::start(
+        SimConfig {
+            orgs: TENANTS,
+            devices_per_org: 1,
+            ..Default::default()
+        },
+        "127.0.0.1:0".parse()?,
+    )
+    .await?;
+    let orgs: Vec<(String, String, String)> = sim
+        .orgs()
+        .iter()
+        .map(|o| {
+            (
+                o.org_id.clone(),
+                o.devices[0].device_id.clone(),
+                o.devices[0].workspace_id.clone(),
+            )
+        })
+        .collect();
+    let ref_port = free_port()?;
+    let mut reference = std::process::Command::new(exe("reference-server"))
+        .args(["--bind", &format!("127.0.0.1:{ref_port}")])
+        .spawn()?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let budget = (200_000.0 * secs) as usize;
+    let ref_target = Target {
+        url: (0..TENANTS)
+            .map(|_| Arc::from(format!("http://127.0.0.1:{ref_port}/webhook")))
+            .collect(),
+        secrets: vec!["reference".to_string(); TENANTS],
+        orgs: orgs.clone(),
+        app: sim.config().app_id.clone(),
+    };
+    let (ref_rps, _) = closed_loop(
+        Arc::new(requests(&ref_target, budget, 0)),
+        connections,
+        secs,
+    )
+    .await;
+    println!("reference server     : {ref_rps:>9.0} req/s");
+    let _ = reference.kill();
+    let _ = reference.wait();
+    let http = reqwest::Client::new();
+    let mut first = None;
+    for (round, &n) in counts.iter().enumerate() {
+        // Same encryption key for every replica of a round; a fresh key prefix per round.
+        let env = xapi_stream::devenv::engine_env(&sim, &redis.url(), &format!("scale{round}"));
+        let mut replicas = Vec::new();
+        for r in 0..n {
+            replicas.push(spawn_engine(&env, &format!("load-r{r}")).await?);
+        }
+        let bases: Vec<String> = replicas.iter().map(|(_, b)| b.clone()).collect();
+        let mut ids = Vec::new();
+        for i in 0..TENANTS {
+            let r: serde_json::Value = http
+                .post(format!("{}/admin/activations", bases[0]))
+                .bearer_auth(xapi_stream::devenv::ADMIN_TOKEN)
+                .json(&json!({"jwt": sim.activation_jwt(i)}))
+                .send()
+                .await?
+                .json()
+                .await?;
+            ids.push(r["tenant_id"].as_str().unwrap_or_default().to_string());
+        }
+        // Every replica knows every tenant, completed (its webhook secret is the new one).
+        let wait = Instant::now();
+        for base in &bases {
+            loop {
+                let list: serde_json::Value = http
+                    .get(format!("{base}/admin/tenants"))
+                    .bearer_auth(xapi_stream::devenv::ADMIN_TOKEN)
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                let done = list.as_array().is_some_and(|a| {
+                    a.len() == TENANTS && a.iter().all(|t| t["provisioning_state"] == "completed")
+                });
+                if done {
+                    break;
+                }
+                anyhow::ensure!(
+                    wait.elapsed() < Duration::from_secs(30),
+                    "{base} does not list every tenant completed"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        let target = Target {
+            // Tenant i is sent to replica i % n: the load spreads evenly over the replicas.
+            url: ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| Arc::from(format!("{}/tenants/{id}/webhook", bases[i % n])))
+                .collect(),
+            secrets: (0..TENANTS)
+                .map(|i| {
+                    sim.app_state(i)
+                        .webhook
+                        .and_then(|w| w.secret)
+                        .unwrap_or_default()
+                })
+                .collect(),
+            orgs: orgs.clone(),
+            app: sim.config().app_id.clone(),
+        };
+        let (rps, errors) = closed_loop(
+            Arc::new(requests(&target, budget, 1_000_000 * (round + 1))),
+            connections,
+            secs,
+        )
+        .await;
+        let base_rps = *first.get_or_insert(rps);
+        println!(
+            "replicas={n}  throughput={rps:>9.0} req/s  errors={errors}  ratio_vs_reference={:.2}  vs_first_round={:.2}",
+            rps / ref_rps,
+            rps / base_rps
+        );
+        for (mut child, _) in replicas {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+    sim.shutdown().await;
+    Ok(())
+}
+
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
     let secs: f64 = arg("--seconds", 10.0);
     let connections: usize = arg("--connections", 64);
+    let replicas: String = arg("--replicas", String::new());
+    if !replicas.is_empty() {
+        return scale_out(&replicas, secs, connections).await;
+    }
     println!(
         "xapi-stream load: {connections} connections, {secs} s per phase, {TENANTS} tenants, ~400-byte signed bodies"
     );
