@@ -471,3 +471,170 @@ async fn three_replicas_share_200_tenants_on_a_redis_cluster() {
     ))
     .await;
 }
+
+async fn action(base: &str, tenant: &str, jwt: &str) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{base}/tenants/{tenant}/actions"))
+        .json(&json!({ "jwt": jwt }))
+        .send()
+        .await
+        .unwrap();
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn webhook(base: &str, tenant: &str, secret: &str, body: &Value) -> u16 {
+    let body = serde_json::to_vec(body).unwrap();
+    reqwest::Client::new()
+        .post(format!("{base}/tenants/{tenant}/webhook"))
+        .header("X-Spark-Signature", sign_webhook(secret, &body))
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// What one replica changes, the others follow: a tenant activated on one is served by the
+/// other at once; an update and a webhook-secret rotation handled by the replica that does not
+/// own the tenant reach the owner (polling moves, the old refresh token is never used); a
+/// deprovisioning on the non-owner stops the owner's poller and both answer 410.
+#[actix_web::test]
+async fn changes_made_on_one_replica_are_followed_by_the_others() {
+    let redis = shared_redis();
+    let prefix = unique_prefix();
+    let sim = start_sim(SimConfig {
+        orgs: 1,
+        poll_wait: Duration::from_millis(200),
+        ..Default::default()
+    })
+    .await;
+    let key = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode([7u8; 32])
+    };
+    let common = [
+        ("INTEGRATION__INGEST", "both"),
+        ("SECURITY__ENCRYPTION_KEY", key.as_str()),
+        ("SCALING__LEASE_TTL_SECS", "6"),
+        ("WEBEX__HTTP_TIMEOUT_SECS", "3"),
+    ];
+    let with_id = |id: &'static str| {
+        let mut v = common.to_vec();
+        v.push(("SCALING__REPLICA_ID", id));
+        v
+    };
+    let a = start_engine(&sim, &redis.url(), &prefix, &with_id("a")).await;
+    let b = start_engine(&sim, &redis.url(), &prefix, &with_id("b")).await;
+    let (s, body) = admin_activate(&a.base_url(), &sim.activation_jwt(0)).await;
+    assert_eq!(s, 202, "{body}");
+    let id = body["tenant_id"].as_str().unwrap().to_string();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            sim.app_state(0).provisioning_state.as_deref() == Some("completed")
+        })
+        .await
+    );
+    let org = sim.org(0);
+    let msg = |n: u64| {
+        let ts = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        json!({"appId": sim.config().app_id, "deviceId": org.devices[0].device_id,
+            "workspaceId": org.devices[0].workspace_id, "orgId": org.org_id, "timestamp": ts,
+            "type": "events", "events": [{"key": "Test.Follow", "value": {"n": n}, "timestamp": ts}]})
+    };
+    let secret = || sim.app_state(0).webhook.unwrap().secret.unwrap();
+    // Both replicas accept the tenant's webhooks at once.
+    assert_eq!(webhook(&b.base_url(), &id, &secret(), &msg(1)).await, 200);
+    assert_eq!(webhook(&a.base_url(), &id, &secret(), &msg(2)).await, 200);
+
+    // Who owns it? Act on the other one.
+    let lease_key = format!("{prefix}:{{{}}}:lease", org.org_id);
+    let holder = || -> String {
+        let v: String = redis::cmd("GET")
+            .arg(&lease_key)
+            .query(&mut redis.client().get_connection().unwrap())
+            .unwrap();
+        v.rsplit_once('|').unwrap().0.to_string()
+    };
+    let owner_id = holder();
+    let (owner, other) = if owner_id == "a" { (&a, &b) } else { (&b, &a) };
+
+    // Re-activation through the non-owner: the owner completes it with a new webhook secret;
+    // the non-owner verifies webhooks signed with it right away.
+    let old_secret = secret();
+    let (s, _) = admin_activate(&other.base_url(), &sim.activation_jwt(0)).await;
+    assert_eq!(s, 202);
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            let w = sim.app_state(0).webhook.unwrap();
+            w.secret.as_deref() != Some(old_secret.as_str())
+                && sim.app_state(0).provisioning_state.as_deref() == Some("completed")
+        })
+        .await,
+        "re-activation not completed by the owner"
+    );
+    assert_eq!(
+        webhook(&other.base_url(), &id, &secret(), &msg(3)).await,
+        200
+    );
+    assert_eq!(
+        webhook(&owner.base_url(), &id, &secret(), &msg(4)).await,
+        200
+    );
+
+    // An update handled by the non-owner: new refresh token, moved appUrl.
+    sim.revoke_refresh_tokens(0);
+    let fresh = sim.mint_refresh_token(0);
+    let new_app = sim.moved_app_url(0, "k");
+    let (s, body) = action(&other.base_url(), &id, &sim.action_jwt(0, "update", json!({
+        "appUrl": new_app, "manifestUrl": format!("{new_app}/manifest"), "region": "eu-central-1_k", "refreshToken": fresh}))).await;
+    assert_eq!(s, 204, "{body}");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            sim.polls_in_cluster("k") > 2
+        })
+        .await,
+        "the owner's polling did not move to the new pollUrl"
+    );
+    assert_eq!(
+        sim.oauth_stats().invalid_grant,
+        0,
+        "a revoked refresh token was used"
+    );
+    assert_eq!(holder(), owner_id, "ownership moved without a reason");
+
+    // Deprovisioned through the non-owner: the owner stops polling; both answer 410.
+    let (s, body) = action(
+        &other.base_url(),
+        &id,
+        &sim.action_jwt(0, "deprovision", json!({})),
+    )
+    .await;
+    assert_eq!(s, 204, "{body}");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let polls = sim.polls();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        sim.polls(),
+        polls,
+        "the owner still polls a deprovisioned tenant"
+    );
+    for e in [&a, &b] {
+        assert_eq!(webhook(&e.base_url(), &id, &secret(), &msg(5)).await, 410);
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let v: Option<String> = redis::cmd("GET")
+                .arg(&lease_key)
+                .query(&mut redis.client().get_connection().unwrap())
+                .unwrap();
+            v.is_none()
+        })
+        .await,
+        "the deprovisioned tenant's lease was not released"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+    sim.shutdown().await;
+}
