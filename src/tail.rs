@@ -82,6 +82,10 @@ async fn streams(
 }
 
 async fn tail(cfg: config::Config, args: TailArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !cfg.redis.is_cluster(),
+        "xapi-stream tail reads a single Redis; on a Redis Cluster, point redis.url at the node serving the org's slot (CLUSTER KEYSLOT <p>:{{<org>}}:status) and set redis.cluster = false"
+    );
     let client = redis::Client::open(cfg.redis.url.expose())?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     let keys = streams(&mut conn, &cfg.redis.key_prefix, args.org.as_deref()).await?;

@@ -638,3 +638,51 @@ async fn changes_made_on_one_replica_are_followed_by_the_others() {
     b.shutdown().await;
     sim.shutdown().await;
 }
+
+/// On a cluster, purging a deprovisioned tenant's streams finds its keys on the node serving
+/// its slot (a plain SCAN would visit one random node).
+#[actix_web::test]
+async fn deprovisioning_purges_a_tenants_keys_on_a_redis_cluster() {
+    let cluster = RedisCluster::start(3).expect("a 3-master redis cluster starts");
+    let prefix = unique_prefix();
+    let sim = start_sim(SimConfig {
+        orgs: 3,
+        ..Default::default()
+    })
+    .await;
+    let engine = start_engine(
+        &sim,
+        &cluster.urls(),
+        &prefix,
+        &[("ACTIVATION__PURGE_STREAMS_ON_DEPROVISION", "true")],
+    )
+    .await;
+    let base = engine.base_url();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(activate_org(&sim, &base, i).await);
+    }
+    for i in 0..3 {
+        let report = sim.deliver(i, &sim.generate(i, 5)).await;
+        assert!(
+            report.webhook_statuses.iter().all(|&s| s == 200),
+            "{report:?}"
+        );
+    }
+    let org_keys = |i: usize| cluster.keys(&format!("{prefix}:{{{}}}:*", sim.org(i).org_id));
+    for i in 0..3 {
+        assert!(org_keys(i).len() > 2, "{:?}", org_keys(i));
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let (s, b) = action(&base, id, &sim.action_jwt(i, "deprovision", json!({}))).await;
+        assert_eq!(s, 204, "{b}");
+        let left = org_keys(i);
+        let lease = format!("{prefix}:{{{}}}:lease", sim.org(i).org_id);
+        assert!(
+            left.iter().all(|k| k.ends_with(":tenant") || *k == lease),
+            "org {i}: left {left:?}"
+        );
+    }
+    engine.shutdown().await;
+    sim.shutdown().await;
+}

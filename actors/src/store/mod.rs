@@ -109,6 +109,35 @@ enum Target {
     Cluster(Box<redis::cluster::ClusterClient>),
 }
 
+/// The Redis Cluster slot of `key`: CRC16 (XMODEM) of its hash tag (the part between the first
+/// `{` and the next `}`, if non-empty) or of the whole key, modulo 16384.
+pub fn key_slot(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let tagged = bytes
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = &bytes[open + 1..];
+            rest.iter()
+                .position(|&b| b == b'}')
+                .filter(|&close| close > 0)
+                .map(|close| &rest[..close])
+        })
+        .unwrap_or(bytes);
+    let mut crc: u16 = 0;
+    for &b in tagged {
+        crc ^= (b as u16) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
 /// The seed URLs of `redis.url` (a comma-separated list for a cluster).
 pub fn seed_urls(url: &str) -> Vec<&str> {
     url.split(',')
@@ -272,5 +301,23 @@ impl Store {
                 Err(StoreError::Timeout)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_slot;
+
+    #[test]
+    fn key_slots_follow_redis_hash_tags() {
+        // Reference values from the Redis Cluster specification and `CLUSTER KEYSLOT`.
+        assert_eq!(key_slot("123456789"), 0x31c3 % 16384);
+        assert_eq!(key_slot("foo"), 12182);
+        assert_eq!(key_slot("{user1000}.following"), key_slot("user1000"));
+        assert_eq!(key_slot("xapi:{ORG}:status"), key_slot("ORG"));
+        // An empty tag does not count: the whole key is hashed.
+        assert_ne!(key_slot("foo{}{bar}"), key_slot("bar"));
+        // Only the first tag counts.
+        assert_eq!(key_slot("foo{{bar}}zap"), key_slot("{bar"));
     }
 }

@@ -399,18 +399,28 @@ impl Tenants {
         let mut found: Vec<String> = Vec::new();
         let mut cursor: u64 = 0;
         loop {
-            let (next, batch): (u64, Vec<String>) = self
-                .store
-                .bounded(
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(500)
-                        .query_async(&mut conn),
-                )
-                .await?;
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(500);
+            let (next, batch): (u64, Vec<String>) = match &mut conn {
+                // On a cluster SCAN visits one node: ask the one serving this org's slot (every
+                // key of the org carries its hash tag).
+                super::Conn::Cluster(c) => {
+                    use redis::cluster_routing::{
+                        Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr,
+                    };
+                    let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
+                        Route::new(super::key_slot(&keys.tenant(org)), SlotAddr::Master),
+                    ));
+                    let v = self.store.bounded(c.route_command(scan, route)).await?;
+                    redis::from_redis_value(v)
+                        .map_err(|e| StoreError::Corrupt(format!("SCAN reply: {e}")))?
+                }
+                super::Conn::Single(_) => self.store.bounded(scan.query_async(&mut conn)).await?,
+            };
             found.extend(batch.into_iter().filter(|k| !k.ends_with(":tenant")));
             cursor = next;
             if cursor == 0 {
