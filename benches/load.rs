@@ -327,9 +327,23 @@ async fn scale_out(list: &str, secs: f64, connections: usize) -> anyhow::Result<
             secs,
         )
         .await;
+        // Redis's own cost per message (apply.lua), for the capacity estimate.
+        let redis_cost = {
+            let mut c = redis.client().get_connection()?;
+            let info: String = redis::cmd("INFO").arg("commandstats").query(&mut c)?;
+            let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query(&mut c)?;
+            info.lines()
+                .find(|l| l.starts_with("cmdstat_evalsha:"))
+                .and_then(|l| {
+                    l.split(',')
+                        .find_map(|kv| kv.strip_prefix("usec_per_call="))
+                })
+                .unwrap_or("?")
+                .to_string()
+        };
         let base_rps = *first.get_or_insert(rps);
         println!(
-            "replicas={n}  throughput={rps:>9.0} req/s  errors={errors}  ratio_vs_reference={:.2}  vs_first_round={:.2}",
+            "replicas={n}  throughput={rps:>9.0} req/s  errors={errors}  ratio_vs_reference={:.2}  vs_first_round={:.2}  redis_usec_per_message={redis_cost}",
             rps / ref_rps,
             rps / base_rps
         );
