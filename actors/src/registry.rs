@@ -83,6 +83,9 @@ impl Registry {
 
     /// [`Registry::refresh`] without the gauges; returns whether anything changed.
     async fn follow(&self, org: &str) -> Result<bool, StoreError> {
+        // Read under the org's lock: an activation on this replica cannot interleave.
+        let lock = self.org_lock(org);
+        let _guard = lock.lock().await;
         let stored = match self.deps.tenants.load(org).await {
             Ok(Some(s)) => s,
             Ok(None) => return Ok(false),
@@ -92,8 +95,6 @@ impl Registry {
             }
             Err(e) => return Err(e),
         };
-        let lock = self.org_lock(org);
-        let _guard = lock.lock().await;
         let Some(handle) = self.get(&stored.record.tenant_id) else {
             self.start(stored, None);
             self.kick.notify_one();
@@ -304,6 +305,7 @@ impl Registry {
             record,
             secrets,
             token_version,
+            record_version,
             ..
         } = stored;
         let lease = lease.unwrap_or_default();
@@ -315,7 +317,13 @@ impl Registry {
             token_version,
             lease.clone(),
         ));
-        let shared = Arc::new(TenantShared::new(self.deps.clone(), record, tokens, lease));
+        let shared = Arc::new(TenantShared::new(
+            self.deps.clone(),
+            record,
+            tokens,
+            lease,
+            record_version,
+        ));
         let arbiter =
             &self.arbiters[self.next.fetch_add(1, Ordering::Relaxed) % self.arbiters.len()];
         let sup_shared = shared.clone();

@@ -78,6 +78,8 @@ pub struct TenantShared {
     pub lease: Arc<lease::LeaseCell>,
     /// When the record and secrets were last read from Redis (see [`TenantShared::reload`]).
     reloaded_at: std::sync::Mutex<std::time::Instant>,
+    /// The `record_version` of the record held: an older one read later is not adopted.
+    record_version: std::sync::atomic::AtomicU64,
 }
 
 /// How many times a record update is retried after another replica wrote first.
@@ -100,8 +102,10 @@ impl TenantShared {
         record: TenantRecord,
         tokens: Arc<TokenKeeper>,
         lease: Arc<lease::LeaseCell>,
+        record_version: u64,
     ) -> Self {
         Self {
+            record_version: record_version.into(),
             tenant_id: record.tenant_id.clone(),
             org_id: record.org_id.clone(),
             record: RwLock::new(record),
@@ -138,8 +142,10 @@ impl TenantShared {
             };
             change(&mut next);
             next.updated_at = Utc::now();
-            if tenants.save_record(&next, version).await?.is_some() {
+            if let Some(v) = tenants.save_record(&next, version).await? {
                 *self.record.write().expect("record lock") = next.clone();
+                self.record_version
+                    .fetch_max(v, std::sync::atomic::Ordering::AcqRel);
                 return Ok(next);
             }
         }
@@ -155,9 +161,17 @@ impl TenantShared {
         let new_refresh_token = stored.token_version > self.tokens.version().await
             && self.tokens.secrets().await.refresh_token != stored.secrets.refresh_token;
         let after = stored.record.clone();
+        let newer_record = self
+            .record_version
+            .fetch_max(stored.record_version, std::sync::atomic::Ordering::AcqRel)
+            <= stored.record_version;
         self.tokens
             .reload(stored.secrets, stored.token_version)
             .await;
+        if !newer_record {
+            // Read before a write this replica has made since: keep what we have.
+            return Changes::default();
+        }
         self.tokens.set_oauth_url(&after.oauth_url);
         self.tokens
             .follow_invalid(after.tokens_state == TokensState::Invalid);
