@@ -193,6 +193,14 @@ fn lease_holders(backend: &Backend, prefix: &str, sim: &Sim) -> HashMap<usize, S
         .collect()
 }
 
+fn count_by_replica(holders: &HashMap<usize, String>) -> BTreeMap<String, usize> {
+    let mut share = BTreeMap::new();
+    for r in holders.values() {
+        *share.entry(r.clone()).or_default() += 1;
+    }
+    share
+}
+
 async fn tenant_count(base: &str) -> usize {
     let r = reqwest::Client::new()
         .get(format!("{base}/admin/tenants"))
@@ -284,11 +292,7 @@ async fn suite(backend: Backend) {
         .await,
         "not every tenant is leased and polled"
     );
-    let holders = lease_holders(&backend, &prefix, &sim);
-    let mut share: BTreeMap<String, usize> = BTreeMap::new();
-    for r in holders.values() {
-        *share.entry(r.clone()).or_default() += 1;
-    }
+    let share = count_by_replica(&lease_holders(&backend, &prefix, &sim));
     assert_eq!(share.len(), REPLICAS, "{share:?}");
     for (r, n) in &share {
         assert!(
@@ -374,8 +378,59 @@ async fn suite(backend: Backend) {
         "takeover of {} tenants: slowest {slowest:?}, lease TTL {LEASE_TTL:?}",
         victims.len()
     );
+    // A new replica joins under load and takes its share (the owners hand tenants over).
+    let joined = Replica::spawn("r3", &env);
+    wait_ready(&joined.base, Duration::from_secs(20)).await;
+    live.lock().unwrap().push(joined.base.clone());
+    let joined_id = joined.id.clone();
+    replicas.push(joined);
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            let h = lease_holders(&backend, &prefix, &sim);
+            h.len() == TENANTS && h.values().filter(|r| **r == joined_id).count() >= 40
+        })
+        .await,
+        "the joining replica did not take its share: {:?}",
+        count_by_replica(&lease_holders(&backend, &prefix, &sim))
+    );
+
+    // A replica drains (SIGTERM): out of the load balancer first, then its tenants are handed
+    // over as soon as their work stopped, well before their leases would expire.
+    let drained = replicas.remove(0);
+    live.lock().unwrap().retain(|b| *b != drained.base);
+    let handed: Vec<usize> = lease_holders(&backend, &prefix, &sim)
+        .into_iter()
+        .filter(|(_, r)| *r == drained.id)
+        .map(|(i, _)| i)
+        .collect();
+    let termed_at = Instant::now();
+    let _ = Command::new("kill")
+        .args(["-TERM", &drained.child.id().to_string()])
+        .status();
+    let mut drained = drained;
+    let status = drained.child.wait().unwrap();
+    assert!(
+        status.success(),
+        "drain exit: {status:?}\n{}",
+        drained.log_tail()
+    );
+    assert!(
+        eventually(LEASE_TTL, || async {
+            handed
+                .iter()
+                .all(|&i| sim.last_poll(i).is_some_and(|t| t > termed_at))
+        })
+        .await,
+        "a drained replica's tenants were not taken over within the lease TTL"
+    );
+    eprintln!(
+        "drain: {} tenants handed over, all polled again {:?} after SIGTERM",
+        handed.len(),
+        termed_at.elapsed()
+    );
+
     // More load on the survivors (tokens keep rotating), then stop.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     futures::future::join_all(load).await;
     let queued_total = queued.await.unwrap();
@@ -451,7 +506,7 @@ async fn suite(backend: Backend) {
     assert!(
         eventually(Duration::from_secs(10), || async {
             let h = lease_holders(&backend, &prefix, &sim);
-            h.len() == TENANTS && h.values().all(|r| r != &victim.id)
+            h.len() == TENANTS && h.values().all(|r| *r != victim.id && *r != drained.id)
         })
         .await
     );
