@@ -1,9 +1,18 @@
 //! A local Redis Cluster of `redis-server --cluster-enabled yes` processes, for the tests, the
 //! benchmarks and anyone trying cluster mode on one machine. No `redis-cli` needed: slots are
 //! assigned with `CLUSTER ADDSLOTSRANGE` and the nodes joined with `CLUSTER MEET`.
+//!
+//! Each node is a [`RedisServer`] with its own temp directory (`--dir`), so every node's relative
+//! `--cluster-config-file nodes.conf` lands in its own directory and survives a
+//! [`restart`](RedisServer::restart) (the node keeps its id and slots).
 use std::time::{Duration, Instant};
 
 use crate::redis_server::{RedisServer, RedisServerError};
+
+/// The Redis Cluster slot of `key`: CRC16-XMODEM of its hash tag (the bytes between the first `{`
+/// and the first `}` after it, when non-empty) or of the whole key, modulo 16384. The same function
+/// the engine routes with; the tests below check it against `CLUSTER KEYSLOT`.
+pub use actors::store::key_slot;
 
 /// Slots of a Redis Cluster.
 const SLOTS: u16 = 16384;
@@ -33,9 +42,8 @@ impl RedisCluster {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let cluster = Self { nodes };
-        let fail = |what: &str, e: redis::RedisError| {
-            RedisServerError::Io(std::io::Error::other(format!("cluster {what}: {e}")))
-        };
+        let fail =
+            |what: &str, e: redis::RedisError| RedisServerError::Cluster(format!("{what}: {e}"));
         let per = SLOTS as usize / masters;
         for (i, node) in cluster.nodes.iter().enumerate() {
             let mut conn = node
@@ -74,18 +82,21 @@ impl RedisCluster {
     fn wait_converged(&self) -> Result<(), RedisServerError> {
         let deadline = Instant::now() + CONVERGE_TIMEOUT;
         loop {
-            if self
+            let pending: Vec<u16> = self
                 .nodes
                 .iter()
-                .all(|n| node_converged(n, self.nodes.len()))
-            {
+                .filter(|n| !node_converged(n, self.nodes.len()))
+                .map(RedisServer::port)
+                .collect();
+            if pending.is_empty() {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(RedisServerError::Io(std::io::Error::other(format!(
-                    "redis cluster of {} nodes did not converge within {CONVERGE_TIMEOUT:?}",
+                return Err(RedisServerError::Cluster(format!(
+                    "{} nodes did not converge within {CONVERGE_TIMEOUT:?} (not ok yet: ports {pending:?}; \
+                     want cluster_state:ok, all nodes known and CLUSTER SLOTS covering {SLOTS} slots)",
                     self.nodes.len()
-                ))));
+                )));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -108,7 +119,13 @@ impl RedisCluster {
         &mut self.nodes[i]
     }
 
-    /// Every key matching `pattern` on any node, sorted.
+    /// A cluster client seeded with every node (blocking connections via `get_connection`).
+    pub fn client(&self) -> redis::cluster::ClusterClient {
+        redis::cluster::ClusterClient::new(self.node_urls()).expect("valid node urls")
+    }
+
+    /// Every key matching `pattern` on any node (`KEYS` on each master), sorted. A node that
+    /// cannot be reached (killed, paused) contributes nothing.
     pub fn keys(&self, pattern: &str) -> Vec<String> {
         let mut all: Vec<String> = Vec::new();
         for n in &self.nodes {
@@ -125,7 +142,7 @@ impl RedisCluster {
     }
 }
 
-/// A node that says the cluster is ok, knows all nodes, and sees every slot served.
+/// A node that says the cluster is ok, knows all nodes, and whose `CLUSTER SLOTS` covers every slot.
 fn node_converged(node: &RedisServer, nodes: usize) -> bool {
     let Ok(mut c) = node.client().get_connection() else {
         return false;
@@ -142,6 +159,22 @@ fn node_converged(node: &RedisServer, nodes: usize) -> bool {
     field("cluster_state:").as_deref() == Some("ok")
         && field("cluster_slots_ok:").as_deref() == Some("16384")
         && field("cluster_known_nodes:").and_then(|v| v.parse::<usize>().ok()) == Some(nodes)
+        && slots_covered(&mut c) == SLOTS as usize
+}
+
+/// How many slots `CLUSTER SLOTS` on this connection lists as served (0 on any error).
+fn slots_covered(c: &mut redis::Connection) -> usize {
+    let ranges: Vec<Vec<redis::Value>> = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query(c)
+        .unwrap_or_default();
+    ranges
+        .iter()
+        .map(|r| match r.as_slice() {
+            [redis::Value::Int(a), redis::Value::Int(b), ..] if b >= a => (b - a + 1) as usize,
+            _ => 0,
+        })
+        .sum()
 }
 
 #[cfg(test)]
@@ -151,8 +184,7 @@ mod tests {
     #[test]
     fn a_three_master_cluster_routes_hash_tagged_keys() {
         let cluster = RedisCluster::start(3).expect("cluster starts");
-        let client = redis::cluster::ClusterClient::new(cluster.node_urls()).unwrap();
-        let mut conn = client.get_connection().unwrap();
+        let mut conn = cluster.client().get_connection().unwrap();
         for org in ["a", "b", "c", "d", "e", "f"] {
             for k in ["x", "y"] {
                 let _: () = redis::cmd("SET")
@@ -184,5 +216,93 @@ mod tests {
             per_node.iter().filter(|&&n| n > 0).count() >= 2,
             "{per_node:?}"
         );
+    }
+
+    /// Index of the node whose `CLUSTER SLOTS` (as seen by node 0) serves `slot`.
+    fn owner(cluster: &RedisCluster, slot: u16) -> usize {
+        use redis::Value::{Array, Int};
+        let mut c = cluster.nodes()[0].client().get_connection().unwrap();
+        let ranges: Vec<Vec<redis::Value>> =
+            redis::cmd("CLUSTER").arg("SLOTS").query(&mut c).unwrap();
+        // Each range: [first, last, [ip, port, id, ...] (master), replicas...].
+        let port = ranges
+            .iter()
+            .find_map(|r| match r.as_slice() {
+                [Int(a), Int(b), Array(master), ..] if (*a..=*b).contains(&(slot as i64)) => {
+                    match master.get(1) {
+                        Some(Int(p)) => Some(*p as u16),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            })
+            .expect("slot is served");
+        cluster
+            .nodes()
+            .iter()
+            .position(|n| n.port() == port)
+            .expect("a node of the cluster")
+    }
+
+    #[test]
+    fn key_slot_matches_cluster_keyslot_and_keys_spans_all_masters() {
+        let started = Instant::now();
+        let cluster = RedisCluster::start(3).expect("cluster starts");
+        eprintln!("3-master cluster converged in {:?}", started.elapsed());
+        assert_eq!(cluster.urls().split(',').count(), 3);
+        assert!(cluster.urls().starts_with("redis://127.0.0.1:"));
+
+        // key_slot against the server's own CLUSTER KEYSLOT, hash-tag corner cases included.
+        let mut c = cluster.nodes()[0].client().get_connection().unwrap();
+        for key in [
+            "",
+            "foo",
+            "123456789",
+            "{user1000}.following",
+            "user1000",
+            "xapi:{ORG}:status",
+            "foo{}{bar}",
+            "{}",
+            "{}foo",
+            "foo{{bar}}zap",
+            "{{bar}}",
+            "{bar",
+            "foo{bar}{zap}",
+            "}{a}",
+            "a{b",
+            "a}b{c}",
+            "ünïcödé{ø}",
+        ] {
+            let want: u16 = redis::cmd("CLUSTER")
+                .arg("KEYSLOT")
+                .arg(key)
+                .query(&mut c)
+                .unwrap();
+            assert_eq!(key_slot(key), want, "key {key:?}");
+        }
+
+        // Write each key straight to the node serving its slot (no MOVED, no cluster client).
+        let mut written = Vec::new();
+        for tag in ["a", "b", "c", "d", "e", "f", "g", "h"] {
+            let key = format!("k:{{{tag}}}:v");
+            let node = owner(&cluster, key_slot(&key));
+            let mut conn = cluster.nodes()[node].client().get_connection().unwrap();
+            let _: () = redis::cmd("SET")
+                .arg(&key)
+                .arg(tag)
+                .query(&mut conn)
+                .unwrap();
+            written.push((key, node));
+        }
+        let used: std::collections::BTreeSet<usize> = written.iter().map(|(_, n)| *n).collect();
+        assert_eq!(
+            used.len(),
+            3,
+            "tags a..h land on all three masters: {written:?}"
+        );
+        let mut want: Vec<String> = written.into_iter().map(|(k, _)| k).collect();
+        want.sort();
+        assert_eq!(cluster.keys("*"), want);
+        assert_eq!(cluster.keys("k:{a}*"), vec!["k:{a}:v".to_string()]);
     }
 }

@@ -26,6 +26,8 @@ pub enum RedisServerError {
     Io(#[from] std::io::Error),
     #[error("redis-server on port {0} did not answer PING within {1:?}")]
     NoAnswer(u16, Duration),
+    #[error("redis cluster: {0}")]
+    Cluster(String),
 }
 
 /// A free TCP port on 127.0.0.1 (bound then released; good enough for tests).
