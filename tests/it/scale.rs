@@ -741,3 +741,79 @@ async fn deprovisioning_purges_a_tenants_keys_on_a_redis_cluster() {
     engine.shutdown().await;
     sim.shutdown().await;
 }
+
+/// The fencing epoch at the storage: a replica whose lease was taken over (it was paused past
+/// its TTL) cannot overwrite the refresh token its successor stored; the successor can.
+#[actix_web::test]
+async fn a_fenced_off_lease_holder_cannot_overwrite_token_state() {
+    use actors::store::lease::{Acquired, Leases};
+    use actors::store::tenants::{CasOutcome, TenantSecrets, Tenants};
+    use actors::store::{Store, crypto::Sealer};
+
+    let redis = shared_redis();
+    let prefix = unique_prefix();
+    let sim = start_sim(SimConfig {
+        orgs: 1,
+        ..Default::default()
+    })
+    .await;
+    let engine = start_engine(&sim, &redis.url(), &prefix, &[]).await;
+    activate_org(&sim, &engine.base_url(), 0).await;
+    engine.shutdown().await; // releases its lease
+    let org = sim.org(0).org_id;
+
+    let cfg = xapi_stream::devenv::engine_config(&sim, &redis.url(), &prefix, &[]).unwrap();
+    let store = Store::new(&cfg.redis, actors::telemetry::Metrics::new()).unwrap();
+    assert!(store.connect(std::future::pending()).await);
+    let leases = Leases::new(store.clone());
+    let tenants = Tenants::new(store.clone(), Sealer::new(&[1u8; 32]));
+    let ttl = Duration::from_millis(300);
+
+    let Acquired::Held(old) = leases.acquire(&org, "paused", ttl).await.unwrap() else {
+        panic!("lease not free");
+    };
+    assert_eq!(
+        leases.acquire(&org, "successor", ttl).await.unwrap(),
+        Acquired::Busy
+    );
+    // "paused" stops renewing; its lease expires and the successor takes over.
+    tokio::time::sleep(ttl * 2).await;
+    let Acquired::Held(new) = leases.acquire(&org, "successor", ttl).await.unwrap() else {
+        panic!("expired lease not taken over");
+    };
+    assert!(new > old);
+    assert!(!leases.renew(&org, "paused", old, ttl).await.unwrap());
+
+    let version: u64 = redis::cmd("HGET")
+        .arg(format!("{prefix}:{{{org}}}:tenant"))
+        .arg("token_version")
+        .query(&mut redis.client().get_connection().unwrap())
+        .unwrap();
+    let secrets = |rt: &str| TenantSecrets {
+        refresh_token: actors::secret::Secret::new(rt.to_string()),
+        ..Default::default()
+    };
+    // The successor stores its rotated token; the paused one, resuming, is refused even with
+    // the current version in hand.
+    let written = tenants
+        .save_secrets(&org, version, &secrets("rt-successor"), None, Some(new))
+        .await
+        .unwrap();
+    assert_eq!(written, CasOutcome::Written(version + 1));
+    assert_eq!(
+        tenants
+            .save_secrets(&org, version + 1, &secrets("rt-paused"), None, Some(old))
+            .await
+            .unwrap(),
+        CasOutcome::Fenced
+    );
+    // A stale version is refused too (someone else wrote since).
+    assert_eq!(
+        tenants
+            .save_secrets(&org, version, &secrets("rt-stale"), None, Some(new))
+            .await
+            .unwrap(),
+        CasOutcome::Stale
+    );
+    sim.shutdown().await;
+}
