@@ -194,6 +194,23 @@ impl TokenKeeper {
         let Some(epoch) = self.lease.epoch_for(self.deps.config.webex.http_timeout()) else {
             return self.follow_owner(&mut p, rejected).await;
         };
+        // Redeem only the newest stored refresh token: an announcement of another replica's
+        // write (the previous holder's last rotation) may not have arrived yet, and redeeming
+        // an older one would be reuse. The stored access token may even be usable already.
+        if let Err(e) = self.reload_locked(&mut p).await {
+            return Err(TokenError::Transient {
+                message: format!("could not read the tenant's token state: {e}"),
+                retry_after: Some(FOLLOWER_RETRY),
+            });
+        }
+        if let Some(t) = self.cached()
+            && rejected.is_none_or(|r| r != &t.token)
+        {
+            return Ok(t.token);
+        }
+        if p.secrets.refresh_token.is_empty() {
+            return Err(TokenError::Gone);
+        }
         if let Some((until, err)) = &self.backoff.lock().expect("backoff lock").until
             && Instant::now() < *until
         {
