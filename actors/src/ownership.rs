@@ -41,6 +41,11 @@ pub struct Coordinator {
     /// Set by [`Coordinator::leave`]: no heartbeat, no new leases; held ones are only renewed
     /// until their work has stopped.
     draining: std::sync::atomic::AtomicBool,
+    /// Held for a whole round: [`Coordinator::leave`] waits for a round in flight, so its
+    /// heartbeat cannot put a draining replica back into the live set.
+    round_lock: tokio::sync::Mutex<()>,
+    /// The live set of the last successful heartbeat (used when one heartbeat fails).
+    last_live: std::sync::Mutex<Vec<String>>,
 }
 
 impl Coordinator {
@@ -55,6 +60,8 @@ impl Coordinator {
             registry,
             handing_over: Default::default(),
             draining: Default::default(),
+            round_lock: Default::default(),
+            last_live: Default::default(),
         })
     }
 
@@ -79,19 +86,28 @@ impl Coordinator {
 
     /// One round: heartbeat, then renew, hand over or acquire each tenant's lease.
     pub async fn round(self: &Arc<Self>) {
+        let _round = self.round_lock.lock().await;
         if self.draining.load(Ordering::Acquire) {
             self.renew_while_draining().await;
             return;
         }
         let live = match self.leases.heartbeat(&self.replica, self.ttl).await {
-            Ok(live) => live,
+            Ok(live) => {
+                *self.last_live.lock().expect("live lock") = live.clone();
+                live
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "ownership heartbeat failed; leases lapse unless Redis returns");
-                // Without Redis nothing can be renewed: stop work whose lease ran out.
-                for h in self.registry.handles() {
-                    self.drop_if_lapsed(&h);
+                // The heartbeat key lives on one slot; its node may be down while the tenants'
+                // are fine. Go on with the last live set: renewals that fail drop what lapses.
+                tracing::warn!(error = %e, "ownership heartbeat failed; using the last live set");
+                let last = self.last_live.lock().expect("live lock").clone();
+                if last.is_empty() {
+                    for h in self.registry.handles() {
+                        self.drop_if_lapsed(&h);
+                    }
+                    return;
                 }
-                return;
+                last
             }
         };
         let metrics = &self.registry.deps().metrics;
@@ -155,7 +171,11 @@ impl Coordinator {
                     }
                 }
             }
-            None if preferred && !gone && !lease.blocked.load(Ordering::Acquire) => {
+            None if preferred
+                && !gone
+                && !lease.blocked.load(Ordering::Acquire)
+                && !self.draining.load(Ordering::Acquire) =>
+            {
                 let sent = Instant::now();
                 match self.leases.acquire(&org, &self.replica, self.ttl).await {
                     Ok(Acquired::Held(epoch)) => {
@@ -213,12 +233,13 @@ impl Coordinator {
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            if lease.running() == 0
-                && let Err(e) = me.leases.release(&org, &me.replica, epoch).await
-            {
+            // Forget it locally first: from the DEL on, the newcomer may exchange tokens, and
+            // nothing here may still believe it holds the lease.
+            let idle = lease.running() == 0;
+            lease.clear();
+            if idle && let Err(e) = me.leases.release(&org, &me.replica, epoch).await {
                 tracing::debug!(tenant = %h.shared.tenant_id, error = %e, "lease not released; it expires by itself");
             }
-            lease.clear();
             me.registry.deps().metrics.lease("handed_over");
             me.handing_over.lock().expect("handover lock").remove(&org);
         });
@@ -255,6 +276,8 @@ impl Coordinator {
     /// take no new tenants.
     pub async fn leave(&self) {
         self.draining.store(true, Ordering::Release);
+        // A round in flight may have heartbeated already: wait for it, then leave.
+        let _round = self.round_lock.lock().await;
         if let Err(e) = self.leases.leave(&self.replica).await {
             tracing::warn!(error = %e, "could not leave the replica set; it expires by itself");
         }

@@ -140,6 +140,7 @@ impl Registry {
     fn replace(&self, old: TenantHandle, stored: StoredTenant) -> TenantHandle {
         let lease = old.shared.lease.clone();
         lease.blocked.store(true, Ordering::Release);
+        old.shared.superseded.store(true, Ordering::Release);
         let handle = self.start(stored, Some(lease.clone()));
         let registry_kick = self.kick_handle();
         tokio::spawn(async move {

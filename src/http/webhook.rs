@@ -110,7 +110,7 @@ async fn handle(
         Ok(v) => v,
         // The secret may have been rotated by another replica a moment ago: read it again
         // (at most once a second per tenant, so bad signatures cannot hammer Redis).
-        Err(_) if tenant.shared.since_reload() > SECRET_RELOAD_EVERY => {
+        Err(_) if tenant.shared.claim_reload(SECRET_RELOAD_EVERY) => {
             let _ = state.registry.refresh(&tenant.shared.org_id).await;
             verify().map_err(|e| bad_sig(&e))?
         }

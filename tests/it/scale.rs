@@ -817,3 +817,64 @@ async fn a_fenced_off_lease_holder_cannot_overwrite_token_state() {
     );
     sim.shutdown().await;
 }
+
+/// A lease lost and won back while the poller is inside a long-poll (a failover lost the key):
+/// the poller of the earlier ownership period finishes, the new period's poller takes over,
+/// polling never stops and never doubles.
+#[actix_web::test]
+async fn a_lease_lost_and_won_back_mid_poll_keeps_exactly_one_poller() {
+    let redis = shared_redis();
+    let prefix = unique_prefix();
+    let sim = start_sim(SimConfig {
+        orgs: 1,
+        poll_wait: Duration::from_secs(2),
+        ..Default::default()
+    })
+    .await;
+    let engine = start_engine(
+        &sim,
+        &redis.url(),
+        &prefix,
+        &[
+            ("INTEGRATION__INGEST", "queue"),
+            ("SCALING__LEASE_TTL_SECS", "6"),
+            ("WEBEX__HTTP_TIMEOUT_SECS", "3"),
+        ],
+    )
+    .await;
+    activate_org(&sim, &engine.base_url(), 0).await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            sim.last_poll(0).is_some()
+        })
+        .await,
+        "not polling"
+    );
+    let lease_key = format!("{prefix}:{{{}}}:lease", sim.org(0).org_id);
+    let mut conn = redis.client().get_connection().unwrap();
+    for _ in 0..2 {
+        // The key vanishes (as after a failover): the next renewal fails, the next round
+        // acquires a new epoch while the old period's poll is still waiting on the server.
+        let _: i64 = redis::cmd("DEL").arg(&lease_key).query(&mut conn).unwrap();
+        let lost_at = Instant::now();
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                sim.last_poll(0)
+                    .is_some_and(|t| t > lost_at + Duration::from_secs(3))
+            })
+            .await,
+            "polling stopped after the lease was won back"
+        );
+    }
+    assert!(
+        scrape(
+            &engine.base_url(),
+            "xapi_stream_lease_changes_total{result=\"lost\"}"
+        )
+        .await
+            >= 2.0
+    );
+    assert_eq!(sim.max_concurrent_pollers(0), 1);
+    engine.shutdown().await;
+    sim.shutdown().await;
+}

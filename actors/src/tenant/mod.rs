@@ -80,6 +80,8 @@ pub struct TenantShared {
     reloaded_at: std::sync::Mutex<std::time::Instant>,
     /// The `record_version` of the record held: an older one read later is not adopted.
     record_version: std::sync::atomic::AtomicU64,
+    /// Set when a re-activation replaced this tenant's supervisor (and this state) by a new one.
+    pub superseded: std::sync::atomic::AtomicBool,
 }
 
 /// How many times a record update is retried after another replica wrote first.
@@ -106,6 +108,7 @@ impl TenantShared {
     ) -> Self {
         Self {
             record_version: record_version.into(),
+            superseded: Default::default(),
             tenant_id: record.tenant_id.clone(),
             org_id: record.org_id.clone(),
             record: RwLock::new(record),
@@ -188,6 +191,26 @@ impl TenantShared {
                     || before.poll_url != after.poll_url
                     || before.scopes != after.scopes),
         }
+    }
+
+    /// Whether this state still runs the tenant's owned work: the supervisor owns the lease
+    /// and no re-activation has replaced it.
+    pub fn still_in_charge(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.lease.is_owning()
+            && self.lease.held_epoch().is_some()
+            && !self.superseded.load(Ordering::Acquire)
+    }
+
+    /// Claims the right to reload from Redis now, at most once per `every` (concurrent callers:
+    /// one wins).
+    pub fn claim_reload(&self, every: std::time::Duration) -> bool {
+        let mut at = self.reloaded_at.lock().expect("reload lock");
+        if at.elapsed() < every {
+            return false;
+        }
+        *at = std::time::Instant::now();
+        true
     }
 
     /// Time since the record and secrets were last read from Redis.

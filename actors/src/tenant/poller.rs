@@ -63,6 +63,7 @@ pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), String
         }
         let outcome = poll_once(&shared, &stop).await;
         let delay = match outcome {
+            Poll::Skipped => Some(LEASE_WAIT),
             Poll::Messages(0) => {
                 shared
                     .poller_failing
@@ -101,6 +102,8 @@ pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), String
 }
 
 enum Poll {
+    /// Not sent: the lease is not fresh enough (or we are stopping).
+    Skipped,
     Messages(usize),
     Failed(String),
 }
@@ -126,7 +129,13 @@ async fn poll_once(shared: &Arc<TenantShared>, stop: &Shutdown) -> Poll {
         Err(e @ (TokenError::Invalid | TokenError::Gone)) => return Poll::Failed(e.to_string()),
         Err(e) => return Poll::Failed(e.to_string()),
     };
+    let lease_floor = deps.config.scaling.lease_ttl() / 2;
     for attempt in 0..2 {
+        // Checked again right before each request (the token fetch or a 401 took time): a
+        // poll must not start on a lease that could run out while it waits on the server.
+        if shared.lease.valid_for() < lease_floor || stop.is_fired() {
+            return Poll::Skipped;
+        }
         let req = deps
             .poll_http
             .get(url.clone())

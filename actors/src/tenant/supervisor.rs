@@ -85,6 +85,8 @@ pub struct Deprovision;
 #[rtype(result = "()")]
 struct ChildExited {
     kind: ChildKind,
+    /// The ownership period the child was started in.
+    generation: u64,
     result: Result<(), String>,
 }
 
@@ -97,7 +99,11 @@ pub struct TenantSupervisor {
     /// While the lease is held: fired on [`Released`], [`Stop`] or [`Deprovision`]; every
     /// child races it.
     owned: Option<(ShutdownTrigger, Shutdown)>,
-    children: HashMap<ChildKind, SpawnHandle>,
+    /// Running children and the ownership period (generation) each was started in: a child of
+    /// an earlier period may still be finishing its last step when the lease is won back.
+    children: HashMap<ChildKind, (SpawnHandle, u64)>,
+    /// Bumped on every [`Acquired`].
+    generation: u64,
     restarts: HashMap<ChildKind, u32>,
     /// Set by [`Stop`]: the actor stops once every child has finished its current work.
     stopping: bool,
@@ -112,6 +118,7 @@ impl TenantSupervisor {
             stop,
             owned: None,
             children: HashMap::new(),
+            generation: 0,
             restarts: HashMap::new(),
             stopping: false,
         }
@@ -139,6 +146,7 @@ impl TenantSupervisor {
         let stop = owned_stop.clone();
         let me = ctx.address();
         let guard = shared.lease.child_guard();
+        let generation = self.generation;
         let fut = async move {
             let _guard = guard;
             let result = match kind {
@@ -151,12 +159,15 @@ impl TenantSupervisor {
                 ChildKind::Inventory => crate::devices::inventory::run(shared, stop).await,
                 ChildKind::CommandConsumer => crate::devices::commands::run(shared, stop).await,
             };
-            // try_send: the mailbox is bounded; an exit lost to a full mailbox only delays
-            // a restart until the next lifecycle event.
-            let _ = me.try_send(ChildExited { kind, result });
+            // do_send: an exit must never be lost (a stale entry would block a respawn).
+            me.do_send(ChildExited {
+                kind,
+                generation,
+                result,
+            });
         };
         let handle = ctx.spawn(fut.into_actor(self));
-        self.children.insert(kind, handle);
+        self.children.insert(kind, (handle, generation));
     }
 
     fn start_children(&mut self, ctx: &mut Context<Self>) {
@@ -208,6 +219,7 @@ impl Handler<Acquired> for TenantSupervisor {
         }
         let (trigger, owned_stop) = shutdown::channel();
         self.owned = Some((trigger, owned_stop.clone()));
+        self.generation += 1;
         self.shared
             .lease
             .owning
@@ -265,7 +277,7 @@ impl Handler<Stop> for TenantSupervisor {
         }
         let grace = Duration::from_secs(self.shared.deps.config.server.shutdown_grace_secs);
         ctx.run_later(grace, |act, ctx| {
-            for (kind, h) in act.children.drain() {
+            for (kind, (h, _)) in act.children.drain() {
                 tracing::warn!(tenant = %act.shared.tenant_id, child = kind.as_str(), "child did not stop within the grace; cancelled");
                 ctx.cancel_future(h);
             }
@@ -285,15 +297,19 @@ impl Handler<RestartChildren> for TenantSupervisor {
         // The refresher keeps running (it follows the token state); URL-bound children restart
         // once the (new) appUrl told us the queue's pollUrl.
         for kind in [ChildKind::QueuePoller, ChildKind::Reconciler] {
-            if let Some(h) = self.children.remove(&kind) {
+            if let Some((h, _)) = self.children.remove(&kind) {
                 ctx.cancel_future(h);
             }
         }
         let shared = self.shared.clone();
+        let guard = shared.lease.child_guard();
         ctx.spawn(
-            async move { relearn_poll_url(&shared).await }
-                .into_actor(self)
-                .map(|_, act, ctx| act.start_children(ctx)),
+            async move {
+                let _guard = guard;
+                relearn_poll_url(&shared).await
+            }
+            .into_actor(self)
+            .map(|_, act, ctx| act.start_children(ctx)),
         );
     }
 }
@@ -304,7 +320,7 @@ impl Handler<Deprovision> for TenantSupervisor {
     fn handle(&mut self, _: Deprovision, ctx: &mut Self::Context) {
         self.trigger.fire();
         self.release();
-        for (_, h) in self.children.drain() {
+        for (_, (h, _)) in self.children.drain() {
             ctx.cancel_future(h);
         }
     }
@@ -314,12 +330,24 @@ impl Handler<ChildExited> for TenantSupervisor {
     type Result = ();
 
     fn handle(&mut self, msg: ChildExited, ctx: &mut Self::Context) {
-        self.children.remove(&msg.kind);
+        if self
+            .children
+            .get(&msg.kind)
+            .is_some_and(|(_, g)| *g == msg.generation)
+        {
+            self.children.remove(&msg.kind);
+        }
         if self.stopping && self.children.is_empty() {
             ctx.stop();
             return;
         }
         if self.stop.is_fired() || self.owned.is_none() {
+            return;
+        }
+        if msg.generation != self.generation {
+            // A child of an earlier ownership period finished after the lease was won back:
+            // start the current period's children it was standing in for.
+            self.start_children(ctx);
             return;
         }
         match msg.result {
@@ -392,6 +420,12 @@ pub async fn complete_activation(shared: &TenantShared) -> bool {
             shared.lifecycle("activated").await;
             tracing::info!(tenant = %shared.tenant_id, org = %shared.org_id, "activation completed");
             true
+        }
+        Err((description, _)) if !shared.still_in_charge() => {
+            // The lease moved on (or a re-activation replaced this supervisor) meanwhile: the
+            // new owner completes the activation; reporting an error would undo its work.
+            tracing::info!(tenant = %shared.tenant_id, %description, "activation handed to the new owner");
+            false
         }
         Err((description, token)) => {
             metrics.activation("error");
@@ -495,6 +529,9 @@ async fn try_complete(shared: &TenantShared) -> Result<(), Failure> {
                 ));
             }
         }
+    }
+    if !shared.still_in_charge() {
+        return Err(("superseded while completing".into(), None));
     }
     shared
         .update(|r| {

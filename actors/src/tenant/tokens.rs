@@ -72,6 +72,8 @@ struct Persisted {
 /// How many times a compare-and-set of the secrets is retried after another writer (another
 /// replica, an action) got there first.
 const CAS_ATTEMPTS: usize = 5;
+/// Pause between attempts to store a rotated refresh token while Redis is unavailable.
+const PERSIST_RETRY: Duration = Duration::from_millis(250);
 /// A replica that does not own the tenant answers "try again" this long after.
 const FOLLOWER_RETRY: Duration = Duration::from_secs(1);
 
@@ -237,23 +239,37 @@ impl TokenKeeper {
                 // the old one is dead now. If another writer changed the secrets meanwhile
                 // (webhook secret rotation), our tokens are merged into theirs; if it replaced
                 // the refresh token itself (an update action), theirs is newer and wins.
-                let stored = self
-                    .persist(&mut p, Some(epoch), |s| {
-                        if s.refresh_token != used {
-                            return false;
+                let merge = |s: &mut TenantSecrets| {
+                    if s.refresh_token != used {
+                        return false;
+                    }
+                    if let Some(rt) = &grant.refresh_token {
+                        s.refresh_token = rt.clone();
+                    }
+                    s.access_token = Some(grant.access_token.clone());
+                    s.access_expires_at = Some(expires_at);
+                    true
+                };
+                // The old refresh token is dead now: a Redis hiccup must not lose the new one.
+                // Keep trying while the lease lasts (no one else can have written meanwhile).
+                let stored = loop {
+                    match self.persist(&mut p, Some(epoch), merge).await {
+                        Ok(stored) => break stored,
+                        Err(e)
+                            if e.is_unavailable()
+                                && self.lease.epoch_for(PERSIST_RETRY).is_some() =>
+                        {
+                            tracing::warn!(org = %self.org, error = %e, "rotated refresh token not stored yet; retrying");
+                            tokio::time::sleep(PERSIST_RETRY).await;
                         }
-                        if let Some(rt) = &grant.refresh_token {
-                            s.refresh_token = rt.clone();
+                        Err(e) => {
+                            return Err(TokenError::Transient {
+                                message: format!("could not store the rotated refresh token: {e}"),
+                                retry_after: None,
+                            });
                         }
-                        s.access_token = Some(grant.access_token.clone());
-                        s.access_expires_at = Some(expires_at);
-                        true
-                    })
-                    .await
-                    .map_err(|e| TokenError::Transient {
-                        message: format!("could not store the rotated refresh token: {e}"),
-                        retry_after: None,
-                    })?;
+                    }
+                };
                 if !stored {
                     tracing::warn!(org = %self.org, "refresh token replaced while exchanging; the new one is kept");
                 }
