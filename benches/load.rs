@@ -378,33 +378,8 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     let env = xapi_stream::devenv::engine_env(&sim, &redis.url(), "load");
-    let port = env
-        .iter()
-        .find(|(k, _)| k.ends_with("SERVER__BIND"))
-        .and_then(|(_, v)| v.rsplit(':').next()?.parse::<u16>().ok())
-        .expect("bind port");
-    let mut engine = std::process::Command::new(exe("xapi-stream"))
-        .arg("serve")
-        .envs(env)
-        .env("XAPI_STREAM__SERVER__WORKERS", "0")
-        .env("XAPI_STREAM__LOG__LEVEL", "error")
-        .stdout(std::process::Stdio::null())
-        .spawn()?;
-    let base = format!("http://127.0.0.1:{port}");
+    let (mut engine, base) = spawn_engine(&env, "load").await?;
     let http = reqwest::Client::new();
-    let ready = Instant::now();
-    while !http
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        anyhow::ensure!(
-            ready.elapsed() < Duration::from_secs(20),
-            "engine not ready"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let mut ids = Vec::new();
     for i in 0..TENANTS {
         let r: serde_json::Value = http

@@ -2,21 +2,10 @@
 //! cleanup when the integration disappears on the Webex side.
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use xapi_stream::sim::{SimConfig, sign_webhook};
 
 use crate::utils::*;
-
-async fn action(base: &str, tenant: &str, jwt: &str) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .post(format!("{base}/tenants/{tenant}/actions"))
-        .json(&json!({ "jwt": jwt }))
-        .send()
-        .await
-        .unwrap();
-    let s = r.status().as_u16();
-    (s, r.json().await.unwrap_or(Value::Null))
-}
 
 #[actix_web::test]
 async fn health_check_reports_valid_invalid_and_unknown() {

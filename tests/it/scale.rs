@@ -527,17 +527,6 @@ async fn three_replicas_share_200_tenants_on_a_redis_cluster() {
     .await;
 }
 
-async fn action(base: &str, tenant: &str, jwt: &str) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .post(format!("{base}/tenants/{tenant}/actions"))
-        .json(&json!({ "jwt": jwt }))
-        .send()
-        .await
-        .unwrap();
-    let s = r.status().as_u16();
-    (s, r.json().await.unwrap_or(Value::Null))
-}
-
 async fn webhook(base: &str, tenant: &str, secret: &str, body: &Value) -> u16 {
     let body = serde_json::to_vec(body).unwrap();
     reqwest::Client::new()

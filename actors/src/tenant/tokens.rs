@@ -199,19 +199,8 @@ impl TokenKeeper {
         // Redeem only the newest stored refresh token: an announcement of another replica's
         // write (the previous holder's last rotation) may not have arrived yet, and redeeming
         // an older one would be reuse. The stored access token may even be usable already.
-        if let Err(e) = self.reload_locked(&mut p).await {
-            return Err(TokenError::Transient {
-                message: format!("could not read the tenant's token state: {e}"),
-                retry_after: Some(FOLLOWER_RETRY),
-            });
-        }
-        if let Some(t) = self.cached()
-            && rejected.is_none_or(|r| r != &t.token)
-        {
-            return Ok(t.token);
-        }
-        if p.secrets.refresh_token.is_empty() {
-            return Err(TokenError::Gone);
+        if let Some(token) = self.stored_token(&mut p, rejected).await? {
+            return Ok(token);
         }
         if let Some((until, err)) = &self.backoff.lock().expect("backoff lock").until
             && Instant::now() < *until
@@ -410,13 +399,13 @@ impl TokenKeeper {
         }
     }
 
-    /// A replica that does not own the tenant never exchanges: it uses the access token the
-    /// owner stored, if it is usable and not the one just refused.
-    async fn follow_owner(
+    /// Reloads the stored secrets; a usable access token other than `rejected`, if one is
+    /// stored; `Gone` without a refresh token.
+    async fn stored_token(
         &self,
         p: &mut Persisted,
         rejected: Option<&Secret>,
-    ) -> Result<Secret, TokenError> {
+    ) -> Result<Option<Secret>, TokenError> {
         if let Err(e) = self.reload_locked(p).await {
             return Err(TokenError::Transient {
                 message: format!("could not read the tenant's token state: {e}"),
@@ -426,10 +415,23 @@ impl TokenKeeper {
         if let Some(t) = self.cached()
             && rejected.is_none_or(|r| r != &t.token)
         {
-            return Ok(t.token);
+            return Ok(Some(t.token));
         }
         if p.secrets.refresh_token.is_empty() {
             return Err(TokenError::Gone);
+        }
+        Ok(None)
+    }
+
+    /// A replica that does not own the tenant never exchanges: it uses the access token the
+    /// owner stored, if it is usable and not the one just refused.
+    async fn follow_owner(
+        &self,
+        p: &mut Persisted,
+        rejected: Option<&Secret>,
+    ) -> Result<Secret, TokenError> {
+        if let Some(token) = self.stored_token(p, rejected).await? {
+            return Ok(token);
         }
         if self.is_invalid() {
             return Err(TokenError::Invalid);

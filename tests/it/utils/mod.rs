@@ -198,3 +198,15 @@ pub async fn scrape(base: &str, sample: &str) -> f64 {
         .unwrap();
     metric(&text, sample).unwrap_or(0.0)
 }
+
+/// `POST /tenants/<id>/actions` with `jwt`: (status, body).
+pub async fn action(base: &str, tenant: &str, jwt: &str) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{base}/tenants/{tenant}/actions"))
+        .json(&json!({ "jwt": jwt }))
+        .send()
+        .await
+        .unwrap();
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(Value::Null))
+}
