@@ -115,10 +115,6 @@ impl RedisCluster {
         &self.nodes
     }
 
-    pub fn node_mut(&mut self, i: usize) -> &mut RedisServer {
-        &mut self.nodes[i]
-    }
-
     /// A cluster client seeded with every node (blocking connections via `get_connection`).
     pub fn client(&self) -> redis::cluster::ClusterClient {
         redis::cluster::ClusterClient::new(self.node_urls()).expect("valid node urls")

@@ -41,12 +41,9 @@ impl Backend {
     fn conn(&self) -> Box<dyn redis::ConnectionLike> {
         match self {
             Backend::Single(r) => Box::new(r.client().get_connection().expect("redis")),
-            Backend::Cluster(c) => Box::new(
-                redis::cluster::ClusterClient::new(c.node_urls())
-                    .expect("cluster client")
-                    .get_connection()
-                    .expect("cluster connection"),
-            ),
+            Backend::Cluster(c) => {
+                Box::new(c.client().get_connection().expect("cluster connection"))
+            }
         }
     }
 }

@@ -138,20 +138,6 @@ impl Leases {
         Ok(())
     }
 
-    /// Who holds `org`'s lease now (replica, epoch), if anyone.
-    pub async fn holder(&self, org: &str) -> Result<Option<(String, u64)>, StoreError> {
-        use redis::AsyncCommands;
-        let mut conn = self.store.conn()?;
-        let v: Option<String> = self
-            .store
-            .bounded(conn.get(self.store.keys().lease(org)))
-            .await?;
-        Ok(v.and_then(|v| {
-            let (r, e) = v.rsplit_once('|')?;
-            Some((r.to_string(), e.parse().ok()?))
-        }))
-    }
-
     /// Announces `replica` as live for `ttl`; returns every live replica (sorted).
     pub async fn heartbeat(&self, replica: &str, ttl: Duration) -> Result<Vec<String>, StoreError> {
         let mut conn = self.store.conn()?;

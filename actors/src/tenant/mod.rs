@@ -213,11 +213,6 @@ impl TenantShared {
         true
     }
 
-    /// Time since the record and secrets were last read from Redis.
-    pub fn since_reload(&self) -> std::time::Duration {
-        self.reloaded_at.lock().expect("reload lock").elapsed()
-    }
-
     /// Records a failure with a fresh trackingId (also in the log line); returns the id.
     pub async fn fail(&self, state: Option<ProvisioningState>, description: String) -> TrackingId {
         let tracking = TrackingId::new();
