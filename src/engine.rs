@@ -18,12 +18,20 @@ use actors::store::tenants::Tenants;
 use actors::store::writer::{StreamWriter, WriterConfig};
 use actors::telemetry::Metrics;
 use actors::tenant::Deps;
+use actors::tenant::tokens::ExchangeTasks;
 use actors::webex::client::WebexClient;
 
 use crate::http::{self, AppState};
 
 /// Threads (actix arbiters) that tenant supervisors are spread over.
 const SUPERVISOR_THREADS: usize = 2;
+/// Pooled connections to Webex idle this long are closed by us, below the 5-s keep-alive of
+/// common servers and load balancers: a request sent on a connection the server is closing at
+/// that moment fails with "error sending request" (seen on a takeover's first poll).
+const POOL_IDLE: Duration = Duration::from_secs(4);
+
+/// Time allowed, after the HTTP timeout, for an exchange's result to be written to Redis.
+const EXCHANGE_STORE_MARGIN: Duration = Duration::from_secs(3);
 
 /// A running engine. Dropping it does not stop it; call [`RunningEngine::shutdown`].
 pub struct RunningEngine {
@@ -63,6 +71,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
         writer_stop,
     );
     let (gone_tx, gone_rx) = tokio::sync::mpsc::unbounded_channel();
+    let oauth_http = reqwest::Client::builder()
+        .timeout(config.webex.http_timeout())
+        .connect_timeout(config.webex.http_timeout())
+        .pool_idle_timeout(POOL_IDLE)
+        .user_agent(concat!("xapi-stream/", env!("CARGO_PKG_VERSION")))
+        .build()?;
     let deps = Arc::new(Deps {
         config: config.clone(),
         store: store.clone(),
@@ -70,8 +84,11 @@ pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
         webex: WebexClient::new(http.clone(), config.webex.allow_http),
         poll_http: reqwest::Client::builder()
             .connect_timeout(config.webex.http_timeout())
+            .pool_idle_timeout(POOL_IDLE)
             .user_agent(concat!("xapi-stream/", env!("CARGO_PKG_VERSION")))
             .build()?,
+        oauth: WebexClient::new(oauth_http, config.webex.allow_http),
+        exchanges: ExchangeTasks::on_current_runtime(),
         metrics: metrics.clone(),
         writer: writer.clone(),
         shutdown: shutdown.clone(),
@@ -260,6 +277,20 @@ impl RunningEngine {
         self.server.stop(true).await;
         self.trigger.fire();
         self.state.registry.stop_all().await;
+        // A token exchange in flight finishes and stores the rotated refresh token before the
+        // leases go (a successor would bump the epoch and fence that write off). Each is
+        // bounded by the HTTP timeout, plus a moment for the write.
+        let exchanges = &self.state.registry.deps().exchanges;
+        let in_flight = exchanges.in_flight();
+        let limit = self.state.config.webex.http_timeout() + EXCHANGE_STORE_MARGIN;
+        if !exchanges.drain(limit).await {
+            tracing::error!(
+                in_flight,
+                "token exchanges still unfinished after {limit:?}; their tenants may need an update action"
+            );
+        } else if in_flight > 0 {
+            tracing::info!(in_flight, "token exchanges in flight finished and stored");
+        }
         self.coordinator_trigger.fire();
         self.coordinator.release_all().await;
         self.writer_trigger.fire();

@@ -92,6 +92,7 @@ pub struct Metrics {
     pub jwt_rejections_total: IntCounterVec,
     pub jwks_fetches_total: IntCounterVec,
     pub backpressure_rejections_total: IntCounter,
+    pub token_exchanges_lost_total: IntCounter,
     pub tenants: IntGaugeVec,
     pub ingest_queue_depth: IntGauge,
     pub stage_seconds: HistogramVec,
@@ -176,6 +177,14 @@ impl Metrics {
             "Child actors restarted by their supervisor, by actor kind.",
             &["actor"],
         );
+        let token_exchanges_lost_total = IntCounter::with_opts(opts(
+            "token_exchanges_lost_total",
+            "Refresh tokens lost because an exchange stored no result (the replica died inside it, or no answer came) and Webex then refused the stored token; each leaves a tenant with tokens_state=invalid until an update action.",
+        ))
+        .expect("valid metric");
+        registry
+            .register(Box::new(token_exchanges_lost_total.clone()))
+            .expect("metric registers once");
         let backpressure_rejections_total = IntCounter::with_opts(opts(
             "backpressure_rejections_total",
             "Requests or polls refused because ingest was saturated or Redis unreachable.",
@@ -358,6 +367,7 @@ impl Metrics {
             jwt_rejections_total,
             jwks_fetches_total,
             backpressure_rejections_total,
+            token_exchanges_lost_total,
             tenants,
             ingest_queue_depth,
             stage_seconds,
@@ -401,6 +411,11 @@ impl Metrics {
         self.token_refreshes_total
             .with_label_values(&[result])
             .inc();
+    }
+
+    /// A refresh token lost in an exchange that stored no result.
+    pub fn token_exchange_lost(&self) {
+        self.token_exchanges_lost_total.inc();
     }
 
     pub fn jwks_fetch(&self, result: &str) {

@@ -90,40 +90,69 @@ async fn token(sim: web::Data<Sim>, req: HttpRequest, body: web::Bytes) -> HttpR
     }
     let presented = get("refresh_token").to_string();
     let ttl = cfg.access_token_ttl;
-    let mut s = sim.state();
-    let org = match s.refresh.get_mut(&presented) {
-        Some(t) if !t.used => {
-            t.used = true;
-            t.org
+    let access = random_token("at_");
+    let refresh = random_token("rt_");
+    let rotated = {
+        let mut s = sim.state();
+        match s.refresh.get_mut(&presented) {
+            Some(t) if !t.used => {
+                t.used = true;
+                let org = t.org;
+                s.access.insert(
+                    access.clone(),
+                    AccessToken {
+                        org,
+                        expires: Instant::now() + ttl,
+                    },
+                );
+                s.refresh
+                    .insert(refresh.clone(), super::RefreshToken { org, used: false });
+                s.issued.push(access.clone());
+                s.issued.push(refresh.clone());
+                let hold = s.oauth_orgs[org].hold;
+                if hold {
+                    s.oauth_orgs[org].held += 1;
+                }
+                Ok((org, hold))
+            }
+            Some(t) => {
+                let org = t.org;
+                s.oauth_orgs[org].reused += 1;
+                Err(true)
+            }
+            None => Err(false),
         }
-        Some(_) => {
-            drop(s);
+    };
+    let (org, hold) = match rotated {
+        Ok(r) => r,
+        Err(reused) => {
             let mut o = sim.inner.oauth.lock().expect("oauth lock");
             o.invalid_grant += 1;
-            o.reused += 1;
-            return error(400, "invalid_grant", "refresh token already used");
-        }
-        None => {
-            drop(s);
-            sim.inner.oauth.lock().expect("oauth lock").invalid_grant += 1;
+            if reused {
+                o.reused += 1;
+                return error(400, "invalid_grant", "refresh token already used");
+            }
             return error(400, "invalid_grant", "unknown refresh token");
         }
     };
-    let access = random_token("at_");
-    let refresh = random_token("rt_");
-    s.access.insert(
-        access.clone(),
-        AccessToken {
-            org,
-            expires: Instant::now() + ttl,
-        },
-    );
-    s.refresh
-        .insert(refresh.clone(), super::RefreshToken { org, used: false });
-    s.issued.push(access.clone());
-    s.issued.push(refresh.clone());
-    drop(s);
     sim.inner.oauth.lock().expect("oauth lock").exchanges_ok += 1;
+    if hold {
+        // Rotated, answer held: until released or the simulator stops.
+        let mut stop = sim.inner.stop.subscribe();
+        loop {
+            let released = sim.inner.token_release.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if !sim.state().oauth_orgs[org].hold || *stop.borrow() {
+                break;
+            }
+            tokio::select! {
+                _ = released => {}
+                _ = stop.changed() => {}
+            }
+        }
+        sim.state().oauth_orgs[org].held -= 1;
+    }
     HttpResponse::Ok().json(json!({
         "access_token": access,
         "expires_in": ttl.as_secs(),
@@ -431,6 +460,14 @@ async fn poll(sim: web::Data<Sim>, req: HttpRequest, path: web::Path<String>) ->
             "unauthorized",
             "missing, expired or foreign access token",
         );
+    }
+    {
+        let mut s = sim.state();
+        let fail = &mut s.oauth_orgs[i].fail_polls;
+        if *fail > 0 {
+            *fail -= 1;
+            return error(503, "unavailable", "forced by the simulator");
+        }
     }
     let wait = {
         let mut s = sim.state();

@@ -179,6 +179,22 @@ struct State {
     inventory: Vec<Vec<api::InventoryDevice>>,
     /// Per organization: the public API's knobs and call log.
     api: Vec<api::ApiState>,
+    /// Per organization: the OAuth knobs and what happened to its refresh tokens.
+    oauth_orgs: Vec<OrgOAuth>,
+}
+
+/// Test switches and counters of one organization's token exchanges and polls.
+#[derive(Default)]
+struct OrgOAuth {
+    /// Hold every token answer for this org *after* rotating (the new refresh token exists,
+    /// the old one is spent) until released: a client killed meanwhile loses the new one.
+    hold: bool,
+    /// Answers being held right now.
+    held: usize,
+    /// Refresh tokens of this org presented again after they were used.
+    reused: u64,
+    /// The next this many polls of the queue are answered 503.
+    fail_polls: usize,
 }
 
 struct Inner {
@@ -188,6 +204,8 @@ struct Inner {
     orgs: Vec<OrgInfo>,
     state: Mutex<State>,
     queue_notify: Vec<Notify>,
+    /// Wakes held token answers (see [`Sim::hold_token_answers`]).
+    token_release: Notify,
     oauth: Mutex<OAuthStats>,
     jwks_fetches: AtomicU64,
     expired_bearer_calls: AtomicU64,
@@ -304,10 +322,12 @@ impl Sim {
                 })
                 .collect(),
             api: (0..cfg.orgs).map(|_| api::ApiState::default()).collect(),
+            oauth_orgs: (0..cfg.orgs).map(|_| OrgOAuth::default()).collect(),
         };
         let (stop, _) = tokio::sync::watch::channel(false);
         let inner = Arc::new(Inner {
             queue_notify: (0..cfg.orgs).map(|_| Notify::new()).collect(),
+            token_release: Notify::new(),
             cfg,
             base_url,
             keys: Mutex::new(vec![SigningKey::generate()]),
@@ -397,6 +417,12 @@ impl Sim {
     /// Makes every refresh token of org `i` invalid (as a revocation or cluster move does).
     pub fn revoke_refresh_tokens(&self, i: usize) {
         self.state().refresh.retain(|_, t| t.org != i);
+    }
+
+    /// Forgets every access token of org `i`: its next call is answered 401, and the engine
+    /// exchanges its refresh token.
+    pub fn revoke_access_tokens(&self, i: usize) {
+        self.state().access.retain(|_, t| t.org != i);
     }
 
     /// The claims an activation JWT for org `i` carries (fresh jti and refresh token).
@@ -551,6 +577,32 @@ impl Sim {
 
     pub fn set_oauth_status(&self, status: Option<u16>) {
         self.state().oauth_status = status;
+    }
+
+    /// While on, every successful token exchange of org `i` rotates the refresh token and
+    /// then holds its answer until switched off (a client that dies meanwhile never learns the
+    /// new refresh token, and the old one is spent).
+    pub fn hold_token_answers(&self, i: usize, on: bool) {
+        self.state().oauth_orgs[i].hold = on;
+        if !on {
+            self.inner.token_release.notify_waiters();
+        }
+    }
+
+    /// Token answers of org `i` being held right now (rotation done, answer not sent).
+    pub fn token_answers_held(&self, i: usize) -> usize {
+        self.state().oauth_orgs[i].held
+    }
+
+    /// Refresh tokens of org `i` that were presented again after being used.
+    pub fn reused_refresh_tokens(&self, i: usize) -> u64 {
+        self.state().oauth_orgs[i].reused
+    }
+
+    /// The next `n` polls of org `i`'s queue are answered 503 (they count in [`Sim::polls`],
+    /// not in [`Sim::last_poll`]).
+    pub fn fail_next_polls(&self, i: usize, n: usize) {
+        self.state().oauth_orgs[i].fail_polls = n;
     }
 
     pub fn set_poll_wait(&self, d: Duration) {

@@ -9,6 +9,7 @@ mod cli;
 mod devices;
 mod drain;
 mod engine_basics;
+mod failover;
 mod ingest;
 mod prometheus;
 mod scale;

@@ -3,14 +3,14 @@
 //! killed with SIGKILL under load has its tenants polled again within the lease TTL + 5 s; no
 //! refresh token is ever used twice; every webhook answered 200 is in the streams exactly once.
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use xapi_stream::devenv::ADMIN_TOKEN;
 use xapi_stream::redis_cluster::RedisCluster;
-use xapi_stream::redis_server::{RedisServer, free_port};
+use xapi_stream::redis_server::RedisServer;
 use xapi_stream::sim::{Sim, SimConfig, sign_webhook};
 
 use crate::utils::*;
@@ -45,56 +45,6 @@ impl Backend {
                 Box::new(c.client().get_connection().expect("cluster connection"))
             }
         }
-    }
-}
-
-/// One engine process.
-struct Replica {
-    id: String,
-    base: String,
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Replica {
-    fn spawn(id: &str, env: &[(String, String)]) -> Replica {
-        let port = free_port().unwrap();
-        let log = std::env::temp_dir().join(format!("xapi-scale-{}-{id}.log", std::process::id()));
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_xapi-stream"))
-            .arg("serve")
-            .envs(env.iter().cloned())
-            .env("XAPI_STREAM__SERVER__BIND", format!("127.0.0.1:{port}"))
-            .env(
-                "XAPI_STREAM__SERVER__PUBLIC_URL",
-                format!("http://127.0.0.1:{port}"),
-            )
-            .env("XAPI_STREAM__SCALING__REPLICA_ID", id)
-            .stdout(Stdio::null())
-            .stderr(out)
-            .spawn()
-            .unwrap();
-        Replica {
-            id: id.to_string(),
-            base: format!("http://127.0.0.1:{port}"),
-            child,
-            log,
-        }
-    }
-
-    /// The last lines of its log (for failure messages).
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(15)..].join("\n")
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.log);
     }
 }
 
@@ -348,32 +298,60 @@ async fn suite(backend: Backend) {
     let killed_at = Instant::now();
     let accepted_before_kill = accepted.lock().unwrap().len();
 
-    // Its tenants are polled again within the lease TTL + 5 s.
+    // Its tenants are polled again within the lease TTL + 5 s — except one whose refresh token
+    // was being exchanged at the instant of the kill (8-s tokens rotate every few seconds, so
+    // that can happen): Webex has spent the old token and the new one died with the process.
+    // Such a tenant must say so (tokens invalid, the crash reason), and the simulator must have
+    // seen its spent token presented again; no other tenant may be missing.
     let mut resumed: HashMap<usize, Duration> = HashMap::new();
-    while resumed.len() < victims.len() && killed_at.elapsed() < TAKEOVER_BOUND * 2 {
+    let mut lost: Vec<usize> = Vec::new();
+    while resumed.len() + lost.len() < victims.len() && killed_at.elapsed() < TAKEOVER_BOUND * 2 {
         for &i in &victims {
             if !resumed.contains_key(&i) && sim.last_poll(i).is_some_and(|t| t > killed_at) {
                 resumed.insert(i, killed_at.elapsed());
             }
+            if !lost.contains(&i) && !resumed.contains_key(&i) && sim.reused_refresh_tokens(i) > 0 {
+                lost.push(i);
+            }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    lost.sort_unstable();
+    for &i in &lost {
+        let mut shown = Value::Null;
+        for _ in 0..100 {
+            shown = admin_tenant(&replicas[0].base, &tenant_ids[i]).await;
+            if shown["tokens_state"] == "invalid" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            shown["tokens_state"] == "invalid"
+                && shown["last_error"]["description"]
+                    .as_str()
+                    .is_some_and(|d| d.starts_with("refresh token lost in a crash during exchange")),
+            "org {i} lost its refresh token in the kill but does not say so: {shown}"
+        );
+    }
     let slowest = resumed.values().max().copied().unwrap_or_default();
     assert_eq!(
-        resumed.len(),
+        resumed.len() + lost.len(),
         victims.len(),
-        "{} of {} tenants of the killed replica not polled again within {:?}",
-        victims.len() - resumed.len(),
+        "{} of {} tenants of the killed replica not polled again within {:?} ({} lost in the crash)",
+        victims.len() - resumed.len() - lost.len(),
         victims.len(),
-        TAKEOVER_BOUND * 2
+        TAKEOVER_BOUND * 2,
+        lost.len()
     );
     assert!(
         slowest <= TAKEOVER_BOUND,
         "takeover took {slowest:?} (bound {TAKEOVER_BOUND:?})"
     );
     eprintln!(
-        "takeover of {} tenants: slowest {slowest:?}, lease TTL {LEASE_TTL:?}",
-        victims.len()
+        "takeover of {} tenants: slowest {slowest:?}, lease TTL {LEASE_TTL:?}; {} refresh token(s) lost in an exchange the kill interrupted",
+        victims.len(),
+        lost.len()
     );
     // A new replica joins under load and takes its share (the owners hand tenants over).
     let joined = Replica::spawn("r3", &env);
@@ -440,9 +418,20 @@ async fn suite(backend: Backend) {
             sim.max_concurrent_pollers(i)
         );
     }
+    // The only refresh tokens presented twice are those the kill cut off (once each, by the
+    // successor trying the stored one); the drain lost none.
     let oauth = sim.oauth_stats();
-    assert_eq!(oauth.reused, 0, "a refresh token was used twice: {oauth:?}");
-    assert_eq!(oauth.invalid_grant, 0, "{oauth:?}");
+    let reused: Vec<(usize, u64)> = (0..TENANTS)
+        .map(|i| (i, sim.reused_refresh_tokens(i)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    assert_eq!(
+        reused,
+        lost.iter().map(|&i| (i, 1)).collect::<Vec<_>>(),
+        "refresh tokens used twice other than in the kill: {oauth:?}"
+    );
+    assert_eq!(oauth.reused, lost.len() as u64, "{oauth:?}");
+    assert_eq!(oauth.invalid_grant, lost.len() as u64, "{oauth:?}");
     assert!(oauth.exchanges_ok >= TENANTS as u64, "{oauth:?}");
     assert_eq!(sim.expired_bearer_calls(), 0, "an expired token was used");
 

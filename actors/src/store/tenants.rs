@@ -127,22 +127,131 @@ mod field {
     pub const RECORD_VERSION: &str = "record_version";
     /// Message counters are `received:<source>`.
     pub const RECEIVED_PREFIX: &str = "received:";
+    // `exchange_intent` (an exchange of the refresh token in flight, [`super::ExchangeIntent`])
+    // and `lease_epoch` are read and written by the scripts only.
+}
+
+/// A note the lease holder leaves in the tenant's hash right before it redeems the refresh
+/// token, removed by the compare-and-set that stores the result. Webex invalidates a refresh
+/// token once it is exchanged, so a holder that dies between the token endpoint's answer and
+/// that write loses the new one; the note it leaves behind lets its successor tell such a loss
+/// from a revoked token (see `TokenKeeper::refresh`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExchangeIntent {
+    /// The lease epoch the exchange ran under.
+    pub epoch: u64,
+    /// `token_version` of the secrets whose refresh token was redeemed.
+    pub token_version: u64,
+    /// Which refresh token: the first 16 hex digits of its SHA-256 (not a secret, and enough to
+    /// tell tokens apart).
+    pub fingerprint: String,
+    /// When the exchange started (Unix milliseconds).
+    pub at_ms: i64,
+    /// The replica that ran it.
+    pub replica: String,
+}
+
+impl ExchangeIntent {
+    /// An intent to redeem `refresh_token` (stored at `token_version`) under `epoch`, now.
+    pub fn new(epoch: u64, token_version: u64, refresh_token: &Secret, replica: &str) -> Self {
+        Self {
+            epoch,
+            token_version,
+            fingerprint: fingerprint(refresh_token),
+            at_ms: Utc::now().timestamp_millis(),
+            replica: replica.to_string(),
+        }
+    }
+
+    /// Whether this intent redeemed `refresh_token`.
+    pub fn redeems(&self, refresh_token: &Secret) -> bool {
+        self.fingerprint == fingerprint(refresh_token)
+    }
+
+    /// When the exchange started.
+    pub fn started_at(&self) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(self.at_ms).unwrap_or_default()
+    }
+
+    fn encode(&self) -> String {
+        format!(
+            "v1|{}|{}|{}|{}|{}",
+            self.epoch, self.token_version, self.fingerprint, self.at_ms, self.replica
+        )
+    }
+
+    fn decode(s: &str) -> Option<Self> {
+        let mut it = s.splitn(6, '|');
+        if it.next()? != "v1" {
+            return None;
+        }
+        Some(Self {
+            epoch: it.next()?.parse().ok()?,
+            token_version: it.next()?.parse().ok()?,
+            fingerprint: it.next()?.to_string(),
+            at_ms: it.next()?.parse().ok()?,
+            replica: it.next()?.to_string(),
+        })
+    }
+}
+
+fn fingerprint(token: &Secret) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(token.expose().as_bytes())[..8])
+}
+
+/// What [`Tenants::begin_exchange`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BeginExchange {
+    /// The intent is recorded. `previous`: an earlier intent that no stored result ever
+    /// cleared (its holder died or never got an answer), if one was left.
+    Begun { previous: Option<ExchangeIntent> },
+    /// The secrets changed since they were read: reload first.
+    Stale,
+    /// The lease epoch moved on: another replica owns the tenant now.
+    Fenced,
 }
 
 /// Compare-and-set of the secrets: writes only if `token_version` is still the one the new
 /// secrets were derived from and, when a fencing epoch is given (ARGV[4]), only if it is still
 /// the tenant's current lease epoch (a paused ex-owner cannot write). Bumps the version.
-/// Returns the new version, -1 (version moved on) or -2 (fenced off).
+/// Returns the new version, -1 (version moved on) or -2 (fenced off). ARGV[5], when set, is
+/// the exchange intent whose result this write stores: it is removed in the same step.
 const CAS_SECRETS: &str = r#"
 if ARGV[4] ~= '' and redis.call('HGET', KEYS[1], 'lease_epoch') ~= ARGV[4] then return -2 end
 local v = tonumber(redis.call('HGET', KEYS[1], 'token_version') or '0')
 if v ~= tonumber(ARGV[1]) then return -1 end
 redis.call('HSET', KEYS[1], 'secrets', ARGV[2], 'token_version', v + 1)
+if ARGV[5] ~= '' and redis.call('HGET', KEYS[1], 'exchange_intent') == ARGV[5] then
+  redis.call('HDEL', KEYS[1], 'exchange_intent')
+end
 if ARGV[3] ~= '' then
   redis.call('HSET', KEYS[1], 'record', ARGV[3])
   redis.call('HINCRBY', KEYS[1], 'record_version', 1)
 end
 return v + 1
+"#;
+
+/// Records an exchange intent (ARGV[3]) if the lease epoch is still ARGV[1] and the secrets
+/// still at version ARGV[2]; returns {1, the intent left before or ''}, {-1} (stale) or {-2}
+/// (fenced).
+const BEGIN_EXCHANGE: &str = r#"
+if redis.call('HGET', KEYS[1], 'lease_epoch') ~= ARGV[1] then return {-2} end
+if tonumber(redis.call('HGET', KEYS[1], 'token_version') or '0') ~= tonumber(ARGV[2]) then
+  return {-1}
+end
+local prev = redis.call('HGET', KEYS[1], 'exchange_intent') or ''
+redis.call('HSET', KEYS[1], 'exchange_intent', ARGV[3])
+return {1, prev}
+"#;
+
+/// Removes the exchange intent ARGV[1] if it is still the one recorded (the exchange ended
+/// with an answer that rotated nothing).
+const END_EXCHANGE: &str = r#"
+if redis.call('HGET', KEYS[1], 'exchange_intent') == ARGV[1] then
+  return redis.call('HDEL', KEYS[1], 'exchange_intent')
+end
+return 0
 "#;
 
 /// Compare-and-set of the record: writes only if `record_version` is still ARGV[1].
@@ -176,6 +285,8 @@ pub struct Tenants {
     sealer: Sealer,
     cas: redis::Script,
     cas_record: redis::Script,
+    begin_exchange: redis::Script,
+    end_exchange: redis::Script,
 }
 
 impl Tenants {
@@ -185,6 +296,8 @@ impl Tenants {
             sealer,
             cas: redis::Script::new(CAS_SECRETS),
             cas_record: redis::Script::new(CAS_RECORD),
+            begin_exchange: redis::Script::new(BEGIN_EXCHANGE),
+            end_exchange: redis::Script::new(END_EXCHANGE),
         }
     }
 
@@ -347,6 +460,39 @@ impl Tenants {
         record: Option<&TenantRecord>,
         epoch: Option<u64>,
     ) -> Result<CasOutcome, StoreError> {
+        self.cas_secrets(org, expected_version, secrets, record, epoch, None)
+            .await
+    }
+
+    /// [`Tenants::save_secrets`] of the result of the exchange `intent` announced, fenced by
+    /// its epoch; the intent is removed in the same step.
+    pub async fn save_exchanged(
+        &self,
+        org: &str,
+        expected_version: u64,
+        secrets: &TenantSecrets,
+        intent: &ExchangeIntent,
+    ) -> Result<CasOutcome, StoreError> {
+        self.cas_secrets(
+            org,
+            expected_version,
+            secrets,
+            None,
+            Some(intent.epoch),
+            Some(intent),
+        )
+        .await
+    }
+
+    async fn cas_secrets(
+        &self,
+        org: &str,
+        expected_version: u64,
+        secrets: &TenantSecrets,
+        record: Option<&TenantRecord>,
+        epoch: Option<u64>,
+        intent: Option<&ExchangeIntent>,
+    ) -> Result<CasOutcome, StoreError> {
         let mut conn = self.store.conn()?;
         let plain = serde_json::to_vec(secrets).expect("secrets serialize");
         let sealed = self.sealer.seal(&plain, &secrets_context(org));
@@ -358,7 +504,8 @@ impl Tenants {
             .arg(expected_version)
             .arg(sealed)
             .arg(record_json)
-            .arg(epoch.map(|e| e.to_string()).unwrap_or_default());
+            .arg(epoch.map(|e| e.to_string()).unwrap_or_default())
+            .arg(intent.map(ExchangeIntent::encode).unwrap_or_default());
         let v: i64 = self.store.bounded(inv.invoke_async(&mut conn)).await?;
         if v >= 0 {
             self.announce(org).await;
@@ -368,6 +515,49 @@ impl Tenants {
             v if v < 0 => CasOutcome::Stale,
             v => CasOutcome::Written(v as u64),
         })
+    }
+
+    /// Records `intent` before the refresh token is redeemed (see [`ExchangeIntent`]).
+    pub async fn begin_exchange(
+        &self,
+        org: &str,
+        intent: &ExchangeIntent,
+    ) -> Result<BeginExchange, StoreError> {
+        let mut conn = self.store.conn()?;
+        let mut inv = self.begin_exchange.prepare_invoke();
+        inv.key(self.store.keys().tenant(org))
+            .arg(intent.epoch)
+            .arg(intent.token_version)
+            .arg(intent.encode());
+        let reply: Vec<redis::Value> = self.store.bounded(inv.invoke_async(&mut conn)).await?;
+        let code: i64 = match reply.first() {
+            Some(v) => redis::from_redis_value(v.clone())
+                .map_err(|e| StoreError::Corrupt(format!("exchange intent reply: {e}")))?,
+            None => return Err(StoreError::Corrupt("empty exchange intent reply".into())),
+        };
+        Ok(match code {
+            -2 => BeginExchange::Fenced,
+            -1 => BeginExchange::Stale,
+            _ => {
+                let prev: String = match reply.get(1) {
+                    Some(v) => redis::from_redis_value(v.clone()).unwrap_or_default(),
+                    None => String::new(),
+                };
+                BeginExchange::Begun {
+                    previous: ExchangeIntent::decode(&prev),
+                }
+            }
+        })
+    }
+
+    /// Removes `intent` after an exchange that rotated nothing (the token endpoint refused it
+    /// or was unavailable).
+    pub async fn end_exchange(&self, org: &str, intent: &ExchangeIntent) -> Result<(), StoreError> {
+        let mut conn = self.store.conn()?;
+        let mut inv = self.end_exchange.prepare_invoke();
+        inv.key(self.store.keys().tenant(org)).arg(intent.encode());
+        let _: i64 = self.store.bounded(inv.invoke_async(&mut conn)).await?;
+        Ok(())
     }
 
     /// Removes the secrets (deprovisioning) and bumps the version so no in-flight refresh
@@ -439,21 +629,22 @@ impl Tenants {
         tenant_id: &str,
         org: &str,
         event: &str,
+        reason: Option<&str>,
     ) -> Result<(), StoreError> {
         let mut conn = self.store.conn()?;
         let ts = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let mut fields = vec![
+            ("tenant", tenant_id),
+            ("org", org),
+            ("event", event),
+            ("ts", &ts),
+        ];
+        if let Some(reason) = reason {
+            fields.push(("reason", reason));
+        }
         let _: String = self
             .store
-            .bounded(conn.xadd(
-                self.store.keys().tenants_stream(),
-                "*",
-                &[
-                    ("tenant", tenant_id),
-                    ("org", org),
-                    ("event", event),
-                    ("ts", &ts),
-                ],
-            ))
+            .bounded(conn.xadd(self.store.keys().tenants_stream(), "*", &fields))
             .await?;
         Ok(())
     }

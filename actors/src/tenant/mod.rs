@@ -43,6 +43,11 @@ pub struct Deps {
     /// batch Webex already removed from its queue in flight. Pollers run on the supervisors'
     /// arbiters, which stop only after them.
     pub poll_http: reqwest::Client,
+    /// The client of token exchanges only: they run on [`Deps::exchanges`]' runtime, which
+    /// drives these connections until the process exits (see `poll_http` for the pitfall).
+    pub oauth: WebexClient,
+    /// Where token exchanges run, and what a drain waits for.
+    pub exchanges: tokens::ExchangeTasks,
     pub metrics: Metrics,
     pub writer: crate::store::writer::StreamWriter,
     pub shutdown: Shutdown,
@@ -82,6 +87,9 @@ pub struct TenantShared {
     record_version: std::sync::atomic::AtomicU64,
     /// Set when a re-activation replaced this tenant's supervisor (and this state) by a new one.
     pub superseded: std::sync::atomic::AtomicBool,
+    /// Serializes `tokens_state` transitions: concurrent callers (poller, inventory, an
+    /// action) that saw the same refusal record it once.
+    tokens_state_lock: tokio::sync::Mutex<()>,
 }
 
 /// How many times a record update is retried after another replica wrote first.
@@ -109,6 +117,7 @@ impl TenantShared {
         Self {
             record_version: record_version.into(),
             superseded: Default::default(),
+            tokens_state_lock: Default::default(),
             tenant_id: record.tenant_id.clone(),
             org_id: record.org_id.clone(),
             record: RwLock::new(record),
@@ -238,10 +247,15 @@ impl TenantShared {
 
     /// Appends a lifecycle entry; failures are logged, not fatal.
     pub async fn lifecycle(&self, event: &str) {
+        self.lifecycle_because(event, None).await
+    }
+
+    /// Appends a lifecycle entry with a `reason` field.
+    pub async fn lifecycle_because(&self, event: &str, reason: Option<&str>) {
         if let Err(e) = self
             .deps
             .tenants
-            .lifecycle(&self.tenant_id, &self.org_id, event)
+            .lifecycle(&self.tenant_id, &self.org_id, event, reason)
             .await
         {
             tracing::warn!(tenant = %self.tenant_id, event, error = %e, "lifecycle entry not written");
@@ -340,25 +354,55 @@ impl TenantShared {
         res
     }
 
-    /// Keeps `tokens_state` in the record in line with what the token endpoint said.
+    /// Keeps `tokens_state` in the record in line with what the token endpoint said. A dead
+    /// refresh token always says why: `last_error` (with a trackingId, also in the log line)
+    /// and the `tokens_invalid` lifecycle entry carry the reason.
     pub async fn note_token_result(&self, res: &Result<crate::secret::Secret, TokenError>) {
         use crate::store::tenants::TokensState;
-        let now = self.record.read().expect("record lock").tokens_state;
         let next = match res {
             Ok(_) => TokensState::Valid,
             Err(TokenError::Invalid) => TokensState::Invalid,
             Err(_) => return,
         };
-        if now == next {
+        if self.record.read().expect("record lock").tokens_state == next {
             return;
         }
-        if let Err(e) = self.update(|r| r.tokens_state = next).await {
-            tracing::warn!(tenant = %self.tenant_id, error = %e, "tokens_state not stored");
+        let _one_at_a_time = self.tokens_state_lock.lock().await;
+        if self.record.read().expect("record lock").tokens_state == next {
+            return;
         }
-        if next == TokensState::Invalid {
-            self.deps.metrics.token_refresh("invalid");
-            self.lifecycle("tokens_invalid").await;
+        if next == TokensState::Valid {
+            if let Err(e) = self.update(|r| r.tokens_state = next).await {
+                tracing::warn!(tenant = %self.tenant_id, error = %e, "tokens_state not stored");
+            }
+            return;
         }
+        let reason = self
+            .tokens
+            .invalid_reason()
+            .unwrap_or_else(|| "refresh token rejected by Webex".into());
+        let description = format!(
+            "{reason}. The customer's admin must provide a new refresh token (an update action, or activate again)."
+        );
+        let tracking = TrackingId::new();
+        tracing::error!(trackingId = %tracking, tenant = %self.tenant_id, %description, "tenant tokens invalid");
+        let err = LastError {
+            tracking_id: tracking.to_string(),
+            description,
+            at: Utc::now(),
+        };
+        if let Err(e) = self
+            .update(|r| {
+                r.tokens_state = next;
+                r.last_error = Some(err.clone());
+            })
+            .await
+        {
+            tracing::warn!(trackingId = %tracking, tenant = %self.tenant_id, error = %e, "tokens_state not stored");
+        }
+        self.deps.metrics.token_refresh("invalid");
+        self.lifecycle_because("tokens_invalid", Some(&reason))
+            .await;
     }
 
     /// The background refresher: keeps a fresh access token ahead of expiry until `stop`.

@@ -41,6 +41,10 @@ pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), String
     let count = |result: &str| metrics.queue_polls_total.with_label_values(&[result]).inc();
     let lease_floor = deps.config.scaling.lease_ttl() / 2;
     let mut failures = 0u32;
+    // No poll of this ownership period has succeeded yet (a takeover, a start).
+    let mut first = true;
+    // Whether the one immediate retry after a success (or the start) is used up.
+    let mut retried_at_once = false;
     loop {
         if stop.is_fired() {
             return Ok(());
@@ -64,20 +68,23 @@ pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), String
         let outcome = poll_once(&shared, &stop).await;
         let delay = match outcome {
             Poll::Skipped => Some(LEASE_WAIT),
-            Poll::Messages(0) => {
+            Poll::Messages(n) => {
                 shared
                     .poller_failing
                     .store(false, std::sync::atomic::Ordering::Relaxed);
-                count("empty");
+                count(if n == 0 { "empty" } else { "ok" });
                 failures = 0;
+                first = false;
+                retried_at_once = false;
                 None
             }
-            Poll::Messages(_) => {
-                shared
-                    .poller_failing
-                    .store(false, std::sync::atomic::Ordering::Relaxed);
-                count("ok");
-                failures = 0;
+            Poll::Failed(why) if !retried_at_once && (first || why.transport) => {
+                // The first poll after taking a tenant over (the previous owner's poll may still
+                // be ending; a pooled connection may be stale) and a request that never got an
+                // answer are retried at once, once; the backoff starts with the next failure.
+                count("error");
+                retried_at_once = true;
+                tracing::info!(tenant = %shared.tenant_id, error = %why.message, "queue poll failed; retrying at once");
                 None
             }
             Poll::Failed(why) => {
@@ -89,7 +96,7 @@ pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), String
                 let base = retry_base.saturating_mul(1 << (failures - 1).min(4));
                 let jitter = 0.8 + 0.4 * rand::random::<f64>();
                 let d = base.min(POLL_RETRY_CAP).mul_f64(jitter);
-                tracing::warn!(tenant = %shared.tenant_id, failures, error = %why, delay = ?d, "queue poll failed");
+                tracing::warn!(tenant = %shared.tenant_id, failures, error = %why.message, delay = ?d, "queue poll failed");
                 Some(d)
             }
         };
@@ -105,7 +112,23 @@ enum Poll {
     /// Not sent: the lease is not fresh enough (or we are stopping).
     Skipped,
     Messages(usize),
-    Failed(String),
+    Failed(Failure),
+}
+
+/// Why a poll failed.
+struct Failure {
+    message: String,
+    /// No HTTP answer at all (connection refused, reset, closed while sending).
+    transport: bool,
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Self {
+            message,
+            transport: false,
+        }
+    }
 }
 
 async fn sleep_or_stop(d: Duration, stop: &Shutdown) -> bool {
@@ -118,16 +141,18 @@ async fn sleep_or_stop(d: Duration, stop: &Shutdown) -> bool {
 async fn poll_once(shared: &Arc<TenantShared>, stop: &Shutdown) -> Poll {
     let deps = &shared.deps;
     let Some(poll_url) = shared.record().poll_url else {
-        return Poll::Failed("no pollUrl".into());
+        return Poll::Failed(String::from("no pollUrl").into());
     };
     let url = match deps.webex.check_url(&poll_url) {
         Ok(u) => u,
-        Err(e) => return Poll::Failed(e),
+        Err(e) => return Poll::Failed(e.into()),
     };
     let mut token = match shared.access_token().await {
         Ok(t) => t,
-        Err(e @ (TokenError::Invalid | TokenError::Gone)) => return Poll::Failed(e.to_string()),
-        Err(e) => return Poll::Failed(e.to_string()),
+        Err(e @ (TokenError::Invalid | TokenError::Gone)) => {
+            return Poll::Failed(e.to_string().into());
+        }
+        Err(e) => return Poll::Failed(e.to_string().into()),
     };
     let lease_floor = deps.config.scaling.lease_ttl() / 2;
     for attempt in 0..2 {
@@ -148,7 +173,12 @@ async fn poll_once(shared: &Arc<TenantShared>, stop: &Shutdown) -> Poll {
         let resp = req.await;
         let resp = match resp {
             Ok(r) => r,
-            Err(e) => return Poll::Failed(e.without_url().to_string()),
+            Err(e) => {
+                return Poll::Failed(Failure {
+                    transport: !e.is_timeout(),
+                    message: e.without_url().to_string(),
+                });
+            }
         };
         let status = resp.status();
         if status == reqwest::StatusCode::UNAUTHORIZED && attempt == 0 {
@@ -163,23 +193,25 @@ async fn poll_once(shared: &Arc<TenantShared>, stop: &Shutdown) -> Poll {
                     token = t;
                     continue;
                 }
-                Err(e) => return Poll::Failed(format!("token: {e}")),
+                Err(e) => return Poll::Failed(format!("token: {e}").into()),
             }
         }
         if !status.is_success() {
-            return Poll::Failed(format!("pollUrl answered {status}"));
+            return Poll::Failed(format!("pollUrl answered {status}").into());
         }
         let body: PollResponse = match resp.json().await {
             Ok(b) => b,
             Err(e) => {
-                return Poll::Failed(format!("unreadable poll response: {}", e.without_url()));
+                return Poll::Failed(
+                    format!("unreadable poll response: {}", e.without_url()).into(),
+                );
             }
         };
         let n = body.messages.len();
         write_batch(shared, body.messages, stop).await;
         return Poll::Messages(n);
     }
-    Poll::Failed("unauthorized twice".into())
+    Poll::Failed(String::from("unauthorized twice").into())
 }
 
 /// Writes one polled batch, retrying what Redis refused until it is durable or we stop: the

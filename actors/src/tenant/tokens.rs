@@ -3,47 +3,114 @@
 //! expiry on their own task (not on an actor timer that a busy mailbox could delay), adopt a
 //! rotated refresh token, and persist it with compare-and-set before the new access token is
 //! used anywhere.
+//!
+//! An exchange runs on a task of its own ([`ExchangeTasks`]): once the token endpoint may have
+//! rotated the refresh token, nothing — a dropped HTTP request, a cancelled child, a drain —
+//! may stop the new one from reaching Redis. Before each exchange the keeper records an
+//! [`ExchangeIntent`] in the tenant's hash, removed by the write that stores the result; a
+//! successor that finds one left behind knows why Webex refuses the stored token.
 use std::sync::Arc;
 use std::sync::Mutex as StdMutex;
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::{Mutex, Notify, OwnedMutexGuard};
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 
 use super::Deps;
 use super::lease::LeaseCell;
 use crate::secret::Secret;
 use crate::store::StoreError;
-use crate::store::tenants::{CasOutcome, TenantSecrets};
+use crate::store::tenants::{BeginExchange, CasOutcome, ExchangeIntent, TenantSecrets};
 use crate::webex::client::OAuthError;
 
 /// An access token is not handed out when it expires sooner than this: a request needs time
 /// to reach Webex.
 pub const USE_MARGIN: Duration = Duration::from_millis(500);
-/// Refresh ahead of expiry by a third of the lifetime, at most this much.
+/// Refresh ahead of expiry by a third of the lifetime, at most this much (before jitter).
 pub const MAX_REFRESH_LEAD: Duration = Duration::from_secs(300);
+/// The lead is stretched by a random 0–50 % per token, so tenants activated together (a
+/// partner onboarding a batch, a restart loading thousands) do not all exchange at once.
+pub const REFRESH_JITTER: f64 = 0.5;
 
 /// A usable access token.
 #[derive(Clone, Debug)]
 pub struct AccessToken {
     pub token: Secret,
     pub expires_at: Instant,
-    pub lifetime: Duration,
+    /// When to replace it: a third of its life (at most [`MAX_REFRESH_LEAD`]) before expiry,
+    /// stretched by up to [`REFRESH_JITTER`].
+    pub refresh_at: Instant,
 }
 
 impl AccessToken {
+    /// A token that expires `lifetime` from now.
+    pub fn new(token: Secret, lifetime: Duration) -> Self {
+        let now = Instant::now();
+        Self {
+            token,
+            expires_at: now + lifetime,
+            refresh_at: now + refresh_after(lifetime, rand::random::<f64>()),
+        }
+    }
+
     fn usable(&self) -> bool {
         self.expires_at.saturating_duration_since(Instant::now()) > USE_MARGIN
     }
+}
 
-    fn refresh_at(&self) -> Instant {
-        let lead = (self.lifetime / 3)
-            .min(MAX_REFRESH_LEAD)
-            .max(USE_MARGIN * 2);
-        self.expires_at
-            .checked_sub(lead)
-            .unwrap_or_else(Instant::now)
+/// How long after it was obtained a token of `lifetime` is replaced, for a jitter draw `u` in
+/// [0, 1]. A 2-hour token (Webex's 7,199 s) is replaced after 112.5–115 minutes: about 12.7
+/// exchanges a day per tenant; no token is replaced before half its life.
+pub fn refresh_after(lifetime: Duration, u: f64) -> Duration {
+    let lead = (lifetime / 3)
+        .min(MAX_REFRESH_LEAD)
+        .max(USE_MARGIN * 2)
+        .mul_f64(1.0 + REFRESH_JITTER * u.clamp(0.0, 1.0))
+        .min(lifetime / 2);
+    lifetime - lead
+}
+
+/// Where token exchanges run: on the engine's main runtime (which lives until the process
+/// exits, unlike an HTTP worker's), tracked so that a drain waits for those in flight.
+#[derive(Clone)]
+pub struct ExchangeTasks {
+    tracker: TaskTracker,
+    runtime: tokio::runtime::Handle,
+}
+
+impl ExchangeTasks {
+    /// Exchanges will run on the runtime this is called on.
+    pub fn on_current_runtime() -> Self {
+        Self {
+            tracker: TaskTracker::new(),
+            runtime: tokio::runtime::Handle::current(),
+        }
+    }
+
+    fn spawn<F>(&self, f: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.tracker.spawn_on(f, &self.runtime)
+    }
+
+    /// Exchanges in flight.
+    pub fn in_flight(&self) -> usize {
+        self.tracker.len()
+    }
+
+    /// Waits until every exchange in flight has stored its result (or `limit` passed); returns
+    /// whether all finished.
+    pub async fn drain(&self, limit: Duration) -> bool {
+        self.tracker.close();
+        let done = tokio::time::timeout(limit, self.tracker.wait())
+            .await
+            .is_ok();
+        self.tracker.reopen();
+        done
     }
 }
 
@@ -84,12 +151,15 @@ pub struct TokenKeeper {
     org: String,
     lease: Arc<LeaseCell>,
     oauth_url: StdMutex<String>,
-    /// Held for the whole exchange: refreshes are single-flight.
-    persisted: Mutex<Persisted>,
+    /// Held for the whole exchange: refreshes are single-flight. Shared with the exchange's
+    /// own task (see [`ExchangeTasks`]).
+    persisted: Arc<Mutex<Persisted>>,
     /// The fast read path.
     current: StdMutex<Option<AccessToken>>,
-    /// Set when the refresh token was rejected; cleared by a new one.
-    invalid: StdMutex<bool>,
+    /// Set (with the reason) when the refresh token was rejected; cleared by a new one.
+    invalid: StdMutex<Option<String>>,
+    /// This replica's id, named in exchange intents.
+    replica: String,
     /// Wakes the background refresher (new token, new refresh token, stop).
     wake: Notify,
     /// Webhook secrets as last persisted, readable without waiting for an exchange.
@@ -144,13 +214,14 @@ impl TokenKeeper {
         Self {
             backoff: StdMutex::new(Backoff::default()),
             webhook,
+            replica: deps.config.scaling.replica_id(),
             deps,
             org,
             lease,
             oauth_url: StdMutex::new(oauth_url),
-            persisted: Mutex::new(Persisted { secrets, version }),
+            persisted: Arc::new(Mutex::new(Persisted { secrets, version })),
             current: StdMutex::new(current),
-            invalid: StdMutex::new(false),
+            invalid: StdMutex::new(None),
             wake: Notify::new(),
         }
     }
@@ -165,11 +236,20 @@ impl TokenKeeper {
 
     /// True after the refresh token was rejected (until a new one is adopted).
     pub fn is_invalid(&self) -> bool {
-        *self.invalid.lock().expect("invalid lock")
+        self.invalid.lock().expect("invalid lock").is_some()
+    }
+
+    /// Why the refresh token is dead, while it is.
+    pub fn invalid_reason(&self) -> Option<String> {
+        self.invalid.lock().expect("invalid lock").clone()
+    }
+
+    fn set_invalid(&self, reason: Option<String>) {
+        *self.invalid.lock().expect("invalid lock") = reason;
     }
 
     /// A usable access token, refreshing first when needed.
-    pub async fn access_token(&self) -> Result<Secret, TokenError> {
+    pub async fn access_token(self: &Arc<Self>) -> Result<Secret, TokenError> {
         if let Some(t) = self.cached() {
             return Ok(t.token);
         }
@@ -178,8 +258,11 @@ impl TokenKeeper {
 
     /// Refreshes unless another caller already did; `rejected` is a token Webex just refused
     /// (401), which is never handed out again.
-    pub async fn refresh(&self, rejected: Option<&Secret>) -> Result<Secret, TokenError> {
-        let mut p = self.persisted.lock().await;
+    pub async fn refresh(
+        self: &Arc<Self>,
+        rejected: Option<&Secret>,
+    ) -> Result<Secret, TokenError> {
+        let mut p = self.persisted.clone().lock_owned().await;
         if let Some(t) = self.cached()
             && rejected.is_none_or(|r| r != &t.token)
         {
@@ -207,11 +290,65 @@ impl TokenKeeper {
         {
             return Err(err.clone());
         }
+        // The exchange and the write of its result run on their own task: the caller (an HTTP
+        // request whose client hung up, a child cancelled after the shutdown grace) may go
+        // away, the rotated refresh token must still reach Redis.
+        let me = self.clone();
+        let exchange = self
+            .deps
+            .exchanges
+            .spawn(async move { me.exchange(p, epoch).await });
+        exchange.await.unwrap_or_else(|e| {
+            Err(TokenError::Transient {
+                message: format!("token exchange task failed: {e}"),
+                retry_after: None,
+            })
+        })
+    }
+
+    /// One exchange of the stored refresh token under lease `epoch`: intent recorded, token
+    /// endpoint called, result stored with the intent removed in the same write.
+    async fn exchange(
+        &self,
+        mut p: OwnedMutexGuard<Persisted>,
+        epoch: u64,
+    ) -> Result<Secret, TokenError> {
+        let tenants = &self.deps.tenants;
+        let intent = ExchangeIntent::new(epoch, p.version, &p.secrets.refresh_token, &self.replica);
+        // No exchange without its intent on record: a crash inside it must never be silent.
+        let left_behind = match tenants.begin_exchange(&self.org, &intent).await {
+            Ok(BeginExchange::Begun { previous }) => {
+                previous.filter(|prev| prev.redeems(&p.secrets.refresh_token))
+            }
+            Ok(BeginExchange::Stale) => {
+                let _ = self.reload_locked(&mut p).await;
+                return Err(TokenError::Transient {
+                    message: "the tenant's token state changed meanwhile".into(),
+                    retry_after: Some(FOLLOWER_RETRY),
+                });
+            }
+            Ok(BeginExchange::Fenced) => {
+                return Err(TokenError::Transient {
+                    message: "another replica took over this tenant (lease epoch moved on)".into(),
+                    retry_after: Some(FOLLOWER_RETRY),
+                });
+            }
+            Err(e) => {
+                return Err(TokenError::Transient {
+                    message: format!("could not record the exchange: {e}"),
+                    retry_after: Some(FOLLOWER_RETRY),
+                });
+            }
+        };
+        if let Some(prev) = &left_behind {
+            tracing::warn!(org = %self.org, replica = %prev.replica, epoch = prev.epoch, started = %prev.started_at(),
+                "an earlier exchange of this refresh token never stored its result; trying the stored token");
+        }
         let cfg = &self.deps.config.integration;
         let oauth_url = self.oauth_url.lock().expect("url lock").clone();
         let result = self
             .deps
-            .webex
+            .oauth
             .refresh(
                 &oauth_url,
                 &cfg.client_id,
@@ -219,6 +356,13 @@ impl TokenKeeper {
                 &p.secrets.refresh_token,
             )
             .await;
+        if result.as_ref().is_err_and(|e| !e.outcome_unknown()) {
+            // Webex answered and redeemed nothing: the intent has served its purpose. (An
+            // exchange without an answer keeps it: its token may be spent.)
+            if let Err(e) = tenants.end_exchange(&self.org, &intent).await {
+                tracing::debug!(org = %self.org, error = %e, "exchange intent not removed");
+            }
+        }
         match result {
             Ok(grant) => {
                 let used = p.secrets.refresh_token.clone();
@@ -242,7 +386,7 @@ impl TokenKeeper {
                 // The old refresh token is dead now: a Redis hiccup must not lose the new one.
                 // Keep trying while the lease lasts (no one else can have written meanwhile).
                 let stored = loop {
-                    match self.persist(&mut p, Some(epoch), merge).await {
+                    match self.persist(&mut p, Fence::Exchange(&intent), merge).await {
                         Ok(stored) => break stored,
                         Err(e)
                             if e.is_unavailable()
@@ -262,21 +406,40 @@ impl TokenKeeper {
                 if !stored {
                     tracing::warn!(org = %self.org, "refresh token replaced while exchanging; the new one is kept");
                 }
-                let token = AccessToken {
-                    token: grant.access_token.clone(),
-                    expires_at: Instant::now() + grant.expires_in,
-                    lifetime: grant.expires_in,
-                };
-                *self.current.lock().expect("token lock") = Some(token);
+                *self.current.lock().expect("token lock") = Some(AccessToken::new(
+                    grant.access_token.clone(),
+                    grant.expires_in,
+                ));
                 *self.backoff.lock().expect("backoff lock") = Backoff::default();
                 self.deps.metrics.token_refresh("ok");
                 self.wake.notify_one();
                 Ok(grant.access_token)
             }
             Err(OAuthError::InvalidGrant(msg)) => {
-                tracing::warn!(org = %self.org, reason = %msg, "refresh token rejected");
+                let reason = match &left_behind {
+                    Some(prev) if prev.epoch != epoch || prev.replica != self.replica => {
+                        self.deps.metrics.token_exchange_lost();
+                        format!(
+                            "{LOST_IN_CRASH} (replica {}, lease epoch {}, started {}); Webex now refuses the stored token: {msg}",
+                            prev.replica,
+                            prev.epoch,
+                            prev.started_at()
+                                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                        )
+                    }
+                    Some(prev) => {
+                        self.deps.metrics.token_exchange_lost();
+                        format!(
+                            "refresh token lost in an exchange that got no answer (started {}); Webex now refuses the stored token: {msg}",
+                            prev.started_at()
+                                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                        )
+                    }
+                    None => format!("refresh token rejected by Webex: {msg}"),
+                };
+                tracing::warn!(org = %self.org, %reason, "refresh token rejected");
                 self.deps.metrics.token_refresh("invalid_grant");
-                *self.invalid.lock().expect("invalid lock") = true;
+                self.set_invalid(Some(reason));
                 *self.current.lock().expect("token lock") = None;
                 Err(TokenError::Invalid)
             }
@@ -284,9 +447,9 @@ impl TokenKeeper {
                 message,
                 retry_after,
             }) => Err(self.back_off(message, retry_after)),
-            Err(e @ (OAuthError::BadClient(_) | OAuthError::Url(_))) => {
-                Err(self.back_off(e.to_string(), None))
-            }
+            Err(
+                e @ (OAuthError::BadClient(_) | OAuthError::Url(_) | OAuthError::Unanswered(_)),
+            ) => Err(self.back_off(e.to_string(), None)),
         }
     }
 
@@ -309,12 +472,12 @@ impl TokenKeeper {
 
     /// Compare-and-set write of `change` applied to the secrets; after a lost race the stored
     /// secrets are reloaded and `change` decides again (returning false: not applicable to
-    /// what is stored now, which is then simply adopted). `epoch` fences the write to the
+    /// what is stored now, which is then simply adopted). `fence` limits the write to the
     /// lease holder. Returns whether `change` was written.
     async fn persist(
         &self,
         p: &mut Persisted,
-        epoch: Option<u64>,
+        fence: Fence<'_>,
         change: impl Fn(&mut TenantSecrets) -> bool,
     ) -> Result<bool, StoreError> {
         for _ in 0..CAS_ATTEMPTS {
@@ -322,12 +485,20 @@ impl TokenKeeper {
             if !change(&mut next) {
                 return Ok(false);
             }
-            match self
-                .deps
-                .tenants
-                .save_secrets(&self.org, p.version, &next, None, epoch)
-                .await?
-            {
+            let tenants = &self.deps.tenants;
+            let outcome = match fence {
+                Fence::Exchange(intent) => {
+                    tenants
+                        .save_exchanged(&self.org, p.version, &next, intent)
+                        .await?
+                }
+                Fence::Epoch(epoch) => {
+                    tenants
+                        .save_secrets(&self.org, p.version, &next, None, epoch)
+                        .await?
+                }
+            };
+            match outcome {
                 CasOutcome::Written(v) => {
                     p.version = v;
                     p.secrets = next;
@@ -375,7 +546,7 @@ impl TokenKeeper {
         p.version = version;
         *self.webhook.lock().expect("webhook lock") = WebhookSecrets::of(&p.secrets);
         if new_refresh_token {
-            *self.invalid.lock().expect("invalid lock") = false;
+            self.set_invalid(None);
             *self.backoff.lock().expect("backoff lock") = Backoff::default();
         }
         self.wake.notify_one();
@@ -395,7 +566,16 @@ impl TokenKeeper {
     /// Marks the refresh token dead or alive as the owner recorded it (followers only).
     pub fn follow_invalid(&self, invalid: bool) {
         if !self.lease.is_owning() {
-            *self.invalid.lock().expect("invalid lock") = invalid;
+            let mut cur = self.invalid.lock().expect("invalid lock");
+            match (invalid, cur.is_some()) {
+                (true, false) => {
+                    *cur = Some(
+                        "refresh token rejected (recorded by the replica owning the tenant)".into(),
+                    )
+                }
+                (false, true) => *cur = None,
+                _ => {}
+            }
         }
     }
 
@@ -461,7 +641,7 @@ impl TokenKeeper {
         oauth_url: Option<String>,
     ) -> Result<(), StoreError> {
         let mut p = self.persisted.lock().await;
-        self.persist(&mut p, None, |s| {
+        self.persist(&mut p, Fence::Epoch(None), |s| {
             s.refresh_token = refresh_token.clone();
             s.access_token = None;
             s.access_expires_at = None;
@@ -472,7 +652,7 @@ impl TokenKeeper {
             *self.oauth_url.lock().expect("url lock") = url;
         }
         *self.current.lock().expect("token lock") = None;
-        *self.invalid.lock().expect("invalid lock") = false;
+        self.set_invalid(None);
         *self.backoff.lock().expect("backoff lock") = Backoff::default();
         self.wake.notify_one();
         Ok(())
@@ -486,7 +666,7 @@ impl TokenKeeper {
     ) -> Result<TenantSecrets, StoreError> {
         let mut p = self.persisted.lock().await;
         let epoch = self.lease.held_epoch();
-        self.persist(&mut p, epoch, |s| {
+        self.persist(&mut p, Fence::Epoch(epoch), |s| {
             change(s);
             true
         })
@@ -531,7 +711,7 @@ impl TokenKeeper {
             .lock()
             .expect("token lock")
             .as_ref()
-            .map(AccessToken::refresh_at)
+            .map(|t| t.refresh_at)
     }
 
     /// The token that is due, to be passed to [`refresh`](Self::refresh) as the one to replace.
@@ -559,12 +739,58 @@ fn stored_access_token(secrets: &TenantSecrets) -> Option<AccessToken> {
     match (&secrets.access_token, secrets.access_expires_at) {
         (Some(t), Some(at)) => {
             let left = (at - Utc::now()).to_std().unwrap_or_default();
-            Some(AccessToken {
-                token: t.clone(),
-                expires_at: Instant::now() + left,
-                lifetime: left,
-            })
+            Some(AccessToken::new(t.clone(), left))
         }
         _ => None,
+    }
+}
+
+/// How a write of the secrets is limited to the lease holder.
+#[derive(Clone, Copy)]
+enum Fence<'a> {
+    /// The result of this exchange (fenced by its epoch; removes its intent).
+    Exchange(&'a ExchangeIntent),
+    /// Fenced by this epoch, if any.
+    Epoch(Option<u64>),
+}
+
+/// The start of the reason a tenant's tokens show `invalid` when its refresh token was lost
+/// because the replica exchanging it died before storing the rotated one.
+pub const LOST_IN_CRASH: &str = "refresh token lost in a crash during exchange";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_two_hour_token_is_replaced_after_112_to_115_minutes() {
+        let two_hours = Duration::from_secs(7199);
+        let earliest = refresh_after(two_hours, 1.0);
+        let latest = refresh_after(two_hours, 0.0);
+        assert_eq!(latest, Duration::from_secs(7199 - 300));
+        assert_eq!(earliest, Duration::from_secs(7199 - 450));
+        // Most of its life left: not replaced before half of it is gone, whatever the draw.
+        for lifetime in [1u64, 8, 60, 600, 7199, 86_400] {
+            let l = Duration::from_secs(lifetime);
+            for u in [0.0, 0.3, 0.99, 1.0] {
+                let at = refresh_after(l, u);
+                assert!(
+                    at >= l / 2,
+                    "{lifetime}s token at u={u}: replaced after {at:?}"
+                );
+                assert!(at <= l, "{lifetime}s token at u={u}: after {at:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_jitter_spreads_tenants_activated_together() {
+        let l = Duration::from_secs(7199);
+        let draws: Vec<Duration> = (0..200)
+            .map(|_| AccessToken::new(Secret::new("t".to_string()), l))
+            .map(|t| t.refresh_at - (t.expires_at - l))
+            .collect();
+        let (min, max) = (draws.iter().min().unwrap(), draws.iter().max().unwrap());
+        assert!(*max - *min > Duration::from_secs(100), "{min:?}..{max:?}");
     }
 }

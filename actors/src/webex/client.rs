@@ -44,6 +44,19 @@ pub enum OAuthError {
     /// The URL is not allowed (http without `webex.allow_http`) or not a URL.
     #[error("refusing URL {0}")]
     Url(String),
+    /// The request may have reached the token endpoint but no complete answer came back (a
+    /// timeout, a connection lost mid-way, an unreadable 200): the refresh token may have been
+    /// redeemed. Worth retrying, but Webex may refuse that token now.
+    #[error("token endpoint gave no answer: {0}")]
+    Unanswered(String),
+}
+
+impl OAuthError {
+    /// Whether the token endpoint may have redeemed the refresh token although we do not know
+    /// the result.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, OAuthError::Unanswered(_))
+    }
 }
 
 /// Why a call to the appUrl failed.
@@ -110,16 +123,24 @@ impl WebexClient {
             ])
             .send()
             .await
-            .map_err(|e| OAuthError::Transient {
-                message: e.without_url().to_string(),
-                retry_after: None,
+            .map_err(|e| {
+                let connect = e.is_connect();
+                let message = e.without_url().to_string();
+                if connect {
+                    // Never reached the server: nothing was redeemed.
+                    OAuthError::Transient {
+                        message,
+                        retry_after: None,
+                    }
+                } else {
+                    OAuthError::Unanswered(message)
+                }
             })?;
         let status = resp.status();
         let retry_after = retry_after(&resp);
         if status.is_success() {
-            let body: TokenResponse = resp.json().await.map_err(|e| OAuthError::Transient {
-                message: format!("unreadable token response: {}", e.without_url()),
-                retry_after: None,
+            let body: TokenResponse = resp.json().await.map_err(|e| {
+                OAuthError::Unanswered(format!("unreadable token response: {}", e.without_url()))
             })?;
             return Ok(TokenGrant {
                 access_token: Secret::new(body.access_token),

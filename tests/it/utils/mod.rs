@@ -1,6 +1,9 @@
 //! The test harness: private Redis, simulator and engine helpers.
 #![allow(dead_code)]
 
+mod replica;
+pub use replica::Replica;
+
 use std::sync::OnceLock;
 
 use serde_json::{Value, json};
