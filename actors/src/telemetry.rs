@@ -205,7 +205,7 @@ impl Metrics {
         let stage_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "stage_seconds",
-                "Latency of one pipeline stage (verify, normalize, redis_write, end_to_end).",
+                "Latency of one pipeline stage (verify, parse, redis_write, end_to_end; token_exchange: call to stored result, token_store: the token endpoint's answer to the stored result, the window a crash loses a rotated refresh token in).",
             )
             .namespace(NAMESPACE)
             .buckets(LATENCY_BUCKETS.to_vec()),

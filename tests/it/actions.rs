@@ -185,8 +185,10 @@ async fn deprovision_stops_everything_answers_410_and_forgets_secrets() {
     let base = engine.base_url();
     let id = activate_org(&sim, &base, 0).await;
     let secret = sim.app_state(0).webhook.unwrap().secret.unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(sim.polls() > 0, "the queue was being polled");
+    assert!(
+        eventually(Duration::from_secs(10), || async { sim.polls() > 0 }).await,
+        "the queue was being polled"
+    );
 
     let (s, b) = action(
         &base,
@@ -203,8 +205,20 @@ async fn deprovision_stops_everything_answers_410_and_forgets_secrets() {
     let page = reqwest::get(&redirect).await.unwrap();
     assert_eq!(page.status(), 200);
 
-    // Settle in-flight calls, then nothing more for 5 s.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The lease is released once every piece of owned work (children, an exchange in flight)
+    // has stopped; from then on nothing more for 5 s.
+    let lease_key = format!("{prefix}:{{{}}}:lease", sim.org(0).org_id);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let v: Option<String> = redis::cmd("GET")
+                .arg(&lease_key)
+                .query(&mut redis.client().get_connection().unwrap())
+                .unwrap();
+            v.is_none()
+        })
+        .await,
+        "the lease of the deprovisioned tenant was not released"
+    );
     let (polls, reads, exchanges) = (sim.polls(), sim.app_reads(), sim.oauth_stats().exchanges_ok);
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(sim.polls(), polls, "polled after deprovisioning");

@@ -557,8 +557,16 @@ async fn queues_of_50_tenants_drain_5000_messages_without_loss_or_duplicates() {
         .await,
         "queues not drained"
     );
-    // Let the last polled batch land.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The last polled batches have landed once every queue was polled again: a poller writes
+    // its batch before it sends the next poll.
+    let drained_at = std::time::Instant::now();
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            (0..TENANTS).all(|i| sim.last_poll(i).is_some_and(|t| t > drained_at))
+        })
+        .await,
+        "a queue was not polled again after it was drained"
+    );
     let mut conn = redis.client().get_connection().unwrap();
     for (i, sent) in all.iter().enumerate() {
         let org = sim.org(i);

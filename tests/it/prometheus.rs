@@ -105,8 +105,29 @@ async fn a_real_prometheus_scrapes_the_engine_and_dashboard_queries_work() {
         .await,
         "prometheus did not start"
     );
-    // Enough scrapes for rate() windows.
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    // Enough scrapes for rate() windows: wait until Prometheus holds 8 samples of the target
+    // (scrape interval 1 s), however long that takes on a busy machine.
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            let r: Option<Value> = match http
+                .get(format!("{}/api/v1/query", prom.url))
+                .query(&[("query", "count_over_time(up[1m])")])
+                .send()
+                .await
+            {
+                Ok(r) => r.json().await.ok(),
+                Err(_) => None,
+            };
+            r.and_then(|v| {
+                v["data"]["result"][0]["value"][1]
+                    .as_str()
+                    .and_then(|n| n.parse::<f64>().ok())
+            })
+            .is_some_and(|n| n >= 8.0)
+        })
+        .await,
+        "prometheus did not scrape the engine 8 times"
+    );
 
     let text = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),

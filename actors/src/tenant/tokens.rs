@@ -293,11 +293,14 @@ impl TokenKeeper {
         // The exchange and the write of its result run on their own task: the caller (an HTTP
         // request whose client hung up, a child cancelled after the shutdown grace) may go
         // away, the rotated refresh token must still reach Redis.
+        // It counts as owned work: a hand-over waits for it before deleting the lease, so the
+        // next owner cannot fence off the write of its result.
         let me = self.clone();
-        let exchange = self
-            .deps
-            .exchanges
-            .spawn(async move { me.exchange(p, epoch).await });
+        let working = self.lease.child_guard();
+        let exchange = self.deps.exchanges.spawn(async move {
+            let _working = working;
+            me.exchange(p, epoch).await
+        });
         exchange.await.unwrap_or_else(|e| {
             Err(TokenError::Transient {
                 message: format!("token exchange task failed: {e}"),
@@ -346,6 +349,7 @@ impl TokenKeeper {
         }
         let cfg = &self.deps.config.integration;
         let oauth_url = self.oauth_url.lock().expect("url lock").clone();
+        let started = std::time::Instant::now();
         let result = self
             .deps
             .oauth
@@ -365,6 +369,8 @@ impl TokenKeeper {
         }
         match result {
             Ok(grant) => {
+                // From here to the stored result is the window a crash cannot survive.
+                let answered = std::time::Instant::now();
                 let used = p.secrets.refresh_token.clone();
                 let expires_at =
                     Utc::now() + chrono::Duration::from_std(grant.expires_in).unwrap_or_default();
@@ -406,6 +412,8 @@ impl TokenKeeper {
                 if !stored {
                     tracing::warn!(org = %self.org, "refresh token replaced while exchanging; the new one is kept");
                 }
+                self.deps.metrics.stage("token_exchange", started);
+                self.deps.metrics.stage("token_store", answered);
                 *self.current.lock().expect("token lock") = Some(AccessToken::new(
                     grant.access_token.clone(),
                     grant.expires_in,
