@@ -10,6 +10,9 @@
 //!
 //!   cargo build --release --bins && target/release/xapi-load [--seconds 10] [--connections 64]
 //!
+//! With `--wait-replicas N` the engine's Redis gets N replicas and `redis.wait_replicas = N`:
+//! every 200 waits until the batch is on them (the cost of a failover-proof acknowledgement).
+//!
 //! With `--replicas 1,2,3` it measures scale-out instead: for each N, N engine processes share
 //! one Redis (a fresh key prefix per round) and the tenants; the load is spread over them.
 use std::sync::Arc;
@@ -368,6 +371,8 @@ async fn main() -> anyhow::Result<()> {
         "xapi-stream load: {connections} connections, {secs} s per phase, {TENANTS} tenants, ~400-byte signed bodies"
     );
     let redis = RedisServer::start()?;
+    let wait_replicas: u32 = arg("--wait-replicas", 0);
+    let followers = start_followers(&redis, wait_replicas)?;
     let sim = Sim::start(
         SimConfig {
             orgs: TENANTS,
@@ -377,7 +382,14 @@ async fn main() -> anyhow::Result<()> {
         "127.0.0.1:0".parse()?,
     )
     .await?;
-    let env = xapi_stream::devenv::engine_env(&sim, &redis.url(), "load");
+    let mut env = xapi_stream::devenv::engine_env(&sim, &redis.url(), "load");
+    if wait_replicas > 0 {
+        println!("every 200 waits for {wait_replicas} Redis replica(s) (redis.wait_replicas)");
+        env.push((
+            "XAPI_STREAM__REDIS__WAIT_REPLICAS".into(),
+            wait_replicas.to_string(),
+        ));
+    }
     let (mut engine, base) = spawn_engine(&env, "load").await?;
     let http = reqwest::Client::new();
     let mut ids = Vec::new();
@@ -490,6 +502,29 @@ async fn main() -> anyhow::Result<()> {
     let _ = reference.kill();
     let _ = engine.wait();
     let _ = reference.wait();
+    drop(followers);
     sim.shutdown().await;
     Ok(())
+}
+
+/// `n` replicas of `master`, in sync.
+fn start_followers(master: &RedisServer, n: u32) -> anyhow::Result<Vec<RedisServer>> {
+    let port = master.port().to_string();
+    let followers: Vec<RedisServer> = (0..n)
+        .map(|_| RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]))
+        .collect::<Result<_, _>>()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for f in &followers {
+        loop {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query(&mut f.client().get_connection()?)?;
+            if info.contains("master_link_status:up") {
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "a Redis replica did not sync");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(followers)
 }

@@ -67,6 +67,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
             queue_capacity: config.ingest.queue_capacity,
             writers: config.ingest.writers,
             stream_maxlen: config.redis.stream_maxlen,
+            wait_replicas: config.redis.wait_replicas,
+            wait_timeout: Duration::from_millis(config.redis.wait_timeout_ms),
         },
         writer_stop,
     );

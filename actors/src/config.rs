@@ -144,6 +144,11 @@ pub struct RedisConfig {
     pub key_prefix: String,
     pub stream_maxlen: u64,
     pub command_timeout_ms: u64,
+    /// A write is acknowledged (200) only once `WAIT` confirms it on this many replicas; 0 =
+    /// acknowledged when the master has it.
+    pub wait_replicas: u32,
+    /// How long `WAIT` may take before the batch is refused (503; the retry is deduplicated).
+    pub wait_timeout_ms: u64,
 }
 
 impl RedisConfig {
@@ -345,6 +350,18 @@ impl Config {
         }
         if self.redis.command_timeout_ms == 0 {
             return Err(err("redis.command_timeout_ms", "must be at least 1"));
+        }
+        if self.redis.wait_replicas > 0
+            && (self.redis.wait_timeout_ms == 0
+                || self.redis.wait_timeout_ms >= self.redis.command_timeout_ms)
+        {
+            return Err(err(
+                "redis.wait_timeout_ms",
+                format!(
+                    "must be at least 1 and below redis.command_timeout_ms ({}) when redis.wait_replicas is set",
+                    self.redis.command_timeout_ms
+                ),
+            ));
         }
         self.encryption_key()?;
         Ok(())

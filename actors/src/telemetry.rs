@@ -93,6 +93,7 @@ pub struct Metrics {
     pub jwks_fetches_total: IntCounterVec,
     pub backpressure_rejections_total: IntCounter,
     pub token_exchanges_lost_total: IntCounter,
+    pub replication_waits_total: IntCounterVec,
     pub tenants: IntGaugeVec,
     pub ingest_queue_depth: IntGauge,
     pub stage_seconds: HistogramVec,
@@ -177,6 +178,14 @@ impl Metrics {
             "Child actors restarted by their supervisor, by actor kind.",
             &["actor"],
         );
+        let replication_waits_total = counter_vec(
+            "replication_waits_total",
+            "WAITs for redis.wait_replicas after a write batch: ok, or short (fewer replicas confirmed in time; the batch was answered 503).",
+            &["result"],
+        );
+        for r in ["ok", "short"] {
+            replication_waits_total.with_label_values(&[r]);
+        }
         let token_exchanges_lost_total = IntCounter::with_opts(opts(
             "token_exchanges_lost_total",
             "Refresh tokens lost because an exchange stored no result (the replica died inside it, or no answer came) and Webex then refused the stored token; each leaves a tenant with tokens_state=invalid until an update action.",
@@ -368,6 +377,7 @@ impl Metrics {
             jwks_fetches_total,
             backpressure_rejections_total,
             token_exchanges_lost_total,
+            replication_waits_total,
             tenants,
             ingest_queue_depth,
             stage_seconds,
@@ -409,6 +419,13 @@ impl Metrics {
 
     pub fn token_refresh(&self, result: &str) {
         self.token_refreshes_total
+            .with_label_values(&[result])
+            .inc();
+    }
+
+    /// One `WAIT` for replicas after a write batch.
+    pub fn replication_waits(&self, result: &str) {
+        self.replication_waits_total
             .with_label_values(&[result])
             .inc();
     }

@@ -86,6 +86,8 @@ pub struct ApiState {
     fail_next: Vec<u16>,
     calls: Vec<ApiCall>,
     commands: Vec<CommandCall>,
+    /// Base URL of the `Link: rel="next"` targets when set (default: the simulator's own).
+    next_link_base: Option<String>,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -111,6 +113,12 @@ impl Sim {
         self.state().api[i]
             .fail_next
             .extend(std::iter::repeat_n(status, n));
+    }
+
+    /// Org `i`'s paged listings point their `rel="next"` links at `base` (another host, say)
+    /// while set.
+    pub fn set_next_link_base(&self, i: usize, base: Option<&str>) {
+        self.state().api[i].next_link_base = base.map(str::to_string);
     }
 
     /// Org `i` answers public-API calls with 403 while set.
@@ -220,8 +228,8 @@ fn param(q: &[(String, String)], key: &str) -> Option<String> {
     q.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
 }
 
-/// One page of `items` with a `Link` to the next when there is more.
-fn page(sim: &Sim, req: &HttpRequest, path: &str, items: Vec<Value>) -> HttpResponse {
+/// One page of org `i`'s `items` with a `Link` to the next when there is more.
+fn page(sim: &Sim, req: &HttpRequest, i: usize, path: &str, items: Vec<Value>) -> HttpResponse {
     let q = query(req);
     let max = param(&q, "max")
         .and_then(|v| v.parse::<usize>().ok())
@@ -234,12 +242,13 @@ fn page(sim: &Sim, req: &HttpRequest, path: &str, items: Vec<Value>) -> HttpResp
     let slice = items.get(start..end).unwrap_or_default().to_vec();
     let mut resp = HttpResponse::Ok();
     if end < items.len() {
+        let base = sim.state().api[i]
+            .next_link_base
+            .clone()
+            .unwrap_or_else(|| sim.inner.base_url.clone());
         resp.insert_header((
             "Link",
-            format!(
-                "<{}{path}?max={max}&start={end}>; rel=\"next\"",
-                sim.inner.base_url
-            ),
+            format!("<{base}{path}?max={max}&start={end}>; rel=\"next\""),
         ));
     }
     resp.json(json!({ "items": slice }))
@@ -290,7 +299,7 @@ async fn devices(sim: web::Data<Sim>, req: HttpRequest) -> HttpResponse {
                 })
                 .collect()
         };
-        page(&sim, &req, "/v1/devices", items)
+        page(&sim, &req, i, "/v1/devices", items)
     })
 }
 
@@ -316,7 +325,7 @@ async fn workspaces(sim: web::Data<Sim>, req: HttpRequest) -> HttpResponse {
                 })
             })
             .collect();
-        page(&sim, &req, "/v1/workspaces", items)
+        page(&sim, &req, i, "/v1/workspaces", items)
     })
 }
 

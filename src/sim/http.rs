@@ -437,6 +437,50 @@ async fn manifest(sim: web::Data<Sim>, path: web::Path<(String, String)>) -> Htt
     }))
 }
 
+/// How often a waiting long-poll looks whether its client is still connected.
+const PEER_CHECK: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// The socket of one connection (see [`remember_socket`]).
+#[derive(Clone, Copy)]
+struct PeerSocket(std::os::fd::RawFd);
+
+/// `on_connect` hook: remembers the connection's socket in its extensions.
+pub(super) fn remember_socket(conn: &dyn std::any::Any, ext: &mut actix_web::dev::Extensions) {
+    use std::os::fd::AsRawFd;
+    if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        ext.insert(PeerSocket(tcp.as_raw_fd()));
+    }
+}
+
+/// True when the client closed the connection (or it was reset). A server's socket sees a
+/// client that died: its kernel closed the connection. actix-web does not drop a pending
+/// handler when that happens, so a long-poll would hand queued messages to a dead client;
+/// Webex's behaviour here is not documented, and a real server may do just that.
+fn peer_gone(req: &HttpRequest) -> bool {
+    let Some(PeerSocket(fd)) = req.conn_data::<PeerSocket>().copied() else {
+        return false;
+    };
+    let mut byte = 0u8;
+    // SAFETY: `fd` is the socket of the connection this request arrived on, which stays open
+    // while its handler runs; MSG_PEEK reads nothing out of it, MSG_DONTWAIT never blocks.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        0 => true,
+        n if n > 0 => false,
+        _ => !matches!(
+            std::io::Error::last_os_error().kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+        ),
+    }
+}
+
 /// Decrements the poller count when a poll ends, however it ends.
 struct PollerGuard<'a>(&'a Sim, usize);
 
@@ -484,6 +528,10 @@ async fn poll(sim: web::Data<Sim>, req: HttpRequest, path: web::Path<String>) ->
         let notified = sim.inner.queue_notify[i].notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
+        if peer_gone(&req) {
+            // Nothing is taken for a client that is gone: the messages stay queued.
+            return error(499, "client_closed", "the poller went away");
+        }
         let taken = take(&sim, i);
         if !taken.is_empty() || tokio::time::Instant::now() >= deadline || *stop.borrow() {
             return HttpResponse::Ok().json(json!({ "messages": taken }));
@@ -491,6 +539,7 @@ async fn poll(sim: web::Data<Sim>, req: HttpRequest, path: web::Path<String>) ->
         tokio::select! {
             _ = notified => {}
             _ = tokio::time::sleep_until(deadline) => {}
+            _ = tokio::time::sleep(PEER_CHECK) => {}
             _ = stop.changed() => {}
         }
     }

@@ -353,6 +353,8 @@ impl Sim {
                 .app_data(data.clone())
                 .configure(http::routes)
         })
+        // Each connection's socket, so that a long-poll can tell its client is gone.
+        .on_connect(http::remember_socket)
         .workers(2)
         .disable_signals()
         .shutdown_timeout(1)

@@ -838,3 +838,83 @@ async fn entries_left_by_a_dead_consumer_are_claimed_and_never_sent_twice() {
     engine.shutdown().await;
     sim.shutdown().await;
 }
+
+/// A listing whose next page points at another host is not followed (the bearer token never
+/// leaves the API's origin) and is a failed listing: nothing written, counted `error`, logged.
+/// Taking the first page for the whole list would remove every device after it. The next good
+/// listing applies normally.
+#[actix_web::test]
+async fn a_next_page_on_another_host_fails_the_sync_and_writes_nothing() {
+    let redis = shared_redis();
+    let (sim, engine, prefix, tenant) = one_org(150, &[("DEVICES__PAGE_SIZE", "100")]).await;
+    let base = engine.base_url();
+    let org = sim.org(0).org_id;
+    let devices_key = format!("{prefix}:{{{org}}}:devices");
+    let inventory_key = format!("{prefix}:{{{org}}}:inventory");
+    assert_eq!(hlen(redis, &devices_key), 150);
+    let entries_before = entries(redis, &inventory_key).len();
+    let errors =
+        |text: String| metric(&text, "xapi_stream_inventory_syncs_total{result=\"error\"}");
+    let metrics_text = || async {
+        reqwest::get(format!("{base}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let errors_before = errors(metrics_text().await).unwrap_or(0.0);
+
+    let calls_before = sim.api_calls(0).len();
+    sim.set_next_link_base(0, Some("http://127.0.0.1:9"));
+    let (status, body) = admin(
+        reqwest::Method::POST,
+        format!("{base}/admin/tenants/{tenant}/inventory/sync"),
+        None,
+    )
+    .await;
+    assert!(status >= 500, "{status} {body}");
+    assert_contract_error(&body);
+    assert!(
+        body["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("another host")),
+        "{body}"
+    );
+    assert_eq!(hlen(redis, &devices_key), 150, "the inventory hash changed");
+    assert_eq!(
+        entries(redis, &inventory_key).len(),
+        entries_before,
+        "inventory entries were written"
+    );
+    assert_eq!(
+        errors(metrics_text().await).unwrap_or(0.0),
+        errors_before + 1.0,
+        "not counted as an error"
+    );
+    // The token never went to the other host: every call the simulator saw was on its origin,
+    // and nothing was asked for page 2.
+    assert!(
+        sim.api_calls(0)[calls_before..]
+            .iter()
+            .all(|c| !c.query.contains("start=100")),
+        "page 2 was fetched"
+    );
+
+    // Fixed on the Webex side: the next sync applies normally (one device renamed meanwhile).
+    sim.set_next_link_base(0, None);
+    sim.rename_device(0, 120, "After the outage");
+    let (status, report) = admin(
+        reqwest::Method::POST,
+        format!("{base}/admin/tenants/{tenant}/inventory/sync"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(
+        report["devices"],
+        json!({"total": 150, "added": 0, "updated": 1, "removed": 0})
+    );
+    engine.shutdown().await;
+    sim.shutdown().await;
+}

@@ -8,6 +8,7 @@ mod activation;
 mod cli;
 mod devices;
 mod drain;
+mod durability;
 mod engine_basics;
 mod failover;
 mod ingest;

@@ -104,7 +104,17 @@ impl TenantShared {
                     )));
                 }
             }
-            next = answer.next.and_then(|n| url::Url::parse(&n).ok());
+            next = match answer.next {
+                super::NextPage::None => None,
+                super::NextPage::Follow(n) => url::Url::parse(&n).ok(),
+                super::NextPage::Refused(target) => {
+                    // Taking the pages so far as the whole list would remove every device after
+                    // them: a listing cut short is a failed listing, and nothing is written.
+                    return Err(DeviceError::Unavailable(format!(
+                        "{path}: the next page is on another host ({target}); not followed, so the listing is incomplete and nothing was written"
+                    )));
+                }
+            };
         }
         Ok(items)
     }

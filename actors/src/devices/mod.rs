@@ -230,7 +230,7 @@ enum Body {
 /// A successful answer: the JSON body and the `Link: <…>; rel="next"` of a paged listing.
 struct Answer {
     body: Value,
-    next: Option<String>,
+    next: NextPage,
 }
 
 fn check_device_id(device: &str) -> Result<(), AccessError> {
@@ -547,11 +547,47 @@ async fn retry_pause(
     Ok(())
 }
 
-/// The `rel="next"` target of a `Link` header, only when it stays on the origin of `current`:
-/// the tenant's bearer token is never sent to another host.
-fn next_link(resp: &reqwest::Response, current: &url::Url) -> Option<String> {
-    let header = resp.headers().get(reqwest::header::LINK)?.to_str().ok()?;
-    parse_next_link(header, current)
+/// The next page of a listing, from its `Link` header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NextPage {
+    /// The last page.
+    None,
+    /// The next page, on the origin of the current one.
+    Follow(String),
+    /// A next page on another origin: not followed (the tenant's bearer token never goes to
+    /// another host), so the listing is incomplete.
+    Refused(String),
+}
+
+/// The `rel="next"` target of a `Link` header, followed only when it stays on the origin of
+/// `current`.
+fn next_link(resp: &reqwest::Response, current: &url::Url) -> NextPage {
+    let Some(header) = resp
+        .headers()
+        .get(reqwest::header::LINK)
+        .and_then(|h| h.to_str().ok())
+    else {
+        return NextPage::None;
+    };
+    match parse_next_link(header, current) {
+        Some(next) => NextPage::Follow(next),
+        None => match any_next_link(header) {
+            Some(target) => NextPage::Refused(target),
+            None => NextPage::None,
+        },
+    }
+}
+
+/// The raw `rel="next"` target of a `Link` header, wherever it points.
+fn any_next_link(header: &str) -> Option<String> {
+    header.split(',').find_map(|part| {
+        let mut pieces = part.split(';');
+        let target = pieces.next()?.trim();
+        let target = target.strip_prefix('<')?.strip_suffix('>')?;
+        pieces
+            .any(|p| matches!(p.trim(), "rel=\"next\"" | "rel=next"))
+            .then(|| target.to_string())
+    })
 }
 
 /// Parses `<url>; rel="next", <url>; rel="prev"` and keeps a same-origin `next`.

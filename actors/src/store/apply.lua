@@ -3,19 +3,24 @@
 --       6 tenant hash (message counters)
 -- ARGV: 1 kind ("status"|"events"), 2 dedupe ttl secs, 3 maxlen, 4 org, 5 workspace, 6 device,
 --       7 msg timestamp (verbatim), 8 source, 9 app, 10 ts_ms, 11 full_sync ("0"|"1"),
---       12 n_updated, then n_updated pairs (key, json), then n_removed, then removed keys
---       (events: 12 n_events, then triples key, json, timestamp)
+--       12 "1" to touch the dedupe key of a duplicate (see below),
+--       13 n_updated, then n_updated pairs (key, json), then n_removed, then removed keys
+--       (events: 13 n_events, then triples key, json, timestamp)
 -- Returns: -1 when the message was already applied, else the number of stream entries written.
 if redis.call('SET', KEYS[5], '1', 'NX', 'EX', ARGV[2]) == false then
+  -- With redis.wait_replicas the caller WAITs for this connection's writes. A duplicate writes
+  -- something too, so that the WAIT also covers the first write of this message, made perhaps
+  -- on another connection and not yet replicated (its 503 is what brought the retry here).
+  if ARGV[12] == '1' then redis.call('EXPIRE', KEYS[5], ARGV[2]) end
   return -1
 end
 local maxlen = ARGV[3]
 local org, ws, dev, ts, src, app = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
-local n = tonumber(ARGV[12])
+local n = tonumber(ARGV[13])
 local written = 0
 redis.call('HINCRBY', KEYS[6], 'received:' .. src, 1)
 if ARGV[1] == 'events' then
-  local i = 13
+  local i = 14
   for _ = 1, n do
     redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*',
       'org', org, 'workspace', ws, 'device', dev, 'key', ARGV[i], 'value', ARGV[i + 1],
@@ -29,7 +34,7 @@ local ts_ms = tonumber(ARGV[10])
 local full = ARGV[11]
 local known = redis.call('EXISTS', KEYS[4]) == 1
 local updated = {}
-local i = 13
+local i = 14
 for _ = 1, n do
   local k, v = ARGV[i], ARGV[i + 1]
   updated[k] = true

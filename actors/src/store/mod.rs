@@ -43,6 +43,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("concurrent change: {0}")]
     Conflict(&'static str),
+    /// `WAIT` did not see the write on enough replicas in time (it is on the master).
+    #[error("write confirmed by {got} of {wanted} Redis replicas in time")]
+    NotReplicated { wanted: u32, got: i64 },
 }
 
 impl StoreError {
@@ -57,6 +60,7 @@ impl StoreError {
                     || e.is_connection_refusal()
                     || matches!(e.kind(), redis::ErrorKind::Io)
             }
+            StoreError::NotReplicated { .. } => true,
             StoreError::Corrupt(_) | StoreError::Conflict(_) => false,
         }
     }
@@ -192,29 +196,35 @@ impl Store {
         })
     }
 
+    /// Opens a connection of its own (self-reconnecting like the shared one), for a user whose
+    /// commands must not wait behind others' or hold others up (`WAIT` blocks its connection).
+    pub async fn dedicated(&self) -> Result<Conn, StoreError> {
+        self.bounded(self.open()).await
+    }
+
+    async fn open(&self) -> redis::RedisResult<Conn> {
+        match &self.inner.target {
+            Target::Single(client) => {
+                let cfg = ConnectionManagerConfig::new()
+                    .set_response_timeout(Some(self.inner.command_timeout))
+                    .set_connection_timeout(Some(self.inner.command_timeout))
+                    .set_number_of_retries(2);
+                client
+                    .get_connection_manager_with_config(cfg)
+                    .await
+                    .map(Conn::Single)
+            }
+            Target::Cluster(client) => client.get_async_connection().await.map(Conn::Cluster),
+        }
+    }
+
     /// Connects, retrying until it succeeds or `until` resolves. The connection manager then
     /// reconnects by itself after Redis restarts.
     pub async fn connect(&self, until: impl std::future::Future<Output = ()>) -> bool {
         tokio::pin!(until);
         let mut attempts = 0u32;
         loop {
-            let attempt = async {
-                match &self.inner.target {
-                    Target::Single(client) => {
-                        let cfg = ConnectionManagerConfig::new()
-                            .set_response_timeout(Some(self.inner.command_timeout))
-                            .set_connection_timeout(Some(self.inner.command_timeout))
-                            .set_number_of_retries(2);
-                        client
-                            .get_connection_manager_with_config(cfg)
-                            .await
-                            .map(Conn::Single)
-                    }
-                    Target::Cluster(client) => {
-                        client.get_async_connection().await.map(Conn::Cluster)
-                    }
-                }
-            };
+            let attempt = self.open();
             tokio::select! {
                 _ = &mut until => return false,
                 res = attempt => match res {

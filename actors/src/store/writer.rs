@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Store, StoreError};
+use super::{Conn, Store, StoreError};
 use crate::protocol::message::{Body, Message, Source};
 use crate::shutdown::Shutdown;
 
@@ -60,6 +60,18 @@ pub struct WriterConfig {
     /// Concurrent pipelines (batches in flight).
     pub writers: usize,
     pub stream_maxlen: u64,
+    /// Replicas each batch must reach (`WAIT`) before its callers are answered; 0 = none.
+    pub wait_replicas: u32,
+    /// How long that `WAIT` may take.
+    pub wait_timeout: Duration,
+}
+
+/// How a batch is confirmed durable.
+#[derive(Debug, Clone, Copy)]
+struct Durability {
+    maxlen: u64,
+    /// `WAIT` for this many replicas, this long (None: the master's answer is enough).
+    wait: Option<(u32, Duration)>,
 }
 
 impl StreamWriter {
@@ -68,13 +80,17 @@ impl StreamWriter {
         let (tx, rx) = mpsc::channel::<Job>(cfg.queue_capacity.max(1));
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         let script = Arc::new(redis::Script::new(APPLY_LUA));
+        let durability = Durability {
+            maxlen: cfg.stream_maxlen,
+            wait: (cfg.wait_replicas > 0).then_some((cfg.wait_replicas, cfg.wait_timeout)),
+        };
         for _ in 0..cfg.writers.max(1) {
             let store = store.clone();
             let rx = rx.clone();
             let script = script.clone();
             let stop = stop.clone();
             tokio::spawn(async move {
-                run(store, rx, script, cfg.stream_maxlen, stop).await;
+                run(store, rx, script, durability, stop).await;
             });
         }
         Self { tx, store }
@@ -103,9 +119,12 @@ async fn run(
     store: Store,
     rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>,
     script: Arc<redis::Script>,
-    maxlen: u64,
+    durability: Durability,
     stop: Shutdown,
 ) {
+    // With `WAIT`, a connection of this writer's own: WAIT blocks the connection it is sent on
+    // until the replicas answer, and it covers exactly the writes made on that connection.
+    let mut own: Option<Conn> = None;
     loop {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         {
@@ -127,7 +146,15 @@ async fn run(
             }
         }
         let n = batch.len() as i64;
-        let results = apply_batch(&store, &script, maxlen, &batch).await;
+        let conn = match (durability.wait, &own) {
+            (None, _) => store.conn(),
+            (Some(_), Some(c)) => Ok(c.clone()),
+            (Some(_), None) => store.dedicated().await.inspect(|c| own = Some(c.clone())),
+        };
+        let results = match conn {
+            Ok(conn) => apply_batch(&store, conn, &script, durability, &batch).await,
+            Err(e) => vec![Err(e.to_string()); batch.len()],
+        };
         store.metrics().ingest_queue_depth.sub(n);
         for (job, result) in batch.into_iter().zip(results) {
             match result {
@@ -166,8 +193,9 @@ async fn run(
 /// fails only its own jobs.
 async fn apply_batch(
     store: &Store,
+    conn: Conn,
     script: &redis::Script,
-    maxlen: u64,
+    durability: Durability,
     batch: &[Job],
 ) -> Vec<Result<i64, String>> {
     let per_job = |res: Result<Vec<i64>, StoreError>, n: usize| -> Vec<Result<i64, String>> {
@@ -178,7 +206,7 @@ async fn apply_batch(
     };
     if !store.is_cluster() {
         return per_job(
-            apply_group(store, script, maxlen, batch.iter()).await,
+            apply_group(store, conn, script, durability, batch.iter()).await,
             batch.len(),
         );
     }
@@ -187,11 +215,15 @@ async fn apply_batch(
         groups.entry(job.msg.org_id.as_str()).or_default().push(i);
     }
     let groups: Vec<Vec<usize>> = groups.into_values().collect();
-    let results = futures::future::join_all(
-        groups
-            .iter()
-            .map(|idx| apply_group(store, script, maxlen, idx.iter().map(|&i| &batch[i]))),
-    )
+    let results = futures::future::join_all(groups.iter().map(|idx| {
+        apply_group(
+            store,
+            conn.clone(),
+            script,
+            durability,
+            idx.iter().map(|&i| &batch[i]),
+        )
+    }))
     .await;
     let mut out: Vec<Result<i64, String>> = vec![Ok(0); batch.len()];
     for (idx, res) in groups.iter().zip(results) {
@@ -202,22 +234,26 @@ async fn apply_batch(
     out
 }
 
-/// One pipeline of `EVALSHA apply.lua`; NOSCRIPT (a restarted Redis) loads the script and
-/// retries once — safe because every message is deduplicated by fingerprint.
+/// One pipeline of `EVALSHA apply.lua` (jobs of one organization on a cluster); NOSCRIPT (a
+/// restarted Redis) loads the script and retries once — safe because every message is
+/// deduplicated by fingerprint. With `WAIT`, the group fails unless enough replicas confirm
+/// it (its messages are on the master; the retries are duplicates, and are confirmed too).
 async fn apply_group<'a>(
     store: &Store,
+    mut conn: Conn,
     script: &redis::Script,
-    maxlen: u64,
+    durability: Durability,
     jobs: impl Iterator<Item = &'a Job>,
 ) -> Result<Vec<i64>, StoreError> {
     let started = Instant::now();
-    let mut conn = store.conn()?;
     let mut pipe = redis::pipe();
+    let mut org = None;
     for job in jobs {
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(script.get_hash());
-        add_args(&mut cmd, store, &job.msg, job.source, maxlen);
+        add_args(&mut cmd, store, &job.msg, job.source, durability);
         pipe.add_command(cmd);
+        org.get_or_insert_with(|| job.msg.org_id.clone());
     }
     let res: Result<Vec<i64>, StoreError> = store.bounded(pipe.query_async(&mut conn)).await;
     let res = match res {
@@ -236,6 +272,13 @@ async fn apply_group<'a>(
         }
         other => other,
     };
+    let res = match (res, durability.wait, org) {
+        (Ok(v), Some((wanted, timeout)), Some(org)) => {
+            wait_replicas(store, &mut conn, &org, wanted, timeout).await?;
+            Ok(v)
+        }
+        (res, _, _) => res,
+    };
     store
         .metrics()
         .redis_write_seconds
@@ -243,7 +286,46 @@ async fn apply_group<'a>(
     res
 }
 
-fn add_args(cmd: &mut redis::Cmd, store: &Store, msg: &Message, source: Source, maxlen: u64) {
+/// `WAIT wanted timeout` on `conn`, the connection the writes went over (on a cluster: to the
+/// master serving `org`'s slot, over the same node connection).
+async fn wait_replicas(
+    store: &Store,
+    conn: &mut Conn,
+    org: &str,
+    wanted: u32,
+    timeout: Duration,
+) -> Result<(), StoreError> {
+    let mut cmd = redis::cmd("WAIT");
+    cmd.arg(wanted).arg(timeout.as_millis() as u64);
+    let got: i64 = match conn {
+        Conn::Single(c) => store.bounded(cmd.query_async(c)).await?,
+        Conn::Cluster(c) => {
+            use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+            let slot = super::key_slot(&store.keys().tenant(org));
+            let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(
+                slot,
+                SlotAddr::Master,
+            )));
+            let v = store.bounded(c.route_command(cmd, route)).await?;
+            redis::from_redis_value(v)
+                .map_err(|e| StoreError::Corrupt(format!("WAIT reply: {e}")))?
+        }
+    };
+    if got < i64::from(wanted) {
+        store.metrics().replication_waits("short");
+        return Err(StoreError::NotReplicated { wanted, got });
+    }
+    store.metrics().replication_waits("ok");
+    Ok(())
+}
+
+fn add_args(
+    cmd: &mut redis::Cmd,
+    store: &Store,
+    msg: &Message,
+    source: Source,
+    durability: Durability,
+) {
     let keys = store.keys();
     let org = &msg.org_id;
     cmd.arg(6)
@@ -260,7 +342,7 @@ fn add_args(cmd: &mut redis::Cmd, store: &Store, msg: &Message, source: Source, 
     };
     cmd.arg(kind)
         .arg(DEDUPE_TTL.as_secs())
-        .arg(maxlen)
+        .arg(durability.maxlen)
         .arg(org)
         .arg(&msg.workspace_id)
         .arg(&msg.device_id)
@@ -268,14 +350,20 @@ fn add_args(cmd: &mut redis::Cmd, store: &Store, msg: &Message, source: Source, 
         .arg(source.as_str())
         .arg(&msg.app_id)
         .arg(msg.ts.timestamp_millis());
+    let full_sync = matches!(
+        &msg.body,
+        Body::Status {
+            full_sync: true,
+            ..
+        }
+    );
+    cmd.arg(if full_sync { "1" } else { "0" })
+        .arg(if durability.wait.is_some() { "1" } else { "0" });
     match &msg.body {
         Body::Status {
-            updated,
-            removed,
-            full_sync,
+            updated, removed, ..
         } => {
-            cmd.arg(if *full_sync { "1" } else { "0" })
-                .arg(updated.len());
+            cmd.arg(updated.len());
             for (k, v) in updated {
                 cmd.arg(k).arg(v.to_string());
             }
@@ -285,13 +373,13 @@ fn add_args(cmd: &mut redis::Cmd, store: &Store, msg: &Message, source: Source, 
             }
         }
         Body::Events(events) => {
-            cmd.arg("0").arg(events.len());
+            cmd.arg(events.len());
             for e in events {
                 cmd.arg(&e.key).arg(e.value.to_string()).arg(&e.timestamp);
             }
         }
         Body::HealthCheck => {
-            cmd.arg("0").arg(0).arg(0);
+            cmd.arg(0).arg(0);
         }
     }
 }

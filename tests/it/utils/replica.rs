@@ -19,7 +19,11 @@ pub struct Replica {
 impl Replica {
     /// Starts `xapi-stream serve` with `env` on a free port, named `id`.
     pub fn spawn(id: &str, env: &[(String, String)]) -> Replica {
-        let port = free_port().unwrap();
+        Self::spawn_on(id, env, free_port().unwrap())
+    }
+
+    /// The same on `port` (a restarted pod keeps its address: Webex's webhook target).
+    pub fn spawn_on(id: &str, env: &[(String, String)], port: u16) -> Replica {
         let log = std::env::temp_dir().join(format!(
             "xapi-replica-{}-{id}-{port}.log",
             std::process::id()
@@ -44,6 +48,15 @@ impl Replica {
             child,
             log,
         }
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.base
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap()
     }
 
     /// The last `n` lines of its log.
