@@ -28,11 +28,16 @@ build:
 demo: deps build
 	./target/release/xapi-stream demo
 
-## Criterion micro-bench and the webhook load run (engine vs. reference server, one run).
+## The write-path benchmark: wrk (Debian's package) with unique signed bodies against the
+## engine, bare actix-web and the Node peer, interleaved, medians of 3 rounds; then 1,000 tenants;
+## then the criterion micro-bench. Figures in benches/README.md come from this.
 bench: deps
-	$(CARGO) bench --bench ingest -- --warm-up-time 1 --measurement-time 3
+	@command -v wrk >/dev/null 2>&1 || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends wrk >/dev/null; }
 	$(CARGO) build --release --bins
-	./target/release/xapi-load --seconds 8 --connections 64
+	./target/release/xapi-bench --seconds 10 --rounds 3
+	./target/release/xapi-bench --seconds 10 --rounds 3 --tenants 1000 --no-peer --no-open-loop
+	$(CARGO) bench --bench ingest -- --warm-up-time 1 --measurement-time 3
 
 fmt-check:
 	$(CARGO) fmt --all -- --check

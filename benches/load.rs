@@ -23,15 +23,11 @@ use serde_json::json;
 use xapi_stream::redis_server::{RedisServer, free_port};
 use xapi_stream::sim::{Sim, SimConfig, sign_webhook};
 
-const TENANTS: usize = 16;
+#[path = "common.rs"]
+mod common;
+use common::*;
 
-fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::args()
-        .skip_while(|a| a != name)
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+const TENANTS: usize = 16;
 
 /// A signed request: (url, body, signature).
 type Req = (Arc<str>, Vec<u8>, String);
@@ -154,55 +150,6 @@ async fn open_loop(reqs: Arc<Vec<Req>>, rate: f64, secs: f64) -> (f64, Vec<f64>,
     let elapsed = start.elapsed().as_secs_f64();
     lat.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
     (lat.len() as f64 / elapsed, lat, errors)
-}
-
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn exe(name: &str) -> std::path::PathBuf {
-    let me = std::env::current_exe().expect("own path");
-    me.with_file_name(name)
-}
-
-/// Spawns an engine process with `env` on its own port; returns it and its base URL once ready.
-async fn spawn_engine(
-    env: &[(String, String)],
-    replica: &str,
-) -> anyhow::Result<(std::process::Child, String)> {
-    let port = free_port()?;
-    let child = std::process::Command::new(exe("xapi-stream"))
-        .arg("serve")
-        .envs(env.iter().cloned())
-        .env("XAPI_STREAM__SERVER__BIND", format!("127.0.0.1:{port}"))
-        .env(
-            "XAPI_STREAM__SERVER__PUBLIC_URL",
-            format!("http://127.0.0.1:{port}"),
-        )
-        .env("XAPI_STREAM__SCALING__REPLICA_ID", replica)
-        .env("XAPI_STREAM__SERVER__WORKERS", "0")
-        .env("XAPI_STREAM__LOG__LEVEL", "error")
-        .stdout(std::process::Stdio::null())
-        .spawn()?;
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    let ready = Instant::now();
-    while !http
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        anyhow::ensure!(
-            ready.elapsed() < Duration::from_secs(20),
-            "engine not ready"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok((child, base))
 }
 
 /// `--replicas 1,2,3`: closed-loop throughput with N engine processes sharing one Redis.

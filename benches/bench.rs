@@ -1,0 +1,532 @@
+//! The write-path benchmark: wrk (Debian's package) against the engine and the bare actix-web
+//! reference server — and the Node express + ioredis peer when npm can install it — in one
+//! run, targets interleaved, medians of `--rounds`. Every request body is unique and signed
+//! (the engine deduplicates repeats), with 2 updated keys and 1 removed key and a fresh
+//! timestamp, so each accepted message must produce exactly 3 stream entries. Redis and engine
+//! CPU per message are read from `/proc/<pid>/stat`.
+//!
+//!   make bench            (or: cargo build --release --bins && target/release/xapi-bench)
+//!   target/release/xapi-bench [--seconds 10] [--connections 64] [--rounds 3] [--tenants 1]
+//!                             [--bodies 400000] [--no-peer] [--no-open-loop]
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use xapi_stream::redis_server::{RedisServer, free_port};
+use xapi_stream::sim::{Sim, SimConfig, sign_webhook};
+
+#[path = "common.rs"]
+mod common;
+use common::*;
+
+/// The wrk script: loads pre-generated requests (path, signature, body per line) and cycles
+/// through them.
+const WRK_LUA: &str = r#"
+local reqs = {}
+local i = 0
+function init(args)
+  for line in io.lines(os.getenv("XAPI_BENCH_BODIES")) do
+    local path, sig, body = line:match("^([^\t]*)\t([^\t]*)\t(.*)$")
+    reqs[#reqs + 1] = wrk.format("POST", path,
+      { ["X-Spark-Signature"] = sig, ["Content-Type"] = "application/json" }, body)
+  end
+end
+function request()
+  i = i % #reqs + 1
+  return reqs[i]
+end
+"#;
+
+/// One wrk run's figures.
+#[derive(Debug, Clone, Copy, Default)]
+struct Run {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    non_2xx: u64,
+    requests: u64,
+    /// CPU µs per accepted message of Redis and of the target process.
+    redis_us: f64,
+    target_us: f64,
+    /// Stream entries per accepted message (engine only).
+    entries_per_msg: f64,
+}
+
+/// A target: where wrk sends, which process serves it, and how a body is addressed and signed.
+struct Target {
+    name: &'static str,
+    port: u16,
+    pid: u32,
+    /// (path, secret, org, workspace) per tenant.
+    tenants: Vec<(String, String, String, String)>,
+    /// The engine's /metrics, to count what it wrote.
+    metrics_url: Option<String>,
+}
+
+/// `n` unique signed status bodies for `t` (2 updated keys, 1 removed, on a device never seen,
+/// so each is exactly 3 stream entries), written as wrk request lines; returns the file.
+fn bodies(t: &Target, n: usize, tag: &str, app: &str, dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join(format!("{}-{tag}.tsv", t.name.replace(' ', "_")));
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&path).expect("bodies file"));
+    let ts = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    for k in 0..n {
+        let (p, secret, org, ws) = &t.tenants[k % t.tenants.len()];
+        let device = base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("ciscospark://urn:TEAM:us-east-2_a/DEVICE/bench-{tag}-{k:08}"),
+        );
+        let body = serde_json::to_vec(&json!({
+            "appId": app, "deviceId": device, "workspaceId": ws, "orgId": org,
+            "timestamp": ts, "type": "status",
+            "changes": {
+                "updated": {
+                    "RoomAnalytics.PeopleCount.Current": k % 17,
+                    "Audio.Volume": 40 + k % 30,
+                },
+                "removed": ["Standby.State"]
+            },
+            "isFullSync": false
+        }))
+        .expect("json");
+        let sig = sign_webhook(secret, &body);
+        out.write_all(p.as_bytes()).unwrap();
+        out.write_all(b"\t").unwrap();
+        out.write_all(sig.as_bytes()).unwrap();
+        out.write_all(b"\t").unwrap();
+        out.write_all(&body).unwrap();
+        out.write_all(b"\n").unwrap();
+    }
+    out.flush().unwrap();
+    path
+}
+
+/// Parses wrk's `--latency` output.
+fn parse_wrk(text: &str) -> Run {
+    let value = |prefix: &str| -> Option<&str> {
+        text.lines()
+            .map(str::trim)
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l[prefix.len()..].split_whitespace().next())
+    };
+    let ms = |v: &str| -> f64 {
+        let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
+        let n: f64 = num.parse().unwrap_or(f64::NAN);
+        match unit {
+            "us" => n / 1000.0,
+            "ms" => n,
+            "s" => n * 1000.0,
+            "m" => n * 60_000.0,
+            _ => n,
+        }
+    };
+    Run {
+        rps: value("Requests/sec:")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0),
+        p50_ms: value("50%").map(ms).unwrap_or(f64::NAN),
+        p99_ms: value("99%").map(ms).unwrap_or(f64::NAN),
+        non_2xx: value("Non-2xx or 3xx responses:")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+        requests: text
+            .lines()
+            .find(|l| l.contains("requests in"))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+        ..Default::default()
+    }
+}
+
+fn redis_pid(redis: &RedisServer) -> u32 {
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query(&mut redis.client().get_connection().expect("redis"))
+        .expect("INFO");
+    info.lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("redis process_id")
+}
+
+async fn scrape(url: &str) -> String {
+    match reqwest::get(url).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// Accepted messages and stream entries the engine reports.
+async fn engine_counts(url: &str) -> (f64, f64) {
+    let text = scrape(url).await;
+    (
+        metric(
+            &text,
+            "xapi_stream_messages_total{source=\"webhook\",type=\"status\"}",
+        ),
+        metric(&text, "xapi_stream_stream_entries_total{stream=\"status\"}"),
+    )
+}
+
+/// One wrk run against `t` with a fresh set of bodies.
+async fn run_wrk(
+    t: &Target,
+    redis_pid: u32,
+    opts: &Opts,
+    tag: &str,
+    app: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<Run> {
+    let file = bodies(t, opts.bodies, tag, app, dir);
+    let script = dir.join("bench.lua");
+    std::fs::write(&script, WRK_LUA)?;
+    let before = match &t.metrics_url {
+        Some(u) => engine_counts(u).await,
+        None => (0.0, 0.0),
+    };
+    let (r0, t0) = (cpu_time(redis_pid), cpu_time(t.pid));
+    let out = tokio::process::Command::new("wrk")
+        .args(["-t1", &format!("-c{}", opts.connections)])
+        .arg(format!("-d{}s", opts.seconds))
+        .args(["--latency", "--timeout", "10s", "-s"])
+        .arg(&script)
+        .arg(format!("http://127.0.0.1:{}", t.port))
+        .env("XAPI_BENCH_BODIES", &file)
+        .output()
+        .await?;
+    let (r1, t1) = (cpu_time(redis_pid), cpu_time(t.pid));
+    let _ = std::fs::remove_file(&file);
+    let text = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(
+        out.status.success(),
+        "wrk failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut run = parse_wrk(&text);
+    let accepted = match &t.metrics_url {
+        Some(u) => {
+            // The last answers are counted by the time wrk has exited.
+            let (m, e) = engine_counts(u).await;
+            let (m, e) = (m - before.0, e - before.1);
+            run.entries_per_msg = if m > 0.0 { e / m } else { f64::NAN };
+            m
+        }
+        None => (run.requests - run.non_2xx) as f64,
+    };
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / accepted.max(1.0);
+    run.redis_us = per(r1.saturating_sub(r0));
+    run.target_us = per(t1.saturating_sub(t0));
+    Ok(run)
+}
+
+struct Opts {
+    seconds: u64,
+    connections: usize,
+    rounds: usize,
+    tenants: usize,
+    bodies: usize,
+    peer: bool,
+    open_loop: bool,
+}
+
+/// Starts the Node peer from `../shared/peers/node-receiver` (copied to a scratch folder,
+/// `npm ci`), when it and npm are there.
+async fn start_peer(
+    dir: &std::path::Path,
+    secret: &str,
+    redis_url: &str,
+) -> Option<(std::process::Child, u16)> {
+    let src =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/peers/node-receiver");
+    if !src.join("server.js").exists() {
+        println!("(Node peer skipped: {} not found)", src.display());
+        return None;
+    }
+    let work = dir.join("node-receiver");
+    std::fs::create_dir_all(&work).ok()?;
+    for f in ["package.json", "package-lock.json", "server.js"] {
+        std::fs::copy(src.join(f), work.join(f)).ok()?;
+    }
+    if !work.join("node_modules").exists() {
+        let ok = std::process::Command::new("npm")
+            .args(["ci", "--silent", "--no-audit", "--no-fund"])
+            .current_dir(&work)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            println!("(Node peer skipped: npm ci failed)");
+            return None;
+        }
+    }
+    let port = free_port().ok()?;
+    let child = std::process::Command::new("node")
+        .arg("server.js")
+        .current_dir(&work)
+        .env("SECRET", secret)
+        .env("REDIS_URL", redis_url)
+        .env("PORT", port.to_string())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    // It answers only POST /webhook; wait until the port accepts connections.
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if start.elapsed() > Duration::from_secs(10) {
+            println!("(Node peer skipped: not listening)");
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Some((child, port))
+}
+
+#[actix_web::main]
+async fn main() -> anyhow::Result<()> {
+    let opts = Opts {
+        seconds: arg("--seconds", 10),
+        connections: arg("--connections", 64),
+        rounds: arg("--rounds", 3),
+        tenants: arg("--tenants", 1),
+        bodies: arg("--bodies", 400_000),
+        peer: !std::env::args().any(|a| a == "--no-peer"),
+        open_loop: !std::env::args().any(|a| a == "--no-open-loop"),
+    };
+    anyhow::ensure!(
+        std::process::Command::new("wrk")
+            .arg("--version")
+            .output()
+            .is_ok(),
+        "wrk not found (apt-get install wrk; `make bench` installs it)"
+    );
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    println!(
+        "xapi-bench: wrk -t1 -c{} -d{}s, {} round(s), {} tenant(s), {} unique signed bodies per engine run (2 updated + 1 removed key)",
+        opts.connections, opts.seconds, opts.rounds, opts.tenants, opts.bodies
+    );
+    let redis = RedisServer::start()?;
+    let rpid = redis_pid(&redis);
+    let sim = Sim::start(
+        SimConfig {
+            orgs: opts.tenants,
+            devices_per_org: 1,
+            ..Default::default()
+        },
+        "127.0.0.1:0".parse()?,
+    )
+    .await?;
+    let env = xapi_stream::devenv::engine_env(&sim, &redis.url(), "bench");
+    let (mut engine, base) = spawn_engine(&env, "bench").await?;
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    let mut ids = Vec::with_capacity(opts.tenants);
+    for chunk in (0..opts.tenants).collect::<Vec<_>>().chunks(50) {
+        let answers = futures::future::join_all(chunk.iter().map(|&i| {
+            http.post(format!("{base}/admin/activations"))
+                .bearer_auth(xapi_stream::devenv::ADMIN_TOKEN)
+                .json(&json!({"jwt": sim.activation_jwt(i)}))
+                .send()
+        }))
+        .await;
+        for a in answers {
+            let v: serde_json::Value = a?.json().await?;
+            ids.push(v["tenant_id"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    while (0..opts.tenants).any(|i| sim.app_state(i).webhook.is_none()) {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(300),
+            "activations did not complete"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "{} tenant(s) activated in {:.1?}",
+        opts.tenants,
+        started.elapsed()
+    );
+    let app = sim.config().app_id.clone();
+    let secret = |i: usize| {
+        sim.app_state(i)
+            .webhook
+            .and_then(|w| w.secret)
+            .unwrap_or_default()
+    };
+    let org = |i: usize| {
+        let o = sim.org(i);
+        (o.org_id.clone(), o.devices[0].workspace_id.clone())
+    };
+    let engine_port: u16 = base
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    let mut targets = vec![Target {
+        name: "engine",
+        port: engine_port,
+        pid: engine.id(),
+        tenants: ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let (o, ws) = org(i);
+                (format!("/tenants/{id}/webhook"), secret(i), o, ws)
+            })
+            .collect(),
+        metrics_url: Some(format!("{base}/metrics")),
+    }];
+    let ref_port = free_port()?;
+    let mut reference = std::process::Command::new(exe("reference-server"))
+        .args(["--bind", &format!("127.0.0.1:{ref_port}")])
+        .spawn()?;
+    while std::net::TcpStream::connect(("127.0.0.1", ref_port)).is_err() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (o0, ws0) = org(0);
+    targets.push(Target {
+        name: "bare actix-web",
+        port: ref_port,
+        pid: reference.id(),
+        tenants: vec![("/webhook".into(), secret(0), o0.clone(), ws0.clone())],
+        metrics_url: None,
+    });
+    let mut peer = None;
+    if opts.peer
+        && let Some((child, port)) = start_peer(&dir, &secret(0), &redis.url()).await
+    {
+        targets.push(Target {
+            name: "Node express + ioredis",
+            port,
+            pid: child.id(),
+            tenants: vec![("/webhook".into(), secret(0), o0, ws0)],
+            metrics_url: None,
+        });
+        peer = Some(child);
+    }
+
+    let mut runs: Vec<Vec<Run>> = vec![Vec::new(); targets.len()];
+    for round in 0..opts.rounds {
+        for (k, t) in targets.iter().enumerate() {
+            let tag = format!("r{round}");
+            let r = run_wrk(t, rpid, &opts, &tag, &app, &dir).await?;
+            println!(
+                "round {} {:<24} {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  non-2xx {}",
+                round + 1,
+                t.name,
+                r.rps,
+                r.p50_ms,
+                r.p99_ms,
+                r.non_2xx
+            );
+            runs[k].push(r);
+        }
+    }
+    let med = |k: usize, f: fn(&Run) -> f64| median(runs[k].iter().map(f).collect());
+    let bare = med(1, |r| r.rps);
+    println!();
+    println!("| target | req/s | p50 | p99 | vs bare | Redis CPU µs/msg | process CPU µs/msg |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    for (k, t) in targets.iter().enumerate() {
+        println!(
+            "| {} | {:.0} | {:.2} ms | {:.2} ms | {:.2}× | {:.1} | {:.1} |",
+            t.name,
+            med(k, |r| r.rps),
+            med(k, |r| r.p50_ms),
+            med(k, |r| r.p99_ms),
+            med(k, |r| r.rps) / bare,
+            med(k, |r| r.redis_us),
+            med(k, |r| r.target_us),
+        );
+    }
+    let engine_runs = &runs[0];
+    let non_2xx: u64 = engine_runs.iter().map(|r| r.non_2xx).sum();
+    println!(
+        "engine: non-2xx {non_2xx}; stream entries per accepted message {} (3 = exactly once)",
+        engine_runs
+            .iter()
+            .map(|r| format!("{:.3}", r.entries_per_msg))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+
+    if opts.open_loop {
+        let rate = med(0, |r| r.rps) / 3.0;
+        let (got, lat, errors) = open_loop(&targets[0], rate, opts.seconds as f64, &app).await;
+        println!(
+            "engine open loop at {rate:.0}/s (a third of its max): achieved {got:.0}/s, p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms, non-2xx {errors}",
+            pct(&lat, 0.5),
+            pct(&lat, 0.99),
+            pct(&lat, 0.999)
+        );
+    }
+    let _ = engine.kill();
+    let _ = reference.kill();
+    if let Some(mut p) = peer {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+    let _ = engine.wait();
+    let _ = reference.wait();
+    sim.shutdown().await;
+    Ok(())
+}
+
+/// Open loop at `rate`/s for `secs` against the engine, latency counted from each request's
+/// scheduled send time (no coordinated omission); (achieved/s, sorted latencies ms, errors).
+async fn open_loop(t: &Target, rate: f64, secs: f64, app: &str) -> (f64, Vec<f64>, usize) {
+    let n = (rate * secs) as usize;
+    let dir = std::env::temp_dir();
+    let file = bodies(t, n.max(1), "open", app, &dir);
+    let lines: Vec<(String, String, Vec<u8>)> = std::fs::read_to_string(&file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut p = l.splitn(3, '\t');
+            Some((
+                p.next()?.to_string(),
+                p.next()?.to_string(),
+                p.next()?.as_bytes().to_vec(),
+            ))
+        })
+        .collect();
+    let _ = std::fs::remove_file(&file);
+    let lines = Arc::new(lines);
+    let http = reqwest::Client::builder()
+        .http1_only()
+        .pool_max_idle_per_host(512)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    let base = format!("http://127.0.0.1:{}", t.port);
+    let start = tokio::time::Instant::now();
+    let mut tasks = Vec::with_capacity(n);
+    for k in 0..lines.len() {
+        let at = start + Duration::from_secs_f64(k as f64 / rate);
+        tokio::time::sleep_until(at).await;
+        let (http, lines, base) = (http.clone(), lines.clone(), base.clone());
+        tasks.push(tokio::spawn(async move {
+            let (path, sig, body) = &lines[k];
+            let r = http
+                .post(format!("{base}{path}"))
+                .header("X-Spark-Signature", sig)
+                .header("Content-Type", "application/json")
+                .body(body.clone())
+                .send()
+                .await;
+            let ok = matches!(r, Ok(ref r) if r.status().is_success());
+            (ok, at.elapsed().as_secs_f64() * 1000.0)
+        }));
+    }
+    let mut lat = Vec::with_capacity(n);
+    let mut errors = 0;
+    for task in tasks {
+        match task.await {
+            Ok((true, ms)) => lat.push(ms),
+            _ => errors += 1,
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    lat.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+    (lat.len() as f64 / elapsed, lat, errors)
+}
