@@ -7,28 +7,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use actix_web::{App, HttpServer, web};
-use actors::auth::JwtVerifier;
 use actors::config::Config;
+use actors::ingest::Ingest;
 use actors::ownership::Coordinator;
 use actors::registry::Registry;
 use actors::shutdown::{self, ShutdownTrigger};
-use actors::store::Store;
-use actors::store::crypto::Sealer;
-use actors::store::tenants::Tenants;
-use actors::store::writer::{StreamWriter, WriterConfig};
 use actors::telemetry::Metrics;
-use actors::tenant::Deps;
-use actors::tenant::tokens::ExchangeTasks;
-use actors::webex::client::WebexClient;
+use actors::tenant::{Built, Deps};
 
 use crate::http::{self, AppState};
 
 /// Threads (actix arbiters) that tenant supervisors are spread over.
 const SUPERVISOR_THREADS: usize = 2;
-/// Pooled connections to Webex idle this long are closed by us, below the 5-s keep-alive of
-/// common servers and load balancers: a request sent on a connection the server is closing at
-/// that moment fails with "error sending request" (seen on a takeover's first poll).
-const POOL_IDLE: Duration = Duration::from_secs(4);
 
 /// Time allowed, after the HTTP timeout, for an exchange's result to be written to Redis.
 const EXCHANGE_STORE_MARGIN: Duration = Duration::from_secs(3);
@@ -51,69 +41,31 @@ pub struct RunningEngine {
 pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
     let config = Arc::new(config);
     let metrics = Metrics::new();
-    let store = Store::new(&config.redis, metrics.clone())?;
     let (trigger, shutdown) = shutdown::channel();
     // The writer stops last: after HTTP intake and tenants, so accepted messages are flushed.
     let (writer_trigger, writer_stop) = shutdown::channel();
-    let sealer = Sealer::new(&config.encryption_key()?);
-    let http = reqwest::Client::builder()
-        .timeout(config.webex.http_timeout())
-        .connect_timeout(config.webex.http_timeout())
-        .user_agent(concat!("xapi-stream/", env!("CARGO_PKG_VERSION")))
-        .build()?;
-    let writer = StreamWriter::start(
-        store.clone(),
-        WriterConfig {
-            queue_capacity: config.ingest.queue_capacity,
-            writers: config.ingest.writers,
-            stream_maxlen: config.redis.stream_maxlen,
-            wait_replicas: config.redis.wait_replicas,
-            wait_timeout: Duration::from_millis(config.redis.wait_timeout_ms),
-        },
-        writer_stop,
-    );
-    let (gone_tx, gone_rx) = tokio::sync::mpsc::unbounded_channel();
-    let oauth_http = reqwest::Client::builder()
-        .timeout(config.webex.http_timeout())
-        .connect_timeout(config.webex.http_timeout())
-        .pool_idle_timeout(POOL_IDLE)
-        .user_agent(concat!("xapi-stream/", env!("CARGO_PKG_VERSION")))
-        .build()?;
-    let deps = Arc::new(Deps {
-        config: config.clone(),
-        store: store.clone(),
-        tenants: Tenants::new(store.clone(), sealer),
-        webex: WebexClient::new(http.clone(), config.webex.allow_http),
-        poll_http: reqwest::Client::builder()
-            .connect_timeout(config.webex.http_timeout())
-            .pool_idle_timeout(POOL_IDLE)
-            .user_agent(concat!("xapi-stream/", env!("CARGO_PKG_VERSION")))
-            .build()?,
-        oauth: WebexClient::new(oauth_http, config.webex.allow_http),
-        exchanges: ExchangeTasks::on_current_runtime(),
-        metrics: metrics.clone(),
-        writer: writer.clone(),
-        shutdown: shutdown.clone(),
-        gone: gone_tx,
-    });
-    let verifier = Arc::new(JwtVerifier::new(
-        &config,
-        http,
-        store.clone(),
+    let Built {
+        deps,
+        gone,
+        verifier,
+    } = Deps::build(
+        config.clone(),
         metrics.clone(),
-    ));
+        shutdown.clone(),
+        writer_stop,
+    )?;
+    let writer = deps.writer.clone();
     let registry = Arc::new(Registry::new(deps, SUPERVISOR_THREADS));
-    registry.spawn_gone_cleaner(gone_rx);
+    registry.spawn_gone_cleaner(gone);
     let coordinator = Coordinator::new(registry.clone());
     let (coordinator_trigger, coordinator_stop) = shutdown::channel();
 
     let state = web::Data::new(AppState {
         config: config.clone(),
-        metrics,
-        store: store.clone(),
+        metrics: metrics.clone(),
         registry: registry.clone(),
         verifier,
-        writer,
+        ingest: Ingest::new(registry.clone(), writer, metrics),
         accepting: AtomicBool::new(true),
     });
 
@@ -144,10 +96,13 @@ pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
     tokio::spawn(async move {
         // Connect, then load every stored tenant (retrying while Redis is flaky), then follow
         // other replicas' changes and run the ownership rounds.
-        if !store.connect(shutdown.wait()).await {
+        if !registry.connect(shutdown.wait()).await {
             return;
         }
-        tokio::spawn(follow_changes(registry.clone(), shutdown.clone()));
+        tokio::spawn(actors::registry::follow_changes(
+            registry.clone(),
+            shutdown.clone(),
+        ));
         loop {
             match registry.resume_all().await {
                 Ok(n) => {
@@ -163,7 +118,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
                 }
             }
         }
-        tokio::spawn(resync_loop(registry.clone(), shutdown.clone()));
+        tokio::spawn(actors::registry::resync_loop(
+            registry.clone(),
+            shutdown.clone(),
+        ));
         coord.run(coordinator_stop).await;
     });
 
@@ -179,71 +137,6 @@ pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
     })
 }
 
-/// Applies the changes other replicas announce on `<p>:changes` (one org per message). The
-/// subscription reconnects by itself; after a gap every tenant is reloaded, since messages
-/// published meanwhile are lost.
-async fn follow_changes(registry: Arc<Registry>, stop: actors::shutdown::Shutdown) {
-    use futures::StreamExt;
-    let deps = registry.deps().clone();
-    let channel = deps.store.keys().changes_channel();
-    let mut gap = false;
-    loop {
-        let attempt = async {
-            let mut pubsub = deps.store.pubsub_client().get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
-            Ok::<_, redis::RedisError>(pubsub)
-        };
-        match tokio::time::timeout(Duration::from_secs(5), attempt).await {
-            Ok(Ok(pubsub)) => {
-                if gap {
-                    tracing::info!("change announcements resubscribed; reloading every tenant");
-                    let _ = registry.resync().await;
-                }
-                let mut messages = pubsub.into_on_message();
-                loop {
-                    tokio::select! {
-                        _ = stop.wait() => return,
-                        m = messages.next() => match m {
-                            Some(m) => {
-                                let Ok(org) = m.get_payload::<String>() else { continue };
-                                let registry = registry.clone();
-                                tokio::spawn(async move {
-                                    if let Err(e) = registry.refresh(&org).await {
-                                        tracing::warn!(org, error = %e, "announced change not loaded; the next resync will");
-                                    }
-                                });
-                            }
-                            None => break,
-                        }
-                    }
-                }
-                tracing::warn!("change announcements: subscription lost; reconnecting");
-            }
-            Ok(Err(e)) => tracing::debug!(error = %e, "change announcements: cannot subscribe yet"),
-            Err(_) => tracing::debug!("change announcements: subscribe timed out"),
-        }
-        gap = true;
-        tokio::select! {
-            _ = stop.wait() => return,
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-    }
-}
-
-/// Reloads every tenant every `scaling.resync_secs`: the safety net for missed announcements.
-async fn resync_loop(registry: Arc<Registry>, stop: actors::shutdown::Shutdown) {
-    let every = Duration::from_secs_f64(registry.deps().config.scaling.resync_secs);
-    loop {
-        tokio::select! {
-            _ = stop.wait() => return,
-            _ = tokio::time::sleep(every) => {}
-        }
-        if let Err(e) = registry.resync().await {
-            tracing::warn!(error = %e, "tenant resync failed; next round");
-        }
-    }
-}
-
 impl RunningEngine {
     /// The bound address.
     pub fn addr(&self) -> SocketAddr {
@@ -257,10 +150,6 @@ impl RunningEngine {
 
     pub fn metrics(&self) -> &Metrics {
         &self.state.metrics
-    }
-
-    pub fn store(&self) -> &Store {
-        &self.state.store
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -282,10 +171,9 @@ impl RunningEngine {
         // A token exchange in flight finishes and stores the rotated refresh token before the
         // leases go (a successor would bump the epoch and fence that write off). Each is
         // bounded by the HTTP timeout, plus a moment for the write.
-        let exchanges = &self.state.registry.deps().exchanges;
-        let in_flight = exchanges.in_flight();
         let limit = self.state.config.webex.http_timeout() + EXCHANGE_STORE_MARGIN;
-        if !exchanges.drain(limit).await {
+        let (in_flight, all_done) = self.state.registry.drain_exchanges(limit).await;
+        if !all_done {
             tracing::error!(
                 in_flight,
                 "token exchanges still unfinished after {limit:?}; their tenants may need an update action"

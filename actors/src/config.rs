@@ -151,10 +151,32 @@ pub struct RedisConfig {
     pub wait_timeout_ms: u64,
 }
 
+impl crate::protocol::jwt::JwksTable for WebexConfig {
+    fn jwks_url(&self, region: &str) -> Option<&str> {
+        self.jwks.get(region).map(String::as_str)
+    }
+
+    fn default_region(&self) -> &str {
+        &self.default_region
+    }
+
+    fn gov_region(&self) -> &str {
+        &self.gov_region
+    }
+}
+
+/// The seed URLs of `redis.url` (a comma-separated list for a cluster).
+pub fn seed_urls(url: &str) -> Vec<&str> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect()
+}
+
 impl RedisConfig {
     /// Cluster mode: `redis.cluster = true` or several nodes in `redis.url`.
     pub fn is_cluster(&self) -> bool {
-        self.cluster || crate::store::seed_urls(self.url.expose()).len() > 1
+        self.cluster || seed_urls(self.url.expose()).len() > 1
     }
 }
 
@@ -304,7 +326,7 @@ impl Config {
         if self.webex.http_timeout_secs == 0 {
             return Err(err("webex.http_timeout_secs", "must be at least 1"));
         }
-        let seeds = crate::store::seed_urls(self.redis.url.expose());
+        let seeds = seed_urls(self.redis.url.expose());
         if seeds.is_empty() {
             return Err(err("redis.url", "is empty"));
         }

@@ -4,26 +4,33 @@
 //! - [`protocol`]: pure rules of the Webex Workspace Integration protocol (no I/O, no actix,
 //!   no reqwest, no redis): manifest checks, JWT claims and policy, webhook authentication,
 //!   message types and normalization.
+//! - [`actions`]: Webex → integration actions (healthCheck, update, updateApproved,
+//!   deprovision) for one tenant.
 //! - [`auth`]: `JwtVerifier`: region → JWKS → signature → policy → jti.
 //! - [`devices`]: the device API: inventory, xAPI status/commands, configurations, the
 //!   command stream; per-tenant grants, rate limits and retries.
 //! - [`config`]: configuration types and their validation (loading lives in the binary).
+//! - [`ingest`]: the one pipeline of webhooks and queue polls (verify, parse, check, write).
 //! - [`registry`]: tenant id → handle; activation, resume at start-up.
 //! - [`secret`]: `Secret`, a string redacted in `Debug`/`Display`.
 //! - [`shutdown`]: the one shutdown signal every loop races.
 //! - [`store`]: Redis: connection, key names, records, stream writer.
 //! - [`telemetry`]: every metric family, registered once; named recording functions.
-//! - [`tenant`]: one tenant's shared state, token keeper and supervisor actor.
+//! - [`supervisor`]: each tenant's supervisor actor and the `TenantHandle` everyone holds.
+//! - [`tenant`]: one tenant's shared state, token keeper, lease view and appUrl work.
 //! - [`webex`]: reqwest client for Webex: JWKS cache, OAuth refresh, appUrl.
+pub mod actions;
 pub mod auth;
 pub mod config;
 pub mod devices;
+pub mod ingest;
 pub mod ownership;
 pub mod protocol;
 pub mod registry;
 pub mod secret;
 pub mod shutdown;
 pub mod store;
+pub mod supervisor;
 pub mod telemetry;
 pub mod tenant;
 pub mod webex;

@@ -23,8 +23,7 @@ use crate::registry::Registry;
 use crate::shutdown::Shutdown;
 use crate::store::lease::{Acquired, Leases, preferred_owner};
 use crate::store::tenants::ProvisioningState;
-use crate::tenant::TenantHandle;
-use crate::tenant::supervisor::{self, Released};
+use crate::supervisor::TenantHandle;
 
 /// Lease operations in flight at once during a round.
 const CONCURRENCY: usize = 64;
@@ -103,7 +102,7 @@ impl Coordinator {
                 let last = self.last_live.lock().expect("live lock").clone();
                 if last.is_empty() {
                     for h in self.registry.handles() {
-                        self.drop_if_lapsed(&h);
+                        self.drop_if_lapsed(&h).await;
                     }
                     return;
                 }
@@ -156,18 +155,19 @@ impl Coordinator {
                     Ok(true) => {
                         lease.set(epoch, sent, self.ttl);
                         if !lease.is_owning() && !lease.blocked.load(Ordering::Acquire) {
-                            h.addr.do_send(supervisor::Acquired);
+                            // A full mailbox refuses it; the next round offers it again.
+                            h.start_owned_work();
                         }
                     }
                     Ok(false) => {
                         tracing::warn!(tenant = %h.shared.tenant_id, epoch, "lease lost to another replica");
                         self.registry.deps().metrics.lease("lost");
                         lease.clear();
-                        h.addr.do_send(Released);
+                        h.stop_owned_work().await;
                     }
                     Err(e) => {
                         tracing::debug!(tenant = %h.shared.tenant_id, error = %e, "lease renewal failed");
-                        self.drop_if_lapsed(h);
+                        self.drop_if_lapsed(h).await;
                     }
                 }
             }
@@ -182,7 +182,7 @@ impl Coordinator {
                         lease.set(epoch, sent, self.ttl);
                         self.registry.deps().metrics.lease("acquired");
                         tracing::debug!(tenant = %h.shared.tenant_id, epoch, "lease acquired");
-                        h.addr.do_send(supervisor::Acquired);
+                        h.start_owned_work();
                     }
                     Ok(Acquired::Busy | Acquired::Gone) => {}
                     Err(e) => {
@@ -196,13 +196,13 @@ impl Coordinator {
 
     /// A lease whose local validity ran out (Redis unreachable, or this process was paused)
     /// is treated as lost: owned work stops.
-    fn drop_if_lapsed(&self, h: &TenantHandle) {
+    async fn drop_if_lapsed(&self, h: &TenantHandle) {
         let lease = &h.shared.lease;
         if lease.held_epoch().is_some() && lease.valid_for().is_zero() {
             tracing::warn!(tenant = %h.shared.tenant_id, "lease lapsed without renewal; stopping owned work");
             self.registry.deps().metrics.lease("lapsed");
             lease.clear();
-            h.addr.do_send(Released);
+            h.stop_owned_work().await;
         }
     }
 
@@ -216,7 +216,7 @@ impl Coordinator {
             .insert(org.clone());
         let me = self.clone();
         tokio::spawn(async move {
-            h.addr.do_send(Released);
+            h.stop_owned_work().await;
             let lease = &h.shared.lease;
             // Keep the lease while the work finishes (a long-poll in flight), so the next owner
             // never polls beside it; bounded, in case a child is stuck.

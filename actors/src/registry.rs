@@ -6,18 +6,21 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use actix::{Actor, Arbiter};
+use actix::Arbiter;
 use chrono::Utc;
 use dashmap::DashMap;
 
+use std::time::Duration;
+
 use crate::protocol::jwt::ActivationClaims;
+use crate::shutdown::Shutdown;
 use crate::store::StoreError;
 use crate::store::tenants::{
     CasOutcome, ProvisioningState, StoredTenant, TenantRecord, TenantSecrets, TokensState,
 };
+use crate::supervisor::TenantHandle;
 use crate::tenant::lease::LeaseCell;
-use crate::tenant::supervisor::Deprovision;
-use crate::tenant::{Deps, TenantHandle, TenantShared, TenantSupervisor, TokenKeeper};
+use crate::tenant::{Deps, TenantShared, TokenKeeper};
 
 /// Why an activation could not start.
 #[derive(Debug, thiserror::Error)]
@@ -103,15 +106,12 @@ impl Registry {
         let before = handle.shared.state();
         let changes = handle.shared.reload(stored.clone()).await;
         if changes.deprovisioned {
-            let _ = handle.addr.send(Deprovision).await;
+            handle.deprovision().await;
             handle.shared.tokens.clear().await;
         } else if changes.reactivated {
             self.replace(handle.clone(), stored);
         } else if changes.updated {
-            let _ = handle
-                .addr
-                .send(crate::tenant::supervisor::RestartChildren)
-                .await;
+            handle.restart_children().await;
         }
         Ok(changes != Default::default() || before != handle.shared.state())
     }
@@ -158,7 +158,7 @@ impl Registry {
         move || kick.notify_one()
     }
 
-    pub fn deps(&self) -> &Arc<Deps> {
+    pub(crate) fn deps(&self) -> &Arc<Deps> {
         &self.deps
     }
 
@@ -327,11 +327,7 @@ impl Registry {
         ));
         let arbiter =
             &self.arbiters[self.next.fetch_add(1, Ordering::Relaxed) % self.arbiters.len()];
-        let sup_shared = shared.clone();
-        let addr = TenantSupervisor::start_in_arbiter(&arbiter.handle(), move |_| {
-            TenantSupervisor::new(sup_shared)
-        });
-        let handle = TenantHandle { shared, addr };
+        let handle = TenantHandle::start(shared, &arbiter.handle());
         self.by_id
             .insert(handle.tenant_id().to_string(), handle.clone());
         handle
@@ -348,13 +344,49 @@ impl Registry {
                 let Some(reg) = me.upgrade() else { return };
                 if let Some(h) = reg.get(&id)
                     && h.shared.state() != ProvisioningState::Deprovisioned
-                    && let Err(e) = crate::tenant::actions::deprovision(&h, false).await
+                    && let Err(e) = crate::actions::deprovision(&h, false).await
                 {
                     tracing::error!(tenant = %id, error = %e, "cleanup of a removed integration failed");
                 }
                 reg.update_gauges();
             }
         });
+    }
+
+    /// Connects to Redis, retrying until it succeeds or `until` resolves.
+    pub async fn connect(&self, until: impl std::future::Future<Output = ()>) -> bool {
+        self.deps.store.connect(until).await
+    }
+
+    /// PING within the readiness bound.
+    pub async fn ping_store(&self) -> Result<(), StoreError> {
+        self.deps.store.ping().await
+    }
+
+    /// Stores a pending HTTPS activation (sealed) for `ttl_secs`.
+    pub async fn put_pending(
+        &self,
+        session: &str,
+        payload: &[u8],
+        ttl_secs: u64,
+    ) -> Result<(), StoreError> {
+        self.deps
+            .tenants
+            .put_pending(session, payload, ttl_secs)
+            .await
+    }
+
+    /// A pending HTTPS activation, if it has not expired.
+    pub async fn get_pending(&self, session: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.deps.tenants.get_pending(session).await
+    }
+
+    /// Waits until the token exchanges in flight stored their results (or `limit` passed);
+    /// returns how many were in flight and whether all finished.
+    pub async fn drain_exchanges(&self, limit: Duration) -> (usize, bool) {
+        let exchanges = &self.deps.exchanges;
+        let in_flight = exchanges.in_flight();
+        (in_flight, exchanges.drain(limit).await)
     }
 
     /// Stops every supervisor (and its children), then the arbiters.
@@ -364,5 +396,84 @@ impl Registry {
         for a in &self.arbiters {
             a.stop();
         }
+    }
+}
+
+/// Applies the changes other replicas announce on `<p>:changes` (one org per message). The
+/// subscription reconnects by itself; after a gap every tenant is reloaded, since messages
+/// published meanwhile are lost.
+pub async fn follow_changes(registry: Arc<Registry>, stop: Shutdown) {
+    use futures::StreamExt;
+    let deps = registry.deps().clone();
+    let channel = deps.store.keys().changes_channel();
+    let mut gap = false;
+    loop {
+        let attempt = async {
+            let mut pubsub = deps.store.pubsub_client().get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+            Ok(Ok(pubsub)) => {
+                if gap {
+                    tracing::info!("change announcements resubscribed; reloading every tenant");
+                    let _ = registry.resync().await;
+                }
+                let mut messages = pubsub.into_on_message();
+                loop {
+                    tokio::select! {
+                        _ = stop.wait() => return,
+                        m = messages.next() => match m {
+                            Some(m) => {
+                                let Ok(org) = m.get_payload::<String>() else { continue };
+                                let registry = registry.clone();
+                                tokio::spawn(async move {
+                                    if let Err(e) = registry.refresh(&org).await {
+                                        tracing::warn!(org, error = %e, "announced change not loaded; the next resync will");
+                                    }
+                                });
+                            }
+                            None => break,
+                        }
+                    }
+                }
+                tracing::warn!("change announcements: subscription lost; reconnecting");
+            }
+            Ok(Err(e)) => tracing::debug!(error = %e, "change announcements: cannot subscribe yet"),
+            Err(_) => tracing::debug!("change announcements: subscribe timed out"),
+        }
+        gap = true;
+        tokio::select! {
+            _ = stop.wait() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Reloads every tenant every `scaling.resync_secs`: the safety net for missed announcements.
+pub async fn resync_loop(registry: Arc<Registry>, stop: Shutdown) {
+    let every = Duration::from_secs_f64(registry.deps().config.scaling.resync_secs);
+    loop {
+        tokio::select! {
+            _ = stop.wait() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        if let Err(e) = registry.resync().await {
+            tracing::warn!(error = %e, "tenant resync failed; next round");
+        }
+    }
+}
+
+impl crate::ingest::Directory for Registry {
+    async fn find(&self, tenant_id: &str) -> Result<Option<Arc<TenantShared>>, StoreError> {
+        if let Some(h) = self.get(tenant_id) {
+            return Ok(Some(h.shared));
+        }
+        // Perhaps activated on another replica a moment ago: ask Redis before answering 404.
+        Ok(self.lookup(tenant_id).await?.map(|h| h.shared))
+    }
+
+    async fn reload(&self, org: &str) {
+        let _ = self.refresh(org).await;
     }
 }

@@ -24,12 +24,6 @@ impl ShutdownTrigger {
     pub fn fire(&self) {
         let _ = self.tx.send(true);
     }
-
-    pub fn listener(&self) -> Shutdown {
-        Shutdown {
-            rx: self.tx.subscribe(),
-        }
-    }
 }
 
 impl Drop for ShutdownTrigger {

@@ -3,9 +3,8 @@
 //! jti) and run for the tenant.
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
+use actors::actions::{self, ActionOutcome};
 use actors::protocol::jwt::{Expect, Verified};
-use actors::store::tenants::ProvisioningState;
-use actors::tenant::actions::{self, ActionOutcome};
 
 use super::activation::verify_error;
 use super::{ApiError, AppState, body};
@@ -81,7 +80,7 @@ pub async fn receive(
 pub async fn removed_page(state: web::Data<AppState>, path: web::Path<String>) -> HttpResponse {
     let id = path.into_inner();
     match state.registry.get(&id) {
-        Some(h) if h.shared.state() == ProvisioningState::Deprovisioned => super::activation::page(
+        Some(h) if h.shared.is_deprovisioned() => super::activation::page(
             StatusCode::OK,
             "Integration removed",
             &format!(

@@ -104,8 +104,6 @@ async fn store_pending(state: &AppState, session: &str, p: &Pending) -> Result<(
     let bytes = serde_json::to_vec(p).expect("pending activation serializes");
     state
         .registry
-        .deps()
-        .tenants
         .put_pending(session, &bytes, state.config.activation.pending_ttl_secs)
         .await
         .map_err(|e| {
@@ -118,8 +116,7 @@ async fn store_pending(state: &AppState, session: &str, p: &Pending) -> Result<(
 }
 
 async fn load_pending(state: &AppState, session: &str) -> Result<Pending, HttpResponse> {
-    let tenants = &state.registry.deps().tenants;
-    match tenants.get_pending(session).await {
+    match state.registry.get_pending(session).await {
         Ok(Some(bytes)) => serde_json::from_slice(&bytes).map_err(|_| {
             page(
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -83,7 +83,7 @@ pub async fn manifest_update(
         .registry
         .get(&id)
         .ok_or_else(|| ApiError::not_found(&format!("tenant {id}")))?;
-    match actors::tenant::actions::request_manifest_update(&handle.shared, manifest).await {
+    match actors::actions::request_manifest_update(&handle.shared, manifest).await {
         Ok(answer) => Ok(HttpResponse::Ok().json(answer)),
         Err(e) => Err(ApiError::new(
             StatusCode::BAD_GATEWAY,

@@ -4,9 +4,8 @@
 //! refused by the tenant's grants never reaches Webex.
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
-use actors::devices::{DeviceError, DeviceRequest};
-use actors::store::devices::{DeviceStore, InventoryKind};
-use actors::tenant::TenantHandle;
+use actors::devices::{DeviceError, DeviceRequest, InventoryKind};
+use actors::supervisor::TenantHandle;
 use serde_json::Value;
 
 use super::admin::authorize;
@@ -63,24 +62,9 @@ async fn inventory(
 ) -> Result<HttpResponse, ApiError> {
     authorize(state, req)?;
     let h = live_tenant(state, id).await?;
-    let store = DeviceStore::new(state.store.clone());
-    let map = store
-        .inventory(&h.shared.org_id, kind)
+    let items = actors::devices::inventory::stored(&h.shared, kind)
         .await
         .map_err(|e| ApiError::unavailable(&format!("inventory not readable from Redis: {e}")))?;
-    let mut items: Vec<Value> = map
-        .values()
-        .filter_map(|v| serde_json::from_str(v).ok())
-        .collect();
-    items.sort_by(|a, b| {
-        let key = |v: &Value| {
-            (
-                v["display_name"].as_str().unwrap_or_default().to_string(),
-                v["id"].as_str().unwrap_or_default().to_string(),
-            )
-        };
-        key(a).cmp(&key(b))
-    });
     Ok(HttpResponse::Ok().json(items))
 }
 

@@ -89,3 +89,9 @@ impl ResponseError for ApiError {
         })
     }
 }
+
+impl From<ApiError> for HttpResponse {
+    fn from(e: ApiError) -> Self {
+        e.error_response()
+    }
+}

@@ -1,5 +1,6 @@
 //! The HTTP edge: routes, size limits and the mapping of outcomes to status codes. Handlers
-//! talk to engine handles (store, metrics, tenants), never to Redis or Webex directly.
+//! talk to engine handles (`Registry`, `TenantHandle`, `Ingest`, `JwtVerifier`, metrics),
+//! never to Redis or Webex directly.
 pub mod actions;
 pub mod activation;
 pub mod admin;
@@ -15,8 +16,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use actix_web::web;
 use actors::auth::JwtVerifier;
 use actors::config::Config;
+use actors::ingest::Ingest;
 use actors::registry::Registry;
-use actors::store::Store;
+use actors::supervisor::TenantHandle;
 use actors::telemetry::Metrics;
 
 pub use error::ApiError;
@@ -25,10 +27,10 @@ pub use error::ApiError;
 pub struct AppState {
     pub config: Arc<Config>,
     pub metrics: Metrics,
-    pub store: Store,
     pub registry: Arc<Registry>,
     pub verifier: Arc<JwtVerifier>,
-    pub writer: actors::store::writer::StreamWriter,
+    /// The webhook path of the ingest pipeline.
+    pub ingest: Ingest<Registry>,
     /// Cleared first on shutdown so the readiness probe sends traffic elsewhere.
     pub accepting: AtomicBool,
 }
@@ -40,10 +42,7 @@ impl AppState {
 }
 
 /// The tenant a route names (loaded from Redis if another replica just created it), or 404.
-pub async fn find_tenant(
-    state: &AppState,
-    id: &str,
-) -> Result<actors::tenant::TenantHandle, ApiError> {
+pub async fn find_tenant(state: &AppState, id: &str) -> Result<TenantHandle, ApiError> {
     match state.registry.lookup(id).await {
         Ok(Some(h)) => Ok(h),
         Ok(None) => Err(ApiError::not_found(&format!("tenant {id}"))),
@@ -54,12 +53,9 @@ pub async fn find_tenant(
 }
 
 /// The tenant a per-tenant route names: 404 when unknown, 410 once deprovisioned.
-pub async fn live_tenant(
-    state: &AppState,
-    id: &str,
-) -> Result<actors::tenant::TenantHandle, ApiError> {
+pub async fn live_tenant(state: &AppState, id: &str) -> Result<TenantHandle, ApiError> {
     let h = find_tenant(state, id).await?;
-    if h.shared.state() == actors::store::tenants::ProvisioningState::Deprovisioned {
+    if h.shared.is_deprovisioned() {
         return Err(ApiError::new(
             actix_web::http::StatusCode::GONE,
             "gone",

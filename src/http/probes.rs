@@ -15,12 +15,12 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             .content_type("text/plain")
             .body("draining\n");
     }
-    if state.writer.capacity() == 0 {
+    if state.ingest.saturated() {
         return HttpResponse::ServiceUnavailable()
             .content_type("text/plain")
             .body("ingest saturated\n");
     }
-    match state.store.ping().await {
+    match state.registry.ping_store().await {
         Ok(()) => HttpResponse::Ok()
             .content_type("text/plain")
             .body("ready\n"),

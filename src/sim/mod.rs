@@ -396,11 +396,6 @@ impl Sim {
         self.inner.state.lock().expect("sim state lock")
     }
 
-    /// Changes the region org `i`'s activation JWTs name.
-    pub fn set_org_region(&self, i: usize, region: &str) {
-        self.state().regions[i] = region.to_string();
-    }
-
     /// A new refresh token valid at the OAuth endpoint for org `i`.
     pub fn mint_refresh_token(&self, i: usize) -> String {
         let t = random_token("rt_");
@@ -605,10 +600,6 @@ impl Sim {
     /// not in [`Sim::last_poll`]).
     pub fn fail_next_polls(&self, i: usize, n: usize) {
         self.state().oauth_orgs[i].fail_polls = n;
-    }
-
-    pub fn set_poll_wait(&self, d: Duration) {
-        self.state().poll_wait = d;
     }
 
     /// The most pollers seen waiting on org `i`'s queue at once.

@@ -180,7 +180,7 @@ async fn handle(
         shared.send_checked(&req).await
     }
     .await;
-    let metrics = &shared.deps.metrics;
+    let metrics = &shared.deps().metrics;
     match outcome {
         Ok(result) => {
             metrics.device_request("stream", "ok");
@@ -214,11 +214,11 @@ async fn handle(
 /// The consumer child. Redis errors end it (the supervisor restarts it with backoff); a stop
 /// lets the batch in hand finish — its requests may have reached Webex — before returning.
 pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), String> {
-    let cfg = &shared.deps.config.devices;
-    let store = DeviceStore::new(shared.deps.store.clone());
+    let cfg = &shared.deps().config.devices;
+    let store = DeviceStore::new(shared.deps().store.clone());
     let org = shared.org_id.clone();
     // The replica id: a restarted replica (same pod name) finds its own pending entries.
-    let consumer = shared.deps.config.scaling.replica_id();
+    let consumer = shared.deps().config.scaling.replica_id();
     let idle = Duration::from_millis(cfg.commands_poll_ms);
     let claim_every = Duration::from_secs(cfg.commands_claim_idle_secs.max(1));
     let claim_idle_ms = cfg.commands_claim_idle_secs * 1000;

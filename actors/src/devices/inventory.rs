@@ -83,7 +83,7 @@ impl TenantShared {
         let base = self.api_base(&record.webexapis_base_url)?;
         let mut url = base.join(path).expect("relative path joins");
         url.query_pairs_mut()
-            .append_pair("max", &self.deps.config.devices.page_size.to_string());
+            .append_pair("max", &self.deps().config.devices.page_size.to_string());
         let mut items = Vec::new();
         let mut seen = std::collections::HashSet::new();
         let mut next = Some(url);
@@ -127,8 +127,8 @@ impl TenantShared {
             return Err(DeviceError::NotActive(record.provisioning_state.as_str()));
         }
         let grants = Grants::new(&record.scopes, &record.xapi_access);
-        let store = DeviceStore::new(self.deps.store.clone());
-        let maxlen = self.deps.config.devices.results_maxlen;
+        let store = DeviceStore::new(self.deps().store.clone());
+        let maxlen = self.deps().config.devices.results_maxlen;
         let mut report = InventoryReport::default();
         let result: Result<(), DeviceError> = async {
             for (call, path, kind) in [
@@ -166,7 +166,7 @@ impl TenantShared {
                 ]);
             }
         }
-        let metrics = &self.deps.metrics;
+        let metrics = &self.deps().metrics;
         match result {
             Ok(()) => {
                 metrics.inventory_sync("ok", &changes);
@@ -181,12 +181,32 @@ impl TenantShared {
     }
 }
 
+/// The stored inventory of `kind` for `tenant`, sorted by display name (then id).
+pub async fn stored(
+    tenant: &TenantShared,
+    kind: InventoryKind,
+) -> Result<Vec<Value>, crate::store::StoreError> {
+    let store = DeviceStore::new(tenant.deps().store.clone());
+    let map = store.inventory(&tenant.org_id, kind).await?;
+    let mut items: Vec<Value> = map
+        .values()
+        .filter_map(|v| serde_json::from_str(v).ok())
+        .collect();
+    items.sort_by_cached_key(|v| {
+        (
+            v["display_name"].as_str().unwrap_or_default().to_string(),
+            v["id"].as_str().unwrap_or_default().to_string(),
+        )
+    });
+    Ok(items)
+}
+
 /// The inventory child: a sync at start (activation or resume), then one per
 /// `devices.inventory_interval_secs`, jittered. Transient failures end the child so the
 /// supervisor restarts it with backoff; refusals (a missing scope on the Webex side) wait for
 /// the next round.
 pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), String> {
-    let every = shared.deps.config.devices.inventory_interval_secs;
+    let every = shared.deps().config.devices.inventory_interval_secs;
     let mut first = true;
     loop {
         if !first {

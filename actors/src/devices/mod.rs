@@ -16,6 +16,8 @@ pub mod access;
 pub mod commands;
 pub mod inventory;
 
+pub use crate::store::devices::InventoryKind;
+
 use std::sync::Mutex as StdMutex;
 use std::time::Duration;
 
@@ -375,13 +377,13 @@ impl TenantShared {
     /// policy (https, or http with `webex.allow_http`).
     fn api_base(&self, raw: &str) -> Result<url::Url, DeviceError> {
         let with_slash = format!("{}/", raw.trim_end_matches('/'));
-        self.deps.webex.check_url(&with_slash).map_err(|e| {
+        self.deps().webex.check_url(&with_slash).map_err(|e| {
             DeviceError::Refused(AccessError::Invalid(format!("webexapisBaseUrl {e}")))
         })
     }
 
     fn call_deadline(&self) -> Instant {
-        Instant::now() + Duration::from_secs_f64(self.deps.config.devices.call_deadline_secs)
+        Instant::now() + Duration::from_secs_f64(self.deps().config.devices.call_deadline_secs)
     }
 
     /// One device-API call with the tenant's policy: gate, bounded concurrency, token (one
@@ -396,8 +398,8 @@ impl TenantShared {
         deadline: Instant,
     ) -> Result<Answer, DeviceError> {
         let api = &self.devices;
-        let metrics = &self.deps.metrics;
-        let max_attempts = self.deps.config.devices.max_attempts;
+        let metrics = &self.deps().metrics;
+        let max_attempts = self.deps().config.devices.max_attempts;
         let label = kind.as_str();
         let mut attempt = 0u32;
         let mut refreshed = false;
@@ -413,7 +415,7 @@ impl TenantShared {
             let token = self.access_token().await?;
             let started = std::time::Instant::now();
             let mut rb = self
-                .deps
+                .deps()
                 .webex
                 .http()
                 .request(method.clone(), url.clone())

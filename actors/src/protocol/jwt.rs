@@ -8,7 +8,6 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::config::WebexConfig;
 use crate::secret::Secret;
 
 /// Action JWTs older than this are refused.
@@ -269,20 +268,27 @@ pub fn peek(token: &str) -> Result<Peeked, Rejection> {
     })
 }
 
+/// Region → JWKS URL as configured, with the two fallback regions.
+pub trait JwksTable {
+    /// The configured URL of `region`, if any.
+    fn jwks_url(&self, region: &str) -> Option<&str>;
+    /// The region of a JWT naming an unknown region.
+    fn default_region(&self) -> &str;
+    /// The region of a JWT naming an unknown `us-gov-*` region.
+    fn gov_region(&self) -> &str;
+}
+
 /// The JWKS URL for a region: the configured one, else the gov default for `us-gov-*`, else
 /// the default region's. Never a URL from the token.
-pub fn jwks_url_for<'a>(region: Option<&str>, cfg: &'a WebexConfig) -> &'a str {
-    if let Some(url) = region.and_then(|r| cfg.jwks.get(r)) {
+pub fn jwks_url_for<'a>(region: Option<&str>, table: &'a impl JwksTable) -> &'a str {
+    if let Some(url) = region.and_then(|r| table.jwks_url(r)) {
         return url;
     }
     let fallback = match region {
-        Some(r) if r.starts_with("us-gov-") => &cfg.gov_region,
-        _ => &cfg.default_region,
+        Some(r) if r.starts_with("us-gov-") => table.gov_region(),
+        _ => table.default_region(),
     };
-    cfg.jwks
-        .get(fallback)
-        .map(String::as_str)
-        .unwrap_or_default()
+    table.jwks_url(fallback).unwrap_or_default()
 }
 
 /// Verifies an ES256 signature and returns the claims as JSON.
@@ -360,6 +366,8 @@ mod tests {
     use serde_json::json;
 
     const APP: &str = "ac6b6972-538e-11ec-bf63-0242ac130002";
+
+    use crate::config::WebexConfig;
 
     fn webex_cfg() -> WebexConfig {
         WebexConfig {

@@ -20,7 +20,7 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use tokio::sync::OnceCell;
 
-use crate::config::RedisConfig;
+use crate::config::{RedisConfig, seed_urls};
 use crate::telemetry::Metrics;
 
 pub use keys::Keys;
@@ -140,14 +140,6 @@ pub fn key_slot(key: &str) -> u16 {
         }
     }
     crc % 16384
-}
-
-/// The seed URLs of `redis.url` (a comma-separated list for a cluster).
-pub fn seed_urls(url: &str) -> Vec<&str> {
-    url.split(',')
-        .map(str::trim)
-        .filter(|u| !u.is_empty())
-        .collect()
 }
 
 /// A cloneable handle on Redis. The connection is established in the background so the HTTP

@@ -679,15 +679,4 @@ impl Tenants {
                 .map_err(|e| StoreError::Corrupt(format!("pending activation: {e}"))),
         }
     }
-
-    /// Removes a pending activation (once completed).
-    pub async fn take_pending(&self, session: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let v = self.get_pending(session).await?;
-        let mut conn = self.store.conn()?;
-        let _: i64 = self
-            .store
-            .bounded(conn.del(self.store.keys().pending(session)))
-            .await?;
-        Ok(v)
-    }
 }

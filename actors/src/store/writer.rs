@@ -96,8 +96,12 @@ impl StreamWriter {
         Self { tx, store }
     }
 
-    /// Submits `msg` and waits until it is durable in Redis (or refused).
+    /// Submits `msg` and waits until it is durable in Redis (or refused). A health check has
+    /// nothing to write.
     pub async fn write(&self, msg: Arc<Message>, source: Source) -> Result<Applied, WriteError> {
+        if matches!(msg.body, Body::HealthCheck) {
+            return Ok(Applied::Written(0));
+        }
         let (reply, rx) = oneshot::channel();
         self.tx
             .try_send(Job { msg, source, reply })
@@ -167,15 +171,10 @@ async fn run(
                     if let Applied::Written(k) = applied
                         && k > 0
                     {
-                        let stream = if matches!(job.msg.body, Body::Events(_)) {
-                            "events"
-                        } else {
-                            "status"
-                        };
                         store
                             .metrics()
                             .stream_entries_total
-                            .with_label_values(&[stream])
+                            .with_label_values(&[job.msg.type_str()])
                             .inc_by(k as u64);
                     }
                     let _ = job.reply.send(Ok(applied));
@@ -335,12 +334,7 @@ fn add_args(
         .arg(keys.device_stamps(org, &msg.device_id))
         .arg(keys.seen(org, &msg.fingerprint()))
         .arg(keys.tenant(org));
-    let kind = if matches!(msg.body, Body::Events(_)) {
-        "events"
-    } else {
-        "status"
-    };
-    cmd.arg(kind)
+    cmd.arg(msg.type_str())
         .arg(DEDUPE_TTL.as_secs())
         .arg(durability.maxlen)
         .arg(org)
@@ -378,8 +372,7 @@ fn add_args(
                 cmd.arg(&e.key).arg(e.value.to_string()).arg(&e.timestamp);
             }
         }
-        Body::HealthCheck => {
-            cmd.arg(0).arg(0);
-        }
+        // Never queued (see `StreamWriter::write`).
+        Body::HealthCheck => {}
     }
 }

@@ -8,64 +8,24 @@
 //! - [`tokens`]: `TokenKeeper`, the only place that exchanges the tenant's refresh token.
 //! - [`supervisor`]: `TenantSupervisor`, the actor that completes activations and supervises
 //!   the tenant's background work, restarting failed children with backoff.
-pub mod actions;
+pub mod appurl;
+mod deps;
 pub mod lease;
-pub mod poller;
-pub mod supervisor;
 pub mod tokens;
 
 use std::sync::{Arc, RwLock};
 
-use actix::Addr;
 use chrono::Utc;
 use serde_json::json;
 
-use crate::config::Config;
 use crate::protocol::tracking::TrackingId;
 use crate::shutdown::Shutdown;
-use crate::store::tenants::{LastError, ProvisioningState, TenantRecord, Tenants};
-use crate::store::{Store, StoreError};
+use crate::store::StoreError;
+use crate::store::tenants::{LastError, ProvisioningState, TenantRecord};
 use crate::telemetry::Metrics;
-use crate::webex::client::WebexClient;
 
-pub use supervisor::TenantSupervisor;
+pub use deps::{BuildError, Built, Deps};
 pub use tokens::{TokenError, TokenKeeper};
-
-/// What every tenant component needs from the engine.
-pub struct Deps {
-    pub config: Arc<Config>,
-    pub store: Store,
-    pub tenants: Tenants,
-    pub webex: WebexClient,
-    /// A separate HTTP client for queue long-polls. reqwest drives each pooled connection on
-    /// the runtime that opened it; sharing the pool with calls made from HTTP workers would let
-    /// a poller reuse a connection that dies when those workers stop during a drain — with a
-    /// batch Webex already removed from its queue in flight. Pollers run on the supervisors'
-    /// arbiters, which stop only after them.
-    pub poll_http: reqwest::Client,
-    /// The client of token exchanges only: they run on [`Deps::exchanges`]' runtime, which
-    /// drives these connections until the process exits (see `poll_http` for the pitfall).
-    pub oauth: WebexClient,
-    /// Where token exchanges run, and what a drain waits for.
-    pub exchanges: tokens::ExchangeTasks,
-    pub metrics: Metrics,
-    pub writer: crate::store::writer::StreamWriter,
-    pub shutdown: Shutdown,
-    /// Tenants found removed on the Webex side (appUrl 404/410), for the registry to clean up.
-    pub gone: tokio::sync::mpsc::UnboundedSender<String>,
-}
-
-impl Deps {
-    /// `<public_url>/tenants/<id>/actions`.
-    pub fn actions_url(&self, tenant_id: &str) -> String {
-        format!("{}/tenants/{tenant_id}/actions", self.config.public_base())
-    }
-
-    /// `<public_url>/tenants/<id>/webhook`.
-    pub fn webhook_url(&self, tenant_id: &str) -> String {
-        format!("{}/tenants/{tenant_id}/webhook", self.config.public_base())
-    }
-}
 
 /// State of one tenant shared between its supervisor and the HTTP edge: readable without a
 /// mailbox round trip. Only the supervisor (and actions routed through it) writes the record.
@@ -74,7 +34,8 @@ pub struct TenantShared {
     pub org_id: String,
     record: RwLock<TenantRecord>,
     pub tokens: Arc<TokenKeeper>,
-    pub deps: Arc<Deps>,
+    /// The engine's dependencies: reachable inside this crate only, never from the edge.
+    deps: Arc<Deps>,
     /// Set while the queue poller's last poll failed (healthCheck reports `impaired`).
     pub poller_failing: std::sync::atomic::AtomicBool,
     /// The device API's per-tenant gate (concurrency, rate-limit window).
@@ -130,6 +91,25 @@ impl TenantShared {
         }
     }
 
+    /// The engine's dependencies (store, writer, Webex client, configuration, metrics).
+    pub(crate) fn deps(&self) -> &Arc<Deps> {
+        &self.deps
+    }
+
+    /// The stream writer (the ingest pipeline's last step).
+    pub(crate) fn writer(&self) -> &crate::store::writer::StreamWriter {
+        &self.deps.writer
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.deps.metrics
+    }
+
+    /// True once the engine's drain began.
+    pub(crate) fn engine_stopping(&self) -> bool {
+        self.deps.shutdown.is_fired()
+    }
+
     /// A copy of the record.
     pub fn record(&self) -> TenantRecord {
         self.record.read().expect("record lock").clone()
@@ -137,6 +117,11 @@ impl TenantShared {
 
     pub fn state(&self) -> ProvisioningState {
         self.record.read().expect("record lock").provisioning_state
+    }
+
+    /// True once the tenant is deprovisioned (its routes answer 410).
+    pub fn is_deprovisioned(&self) -> bool {
+        self.state() == ProvisioningState::Deprovisioned
     }
 
     /// Applies `change` to the stored record (another replica may have changed it), stamps
@@ -259,45 +244,6 @@ impl TenantShared {
             .await
         {
             tracing::warn!(tenant = %self.tenant_id, event, error = %e, "lifecycle entry not written");
-        }
-    }
-}
-
-/// The handle on one tenant: the supervisor's address and the shared state.
-#[derive(Clone)]
-pub struct TenantHandle {
-    pub shared: Arc<TenantShared>,
-    pub addr: Addr<TenantSupervisor>,
-}
-
-impl TenantHandle {
-    pub fn tenant_id(&self) -> &str {
-        &self.shared.tenant_id
-    }
-
-    pub fn record(&self) -> TenantRecord {
-        self.shared.record()
-    }
-
-    /// The tenant as the admin API shows it.
-    pub async fn to_json(&self) -> serde_json::Value {
-        let r = self.record();
-        let received = match self.shared.deps.tenants.load(&r.org_id).await {
-            Ok(Some(t)) => t.received,
-            _ => Default::default(),
-        };
-        tenant_json(&r, &received)
-    }
-
-    /// Asks the supervisor to stop its children and itself; resolves when it has (children
-    /// finish their current work first, bounded by `server.shutdown_grace_secs`).
-    pub async fn stop(&self) {
-        let _ = self.addr.send(supervisor::Stop).await;
-        let grace =
-            std::time::Duration::from_secs(self.shared.deps.config.server.shutdown_grace_secs + 1);
-        let deadline = tokio::time::Instant::now() + grace;
-        while self.addr.connected() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
 }

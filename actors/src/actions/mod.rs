@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::supervisor::{Deprovision, RestartChildren};
-use super::{TenantHandle, TenantShared, TokenError};
 use crate::protocol::jwt::{ActionClaims, ActionKind, split_scopes};
 use crate::store::tenants::{ProvisioningState, TokensState};
+use crate::supervisor::TenantHandle;
+use crate::tenant::{TenantShared, TokenError};
 use crate::webex::client::AppUrlError;
 
 /// A health check answers within this bound even when Webex or Redis hang.
@@ -55,7 +55,7 @@ pub async fn health_check(shared: &TenantShared) -> ActionOutcome {
     let tokens = tokio::time::timeout(HEALTH_CHECK_BOUND, tokens_state(shared))
         .await
         .unwrap_or(TokensState::Unknown);
-    let deps = &shared.deps;
+    let deps = &shared.deps();
     let operational = if deps.store.ping().await.is_err() {
         "outage"
     } else if deps.writer.capacity() == 0 || shared.poller_failing.load(Ordering::Relaxed) {
@@ -74,7 +74,7 @@ pub async fn health_check(shared: &TenantShared) -> ActionOutcome {
 }
 
 async fn tokens_state(shared: &TenantShared) -> TokensState {
-    let deps = &shared.deps;
+    let deps = &shared.deps();
     let app_url = shared.record().app_url;
     let token = match shared.access_token().await {
         Ok(t) => t,
@@ -118,7 +118,7 @@ async fn update(handle: &TenantHandle, c: ActionClaims) -> Result<ActionOutcome,
         .await?;
     // The owner (this replica or another, told by pub/sub) exchanges the new token, learns
     // the queue of the new appUrl and restarts its poller.
-    let _ = handle.addr.send(RestartChildren).await;
+    let _ = handle.restart_children().await;
     shared.lifecycle("updated").await;
     Ok(ActionOutcome::NoContent)
 }
@@ -154,9 +154,9 @@ pub async fn deprovision(
     interactive: bool,
 ) -> Result<ActionOutcome, ActionError> {
     let shared = &handle.shared;
-    let _ = handle.addr.send(Deprovision).await;
+    handle.deprovision().await;
     shared.tokens.clear().await;
-    let deps = &shared.deps;
+    let deps = &shared.deps();
     deps.tenants.delete_secrets(&shared.org_id).await?;
     shared
         .update(|r| {
@@ -186,7 +186,7 @@ pub async fn request_manifest_update(
     shared: &TenantShared,
     manifest: Value,
 ) -> Result<Value, String> {
-    let deps = &shared.deps;
+    let deps = &shared.deps();
     let app_url = shared.record().app_url;
     let body = serde_json::json!({ "updateRequest": { "newManifest": manifest } });
     let token = shared.access_token().await.map_err(|e| e.to_string())?;

@@ -5,13 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::join_all;
 use serde::Deserialize;
 
-use super::{TenantShared, TokenError};
-use crate::protocol::message::{self, Source};
 use crate::shutdown::Shutdown;
-use crate::store::writer::Applied;
+use crate::tenant::{TenantShared, TokenError};
 
 /// Largest pause after failed polls; the first is `ingest.poll_retry_secs` (the protocol
 /// suggests 10 s), doubling up to this cap, jittered ±20 %.
@@ -24,8 +21,6 @@ const MIN_FREE_PLACES: usize = 64;
 const BACKPRESSURE_PAUSE: Duration = Duration::from_millis(200);
 /// How often to look again while the lease is not fresh enough to poll on.
 const LEASE_WAIT: Duration = Duration::from_millis(100);
-/// Pause between retries of a batch Redis refused.
-const WRITE_RETRY: Duration = Duration::from_millis(500);
 
 #[derive(Deserialize)]
 struct PollResponse {
@@ -35,7 +30,7 @@ struct PollResponse {
 
 /// Runs until `stop`. Returns `Err` only for failures a restart could mend.
 pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), String> {
-    let deps = shared.deps.clone();
+    let deps = shared.deps().clone();
     let retry_base = Duration::from_secs_f64(deps.config.ingest.poll_retry_secs);
     let metrics = &deps.metrics;
     let count = |result: &str| metrics.queue_polls_total.with_label_values(&[result]).inc();
@@ -139,7 +134,7 @@ async fn sleep_or_stop(d: Duration, stop: &Shutdown) -> bool {
 }
 
 async fn poll_once(shared: &Arc<TenantShared>, stop: &Shutdown) -> Poll {
-    let deps = &shared.deps;
+    let deps = &shared.deps();
     let Some(poll_url) = shared.record().poll_url else {
         return Poll::Failed(String::from("no pollUrl").into());
     };
@@ -183,8 +178,7 @@ async fn poll_once(shared: &Arc<TenantShared>, stop: &Shutdown) -> Poll {
         let status = resp.status();
         if status == reqwest::StatusCode::UNAUTHORIZED && attempt == 0 {
             shared
-                .deps
-                .metrics
+                .metrics()
                 .queue_polls_total
                 .with_label_values(&["unauthorized"])
                 .inc();
@@ -208,60 +202,8 @@ async fn poll_once(shared: &Arc<TenantShared>, stop: &Shutdown) -> Poll {
             }
         };
         let n = body.messages.len();
-        write_batch(shared, body.messages, stop).await;
+        super::polled(shared, body.messages, stop).await;
         return Poll::Messages(n);
     }
     Poll::Failed(String::from("unauthorized twice").into())
-}
-
-/// Writes one polled batch, retrying what Redis refused until it is durable or we stop: the
-/// messages are no longer in the Webex queue, so giving up would lose them.
-async fn write_batch(shared: &Arc<TenantShared>, raw: Vec<serde_json::Value>, stop: &Shutdown) {
-    let deps = &shared.deps;
-    let mut pending = Vec::with_capacity(raw.len());
-    for v in raw {
-        match message::from_value(v) {
-            Ok(m) if matches!(m.body, message::Body::HealthCheck) => {}
-            Ok(m) if m.org_id != shared.org_id => {
-                tracing::warn!(tenant = %shared.tenant_id, "queue message for another organization dropped");
-            }
-            Ok(m) => {
-                let lag = (chrono::Utc::now() - m.ts).num_milliseconds().max(0) as f64 / 1000.0;
-                deps.metrics.queue_poll_lag_seconds.observe(lag);
-                pending.push(Arc::new(m));
-            }
-            Err(e) => {
-                tracing::warn!(tenant = %shared.tenant_id, error = %e, "malformed queue message dropped")
-            }
-        }
-    }
-    while !pending.is_empty() {
-        let results = join_all(
-            pending
-                .iter()
-                .map(|m| deps.writer.write(m.clone(), Source::Queue)),
-        )
-        .await;
-        let mut retry = Vec::new();
-        for (m, r) in pending.into_iter().zip(results) {
-            match r {
-                Ok(Applied::Written(_)) => deps
-                    .metrics
-                    .messages_total
-                    .with_label_values(&["queue", m.type_str()])
-                    .inc(),
-                Ok(Applied::Duplicate) => {}
-                Err(_) => retry.push(m),
-            }
-        }
-        pending = retry;
-        if !pending.is_empty() {
-            // After stop, keep trying for a moment: the drain flushes accepted work.
-            if stop.is_fired() && deps.shutdown.is_fired() {
-                tracing::error!(tenant = %shared.tenant_id, lost = pending.len(), "shutting down with unwritten queue messages");
-                return;
-            }
-            tokio::time::sleep(WRITE_RETRY).await;
-        }
-    }
 }

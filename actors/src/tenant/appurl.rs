@@ -1,0 +1,280 @@
+//! A tenant's work against its appUrl, run by the lease holder: completing an activation
+//! (token exchange, a fresh webhook secret, the PATCH), the periodic reconciliation (scopes,
+//! xAPI access, manifest version, removal), and re-learning the queue's pollUrl after an update.
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use chrono::Utc;
+use serde_json::{Value, json};
+
+use super::{TenantShared, TokenError};
+use crate::secret::Secret;
+use crate::shutdown::Shutdown;
+use crate::store::tenants::{ProvisioningState, TokensState};
+use crate::webex::client::AppUrlError;
+
+/// A webhook secret is this many random bytes (base64url: 43 characters, ≥ 32 required).
+const WEBHOOK_SECRET_BYTES: usize = 32;
+/// After a secret rotation the old one still verifies this long (the protocol's 5 minutes).
+pub const SECRET_ROTATION_GRACE: Duration = Duration::from_secs(5 * 60);
+/// The reconciler's interval varies by ±this fraction so tenants do not call Webex in step.
+const RECONCILE_JITTER: f64 = 0.1;
+
+/// After an update: exchange the (possibly new) refresh token now, so a dead one shows at once,
+/// and learn the queue's pollUrl from the (possibly moved) appUrl.
+pub async fn relearn_poll_url(shared: &TenantShared) {
+    let Ok(token) = shared.access_token().await else {
+        return;
+    };
+    if !shared.record().ingest.queue() {
+        return;
+    }
+    let app_url = shared.record().app_url;
+    let poll_url = match shared.deps().webex.get_app(&app_url, &token).await {
+        Ok(app) => app
+            .pointer("/queue/pollUrl")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        Err(e) => {
+            tracing::warn!(tenant = %shared.tenant_id, error = %e, "could not read the appUrl after an update");
+            None
+        }
+    };
+    if let Some(url) = poll_url
+        && shared.record().poll_url.as_deref() != Some(url.as_str())
+        && let Err(e) = shared.update(|r| r.poll_url = Some(url.clone())).await
+    {
+        tracing::warn!(tenant = %shared.tenant_id, error = %e, "new pollUrl not stored");
+    }
+}
+
+/// A fresh webhook secret: 32 random bytes, base64url.
+pub fn new_webhook_secret() -> Secret {
+    let bytes: [u8; WEBHOOK_SECRET_BYTES] = rand::random();
+    Secret::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// Completes an activation: token exchange (adopting a rotated refresh token), a fresh webhook
+/// secret stored before Webex learns it, the PATCH of the appUrl, and the tenant's final
+/// state. On failure the tenant shows `error` with a trackingId and Webex is told
+/// `provisioningState: error` when a token is at hand. Returns whether it completed.
+pub async fn complete_activation(shared: &TenantShared) -> bool {
+    let metrics = &shared.deps().metrics;
+    match try_complete(shared).await {
+        Ok(()) => {
+            metrics.activation("completed");
+            shared.lifecycle("activated").await;
+            tracing::info!(tenant = %shared.tenant_id, org = %shared.org_id, "activation completed");
+            true
+        }
+        Err((description, _)) if !shared.still_in_charge() => {
+            // The lease moved on (or a re-activation replaced this supervisor) meanwhile: the
+            // new owner completes the activation; reporting an error would undo its work.
+            tracing::info!(tenant = %shared.tenant_id, %description, "activation handed to the new owner");
+            false
+        }
+        Err((description, token)) => {
+            metrics.activation("error");
+            let tracking = shared
+                .fail(Some(ProvisioningState::Error), description)
+                .await;
+            if let Some(token) = token {
+                let body = json!({ "provisioningState": "error" });
+                let app_url = shared.record().app_url;
+                if let Err(e) = shared.deps().webex.patch_app(&app_url, &token, &body).await {
+                    tracing::warn!(trackingId = %tracking, error = %e, "could not report the error to Webex");
+                }
+            }
+            false
+        }
+    }
+}
+
+type Failure = (String, Option<Secret>);
+
+async fn try_complete(shared: &TenantShared) -> Result<(), Failure> {
+    let deps = &shared.deps();
+    let token = shared.access_token().await.map_err(|e| {
+        let why = match e {
+            TokenError::Invalid => "the activation's refresh token was rejected by Webex".into(),
+            other => format!("could not exchange the refresh token: {other}"),
+        };
+        (why, None)
+    })?;
+    let record = shared.record();
+    let ingest = record.ingest;
+    let mut body = json!({
+        "provisioningState": "completed",
+        "actionsUrl": deps.actions_url(&shared.tenant_id),
+        "customer": { "id": shared.tenant_id, "name": record.org_name },
+    });
+    if ingest.webhook() {
+        // Rotate: a new secret, with the old one honoured for the grace period.
+        let secret = new_webhook_secret();
+        let grace = chrono::Duration::from_std(SECRET_ROTATION_GRACE).unwrap_or_default();
+        let new = secret.clone();
+        shared
+            .tokens
+            .update_secrets(move |s| {
+                if let Some(old) = s.webhook_secret.take() {
+                    s.previous_webhook_secret = Some(old);
+                    s.previous_valid_until = Some(Utc::now() + grace);
+                }
+                s.webhook_secret = Some(new.clone());
+            })
+            .await
+            .map_err(|e| {
+                (
+                    format!("could not store the webhook secret: {e}"),
+                    Some(token.clone()),
+                )
+            })?;
+        body["webhook"] = json!({
+            "targetUrl": deps.webhook_url(&shared.tenant_id),
+            "type": "hmac_signature",
+            "secret": secret.expose(),
+        });
+    }
+    if ingest.queue() {
+        body["queue"] = json!({ "state": "enabled" });
+    }
+    let answer = match deps.webex.patch_app(&record.app_url, &token, &body).await {
+        Err(AppUrlError::Unauthorized(_)) => {
+            // The token may have been revoked between exchange and PATCH: one fresh try.
+            let fresh = shared.refresh_after_rejection(&token).await.map_err(|e| {
+                (
+                    format!("appUrl rejected our token and refresh failed: {e}"),
+                    None,
+                )
+            })?;
+            deps.webex.patch_app(&record.app_url, &fresh, &body).await
+        }
+        other => other,
+    }
+    .map_err(|e| {
+        (
+            format!("PATCH of the appUrl failed: {e}"),
+            Some(token.clone()),
+        )
+    })?;
+    let poll_url = answer
+        .pointer("/queue/pollUrl")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    if ingest.queue() {
+        match &poll_url {
+            Some(u) => {
+                deps.webex
+                    .check_url(u)
+                    .map_err(|e| (format!("pollUrl refused: {e}"), Some(token.clone())))?;
+            }
+            None => {
+                return Err((
+                    "Webex did not return a queue pollUrl".into(),
+                    Some(token.clone()),
+                ));
+            }
+        }
+    }
+    if !shared.still_in_charge() {
+        return Err(("superseded while completing".into(), None));
+    }
+    shared
+        .update(|r| {
+            r.provisioning_state = ProvisioningState::Completed;
+            r.tokens_state = TokensState::Valid;
+            r.poll_url = poll_url.clone();
+            r.last_error = None;
+        })
+        .await
+        .map_err(|e| {
+            (
+                format!("could not store the completed activation: {e}"),
+                None,
+            )
+        })?;
+    Ok(())
+}
+
+/// Periodically reads the appUrl: granted scopes, xAPI access and manifest version follow
+/// what Webex says; a removed integration is reported. Interval from
+/// `activation.reconcile_interval_secs`, jittered.
+pub async fn run_reconciler(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), String> {
+    let every = shared.deps().config.activation.reconcile_interval_secs;
+    loop {
+        let jitter = 1.0 + RECONCILE_JITTER * (rand::random::<f64>() * 2.0 - 1.0);
+        let wait = Duration::from_secs_f64((every * jitter).max(0.01));
+        tokio::select! {
+            _ = stop.wait() => return Ok(()),
+            _ = tokio::time::sleep(wait) => {}
+        }
+        reconcile_once(&shared).await?;
+    }
+}
+
+/// One reconciliation. Errors that a restart could mend are returned; Webex being down is not
+/// one of them (logged, next round).
+pub async fn reconcile_once(shared: &TenantShared) -> Result<(), String> {
+    let deps = &shared.deps();
+    let app_url = shared.record().app_url;
+    let token = match shared.access_token().await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::debug!(tenant = %shared.tenant_id, error = %e, "reconcile skipped: no token");
+            return Ok(());
+        }
+    };
+    let answer = match deps.webex.get_app(&app_url, &token).await {
+        Err(AppUrlError::Unauthorized(_)) => match shared.refresh_after_rejection(&token).await {
+            Ok(fresh) => deps.webex.get_app(&app_url, &fresh).await,
+            Err(_) => return Ok(()),
+        },
+        other => other,
+    };
+    match answer {
+        Ok(app) => {
+            let scopes: Option<Vec<String>> =
+                app.get("scopes").and_then(Value::as_array).map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(str::to_string))
+                        .collect()
+                });
+            let access = app.get("xapiAccessKeys").cloned();
+            let version = app.get("manifestVersion").map(|v| match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            });
+            shared
+                .update(|r| {
+                    if let Some(s) = &scopes {
+                        r.scopes = s.clone();
+                    }
+                    if let Some(a) = access.as_ref().filter(|a| !a.is_null()) {
+                        r.xapi_access = a.clone();
+                    }
+                    if version.is_some() {
+                        r.manifest_version = version.clone();
+                    }
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(())
+        }
+        Err(AppUrlError::Gone(code)) => {
+            shared
+                .fail(
+                    None,
+                    format!("the integration was removed on the Webex side ({code}); cleaning up"),
+                )
+                .await;
+            // Cleaned up as if deprovisioned (by the registry, which stops this reconciler too).
+            let _ = shared.deps().gone.send(shared.tenant_id.clone());
+            Ok(())
+        }
+        Err(e) => {
+            tracing::warn!(tenant = %shared.tenant_id, error = %e, "reconcile: appUrl unavailable");
+            Ok(())
+        }
+    }
+}

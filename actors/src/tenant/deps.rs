@@ -1,0 +1,146 @@
+//! What every tenant component needs from the engine, built once from the configuration:
+//! the Redis store and the sealed tenant records, the stream writer, the Webex clients, the
+//! token-exchange tasks, metrics and the shutdown signal.
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::auth::JwtVerifier;
+use crate::config::{Config, ConfigError};
+use crate::shutdown::Shutdown;
+use crate::store::crypto::Sealer;
+use crate::store::tenants::Tenants;
+use crate::store::writer::{StreamWriter, WriterConfig};
+use crate::store::{Store, StoreError};
+use crate::telemetry::Metrics;
+use crate::webex::client::WebexClient;
+
+use super::tokens::ExchangeTasks;
+
+/// Pooled connections to Webex idle this long are closed by us, below the 5-s keep-alive of
+/// common servers and load balancers: a request sent on a connection the server is closing at
+/// that moment fails with "error sending request" (seen on a takeover's first poll).
+const POOL_IDLE: Duration = Duration::from_secs(4);
+const USER_AGENT: &str = concat!("xapi-stream/", env!("CARGO_PKG_VERSION"));
+
+/// What every tenant component needs from the engine.
+pub struct Deps {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub tenants: Tenants,
+    pub webex: WebexClient,
+    /// A separate HTTP client for queue long-polls. reqwest drives each pooled connection on
+    /// the runtime that opened it; sharing the pool with calls made from HTTP workers would let
+    /// a poller reuse a connection that dies when those workers stop during a drain — with a
+    /// batch Webex already removed from its queue in flight. Pollers run on the supervisors'
+    /// arbiters, which stop only after them.
+    pub poll_http: reqwest::Client,
+    /// The client of token exchanges only: they run on [`Deps::exchanges`]' runtime, which
+    /// drives these connections until the process exits (see `poll_http` for the pitfall).
+    pub oauth: WebexClient,
+    /// Where token exchanges run, and what a drain waits for.
+    pub exchanges: ExchangeTasks,
+    pub metrics: Metrics,
+    pub writer: crate::store::writer::StreamWriter,
+    pub shutdown: Shutdown,
+    /// Tenants found removed on the Webex side (appUrl 404/410), for the registry to clean up.
+    pub gone: tokio::sync::mpsc::UnboundedSender<String>,
+}
+
+impl Deps {
+    /// `<public_url>/tenants/<id>/actions`.
+    pub fn actions_url(&self, tenant_id: &str) -> String {
+        format!("{}/tenants/{tenant_id}/actions", self.config.public_base())
+    }
+
+    /// `<public_url>/tenants/<id>/webhook`.
+    pub fn webhook_url(&self, tenant_id: &str) -> String {
+        format!("{}/tenants/{tenant_id}/webhook", self.config.public_base())
+    }
+}
+
+/// Why the dependencies could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("http client: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+/// The built dependencies and the pieces the process wires beside them.
+pub struct Built {
+    pub deps: Arc<Deps>,
+    /// Tenants found removed on the Webex side, for the registry's cleaner.
+    pub gone: tokio::sync::mpsc::UnboundedReceiver<String>,
+    /// The JWT verifier of activations and actions (the HTTP edge's).
+    pub verifier: Arc<JwtVerifier>,
+}
+
+impl Deps {
+    /// Builds everything from `config` (nothing connects yet: see `Registry::connect`). The
+    /// stream writer drains and stops on `writer_stop`; everything else follows `shutdown`.
+    pub fn build(
+        config: Arc<Config>,
+        metrics: Metrics,
+        shutdown: Shutdown,
+        writer_stop: Shutdown,
+    ) -> Result<Built, BuildError> {
+        let store = Store::new(&config.redis, metrics.clone())?;
+        let sealer = Sealer::new(&config.encryption_key()?);
+        let timeout = config.webex.http_timeout();
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .user_agent(USER_AGENT)
+            .build()?;
+        let oauth_http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .pool_idle_timeout(POOL_IDLE)
+            .user_agent(USER_AGENT)
+            .build()?;
+        let poll_http = reqwest::Client::builder()
+            .connect_timeout(timeout)
+            .pool_idle_timeout(POOL_IDLE)
+            .user_agent(USER_AGENT)
+            .build()?;
+        let writer = StreamWriter::start(
+            store.clone(),
+            WriterConfig {
+                queue_capacity: config.ingest.queue_capacity,
+                writers: config.ingest.writers,
+                stream_maxlen: config.redis.stream_maxlen,
+                wait_replicas: config.redis.wait_replicas,
+                wait_timeout: Duration::from_millis(config.redis.wait_timeout_ms),
+            },
+            writer_stop,
+        );
+        let (gone_tx, gone) = tokio::sync::mpsc::unbounded_channel();
+        let verifier = Arc::new(JwtVerifier::new(
+            &config,
+            http.clone(),
+            store.clone(),
+            metrics.clone(),
+        ));
+        let deps = Arc::new(Deps {
+            tenants: Tenants::new(store.clone(), sealer),
+            webex: WebexClient::new(http, config.webex.allow_http),
+            oauth: WebexClient::new(oauth_http, config.webex.allow_http),
+            poll_http,
+            exchanges: ExchangeTasks::on_current_runtime(),
+            store,
+            metrics,
+            writer,
+            shutdown,
+            gone: gone_tx,
+            config,
+        });
+        Ok(Built {
+            deps,
+            gone,
+            verifier,
+        })
+    }
+}
