@@ -4,7 +4,7 @@
 //! refused by the tenant's grants never reaches Webex.
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
-use actors::devices::{DeviceError, DeviceRequest, InventoryKind};
+use actors::devices::{Api, DeviceError, DeviceRequest, InventoryKind};
 use actors::supervisor::TenantHandle;
 use serde_json::Value;
 
@@ -27,7 +27,7 @@ async fn run(
     h: &TenantHandle,
     req: DeviceRequest,
 ) -> Result<HttpResponse, ApiError> {
-    match h.shared.device_request(&req).await {
+    match Api::of(&h.shared).request(&req).await {
         Ok(v) => {
             state.metrics.device_request("http", "ok");
             Ok(HttpResponse::Ok().json(v))
@@ -92,7 +92,7 @@ pub async fn sync(
 ) -> Result<HttpResponse, ApiError> {
     authorize(&state, &req)?;
     let h = live_tenant(&state, &path).await?;
-    match h.shared.sync_inventory().await {
+    match Api::of(&h.shared).sync_inventory().await {
         Ok(report) => Ok(HttpResponse::Ok().json(report)),
         Err(e) => Err(device_error(e)),
     }

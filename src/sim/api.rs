@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::Sim;
-use super::http::error;
+use super::reply::error;
 
 /// Largest page the simulator serves, whatever `max` asks (forces paging in tests).
 pub const MAX_PAGE: usize = 100;
@@ -154,7 +154,7 @@ impl Sim {
 
 /// Authenticates and applies the organization's knobs (throttle, 403, forced 5xx).
 fn guard(sim: &Sim, req: &HttpRequest) -> Result<usize, (Option<usize>, HttpResponse)> {
-    let Some(i) = super::http::bearer_org(sim, req) else {
+    let Some(i) = super::reply::bearer_org(sim, req) else {
         return Err((
             None,
             error(

@@ -6,6 +6,7 @@ use std::time::Instant;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::{Value, json};
 
+use super::reply::{bearer_ok, error};
 use super::{AccessToken, MAX_POLL_MESSAGES, Sim, WebhookReg, now_rfc3339, random_token};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -33,15 +34,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::patch().to(patch_app_moved),
         )
         .route("/{cluster}/queue/{org}/poll", web::get().to(poll_moved))
-        .configure(super::api::routes)
         .route("/_sim/orgs", web::get().to(list_orgs))
         .route("/_sim/orgs/{i}/activation", web::post().to(activation))
         .route("/_sim/orgs/{i}/emit", web::post().to(emit));
-}
-
-pub(super) fn error(status: u16, code: &str, message: &str) -> HttpResponse {
-    HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR))
-        .json(json!({ "error": code, "message": message, "trackingId": format!("SIM_{}", hex::encode(rand::random::<[u8; 8]>())) }))
 }
 
 async fn jwks(sim: web::Data<Sim>) -> HttpResponse {
@@ -164,45 +159,6 @@ async fn token(sim: web::Data<Sim>, req: HttpRequest, body: web::Bytes) -> HttpR
 
 fn org_index(sim: &Sim, org_uuid: &str) -> Option<usize> {
     sim.inner.orgs.iter().position(|o| o.org_uuid == org_uuid)
-}
-
-/// The organization of the request's bearer token, when it is known and unexpired.
-fn token_org(sim: &Sim, req: &HttpRequest) -> Option<usize> {
-    let token = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))?;
-    sim.state()
-        .access
-        .get(token)
-        .filter(|a| a.expires > Instant::now())
-        .map(|a| a.org)
-}
-
-fn count_bad_bearer(sim: &Sim) {
-    sim.inner
-        .expired_bearer_calls
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// The organization of a valid bearer token (the public API is org-agnostic). Failures are
-/// counted.
-pub(super) fn bearer_org(sim: &Sim, req: &HttpRequest) -> Option<usize> {
-    let org = token_org(sim, req);
-    if org.is_none() {
-        count_bad_bearer(sim);
-    }
-    org
-}
-
-/// Checks the bearer: known, unexpired, of org `i`. Failures are counted.
-fn bearer_ok(sim: &Sim, req: &HttpRequest, i: usize) -> bool {
-    let ok = token_org(sim, req) == Some(i);
-    if !ok {
-        count_bad_bearer(sim);
-    }
-    ok
 }
 
 /// Resolves the org of an appUrl, applying forced statuses and the bearer check.

@@ -15,6 +15,7 @@ mod api;
 mod devices;
 mod http;
 pub mod keys;
+mod reply;
 pub use api::{ApiCall, CommandCall};
 #[cfg(test)]
 mod tests;
@@ -352,6 +353,7 @@ impl Sim {
             actix_web::App::new()
                 .app_data(data.clone())
                 .configure(http::routes)
+                .configure(api::routes)
         })
         // Each connection's socket, so that a long-poll can tell its client is gone.
         .on_connect(http::remember_socket)

@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::protocol::jwt::{ActionClaims, ActionKind, split_scopes};
 use crate::store::tenants::{ProvisioningState, TokensState};
 use crate::supervisor::TenantHandle;
-use crate::tenant::{TenantShared, TokenError};
+use crate::tenant::{TenantShared, TokenError, WithToken};
 use crate::webex::client::AppUrlError;
 
 /// A health check answers within this bound even when Webex or Redis hang.
@@ -76,22 +76,16 @@ pub async fn health_check(shared: &TenantShared) -> ActionOutcome {
 async fn tokens_state(shared: &TenantShared) -> TokensState {
     let deps = &shared.deps();
     let app_url = shared.record().app_url;
-    let token = match shared.access_token().await {
-        Ok(t) => t,
-        Err(TokenError::Invalid | TokenError::Gone) => return TokensState::Invalid,
-        Err(_) => return TokensState::Unknown,
-    };
-    match deps.webex.get_app(&app_url, &token).await {
+    match shared
+        .with_token(|t| {
+            let (webex, url) = (&deps.webex, &app_url);
+            async move { webex.get_app(url, &t).await }
+        })
+        .await
+    {
         Ok(_) => TokensState::Valid,
-        Err(AppUrlError::Unauthorized(_)) => match shared.refresh_after_rejection(&token).await {
-            Ok(fresh) => match deps.webex.get_app(&app_url, &fresh).await {
-                Ok(_) => TokensState::Valid,
-                Err(AppUrlError::Unauthorized(_)) => TokensState::Invalid,
-                Err(_) => TokensState::Unknown,
-            },
-            Err(TokenError::Invalid | TokenError::Gone) => TokensState::Invalid,
-            Err(_) => TokensState::Unknown,
-        },
+        Err(WithToken::Call(AppUrlError::Unauthorized(_))) => TokensState::Invalid,
+        Err(WithToken::Token(TokenError::Invalid | TokenError::Gone)) => TokensState::Invalid,
         Err(_) => TokensState::Unknown,
     }
 }
@@ -189,18 +183,11 @@ pub async fn request_manifest_update(
     let deps = &shared.deps();
     let app_url = shared.record().app_url;
     let body = serde_json::json!({ "updateRequest": { "newManifest": manifest } });
-    let token = shared.access_token().await.map_err(|e| e.to_string())?;
-    match deps.webex.patch_app(&app_url, &token, &body).await {
-        Err(AppUrlError::Unauthorized(_)) => {
-            let fresh = shared
-                .refresh_after_rejection(&token)
-                .await
-                .map_err(|e| e.to_string())?;
-            deps.webex
-                .patch_app(&app_url, &fresh, &body)
-                .await
-                .map_err(|e| e.to_string())
-        }
-        other => other.map_err(|e| e.to_string()),
-    }
+    shared
+        .with_token(|t| {
+            let (webex, url, body) = (&deps.webex, &app_url, &body);
+            async move { webex.patch_app(url, &t, body).await }
+        })
+        .await
+        .map_err(|e| e.to_string())
 }

@@ -160,7 +160,7 @@ async fn handle(
             }
         }
         // Refusals are decided before the request id is marked as sent.
-        shared.check_request(&req)?;
+        super::Api::of(shared).check_request(&req)?;
         match store
             .mark_request(&shared.org_id, &request_id, &entry.id)
             .await?
@@ -177,7 +177,7 @@ async fn handle(
                 ))));
             }
         }
-        shared.send_checked(&req).await
+        super::Api::of(shared).send_checked(&req).await
     }
     .await;
     let metrics = &shared.deps().metrics;

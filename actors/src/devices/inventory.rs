@@ -10,8 +10,8 @@ use reqwest::Method;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::DeviceError;
 use super::access::{CallKind, Grants};
+use super::{Api, DeviceError};
 use crate::shutdown::Shutdown;
 use crate::store::devices::{DeviceStore, InventoryChanges, InventoryKind};
 use crate::store::tenants::ProvisioningState;
@@ -76,14 +76,16 @@ pub fn workspace_entry(item: &Value) -> Option<(String, String)> {
     Some((id, entry.to_string()))
 }
 
-impl TenantShared {
+impl Api<'_> {
     /// Lists every page of `path` under the tenant's API base.
     async fn list_all(&self, kind: CallKind, path: &str) -> Result<Vec<Value>, DeviceError> {
-        let record = self.record();
+        let record = self.tenant.record();
         let base = self.api_base(&record.webexapis_base_url)?;
         let mut url = base.join(path).expect("relative path joins");
-        url.query_pairs_mut()
-            .append_pair("max", &self.deps().config.devices.page_size.to_string());
+        url.query_pairs_mut().append_pair(
+            "max",
+            &self.tenant.deps().config.devices.page_size.to_string(),
+        );
         let mut items = Vec::new();
         let mut seen = std::collections::HashSet::new();
         let mut next = Some(url);
@@ -121,14 +123,14 @@ impl TenantShared {
 
     /// One full inventory sync (single-flight per tenant).
     pub async fn sync_inventory(&self) -> Result<InventoryReport, DeviceError> {
-        let _one_at_a_time = self.devices.inventory.lock().await;
-        let record = self.record();
+        let _one_at_a_time = self.tenant.devices.inventory.lock().await;
+        let record = self.tenant.record();
         if record.provisioning_state != ProvisioningState::Completed {
             return Err(DeviceError::NotActive(record.provisioning_state.as_str()));
         }
         let grants = Grants::new(&record.scopes, &record.xapi_access);
-        let store = DeviceStore::new(self.deps().store.clone());
-        let maxlen = self.deps().config.devices.results_maxlen;
+        let store = DeviceStore::new(self.tenant.deps().store.clone());
+        let maxlen = self.tenant.deps().config.devices.results_maxlen;
         let mut report = InventoryReport::default();
         let result: Result<(), DeviceError> = async {
             for (call, path, kind) in [
@@ -136,7 +138,7 @@ impl TenantShared {
                 (CallKind::Workspaces, "workspaces", InventoryKind::Workspace),
             ] {
                 if grants.check_scope(call).is_err() {
-                    tracing::debug!(tenant = %self.tenant_id, kind = path, "inventory skipped: scope not granted");
+                    tracing::debug!(tenant = %self.tenant.tenant_id, kind = path, "inventory skipped: scope not granted");
                     continue;
                 }
                 let items = self.list_all(call, path).await?;
@@ -146,7 +148,7 @@ impl TenantShared {
                 };
                 let entries: Vec<(String, String)> = items.iter().filter_map(normalize).collect();
                 let changes = store
-                    .apply_inventory(&self.org_id, kind, &entries, maxlen)
+                    .apply_inventory(&self.tenant.org_id, kind, &entries, maxlen)
                     .await?;
                 match kind {
                     InventoryKind::Device => report.devices = Some(changes),
@@ -166,11 +168,11 @@ impl TenantShared {
                 ]);
             }
         }
-        let metrics = &self.deps().metrics;
+        let metrics = &self.tenant.deps().metrics;
         match result {
             Ok(()) => {
                 metrics.inventory_sync("ok", &changes);
-                tracing::info!(tenant = %self.tenant_id, devices = ?report.devices, workspaces = ?report.workspaces, "inventory synced");
+                tracing::info!(tenant = %self.tenant.tenant_id, devices = ?report.devices, workspaces = ?report.workspaces, "inventory synced");
                 Ok(report)
             }
             Err(e) => {
@@ -217,7 +219,8 @@ pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), String
             }
         }
         first = false;
-        let sync = shared.sync_inventory();
+        let api = Api::of(&shared);
+        let sync = api.sync_inventory();
         let res = tokio::select! {
             _ = stop.wait() => return Ok(()),
             r = sync => r,

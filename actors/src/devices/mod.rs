@@ -10,25 +10,24 @@
 //! - [`access`]: pure rules — scopes per call kind, xAPI path patterns, name/key/patch syntax.
 //! - [`inventory`]: listing with paging, normalization, the sync into Redis hashes + stream.
 //! - [`commands`]: the consumer of `<p>:{<org>}:commands` writing `command_results`.
-//! - this file: [`DeviceApi`] (the per-tenant gate), [`DeviceRequest`], [`DeviceError`], and
-//!   the HTTP call with its retry policy.
+//! - this file: [`Api`] (one tenant's device API over its gate, `crate::tenant::gate`),
+//!   [`DeviceRequest`], [`DeviceError`], and the HTTP call with its retry policy.
 pub mod access;
 pub mod commands;
 pub mod inventory;
 
 pub use crate::store::devices::InventoryKind;
 
-use std::sync::Mutex as StdMutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::store::StoreError;
 use crate::store::tenants::ProvisioningState;
-use crate::tenant::{TenantShared, TokenError};
+use crate::tenant::{Refusal, TenantShared, TokenError, WithToken};
 use crate::webex::client::{retry_after, short_body};
 use access::{AccessError, CallKind, Grants};
 
@@ -41,53 +40,6 @@ const RETRY_BASE: Duration = Duration::from_millis(250);
 const RETRY_CAP: Duration = Duration::from_secs(8);
 /// Longest accepted device id.
 const MAX_DEVICE_ID_LEN: usize = 512;
-
-/// One tenant's device-API gate: bounded concurrency, the rate-limit window, and the
-/// single-flight lock of inventory syncs.
-pub struct DeviceApi {
-    permits: Semaphore,
-    /// No call of this tenant before this instant (set from a 429's `Retry-After`).
-    not_before: StdMutex<Option<Instant>>,
-    /// Held for a whole inventory sync: periodic and on-demand syncs never overlap.
-    inventory: tokio::sync::Mutex<()>,
-}
-
-impl DeviceApi {
-    pub fn new(max_concurrency: usize) -> Self {
-        Self {
-            permits: Semaphore::new(max_concurrency.max(1)),
-            not_before: StdMutex::new(None),
-            inventory: tokio::sync::Mutex::new(()),
-        }
-    }
-
-    /// Holds back every call until `until` (later windows win).
-    fn block_until(&self, until: Instant) {
-        let mut nb = self.not_before.lock().expect("gate lock");
-        if nb.is_none_or(|cur| cur < until) {
-            *nb = Some(until);
-        }
-    }
-
-    /// Waits out the rate-limit window; refuses when it outlasts `deadline`.
-    async fn wait_gate(&self, deadline: Instant) -> Result<(), DeviceError> {
-        loop {
-            let until = *self.not_before.lock().expect("gate lock");
-            let now = Instant::now();
-            match until {
-                Some(u) if u > now => {
-                    if u > deadline {
-                        return Err(DeviceError::RateLimited {
-                            retry_after: u - now,
-                        });
-                    }
-                    tokio::time::sleep_until(u).await;
-                }
-                _ => return Ok(()),
-            }
-        }
-    }
-}
 
 /// A request for one device, from the admin API or the command stream.
 #[derive(Debug, Clone, PartialEq)]
@@ -247,9 +199,19 @@ fn check_device_id(device: &str) -> Result<(), AccessError> {
     Ok(())
 }
 
-impl TenantShared {
+/// The device API of one tenant.
+#[derive(Clone, Copy)]
+pub struct Api<'a> {
+    tenant: &'a TenantShared,
+}
+
+impl<'a> Api<'a> {
+    pub fn of(tenant: &'a TenantShared) -> Self {
+        Self { tenant }
+    }
+
     /// Runs a device request through the tenant's grants, gate and token.
-    pub async fn device_request(&self, req: &DeviceRequest) -> Result<Value, DeviceError> {
+    pub async fn request(&self, req: &DeviceRequest) -> Result<Value, DeviceError> {
         self.check_request(req)?;
         self.send_checked(req).await
     }
@@ -257,7 +219,7 @@ impl TenantShared {
     /// Sends a request that passed [`check_request`](Self::check_request).
     pub async fn send_checked(&self, req: &DeviceRequest) -> Result<Value, DeviceError> {
         let device = req.device();
-        let base = self.api_base(&self.record().webexapis_base_url)?;
+        let base = self.api_base(&self.tenant.record().webexapis_base_url)?;
         let deadline = self.call_deadline();
         match req {
             DeviceRequest::Status { names, .. } => {
@@ -346,7 +308,7 @@ impl TenantShared {
     /// Every local check of a request — the tenant is active, the scope and the xAPI path are
     /// granted, names, keys and patches are well formed — without calling Webex.
     pub fn check_request(&self, req: &DeviceRequest) -> Result<(), DeviceError> {
-        let record = self.record();
+        let record = self.tenant.record();
         if record.provisioning_state != ProvisioningState::Completed {
             return Err(DeviceError::NotActive(record.provisioning_state.as_str()));
         }
@@ -377,13 +339,18 @@ impl TenantShared {
     /// policy (https, or http with `webex.allow_http`).
     fn api_base(&self, raw: &str) -> Result<url::Url, DeviceError> {
         let with_slash = format!("{}/", raw.trim_end_matches('/'));
-        self.deps().webex.check_url(&with_slash).map_err(|e| {
-            DeviceError::Refused(AccessError::Invalid(format!("webexapisBaseUrl {e}")))
-        })
+        self.tenant
+            .deps()
+            .webex
+            .check_url(&with_slash)
+            .map_err(|e| {
+                DeviceError::Refused(AccessError::Invalid(format!("webexapisBaseUrl {e}")))
+            })
     }
 
     fn call_deadline(&self) -> Instant {
-        Instant::now() + Duration::from_secs_f64(self.deps().config.devices.call_deadline_secs)
+        Instant::now()
+            + Duration::from_secs_f64(self.tenant.deps().config.devices.call_deadline_secs)
     }
 
     /// One device-API call with the tenant's policy: gate, bounded concurrency, token (one
@@ -397,30 +364,65 @@ impl TenantShared {
         body: Option<Body>,
         deadline: Instant,
     ) -> Result<Answer, DeviceError> {
-        let api = &self.devices;
-        let metrics = &self.deps().metrics;
-        let max_attempts = self.deps().config.devices.max_attempts;
+        // Attempts are counted across the refresh: a 401 does not use one up.
+        let attempts = AtomicU32::new(0);
+        let call = Call {
+            kind,
+            method: &method,
+            url: &url,
+            body: body.as_ref(),
+            deadline,
+        };
+        self.tenant
+            .with_token(|token| self.attempts(&call, token, &attempts))
+            .await
+            .map_err(|e| match e {
+                WithToken::Token(t) => DeviceError::Token(t),
+                WithToken::Call(e) => e,
+            })
+    }
+
+    /// The attempts of `call` with `token`, until an answer, a refusal, or a 401 (returned as
+    /// `Webex { status: 401 }` for [`TenantShared::with_token`] to refresh on).
+    async fn attempts(
+        &self,
+        call: &Call<'_>,
+        token: crate::secret::Secret,
+        attempts: &AtomicU32,
+    ) -> Result<Answer, DeviceError> {
+        let Call {
+            kind,
+            method,
+            url,
+            body,
+            deadline,
+        } = *call;
+        let gate = &self.tenant.devices;
+        let metrics = &self.tenant.deps().metrics;
+        let max_attempts = self.tenant.deps().config.devices.max_attempts;
         let label = kind.as_str();
-        let mut attempt = 0u32;
-        let mut refreshed = false;
         loop {
-            attempt += 1;
-            api.wait_gate(deadline).await?;
-            let _permit = tokio::time::timeout_at(deadline, api.permits.acquire())
+            let attempt = attempts.fetch_add(1, Ordering::Relaxed) + 1;
+            gate.wait(deadline)
+                .await
+                .map_err(|retry_after| DeviceError::RateLimited { retry_after })?;
+            let _permit = tokio::time::timeout_at(deadline, gate.permits.acquire())
                 .await
                 .map_err(|_| DeviceError::Deadline)?
                 .expect("the semaphore is never closed");
             // A 429 may have arrived while this call waited for its permit.
-            api.wait_gate(deadline).await?;
-            let token = self.access_token().await?;
+            gate.wait(deadline)
+                .await
+                .map_err(|retry_after| DeviceError::RateLimited { retry_after })?;
             let started = std::time::Instant::now();
             let mut rb = self
+                .tenant
                 .deps()
                 .webex
                 .http()
                 .request(method.clone(), url.clone())
                 .bearer_auth(token.expose());
-            match &body {
+            match body {
                 Some(Body::Json(v)) => rb = rb.json(v),
                 Some(Body::JsonPatch(v)) => {
                     rb = rb
@@ -457,7 +459,7 @@ impl TenantShared {
             let status = resp.status();
             let retry_after = retry_after(&resp);
             if status.is_success() {
-                let next = next_link(&resp, &url);
+                let next = next_link(&resp, url);
                 let text = match tokio::time::timeout_at(deadline, resp.text()).await {
                     Ok(Ok(t)) => t,
                     Ok(Err(e)) => {
@@ -483,15 +485,11 @@ impl TenantShared {
             match status.as_u16() {
                 401 => {
                     metrics.device_call(label, "unauthorized", started);
-                    if refreshed {
-                        return Err(DeviceError::Webex {
-                            status: 401,
-                            message,
-                        });
-                    }
-                    refreshed = true;
-                    attempt -= 1;
-                    self.refresh_after_rejection(&token).await?;
+                    attempts.fetch_sub(1, Ordering::Relaxed);
+                    return Err(DeviceError::Webex {
+                        status: 401,
+                        message,
+                    });
                 }
                 429 => {
                     metrics.device_call(label, "rate_limited", started);
@@ -499,8 +497,8 @@ impl TenantShared {
                         .unwrap_or(DEFAULT_RATE_LIMIT_WAIT)
                         .min(MAX_RETRY_AFTER);
                     let until = Instant::now() + wait;
-                    api.block_until(until);
-                    tracing::info!(tenant = %self.tenant_id, kind = label, ?wait, "rate limited by Webex; holding back the tenant's calls");
+                    gate.block_until(until);
+                    tracing::info!(tenant = %self.tenant.tenant_id, kind = label, ?wait, "rate limited by Webex; holding back the tenant's calls");
                     if attempt >= max_attempts || until > deadline {
                         return Err(DeviceError::RateLimited { retry_after: wait });
                     }
@@ -526,6 +524,22 @@ impl TenantShared {
                 }
             }
         }
+    }
+}
+
+/// One device-API call's fixed parts.
+#[derive(Clone, Copy)]
+struct Call<'a> {
+    kind: CallKind,
+    method: &'a Method,
+    url: &'a url::Url,
+    body: Option<&'a Body>,
+    deadline: Instant,
+}
+
+impl Refusal for DeviceError {
+    fn token_refused(&self) -> bool {
+        matches!(self, DeviceError::Webex { status: 401, .. })
     }
 }
 

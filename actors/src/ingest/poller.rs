@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::shutdown::Shutdown;
-use crate::tenant::{TenantShared, TokenError};
+use crate::tenant::{Refusal, TenantShared, WithToken};
 
 /// Largest pause after failed polls; the first is `ingest.poll_retry_secs` (the protocol
 /// suggests 10 s), doubling up to this cap, jittered ±20 %.
@@ -110,6 +110,21 @@ enum Poll {
     Failed(Failure),
 }
 
+/// How one poll request ended short of an answer to read.
+enum PollCall {
+    /// Not sent: the lease is not fresh enough, or we are stopping.
+    Skipped,
+    Failed(Failure),
+    /// 401: the token was refused.
+    Unauthorized,
+}
+
+impl Refusal for PollCall {
+    fn token_refused(&self) -> bool {
+        matches!(self, PollCall::Unauthorized)
+    }
+}
+
 /// Why a poll failed.
 struct Failure {
     message: String,
@@ -142,68 +157,65 @@ async fn poll_once(shared: &Arc<TenantShared>, stop: &Shutdown) -> Poll {
         Ok(u) => u,
         Err(e) => return Poll::Failed(e.into()),
     };
-    let mut token = match shared.access_token().await {
-        Ok(t) => t,
-        Err(e @ (TokenError::Invalid | TokenError::Gone)) => {
-            return Poll::Failed(e.to_string().into());
-        }
-        Err(e) => return Poll::Failed(e.to_string().into()),
-    };
     let lease_floor = deps.config.scaling.lease_ttl() / 2;
-    for attempt in 0..2 {
-        // Checked again right before each request (the token fetch or a 401 took time): a
-        // poll must not start on a lease that could run out while it waits on the server.
-        if shared.lease.valid_for() < lease_floor || stop.is_fired() {
-            return Poll::Skipped;
-        }
-        let req = deps
-            .poll_http
-            .get(url.clone())
-            .bearer_auth(token.expose())
-            .timeout(LONG_POLL_TIMEOUT)
-            .send();
-        // Not raced with `stop`: a poll answered while we stop still carries messages that
-        // Webex has removed from its queue, so it is finished and its batch written. The
-        // supervisor cancels us only if that outlasts the shutdown grace.
-        let resp = req.await;
-        let resp = match resp {
-            Ok(r) => r,
-            Err(e) => {
-                return Poll::Failed(Failure {
-                    transport: !e.is_timeout(),
-                    message: e.without_url().to_string(),
-                });
-            }
-        };
-        let status = resp.status();
-        if status == reqwest::StatusCode::UNAUTHORIZED && attempt == 0 {
-            shared
-                .metrics()
-                .queue_polls_total
-                .with_label_values(&["unauthorized"])
-                .inc();
-            match shared.refresh_after_rejection(&token).await {
-                Ok(t) => {
-                    token = t;
-                    continue;
+    let sent = shared
+        .with_token(|token| {
+            let url = url.clone();
+            async move {
+                // Checked right before each request (the token fetch or a 401 took time): a
+                // poll must not start on a lease that could run out while it waits on the
+                // server.
+                if shared.lease.valid_for() < lease_floor || stop.is_fired() {
+                    return Err(PollCall::Skipped);
                 }
-                Err(e) => return Poll::Failed(format!("token: {e}").into()),
+                // Not raced with `stop`: a poll answered while we stop still carries messages
+                // that Webex has removed from its queue, so it is finished and its batch
+                // written. The supervisor cancels us only if that outlasts the shutdown grace.
+                let resp = deps
+                    .poll_http
+                    .get(url)
+                    .bearer_auth(token.expose())
+                    .timeout(LONG_POLL_TIMEOUT)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        PollCall::Failed(Failure {
+                            transport: !e.is_timeout(),
+                            message: e.without_url().to_string(),
+                        })
+                    })?;
+                if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
+                    shared
+                        .metrics()
+                        .queue_polls_total
+                        .with_label_values(&["unauthorized"])
+                        .inc();
+                    return Err(PollCall::Unauthorized);
+                }
+                Ok(resp)
             }
+        })
+        .await;
+    let resp = match sent {
+        Ok(r) => r,
+        Err(WithToken::Call(PollCall::Skipped)) => return Poll::Skipped,
+        Err(WithToken::Call(PollCall::Failed(f))) => return Poll::Failed(f),
+        Err(WithToken::Call(PollCall::Unauthorized)) => {
+            return Poll::Failed(String::from("unauthorized twice").into());
         }
-        if !status.is_success() {
-            return Poll::Failed(format!("pollUrl answered {status}").into());
-        }
-        let body: PollResponse = match resp.json().await {
-            Ok(b) => b,
-            Err(e) => {
-                return Poll::Failed(
-                    format!("unreadable poll response: {}", e.without_url()).into(),
-                );
-            }
-        };
-        let n = body.messages.len();
-        super::polled(shared, body.messages, stop).await;
-        return Poll::Messages(n);
+        Err(WithToken::Token(e)) => return Poll::Failed(format!("token: {e}").into()),
+    };
+    let status = resp.status();
+    if !status.is_success() {
+        return Poll::Failed(format!("pollUrl answered {status}").into());
     }
-    Poll::Failed(String::from("unauthorized twice").into())
+    let body: PollResponse = match resp.json().await {
+        Ok(b) => b,
+        Err(e) => {
+            return Poll::Failed(format!("unreadable poll response: {}", e.without_url()).into());
+        }
+    };
+    let n = body.messages.len();
+    super::polled(shared, body.messages, stop).await;
+    Poll::Messages(n)
 }

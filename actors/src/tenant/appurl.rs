@@ -8,7 +8,7 @@ use base64::Engine as _;
 use chrono::Utc;
 use serde_json::{Value, json};
 
-use super::{TenantShared, TokenError};
+use super::{TenantShared, TokenError, WithToken};
 use crate::secret::Secret;
 use crate::shutdown::Shutdown;
 use crate::store::tenants::{ProvisioningState, TokensState};
@@ -139,25 +139,23 @@ async fn try_complete(shared: &TenantShared) -> Result<(), Failure> {
     if ingest.queue() {
         body["queue"] = json!({ "state": "enabled" });
     }
-    let answer = match deps.webex.patch_app(&record.app_url, &token, &body).await {
-        Err(AppUrlError::Unauthorized(_)) => {
-            // The token may have been revoked between exchange and PATCH: one fresh try.
-            let fresh = shared.refresh_after_rejection(&token).await.map_err(|e| {
-                (
-                    format!("appUrl rejected our token and refresh failed: {e}"),
-                    None,
-                )
-            })?;
-            deps.webex.patch_app(&record.app_url, &fresh, &body).await
-        }
-        other => other,
-    }
-    .map_err(|e| {
-        (
-            format!("PATCH of the appUrl failed: {e}"),
-            Some(token.clone()),
-        )
-    })?;
+    // The token may have been revoked between exchange and PATCH: one fresh try.
+    let answer = shared
+        .with_this_token(token.clone(), |t| {
+            let (webex, url, body) = (&deps.webex, &record.app_url, &body);
+            async move { webex.patch_app(url, &t, body).await }
+        })
+        .await
+        .map_err(|e| match e {
+            WithToken::Token(e) => (
+                format!("appUrl rejected our token and refresh failed: {e}"),
+                None,
+            ),
+            WithToken::Call(e) => (
+                format!("PATCH of the appUrl failed: {e}"),
+                Some(token.clone()),
+            ),
+        })?;
     let poll_url = answer
         .pointer("/queue/pollUrl")
         .and_then(Value::as_str)
@@ -218,19 +216,19 @@ pub async fn run_reconciler(shared: Arc<TenantShared>, stop: Shutdown) -> Result
 pub async fn reconcile_once(shared: &TenantShared) -> Result<(), String> {
     let deps = &shared.deps();
     let app_url = shared.record().app_url;
-    let token = match shared.access_token().await {
-        Ok(t) => t,
-        Err(e) => {
+    let answer = shared
+        .with_token(|t| {
+            let (webex, url) = (&deps.webex, &app_url);
+            async move { webex.get_app(url, &t).await }
+        })
+        .await;
+    let answer = match answer {
+        Ok(app) => Ok(app),
+        Err(WithToken::Token(e)) => {
             tracing::debug!(tenant = %shared.tenant_id, error = %e, "reconcile skipped: no token");
             return Ok(());
         }
-    };
-    let answer = match deps.webex.get_app(&app_url, &token).await {
-        Err(AppUrlError::Unauthorized(_)) => match shared.refresh_after_rejection(&token).await {
-            Ok(fresh) => deps.webex.get_app(&app_url, &fresh).await,
-            Err(_) => return Ok(()),
-        },
-        other => other,
+        Err(WithToken::Call(e)) => Err(e),
     };
     match answer {
         Ok(app) => {

@@ -10,6 +10,7 @@
 //!   the tenant's background work, restarting failed children with backoff.
 pub mod appurl;
 mod deps;
+pub mod gate;
 pub mod lease;
 pub mod tokens;
 
@@ -39,7 +40,7 @@ pub struct TenantShared {
     /// Set while the queue poller's last poll failed (healthCheck reports `impaired`).
     pub poller_failing: std::sync::atomic::AtomicBool,
     /// The device API's per-tenant gate (concurrency, rate-limit window).
-    pub devices: crate::devices::DeviceApi,
+    pub(crate) devices: gate::DeviceGate,
     /// Whether this replica owns the tenant's background work (token refresh, queue poller…).
     pub lease: Arc<lease::LeaseCell>,
     /// When the record and secrets were last read from Redis (see [`TenantShared::reload`]).
@@ -85,7 +86,7 @@ impl TenantShared {
             lease,
             reloaded_at: std::sync::Mutex::new(std::time::Instant::now()),
             tokens,
-            devices: crate::devices::DeviceApi::new(deps.config.devices.max_concurrency),
+            devices: gate::DeviceGate::new(deps.config.devices.max_concurrency),
             deps,
             poller_failing: Default::default(),
         }
@@ -278,6 +279,34 @@ pub fn tenant_json(
     })
 }
 
+/// An error of a call made with the tenant's token that can say "Webex refused the token".
+pub trait Refusal {
+    fn token_refused(&self) -> bool;
+}
+
+impl Refusal for crate::webex::client::AppUrlError {
+    fn token_refused(&self) -> bool {
+        matches!(self, crate::webex::client::AppUrlError::Unauthorized(_))
+    }
+}
+
+/// Why [`TenantShared::with_token`] failed: no token, or the call's own error (after the one
+/// refresh, if the token was refused).
+#[derive(Debug)]
+pub enum WithToken<E> {
+    Token(TokenError),
+    Call(E),
+}
+
+impl<E: std::fmt::Display> std::fmt::Display for WithToken<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WithToken::Token(e) => write!(f, "token: {e}"),
+            WithToken::Call(e) => e.fmt(f),
+        }
+    }
+}
+
 /// First and largest pause between failed background refreshes (doubling in between).
 const REFRESH_RETRY_BASE: std::time::Duration = std::time::Duration::from_secs(1);
 const REFRESH_RETRY_CAP: std::time::Duration = std::time::Duration::from_secs(60);
@@ -290,8 +319,44 @@ impl TenantShared {
         res
     }
 
+    /// Calls `call` with the tenant's access token; when Webex refuses that token (the call's
+    /// error says so: [`Refusal::token_refused`]), refreshes it once and calls again with the
+    /// new one. The one place of "401 → refresh → retry".
+    pub async fn with_token<T, E, F, Fut>(&self, call: F) -> Result<T, WithToken<E>>
+    where
+        E: Refusal,
+        F: FnMut(crate::secret::Secret) -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        let token = self.access_token().await.map_err(WithToken::Token)?;
+        self.with_this_token(token, call).await
+    }
+
+    /// [`with_token`](Self::with_token) starting with `token` (already fetched by the caller).
+    pub async fn with_this_token<T, E, F, Fut>(
+        &self,
+        token: crate::secret::Secret,
+        mut call: F,
+    ) -> Result<T, WithToken<E>>
+    where
+        E: Refusal,
+        F: FnMut(crate::secret::Secret) -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        match call(token.clone()).await {
+            Err(e) if e.token_refused() => {
+                let fresh = self
+                    .refresh_after_rejection(&token)
+                    .await
+                    .map_err(WithToken::Token)?;
+                call(fresh).await.map_err(WithToken::Call)
+            }
+            other => other.map_err(WithToken::Call),
+        }
+    }
+
     /// After Webex refused `rejected` (401): a fresh token, or why not.
-    pub async fn refresh_after_rejection(
+    async fn refresh_after_rejection(
         &self,
         rejected: &crate::secret::Secret,
     ) -> Result<crate::secret::Secret, TokenError> {
