@@ -184,6 +184,12 @@ impl RunningEngine {
         self.coordinator_trigger.fire();
         self.coordinator.release_all().await;
         self.writer_trigger.fire();
+        if tokio::time::timeout(grace, self.state.registry.writer_stopped())
+            .await
+            .is_err()
+        {
+            tracing::error!("the stream writer did not finish within the grace");
+        }
         let _ = tokio::time::timeout(grace, self.server_task).await;
         tracing::info!("shutdown complete");
     }

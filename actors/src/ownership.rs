@@ -122,14 +122,14 @@ impl Coordinator {
             .registry
             .handles()
             .iter()
-            .filter(|h| h.shared.lease.is_owning())
+            .filter(|h| h.shared.claim.is_owning())
             .count();
         metrics.tenants_owned.set(owned as i64);
     }
 
     async fn tend(self: &Arc<Self>, h: &TenantHandle, live: &[String]) {
         let org = h.shared.org_id.clone();
-        let lease = &h.shared.lease;
+        let claim = &h.shared.claim;
         if self
             .handing_over
             .lock()
@@ -140,7 +140,7 @@ impl Coordinator {
         }
         let gone = h.shared.state() == ProvisioningState::Deprovisioned;
         let preferred = preferred_owner(live, &org) == Some(self.replica.as_str());
-        match lease.held_epoch() {
+        match claim.held_epoch() {
             Some(epoch) if gone || !preferred => {
                 // Deprovisioned, or a replica preferred for it has joined: hand it over.
                 self.hand_over(h.clone(), epoch);
@@ -153,8 +153,8 @@ impl Coordinator {
                     .await
                 {
                     Ok(true) => {
-                        lease.set(epoch, sent, self.ttl);
-                        if !lease.is_owning() && !lease.blocked.load(Ordering::Acquire) {
+                        claim.set(epoch, sent, self.ttl);
+                        if !claim.is_owning() && !claim.is_blocked() {
                             // A full mailbox refuses it; the next round offers it again.
                             h.start_owned_work();
                         }
@@ -162,7 +162,7 @@ impl Coordinator {
                     Ok(false) => {
                         tracing::warn!(tenant = %h.shared.tenant_id, epoch, "lease lost to another replica");
                         self.registry.deps().metrics.lease("lost");
-                        lease.clear();
+                        claim.clear();
                         h.stop_owned_work().await;
                     }
                     Err(e) => {
@@ -173,13 +173,13 @@ impl Coordinator {
             }
             None if preferred
                 && !gone
-                && !lease.blocked.load(Ordering::Acquire)
+                && !claim.is_blocked()
                 && !self.draining.load(Ordering::Acquire) =>
             {
                 let sent = Instant::now();
                 match self.leases.acquire(&org, &self.replica, self.ttl).await {
                     Ok(Acquired::Held(epoch)) => {
-                        lease.set(epoch, sent, self.ttl);
+                        claim.set(epoch, sent, self.ttl);
                         self.registry.deps().metrics.lease("acquired");
                         tracing::debug!(tenant = %h.shared.tenant_id, epoch, "lease acquired");
                         h.start_owned_work();
@@ -197,11 +197,11 @@ impl Coordinator {
     /// A lease whose local validity ran out (Redis unreachable, or this process was paused)
     /// is treated as lost: owned work stops.
     async fn drop_if_lapsed(&self, h: &TenantHandle) {
-        let lease = &h.shared.lease;
-        if lease.held_epoch().is_some() && lease.valid_for().is_zero() {
+        let claim = &h.shared.claim;
+        if claim.held_epoch().is_some() && claim.valid_for().is_zero() {
             tracing::warn!(tenant = %h.shared.tenant_id, "lease lapsed without renewal; stopping owned work");
             self.registry.deps().metrics.lease("lapsed");
-            lease.clear();
+            claim.clear();
             h.stop_owned_work().await;
         }
     }
@@ -217,16 +217,16 @@ impl Coordinator {
         let me = self.clone();
         tokio::spawn(async move {
             h.stop_owned_work().await;
-            let lease = &h.shared.lease;
+            let claim = &h.shared.claim;
             // Keep the lease while the work finishes (a long-poll in flight), so the next owner
             // never polls beside it; bounded, in case a child is stuck.
             let deadline = Instant::now() + me.ttl * 2;
             let mut renew_at = Instant::now() + me.every;
-            while lease.running() > 0 && Instant::now() < deadline {
+            while claim.running() > 0 && Instant::now() < deadline {
                 if Instant::now() >= renew_at {
                     let sent = Instant::now();
                     match me.leases.renew(&org, &me.replica, epoch, me.ttl).await {
-                        Ok(true) => lease.set(epoch, sent, me.ttl),
+                        Ok(true) => claim.set(epoch, sent, me.ttl),
                         _ => break,
                     }
                     renew_at = Instant::now() + me.every;
@@ -235,8 +235,8 @@ impl Coordinator {
             }
             // Forget it locally first: from the DEL on, the newcomer may exchange tokens, and
             // nothing here may still believe it holds the lease.
-            let idle = lease.running() == 0;
-            lease.clear();
+            let idle = claim.running() == 0;
+            claim.clear();
             if idle && let Err(e) = me.leases.release(&org, &me.replica, epoch).await {
                 tracing::debug!(tenant = %h.shared.tenant_id, error = %e, "lease not released; it expires by itself");
             }
@@ -252,12 +252,12 @@ impl Coordinator {
             .registry
             .handles()
             .into_iter()
-            .filter(|h| h.shared.lease.held_epoch().is_some())
+            .filter(|h| h.shared.claim.held_epoch().is_some())
             .collect();
         futures::stream::iter(held)
             .for_each_concurrent(CONCURRENCY, |h| async move {
-                let lease = &h.shared.lease;
-                let Some(epoch) = lease.held_epoch() else {
+                let claim = &h.shared.claim;
+                let Some(epoch) = claim.held_epoch() else {
                     return;
                 };
                 let sent = Instant::now();
@@ -266,7 +266,7 @@ impl Coordinator {
                     .renew(&h.shared.org_id, &self.replica, epoch, self.ttl)
                     .await
                 {
-                    lease.set(epoch, sent, self.ttl);
+                    claim.set(epoch, sent, self.ttl);
                 }
             })
             .await;
@@ -290,7 +290,7 @@ impl Coordinator {
             .registry
             .handles()
             .iter()
-            .filter_map(|h| h.shared.lease.clear().map(|e| (h.shared.org_id.clone(), e)))
+            .filter_map(|h| h.shared.claim.clear().map(|e| (h.shared.org_id.clone(), e)))
             .collect();
         let n = held.len();
         futures::stream::iter(held)

@@ -19,7 +19,7 @@ use crate::store::tenants::{
     CasOutcome, ProvisioningState, StoredTenant, TenantRecord, TenantSecrets, TokensState,
 };
 use crate::supervisor::TenantHandle;
-use crate::tenant::lease::LeaseCell;
+use crate::tenant::claim::Claim;
 use crate::tenant::{Deps, TenantShared, TokenKeeper};
 
 /// Why an activation could not start.
@@ -138,15 +138,14 @@ impl Registry {
     /// one stops first (its poller finishes the poll in flight) before the new one may start
     /// owned work, so two pollers never share the queue.
     fn replace(&self, old: TenantHandle, stored: StoredTenant) -> TenantHandle {
-        let lease = old.shared.lease.clone();
-        lease.blocked.store(true, Ordering::Release);
+        let claim = old.shared.claim.clone();
+        claim.set_blocked(true);
         old.shared.superseded.store(true, Ordering::Release);
-        let handle = self.start(stored, Some(lease.clone()));
+        let handle = self.start(stored, Some(claim.clone()));
         let registry_kick = self.kick_handle();
         tokio::spawn(async move {
             old.stop().await;
-            lease.owning.store(false, Ordering::Release);
-            lease.blocked.store(false, Ordering::Release);
+            claim.set_blocked(false);
             registry_kick();
         });
         handle
@@ -299,9 +298,9 @@ impl Registry {
         Ok((handle, started))
     }
 
-    /// Starts a supervisor for a stored tenant on the next arbiter (keeping the lease view of
-    /// a supervisor it replaces).
-    fn start(&self, stored: StoredTenant, lease: Option<Arc<LeaseCell>>) -> TenantHandle {
+    /// Starts a supervisor for a stored tenant on the next arbiter (keeping the claim of a
+    /// supervisor it replaces).
+    fn start(&self, stored: StoredTenant, claim: Option<Arc<Claim>>) -> TenantHandle {
         let StoredTenant {
             record,
             secrets,
@@ -309,20 +308,20 @@ impl Registry {
             record_version,
             ..
         } = stored;
-        let lease = lease.unwrap_or_default();
+        let claim = claim.unwrap_or_default();
         let tokens = Arc::new(TokenKeeper::new(
             self.deps.clone(),
             record.org_id.clone(),
             record.oauth_url.clone(),
             secrets,
             token_version,
-            lease.clone(),
+            claim.clone(),
         ));
         let shared = Arc::new(TenantShared::new(
             self.deps.clone(),
             record,
             tokens,
-            lease,
+            claim,
             record_version,
         ));
         let arbiter =
@@ -387,6 +386,12 @@ impl Registry {
         let exchanges = &self.deps.exchanges;
         let in_flight = exchanges.in_flight();
         (in_flight, exchanges.drain(limit).await)
+    }
+
+    /// Resolves once the stream writer has written what it accepted and stopped (after the
+    /// engine fired its stop).
+    pub async fn writer_stopped(&self) {
+        self.deps.writer.stopped().await
     }
 
     /// Stops every supervisor (and its children), then the arbiters.

@@ -54,7 +54,7 @@ pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), String
         }
         // Poll only on a lease renewed recently (this replica is alive and owns the queue):
         // a poll started on a lapsing lease could overlap with the next owner's first one.
-        if shared.lease.valid_for() < lease_floor {
+        if shared.claim.valid_for() < lease_floor {
             if sleep_or_stop(LEASE_WAIT, &stop).await {
                 return Ok(());
             }
@@ -165,7 +165,7 @@ async fn poll_once(shared: &Arc<TenantShared>, stop: &Shutdown) -> Poll {
                 // Checked right before each request (the token fetch or a 401 took time): a
                 // poll must not start on a lease that could run out while it waits on the
                 // server.
-                if shared.lease.valid_for() < lease_floor || stop.is_fired() {
+                if shared.claim.valid_for() < lease_floor || stop.is_fired() {
                     return Err(PollCall::Skipped);
                 }
                 // Not raced with `stop`: a poll answered while we stop still carries messages

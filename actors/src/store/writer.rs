@@ -50,6 +50,8 @@ struct Job {
 pub struct StreamWriter {
     tx: mpsc::Sender<Job>,
     store: Store,
+    /// The writer tasks, joined by [`StreamWriter::stopped`].
+    tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
 /// Writer tuning.
@@ -84,16 +86,31 @@ impl StreamWriter {
             maxlen: cfg.stream_maxlen,
             wait: (cfg.wait_replicas > 0).then_some((cfg.wait_replicas, cfg.wait_timeout)),
         };
-        for _ in 0..cfg.writers.max(1) {
-            let store = store.clone();
-            let rx = rx.clone();
-            let script = script.clone();
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                run(store, rx, script, durability, stop).await;
-            });
+        let tasks = (0..cfg.writers.max(1))
+            .map(|_| {
+                let store = store.clone();
+                let rx = rx.clone();
+                let script = script.clone();
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    run(store, rx, script, durability, stop).await;
+                })
+            })
+            .collect();
+        Self {
+            tx,
+            store,
+            tasks: Arc::new(std::sync::Mutex::new(tasks)),
         }
-        Self { tx, store }
+    }
+
+    /// Resolves once every writer task has ended (after the stop signal, with what was
+    /// accepted written).
+    pub async fn stopped(&self) {
+        let tasks: Vec<_> = std::mem::take(&mut *self.tasks.lock().expect("writer tasks lock"));
+        for t in tasks {
+            let _ = t.await;
+        }
     }
 
     /// Submits `msg` and waits until it is durable in Redis (or refused). A health check has

@@ -113,10 +113,7 @@ impl TenantSupervisor {
         if let Some((trigger, _)) = self.owned.take() {
             trigger.fire();
         }
-        self.shared
-            .lease
-            .owning
-            .store(false, std::sync::atomic::Ordering::Release);
+        self.shared.claim.set_owning(false);
     }
 
     fn spawn_child(&mut self, kind: ChildKind, ctx: &mut Context<Self>) {
@@ -128,7 +125,7 @@ impl TenantSupervisor {
         }
         let shared = self.shared.clone();
         let stop = owned_stop.clone();
-        let guard = shared.lease.child_guard();
+        let guard = shared.claim.child_guard();
         let generation = self.generation;
         let fut = async move {
             let _guard = guard;
@@ -202,15 +199,12 @@ impl Handler<StartOwnedWork> for TenantSupervisor {
         let (trigger, owned_stop) = shutdown::channel();
         self.owned = Some((trigger, owned_stop.clone()));
         self.generation += 1;
-        self.shared
-            .lease
-            .owning
-            .store(true, std::sync::atomic::Ordering::Release);
+        self.shared.claim.set_owning(true);
         tracing::debug!(tenant = %self.shared.tenant_id, "lease acquired; starting owned work");
         self.spawn_child(ChildKind::TokenRefresher, ctx);
         if self.shared.state() == ProvisioningState::Provisioning {
             let shared = self.shared.clone();
-            let guard = shared.lease.child_guard();
+            let guard = shared.claim.child_guard();
             ctx.spawn(
                 async move {
                     let _guard = guard;
@@ -284,7 +278,7 @@ impl Handler<RestartChildren> for TenantSupervisor {
             }
         }
         let shared = self.shared.clone();
-        let guard = shared.lease.child_guard();
+        let guard = shared.claim.child_guard();
         ctx.spawn(
             async move {
                 let _guard = guard;

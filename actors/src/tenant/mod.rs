@@ -1,17 +1,18 @@
-//! One tenant (customer organization): its shared state, the handle the rest of the engine
-//! uses, and the supervisor actor that owns its lifecycle and children.
+//! One tenant (customer organization): its shared state — record, token keeper, claim on its
+//! lease — readable without a mailbox, and the work it does against its appUrl. (Its
+//! supervisor actor and handle are `crate::supervisor`.)
 //!
 //! # Layout
-//! - [`actions`]: healthCheck, update, updateApproved, deprovision.
-//! - [`lease`]: this replica's view of the tenant's lease (who refreshes and polls).
-//! - [`poller`]: the queue poller (long-poll → stream writer), a supervised child.
+//! - this file: [`TenantShared`], token-state transitions, the 401 helper, the refresher.
+//! - [`appurl`]: completing an activation, reconciling with the appUrl, re-learning pollUrl.
+//! - [`claim`]: this replica's claim on the tenant: the lease it holds and the owned work.
+//! - `deps`: [`Deps`], what every tenant component needs from the engine, built once.
+//! - [`gate`]: the device API's per-tenant gate (concurrency, rate-limit window).
 //! - [`tokens`]: `TokenKeeper`, the only place that exchanges the tenant's refresh token.
-//! - [`supervisor`]: `TenantSupervisor`, the actor that completes activations and supervises
-//!   the tenant's background work, restarting failed children with backoff.
 pub mod appurl;
+pub mod claim;
 mod deps;
 pub mod gate;
-pub mod lease;
 pub mod tokens;
 
 use std::sync::{Arc, RwLock};
@@ -42,7 +43,7 @@ pub struct TenantShared {
     /// The device API's per-tenant gate (concurrency, rate-limit window).
     pub(crate) devices: gate::DeviceGate,
     /// Whether this replica owns the tenant's background work (token refresh, queue poller…).
-    pub lease: Arc<lease::LeaseCell>,
+    pub claim: Arc<claim::Claim>,
     /// When the record and secrets were last read from Redis (see [`TenantShared::reload`]).
     reloaded_at: std::sync::Mutex<std::time::Instant>,
     /// The `record_version` of the record held: an older one read later is not adopted.
@@ -73,7 +74,7 @@ impl TenantShared {
         deps: Arc<Deps>,
         record: TenantRecord,
         tokens: Arc<TokenKeeper>,
-        lease: Arc<lease::LeaseCell>,
+        claim: Arc<claim::Claim>,
         record_version: u64,
     ) -> Self {
         Self {
@@ -83,7 +84,7 @@ impl TenantShared {
             tenant_id: record.tenant_id.clone(),
             org_id: record.org_id.clone(),
             record: RwLock::new(record),
-            lease,
+            claim,
             reloaded_at: std::sync::Mutex::new(std::time::Instant::now()),
             tokens,
             devices: gate::DeviceGate::new(deps.config.devices.max_concurrency),
@@ -192,8 +193,8 @@ impl TenantShared {
     /// and no re-activation has replaced it.
     pub fn still_in_charge(&self) -> bool {
         use std::sync::atomic::Ordering;
-        self.lease.is_owning()
-            && self.lease.held_epoch().is_some()
+        self.claim.is_owning()
+            && self.claim.held_epoch().is_some()
             && !self.superseded.load(Ordering::Acquire)
     }
 

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use super::Deps;
-use super::lease::LeaseCell;
+use super::claim::Claim;
 use crate::secret::Secret;
 use crate::store::StoreError;
 use crate::store::tenants::{BeginExchange, CasOutcome, ExchangeIntent, TenantSecrets};
@@ -149,7 +149,7 @@ const FOLLOWER_RETRY: Duration = Duration::from_secs(1);
 pub struct TokenKeeper {
     deps: Arc<Deps>,
     org: String,
-    lease: Arc<LeaseCell>,
+    claim: Arc<Claim>,
     oauth_url: StdMutex<String>,
     /// Held for the whole exchange: refreshes are single-flight. Shared with the exchange's
     /// own task (see [`ExchangeTasks`]).
@@ -207,7 +207,7 @@ impl TokenKeeper {
         oauth_url: String,
         secrets: TenantSecrets,
         version: u64,
-        lease: Arc<LeaseCell>,
+        claim: Arc<Claim>,
     ) -> Self {
         let current = stored_access_token(&secrets);
         let webhook = StdMutex::new(WebhookSecrets::of(&secrets));
@@ -217,7 +217,7 @@ impl TokenKeeper {
             replica: deps.config.scaling.replica_id(),
             deps,
             org,
-            lease,
+            claim,
             oauth_url: StdMutex::new(oauth_url),
             persisted: Arc::new(Mutex::new(Persisted { secrets, version })),
             current: StdMutex::new(current),
@@ -276,7 +276,7 @@ impl TokenKeeper {
         }
         // Exchange only while holding the lease long enough for the call to end within it;
         // otherwise follow whoever owns the tenant.
-        let Some(epoch) = self.lease.epoch_for(self.deps.config.webex.http_timeout()) else {
+        let Some(epoch) = self.claim.epoch_for(self.deps.config.webex.http_timeout()) else {
             return self.follow_owner(&mut p, rejected).await;
         };
         // Redeem only the newest stored refresh token: an announcement of another replica's
@@ -296,7 +296,7 @@ impl TokenKeeper {
         // It counts as owned work: a hand-over waits for it before deleting the lease, so the
         // next owner cannot fence off the write of its result.
         let me = self.clone();
-        let working = self.lease.child_guard();
+        let working = self.claim.child_guard();
         let exchange = self.deps.exchanges.spawn(async move {
             let _working = working;
             me.exchange(p, epoch).await
@@ -396,7 +396,7 @@ impl TokenKeeper {
                         Ok(stored) => break stored,
                         Err(e)
                             if e.is_unavailable()
-                                && self.lease.epoch_for(PERSIST_RETRY).is_some() =>
+                                && self.claim.epoch_for(PERSIST_RETRY).is_some() =>
                         {
                             tracing::warn!(org = %self.org, error = %e, "rotated refresh token not stored yet; retrying");
                             tokio::time::sleep(PERSIST_RETRY).await;
@@ -573,7 +573,7 @@ impl TokenKeeper {
 
     /// Marks the refresh token dead or alive as the owner recorded it (followers only).
     pub fn follow_invalid(&self, invalid: bool) {
-        if !self.lease.is_owning() {
+        if !self.claim.is_owning() {
             let mut cur = self.invalid.lock().expect("invalid lock");
             match (invalid, cur.is_some()) {
                 (true, false) => {
@@ -673,7 +673,7 @@ impl TokenKeeper {
         change: impl Fn(&mut TenantSecrets),
     ) -> Result<TenantSecrets, StoreError> {
         let mut p = self.persisted.lock().await;
-        let epoch = self.lease.held_epoch();
+        let epoch = self.claim.held_epoch();
         self.persist(&mut p, Fence::Epoch(epoch), |s| {
             change(s);
             true
