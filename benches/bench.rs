@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use xapi_stream::redis_server::{RedisServer, free_port};
-use xapi_stream::sim::{Sim, SimConfig, sign_webhook};
+use xapi_stream::devkit::redis_server::{RedisServer, free_port};
+use xapi_stream::devkit::sim::{Sim, SimConfig, sign_webhook};
 
 #[path = "common.rs"]
 mod common;
@@ -316,7 +316,7 @@ async fn main() -> anyhow::Result<()> {
         "127.0.0.1:0".parse()?,
     )
     .await?;
-    let env = xapi_stream::devenv::engine_env(&sim, &redis.url(), "bench");
+    let env = xapi_stream::devkit::devenv::engine_env(&sim, &redis.url(), "bench");
     let (mut engine, base) = spawn_engine(&env, "bench").await?;
     let http = reqwest::Client::new();
     let started = Instant::now();
@@ -324,7 +324,7 @@ async fn main() -> anyhow::Result<()> {
     for chunk in (0..opts.tenants).collect::<Vec<_>>().chunks(50) {
         let answers = futures::future::join_all(chunk.iter().map(|&i| {
             http.post(format!("{base}/admin/activations"))
-                .bearer_auth(xapi_stream::devenv::ADMIN_TOKEN)
+                .bearer_auth(xapi_stream::devkit::devenv::ADMIN_TOKEN)
                 .json(&json!({"jwt": sim.activation_jwt(i)}))
                 .send()
         }))

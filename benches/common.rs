@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use xapi_stream::redis_server::free_port;
+use xapi_stream::devkit::redis_server::free_port;
 
 /// A binary built next to this one (`target/release/<name>`).
 pub fn exe(name: &str) -> std::path::PathBuf {

@@ -20,8 +20,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use xapi_stream::redis_server::{RedisServer, free_port};
-use xapi_stream::sim::{Sim, SimConfig, sign_webhook};
+use xapi_stream::devkit::redis_server::{RedisServer, free_port};
+use xapi_stream::devkit::sim::{Sim, SimConfig, sign_webhook};
 
 #[path = "common.rs"]
 mod common;
@@ -211,7 +211,8 @@ async fn scale_out(list: &str, secs: f64, connections: usize) -> anyhow::Result<
     let mut first = None;
     for (round, &n) in counts.iter().enumerate() {
         // Same encryption key for every replica of a round; a fresh key prefix per round.
-        let env = xapi_stream::devenv::engine_env(&sim, &redis.url(), &format!("scale{round}"));
+        let env =
+            xapi_stream::devkit::devenv::engine_env(&sim, &redis.url(), &format!("scale{round}"));
         let mut replicas = Vec::new();
         for r in 0..n {
             replicas.push(spawn_engine(&env, &format!("load-r{r}")).await?);
@@ -221,7 +222,7 @@ async fn scale_out(list: &str, secs: f64, connections: usize) -> anyhow::Result<
         for i in 0..TENANTS {
             let r: serde_json::Value = http
                 .post(format!("{}/admin/activations", bases[0]))
-                .bearer_auth(xapi_stream::devenv::ADMIN_TOKEN)
+                .bearer_auth(xapi_stream::devkit::devenv::ADMIN_TOKEN)
                 .json(&json!({"jwt": sim.activation_jwt(i)}))
                 .send()
                 .await?
@@ -235,7 +236,7 @@ async fn scale_out(list: &str, secs: f64, connections: usize) -> anyhow::Result<
             loop {
                 let list: serde_json::Value = http
                     .get(format!("{base}/admin/tenants"))
-                    .bearer_auth(xapi_stream::devenv::ADMIN_TOKEN)
+                    .bearer_auth(xapi_stream::devkit::devenv::ADMIN_TOKEN)
                     .send()
                     .await?
                     .json()
@@ -329,7 +330,7 @@ async fn main() -> anyhow::Result<()> {
         "127.0.0.1:0".parse()?,
     )
     .await?;
-    let mut env = xapi_stream::devenv::engine_env(&sim, &redis.url(), "load");
+    let mut env = xapi_stream::devkit::devenv::engine_env(&sim, &redis.url(), "load");
     if wait_replicas > 0 {
         println!("every 200 waits for {wait_replicas} Redis replica(s) (redis.wait_replicas)");
         env.push((
@@ -343,7 +344,7 @@ async fn main() -> anyhow::Result<()> {
     for i in 0..TENANTS {
         let r: serde_json::Value = http
             .post(format!("{base}/admin/activations"))
-            .bearer_auth(xapi_stream::devenv::ADMIN_TOKEN)
+            .bearer_auth(xapi_stream::devkit::devenv::ADMIN_TOKEN)
             .json(&json!({"jwt": sim.activation_jwt(i)}))
             .send()
             .await?

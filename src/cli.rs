@@ -1,10 +1,8 @@
 //! The `xapi-stream` command line: `serve`, `sim`, `demo`, `activate` and `manifest check`.
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
 use crate::{config, engine, logging};
 
@@ -28,9 +26,11 @@ pub enum Command {
         config: Option<PathBuf>,
     },
     /// Run the built-in Webex cloud simulator.
-    Sim(SimArgs),
+    #[cfg(feature = "devkit")]
+    Sim(crate::devkit::cli::SimArgs),
     /// Run the end-to-end demo: private Redis, simulator and engine, with progress output.
-    Demo(crate::demo::DemoArgs),
+    #[cfg(feature = "devkit")]
+    Demo(crate::devkit::demo::DemoArgs),
     /// Activate an organization by hand: sends the activation JWT (copied from Control Hub) to a
     /// running engine's admin API.
     Activate {
@@ -73,42 +73,15 @@ pub enum ManifestCommand {
     },
 }
 
-#[derive(Args, Debug)]
-pub struct SimArgs {
-    /// Listen address.
-    #[arg(long, default_value = "127.0.0.1:9090")]
-    pub bind: SocketAddr,
-    /// Number of customer organizations.
-    #[arg(long, default_value_t = 3)]
-    pub orgs: usize,
-    /// Devices per organization.
-    #[arg(long, default_value_t = 4)]
-    pub devices: usize,
-    /// Integration (manifest) id.
-    #[arg(long, default_value = "ac6b6972-538e-11ec-bf63-0242ac130002")]
-    pub app_id: String,
-    #[arg(long, default_value = "sim-client-id")]
-    pub client_id: String,
-    #[arg(long, default_value = "sim-client-secret")]
-    pub client_secret: String,
-    /// Access-token lifetime in seconds.
-    #[arg(long, default_value_t = 7199)]
-    pub access_token_ttl: u64,
-    /// Queue long-poll wait in seconds.
-    #[arg(long, default_value_t = 20)]
-    pub poll_wait: u64,
-    /// Background traffic in messages per second across all organizations (0 = none).
-    #[arg(long, default_value_t = 0.0)]
-    pub rate: f64,
-}
-
 /// Parses arguments and runs the command; the exit code is the process's.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => serve(config),
-        Command::Sim(args) => sim(args),
-        Command::Demo(args) => crate::demo::run(args),
+        #[cfg(feature = "devkit")]
+        Command::Sim(args) => crate::devkit::cli::sim(args),
+        #[cfg(feature = "devkit")]
+        Command::Demo(args) => crate::devkit::demo::run(args),
         Command::Tail(args) => crate::tail::run(args),
         Command::Activate {
             jwt_file,
@@ -150,50 +123,6 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "engine failed");
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn sim(args: SimArgs) -> ExitCode {
-    logging::init(&actors::config::LogConfig {
-        format: actors::config::LogFormat::Auto,
-        level: "info".into(),
-    });
-    let cfg = crate::sim::SimConfig {
-        orgs: args.orgs,
-        devices_per_org: args.devices,
-        app_id: args.app_id,
-        client_id: args.client_id,
-        client_secret: args.client_secret,
-        access_token_ttl: Duration::from_secs(args.access_token_ttl),
-        poll_wait: Duration::from_secs(args.poll_wait),
-        ..Default::default()
-    };
-    let result = actix_web::rt::System::new().block_on(async move {
-        let sim = crate::sim::Sim::start(cfg, args.bind).await?;
-        println!("webex simulator listening on {}", sim.base_url());
-        for (region, url) in sim.jwks_table() {
-            println!("  jwks {region:<18} {url}");
-        }
-        for org in sim.orgs() {
-            println!("  org {} {:<14} {}", org.index, org.name, org.org_id);
-        }
-        println!(
-            "  activation JWT: curl -X POST {}/_sim/orgs/0/activation",
-            sim.base_url()
-        );
-        if args.rate > 0.0 {
-            sim.start_traffic(args.rate);
-        }
-        engine::termination_signal().await;
-        sim.shutdown().await;
-        anyhow::Ok(())
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }

@@ -2,6 +2,7 @@
 //! organization (or all, found by SCAN) with a consumer group — XREADGROUP, XACK after
 //! printing, XAUTOCLAIM of entries another consumer left pending too long — and prints one line
 //! per record.
+use actors::store::keys::Keys;
 use std::time::Duration;
 
 use clap::Args;
@@ -63,16 +64,14 @@ async fn streams(
     prefix: &str,
     org: Option<&str>,
 ) -> anyhow::Result<Vec<String>> {
+    let keys = Keys::new(prefix);
     if let Some(org) = org {
-        return Ok(vec![
-            format!("{prefix}:{{{org}}}:status"),
-            format!("{prefix}:{{{org}}}:events"),
-        ]);
+        return Ok(vec![keys.status_stream(org), keys.events_stream(org)]);
     }
     let mut found = Vec::new();
     for kind in ["status", "events"] {
         let mut iter: redis::AsyncIter<String> =
-            conn.scan_match(format!("{prefix}:{{*}}:{kind}")).await?;
+            conn.scan_match(keys.streams_pattern(kind)).await?;
         while let Some(k) = futures::StreamExt::next(&mut iter).await {
             found.push(k?);
         }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use xapi_stream::sim::{SimConfig, sign_webhook};
+use xapi_stream::devkit::sim::{SimConfig, sign_webhook};
 
 use crate::utils::*;
 

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use serde_json::{Value, json};
-use xapi_stream::devenv::ADMIN_TOKEN;
-use xapi_stream::sim::{Sim, SimConfig};
+use xapi_stream::devkit::devenv::ADMIN_TOKEN;
+use xapi_stream::devkit::sim::{Sim, SimConfig};
 
 use crate::utils::*;
 
@@ -536,8 +536,8 @@ async fn killed_engine_resumes_every_tenant_and_redis_holds_no_plain_secret() {
     })
     .await;
     let bin = env!("CARGO_BIN_EXE_xapi-stream");
-    let port = xapi_stream::redis_server::free_port().unwrap();
-    let env = xapi_stream::devenv::engine_env(&sim, &redis.url(), &prefix);
+    let port = xapi_stream::devkit::redis_server::free_port().unwrap();
+    let env = xapi_stream::devkit::devenv::engine_env(&sim, &redis.url(), &prefix);
     let spawn = || {
         let mut cmd = std::process::Command::new(bin);
         cmd.arg("serve")

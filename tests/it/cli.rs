@@ -106,7 +106,7 @@ fn manifest_check_passes_the_example_and_names_problems() {
 #[test]
 fn serve_drains_and_exits_zero_on_sigterm() {
     let redis = shared_redis();
-    let port = xapi_stream::redis_server::free_port().unwrap();
+    let port = xapi_stream::devkit::redis_server::free_port().unwrap();
     let f = write_config(&format!(
         "[server]\nbind = \"127.0.0.1:{port}\"\nshutdown_grace_secs = 5\n[redis]\nurl = \"{}\"\nkey_prefix = \"{}\"\n[security]\nencryption_key = \"{KEY}\"\n",
         redis.url(),
@@ -208,7 +208,7 @@ fn tail_reads_with_a_consumer_group_and_acks() {
 #[actix_web::test]
 async fn activate_command_sends_the_jwt_to_a_running_engine() {
     let redis = shared_redis();
-    let sim = start_sim(xapi_stream::sim::SimConfig::default()).await;
+    let sim = start_sim(xapi_stream::devkit::sim::SimConfig::default()).await;
     let engine = start_engine(&sim, &redis.url(), &unique_prefix(), &[]).await;
     let jwt_file = write_config(&sim.activation_jwt(0));
     let out = tokio::process::Command::new(BIN)
@@ -216,7 +216,7 @@ async fn activate_command_sends_the_jwt_to_a_running_engine() {
         .arg(jwt_file.path())
         .env(
             "XAPI_STREAM__SERVER__ADMIN_TOKEN",
-            xapi_stream::devenv::ADMIN_TOKEN,
+            xapi_stream::devkit::devenv::ADMIN_TOKEN,
         )
         .env("XAPI_STREAM__SECURITY__ENCRYPTION_KEY", KEY)
         .output()
@@ -238,7 +238,7 @@ async fn activate_command_sends_the_jwt_to_a_running_engine() {
         .arg(jwt_file.path())
         .env(
             "XAPI_STREAM__SERVER__ADMIN_TOKEN",
-            xapi_stream::devenv::ADMIN_TOKEN,
+            xapi_stream::devkit::devenv::ADMIN_TOKEN,
         )
         .env("XAPI_STREAM__SECURITY__ENCRYPTION_KEY", KEY)
         .output()
@@ -253,7 +253,7 @@ async fn activate_command_sends_the_jwt_to_a_running_engine() {
 #[actix_web::test]
 async fn manifest_request_update_patches_the_app_url() {
     let redis = shared_redis();
-    let sim = start_sim(xapi_stream::sim::SimConfig::default()).await;
+    let sim = start_sim(xapi_stream::devkit::sim::SimConfig::default()).await;
     let engine = start_engine(&sim, &redis.url(), &unique_prefix(), &[]).await;
     let base = engine.base_url();
     let id = activate_org(&sim, &base, 0).await;
@@ -274,7 +274,7 @@ async fn manifest_request_update_patches_the_app_url() {
                 ])
                 .env(
                     "XAPI_STREAM__SERVER__ADMIN_TOKEN",
-                    xapi_stream::devenv::ADMIN_TOKEN,
+                    xapi_stream::devkit::devenv::ADMIN_TOKEN,
                 )
                 .env("XAPI_STREAM__SECURITY__ENCRYPTION_KEY", KEY)
                 .output()

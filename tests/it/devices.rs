@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use redis::Commands;
 use serde_json::{Value, json};
-use xapi_stream::devenv::ADMIN_TOKEN;
-use xapi_stream::redis_server::RedisServer;
-use xapi_stream::sim::{Sim, SimConfig};
+use xapi_stream::devkit::devenv::ADMIN_TOKEN;
+use xapi_stream::devkit::redis_server::RedisServer;
+use xapi_stream::devkit::sim::{Sim, SimConfig};
 
 use crate::utils::*;
 
@@ -200,7 +200,7 @@ async fn inventory_of_three_tenants_lands_and_follows_rename_and_removal() {
     );
 
     // A second periodic sync of unchanged data writes no change entries.
-    let first_pages = |c: &Vec<xapi_stream::sim::ApiCall>| {
+    let first_pages = |c: &Vec<xapi_stream::devkit::sim::ApiCall>| {
         c.iter()
             .filter(|c| c.path == "/v1/devices" && !c.query.contains("start="))
             .count()

@@ -4,11 +4,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use xapi_stream::sim::{SimConfig, sign_webhook};
+use xapi_stream::devkit::sim::{SimConfig, sign_webhook};
 
 use crate::utils::*;
 
-fn event(sim: &xapi_stream::sim::Sim, i: usize, tag: &str, n: usize) -> Value {
+fn event(sim: &xapi_stream::devkit::sim::Sim, i: usize, tag: &str, n: usize) -> Value {
     let org = sim.org(i);
     let ts = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     json!({"appId": sim.config().app_id, "deviceId": org.devices[0].device_id, "workspaceId": org.devices[0].workspace_id,
@@ -30,7 +30,7 @@ async fn sigterm_under_load_loses_nothing_accepted_and_exits_zero_within_grace()
         ..Default::default()
     })
     .await;
-    let env = xapi_stream::devenv::engine_env(&sim, &redis.url(), &prefix);
+    let env = xapi_stream::devkit::devenv::engine_env(&sim, &redis.url(), &prefix);
     let base = env
         .iter()
         .find(|(k, _)| k.ends_with("SERVER__PUBLIC_URL"))

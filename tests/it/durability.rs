@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use xapi_stream::redis_server::RedisServer;
-use xapi_stream::sim::{Sim, SimConfig, sign_webhook};
+use xapi_stream::devkit::redis_server::RedisServer;
+use xapi_stream::devkit::sim::{Sim, SimConfig, sign_webhook};
 
 use crate::utils::*;
 
@@ -100,7 +100,7 @@ async fn ingest_both_through_a_kill_9_writes_every_message_exactly_once() {
         ..Default::default()
     })
     .await;
-    let mut env = xapi_stream::devenv::engine_env(&sim, &redis.url(), &prefix);
+    let mut env = xapi_stream::devkit::devenv::engine_env(&sim, &redis.url(), &prefix);
     for (k, v) in [
         ("INTEGRATION__INGEST", "both"),
         ("SCALING__LEASE_TTL_SECS", "6"),

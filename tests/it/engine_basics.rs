@@ -1,7 +1,7 @@
 //! The engine's process skeleton: probes, metrics, Redis reachability, ordered shutdown.
 use std::time::{Duration, Instant};
 
-use xapi_stream::sim::SimConfig;
+use xapi_stream::devkit::sim::SimConfig;
 
 use crate::utils::*;
 
@@ -115,9 +115,9 @@ async fn readiness_follows_redis_within_a_bound() {
 #[actix_web::test]
 async fn engine_serves_health_before_redis_exists() {
     // Redis not started yet: liveness 200, readiness 503; once Redis appears, ready.
-    let port = xapi_stream::redis_server::free_port().unwrap();
+    let port = xapi_stream::devkit::redis_server::free_port().unwrap();
     let sim = start_sim(SimConfig::default()).await;
-    let cfg = xapi_stream::devenv::engine_config(
+    let cfg = xapi_stream::devkit::devenv::engine_config(
         &sim,
         &format!("redis://127.0.0.1:{port}"),
         &unique_prefix(),

@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use xapi_stream::redis_server::RedisServer;
-use xapi_stream::sim::{Sim, SimConfig};
+use xapi_stream::devkit::redis_server::RedisServer;
+use xapi_stream::devkit::sim::{Sim, SimConfig};
 
 use crate::utils::*;
 
@@ -28,7 +28,7 @@ const RESUME_BOUND: Duration =
 const CRASH_REASON: &str = "refresh token lost in a crash during exchange";
 
 fn replica_env(sim: &Sim, redis: &RedisServer, prefix: &str) -> Vec<(String, String)> {
-    let mut env = xapi_stream::devenv::engine_env(sim, &redis.url(), prefix);
+    let mut env = xapi_stream::devkit::devenv::engine_env(sim, &redis.url(), prefix);
     for (k, v) in [
         ("INTEGRATION__INGEST", "queue"),
         ("SCALING__LEASE_TTL_SECS", "6"),

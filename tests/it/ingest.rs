@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use redis::streams::StreamRangeReply;
 use serde_json::{Value, json};
-use xapi_stream::devenv::ADMIN_TOKEN;
-use xapi_stream::sim::{Sim, SimConfig, sign_webhook};
+use xapi_stream::devkit::devenv::ADMIN_TOKEN;
+use xapi_stream::devkit::sim::{Sim, SimConfig, sign_webhook};
 
 use crate::utils::*;
 
@@ -36,7 +36,7 @@ async fn post(base: &str, tenant: &str, secret: &str, body: &[u8]) -> (u16, Valu
 }
 
 fn entries(
-    redis: &xapi_stream::redis_server::RedisServer,
+    redis: &xapi_stream::devkit::redis_server::RedisServer,
     key: &str,
 ) -> Vec<HashMap<String, String>> {
     let mut conn = redis.client().get_connection().unwrap();
@@ -392,7 +392,7 @@ async fn every_reject_path_is_answered_counted_and_writes_nothing() {
 async fn redis_paused_then_killed_under_20000_webhooks_loses_and_doubles_nothing() {
     const N: usize = 20_000;
     const TENANTS: usize = 8;
-    let mut redis = xapi_stream::redis_server::RedisServer::start_with(&[
+    let mut redis = xapi_stream::devkit::redis_server::RedisServer::start_with(&[
         "--appendonly",
         "yes",
         "--appendfsync",

@@ -5,7 +5,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use xapi_stream::sim::SimConfig;
+use xapi_stream::devkit::sim::SimConfig;
 
 use crate::utils::*;
 
@@ -26,7 +26,7 @@ impl Drop for Prometheus {
 
 fn start_prometheus(target: &str) -> Prometheus {
     let dir = tempfile::tempdir().unwrap();
-    let port = xapi_stream::redis_server::free_port().unwrap();
+    let port = xapi_stream::devkit::redis_server::free_port().unwrap();
     let rules = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/prometheus/alerts.yaml");
     let cfg = format!(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {rules}\nscrape_configs:\n  - job_name: xapi-stream\n    static_configs:\n      - targets: ['{target}']\n"

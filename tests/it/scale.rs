@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use xapi_stream::devenv::ADMIN_TOKEN;
-use xapi_stream::redis_cluster::RedisCluster;
-use xapi_stream::redis_server::RedisServer;
-use xapi_stream::sim::{Sim, SimConfig, sign_webhook};
+use xapi_stream::devkit::devenv::ADMIN_TOKEN;
+use xapi_stream::devkit::redis_cluster::RedisCluster;
+use xapi_stream::devkit::redis_server::RedisServer;
+use xapi_stream::devkit::sim::{Sim, SimConfig, sign_webhook};
 
 use crate::utils::*;
 
@@ -176,7 +176,7 @@ async fn suite(backend: Backend) {
         ..Default::default()
     })
     .await;
-    let mut env = xapi_stream::devenv::engine_env(&sim, &backend.url(), &prefix);
+    let mut env = xapi_stream::devkit::devenv::engine_env(&sim, &backend.url(), &prefix);
     for (k, v) in [
         ("INTEGRATION__INGEST", "both"),
         ("SCALING__LEASE_TTL_SECS", "6"),
@@ -762,7 +762,7 @@ async fn a_fenced_off_lease_holder_cannot_overwrite_token_state() {
     engine.shutdown().await; // releases its lease
     let org = sim.org(0).org_id;
 
-    let cfg = xapi_stream::devenv::engine_config(&sim, &redis.url(), &prefix, &[]).unwrap();
+    let cfg = xapi_stream::devkit::devenv::engine_config(&sim, &redis.url(), &prefix, &[]).unwrap();
     let store = Store::new(&cfg.redis, actors::telemetry::Metrics::new()).unwrap();
     assert!(store.connect(std::future::pending()).await);
     let leases = Leases::new(store.clone());

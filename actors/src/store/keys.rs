@@ -28,6 +28,12 @@ impl Keys {
         format!("{}:{{{org}}}:events", self.prefix)
     }
 
+    /// `<p>:{*}:<kind>` — a `SCAN MATCH` pattern of every organization's `kind` stream
+    /// (`status` or `events`).
+    pub fn streams_pattern(&self, kind: &str) -> String {
+        format!("{}:{{*}}:{kind}", self.prefix)
+    }
+
     /// `<p>:{<org>}:state:<deviceId>` — current status values of one device.
     pub fn device_state(&self, org: &str, device: &str) -> String {
         format!("{}:{{{org}}}:state:{device}", self.prefix)

@@ -8,11 +8,11 @@ use std::sync::OnceLock;
 
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
-use xapi_stream::devenv::ADMIN_TOKEN;
+use xapi_stream::devkit::devenv::ADMIN_TOKEN;
 
+use xapi_stream::devkit::redis_server::RedisServer;
+use xapi_stream::devkit::sim::{Sim, SimConfig};
 use xapi_stream::engine::{self, RunningEngine};
-use xapi_stream::redis_server::RedisServer;
-use xapi_stream::sim::{Sim, SimConfig};
 
 /// One redis-server per test binary for tests that do not disturb Redis. It dies with the
 /// test process (see `redis_server::spawn_tied_to_process`).
@@ -45,7 +45,7 @@ pub async fn start_engine(
     prefix: &str,
     extra: &[(&str, &str)],
 ) -> RunningEngine {
-    let cfg = xapi_stream::devenv::engine_config(sim, redis_url, prefix, extra)
+    let cfg = xapi_stream::devkit::devenv::engine_config(sim, redis_url, prefix, extra)
         .expect("test configuration is valid");
     if std::env::var_os("RUST_LOG").is_some() {
         // Engine logs in test output when asked for: RUST_LOG=debug cargo nextest run …

@@ -3,7 +3,7 @@
 //! a red CI run leaves the evidence behind.
 use std::process::{Child, Command, Stdio};
 
-use xapi_stream::redis_server::free_port;
+use xapi_stream::devkit::redis_server::free_port;
 
 /// Lines of a failed test's replica log printed to the test output.
 const TAIL_ON_FAILURE: usize = 60;

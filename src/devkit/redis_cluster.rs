@@ -7,7 +7,7 @@
 //! [`restart`](RedisServer::restart) (the node keeps its id and slots).
 use std::time::{Duration, Instant};
 
-use crate::redis_server::{RedisServer, RedisServerError};
+use crate::devkit::redis_server::{RedisServer, RedisServerError};
 
 /// The Redis Cluster slot of `key`: CRC16-XMODEM of its hash tag (the bytes between the first `{`
 /// and the first `}` after it, when non-empty) or of the whole key, modulo 16384. The same function

@@ -3,12 +3,16 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use actors::store::keys::Keys;
 use clap::Args;
 
-use crate::devenv;
+use crate::devkit::devenv;
+use crate::devkit::redis_server::RedisServer;
+use crate::devkit::sim::{Sim, SimConfig};
 use crate::engine;
-use crate::redis_server::RedisServer;
-use crate::sim::{Sim, SimConfig};
+
+/// The demo's `redis.key_prefix`.
+const PREFIX: &str = "demo";
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
@@ -72,10 +76,11 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         args.devices
     ));
 
+    let keys = Keys::new(PREFIX);
     let cfg = devenv::engine_config(
         &sim,
         &redis.url(),
-        "demo",
+        PREFIX,
         &[("INTEGRATION__INGEST", "both"), ("LOG__LEVEL", "info")],
     )?;
     let engine = engine::start(cfg).await?;
@@ -180,8 +185,8 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
                 let mut status = 0u64;
                 let mut events = 0u64;
                 for org in sim.orgs() {
-                    let s: u64 = redis::cmd("XLEN").arg(format!("demo:{{{}}}:status", org.org_id)).query_async(&mut conn).await?;
-                    let e: u64 = redis::cmd("XLEN").arg(format!("demo:{{{}}}:events", org.org_id)).query_async(&mut conn).await?;
+                    let s: u64 = redis::cmd("XLEN").arg(keys.status_stream(&org.org_id)).query_async(&mut conn).await?;
+                    let e: u64 = redis::cmd("XLEN").arg(keys.events_stream(&org.org_id)).query_async(&mut conn).await?;
                     status += s;
                     events += e;
                 }
@@ -197,7 +202,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     }
     let org = sim.org(0);
     let last: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
-        .arg(format!("demo:{{{}}}:status", org.org_id))
+        .arg(keys.status_stream(&org.org_id))
         .arg("+")
         .arg("-")
         .arg("COUNT")
@@ -215,27 +220,32 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
                 )
             })
             .collect();
-        p.step(format!("latest entry of demo:{{{}}}:status:", org.name));
+        p.step(format!(
+            "latest entry of {}'s {}:",
+            org.name,
+            keys.status_stream(&org.org_id)
+        ));
         println!("    {}", fields.join("  "));
     }
     p.step(format!(
-        "read them yourself: redis-cli -p {} XRANGE 'demo:{{{}}}:status' - + COUNT 5",
+        "read them yourself: redis-cli -p {} XRANGE '{}' - + COUNT 5",
         redis.port(),
-        org.org_id
+        keys.status_stream(&org.org_id)
     ));
 
     // The device API: the inventory downstream joins on, and a command sent through Redis.
     let devices: u64 = redis::cmd("HLEN")
-        .arg(format!("demo:{{{}}}:devices", org.org_id))
+        .arg(keys.devices(&org.org_id))
         .query_async(&mut conn)
         .await?;
     p.step(format!(
-        "inventory of {}: {devices} devices in demo:{{…}}:devices (id → name, product, workspace)",
-        org.name
+        "inventory of {}: {devices} devices in {} (id → name, product, workspace)",
+        org.name,
+        keys.devices(&org.org_id)
     ));
     let device = &org.devices[0];
     let _: String = redis::cmd("XADD")
-        .arg(format!("demo:{{{}}}:commands", org.org_id))
+        .arg(keys.commands_stream(&org.org_id))
         .arg("*")
         .arg(&[
             "id",
@@ -249,13 +259,14 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         .query_async(&mut conn)
         .await?;
     p.step(format!(
-        "wrote a Message.Send request for {} to demo:{{…}}:commands",
-        device.name
+        "wrote a Message.Send request for {} to {}",
+        device.name,
+        keys.commands_stream(&org.org_id)
     ));
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let results: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg(format!("demo:{{{}}}:command_results", org.org_id))
+            .arg(keys.command_results(&org.org_id))
             .arg("-")
             .arg("+")
             .query_async(&mut conn)

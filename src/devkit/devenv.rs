@@ -3,7 +3,7 @@
 use base64::Engine as _;
 
 use crate::config::{self, Config, LoadError};
-use crate::sim::Sim;
+use crate::devkit::sim::Sim;
 
 /// Admin bearer token used by the local environment.
 pub const ADMIN_TOKEN: &str = "dev-admin-token";
@@ -15,7 +15,7 @@ pub fn engine_env(sim: &Sim, redis_url: &str, prefix: &str) -> Vec<(String, Stri
     let cfg = sim.config();
     let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
     // A known port, so public_url (where the simulator sends webhooks) is right from the start.
-    let port = crate::redis_server::free_port().expect("a free loopback port");
+    let port = crate::devkit::redis_server::free_port().expect("a free loopback port");
     let mut env: Vec<(String, String)> = [
         ("SERVER__BIND", format!("127.0.0.1:{port}")),
         ("SERVER__PUBLIC_URL", format!("http://127.0.0.1:{port}")),
