@@ -8,6 +8,7 @@
 //!   make bench            (or: cargo build --release --bins && target/release/xapi-bench)
 //!   target/release/xapi-bench [--seconds 10] [--connections 64] [--rounds 3] [--tenants 1]
 //!                             [--bodies 400000] [--no-peer] [--no-open-loop]
+//!                             [--wait-replicas N]   (Redis gets N replicas, `redis.wait_replicas = N`)
 use std::io::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -228,6 +229,7 @@ struct Opts {
     bodies: usize,
     peer: bool,
     open_loop: bool,
+    wait_replicas: u32,
 }
 
 /// Starts the Node peer from `../shared/peers/node-receiver` (copied to a scratch folder,
@@ -291,6 +293,7 @@ async fn main() -> anyhow::Result<()> {
         bodies: arg("--bodies", 400_000),
         peer: !std::env::args().any(|a| a == "--no-peer"),
         open_loop: !std::env::args().any(|a| a == "--no-open-loop"),
+        wait_replicas: arg("--wait-replicas", 0),
     };
     anyhow::ensure!(
         std::process::Command::new("wrk")
@@ -307,6 +310,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let redis = RedisServer::start()?;
     let rpid = redis_pid(&redis);
+    let followers = start_followers(&redis, opts.wait_replicas)?;
     let sim = Sim::start(
         SimConfig {
             orgs: opts.tenants,
@@ -316,7 +320,17 @@ async fn main() -> anyhow::Result<()> {
         "127.0.0.1:0".parse()?,
     )
     .await?;
-    let env = xapi_stream::devkit::devenv::engine_env(&sim, &redis.url(), "bench");
+    let mut env = xapi_stream::devkit::devenv::engine_env(&sim, &redis.url(), "bench");
+    if opts.wait_replicas > 0 {
+        println!(
+            "every 200 waits for {} Redis replica(s) (redis.wait_replicas)",
+            opts.wait_replicas
+        );
+        env.push((
+            "XAPI_STREAM__REDIS__WAIT_REPLICAS".into(),
+            opts.wait_replicas.to_string(),
+        ));
+    }
     let (mut engine, base) = spawn_engine(&env, "bench").await?;
     let http = reqwest::Client::new();
     let started = Instant::now();
@@ -468,65 +482,51 @@ async fn main() -> anyhow::Result<()> {
     }
     let _ = engine.wait();
     let _ = reference.wait();
+    drop(followers);
     sim.shutdown().await;
     Ok(())
 }
 
-/// Open loop at `rate`/s for `secs` against the engine, latency counted from each request's
-/// scheduled send time (no coordinated omission); (achieved/s, sorted latencies ms, errors).
+/// `n` replicas of `master`, in sync.
+fn start_followers(master: &RedisServer, n: u32) -> anyhow::Result<Vec<RedisServer>> {
+    let port = master.port().to_string();
+    let followers: Vec<RedisServer> = (0..n)
+        .map(|_| RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]))
+        .collect::<Result<_, _>>()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for f in &followers {
+        loop {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query(&mut f.client().get_connection()?)?;
+            if info.contains("master_link_status:up") {
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "a Redis replica did not sync");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(followers)
+}
+
+/// Open loop at `rate`/s for `secs` against the engine (fresh bodies; see `common::open_loop`).
 async fn open_loop(t: &Target, rate: f64, secs: f64, app: &str) -> (f64, Vec<f64>, usize) {
     let n = (rate * secs) as usize;
-    let dir = std::env::temp_dir();
-    let file = bodies(t, n.max(1), "open", app, &dir);
-    let lines: Vec<(String, String, Vec<u8>)> = std::fs::read_to_string(&file)
+    let file = bodies(t, n.max(1), "open", app, &std::env::temp_dir());
+    let base = format!("http://127.0.0.1:{}", t.port);
+    let reqs: Vec<Req> = std::fs::read_to_string(&file)
         .unwrap_or_default()
         .lines()
         .filter_map(|l| {
             let mut p = l.splitn(3, '\t');
+            let (path, sig, body) = (p.next()?, p.next()?, p.next()?);
             Some((
-                p.next()?.to_string(),
-                p.next()?.to_string(),
-                p.next()?.as_bytes().to_vec(),
+                Arc::from(format!("{base}{path}")),
+                body.as_bytes().to_vec(),
+                sig.to_string(),
             ))
         })
         .collect();
     let _ = std::fs::remove_file(&file);
-    let lines = Arc::new(lines);
-    let http = reqwest::Client::builder()
-        .http1_only()
-        .pool_max_idle_per_host(512)
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("client");
-    let base = format!("http://127.0.0.1:{}", t.port);
-    let start = tokio::time::Instant::now();
-    let mut tasks = Vec::with_capacity(n);
-    for k in 0..lines.len() {
-        let at = start + Duration::from_secs_f64(k as f64 / rate);
-        tokio::time::sleep_until(at).await;
-        let (http, lines, base) = (http.clone(), lines.clone(), base.clone());
-        tasks.push(tokio::spawn(async move {
-            let (path, sig, body) = &lines[k];
-            let r = http
-                .post(format!("{base}{path}"))
-                .header("X-Spark-Signature", sig)
-                .header("Content-Type", "application/json")
-                .body(body.clone())
-                .send()
-                .await;
-            let ok = matches!(r, Ok(ref r) if r.status().is_success());
-            (ok, at.elapsed().as_secs_f64() * 1000.0)
-        }));
-    }
-    let mut lat = Vec::with_capacity(n);
-    let mut errors = 0;
-    for task in tasks {
-        match task.await {
-            Ok((true, ms)) => lat.push(ms),
-            _ => errors += 1,
-        }
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    lat.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
-    (lat.len() as f64 / elapsed, lat, errors)
+    common::open_loop(Arc::new(reqs), rate, secs).await
 }

@@ -1,6 +1,7 @@
 //! Pieces the benchmark tools share: the sibling binaries, an engine process, `/proc` CPU.
 #![allow(dead_code)]
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use xapi_stream::devkit::redis_server::free_port;
@@ -100,4 +101,58 @@ pub fn pct(sorted: &[f64], p: f64) -> f64 {
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
     pct(&v, 0.5)
+}
+
+/// A signed request: (url, body, signature).
+pub type Req = (Arc<str>, Vec<u8>, String);
+
+/// An HTTP/1 client keeping up to `connections` connections.
+pub fn client(connections: usize) -> reqwest::Client {
+    reqwest::Client::builder()
+        .http1_only()
+        .pool_max_idle_per_host(connections)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client")
+}
+
+/// Closed loop: `connections` workers send back to back for `secs`; returns (ok/s, errors).
+/// Open loop at `rate`/s for `secs`: latency from the scheduled send time.
+pub async fn open_loop(reqs: Arc<Vec<Req>>, rate: f64, secs: f64) -> (f64, Vec<f64>, usize) {
+    let http = client(512);
+    let n = ((rate * secs) as usize).min(reqs.len());
+    let start = tokio::time::Instant::now();
+    let mut tasks = Vec::with_capacity(n);
+    for k in 0..n {
+        let at = start + Duration::from_secs_f64(k as f64 / rate);
+        tokio::time::sleep_until(at).await;
+        let (http, reqs) = (http.clone(), reqs.clone());
+        tasks.push(tokio::spawn(async move {
+            let ok = send(&http, &reqs[k]).await;
+            (ok, at.elapsed().as_secs_f64() * 1000.0)
+        }));
+    }
+    let mut lat = Vec::with_capacity(n);
+    let mut errors = 0;
+    for t in tasks {
+        let (ok, ms) = t.await.expect("task");
+        if ok {
+            lat.push(ms);
+        } else {
+            errors += 1;
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    lat.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+    (lat.len() as f64 / elapsed, lat, errors)
+}
+
+/// Sends one signed request; true when answered 2xx.
+pub async fn send(http: &reqwest::Client, (url, body, sig): &Req) -> bool {
+    http.post(&**url)
+        .header("X-Spark-Signature", sig)
+        .body(body.clone())
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
 }

@@ -211,6 +211,21 @@ impl TenantShared {
 
     /// Records a failure with a fresh trackingId (also in the log line); returns the id.
     pub async fn fail(&self, state: Option<ProvisioningState>, description: String) -> TrackingId {
+        self.record_error(description, |r| {
+            if let Some(s) = state {
+                r.provisioning_state = s;
+            }
+        })
+        .await
+    }
+
+    /// Stores `description` as the tenant's `last_error` with a fresh trackingId (also in the
+    /// log line), together with `change`; returns the id.
+    async fn record_error(
+        &self,
+        description: String,
+        change: impl Fn(&mut TenantRecord),
+    ) -> TrackingId {
         let tracking = TrackingId::new();
         tracing::error!(trackingId = %tracking, tenant = %self.tenant_id, %description, "tenant error");
         let err = LastError {
@@ -220,14 +235,12 @@ impl TenantShared {
         };
         if let Err(e) = self
             .update(|r| {
-                if let Some(s) = state {
-                    r.provisioning_state = s;
-                }
+                change(r);
                 r.last_error = Some(err.clone());
             })
             .await
         {
-            tracing::error!(trackingId = %tracking, error = %e, "could not store the tenant error");
+            tracing::error!(trackingId = %tracking, tenant = %self.tenant_id, error = %e, "could not store the tenant error");
         }
         tracking
     }
@@ -396,22 +409,8 @@ impl TenantShared {
         let description = format!(
             "{reason}. The customer's admin must provide a new refresh token (an update action, or activate again)."
         );
-        let tracking = TrackingId::new();
-        tracing::error!(trackingId = %tracking, tenant = %self.tenant_id, %description, "tenant tokens invalid");
-        let err = LastError {
-            tracking_id: tracking.to_string(),
-            description,
-            at: Utc::now(),
-        };
-        if let Err(e) = self
-            .update(|r| {
-                r.tokens_state = next;
-                r.last_error = Some(err.clone());
-            })
-            .await
-        {
-            tracing::warn!(trackingId = %tracking, tenant = %self.tenant_id, error = %e, "tokens_state not stored");
-        }
+        self.record_error(description, |r| r.tokens_state = next)
+            .await;
         self.deps.metrics.token_refresh("invalid");
         self.lifecycle_because("tokens_invalid", Some(&reason))
             .await;

@@ -491,26 +491,23 @@ impl Sim {
             .push(SigningKey::generate());
     }
 
-    pub fn current_kid(&self) -> String {
-        self.inner
+    /// `f` of the newest signing key.
+    fn current_key<T>(&self, f: impl FnOnce(&SigningKey) -> T) -> T {
+        f(self
+            .inner
             .keys
             .lock()
             .expect("keys lock")
             .last()
-            .expect("a key")
-            .kid
-            .clone()
+            .expect("a key"))
+    }
+
+    pub fn current_kid(&self) -> String {
+        self.current_key(|k| k.kid.clone())
     }
 
     pub fn public_key_pem(&self) -> String {
-        self.inner
-            .keys
-            .lock()
-            .expect("keys lock")
-            .last()
-            .expect("a key")
-            .public_pem
-            .clone()
+        self.current_key(|k| k.public_pem.clone())
     }
 
     fn jwks(&self) -> Value {
