@@ -9,9 +9,8 @@ use crate::utils::*;
 
 #[actix_web::test]
 async fn health_check_reports_valid_invalid_and_unknown() {
-    let redis = shared_redis();
-    let sim = start_sim(SimConfig::default()).await;
-    let engine = start_engine(&sim, &redis.url(), &unique_prefix(), &[]).await;
+    let TestEnv { redis, prefix, sim } = TestEnv::start(SimConfig::default()).await;
+    let engine = start_engine(&sim, &redis.url(), &prefix, &[]).await;
     let base = engine.base_url();
     let id = activate_org(&sim, &base, 0).await;
 
@@ -65,9 +64,8 @@ async fn health_check_reports_valid_invalid_and_unknown() {
 
 #[actix_web::test]
 async fn bad_action_tokens_are_rejected_and_change_nothing() {
-    let redis = shared_redis();
-    let sim = start_sim(SimConfig::default()).await;
-    let engine = start_engine(&sim, &redis.url(), &unique_prefix(), &[]).await;
+    let TestEnv { redis, prefix, sim } = TestEnv::start(SimConfig::default()).await;
+    let engine = start_engine(&sim, &redis.url(), &prefix, &[]).await;
     let base = engine.base_url();
     let id = activate_org(&sim, &base, 0).await;
     let six_min_ago = chrono::Utc::now().timestamp() - 360;
@@ -122,9 +120,7 @@ async fn bad_action_tokens_are_rejected_and_change_nothing() {
 
 #[actix_web::test]
 async fn update_approved_stores_the_new_grant() {
-    let redis = shared_redis();
-    let prefix = unique_prefix();
-    let sim = start_sim(SimConfig::default()).await;
+    let TestEnv { redis, prefix, sim } = TestEnv::start(SimConfig::default()).await;
     let engine = start_engine(&sim, &redis.url(), &prefix, &[]).await;
     let base = engine.base_url();
     let id = activate_org(&sim, &base, 0).await;
@@ -164,9 +160,7 @@ async fn update_approved_stores_the_new_grant() {
 
 #[actix_web::test]
 async fn deprovision_stops_everything_answers_410_and_forgets_secrets() {
-    let redis = shared_redis();
-    let prefix = unique_prefix();
-    let sim = start_sim(SimConfig {
+    let TestEnv { redis, prefix, sim } = TestEnv::start(SimConfig {
         access_token_ttl: Duration::from_secs(3),
         poll_wait: Duration::from_millis(300),
         ..Default::default()
@@ -279,12 +273,11 @@ async fn deprovision_stops_everything_answers_410_and_forgets_secrets() {
 
 #[actix_web::test]
 async fn app_url_gone_on_reconciliation_cleans_the_tenant_up() {
-    let redis = shared_redis();
-    let sim = start_sim(SimConfig::default()).await;
+    let TestEnv { redis, prefix, sim } = TestEnv::start(SimConfig::default()).await;
     let engine = start_engine(
         &sim,
         &redis.url(),
-        &unique_prefix(),
+        &prefix,
         &[("ACTIVATION__RECONCILE_INTERVAL_SECS", "0.2")],
     )
     .await;
@@ -312,9 +305,7 @@ async fn app_url_gone_on_reconciliation_cleans_the_tenant_up() {
 
 #[actix_web::test]
 async fn update_moves_tokens_and_polling_to_the_new_app_url() {
-    let redis = shared_redis();
-    let prefix = unique_prefix();
-    let sim = start_sim(SimConfig {
+    let TestEnv { redis, prefix, sim } = TestEnv::start(SimConfig {
         poll_wait: Duration::from_millis(200),
         ..Default::default()
     })

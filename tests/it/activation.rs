@@ -6,7 +6,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use serde_json::{Value, json};
 use xapi_stream::devkit::devenv::ADMIN_TOKEN;
-use xapi_stream::devkit::sim::{Sim, SimConfig};
+use xapi_stream::devkit::sim::SimConfig;
 
 use crate::utils::*;
 
@@ -63,9 +63,7 @@ fn tamper(jwt: &str, f: impl FnOnce(&mut Value)) -> String {
 
 #[actix_web::test]
 async fn every_bad_token_is_rejected_counted_and_stores_nothing() {
-    let redis = shared_redis();
-    let prefix = unique_prefix();
-    let sim = start_sim(SimConfig::default()).await;
+    let TestEnv { redis, prefix, sim } = TestEnv::start(SimConfig::default()).await;
     let engine = start_engine(
         &sim,
         &redis.url(),
@@ -176,8 +174,7 @@ async fn every_bad_token_is_rejected_counted_and_stores_nothing() {
 
 #[actix_web::test]
 async fn unknown_regions_fall_back_to_the_default_and_gov_urls() {
-    let redis = shared_redis();
-    let sim = start_sim(SimConfig::default()).await;
+    let TestEnv { redis, prefix, sim } = TestEnv::start(SimConfig::default()).await;
     // Only the fallback targets point at the simulator: any other choice fails to verify.
     let dead = "http://127.0.0.1:9/jwks";
     let us_east = sim.jwks_url("us-east-2_a");
@@ -189,7 +186,7 @@ async fn unknown_regions_fall_back_to_the_default_and_gov_urls() {
         ("WEBEX__JWKS__us-east-2_a", us_east.as_str()),
         ("WEBEX__JWKS__us-gov-west-1_a1", dead),
     ];
-    let engine = start_engine(&sim, &redis.url(), &unique_prefix(), &overrides).await;
+    let engine = start_engine(&sim, &redis.url(), &prefix, &overrides).await;
     let mut claims = sim.activation_claims(0);
     claims["region"] = json!("xx-north-9_z");
     let (got, body) = admin_activate(&engine.base_url(), &sim.sign_claims(&claims, None)).await;
@@ -226,8 +223,7 @@ async fn unknown_regions_fall_back_to_the_default_and_gov_urls() {
 #[actix_web::test]
 async fn a_hundred_tenants_activate_concurrently_with_one_patch_each() {
     const N: usize = 100;
-    let redis = shared_redis();
-    let sim = start_sim(SimConfig {
+    let TestEnv { redis, prefix, sim } = TestEnv::start(SimConfig {
         orgs: N,
         devices_per_org: 1,
         poll_wait: Duration::from_secs(1),
@@ -237,7 +233,7 @@ async fn a_hundred_tenants_activate_concurrently_with_one_patch_each() {
     let engine = start_engine(
         &sim,
         &redis.url(),
-        &unique_prefix(),
+        &prefix,
         &[("INTEGRATION__INGEST", "both")],
     )
     .await;
@@ -313,9 +309,8 @@ async fn a_hundred_tenants_activate_concurrently_with_one_patch_each() {
 
 #[actix_web::test]
 async fn https_provisioning_goes_through_the_setup_page() {
-    let redis = shared_redis();
-    let sim = start_sim(SimConfig::default()).await;
-    let engine = start_engine(&sim, &redis.url(), &unique_prefix(), &[]).await;
+    let TestEnv { redis, prefix, sim } = TestEnv::start(SimConfig::default()).await;
+    let engine = start_engine(&sim, &redis.url(), &prefix, &[]).await;
     let base = engine.base_url();
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -393,12 +388,11 @@ async fn https_provisioning_goes_through_the_setup_page() {
 
 #[actix_web::test]
 async fn auto_complete_starts_at_once_and_failures_show_a_tracking_id() {
-    let redis = shared_redis();
-    let sim = start_sim(SimConfig::default()).await;
+    let TestEnv { redis, prefix, sim } = TestEnv::start(SimConfig::default()).await;
     let engine = start_engine(
         &sim,
         &redis.url(),
-        &unique_prefix(),
+        &prefix,
         &[("ACTIVATION__AUTO_COMPLETE", "true")],
     )
     .await;
@@ -439,8 +433,7 @@ async fn auto_complete_starts_at_once_and_failures_show_a_tracking_id() {
 
 #[actix_web::test]
 async fn short_lived_tokens_are_always_fresh_and_refresh_tokens_never_reused() {
-    let redis = shared_redis();
-    let sim = start_sim(SimConfig {
+    let TestEnv { redis, prefix, sim } = TestEnv::start(SimConfig {
         orgs: 5,
         access_token_ttl: Duration::from_secs(3),
         ..Default::default()
@@ -450,7 +443,7 @@ async fn short_lived_tokens_are_always_fresh_and_refresh_tokens_never_reused() {
     let engine = start_engine(
         &sim,
         &redis.url(),
-        &unique_prefix(),
+        &prefix,
         &[("ACTIVATION__RECONCILE_INTERVAL_SECS", "0.2")],
     )
     .await;
@@ -488,9 +481,7 @@ async fn short_lived_tokens_are_always_fresh_and_refresh_tokens_never_reused() {
 
 #[actix_web::test]
 async fn a_rejected_refresh_token_marks_the_tenant_invalid() {
-    let redis = shared_redis();
-    let prefix = unique_prefix();
-    let sim = start_sim(SimConfig {
+    let TestEnv { redis, prefix, sim } = TestEnv::start(SimConfig {
         access_token_ttl: Duration::from_secs(2),
         ..Default::default()
     })
@@ -522,14 +513,12 @@ async fn a_rejected_refresh_token_marks_the_tenant_invalid() {
 
 #[actix_web::test]
 async fn killed_engine_resumes_every_tenant_and_redis_holds_no_plain_secret() {
-    let redis = shared_redis();
-    let prefix = unique_prefix();
     // 4-s tokens refresh every 2–2.7 s. A SIGKILL *between* an exchange's response and the CAS
     // write of the rotated refresh token loses that token: inherent to rotating refresh tokens
     // (documented in ARCHITECTURE.md, reported as a crash loss, tested in failover.rs) and not
     // what this test is about. So the kill comes while the token endpoint refuses (503) and
     // no exchange is outstanding (no `exchange_intent` left in any tenant's hash).
-    let sim: Sim = start_sim(SimConfig {
+    let TestEnv { redis, prefix, sim } = TestEnv::start(SimConfig {
         orgs: 4,
         access_token_ttl: Duration::from_secs(4),
         ..Default::default()
@@ -653,8 +642,7 @@ async fn killed_engine_resumes_every_tenant_and_redis_holds_no_plain_secret() {
 
 #[actix_web::test]
 async fn a_token_endpoint_outage_is_retried_with_backoff_and_recovers() {
-    let redis = shared_redis();
-    let sim = start_sim(SimConfig {
+    let TestEnv { redis, prefix, sim } = TestEnv::start(SimConfig {
         access_token_ttl: Duration::from_secs(2),
         ..Default::default()
     })
@@ -662,7 +650,7 @@ async fn a_token_endpoint_outage_is_retried_with_backoff_and_recovers() {
     let engine = start_engine(
         &sim,
         &redis.url(),
-        &unique_prefix(),
+        &prefix,
         &[("ACTIVATION__RECONCILE_INTERVAL_SECS", "0.3")],
     )
     .await;

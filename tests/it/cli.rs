@@ -207,9 +207,9 @@ fn tail_reads_with_a_consumer_group_and_acks() {
 
 #[actix_web::test]
 async fn activate_command_sends_the_jwt_to_a_running_engine() {
-    let redis = shared_redis();
-    let sim = start_sim(xapi_stream::devkit::sim::SimConfig::default()).await;
-    let engine = start_engine(&sim, &redis.url(), &unique_prefix(), &[]).await;
+    let TestEnv { redis, prefix, sim } =
+        TestEnv::start(xapi_stream::devkit::sim::SimConfig::default()).await;
+    let engine = start_engine(&sim, &redis.url(), &prefix, &[]).await;
     let jwt_file = write_config(&sim.activation_jwt(0));
     let out = tokio::process::Command::new(BIN)
         .args(["activate", "--url", &engine.base_url(), "--jwt-file"])
@@ -252,9 +252,9 @@ async fn activate_command_sends_the_jwt_to_a_running_engine() {
 
 #[actix_web::test]
 async fn manifest_request_update_patches_the_app_url() {
-    let redis = shared_redis();
-    let sim = start_sim(xapi_stream::devkit::sim::SimConfig::default()).await;
-    let engine = start_engine(&sim, &redis.url(), &unique_prefix(), &[]).await;
+    let TestEnv { redis, prefix, sim } =
+        TestEnv::start(xapi_stream::devkit::sim::SimConfig::default()).await;
+    let engine = start_engine(&sim, &redis.url(), &prefix, &[]).await;
     let base = engine.base_url();
     let id = activate_org(&sim, &base, 0).await;
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/manifest.example.json");

@@ -124,9 +124,7 @@ async fn one_org(
     devices: usize,
     extra: &[(&str, &str)],
 ) -> (Sim, xapi_stream::engine::RunningEngine, String, String) {
-    let redis = shared_redis();
-    let prefix = unique_prefix();
-    let sim = start_sim(SimConfig {
+    let TestEnv { redis, prefix, sim } = TestEnv::start(SimConfig {
         orgs: 1,
         devices_per_org: devices,
         ..Default::default()
@@ -140,9 +138,7 @@ async fn one_org(
 
 #[actix_web::test]
 async fn inventory_of_three_tenants_lands_and_follows_rename_and_removal() {
-    let redis = shared_redis();
-    let prefix = unique_prefix();
-    let sim = start_sim(SimConfig {
+    let TestEnv { redis, prefix, sim } = TestEnv::start(SimConfig {
         orgs: 3,
         devices_per_org: 200,
         ..Default::default()
@@ -724,9 +720,7 @@ async fn admin_routes_query_status_run_commands_and_patch_configurations() {
 
 #[actix_web::test]
 async fn entries_left_by_a_dead_consumer_are_claimed_and_never_sent_twice() {
-    let redis = shared_redis();
-    let prefix = unique_prefix();
-    let sim = start_sim(SimConfig {
+    let TestEnv { redis, prefix, sim } = TestEnv::start(SimConfig {
         orgs: 1,
         devices_per_org: 2,
         ..Default::default()

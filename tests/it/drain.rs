@@ -21,9 +21,7 @@ async fn sigterm_under_load_loses_nothing_accepted_and_exits_zero_within_grace()
     const TENANTS: usize = 4;
     const N: usize = 6000;
     const QUEUED: usize = 200;
-    let redis = shared_redis();
-    let prefix = unique_prefix();
-    let sim = start_sim(SimConfig {
+    let TestEnv { redis, prefix, sim } = TestEnv::start(SimConfig {
         orgs: TENANTS,
         devices_per_org: 1,
         poll_wait: Duration::from_secs(1),

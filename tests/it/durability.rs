@@ -90,10 +90,8 @@ fn start_traffic(
 #[actix_web::test]
 async fn ingest_both_through_a_kill_9_writes_every_message_exactly_once() {
     const ORGS: usize = 4;
-    let redis = own_redis();
-    let prefix = unique_prefix();
     // Long-polls wait 2 s: at the kill, every queue has a poll of the dead engine pending.
-    let sim = start_sim(SimConfig {
+    let TestEnv { redis, prefix, sim } = TestEnv::own(SimConfig {
         orgs: ORGS,
         devices_per_org: 1,
         poll_wait: Duration::from_secs(2),

@@ -7,9 +7,8 @@ use crate::utils::*;
 
 #[actix_web::test]
 async fn probes_and_metrics_answer() {
-    let redis = shared_redis();
-    let sim = start_sim(SimConfig::default()).await;
-    let engine = start_engine(&sim, &redis.url(), &unique_prefix(), &[]).await;
+    let TestEnv { redis, prefix, sim } = TestEnv::start(SimConfig::default()).await;
+    let engine = start_engine(&sim, &redis.url(), &prefix, &[]).await;
     let http = reqwest::Client::new();
     let base = engine.base_url();
 
@@ -49,9 +48,12 @@ async fn probes_and_metrics_answer() {
 
 #[actix_web::test]
 async fn readiness_follows_redis_within_a_bound() {
-    let mut redis = own_redis();
-    let sim = start_sim(SimConfig::default()).await;
-    let engine = start_engine(&sim, &redis.url(), &unique_prefix(), &[]).await;
+    let TestEnv {
+        mut redis,
+        prefix,
+        sim,
+    } = TestEnv::own(SimConfig::default()).await;
+    let engine = start_engine(&sim, &redis.url(), &prefix, &[]).await;
     let http = reqwest::Client::new();
     let url = format!("{}/readyz", engine.base_url());
 

@@ -81,11 +81,9 @@ fn tokens_invalid_entries(redis: &RedisServer, prefix: &str) -> Vec<(String, Str
 #[actix_web::test]
 async fn a_kill_inside_a_token_exchange_costs_that_tenant_only_and_says_why() {
     const TENANTS: usize = 24;
-    let redis = own_redis();
-    let prefix = unique_prefix();
     // Two-hour tokens: no exchange happens unless the test causes one, so exactly one is in
     // flight when the replica dies.
-    let sim = start_sim(SimConfig {
+    let TestEnv { redis, prefix, sim } = TestEnv::own(SimConfig {
         orgs: TENANTS,
         devices_per_org: 1,
         poll_wait: Duration::from_secs(1),
@@ -217,9 +215,7 @@ async fn a_kill_inside_a_token_exchange_costs_that_tenant_only_and_says_why() {
 /// process exits 0, so the next engine exchanges it without a refusal.
 #[actix_web::test]
 async fn a_drain_lets_a_token_exchange_in_flight_store_its_result() {
-    let redis = own_redis();
-    let prefix = unique_prefix();
-    let sim = start_sim(SimConfig {
+    let TestEnv { redis, prefix, sim } = TestEnv::own(SimConfig {
         orgs: 1,
         devices_per_org: 1,
         poll_wait: Duration::from_secs(1),

@@ -79,9 +79,11 @@ async fn webhooks(base: &str, result: &str) -> f64 {
 
 #[actix_web::test]
 async fn seed_payloads_become_exactly_the_contract_records() {
-    let redis = shared_redis();
-    let p = unique_prefix();
-    let sim = start_sim(SimConfig::default()).await;
+    let TestEnv {
+        redis,
+        prefix: p,
+        sim,
+    } = TestEnv::start(SimConfig::default()).await;
     let engine = start_engine(&sim, &redis.url(), &p, &[]).await;
     let base = engine.base_url();
     let (tenant, secret) = activate(&sim, &base, 0).await;
@@ -270,9 +272,11 @@ async fn seed_payloads_become_exactly_the_contract_records() {
 
 #[actix_web::test]
 async fn every_reject_path_is_answered_counted_and_writes_nothing() {
-    let redis = shared_redis();
-    let p = unique_prefix();
-    let sim = start_sim(SimConfig::default()).await;
+    let TestEnv {
+        redis,
+        prefix: p,
+        sim,
+    } = TestEnv::start(SimConfig::default()).await;
     let engine = start_engine(
         &sim,
         &redis.url(),
@@ -520,9 +524,11 @@ async fn redis_paused_then_killed_under_20000_webhooks_loses_and_doubles_nothing
 async fn queues_of_50_tenants_drain_5000_messages_without_loss_or_duplicates() {
     const TENANTS: usize = 50;
     const PER_TENANT: usize = 100;
-    let redis = shared_redis();
-    let p = unique_prefix();
-    let sim = start_sim(SimConfig {
+    let TestEnv {
+        redis,
+        prefix: p,
+        sim,
+    } = TestEnv::start(SimConfig {
         orgs: TENANTS,
         devices_per_org: 3,
         poll_wait: Duration::from_secs(2),
@@ -641,9 +647,8 @@ async fn queues_of_50_tenants_drain_5000_messages_without_loss_or_duplicates() {
 
 #[actix_web::test]
 async fn after_a_secret_rotation_old_and_new_secrets_both_verify() {
-    let redis = shared_redis();
-    let sim = start_sim(SimConfig::default()).await;
-    let engine = start_engine(&sim, &redis.url(), &unique_prefix(), &[]).await;
+    let TestEnv { redis, prefix, sim } = TestEnv::start(SimConfig::default()).await;
+    let engine = start_engine(&sim, &redis.url(), &prefix, &[]).await;
     let base = engine.base_url();
     let (tenant, old) = activate(&sim, &base, 0).await;
     // Re-activation PATCHes a fresh secret.

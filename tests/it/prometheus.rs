@@ -74,8 +74,7 @@ fn dashboard_exprs(dashboard: &Value) -> Vec<String> {
 
 #[actix_web::test]
 async fn a_real_prometheus_scrapes_the_engine_and_dashboard_queries_work() {
-    let redis = shared_redis();
-    let sim = start_sim(SimConfig {
+    let TestEnv { redis, prefix, sim } = TestEnv::start(SimConfig {
         orgs: 3,
         poll_wait: Duration::from_secs(1),
         ..Default::default()
@@ -84,7 +83,7 @@ async fn a_real_prometheus_scrapes_the_engine_and_dashboard_queries_work() {
     let engine = start_engine(
         &sim,
         &redis.url(),
-        &unique_prefix(),
+        &prefix,
         &[("INTEGRATION__INGEST", "both")],
     )
     .await;

@@ -557,9 +557,7 @@ async fn webhook(base: &str, tenant: &str, secret: &str, body: &Value) -> u16 {
 /// deprovisioning on the non-owner stops the owner's poller and both answer 410.
 #[actix_web::test]
 async fn changes_made_on_one_replica_are_followed_by_the_others() {
-    let redis = shared_redis();
-    let prefix = unique_prefix();
-    let sim = start_sim(SimConfig {
+    let TestEnv { redis, prefix, sim } = TestEnv::start(SimConfig {
         orgs: 1,
         poll_wait: Duration::from_millis(200),
         ..Default::default()
@@ -750,9 +748,7 @@ async fn a_fenced_off_lease_holder_cannot_overwrite_token_state() {
     use actors::store::tenants::{CasOutcome, TenantSecrets, Tenants};
     use actors::store::{Store, crypto::Sealer};
 
-    let redis = shared_redis();
-    let prefix = unique_prefix();
-    let sim = start_sim(SimConfig {
+    let TestEnv { redis, prefix, sim } = TestEnv::start(SimConfig {
         orgs: 1,
         ..Default::default()
     })
@@ -823,9 +819,7 @@ async fn a_fenced_off_lease_holder_cannot_overwrite_token_state() {
 /// polling never stops and never doubles.
 #[actix_web::test]
 async fn a_lease_lost_and_won_back_mid_poll_keeps_exactly_one_poller() {
-    let redis = shared_redis();
-    let prefix = unique_prefix();
-    let sim = start_sim(SimConfig {
+    let TestEnv { redis, prefix, sim } = TestEnv::start(SimConfig {
         orgs: 1,
         poll_wait: Duration::from_secs(2),
         ..Default::default()

@@ -213,3 +213,46 @@ pub async fn action(base: &str, tenant: &str, jwt: &str) -> (u16, Value) {
     let s = r.status().as_u16();
     (s, r.json().await.unwrap_or(Value::Null))
 }
+
+/// The world a test runs in: a Redis (the shared one, or its own), a key prefix no other test
+/// uses, and a simulator. Engines — in-process ([`TestEnv::engine`]) or the real binary
+/// ([`TestEnv::replica_env`] with [`Replica`]) — are started in it.
+pub struct TestEnv<R = &'static RedisServer> {
+    pub redis: R,
+    pub prefix: String,
+    pub sim: Sim,
+}
+
+impl TestEnv {
+    /// The shared Redis, a fresh prefix, a simulator with `cfg`.
+    pub async fn start(cfg: SimConfig) -> Self {
+        TestEnv {
+            redis: shared_redis(),
+            prefix: unique_prefix(),
+            sim: start_sim(cfg).await,
+        }
+    }
+}
+
+impl TestEnv<RedisServer> {
+    /// A Redis of its own (to kill, pause, restart), a fresh prefix, a simulator with `cfg`.
+    pub async fn own(cfg: SimConfig) -> Self {
+        TestEnv {
+            redis: own_redis(),
+            prefix: unique_prefix(),
+            sim: start_sim(cfg).await,
+        }
+    }
+}
+
+impl<R: std::borrow::Borrow<RedisServer>> TestEnv<R> {
+    /// An in-process engine in this world with `extra` settings, ready.
+    pub async fn engine(&self, extra: &[(&str, &str)]) -> RunningEngine {
+        start_engine(&self.sim, &self.redis.borrow().url(), &self.prefix, extra).await
+    }
+
+    /// The environment of an engine process in this world (see [`Replica`]).
+    pub fn replica_env(&self) -> Vec<(String, String)> {
+        xapi_stream::devkit::devenv::engine_env(&self.sim, &self.redis.borrow().url(), &self.prefix)
+    }
+}
