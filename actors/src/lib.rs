@@ -11,13 +11,17 @@
 //!   command stream; per-tenant grants, rate limits and retries.
 //! - [`config`]: configuration types and their validation (loading lives in the binary).
 //! - [`ingest`]: the one pipeline of webhooks and queue polls (verify, parse, check, write).
-//! - [`registry`]: tenant id → handle; activation, resume at start-up.
+//! - [`ownership`]: the coordinator: heartbeats, rendezvous spreading, leases acquired, renewed
+//!   and handed over.
+//! - [`registry`]: tenant id → handle; activation, resume at start-up, following other
+//!   replicas' changes.
 //! - [`secret`]: `Secret`, a string redacted in `Debug`/`Display`.
 //! - [`shutdown`]: the one shutdown signal every loop races.
 //! - [`store`]: Redis: connection, key names, records, stream writer.
 //! - [`telemetry`]: every metric family, registered once; named recording functions.
 //! - [`supervisor`]: each tenant's supervisor actor and the `TenantHandle` everyone holds.
-//! - [`tenant`]: one tenant's shared state, token keeper, lease view and appUrl work.
+//! - [`tenant`]: one tenant's shared state, token keeper, claim on its lease, appUrl work,
+//!   and `Deps` (what every component needs, built once).
 //! - [`webex`]: reqwest client for Webex: JWKS cache, OAuth refresh, appUrl.
 pub mod actions;
 pub mod auth;
