@@ -1,9 +1,9 @@
 //! The write-path benchmark: wrk (Debian's package) against the engine and the bare actix-web
 //! reference server — and the Node express + ioredis peer when npm can install it — in one
 //! run, targets interleaved, medians of `--rounds`. Every request body is unique and signed
-//! (the engine deduplicates repeats), with 2 updated keys and 1 removed key and a fresh
-//! timestamp, so each accepted message must produce exactly 3 stream entries. Redis and engine
-//! CPU per message are read from `/proc/<pid>/stat`.
+//! (the engine deduplicates repeats), with 2 updated keys and 1 removed key on one of 4,000
+//! devices per tenant and a fresh timestamp, so each accepted message must produce exactly 3
+//! stream entries. Redis and engine CPU per message are read from `/proc/<pid>/stat`.
 //!
 //!   make bench            (or: cargo build --release --bins && target/release/xapi-bench)
 //!   target/release/xapi-bench [--seconds 10] [--connections 64] [--rounds 3] [--tenants 1]
@@ -65,28 +65,43 @@ struct Target {
     metrics_url: Option<String>,
 }
 
-/// `n` unique signed status bodies for `t` (2 updated keys, 1 removed, on a device never seen,
-/// so each is exactly 3 stream entries), written as wrk request lines; returns the file.
+/// Devices per tenant the bodies are spread over: a body's device comes back only every
+/// `DEVICES` bodies, so wrk's 64 connections never carry two messages of one device at once and
+/// each device's messages apply in order.
+const DEVICES: usize = 4000;
+/// The status keys a device's messages rotate through.
+const KEYS: [&str; 3] = [
+    "RoomAnalytics.PeopleCount.Current",
+    "Audio.Volume",
+    "Standby.State",
+];
+
+/// `n` unique signed status bodies for `t`, written as wrk request lines; returns the file.
+/// Like the seed's example, each updates 2 keys and removes 1: the n-th message of a device
+/// sets `KEYS[n % 3]` and `KEYS[(n + 1) % 3]` to a value never sent before and removes
+/// `KEYS[(n + 2) % 3]`, which its previous message set — so each produces exactly 3 stream
+/// entries (the first of a device too: its state is unknown, so its removal is written).
 fn bodies(t: &Target, n: usize, tag: &str, app: &str, dir: &std::path::Path) -> std::path::PathBuf {
     let path = dir.join(format!("{}-{tag}.tsv", t.name.replace(' ', "_")));
     let mut out = std::io::BufWriter::new(std::fs::File::create(&path).expect("bodies file"));
     let ts = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let per_tenant = DEVICES.min(n.div_ceil(t.tenants.len())).max(1);
     for k in 0..n {
-        let (p, secret, org, ws) = &t.tenants[k % t.tenants.len()];
+        let tenant = k % t.tenants.len();
+        let (p, secret, org, ws) = &t.tenants[tenant];
+        let d = (k / t.tenants.len()) % per_tenant;
+        let seq = k / (t.tenants.len() * per_tenant);
         let device = base64::Engine::encode(
             &base64::engine::general_purpose::STANDARD,
-            format!("ciscospark://urn:TEAM:us-east-2_a/DEVICE/bench-{tag}-{k:08}"),
+            format!("ciscospark://urn:TEAM:us-east-2_a/DEVICE/bench-{tag}-{d:05}"),
         );
+        let mut updated = serde_json::Map::new();
+        updated.insert(KEYS[seq % 3].into(), json!(k));
+        updated.insert(KEYS[(seq + 1) % 3].into(), json!(k));
         let body = serde_json::to_vec(&json!({
             "appId": app, "deviceId": device, "workspaceId": ws, "orgId": org,
             "timestamp": ts, "type": "status",
-            "changes": {
-                "updated": {
-                    "RoomAnalytics.PeopleCount.Current": k % 17,
-                    "Audio.Volume": 40 + k % 30,
-                },
-                "removed": ["Standby.State"]
-            },
+            "changes": { "updated": updated, "removed": [KEYS[(seq + 2) % 3]] },
             "isFullSync": false
         }))
         .expect("json");

@@ -1,96 +1,178 @@
--- Applies one xAPI message atomically. All keys share the {org} hash tag.
--- KEYS: 1 status stream, 2 events stream, 3 device state hash, 4 device stamps hash, 5 dedupe key,
---       6 tenant hash (message counters)
--- ARGV: 1 kind ("status"|"events"), 2 dedupe ttl secs, 3 maxlen, 4 org, 5 workspace, 6 device,
---       7 msg timestamp (verbatim), 8 source, 9 app, 10 ts_ms, 11 full_sync ("0"|"1"),
---       12 "1" to touch the dedupe key of a duplicate (see below),
---       13 n_updated, then n_updated pairs (key, json), then n_removed, then removed keys
---       (events: 13 n_events, then triples key, json, timestamp)
--- Returns: -1 when the message was already applied, else the number of stream entries written.
-if redis.call('SET', KEYS[5], '1', 'NX', 'EX', ARGV[2]) == false then
-  -- With redis.wait_replicas the caller WAITs for this connection's writes. A duplicate writes
-  -- something too, so that the WAIT also covers the first write of this message, made perhaps
-  -- on another connection and not yet replicated (its 503 is what brought the retry here).
-  if ARGV[12] == '1' then redis.call('EXPIRE', KEYS[5], ARGV[2]) end
-  return -1
-end
-local maxlen = ARGV[3]
-local org, ws, dev, ts, src, app = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
-local n = tonumber(ARGV[13])
-local written = 0
-redis.call('HINCRBY', KEYS[6], 'received:' .. src, 1)
-if ARGV[1] == 'events' then
-  local i = 14
-  for _ = 1, n do
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*',
-      'org', org, 'workspace', ws, 'device', dev, 'key', ARGV[i], 'value', ARGV[i + 1],
-      'ts', ARGV[i + 2], 'msg_ts', ts, 'source', src, 'app', app)
-    i = i + 3
-    written = written + 1
+-- Applies a batch of xAPI messages in one call (on Redis Cluster, the messages of one
+-- organization: every key carries its {org} hash tag). Each message is applied exactly as if
+-- alone; a duplicate (same content applied before) writes nothing.
+--
+-- KEYS: per organization 1 status stream, 2 events stream, 3 tenant hash (message counters),
+--   then per message of it 1 device state hash, 2 device stamps hash, 3 dedupe set of the
+--   message's time bucket.
+-- ARGV: 1 maxlen, 2 "1" to touch the dedupe set of a duplicate (see below), then per
+--   organization: org, number of messages, then per message: kind ("status"|"events"),
+--   workspace, device, msg timestamp (verbatim), source, app, ts_ms, fingerprint, dedupe set
+--   expiry (Unix seconds), full_sync ("0"|"1"), n, then
+--   status: n pairs (key, json), n_removed, removed keys
+--   events: n triples (key, json, timestamp)
+-- Returns one integer per message, in order: -1 when it was already applied, else the number
+--   of stream entries written for it.
+--
+-- What it costs is mostly calls and the tables Lua builds, so: one HMGET of the stamps (with
+-- the "state known" marker) and one of the values per message, one HSET (and one HDEL) to write
+-- them back, counters added once per tenant and source, keys shared by an organization's
+-- messages passed once, and no table for what a message does not need.
+local maxlen, touch = ARGV[1], ARGV[2] == '1'
+
+-- Lua's unpack is bounded by its C stack: commands with many fields go in chunks.
+local CHUNK = 1000
+local function hmget(key, fields)
+  if #fields <= CHUNK then return redis.call('HMGET', key, unpack(fields)) end
+  local res = {}
+  for i = 1, #fields, CHUNK do
+    local part = redis.call('HMGET', key, unpack(fields, i, math.min(i + CHUNK - 1, #fields)))
+    for j = 1, #part do res[#res + 1] = part[j] end
   end
-  return written
+  return res
 end
-local ts_ms = tonumber(ARGV[10])
-local full = ARGV[11]
-local known = redis.call('EXISTS', KEYS[4]) == 1
-local updated = {}
-local i = 14
-for _ = 1, n do
-  local k, v = ARGV[i], ARGV[i + 1]
-  updated[k] = true
-  local stamp = tonumber(redis.call('HGET', KEYS[4], k) or '-1')
-  if stamp <= ts_ms then
-    redis.call('HSET', KEYS[4], k, ts_ms)
-    local prev = redis.call('HGET', KEYS[3], k)
-    if prev ~= v then
-      redis.call('HSET', KEYS[3], k, v)
-      if prev then
-        redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', 'org', org, 'workspace', ws,
-          'device', dev, 'key', k, 'op', 'set', 'value', v, 'prev', prev, 'ts', ts,
-          'full_sync', full, 'source', src, 'app', app)
-      else
-        redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', 'org', org, 'workspace', ws,
-          'device', dev, 'key', k, 'op', 'set', 'value', v, 'ts', ts,
-          'full_sync', full, 'source', src, 'app', app)
+local function each_chunk(cmd, key, items, step)
+  for i = 1, #items, CHUNK * step do
+    redis.call(cmd, key, unpack(items, i, math.min(i + CHUNK * step - 1, #items)))
+  end
+end
+
+local out, expiring = {}, {}
+local a, k, m = 3, 0, 0
+while a <= #ARGV do
+  local org, count = ARGV[a], tonumber(ARGV[a + 1])
+  a = a + 2
+  local status, events, tenant = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
+  k = k + 3
+  local per_source = {}
+  for _ = 1, count do
+    local state_key, stamps_key, seen_key = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
+    k = k + 3
+    m = m + 1
+    local kind, ws, dev, ts, src, app = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3],
+      ARGV[a + 4], ARGV[a + 5]
+    local ts_ms, fingerprint, expire_at = tonumber(ARGV[a + 6]), ARGV[a + 7], ARGV[a + 8]
+    local full, n = ARGV[a + 9], tonumber(ARGV[a + 10])
+    a = a + 11
+    if redis.call('SADD', seen_key, fingerprint) == 0 then
+      -- With redis.wait_replicas the caller WAITs for this connection's writes. A duplicate
+      -- writes something too, so that the WAIT also covers the first write of this message,
+      -- made perhaps on another connection and not yet replicated (its 503 brought the retry).
+      if touch then redis.call('EXPIREAT', seen_key, expire_at) end
+      out[m] = -1
+      if kind == 'events' then a = a + 3 * n else a = a + 2 * n; a = a + 1 + tonumber(ARGV[a]) end
+    else
+      if not expiring[seen_key] then
+        expiring[seen_key] = true
+        redis.call('EXPIREAT', seen_key, expire_at)
       end
-      written = written + 1
-    end
-  end
-  i = i + 2
-end
-local removals = {}
-local nr = tonumber(ARGV[i])
-for j = 1, nr do
-  removals[#removals + 1] = ARGV[i + j]
-end
-if full == '1' then
-  for _, k in ipairs(redis.call('HKEYS', KEYS[3])) do
-    if not updated[k] then removals[#removals + 1] = k end
-  end
-end
-local done = {}
-for _, k in ipairs(removals) do
-  if not updated[k] and not done[k] then
-    done[k] = true
-    local stamp = tonumber(redis.call('HGET', KEYS[4], k) or '-1')
-    if stamp <= ts_ms then
-      local prev = redis.call('HGET', KEYS[3], k)
-      if prev or not known then
-        redis.call('HSET', KEYS[4], k, ts_ms)
-        redis.call('HDEL', KEYS[3], k)
-        if prev then
-          redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', 'org', org, 'workspace', ws,
-            'device', dev, 'key', k, 'op', 'remove', 'prev', prev, 'ts', ts,
-            'full_sync', full, 'source', src, 'app', app)
-        else
-          redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', 'org', org, 'workspace', ws,
-            'device', dev, 'key', k, 'op', 'remove', 'ts', ts,
-            'full_sync', full, 'source', src, 'app', app)
+      per_source[src] = (per_source[src] or 0) + 1
+      local written = 0
+      if kind == 'events' then
+        for _ = 1, n do
+          redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*',
+            'org', org, 'workspace', ws, 'device', dev, 'key', ARGV[a], 'value', ARGV[a + 1],
+            'ts', ARGV[a + 2], 'msg_ts', ts, 'source', src, 'app', app)
+          a = a + 3
+          written = written + 1
         end
-        written = written + 1
+      else
+        -- Updated keys are ARGV[u], ARGV[u + 2], … (values after each); then the removals.
+        local u = a
+        a = a + 2 * n
+        local nr = tonumber(ARGV[a])
+        local r0 = a + 1
+        a = r0 + nr
+        -- The fields asked for: the "state known" marker, the updated keys, the removals
+        -- (explicit ones — not updated, each once — and, with a full sync, every key the
+        -- device has that the sync no longer lists).
+        local asked = { '\0known' }
+        for i = 0, n - 1 do asked[i + 2] = ARGV[u + 2 * i] end
+        local state
+        if nr > 0 or full == '1' then
+          local skip = {}
+          for i = 0, n - 1 do skip[ARGV[u + 2 * i]] = true end
+          for j = r0, r0 + nr - 1 do
+            local key = ARGV[j]
+            if not skip[key] then skip[key] = true; asked[#asked + 1] = key end
+          end
+          if full == '1' then
+            state = {}
+            local all = redis.call('HGETALL', state_key)
+            for i = 1, #all, 2 do
+              local key = all[i]
+              state[key] = all[i + 1]
+              if not skip[key] then skip[key] = true; asked[#asked + 1] = key end
+            end
+          end
+        end
+        local stamps = hmget(stamps_key, asked)
+        local known = stamps[1] ~= false
+        local current
+        if not state then
+          -- Values of asked[2..]: the marker's slot is read too (it is never a state field),
+          -- which keeps the two replies aligned without a second table.
+          current = hmget(state_key, asked)
+        end
+        local new_stamps, new_values, dropped = {}, {}, {}
+        for i = 2, n + 1 do
+          if tonumber(stamps[i] or '-1') <= ts_ms then
+            local key, v = asked[i], ARGV[u + 2 * (i - 2) + 1]
+            new_stamps[#new_stamps + 1] = key
+            new_stamps[#new_stamps + 1] = ts_ms
+            local prev
+            if state then prev = state[key] else prev = current[i] end
+            if prev ~= v then
+              new_values[#new_values + 1] = key
+              new_values[#new_values + 1] = v
+              if prev then
+                redis.call('XADD', status, 'MAXLEN', '~', maxlen, '*', 'org', org,
+                  'workspace', ws, 'device', dev, 'key', key, 'op', 'set', 'value', v,
+                  'prev', prev, 'ts', ts, 'full_sync', full, 'source', src, 'app', app)
+              else
+                redis.call('XADD', status, 'MAXLEN', '~', maxlen, '*', 'org', org,
+                  'workspace', ws, 'device', dev, 'key', key, 'op', 'set', 'value', v,
+                  'ts', ts, 'full_sync', full, 'source', src, 'app', app)
+              end
+              written = written + 1
+            end
+          end
+        end
+        for i = n + 2, #asked do
+          if tonumber(stamps[i] or '-1') <= ts_ms then
+            local key = asked[i]
+            local prev
+            if state then prev = state[key] else prev = current[i] end
+            if prev or not known then
+              new_stamps[#new_stamps + 1] = key
+              new_stamps[#new_stamps + 1] = ts_ms
+              dropped[#dropped + 1] = key
+              if prev then
+                redis.call('XADD', status, 'MAXLEN', '~', maxlen, '*', 'org', org,
+                  'workspace', ws, 'device', dev, 'key', key, 'op', 'remove', 'prev', prev,
+                  'ts', ts, 'full_sync', full, 'source', src, 'app', app)
+              else
+                redis.call('XADD', status, 'MAXLEN', '~', maxlen, '*', 'org', org,
+                  'workspace', ws, 'device', dev, 'key', key, 'op', 'remove', 'ts', ts,
+                  'full_sync', full, 'source', src, 'app', app)
+              end
+              written = written + 1
+            end
+          end
+        end
+        if not known then
+          new_stamps[#new_stamps + 1] = '\0known'
+          new_stamps[#new_stamps + 1] = '1'
+        end
+        each_chunk('HSET', stamps_key, new_stamps, 2)
+        each_chunk('HSET', state_key, new_values, 2)
+        each_chunk('HDEL', state_key, dropped, 1)
       end
+      out[m] = written
     end
   end
+  for src, c in pairs(per_source) do
+    redis.call('HINCRBY', tenant, 'received:' .. src, c)
+  end
 end
-if not known then redis.call('HSET', KEYS[4], '\0known', '1') end
-return written
+return out

@@ -74,9 +74,10 @@ impl Keys {
         format!("{}:{{{org}}}:stamps:{device}", self.prefix)
     }
 
-    /// `<p>:{<org>}:seen:<fingerprint>` — a message already applied (deduplication).
-    pub fn seen(&self, org: &str, fingerprint: &str) -> String {
-        format!("{}:{{{org}}}:seen:{fingerprint}", self.prefix)
+    /// `<p>:{<org>}:seen:<bucket>` — set of the fingerprints of the messages applied whose
+    /// timestamp falls in one time bucket (deduplication; see `store::writer`).
+    pub fn seen(&self, org: &str, bucket: i64) -> String {
+        format!("{}:{{{org}}}:seen:{bucket}", self.prefix)
     }
 
     /// `<p>:{<org>}:devices` — hash device id → inventory JSON.

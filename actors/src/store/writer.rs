@@ -11,11 +11,27 @@ use super::{Conn, Store, StoreError};
 use crate::protocol::message::{Body, Message, Source};
 use crate::shutdown::Shutdown;
 
-/// How long a message's fingerprint is remembered for deduplication: longer than the queue's
-/// 10-minute retention plus the 5-minute webhook freshness window.
-pub const DEDUPE_TTL: Duration = Duration::from_secs(20 * 60);
+/// Deduplication: the fingerprints of applied messages are kept in one set per organization
+/// and time bucket of the *message's* timestamp (both copies of a message — webhook retry,
+/// webhook and queue — carry the same timestamp, so they meet in the same bucket). One set per
+/// bucket instead of a key per message: no keyspace growth with the message rate, a fraction
+/// of the memory (a set member vs a key with its own expiry).
+pub const DEDUPE_BUCKET: Duration = Duration::from_secs(5 * 60);
+/// A bucket is kept this long after its end: longer than the queue's 10-minute retention plus
+/// the 5-minute freshness window, so a copy arriving as late as either allows is still found.
+/// (Before buckets, each fingerprint was kept 20 minutes from its first write; for any message
+/// accepted within those windows this keeps it at least as long.)
+pub const DEDUPE_RETENTION: Duration = Duration::from_secs(30 * 60);
+/// Hex digits of the fingerprint kept as a set member (128 bits).
+const FINGERPRINT_HEX: usize = 32;
 /// Largest number of messages in one pipeline.
 pub const MAX_BATCH: usize = 256;
+/// Messages applied by one script call: enough to spread the call's fixed cost, few enough
+/// that one call does not hold Redis for long (a script runs alone).
+const MESSAGES_PER_CALL: usize = 64;
+/// Keys of an organization and of one message in a call (see apply.lua).
+const KEYS_PER_ORG: usize = 3;
+const KEYS_PER_MESSAGE: usize = 3;
 
 const APPLY_LUA: &str = include_str!("apply.lua");
 
@@ -250,10 +266,11 @@ async fn apply_batch(
     out
 }
 
-/// One pipeline of `EVALSHA apply.lua` (jobs of one organization on a cluster); NOSCRIPT (a
-/// restarted Redis) loads the script and retries once — safe because every message is
-/// deduplicated by fingerprint. With `WAIT`, the group fails unless enough replicas confirm
-/// it (its messages are on the master; the retries are duplicates, and are confirmed too).
+/// One pipeline of `EVALSHA apply.lua`, each call applying up to [`MESSAGES_PER_CALL`] jobs
+/// (jobs of one organization on a cluster); NOSCRIPT (a restarted Redis) loads the script and
+/// retries once — safe because every message is deduplicated by fingerprint. With `WAIT`, the
+/// group fails unless enough replicas confirm it (its messages are on the master; the retries
+/// are duplicates, and are confirmed too).
 async fn apply_group<'a>(
     store: &Store,
     mut conn: Conn,
@@ -262,16 +279,39 @@ async fn apply_group<'a>(
     jobs: impl Iterator<Item = &'a Job>,
 ) -> Result<Vec<i64>, StoreError> {
     let started = Instant::now();
+    // An organization's messages side by side (its streams and tenant hash are passed once
+    // for them); `order[i]` is the job answered by the i-th result.
+    let mut jobs: Vec<(usize, &Job)> = jobs.enumerate().collect();
+    jobs.sort_by(|(_, x), (_, y)| x.msg.org_id.cmp(&y.msg.org_id));
+    let order: Vec<usize> = jobs.iter().map(|(i, _)| *i).collect();
+    let jobs: Vec<&Job> = jobs.into_iter().map(|(_, j)| j).collect();
     let mut pipe = redis::pipe();
-    let mut org = None;
-    for job in jobs {
+    for chunk in jobs.chunks(MESSAGES_PER_CALL) {
+        let groups: Vec<&[&Job]> = chunk
+            .chunk_by(|x, y| x.msg.org_id == y.msg.org_id)
+            .collect();
         let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(script.get_hash());
-        add_args(&mut cmd, store, &job.msg, job.source, durability);
+        cmd.arg(script.get_hash())
+            .arg(groups.len() * KEYS_PER_ORG + chunk.len() * KEYS_PER_MESSAGE);
+        for group in &groups {
+            add_org_keys(&mut cmd, store, &group[0].msg.org_id);
+            for job in group.iter() {
+                add_keys(&mut cmd, store, &job.msg);
+            }
+        }
+        cmd.arg(durability.maxlen)
+            .arg(if durability.wait.is_some() { "1" } else { "0" });
+        for group in &groups {
+            cmd.arg(&group[0].msg.org_id).arg(group.len());
+            for job in group.iter() {
+                add_args(&mut cmd, &job.msg, job.source);
+            }
+        }
         pipe.add_command(cmd);
-        org.get_or_insert_with(|| job.msg.org_id.clone());
     }
-    let res: Result<Vec<i64>, StoreError> = store.bounded(pipe.query_async(&mut conn)).await;
+    let org = jobs.first().map(|j| j.msg.org_id.clone());
+    let res: Result<Vec<Vec<i64>>, StoreError> =
+        store.bounded(pipe.query_async(&mut conn)).await;
     let res = match res {
         Err(StoreError::Redis(e))
             if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
@@ -288,6 +328,13 @@ async fn apply_group<'a>(
         }
         other => other,
     };
+    let res = res.map(|calls| {
+        let mut answers = vec![0i64; order.len()];
+        for (slot, r) in order.iter().zip(calls.into_iter().flatten()) {
+            answers[*slot] = r;
+        }
+        answers
+    });
     let res = match (res, durability.wait, org) {
         (Ok(v), Some((wanted, timeout)), Some(org)) => {
             wait_replicas(store, &mut conn, &org, wanted, timeout).await?;
@@ -335,46 +382,56 @@ async fn wait_replicas(
     Ok(())
 }
 
-fn add_args(
-    cmd: &mut redis::Cmd,
-    store: &Store,
-    msg: &Message,
-    source: Source,
-    durability: Durability,
-) {
+/// The keys of an organization in a call: its status and events streams, its tenant hash.
+fn add_org_keys(cmd: &mut redis::Cmd, store: &Store, org: &str) {
+    let keys = store.keys();
+    cmd.arg(keys.status_stream(org))
+        .arg(keys.events_stream(org))
+        .arg(keys.tenant(org));
+}
+
+/// The keys of one message in a call: device state, device stamps, dedupe set.
+fn add_keys(cmd: &mut redis::Cmd, store: &Store, msg: &Message) {
     let keys = store.keys();
     let org = &msg.org_id;
-    cmd.arg(6)
-        .arg(keys.status_stream(org))
-        .arg(keys.events_stream(org))
-        .arg(keys.device_state(org, &msg.device_id))
+    cmd.arg(keys.device_state(org, &msg.device_id))
         .arg(keys.device_stamps(org, &msg.device_id))
-        .arg(keys.seen(org, &msg.fingerprint()))
-        .arg(keys.tenant(org));
+        .arg(keys.seen(org, dedupe_bucket(msg)));
+}
+
+/// The dedupe bucket of a message: its timestamp's.
+fn dedupe_bucket(msg: &Message) -> i64 {
+    msg.ts
+        .timestamp_millis()
+        .div_euclid(DEDUPE_BUCKET.as_millis() as i64)
+}
+
+/// When the dedupe bucket of a message expires (Unix seconds).
+fn dedupe_expiry(msg: &Message) -> i64 {
+    let bucket_secs = DEDUPE_BUCKET.as_secs() as i64;
+    (dedupe_bucket(msg) + 1) * bucket_secs + DEDUPE_RETENTION.as_secs() as i64
+}
+
+/// The arguments of one message in a call (see apply.lua).
+fn add_args(cmd: &mut redis::Cmd, msg: &Message, source: Source) {
+    let fingerprint = msg.fingerprint();
     cmd.arg(msg.type_str())
-        .arg(DEDUPE_TTL.as_secs())
-        .arg(durability.maxlen)
-        .arg(org)
         .arg(&msg.workspace_id)
         .arg(&msg.device_id)
         .arg(&msg.timestamp)
         .arg(source.as_str())
         .arg(&msg.app_id)
-        .arg(msg.ts.timestamp_millis());
-    let full_sync = matches!(
-        &msg.body,
-        Body::Status {
-            full_sync: true,
-            ..
-        }
-    );
-    cmd.arg(if full_sync { "1" } else { "0" })
-        .arg(if durability.wait.is_some() { "1" } else { "0" });
+        .arg(msg.ts.timestamp_millis())
+        .arg(&fingerprint[..FINGERPRINT_HEX.min(fingerprint.len())])
+        .arg(dedupe_expiry(msg));
     match &msg.body {
         Body::Status {
-            updated, removed, ..
+            updated,
+            removed,
+            full_sync,
         } => {
-            cmd.arg(updated.len());
+            cmd.arg(if *full_sync { "1" } else { "0" })
+                .arg(updated.len());
             for (k, v) in updated {
                 cmd.arg(k).arg(v.to_string());
             }
@@ -384,7 +441,7 @@ fn add_args(
             }
         }
         Body::Events(events) => {
-            cmd.arg(events.len());
+            cmd.arg("0").arg(events.len());
             for e in events {
                 cmd.arg(&e.key).arg(e.value.to_string()).arg(&e.timestamp);
             }
