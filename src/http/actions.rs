@@ -12,10 +12,9 @@ use super::{ApiError, AppState, body};
 pub async fn receive(
     state: web::Data<AppState>,
     req: HttpRequest,
-    path: web::Path<String>,
+    tenant_id: String,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let tenant_id = path.into_inner();
     let count = |action: &str, result: &str| {
         state
             .metrics

