@@ -336,16 +336,6 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     let mut env = xapi_stream::devkit::devenv::engine_env(&sim, &redis.url(), "bench");
-    // Engine settings to try, e.g. XAPI_BENCH_ENGINE="INGEST__WRITERS=2 INGEST__QUEUE_CAPACITY=4096".
-    for kv in std::env::var("XAPI_BENCH_ENGINE")
-        .unwrap_or_default()
-        .split_whitespace()
-    {
-        if let Some((k, v)) = kv.split_once('=') {
-            println!("engine setting {k} = {v}");
-            env.push((format!("XAPI_STREAM__{k}"), v.to_string()));
-        }
-    }
     if opts.wait_replicas > 0 {
         println!(
             "every 200 waits for {} Redis replica(s) (redis.wait_replicas)",

@@ -27,17 +27,29 @@ pub async fn spawn_engine(
     replica: &str,
 ) -> anyhow::Result<(std::process::Child, String)> {
     let port = free_port()?;
+    // Engine settings to try, e.g. XAPI_BENCH_ENGINE="INGEST__WRITERS=2 SERVER__WORKERS=1".
+    let tried: Vec<(String, String)> = std::env::var("XAPI_BENCH_ENGINE")
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (format!("XAPI_STREAM__{k}"), v.to_string()))
+        .collect();
+    for (k, v) in &tried {
+        println!("engine setting {k}={v}");
+    }
     let child = std::process::Command::new(exe("xapi-stream"))
         .arg("serve")
         .envs(env.iter().cloned())
+        // As deployed: one HTTP worker per core, errors only in the log.
+        .env("XAPI_STREAM__SERVER__WORKERS", "0")
+        .env("XAPI_STREAM__LOG__LEVEL", "error")
+        .envs(tried)
         .env("XAPI_STREAM__SERVER__BIND", format!("127.0.0.1:{port}"))
         .env(
             "XAPI_STREAM__SERVER__PUBLIC_URL",
             format!("http://127.0.0.1:{port}"),
         )
         .env("XAPI_STREAM__SCALING__REPLICA_ID", replica)
-        .env("XAPI_STREAM__SERVER__WORKERS", "0")
-        .env("XAPI_STREAM__LOG__LEVEL", "error")
         .stdout(std::process::Stdio::null())
         .spawn()?;
     let base = format!("http://127.0.0.1:{port}");

@@ -32,8 +32,14 @@ local function hmget(key, fields)
   return res
 end
 local function each_chunk(cmd, key, items, step)
-  for i = 1, #items, CHUNK * step do
-    redis.call(cmd, key, unpack(items, i, math.min(i + CHUNK * step - 1, #items)))
+  local total = #items
+  if total == 0 then return end
+  if total <= CHUNK * step then
+    redis.call(cmd, key, unpack(items))
+    return
+  end
+  for i = 1, total, CHUNK * step do
+    redis.call(cmd, key, unpack(items, i, math.min(i + CHUNK * step - 1, total)))
   end
 end
 
@@ -89,7 +95,15 @@ while a <= #ARGV do
         local asked = { '\0known' }
         for i = 0, n - 1 do asked[i + 2] = ARGV[u + 2 * i] end
         local state
-        if nr > 0 or full == '1' then
+        if nr == 1 and full ~= '1' then
+          -- The common case (one removal, as in the seed's example): no table for it.
+          local key = ARGV[r0]
+          local clash = false
+          for i = 0, n - 1 do
+            if ARGV[u + 2 * i] == key then clash = true end
+          end
+          if not clash then asked[#asked + 1] = key end
+        elseif nr > 0 or full == '1' then
           local skip = {}
           for i = 0, n - 1 do skip[ARGV[u + 2 * i]] = true end
           for j = r0, r0 + nr - 1 do
