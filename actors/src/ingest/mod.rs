@@ -170,7 +170,12 @@ impl<D: Directory> Ingest<D> {
         let t = Instant::now();
         let written = tokio::time::timeout(
             WRITE_DEADLINE,
-            write(&self.writer, &self.metrics, Arc::new(msg), Source::Webhook),
+            write(
+                &self.writer.on_this_thread(),
+                &self.metrics,
+                Arc::new(msg),
+                Source::Webhook,
+            ),
         )
         .await;
         self.metrics.stage("redis_write", t);

@@ -68,6 +68,42 @@ pub struct StreamWriter {
     store: Store,
     /// The writer tasks, joined by [`StreamWriter::stopped`].
     tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    cfg: WriterConfig,
+    stop: Shutdown,
+    /// Distinguishes this writer (and its clones) from other engines' in the same process.
+    id: usize,
+    /// Messages accepted and not yet answered, across this writer and those standing in for
+    /// it on other threads: `queue_capacity` bounds them all together.
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// One place in the shared queue budget, given back when dropped.
+struct Place<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Place<'a> {
+    fn take(queued: &'a std::sync::atomic::AtomicUsize, capacity: usize) -> Option<Self> {
+        use std::sync::atomic::Ordering::AcqRel;
+        if queued.fetch_add(1, AcqRel) >= capacity {
+            queued.fetch_sub(1, AcqRel);
+            return None;
+        }
+        Some(Place(queued))
+    }
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// Ids of writers (see [`StreamWriter::on_this_thread`]).
+static NEXT_WRITER_ID: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+thread_local! {
+    /// Writers started on this thread's runtime, by the id of the writer they stand in for.
+    static LOCAL_WRITERS: std::cell::RefCell<std::collections::HashMap<usize, StreamWriter>> =
+        Default::default();
 }
 
 /// Writer tuning.
@@ -95,6 +131,30 @@ struct Durability {
 impl StreamWriter {
     /// Starts the writer tasks; they stop after draining once `stop` fires.
     pub fn start(store: Store, cfg: WriterConfig, stop: Shutdown) -> Self {
+        Self::start_with(store, cfg, stop, false)
+    }
+
+    /// A writer of the same configuration whose tasks and Redis connection live on the
+    /// calling thread's runtime (one per thread, started on first use): an HTTP worker's
+    /// requests are then written without handing each message to another thread and back.
+    pub fn on_this_thread(&self) -> StreamWriter {
+        LOCAL_WRITERS.with(|local| {
+            local
+                .borrow_mut()
+                .entry(self.id)
+                .or_insert_with(|| {
+                    let mut cfg = self.cfg;
+                    cfg.writers = 1;
+                    let mut local =
+                        Self::start_with(self.store.clone(), cfg, self.stop.clone(), true);
+                    local.queued = self.queued.clone();
+                    local
+                })
+                .clone()
+        })
+    }
+
+    fn start_with(store: Store, cfg: WriterConfig, stop: Shutdown, own_connection: bool) -> Self {
         let (tx, rx) = mpsc::channel::<Job>(cfg.queue_capacity.max(1));
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         let script = Arc::new(redis::Script::new(APPLY_LUA));
@@ -109,7 +169,7 @@ impl StreamWriter {
                 let script = script.clone();
                 let stop = stop.clone();
                 tokio::spawn(async move {
-                    run(store, rx, script, durability, stop).await;
+                    run(store, rx, script, durability, own_connection, stop).await;
                 })
             })
             .collect();
@@ -117,6 +177,10 @@ impl StreamWriter {
             tx,
             store,
             tasks: Arc::new(std::sync::Mutex::new(tasks)),
+            cfg,
+            stop,
+            id: NEXT_WRITER_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            queued: Default::default(),
         }
     }
 
@@ -135,6 +199,9 @@ impl StreamWriter {
         if matches!(msg.body, Body::HealthCheck) {
             return Ok(Applied::Written(0));
         }
+        // Counted until answered, or until the caller gives up waiting (dropped).
+        let place =
+            Place::take(&self.queued, self.cfg.queue_capacity).ok_or(WriteError::Overloaded)?;
         let (reply, rx) = oneshot::channel();
         self.tx
             .try_send(Job { msg, source, reply })
@@ -143,12 +210,15 @@ impl StreamWriter {
                 mpsc::error::TrySendError::Closed(_) => WriteError::Stopped,
             })?;
         self.store.metrics().ingest_queue_depth.inc();
-        rx.await.unwrap_or(Err(WriteError::Stopped))
+        let answer = rx.await.unwrap_or(Err(WriteError::Stopped));
+        drop(place);
+        answer
     }
 
     /// Free places in the queue (readiness: saturated when none).
     pub fn capacity(&self) -> usize {
-        self.tx.capacity()
+        let queued = self.queued.load(std::sync::atomic::Ordering::Acquire);
+        self.cfg.queue_capacity.saturating_sub(queued)
     }
 }
 
@@ -157,6 +227,7 @@ async fn run(
     rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>,
     script: Arc<redis::Script>,
     durability: Durability,
+    own_connection: bool,
     stop: Shutdown,
 ) {
     // With `WAIT`, a connection of this writer's own: WAIT blocks the connection it is sent on
@@ -183,10 +254,10 @@ async fn run(
             }
         }
         let n = batch.len() as i64;
-        let conn = match (durability.wait, &own) {
-            (None, _) => store.conn(),
-            (Some(_), Some(c)) => Ok(c.clone()),
-            (Some(_), None) => store.dedicated().await.inspect(|c| own = Some(c.clone())),
+        let conn = match (own_connection || durability.wait.is_some(), &own) {
+            (false, _) => store.conn(),
+            (true, Some(c)) => Ok(c.clone()),
+            (true, None) => store.dedicated().await.inspect(|c| own = Some(c.clone())),
         };
         let results = match conn {
             Ok(conn) => apply_batch(&store, conn, &script, durability, &batch).await,
