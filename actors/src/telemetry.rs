@@ -109,6 +109,30 @@ pub struct Metrics {
     pub lease_changes_total: IntCounterVec,
     pub replicas_live: IntGauge,
     pub tenants_owned: IntGauge,
+    /// The hot path's series, resolved once (a `with_label_values` per message is a hash and
+    /// a lock each time).
+    hot: std::sync::Arc<Hot>,
+}
+
+/// Pre-resolved series of the ingest path.
+struct Hot {
+    /// `webhooks_total`, in [`WEBHOOK_RESULTS`] order.
+    webhooks: Vec<IntCounter>,
+    /// `messages_total{source,type}`: [webhook, queue] × [status, events].
+    messages: [[IntCounter; 2]; 2],
+    /// `stream_entries_total{stream}`: [status, events].
+    entries: [IntCounter; 2],
+    /// `stage_seconds` of verify, parse, redis_write, end_to_end.
+    stages: [Histogram; 4],
+}
+
+/// A stage of the ingest path whose duration is recorded.
+#[derive(Debug, Clone, Copy)]
+pub enum Stage {
+    Verify = 0,
+    Parse = 1,
+    RedisWrite = 2,
+    EndToEnd = 3,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -363,7 +387,20 @@ impl Metrics {
         for st in TENANT_STATES {
             tenants.with_label_values(&[st]);
         }
+        let hot = std::sync::Arc::new(Hot {
+            webhooks: WEBHOOK_RESULTS
+                .iter()
+                .map(|r| webhooks_total.with_label_values(&[r]))
+                .collect(),
+            messages: ["webhook", "queue"].map(|src| {
+                ["status", "events"].map(|t| messages_total.with_label_values(&[src, t]))
+            }),
+            entries: ["status", "events"].map(|st| stream_entries_total.with_label_values(&[st])),
+            stages: ["verify", "parse", "redis_write", "end_to_end"]
+                .map(|st| stage_seconds.with_label_values(&[st])),
+        });
         Self {
+            hot,
             registry,
             webhooks_total,
             queue_polls_total,
@@ -468,8 +505,32 @@ impl Metrics {
         }
     }
 
-    /// Records the duration of one pipeline stage (`verify`, `parse`, `redis_write`,
-    /// `end_to_end`).
+    /// One webhook answered with `result` (one of [`WEBHOOK_RESULTS`]).
+    pub fn webhook(&self, result: &str) {
+        match WEBHOOK_RESULTS.iter().position(|r| *r == result) {
+            Some(i) => self.hot.webhooks[i].inc(),
+            None => self.webhooks_total.with_label_values(&[result]).inc(),
+        }
+    }
+
+    /// One message written, by source (`webhook`/`queue`) and type (`status`/`events`).
+    pub fn message_written(&self, source: &str, kind: &str) {
+        let s = usize::from(source != "webhook");
+        let t = usize::from(kind != "status");
+        self.hot.messages[s][t].inc();
+    }
+
+    /// `n` entries appended to a `status` or `events` stream.
+    pub fn entries_written(&self, stream: &str, n: u64) {
+        self.hot.entries[usize::from(stream != "status")].inc_by(n);
+    }
+
+    /// Records the duration of an ingest stage.
+    pub fn ingest_stage(&self, stage: Stage, started: std::time::Instant) {
+        self.hot.stages[stage as usize].observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Records the duration of one pipeline stage by name (the token stages, say).
     pub fn stage(&self, stage: &'static str, started: std::time::Instant) {
         self.stage_seconds
             .with_label_values(&[stage])

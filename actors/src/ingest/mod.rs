@@ -19,7 +19,7 @@ use crate::shutdown::Shutdown;
 use crate::store::StoreError;
 use crate::store::tenants::ProvisioningState;
 use crate::store::writer::{Applied, StreamWriter, WriteError};
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, Stage};
 use crate::tenant::TenantShared;
 
 /// The longest a webhook waits for its write before answering 503 (a bound, so a hung Redis
@@ -152,11 +152,11 @@ impl<D: Directory> Ingest<D> {
             }
             Err(e) => return Err(Rejected::BadSignature(e)),
         };
-        self.metrics.stage("verify", t);
+        self.metrics.ingest_stage(Stage::Verify, t);
         let t = Instant::now();
         let msg =
             message::parse(verified.body()).map_err(|e| Rejected::Malformed(e.to_string()))?;
-        self.metrics.stage("parse", t);
+        self.metrics.ingest_stage(Stage::Parse, t);
         if matches!(msg.body, message::Body::HealthCheck) {
             return Ok(Accepted::HealthCheck);
         }
@@ -178,7 +178,7 @@ impl<D: Directory> Ingest<D> {
             ),
         )
         .await;
-        self.metrics.stage("redis_write", t);
+        self.metrics.ingest_stage(Stage::RedisWrite, t);
         let refused = |why: String| {
             self.metrics.backpressure_rejections_total.inc();
             Rejected::Overloaded(why)
@@ -186,7 +186,7 @@ impl<D: Directory> Ingest<D> {
         match written {
             Err(_) => Err(refused("write to redis timed out".into())),
             Ok(Ok(Applied::Written(_))) => {
-                self.metrics.stage("end_to_end", started);
+                self.metrics.ingest_stage(Stage::EndToEnd, started);
                 Ok(Accepted::Written)
             }
             Ok(Ok(Applied::Duplicate)) => Ok(Accepted::Duplicate),
@@ -210,10 +210,7 @@ async fn write(
 ) -> Result<Applied, WriteError> {
     let res = writer.write(msg.clone(), source).await;
     if let Ok(Applied::Written(_)) = res {
-        metrics
-            .messages_total
-            .with_label_values(&[source.as_str(), msg.type_str()])
-            .inc();
+        metrics.message_written(source.as_str(), msg.type_str());
     }
     res
 }

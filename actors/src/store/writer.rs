@@ -277,9 +277,7 @@ async fn run(
                     {
                         store
                             .metrics()
-                            .stream_entries_total
-                            .with_label_values(&[job.msg.type_str()])
-                            .inc_by(k as u64);
+                            .entries_written(job.msg.type_str(), u64::from(k));
                     }
                     let _ = job.reply.send(Ok(applied));
                 }
