@@ -216,6 +216,11 @@ impl Message {
     /// A digest of the message's content (not its transport): the same message delivered
     /// twice — a webhook retry, or by webhook and queue both — has the same fingerprint.
     pub fn fingerprint(&self) -> String {
+        hex::encode(self.fingerprint_bytes())
+    }
+
+    /// [`fingerprint`](Self::fingerprint) as its 16 bytes.
+    pub fn fingerprint_bytes(&self) -> [u8; 16] {
         let mut h = Sha256::new();
         for part in [
             &self.org_id,
@@ -256,7 +261,10 @@ impl Message {
             }
             Body::HealthCheck => h.update(b"H"),
         }
-        hex::encode(&h.finalize()[..16])
+        let digest = h.finalize();
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&digest[..16]);
+        out
     }
 }
 

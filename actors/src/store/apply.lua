@@ -92,7 +92,7 @@ while a <= #ARGV do
         -- The fields asked for: the "state known" marker, the updated keys, the removals
         -- (explicit ones — not updated, each once — and, with a full sync, every key the
         -- device has that the sync no longer lists).
-        local asked = { '\0known' }
+        local asked = { '\0known', nil, nil, nil, nil, nil, nil, nil }
         for i = 0, n - 1 do asked[i + 2] = ARGV[u + 2 * i] end
         local state
         if nr == 1 and full ~= '1' then
@@ -128,7 +128,9 @@ while a <= #ARGV do
           -- which keeps the two replies aligned without a second table.
           current = hmget(state_key, asked)
         end
-        local new_stamps, new_values, dropped = {}, {}, {}
+        local new_stamps = { nil, nil, nil, nil, nil, nil, nil, nil }
+        local new_values = { nil, nil, nil, nil, nil, nil }
+        local dropped = { nil, nil }
         for i = 2, n + 1 do
           if tonumber(stamps[i] or '-1') <= ts_ms then
             local key, v = asked[i], ARGV[u + 2 * (i - 2) + 1]

@@ -22,8 +22,7 @@ pub const DEDUPE_BUCKET: Duration = Duration::from_secs(5 * 60);
 /// (Before buckets, each fingerprint was kept 20 minutes from its first write; for any message
 /// accepted within those windows this keeps it at least as long.)
 pub const DEDUPE_RETENTION: Duration = Duration::from_secs(30 * 60);
-/// Hex digits of the fingerprint kept as a set member (128 bits).
-const FINGERPRINT_HEX: usize = 32;
+
 /// Largest number of messages in one pipeline.
 pub const MAX_BATCH: usize = 256;
 /// Messages applied by one script call: enough to spread the call's fixed cost, few enough
@@ -482,7 +481,6 @@ fn dedupe_expiry(msg: &Message) -> i64 {
 
 /// The arguments of one message in a call (see apply.lua).
 fn add_args(cmd: &mut redis::Cmd, msg: &Message, source: Source) {
-    let fingerprint = msg.fingerprint();
     cmd.arg(msg.type_str())
         .arg(&msg.workspace_id)
         .arg(&msg.device_id)
@@ -490,7 +488,7 @@ fn add_args(cmd: &mut redis::Cmd, msg: &Message, source: Source) {
         .arg(source.as_str())
         .arg(&msg.app_id)
         .arg(msg.ts.timestamp_millis())
-        .arg(&fingerprint[..FINGERPRINT_HEX.min(fingerprint.len())])
+        .arg(&msg.fingerprint_bytes()[..])
         .arg(dedupe_expiry(msg));
     match &msg.body {
         Body::Status {
