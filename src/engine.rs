@@ -122,6 +122,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
             registry.clone(),
             shutdown.clone(),
         ));
+        tokio::spawn(actors::registry::flush_counters_loop(
+            registry.clone(),
+            shutdown.clone(),
+        ));
         coord.run(coordinator_stop).await;
     });
 
@@ -184,10 +188,10 @@ impl RunningEngine {
         self.coordinator_trigger.fire();
         self.coordinator.release_all().await;
         self.writer_trigger.fire();
-        if tokio::time::timeout(grace, self.state.registry.writer_stopped())
-            .await
-            .is_err()
-        {
+        let writer_done = tokio::time::timeout(grace, self.state.registry.writer_stopped()).await;
+        // The last counts (the periodic flush stopped with the engine's signal).
+        self.state.registry.flush_counters().await;
+        if writer_done.is_err() {
             tracing::error!("the stream writer did not finish within the grace");
         }
         let _ = tokio::time::timeout(grace, self.server_task).await;

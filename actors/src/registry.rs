@@ -388,6 +388,33 @@ impl Registry {
         (in_flight, exchanges.drain(limit).await)
     }
 
+    /// Adds the message counts written since the last flush to the stored counters (one
+    /// pipeline); counts that could not be stored are kept for the next flush.
+    pub async fn flush_counters(&self) {
+        let mut taken: Vec<(TenantHandle, [u64; 2])> = Vec::new();
+        for h in self.by_id.iter() {
+            let counts = h.shared.take_unflushed();
+            if counts != [0, 0] {
+                taken.push((h.value().clone(), counts));
+            }
+        }
+        let rows: Vec<(String, &str, u64)> = taken
+            .iter()
+            .flat_map(|(h, [webhook, queue])| {
+                [("webhook", *webhook), ("queue", *queue)]
+                    .into_iter()
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(source, n)| (h.shared.org_id.clone(), source, n))
+            })
+            .collect();
+        if let Err(e) = self.deps.tenants.add_received(&rows).await {
+            tracing::debug!(error = %e, "message counters not stored yet; next flush");
+            for (h, counts) in &taken {
+                h.shared.restore_unflushed(*counts);
+            }
+        }
+    }
+
     /// Resolves once the stream writer has written what it accepted and stopped (after the
     /// engine fired its stop).
     pub async fn writer_stopped(&self) {
@@ -452,6 +479,20 @@ pub async fn follow_changes(registry: Arc<Registry>, stop: Shutdown) {
             _ = stop.wait() => return,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
+    }
+}
+
+/// How often message counts are added to the stored counters.
+const COUNTER_FLUSH: Duration = Duration::from_secs(1);
+
+/// Adds the message counts to the stored counters every second until `stop` (then once more).
+pub async fn flush_counters_loop(registry: Arc<Registry>, stop: Shutdown) {
+    loop {
+        tokio::select! {
+            _ = stop.wait() => break,
+            _ = tokio::time::sleep(COUNTER_FLUSH) => {}
+        }
+        registry.flush_counters().await;
     }
 }
 

@@ -173,6 +173,7 @@ impl<D: Directory> Ingest<D> {
             write(
                 &self.writer.on_this_thread(),
                 &self.metrics,
+                &tenant,
                 Arc::new(msg),
                 Source::Webhook,
             ),
@@ -205,12 +206,14 @@ impl<D: Directory> Ingest<D> {
 async fn write(
     writer: &StreamWriter,
     metrics: &Metrics,
+    tenant: &TenantShared,
     msg: Arc<Message>,
     source: Source,
 ) -> Result<Applied, WriteError> {
     let res = writer.write(msg.clone(), source).await;
     if let Ok(Applied::Written(_)) = res {
         metrics.message_written(source.as_str(), msg.type_str());
+        tenant.count_received(source);
     }
     res
 }
@@ -242,7 +245,7 @@ pub async fn polled(tenant: &TenantShared, raw: Vec<serde_json::Value>, stop: &S
         let results = futures::future::join_all(
             pending
                 .iter()
-                .map(|m| write(writer, metrics, m.clone(), Source::Queue)),
+                .map(|m| write(writer, metrics, tenant, m.clone(), Source::Queue)),
         )
         .await;
         pending = pending

@@ -2,13 +2,13 @@
 -- organization: every key carries its {org} hash tag). Each message is applied exactly as if
 -- alone; a duplicate (same content applied before) writes nothing.
 --
--- KEYS: per organization 1 status stream, 2 events stream, 3 tenant hash (message counters),
---   then per message of it 1 device state hash, 2 device stamps hash, 3 dedupe set of the
---   message's time bucket.
+-- KEYS: per organization 1 status stream, 2 events stream, then per message of it 1 device
+--   state hash, 2 device stamps hash, 3 dedupe set of the message's time bucket.
 -- ARGV: 1 maxlen, 2 "1" to touch the dedupe set of a duplicate (see below), then per
 --   organization: org, number of messages, then per message: kind ("status"|"events"),
 --   workspace, device, msg timestamp (verbatim), source, app, ts_ms, fingerprint, dedupe set
---   expiry (Unix seconds), full_sync ("0"|"1"), n, then
+--   expiry (Unix seconds; negative when the caller has set that set's expiry already),
+--   full_sync ("0"|"1"), n, then
 --   status: n pairs (key, json), n_removed, removed keys
 --   events: n triples (key, json, timestamp)
 -- Returns one integer per message, in order: -1 when it was already applied, else the number
@@ -16,8 +16,9 @@
 --
 -- What it costs is mostly calls and the tables Lua builds, so: one HMGET of the stamps (with
 -- the "state known" marker) and one of the values per message, one HSET (and one HDEL) to write
--- them back, counters added once per tenant and source, keys shared by an organization's
--- messages passed once, and no table for what a message does not need.
+-- them back, keys shared by an organization's messages passed once, and no table for what a
+-- message does not need. (The tenants' message counters are added by the engine, off this
+-- path, once a second.)
 local maxlen, touch = ARGV[1], ARGV[2] == '1'
 
 -- Lua's unpack is bounded by its C stack: commands with many fields go in chunks.
@@ -48,31 +49,29 @@ local a, k, m = 3, 0, 0
 while a <= #ARGV do
   local org, count = ARGV[a], tonumber(ARGV[a + 1])
   a = a + 2
-  local status, events, tenant = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
-  k = k + 3
-  local per_source = {}
+  local status, events = KEYS[k + 1], KEYS[k + 2]
+  k = k + 2
   for _ = 1, count do
     local state_key, stamps_key, seen_key = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
     k = k + 3
     m = m + 1
     local kind, ws, dev, ts, src, app = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3],
       ARGV[a + 4], ARGV[a + 5]
-    local ts_ms, fingerprint, expire_at = tonumber(ARGV[a + 6]), ARGV[a + 7], ARGV[a + 8]
+    local ts_ms, fingerprint, expire_at = tonumber(ARGV[a + 6]), ARGV[a + 7], tonumber(ARGV[a + 8])
     local full, n = ARGV[a + 9], tonumber(ARGV[a + 10])
     a = a + 11
     if redis.call('SADD', seen_key, fingerprint) == 0 then
       -- With redis.wait_replicas the caller WAITs for this connection's writes. A duplicate
       -- writes something too, so that the WAIT also covers the first write of this message,
       -- made perhaps on another connection and not yet replicated (its 503 brought the retry).
-      if touch then redis.call('EXPIREAT', seen_key, expire_at) end
+      if touch then redis.call('EXPIREAT', seen_key, math.abs(expire_at)) end
       out[m] = -1
       if kind == 'events' then a = a + 3 * n else a = a + 2 * n; a = a + 1 + tonumber(ARGV[a]) end
     else
-      if not expiring[seen_key] then
+      if expire_at > 0 and not expiring[seen_key] then
         expiring[seen_key] = true
         redis.call('EXPIREAT', seen_key, expire_at)
       end
-      per_source[src] = (per_source[src] or 0) + 1
       local written = 0
       if kind == 'events' then
         for _ = 1, n do
@@ -186,9 +185,6 @@ while a <= #ARGV do
       end
       out[m] = written
     end
-  end
-  for src, c in pairs(per_source) do
-    redis.call('HINCRBY', tenant, 'received:' .. src, c)
   end
 end
 return out

@@ -517,6 +517,37 @@ impl Tenants {
         })
     }
 
+    /// Adds counts of messages written to organizations' `received:<source>` counters:
+    /// `(org, source, n)`, one pipeline (one per organization on a cluster).
+    pub async fn add_received(&self, counts: &[(String, &str, u64)]) -> Result<(), StoreError> {
+        if counts.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.store.conn()?;
+        let keys = self.store.keys();
+        if self.store.is_cluster() {
+            for (org, source, n) in counts {
+                let field = format!("{}{source}", field::RECEIVED_PREFIX);
+                let _: i64 = self
+                    .store
+                    .bounded(conn.hincr(keys.tenant(org), field, *n))
+                    .await?;
+            }
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for (org, source, n) in counts {
+            pipe.hincr(
+                keys.tenant(org),
+                format!("{}{source}", field::RECEIVED_PREFIX),
+                *n,
+            )
+            .ignore();
+        }
+        let _: () = self.store.bounded(pipe.query_async(&mut conn)).await?;
+        Ok(())
+    }
+
     /// Records `intent` before the refresh token is redeemed (see [`ExchangeIntent`]).
     pub async fn begin_exchange(
         &self,

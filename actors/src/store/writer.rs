@@ -29,7 +29,7 @@ pub const MAX_BATCH: usize = 256;
 /// that one call does not hold Redis for long (a script runs alone).
 const MESSAGES_PER_CALL: usize = 64;
 /// Keys of an organization and of one message in a call (see apply.lua).
-const KEYS_PER_ORG: usize = 3;
+const KEYS_PER_ORG: usize = 2;
 const KEYS_PER_MESSAGE: usize = 3;
 
 const APPLY_LUA: &str = include_str!("apply.lua");
@@ -232,6 +232,7 @@ async fn run(
     // With `WAIT`, a connection of this writer's own: WAIT blocks the connection it is sent on
     // until the replicas answer, and it covers exactly the writes made on that connection.
     let mut own: Option<Conn> = None;
+    let expiries = Expiries::default();
     loop {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         {
@@ -259,7 +260,7 @@ async fn run(
             (true, None) => store.dedicated().await.inspect(|c| own = Some(c.clone())),
         };
         let results = match conn {
-            Ok(conn) => apply_batch(&store, conn, &script, durability, &batch).await,
+            Ok(conn) => apply_batch(&store, conn, &script, durability, &expiries, &batch).await,
             Err(e) => vec![Err(e.to_string()); batch.len()],
         };
         store.metrics().ingest_queue_depth.sub(n);
@@ -296,6 +297,7 @@ async fn apply_batch(
     conn: Conn,
     script: &redis::Script,
     durability: Durability,
+    expiries: &Expiries,
     batch: &[Job],
 ) -> Vec<Result<i64, String>> {
     let per_job = |res: Result<Vec<i64>, StoreError>, n: usize| -> Vec<Result<i64, String>> {
@@ -306,7 +308,7 @@ async fn apply_batch(
     };
     if !store.is_cluster() {
         return per_job(
-            apply_group(store, conn, script, durability, batch.iter()).await,
+            apply_group(store, conn, script, durability, expiries, batch.iter()).await,
             batch.len(),
         );
     }
@@ -321,6 +323,7 @@ async fn apply_batch(
             conn.clone(),
             script,
             durability,
+            expiries,
             idx.iter().map(|&i| &batch[i]),
         )
     }))
@@ -344,6 +347,7 @@ async fn apply_group<'a>(
     mut conn: Conn,
     script: &redis::Script,
     durability: Durability,
+    expiries: &Expiries,
     jobs: impl Iterator<Item = &'a Job>,
 ) -> Result<Vec<i64>, StoreError> {
     let started = Instant::now();
@@ -354,6 +358,7 @@ async fn apply_group<'a>(
     let order: Vec<usize> = jobs.iter().map(|(i, _)| *i).collect();
     let jobs: Vec<&Job> = jobs.into_iter().map(|(_, j)| j).collect();
     let mut pipe = redis::pipe();
+    let mut new_expiries = Vec::new();
     for chunk in jobs.chunks(MESSAGES_PER_CALL) {
         let groups: Vec<&[&Job]> = chunk
             .chunk_by(|x, y| x.msg.org_id == y.msg.org_id)
@@ -372,7 +377,17 @@ async fn apply_group<'a>(
         for group in &groups {
             cmd.arg(&group[0].msg.org_id).arg(group.len());
             for job in group.iter() {
-                add_args(&mut cmd, &job.msg, job.source);
+                let (bucket, expiry) = (dedupe_bucket(&job.msg), dedupe_expiry(&job.msg));
+                let known = expiries.is_set(&job.msg.org_id, bucket);
+                if !known {
+                    new_expiries.push((job.msg.org_id.as_str(), bucket));
+                }
+                add_args(
+                    &mut cmd,
+                    &job.msg,
+                    job.source,
+                    if known { -expiry } else { expiry },
+                );
             }
         }
         pipe.add_command(cmd);
@@ -395,6 +410,11 @@ async fn apply_group<'a>(
         }
         other => other,
     };
+    match &res {
+        Ok(_) => expiries.note(new_expiries),
+        // Redis may have restarted (sets lost, recreated without expiry): set them again.
+        Err(_) => expiries.forget(),
+    }
     let res = res.map(|calls| {
         let mut answers = vec![0i64; order.len()];
         for (slot, r) in order.iter().zip(calls.into_iter().flatten()) {
@@ -449,12 +469,11 @@ async fn wait_replicas(
     Ok(())
 }
 
-/// The keys of an organization in a call: its status and events streams, its tenant hash.
+/// The keys of an organization in a call: its status and events streams.
 fn add_org_keys(cmd: &mut redis::Cmd, store: &Store, org: &str) {
     let keys = store.keys();
     cmd.arg(keys.status_stream(org))
-        .arg(keys.events_stream(org))
-        .arg(keys.tenant(org));
+        .arg(keys.events_stream(org));
 }
 
 /// The keys of one message in a call: device state, device stamps, dedupe set.
@@ -479,8 +498,47 @@ fn dedupe_expiry(msg: &Message) -> i64 {
     (dedupe_bucket(msg) + 1) * bucket_secs + DEDUPE_RETENTION.as_secs() as i64
 }
 
-/// The arguments of one message in a call (see apply.lua).
-fn add_args(cmd: &mut redis::Cmd, msg: &Message, source: Source) {
+/// The dedupe buckets whose expiry a writer has set: each is set once per writer, not once
+/// per message (an extra command per message when many organizations share a batch). Forgotten
+/// after any failed batch (Redis may have restarted and lost them: a set recreated without an
+/// expiry would stay forever), beyond [`MAX_EXPIRIES`] entries, and every [`EXPIRIES_FOR`].
+struct Expiries(std::sync::Mutex<(std::collections::HashSet<(String, i64)>, Instant)>);
+
+/// Forget them all beyond this many (they are set again once each: harmless).
+const MAX_EXPIRIES: usize = 100_000;
+/// ... and this often.
+const EXPIRIES_FOR: Duration = Duration::from_secs(60);
+
+impl Default for Expiries {
+    fn default() -> Self {
+        Self(std::sync::Mutex::new((Default::default(), Instant::now())))
+    }
+}
+
+impl Expiries {
+    fn is_set(&self, org: &str, bucket: i64) -> bool {
+        let mut known = self.0.lock().expect("expiries lock");
+        if known.1.elapsed() > EXPIRIES_FOR || known.0.len() > MAX_EXPIRIES {
+            *known = (Default::default(), Instant::now());
+        }
+        known.0.contains(&(org.to_string(), bucket))
+    }
+
+    fn note(&self, set: Vec<(&str, i64)>) {
+        let mut known = self.0.lock().expect("expiries lock");
+        known
+            .0
+            .extend(set.into_iter().map(|(o, b)| (o.to_string(), b)));
+    }
+
+    fn forget(&self) {
+        self.0.lock().expect("expiries lock").0.clear();
+    }
+}
+
+/// The arguments of one message in a call (see apply.lua); `expiry` of its dedupe set,
+/// negative when already set.
+fn add_args(cmd: &mut redis::Cmd, msg: &Message, source: Source, expiry: i64) {
     cmd.arg(msg.type_str())
         .arg(&msg.workspace_id)
         .arg(&msg.device_id)
@@ -489,7 +547,7 @@ fn add_args(cmd: &mut redis::Cmd, msg: &Message, source: Source) {
         .arg(&msg.app_id)
         .arg(msg.ts.timestamp_millis())
         .arg(&msg.fingerprint_bytes()[..])
-        .arg(dedupe_expiry(msg));
+        .arg(expiry);
     match &msg.body {
         Body::Status {
             updated,

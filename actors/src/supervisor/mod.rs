@@ -54,10 +54,14 @@ impl TenantHandle {
     /// The tenant as the admin API shows it.
     pub async fn to_json(&self) -> serde_json::Value {
         let r = self.record();
-        let received = match self.shared.deps().tenants.load(&r.org_id).await {
+        let mut received = match self.shared.deps().tenants.load(&r.org_id).await {
             Ok(Some(t)) => t.received,
             _ => Default::default(),
         };
+        // Plus what this replica wrote in the last second and has not added yet.
+        let [webhook, queue] = self.shared.peek_unflushed();
+        *received.entry("webhook".into()).or_default() += webhook;
+        *received.entry("queue".into()).or_default() += queue;
         tenant_json(&r, &received)
     }
 

@@ -53,6 +53,9 @@ pub struct TenantShared {
     /// Serializes `tokens_state` transitions: concurrent callers (poller, inventory, an
     /// action) that saw the same refusal record it once.
     tokens_state_lock: tokio::sync::Mutex<()>,
+    /// Messages written and not yet added to the stored counters, by source (webhook, queue):
+    /// the registry flushes them every second, off the write path.
+    unflushed: [std::sync::atomic::AtomicU64; 2],
 }
 
 /// How many times a record update is retried after another replica wrote first.
@@ -81,6 +84,7 @@ impl TenantShared {
             record_version: record_version.into(),
             superseded: Default::default(),
             tokens_state_lock: Default::default(),
+            unflushed: Default::default(),
             tenant_id: record.tenant_id.clone(),
             org_id: record.org_id.clone(),
             record: RwLock::new(record),
@@ -105,6 +109,37 @@ impl TenantShared {
 
     pub(crate) fn metrics(&self) -> &Metrics {
         &self.deps.metrics
+    }
+
+    /// One message written for this tenant by `source` (counted in its `messages_received`).
+    pub(crate) fn count_received(&self, source: crate::protocol::message::Source) {
+        let i = usize::from(source != crate::protocol::message::Source::Webhook);
+        self.unflushed[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Takes the counts not yet stored: `[webhook, queue]`.
+    pub(crate) fn take_unflushed(&self) -> [u64; 2] {
+        use std::sync::atomic::Ordering::AcqRel;
+        [
+            self.unflushed[0].swap(0, AcqRel),
+            self.unflushed[1].swap(0, AcqRel),
+        ]
+    }
+
+    /// Gives counts back that could not be stored (they are added on the next flush).
+    pub(crate) fn restore_unflushed(&self, counts: [u64; 2]) {
+        use std::sync::atomic::Ordering::AcqRel;
+        self.unflushed[0].fetch_add(counts[0], AcqRel);
+        self.unflushed[1].fetch_add(counts[1], AcqRel);
+    }
+
+    /// The counts not yet stored, without taking them: `[webhook, queue]`.
+    pub(crate) fn peek_unflushed(&self) -> [u64; 2] {
+        use std::sync::atomic::Ordering::Acquire;
+        [
+            self.unflushed[0].load(Acquire),
+            self.unflushed[1].load(Acquire),
+        ]
     }
 
     /// True once the engine's drain began.
