@@ -492,10 +492,14 @@ fn dedupe_bucket(msg: &Message) -> i64 {
         .div_euclid(DEDUPE_BUCKET.as_millis() as i64)
 }
 
-/// When the dedupe bucket of a message expires (Unix seconds).
+/// When the dedupe bucket of a message expires (Unix seconds): [`DEDUPE_RETENTION`] after the
+/// bucket's end, and never sooner than that from now (a message with an old timestamp — a clock
+/// off, a queue message as late as retention allows — must not expire its set at once).
 fn dedupe_expiry(msg: &Message) -> i64 {
     let bucket_secs = DEDUPE_BUCKET.as_secs() as i64;
-    (dedupe_bucket(msg) + 1) * bucket_secs + DEDUPE_RETENTION.as_secs() as i64
+    let retention = DEDUPE_RETENTION.as_secs() as i64;
+    let after_bucket = (dedupe_bucket(msg) + 1) * bucket_secs + retention;
+    after_bucket.max(chrono::Utc::now().timestamp() + retention)
 }
 
 /// The dedupe buckets whose expiry a writer has set: each is set once per writer, not once
