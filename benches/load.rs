@@ -4,6 +4,12 @@
 //! single-engine write-path benchmark is `xapi-bench`.)
 //!
 //!   cargo build --release --bins && target/release/xapi-load [--replicas 1,2,3] [--seconds 6]
+//!
+//! With `--tenants N [--idle S]` it measures the cost of many idle tenants instead: one engine
+//! (queue ingest, 20-s long-polls) activates N organizations of the simulator, then for S seconds
+//! with no message flowing reads the engine's RSS and CPU and Redis's commands and CPU; then
+//! kill -9 and a restart under the same replica id, again under a new one (how long until every
+//! tenant is polled again), and a SIGTERM (how long until exit, and the exit code).
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -243,8 +249,208 @@ async fn scale_out(list: &str, secs: f64, connections: usize) -> anyhow::Result<
 
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
+    let tenants: usize = arg("--tenants", 0);
+    if tenants > 0 {
+        return idle_scale(tenants, arg("--idle", 20.0)).await;
+    }
     let secs: f64 = arg("--seconds", 6.0);
     let connections: usize = arg("--connections", 64);
     let replicas: String = arg("--replicas", "1,2,3".to_string());
     scale_out(&replicas, secs, connections).await
+}
+
+/// Resident memory of a process, from `/proc/<pid>/status`.
+fn rss_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| {
+            v.split_whitespace()
+                .next()
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024
+}
+
+fn redis_stat(redis: &RedisServer, section: &str, field: &str) -> f64 {
+    let info: String = redis::cmd("INFO")
+        .arg(section)
+        .query(&mut redis.client().get_connection().expect("redis"))
+        .unwrap_or_default();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The busiest commands since the last `CONFIG RESETSTAT`, per second (Lua's inner calls
+/// included, as Redis counts them).
+fn top_commands(redis: &RedisServer, secs: f64) -> anyhow::Result<String> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut redis.client().get_connection()?)?;
+    let mut calls: Vec<(String, f64)> = info
+        .lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let n: f64 = rest
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("calls="))?
+                .parse()
+                .ok()?;
+            Some((name.to_string(), n / secs))
+        })
+        .collect();
+    calls.sort_by(|a, b| b.1.total_cmp(&a.1));
+    Ok(calls
+        .iter()
+        .take(8)
+        .map(|(n, c)| format!("{n} {c:.0}"))
+        .collect::<Vec<_>>()
+        .join(", "))
+}
+
+/// Waits until every org of `sim` was polled after `since`; the time that took.
+async fn all_polled_after(
+    sim: &Sim,
+    n: usize,
+    since: std::time::Instant,
+    limit: Duration,
+) -> anyhow::Result<Duration> {
+    loop {
+        let missing = (0..n)
+            .filter(|&i| !sim.last_poll(i).is_some_and(|t| t > since))
+            .count();
+        if missing == 0 {
+            return Ok(since.elapsed());
+        }
+        anyhow::ensure!(
+            since.elapsed() < limit,
+            "{missing} of {n} tenants not polled within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `--tenants N --idle S`: the idle cost of N queue tenants on one engine.
+async fn idle_scale(n: usize, idle_secs: f64) -> anyhow::Result<()> {
+    println!("xapi-stream idle scale: {n} queue tenants, {idle_secs} s idle");
+    let redis = RedisServer::start()?;
+    let sim = Sim::start(
+        SimConfig {
+            orgs: n,
+            devices_per_org: 1,
+            poll_wait: Duration::from_secs(20),
+            ..Default::default()
+        },
+        "127.0.0.1:0".parse()?,
+    )
+    .await?;
+    let mut env = xapi_stream::devkit::devenv::engine_env(&sim, &redis.url(), "idle");
+    env.push(("XAPI_STREAM__INTEGRATION__INGEST".into(), "queue".into()));
+    let grace: u64 = 10;
+    env.push((
+        "XAPI_STREAM__SERVER__SHUTDOWN_GRACE_SECS".into(),
+        grace.to_string(),
+    ));
+    let (mut engine, base) = spawn_engine(&env, "idle-a").await?;
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
+        let answers = futures::future::join_all(chunk.iter().map(|&i| {
+            http.post(format!("{base}/admin/activations"))
+                .bearer_auth(xapi_stream::devkit::devenv::ADMIN_TOKEN)
+                .json(&json!({"jwt": sim.activation_jwt(i)}))
+                .send()
+        }))
+        .await;
+        for a in answers {
+            anyhow::ensure!(a?.status().is_success(), "activation refused");
+        }
+    }
+    loop {
+        let pending = (0..n)
+            .filter(|&i| sim.app_state(i).provisioning_state.as_deref() != Some("completed"))
+            .count();
+        if pending == 0 {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "{pending} activations not completed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let activation = started.elapsed();
+    println!("activated {n} tenants in {activation:.1?}");
+    all_polled_after(&sim, n, started, Duration::from_secs(120)).await?;
+    // Settle (first inventory syncs, first refresh schedules), then measure.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let pid = engine.id();
+    let rpid = {
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query(&mut redis.client().get_connection()?)?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("process_id:"))
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .unwrap_or(0)
+    };
+    let (e0, r0) = (cpu_time(pid), cpu_time(rpid));
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query(&mut redis.client().get_connection()?)?;
+    let c0 = redis_stat(&redis, "stats", "total_commands_processed");
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(idle_secs)).await;
+    let secs = t0.elapsed().as_secs_f64();
+    let engine_cpu = cpu_time(pid).saturating_sub(e0).as_secs_f64() / secs * 100.0;
+    let redis_cpu = cpu_time(rpid).saturating_sub(r0).as_secs_f64() / secs * 100.0;
+    let ops = (redis_stat(&redis, "stats", "total_commands_processed") - c0) / secs;
+    let rss = rss_bytes(pid);
+    let top = top_commands(&redis, secs)?;
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await?
+        .text()
+        .await?;
+    let owned = metric(&metrics, "xapi_stream_tenants_owned");
+    println!(
+        "idle: engine RSS {:.0} MB ({:.1} KB per tenant), engine CPU {engine_cpu:.1} % of a core, Redis {ops:.0} ops/s, Redis CPU {redis_cpu:.1} %, tenants owned {owned}",
+        rss as f64 / 1e6,
+        rss as f64 / 1024.0 / n as f64
+    );
+    println!("Redis commands per second while idle: {top}");
+    // kill -9, restart under the same replica id: how long until every tenant is polled again.
+    let _ = engine.kill();
+    let _ = engine.wait();
+    let restarted = Instant::now();
+    let (e2, _) = spawn_engine(&env, "idle-a").await?;
+    let same = all_polled_after(&sim, n, restarted, Duration::from_secs(180)).await?;
+    println!(
+        "kill -9 + restart as the same replica id: every tenant polled again after {same:.1?}"
+    );
+    // … and under a new replica id (a plain process gets $HOSTNAME-<pid>).
+    let mut e2 = e2;
+    let _ = e2.kill();
+    let _ = e2.wait();
+    let restarted = Instant::now();
+    let (mut e3, _) = spawn_engine(&env, "idle-b").await?;
+    let new = all_polled_after(&sim, n, restarted, Duration::from_secs(180)).await?;
+    println!("kill -9 + restart as a new replica id: every tenant polled again after {new:.1?}");
+    // SIGTERM: time to exit and the status.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let termed = Instant::now();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &e3.id().to_string()])
+        .status();
+    let status = e3.wait()?;
+    println!(
+        "SIGTERM: exited {:?} after {:.1?} (grace {grace} s)",
+        status.code(),
+        termed.elapsed()
+    );
+    sim.shutdown().await;
+    Ok(())
 }

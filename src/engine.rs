@@ -55,6 +55,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
         writer_stop,
     )?;
     let writer = deps.writer.clone();
+    let bell = deps.bell.clone();
+    let bell_store = deps.store.clone();
+    let bell_metrics = metrics.clone();
     let registry = Arc::new(Registry::new(deps, SUPERVISOR_THREADS));
     registry.spawn_gone_cleaner(gone);
     let coordinator = Coordinator::new(registry.clone());
@@ -103,6 +106,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
             registry.clone(),
             shutdown.clone(),
         ));
+        tokio::spawn(bell.listen(bell_store, bell_metrics, shutdown.clone()));
         loop {
             match registry.resume_all().await {
                 Ok(n) => {

@@ -41,8 +41,12 @@ pub struct DevicesConfig {
     pub max_attempts: u32,
     /// Longest time one request may take, waits for rate limits and retries included.
     pub call_deadline_secs: f64,
-    /// Pause between two reads of an idle command stream, in milliseconds.
+    /// Pause between two reads of an idle command stream, in milliseconds, while Redis keyspace
+    /// notifications are unavailable (else a new entry wakes the consumer at once).
     pub commands_poll_ms: u64,
+    /// With keyspace notifications on, an idle command stream is still read this often (the
+    /// safety net under fire-and-forget notifications), in seconds.
+    pub commands_sweep_secs: f64,
     /// Commands pending this long with another consumer (a dead replica) are claimed.
     pub commands_claim_idle_secs: u64,
     /// Approximate cap of the results and inventory streams (XADD MAXLEN ~).
@@ -322,6 +326,9 @@ impl Config {
         }
         if d.commands_poll_ms == 0 {
             return Err(err("devices.commands_poll_ms", "must be at least 1"));
+        }
+        if !(d.commands_sweep_secs >= 0.1) {
+            return Err(err("devices.commands_sweep_secs", "must be at least 0.1"));
         }
         if self.webex.http_timeout_secs == 0 {
             return Err(err("webex.http_timeout_secs", "must be at least 1"));

@@ -109,6 +109,7 @@ pub struct Metrics {
     pub lease_changes_total: IntCounterVec,
     pub replicas_live: IntGauge,
     pub tenants_owned: IntGauge,
+    pub command_notifications_up: IntGauge,
     /// The hot path's series, resolved once (a `with_label_values` per message is a hash and
     /// a lock each time).
     hot: std::sync::Arc<Hot>,
@@ -274,6 +275,10 @@ impl Metrics {
             "tenants_owned",
             "Tenants whose background work (token refresh, queue poller) this replica runs.",
         );
+        let command_notifications_up = gauge(
+            "command_notifications_up",
+            "1 while Redis keyspace notifications wake command consumers (0: they read every devices.commands_poll_ms).",
+        );
         let token_expiry_horizon_seconds = prometheus::Gauge::with_opts(opts(
             "token_expiry_horizon_seconds",
             "Seconds until the earliest access-token expiry of any active tenant (negative: expired).",
@@ -430,6 +435,7 @@ impl Metrics {
             lease_changes_total,
             replicas_live,
             tenants_owned,
+            command_notifications_up,
         }
     }
 

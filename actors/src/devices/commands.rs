@@ -213,24 +213,34 @@ async fn handle(
 
 /// The consumer child. Redis errors end it (the supervisor restarts it with backoff); a stop
 /// lets the batch in hand finish — its requests may have reached Webex — before returning.
+///
+/// Idle, it costs nothing: it waits for the command bell (a keyspace notification of a new
+/// entry), reading anyway every `devices.commands_sweep_secs`, or — while the bell is silent —
+/// every `devices.commands_poll_ms`. Entries another consumer left pending (a previous owner)
+/// are claimed every `commands_claim_idle_secs` until none are left.
 pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), String> {
     let cfg = &shared.deps().config.devices;
     let store = DeviceStore::new(shared.deps().store.clone());
     let org = shared.org_id.clone();
     // The replica id: a restarted replica (same pod name) finds its own pending entries.
     let consumer = shared.deps().config.scaling.replica_id();
-    let idle = Duration::from_millis(cfg.commands_poll_ms);
+    let poll = Duration::from_millis(cfg.commands_poll_ms);
+    let sweep = Duration::from_secs_f64(cfg.commands_sweep_secs);
     let claim_every = Duration::from_secs(cfg.commands_claim_idle_secs.max(1));
     let claim_idle_ms = cfg.commands_claim_idle_secs * 1000;
     let maxlen = cfg.results_maxlen;
     let fail = |what: &str, e: crate::store::StoreError| format!("command stream: {what}: {e}");
+    let bell = &shared.deps().bell;
+    let door = Door::open(bell, &org);
     store
         .ensure_group(&org, GROUP)
         .await
         .map_err(|e| fail("creating the consumer group", e))?;
     // First this consumer's own pending entries (left by a previous run), then new ones.
     let mut own_pending = true;
-    let mut last_claim = tokio::time::Instant::now();
+    // Whether other consumers have entries pending (checked once their own are done).
+    let mut others_pending = true;
+    let mut next_claim = tokio::time::Instant::now();
     loop {
         if stop.is_fired() {
             return Ok(());
@@ -244,17 +254,31 @@ pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), String
             own_pending = false;
             continue;
         }
-        if entries.is_empty() && last_claim.elapsed() >= claim_every {
-            last_claim = tokio::time::Instant::now();
+        let now = tokio::time::Instant::now();
+        if entries.is_empty() && others_pending && now >= next_claim {
+            next_claim = now + claim_every;
             entries = store
                 .claim_stale(&org, GROUP, &consumer, claim_idle_ms, BATCH)
                 .await
                 .map_err(|e| fail("claiming stale entries", e))?;
+            if entries.is_empty() {
+                others_pending = store
+                    .pending_of_others(&org, GROUP, &consumer)
+                    .await
+                    .map_err(|e| fail("counting pending entries", e))?
+                    > 0;
+            }
         }
         if entries.is_empty() {
+            let ringing = bell.is_ringing();
+            let mut wake = now + if ringing { sweep } else { poll };
+            if others_pending {
+                wake = wake.min(next_claim);
+            }
             tokio::select! {
                 _ = stop.wait() => return Ok(()),
-                _ = tokio::time::sleep(idle) => {}
+                _ = door.0.notified(), if ringing => {}
+                _ = tokio::time::sleep_until(wake) => {}
             }
             continue;
         }
@@ -268,6 +292,25 @@ pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), String
             .finish_commands(&org, GROUP, &results, maxlen)
             .await
             .map_err(|e| fail("writing results", e))?;
+    }
+}
+
+/// The consumer's door on the command bell, closed when the consumer ends.
+struct Door<'a>(
+    Arc<tokio::sync::Notify>,
+    &'a crate::store::bell::Bell,
+    &'a str,
+);
+
+impl<'a> Door<'a> {
+    fn open(bell: &'a crate::store::bell::Bell, org: &'a str) -> Self {
+        Self(bell.door(org), bell, org)
+    }
+}
+
+impl Drop for Door<'_> {
+    fn drop(&mut self) {
+        self.1.close(self.2);
     }
 }
 

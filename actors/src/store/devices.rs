@@ -299,6 +299,42 @@ impl DeviceStore {
         })
     }
 
+    /// How many entries of `group` are pending with consumers other than `consumer`.
+    pub async fn pending_of_others(
+        &self,
+        org: &str,
+        group: &str,
+        consumer: &str,
+    ) -> Result<u64, StoreError> {
+        let mut conn = self.store.conn()?;
+        // Reply: [count, first id, last id, [[consumer, count], ...]].
+        let reply: redis::Value = self
+            .store
+            .bounded(
+                redis::cmd("XPENDING")
+                    .arg(self.store.keys().commands_stream(org))
+                    .arg(group)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let redis::Value::Array(parts) = reply else {
+            return Ok(0);
+        };
+        let Some(redis::Value::Array(consumers)) = parts.get(3) else {
+            return Ok(0);
+        };
+        let mut others = 0;
+        for c in consumers {
+            let Ok((name, count)) = redis::from_redis_value::<(String, u64)>(c.clone()) else {
+                continue;
+            };
+            if name != consumer {
+                others += count;
+            }
+        }
+        Ok(others)
+    }
+
     /// Marks `request_id` as sent by stream entry `entry` (SET NX, 24 h).
     pub async fn mark_request(
         &self,

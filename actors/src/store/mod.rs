@@ -5,6 +5,7 @@
 //! - [`devices`]: inventory hashes and the command/result streams of the device API.
 //! - [`keys`]: every key name the engine writes, in one place.
 //! - [`Store`]: a cloneable handle on one multiplexed, self-reconnecting connection.
+pub mod bell;
 pub mod crypto;
 pub mod devices;
 pub mod jti;
@@ -153,6 +154,8 @@ struct Inner {
     target: Target,
     /// A plain client on the first seed: pub/sub (cluster-wide in Redis Cluster).
     pubsub_client: redis::Client,
+    /// The first seed URL (credentials for per-node clients).
+    seed: String,
     conn: OnceCell<Conn>,
     keys: Keys,
     command_timeout: Duration,
@@ -180,6 +183,7 @@ impl Store {
             inner: Arc::new(Inner {
                 target,
                 pubsub_client: redis::Client::open(first)?,
+                seed: first.to_string(),
                 conn: OnceCell::new(),
                 keys: Keys::new(&cfg.key_prefix),
                 command_timeout: Duration::from_millis(cfg.command_timeout_ms),
@@ -249,6 +253,40 @@ impl Store {
     /// A client for pub/sub (a dedicated connection per subscriber).
     pub fn pubsub_client(&self) -> &redis::Client {
         &self.inner.pubsub_client
+    }
+
+    /// A client per node: the one server, or every master of a cluster (`CLUSTER NODES`), with
+    /// the credentials of the first seed URL. For what is per node, like keyspace notifications.
+    pub async fn node_clients(&self) -> Result<Vec<redis::Client>, StoreError> {
+        if !self.is_cluster() {
+            return Ok(vec![self.inner.pubsub_client.clone()]);
+        }
+        let mut conn = self.conn()?;
+        let nodes: String = self
+            .bounded(redis::cmd("CLUSTER").arg("NODES").query_async(&mut conn))
+            .await?;
+        let seed = self.inner.seed.clone();
+        nodes
+            .lines()
+            .filter(|l| {
+                l.split_whitespace()
+                    .nth(2)
+                    .is_some_and(|f| f.contains("master"))
+            })
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .map(|addr| {
+                // ip:port@cport
+                let hostport = addr.split('@').next().unwrap_or(addr);
+                let (host, port) = hostport.rsplit_once(':').unwrap_or((hostport, "6379"));
+                let mut u = url::Url::parse(&seed)
+                    .map_err(|e| StoreError::Corrupt(format!("redis.url: {e}")))?;
+                u.set_host(Some(host))
+                    .map_err(|e| StoreError::Corrupt(format!("node address {addr}: {e}")))?;
+                u.set_port(port.parse().ok())
+                    .map_err(|_| StoreError::Corrupt(format!("node address {addr}")))?;
+                Ok(redis::Client::open(u.as_str())?)
+            })
+            .collect()
     }
 
     /// The multiplexed connection, or `NotConnected` before the first connect.

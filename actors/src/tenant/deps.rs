@@ -40,6 +40,9 @@ pub struct Deps {
     /// Where token exchanges run, and what a drain waits for.
     pub exchanges: ExchangeTasks,
     pub metrics: Metrics,
+    /// Wakes a tenant's command consumer when its stream gets an entry (listening is started
+    /// by the process: [`crate::store::bell::Bell::listen`]).
+    pub bell: crate::store::bell::Bell,
     pub writer: crate::store::writer::StreamWriter,
     pub shutdown: Shutdown,
     /// Tenants found removed on the Webex side (appUrl 404/410), for the registry to clean up.
@@ -130,6 +133,7 @@ impl Deps {
             oauth: WebexClient::new(oauth_http, config.webex.allow_http),
             poll_http,
             exchanges: ExchangeTasks::on_current_runtime(),
+            bell: Default::default(),
             store,
             metrics,
             writer,
