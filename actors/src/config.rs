@@ -327,7 +327,7 @@ impl Config {
         if d.commands_poll_ms == 0 {
             return Err(err("devices.commands_poll_ms", "must be at least 1"));
         }
-        if !(d.commands_sweep_secs >= 0.1) {
+        if d.commands_sweep_secs.is_nan() || d.commands_sweep_secs < 0.1 {
             return Err(err("devices.commands_sweep_secs", "must be at least 0.1"));
         }
         if self.webex.http_timeout_secs == 0 {
