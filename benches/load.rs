@@ -321,7 +321,7 @@ async fn all_polled_after(
 ) -> anyhow::Result<Duration> {
     loop {
         let missing = (0..n)
-            .filter(|&i| !sim.last_poll(i).is_some_and(|t| t > since))
+            .filter(|&i| sim.last_poll(i).is_none_or(|t| t <= since))
             .count();
         if missing == 0 {
             return Ok(since.elapsed());
