@@ -1,16 +1,25 @@
 //! The ownership coordinator: decides which tenants this replica runs the background work of
-//! (token refresh, queue poller, reconciler, inventory, command consumer) and keeps their leases.
+//! (token refresh, queue poller, reconciler, inventory, command consumer) and keeps their
+//! ownership records (`crate::store::lease`).
 //!
-//! Every `scaling.renew_every()` (and when kicked: a new tenant, a re-activation) it
-//! 1. heartbeats in `<p>:replicas` and reads the live set,
-//! 2. for every tenant computes the preferred owner by rendezvous hashing over that set,
-//! 3. renews the leases it holds, hands over those now preferred elsewhere (a replica joined:
-//!    owned work stops at a safe point, then the lease is deleted so the newcomer takes it at
-//!    once), and acquires the free leases of tenants it is preferred for.
+//! Every `scaling.renew_every()` (when kicked: a new tenant, a re-activation; and the moment
+//! another replica's heartbeat expires) one round
+//! 1. heartbeats in `<p>:replicas`, which keeps every record this replica holds (one script
+//!    for all of them) and reads the live set; a heartbeat that had expired means others may
+//!    have taken this replica's tenants, so all of them are dropped first,
+//! 2. verifies a slice of the records it holds (all of them once per lease TTL: a record lost
+//!    in a Redis failover, or taken over, stops the work),
+//! 3. hands over the tenants now preferred elsewhere by rendezvous hashing over the live set
+//!    (a replica joined: owned work stops at a safe point, then the record is deleted so the
+//!    newcomer takes it at once) and starts owned work where it is missing,
+//! 4. reads the records of the tenants it is preferred for but does not hold, and takes those
+//!    that are free, name a replica no longer alive, or name itself (an earlier incarnation).
 //!
-//! A replica that dies stops renewing: its leases and heartbeat expire within the lease TTL and
-//! the survivors, now preferred for its tenants, take them on their next round. A draining
-//! replica leaves the live set first and deletes its leases after its work stopped.
+//! So an idle replica costs Redis a heartbeat and a slice of MGET per round, not a command per
+//! tenant. A replica that dies stops heartbeating: within the lease TTL its entry expires and
+//! the survivors, now preferred for its tenants, take them (a round is scheduled for that
+//! moment). A draining replica heartbeats as draining: preferred for nothing, its records hold
+//! until its work stopped, then it deletes them.
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -21,11 +30,11 @@ use tokio::time::Instant;
 
 use crate::registry::Registry;
 use crate::shutdown::Shutdown;
-use crate::store::lease::{Acquired, Leases, preferred_owner};
+use crate::store::lease::{Acquired, Heartbeat, Leases, holder, preferred_owner, value};
 use crate::store::tenants::ProvisioningState;
 use crate::supervisor::TenantHandle;
 
-/// Lease operations in flight at once during a round.
+/// Takeovers in flight at once during a round.
 const CONCURRENCY: usize = 64;
 
 /// Runs the ownership rounds of one replica.
@@ -35,16 +44,17 @@ pub struct Coordinator {
     replica: String,
     ttl: Duration,
     every: Duration,
-    /// Tenants being handed over (owned work stopping before the lease is deleted).
+    /// Tenants being handed over (owned work stopping before the record is deleted).
     handing_over: std::sync::Mutex<HashSet<String>>,
-    /// Set by [`Coordinator::leave`]: no heartbeat, no new leases; held ones are only renewed
-    /// until their work has stopped.
+    /// Set by [`Coordinator::leave`]: heartbeats as draining, no new tenants.
     draining: std::sync::atomic::AtomicBool,
     /// Held for a whole round: [`Coordinator::leave`] waits for a round in flight, so its
-    /// heartbeat cannot put a draining replica back into the live set.
+    /// heartbeat cannot put a draining replica back into the preferred set.
     round_lock: tokio::sync::Mutex<()>,
-    /// The live set of the last successful heartbeat (used when one heartbeat fails).
-    last_live: std::sync::Mutex<Vec<String>>,
+    /// Rounds so far (which slice of the held records a round verifies).
+    rounds: std::sync::atomic::AtomicU64,
+    /// When another replica's heartbeat expires next (a round then takes its tenants).
+    next_expiry: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Coordinator {
@@ -60,7 +70,8 @@ impl Coordinator {
             handing_over: Default::default(),
             draining: Default::default(),
             round_lock: Default::default(),
-            last_live: Default::default(),
+            rounds: Default::default(),
+            next_expiry: Default::default(),
         })
     }
 
@@ -75,123 +86,216 @@ impl Coordinator {
         let kick = self.registry.kick.clone();
         loop {
             self.round().await;
+            let mut wake = Instant::now() + self.every;
+            if let Some(expiry) = *self.next_expiry.lock().expect("expiry lock") {
+                // A moment after it: the heartbeat script runs on the server's clock.
+                wake = wake.min(expiry + Duration::from_millis(20));
+            }
             tokio::select! {
                 _ = stop.wait() => return,
                 _ = kick.notified() => {}
-                _ = tokio::time::sleep(self.every) => {}
+                _ = tokio::time::sleep_until(wake) => {}
             }
         }
     }
 
-    /// One round: heartbeat, then renew, hand over or acquire each tenant's lease.
+    /// Verification slices: every held record is read once per lease TTL.
+    fn slices(&self) -> u64 {
+        (self.ttl.as_secs_f64() / self.every.as_secs_f64())
+            .floor()
+            .max(1.0) as u64
+    }
+
+    /// One round (see the module docs).
     pub async fn round(self: &Arc<Self>) {
         let _round = self.round_lock.lock().await;
-        if self.draining.load(Ordering::Acquire) {
-            self.renew_while_draining().await;
-            return;
-        }
-        let live = match self.leases.heartbeat(&self.replica, self.ttl).await {
-            Ok(live) => {
-                *self.last_live.lock().expect("live lock") = live.clone();
-                live
-            }
+        let draining = self.draining.load(Ordering::Acquire);
+        let sent = Instant::now();
+        let beat = match self
+            .leases
+            .heartbeat(&self.replica, self.ttl, draining)
+            .await
+        {
+            Ok(beat) => beat,
             Err(e) => {
-                // The heartbeat key lives on one slot; its node may be down while the tenants'
-                // are fine. Go on with the last live set: renewals that fail drop what lapses.
-                tracing::warn!(error = %e, "ownership heartbeat failed; using the last live set");
-                let last = self.last_live.lock().expect("live lock").clone();
-                if last.is_empty() {
-                    for h in self.registry.handles() {
-                        self.drop_if_lapsed(&h).await;
-                    }
-                    return;
+                // Nothing is kept alive this round: what runs out of validity stops.
+                tracing::warn!(error = %e, "ownership heartbeat failed");
+                for h in self.registry.handles() {
+                    self.drop_if_lapsed(&h).await;
                 }
-                last
+                return;
             }
         };
-        let metrics = &self.registry.deps().metrics;
-        metrics.replicas_live.set(live.len() as i64);
+        *self.next_expiry.lock().expect("expiry lock") = beat.next_expiry.map(|d| sent + d);
         let handles = self.registry.handles();
-        futures::stream::iter(handles)
-            .for_each_concurrent(CONCURRENCY, |h| {
-                let live = &live;
-                async move { self.tend(&h, live).await }
-            })
-            .await;
-        let owned = self
-            .registry
-            .handles()
+        let held: Vec<&TenantHandle> = handles
+            .iter()
+            .filter(|h| h.shared.claim.held_epoch().is_some())
+            .collect();
+        if !beat.continuous && !held.is_empty() {
+            // This replica's heartbeat had expired (a pause, Redis unreachable): others may have
+            // taken its tenants. Drop them all; the takeovers below win back what is still free.
+            tracing::warn!(
+                tenants = held.len(),
+                "ownership heartbeat had expired; dropping every tenant held"
+            );
+            for h in &held {
+                self.lose(h, "lapsed").await;
+            }
+        }
+        // The heartbeat keeps every record held for another TTL.
+        for h in &handles {
+            if let Some(epoch) = h.shared.claim.held_epoch() {
+                h.shared.claim.set(epoch, sent, self.ttl);
+            }
+        }
+        if draining {
+            return;
+        }
+        let metrics = &self.registry.deps().metrics;
+        metrics.replicas_live.set(beat.preferred.len() as i64);
+        let round = self.rounds.fetch_add(1, Ordering::Relaxed);
+        self.verify(&handles, round).await;
+        let mut candidates = Vec::new();
+        for h in &handles {
+            if let Some(h) = self.tend(h, &beat) {
+                candidates.push(h);
+            }
+        }
+        self.take_over(candidates, &beat, sent).await;
+        let owned = handles
             .iter()
             .filter(|h| h.shared.claim.is_owning())
             .count();
         metrics.tenants_owned.set(owned as i64);
     }
 
-    async fn tend(self: &Arc<Self>, h: &TenantHandle, live: &[String]) {
-        let org = h.shared.org_id.clone();
-        let claim = &h.shared.claim;
-        if self
-            .handing_over
-            .lock()
-            .expect("handover lock")
-            .contains(&org)
-        {
+    /// Reads this round's slice of the records held; those no longer naming this replica under
+    /// the epoch held (lost in a failover, taken over) stop their work.
+    async fn verify(&self, handles: &[TenantHandle], round: u64) {
+        let slices = self.slices();
+        let slice: Vec<(&TenantHandle, u64)> = handles
+            .iter()
+            .filter(|h| slice_of(&h.shared.org_id, slices) == round % slices)
+            .filter_map(|h| h.shared.claim.held_epoch().map(|e| (h, e)))
+            .filter(|(h, _)| !self.is_handing_over(&h.shared.org_id))
+            .collect();
+        if slice.is_empty() {
             return;
         }
+        let orgs: Vec<&str> = slice
+            .iter()
+            .map(|(h, _)| h.shared.org_id.as_str())
+            .collect();
+        let records = match self.leases.read(&orgs).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, "ownership records not verified this round");
+                return;
+            }
+        };
+        for ((h, epoch), record) in slice.into_iter().zip(records) {
+            if record.as_deref() != Some(value(&self.replica, epoch).as_str())
+                && h.shared.claim.held_epoch() == Some(epoch)
+            {
+                tracing::warn!(tenant = %h.shared.tenant_id, epoch, record = ?record, "ownership record lost or taken over");
+                self.lose(h, "lost").await;
+            }
+        }
+    }
+
+    /// Forgets a tenant held and stops its owned work.
+    async fn lose(&self, h: &TenantHandle, why: &str) {
+        self.registry.deps().metrics.lease(why);
+        h.shared.claim.clear();
+        h.stop_owned_work().await;
+    }
+
+    fn is_handing_over(&self, org: &str) -> bool {
+        self.handing_over
+            .lock()
+            .expect("handover lock")
+            .contains(org)
+    }
+
+    /// A held tenant: handed over if it is gone or preferred elsewhere, else its owned work
+    /// started if missing. An unheld one this replica is preferred for is returned, to take.
+    fn tend<'a>(
+        self: &Arc<Self>,
+        h: &'a TenantHandle,
+        beat: &Heartbeat,
+    ) -> Option<&'a TenantHandle> {
+        let org = &h.shared.org_id;
+        if self.is_handing_over(org) {
+            return None;
+        }
+        let claim = &h.shared.claim;
         let gone = h.shared.state() == ProvisioningState::Deprovisioned;
-        let preferred = preferred_owner(live, &org) == Some(self.replica.as_str());
+        let preferred = preferred_owner(&beat.preferred, org) == Some(self.replica.as_str());
         match claim.held_epoch() {
             Some(epoch) if gone || !preferred => {
                 // Deprovisioned, or a replica preferred for it has joined: hand it over.
                 self.hand_over(h.clone(), epoch);
+                None
             }
-            Some(epoch) => {
-                let sent = Instant::now();
+            Some(_) => {
+                if !claim.is_owning() && !claim.is_blocked() {
+                    // A full mailbox refuses it; the next round offers it again.
+                    h.start_owned_work();
+                }
+                None
+            }
+            None if preferred && !gone && !claim.is_blocked() => Some(h),
+            None => None,
+        }
+    }
+
+    /// Reads the records of `candidates` and takes those that are free, name a replica no
+    /// longer alive, or name this one (an earlier incarnation: it is fenced off).
+    async fn take_over(&self, candidates: Vec<&TenantHandle>, beat: &Heartbeat, sent: Instant) {
+        if candidates.is_empty() {
+            return;
+        }
+        let orgs: Vec<&str> = candidates
+            .iter()
+            .map(|h| h.shared.org_id.as_str())
+            .collect();
+        let records = match self.leases.read(&orgs).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, "ownership records not read; next round");
+                return;
+            }
+        };
+        let takeable: Vec<(&TenantHandle, Option<String>)> = candidates
+            .into_iter()
+            .zip(records)
+            .filter(|(_, record)| match record.as_deref().and_then(holder) {
+                None => true,
+                Some((owner, _)) => owner == self.replica || !beat.alive.contains(owner),
+            })
+            .collect();
+        futures::stream::iter(takeable)
+            .for_each_concurrent(CONCURRENCY, |(h, record)| async move {
+                let claim = &h.shared.claim;
                 match self
                     .leases
-                    .renew(&org, &self.replica, epoch, self.ttl)
+                    .take(&h.shared.org_id, &self.replica, record.as_deref())
                     .await
                 {
-                    Ok(true) => {
-                        claim.set(epoch, sent, self.ttl);
-                        if !claim.is_owning() && !claim.is_blocked() {
-                            // A full mailbox refuses it; the next round offers it again.
-                            h.start_owned_work();
-                        }
-                    }
-                    Ok(false) => {
-                        tracing::warn!(tenant = %h.shared.tenant_id, epoch, "lease lost to another replica");
-                        self.registry.deps().metrics.lease("lost");
-                        claim.clear();
-                        h.stop_owned_work().await;
-                    }
-                    Err(e) => {
-                        tracing::debug!(tenant = %h.shared.tenant_id, error = %e, "lease renewal failed");
-                        self.drop_if_lapsed(h).await;
-                    }
-                }
-            }
-            None if preferred
-                && !gone
-                && !claim.is_blocked()
-                && !self.draining.load(Ordering::Acquire) =>
-            {
-                let sent = Instant::now();
-                match self.leases.acquire(&org, &self.replica, self.ttl).await {
                     Ok(Acquired::Held(epoch)) => {
                         claim.set(epoch, sent, self.ttl);
                         self.registry.deps().metrics.lease("acquired");
-                        tracing::debug!(tenant = %h.shared.tenant_id, epoch, "lease acquired");
+                        tracing::debug!(tenant = %h.shared.tenant_id, epoch, previous = ?record, "tenant taken");
                         h.start_owned_work();
                     }
                     Ok(Acquired::Busy | Acquired::Gone) => {}
                     Err(e) => {
-                        tracing::debug!(tenant = %h.shared.tenant_id, error = %e, "lease acquisition failed");
+                        tracing::debug!(tenant = %h.shared.tenant_id, error = %e, "takeover failed");
                     }
                 }
-            }
-            None => {}
-        }
+            })
+            .await;
     }
 
     /// A lease whose local validity ran out (Redis unreachable, or this process was paused)
@@ -206,8 +310,10 @@ impl Coordinator {
         }
     }
 
-    /// Stops the owned work, waits until it finished its current step (bounded by the lease
-    /// itself), then deletes the lease so the preferred replica takes it at once.
+    /// Stops the owned work, waits until it finished its current step (bounded by twice the
+    /// lease TTL, in case a child is stuck), then deletes the record so the preferred replica
+    /// takes the tenant at once. Heartbeats keep the record meanwhile, so the next owner never
+    /// polls beside a long-poll still in flight.
     fn hand_over(self: &Arc<Self>, h: TenantHandle, epoch: u64) {
         let org = h.shared.org_id.clone();
         self.handing_over
@@ -218,73 +324,33 @@ impl Coordinator {
         tokio::spawn(async move {
             h.stop_owned_work().await;
             let claim = &h.shared.claim;
-            // Keep the lease while the work finishes (a long-poll in flight), so the next owner
-            // never polls beside it; bounded, in case a child is stuck.
             let deadline = Instant::now() + me.ttl * 2;
-            let mut renew_at = Instant::now() + me.every;
             while claim.running() > 0 && Instant::now() < deadline {
-                if Instant::now() >= renew_at {
-                    let sent = Instant::now();
-                    match me.leases.renew(&org, &me.replica, epoch, me.ttl).await {
-                        Ok(true) => claim.set(epoch, sent, me.ttl),
-                        _ => break,
-                    }
-                    renew_at = Instant::now() + me.every;
-                }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             // Forget it locally first: from the DEL on, the newcomer may exchange tokens, and
-            // nothing here may still believe it holds the lease.
+            // nothing here may still believe it holds the tenant.
             let idle = claim.running() == 0;
             claim.clear();
             if idle && let Err(e) = me.leases.release(&org, &me.replica, epoch).await {
-                tracing::debug!(tenant = %h.shared.tenant_id, error = %e, "lease not released; it expires by itself");
+                tracing::debug!(tenant = %h.shared.tenant_id, error = %e, "record not released; it is taken once this replica's heartbeat expires");
             }
             me.registry.deps().metrics.lease("handed_over");
             me.handing_over.lock().expect("handover lock").remove(&org);
         });
     }
 
-    /// While draining: keep the leases whose work is still finishing (a long-poll in flight),
-    /// so no other replica polls beside it.
-    async fn renew_while_draining(&self) {
-        let held: Vec<TenantHandle> = self
-            .registry
-            .handles()
-            .into_iter()
-            .filter(|h| h.shared.claim.held_epoch().is_some())
-            .collect();
-        futures::stream::iter(held)
-            .for_each_concurrent(CONCURRENCY, |h| async move {
-                let claim = &h.shared.claim;
-                let Some(epoch) = claim.held_epoch() else {
-                    return;
-                };
-                let sent = Instant::now();
-                if let Ok(true) = self
-                    .leases
-                    .renew(&h.shared.org_id, &self.replica, epoch, self.ttl)
-                    .await
-                {
-                    claim.set(epoch, sent, self.ttl);
-                }
-            })
-            .await;
-    }
-
-    /// Draining: leave the live set (others start taking this replica's share at once) and
-    /// take no new tenants.
-    pub async fn leave(&self) {
+    /// Draining: from the next heartbeat on this replica is preferred for nothing (others start
+    /// taking its share) while its records hold until its work stopped; no new tenants.
+    pub async fn leave(self: &Arc<Self>) {
         self.draining.store(true, Ordering::Release);
-        // A round in flight may have heartbeated already: wait for it, then leave.
-        let _round = self.round_lock.lock().await;
-        if let Err(e) = self.leases.leave(&self.replica).await {
-            tracing::warn!(error = %e, "could not leave the replica set; it expires by itself");
-        }
+        // A round in flight may have heartbeated already: wait for it, then heartbeat as
+        // draining at once.
+        self.round().await;
     }
 
-    /// After the supervisors stopped: delete every lease still held, so the survivors take
-    /// the tenants without waiting for the TTL.
+    /// After the supervisors stopped: delete every record still held, so the survivors take
+    /// the tenants without waiting for the TTL, then leave the replica set.
     pub async fn release_all(&self) {
         let held: Vec<(String, u64)> = self
             .registry
@@ -298,6 +364,17 @@ impl Coordinator {
                 let _ = self.leases.release(&org, &self.replica, epoch).await;
             })
             .await;
-        tracing::info!(leases = n, "leases released");
+        if let Err(e) = self.leases.leave(&self.replica).await {
+            tracing::warn!(error = %e, "could not leave the replica set; it expires by itself");
+        }
+        tracing::info!(records = n, "ownership records released");
     }
+}
+
+/// Which verification slice `org` is in.
+fn slice_of(org: &str, slices: u64) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    org.hash(&mut h);
+    h.finish() % slices
 }

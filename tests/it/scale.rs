@@ -763,22 +763,30 @@ async fn a_fenced_off_lease_holder_cannot_overwrite_token_state() {
     assert!(store.connect(std::future::pending()).await);
     let leases = Leases::new(store.clone());
     let tenants = Tenants::new(store.clone(), Sealer::new(&[1u8; 32]));
-    let ttl = Duration::from_millis(300);
-
-    let Acquired::Held(old) = leases.acquire(&org, "paused", ttl).await.unwrap() else {
-        panic!("lease not free");
+    let Acquired::Held(old) = leases.take(&org, "paused", None).await.unwrap() else {
+        panic!("record not free");
     };
+    // A replica that read the record before "paused" took it cannot take it.
     assert_eq!(
-        leases.acquire(&org, "successor", ttl).await.unwrap(),
+        leases.take(&org, "successor", None).await.unwrap(),
         Acquired::Busy
     );
-    // "paused" stops renewing; its lease expires and the successor takes over.
-    tokio::time::sleep(ttl * 2).await;
-    let Acquired::Held(new) = leases.acquire(&org, "successor", ttl).await.unwrap() else {
-        panic!("expired lease not taken over");
+    // "paused" stops heartbeating: the successor, seeing it gone, takes the record it names.
+    let record = actors::store::lease::value("paused", old);
+    let Acquired::Held(new) = leases.take(&org, "successor", Some(&record)).await.unwrap() else {
+        panic!("a dead replica's record not taken over");
     };
     assert!(new > old);
-    assert!(!leases.renew(&org, "paused", old, ttl).await.unwrap());
+    // "paused", resuming, can neither take it back with what it last saw nor release it.
+    assert_eq!(
+        leases.take(&org, "paused", Some(&record)).await.unwrap(),
+        Acquired::Busy
+    );
+    leases.release(&org, "paused", old).await.unwrap();
+    assert_eq!(
+        leases.read(&[org.as_str()]).await.unwrap(),
+        vec![Some(actors::store::lease::value("successor", new))]
+    );
 
     let version: u64 = redis::cmd("HGET")
         .arg(format!("{prefix}:{{{org}}}:tenant"))
@@ -846,28 +854,37 @@ async fn a_lease_lost_and_won_back_mid_poll_keeps_exactly_one_poller() {
     );
     let lease_key = format!("{prefix}:{{{}}}:lease", sim.org(0).org_id);
     let mut conn = redis.client().get_connection().unwrap();
-    for _ in 0..2 {
-        // The key vanishes (as after a failover): the next renewal fails, the next round
-        // acquires a new epoch while the old period's poll is still waiting on the server.
+    let lost = || async {
+        scrape(
+            &engine.base_url(),
+            "xapi_stream_lease_changes_total{result=\"lost\"}",
+        )
+        .await
+    };
+    for round in 1..=2 {
+        // The record vanishes (as after a failover): a verification (each record is read
+        // once per lease TTL) finds it gone and stops the work; the same round takes it again
+        // under a new epoch while the old period's poll is still waiting on the server.
         let _: i64 = redis::cmd("DEL").arg(&lease_key).query(&mut conn).unwrap();
-        let lost_at = Instant::now();
+        assert!(
+            eventually(Duration::from_secs(6 + 4), || async {
+                lost().await >= round as f64
+            })
+            .await,
+            "the lost record was not noticed within the lease TTL"
+        );
+        let noticed = Instant::now();
         assert!(
             eventually(Duration::from_secs(10), || async {
                 sim.last_poll(0)
-                    .is_some_and(|t| t > lost_at + Duration::from_secs(3))
+                    .is_some_and(|t| t > noticed + Duration::from_secs(3))
             })
             .await,
-            "polling stopped after the lease was won back"
+            "polling stopped after the record was won back"
         );
+        let record: Option<String> = redis::cmd("GET").arg(&lease_key).query(&mut conn).unwrap();
+        assert!(record.is_some(), "not taken back");
     }
-    assert!(
-        scrape(
-            &engine.base_url(),
-            "xapi_stream_lease_changes_total{result=\"lost\"}"
-        )
-        .await
-            >= 2.0
-    );
     assert_eq!(sim.max_concurrent_pollers(0), 1);
     engine.shutdown().await;
     sim.shutdown().await;

@@ -1,108 +1,133 @@
-//! Leases: which replica owns a tenant's token refresh and queue poller. One key per tenant,
-//! `<p>:{<org>}:lease` = `<replica>|<epoch>` with a TTL; the epoch comes from the tenant hash
+//! Ownership records: which replica runs a tenant's token refresh, queue poller and command
+//! consumer. One key per tenant, `<p>:{<org>}:lease` = `<replica>|<epoch>`, with no TTL: a
+//! record is as good as its replica's heartbeat. The epoch comes from the tenant hash
 //! (`lease_epoch`, never reset) and grows with every new holder, so it works as a fencing
-//! token: token-state writes carry it and fail once someone else acquired the lease (see
+//! token: token-state writes carry it and fail once someone else took the tenant (see
 //! `tenants::CAS_SECRETS`). Both keys share the `{org}` hash tag: one script, one slot.
 //!
-//! Replicas announce themselves in `<p>:replicas` (a sorted set scored by heartbeat expiry in
-//! Redis time, so replica clocks do not matter) and spread tenants by rendezvous hashing over
-//! the live set.
+//! Replicas heartbeat in `<p>:replicas`, a sorted set scored by the heartbeat's expiry in
+//! Redis time (replica clocks do not matter). A replica alive there keeps every record naming
+//! it without touching them, so an idle replica costs Redis one script per round however many
+//! tenants it holds. A record naming a replica that is no longer there may be taken over
+//! (compare-and-set on the record's value). A draining replica heartbeats as
+//! `<replica>|draining`: still alive (its records hold while its work finishes) but no longer
+//! preferred for any tenant. Tenants are spread by rendezvous hashing over the live set.
+use std::collections::HashSet;
 use std::time::Duration;
 
 use super::{Store, StoreError};
 
-/// Acquire. KEYS: lease, tenant hash. ARGV: replica, ttl ms. A lease still held under this
-/// replica's own id (an earlier incarnation: a restarted container keeps its pod name) is taken
-/// over with a new epoch too, so that incarnation is fenced off if it is merely paused.
-/// Returns the new epoch (> 0), 0 when another replica holds it, -1 when the tenant is gone.
-const ACQUIRE: &str = r#"
-local cur = redis.call('GET', KEYS[1])
-if cur then
-  local owner = string.match(cur, '^(.*)|%d+$')
-  if owner ~= ARGV[1] then return 0 end
-end
+/// Take over a record. KEYS: record, tenant hash. ARGV: replica, the value the record must
+/// still have ('' = absent). Returns the new epoch (> 0), 0 when the record changed meanwhile,
+/// -1 when the tenant is gone.
+const TAKE: &str = r#"
+if (redis.call('GET', KEYS[1]) or '') ~= ARGV[2] then return 0 end
 if redis.call('HEXISTS', KEYS[2], 'record') == 0 then return -1 end
 local e = redis.call('HINCRBY', KEYS[2], 'lease_epoch', 1)
-redis.call('SET', KEYS[1], ARGV[1] .. '|' .. e, 'PX', ARGV[2])
+redis.call('SET', KEYS[1], ARGV[1] .. '|' .. e)
 return e
 "#;
 
-/// Extend a lease still held under `epoch`. KEYS: lease. ARGV: `<replica>|<epoch>`, ttl ms.
-const RENEW: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-return 0
-"#;
-
-/// Give a lease up (only if still ours). KEYS: lease. ARGV: `<replica>|<epoch>`.
+/// Give a record up (only if still ours). KEYS: record. ARGV: `<replica>|<epoch>`.
 const RELEASE: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 "#;
 
-/// Heartbeat: (re)announce this replica, drop expired ones, list the live ones. Uses the
-/// server's clock. KEYS: replicas. ARGV: replica, ttl ms.
+/// Heartbeat: (re)announce this replica as ARGV[1] (removing its twin ARGV[3]: the draining
+/// or the plain name), drop expired ones. KEYS: replicas. ARGV: member, ttl ms, twin. Returns
+/// {1 if this replica's previous heartbeat (under either name) had not expired yet, the
+/// server's time in ms, {member, expiry, ...}}. Uses the server's clock.
 const HEARTBEAT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function alive(m)
+  local s = redis.call('ZSCORE', KEYS[1], m)
+  return s and tonumber(s) > now
+end
+local continuous = 0
+if alive(ARGV[1]) or alive(ARGV[3]) then continuous = 1 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZREM', KEYS[1], ARGV[3])
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-return redis.call('ZRANGE', KEYS[1], 0, -1)
+return {continuous, now, redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')}
 "#;
 
-/// The result of an acquisition attempt.
+/// How a draining replica's heartbeat member ends.
+const DRAINING: &str = "|draining";
+
+/// The result of a takeover attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Acquired {
     /// Held by us under this epoch.
     Held(u64),
-    /// Another replica holds it.
+    /// The record changed since it was read (another replica took it).
     Busy,
     /// The tenant no longer exists.
     Gone,
 }
 
-/// Lease operations on one store.
+/// What a heartbeat saw.
+#[derive(Debug, Clone, Default)]
+pub struct Heartbeat {
+    /// This replica's previous heartbeat had not expired: nobody may have taken its records.
+    pub continuous: bool,
+    /// Replicas that take tenants (sorted; draining ones left out).
+    pub preferred: Vec<String>,
+    /// Every replica alive, draining ones included: their records hold.
+    pub alive: HashSet<String>,
+    /// Time until the next other replica's heartbeat expires (when its records become free).
+    pub next_expiry: Option<Duration>,
+}
+
+/// Whom a record names, if anyone: `<replica>|<epoch>`.
+pub fn holder(record: &str) -> Option<(&str, u64)> {
+    let (replica, epoch) = record.rsplit_once('|')?;
+    Some((replica, epoch.parse().ok()?))
+}
+
+/// Ownership operations on one store.
 #[derive(Clone)]
 pub struct Leases {
     store: Store,
-    acquire: redis::Script,
-    renew: redis::Script,
+    take: redis::Script,
     release: redis::Script,
     heartbeat: redis::Script,
 }
 
-fn value(replica: &str, epoch: u64) -> String {
+/// A record's value.
+pub fn value(replica: &str, epoch: u64) -> String {
     format!("{replica}|{epoch}")
 }
+
+/// Records read per MGET.
+const READ_CHUNK: usize = 500;
 
 impl Leases {
     pub fn new(store: Store) -> Self {
         Self {
             store,
-            acquire: redis::Script::new(ACQUIRE),
-            renew: redis::Script::new(RENEW),
+            take: redis::Script::new(TAKE),
             release: redis::Script::new(RELEASE),
             heartbeat: redis::Script::new(HEARTBEAT),
         }
     }
 
-    /// Takes the lease of `org` if free or left by an earlier incarnation of this replica
-    /// (always a new epoch).
-    pub async fn acquire(
+    /// Takes the record of `org` for `replica` if it still has the value `expected` (None:
+    /// absent), always under a new epoch.
+    pub async fn take(
         &self,
         org: &str,
         replica: &str,
-        ttl: Duration,
+        expected: Option<&str>,
     ) -> Result<Acquired, StoreError> {
         let keys = self.store.keys();
         let mut conn = self.store.conn()?;
-        let mut inv = self.acquire.prepare_invoke();
+        let mut inv = self.take.prepare_invoke();
         inv.key(keys.lease(org))
             .key(keys.tenant(org))
             .arg(replica)
-            .arg(ttl.as_millis() as u64);
+            .arg(expected.unwrap_or(""));
         let v: i64 = self.store.bounded(inv.invoke_async(&mut conn)).await?;
         Ok(match v {
             v if v > 0 => Acquired::Held(v as u64),
@@ -111,24 +136,24 @@ impl Leases {
         })
     }
 
-    /// Extends our lease; false when it is no longer ours (expired, or taken over).
-    pub async fn renew(
-        &self,
-        org: &str,
-        replica: &str,
-        epoch: u64,
-        ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        let mut conn = self.store.conn()?;
-        let mut inv = self.renew.prepare_invoke();
-        inv.key(self.store.keys().lease(org))
-            .arg(value(replica, epoch))
-            .arg(ttl.as_millis() as u64);
-        let v: i64 = self.store.bounded(inv.invoke_async(&mut conn)).await?;
-        Ok(v == 1)
+    /// The records of `orgs`, in order (None: absent).
+    pub async fn read(&self, orgs: &[&str]) -> Result<Vec<Option<String>>, StoreError> {
+        let keys = self.store.keys();
+        let mut out = Vec::with_capacity(orgs.len());
+        for chunk in orgs.chunks(READ_CHUNK) {
+            let mut conn = self.store.conn()?;
+            let mut cmd = redis::cmd("MGET");
+            for org in chunk {
+                cmd.arg(keys.lease(org));
+            }
+            let values: Vec<Option<String>> =
+                self.store.bounded(cmd.query_async(&mut conn)).await?;
+            out.extend(values);
+        }
+        Ok(out)
     }
 
-    /// Gives our lease up so another replica can take the tenant at once.
+    /// Gives our record up so another replica can take the tenant at once.
     pub async fn release(&self, org: &str, replica: &str, epoch: u64) -> Result<(), StoreError> {
         let mut conn = self.store.conn()?;
         let mut inv = self.release.prepare_invoke();
@@ -138,25 +163,61 @@ impl Leases {
         Ok(())
     }
 
-    /// Announces `replica` as live for `ttl`; returns every live replica (sorted).
-    pub async fn heartbeat(&self, replica: &str, ttl: Duration) -> Result<Vec<String>, StoreError> {
+    /// Announces `replica` as alive for `ttl` (as draining: alive, but preferred for nothing).
+    pub async fn heartbeat(
+        &self,
+        replica: &str,
+        ttl: Duration,
+        draining: bool,
+    ) -> Result<Heartbeat, StoreError> {
+        let (me, twin) = if draining {
+            (format!("{replica}{DRAINING}"), replica.to_string())
+        } else {
+            (replica.to_string(), format!("{replica}{DRAINING}"))
+        };
         let mut conn = self.store.conn()?;
         let mut inv = self.heartbeat.prepare_invoke();
         inv.key(self.store.keys().replicas())
-            .arg(replica)
-            .arg(ttl.as_millis() as u64);
-        let mut v: Vec<String> = self.store.bounded(inv.invoke_async(&mut conn)).await?;
-        v.sort();
-        Ok(v)
+            .arg(&me)
+            .arg(ttl.as_millis() as u64)
+            .arg(&twin);
+        let (continuous, now, members): (i64, i64, Vec<(String, f64)>) =
+            self.store.bounded(inv.invoke_async(&mut conn)).await?;
+        let mut beat = Heartbeat {
+            continuous: continuous == 1,
+            ..Default::default()
+        };
+        for (member, expiry) in members {
+            if member != me {
+                let left = Duration::from_millis((expiry as i64 - now).max(0) as u64);
+                beat.next_expiry = Some(beat.next_expiry.map_or(left, |n| n.min(left)));
+            }
+            match member.strip_suffix(DRAINING) {
+                Some(name) => {
+                    beat.alive.insert(name.to_string());
+                }
+                None => {
+                    beat.alive.insert(member.clone());
+                    beat.preferred.push(member);
+                }
+            }
+        }
+        beat.preferred.sort();
+        Ok(beat)
     }
 
-    /// Removes `replica` from the live set (draining): others take its share at once.
+    /// Leaves the replica set for good (after a drain released every record).
     pub async fn leave(&self, replica: &str) -> Result<(), StoreError> {
-        use redis::AsyncCommands;
         let mut conn = self.store.conn()?;
         let _: i64 = self
             .store
-            .bounded(conn.zrem(self.store.keys().replicas(), replica))
+            .bounded(
+                redis::cmd("ZREM")
+                    .arg(self.store.keys().replicas())
+                    .arg(replica)
+                    .arg(format!("{replica}{DRAINING}"))
+                    .query_async(&mut conn),
+            )
             .await?;
         Ok(())
     }
