@@ -912,3 +912,154 @@ async fn a_next_page_on_another_host_fails_the_sync_and_writes_nothing() {
     engine.shutdown().await;
     sim.shutdown().await;
 }
+
+/// The command bell under 1,000 idle tenants: with polling and sweeps pushed out to ten
+/// minutes, only the keyspace notification can deliver a request in time. Two waves of
+/// requests (the second after every consumer's first read, with repeated request ids) run
+/// each request once, answer each entry once, and leave nothing pending.
+#[actix_web::test]
+async fn the_command_bell_wakes_1000_idle_consumers_and_runs_each_request_once() {
+    const ORGS: usize = 1000;
+    const SWEEP_SECS: u64 = 600;
+    let env = TestEnv::own(SimConfig {
+        orgs: ORGS,
+        devices_per_org: 1,
+        ..Default::default()
+    })
+    .await;
+    let (redis, prefix, sim) = (&env.redis, &env.prefix, &env.sim);
+    let engine = env
+        .engine(&[
+            ("INTEGRATION__INGEST", "queue"),
+            (
+                "DEVICES__COMMANDS_POLL_MS",
+                &(SWEEP_SECS * 1000).to_string(),
+            ),
+            ("DEVICES__COMMANDS_SWEEP_SECS", &SWEEP_SECS.to_string()),
+        ])
+        .await;
+    let base = engine.base_url();
+    for chunk in (0..ORGS).collect::<Vec<_>>().chunks(100) {
+        let base = &base;
+        let answers = futures::future::join_all(
+            chunk
+                .iter()
+                .map(|&i| async move { admin_activate(base, &sim.activation_jwt(i)).await }),
+        )
+        .await;
+        for (s, body) in answers {
+            assert_eq!(s, 202, "{body}");
+        }
+    }
+    let orgs: Vec<_> = (0..ORGS).map(|i| sim.org(i)).collect();
+    let key = |i: usize, what: &str| format!("{prefix}:{{{}}}:{what}", orgs[i].org_id);
+    let mut conn = redis.client().get_connection().unwrap();
+    // Every consumer has created its group (its first read follows at once).
+    let groups_ready = eventually(Duration::from_secs(120), || async {
+        let mut pipe = redis::pipe();
+        for i in 0..ORGS {
+            pipe.exists(key(i, "commands"));
+        }
+        let exist: Vec<bool> = pipe
+            .query(&mut redis.client().get_connection().unwrap())
+            .unwrap();
+        exist.iter().all(|e| *e)
+    })
+    .await;
+    assert!(groups_ready, "not every command consumer started");
+    assert_eq!(
+        scrape(&base, "xapi_stream_command_notifications_up").await,
+        1.0,
+        "the bell is not ringing"
+    );
+    // Far below the sweep: a request that arrives in time was delivered by the bell.
+    let limit = Duration::from_secs(SWEEP_SECS / 10);
+    let send = |conn: &mut redis::Connection, wave: &str, repeat_every: usize| {
+        let mut pipe = redis::pipe();
+        for (i, org) in orgs.iter().enumerate() {
+            let dev = &org.devices[0].device_id;
+            let fields = |id: String| {
+                vec![
+                    ("id".to_string(), id),
+                    ("device".to_string(), dev.clone()),
+                    ("name".to_string(), "Message.Send".to_string()),
+                ]
+            };
+            pipe.xadd(key(i, "commands"), "*", &fields(format!("{wave}-{i}")))
+                .ignore();
+            if repeat_every > 0 && i.is_multiple_of(repeat_every) {
+                pipe.xadd(key(i, "commands"), "*", &fields(format!("a-{i}")))
+                    .ignore();
+            }
+        }
+        let _: () = pipe.query(conn).unwrap();
+    };
+    let results_at_least = |want: &dyn Fn(usize) -> usize| {
+        let want: Vec<usize> = (0..ORGS).map(want).collect();
+        async move {
+            let mut pipe = redis::pipe();
+            for i in 0..ORGS {
+                pipe.xlen(key(i, "command_results"));
+            }
+            let have: Vec<usize> = pipe
+                .query(&mut redis.client().get_connection().unwrap())
+                .unwrap();
+            let short = (0..ORGS).filter(|&i| have[i] < want[i]).count();
+            (short, have)
+        }
+    };
+    send(&mut conn, "a", 0);
+    let mut short = ORGS;
+    let started = Instant::now();
+    while started.elapsed() < limit && short > 0 {
+        short = results_at_least(&|_| 1).await.0;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        short, 0,
+        "{short} orgs got no result for wave a in {limit:?}"
+    );
+    // Every consumer is idle now: wave b reaches them only through the bell; every tenth org
+    // also gets wave a's request id again.
+    send(&mut conn, "b", 10);
+    let want = |i: usize| if i.is_multiple_of(10) { 3 } else { 2 };
+    let started = Instant::now();
+    let mut have = Vec::new();
+    short = ORGS;
+    while started.elapsed() < limit && short > 0 {
+        (short, have) = results_at_least(&want).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        short, 0,
+        "{short} orgs short of results for wave b in {limit:?}"
+    );
+    for (i, &n) in have.iter().enumerate() {
+        assert_eq!(n, want(i), "org {i}: one result per entry");
+        let all: Vec<HashMap<String, String>> = entries(redis, &key(i, "command_results"))
+            .into_iter()
+            .map(|(_, f)| f)
+            .collect();
+        assert_eq!(by_id(&all, &format!("b-{i}"))["status"], "ok", "{all:?}");
+        let a: Vec<_> = all.iter().filter(|r| r["id"] == format!("a-{i}")).collect();
+        assert_eq!(a.iter().filter(|r| r["status"] == "ok").count(), 1, "{a:?}");
+        if i.is_multiple_of(10) {
+            assert!(
+                a.iter().any(|r| r
+                    .get("description")
+                    .is_some_and(|d| d.contains("already used"))),
+                "{a:?}"
+            );
+        }
+        assert_eq!(
+            sim.commands_received(i).len(),
+            2,
+            "org {i}: each request sent once"
+        );
+        let pending: redis::streams::StreamPendingReply =
+            conn.xpending(key(i, "commands"), "xapi-stream").unwrap();
+        assert_eq!(pending.count(), 0, "org {i}");
+    }
+    engine.shutdown().await;
+    env.sim.shutdown().await;
+}
