@@ -194,8 +194,12 @@ pub struct ScalingConfig {
     /// How long a tenant's lease (and a replica's heartbeat) lasts without renewal. A dead
     /// replica's tenants are taken over within about this long.
     pub lease_ttl_secs: f64,
-    /// Seconds between two full reloads of the tenant list (a safety net under pub/sub).
+    /// Seconds between two resyncs (a safety net under pub/sub): each reloads the tenants
+    /// whose announced-change count moved.
     pub resync_secs: f64,
+    /// Seconds between two full reloads of every tenant (the net under the net: a change whose
+    /// announcement failed altogether).
+    pub full_resync_secs: f64,
 }
 
 impl ScalingConfig {
@@ -358,6 +362,12 @@ impl Config {
         }
         if s.resync_secs.is_nan() || s.resync_secs < 0.5 {
             return Err(err("scaling.resync_secs", "must be at least 0.5"));
+        }
+        if s.full_resync_secs.is_nan() || s.full_resync_secs < s.resync_secs {
+            return Err(err(
+                "scaling.full_resync_secs",
+                "must be at least scaling.resync_secs",
+            ));
         }
         if s.replica_id.chars().any(|c| c.is_whitespace() || c == ',') {
             return Err(err(

@@ -3,6 +3,7 @@
 //! changes other replicas make (pub/sub, periodic resync, lookups of unknown ids), and spreads
 //! tenant supervisors over a small pool of arbiters (threads). Which replica runs a tenant's
 //! background work is decided by leases (`crate::ownership`), not here.
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -41,7 +42,12 @@ pub struct Registry {
     next: AtomicUsize,
     /// Wakes the ownership coordinator (a tenant appeared or needs its owner now).
     pub kick: Arc<tokio::sync::Notify>,
+    /// Each organization's announced-change count at the last resync.
+    seen: std::sync::Mutex<HashMap<String, u64>>,
 }
+
+/// How many tenants a resync loads at once.
+const RESYNC_CONCURRENCY: usize = 64;
 
 impl Registry {
     /// A registry whose supervisors run on `threads` arbiters (at least one).
@@ -53,6 +59,7 @@ impl Registry {
             arbiters: (0..threads.max(1)).map(|_| Arbiter::new()).collect(),
             next: AtomicUsize::new(0),
             kick: Arc::new(tokio::sync::Notify::new()),
+            seen: Default::default(),
         }
     }
 
@@ -118,13 +125,59 @@ impl Registry {
 
     /// Reloads every stored tenant (the safety net under pub/sub); returns how many exist.
     pub async fn resync(&self) -> Result<usize, StoreError> {
+        // Counts first: a change after this read moves its count again.
+        let counts = self.deps.tenants.change_counts().await?;
         let ids = self.deps.tenants.all_ids().await?;
         let n = ids.len();
-        for (_, org) in ids {
-            self.follow(&org).await?;
-        }
+        self.follow_all(ids.into_iter().map(|(_, org)| org)).await?;
+        *self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = counts;
         self.update_gauges();
         Ok(n)
+    }
+
+    /// Reloads the tenants whose announced-change count moved since the last resync (and
+    /// those counted for the first time); returns how many.
+    pub async fn resync_changed(&self) -> Result<usize, StoreError> {
+        let counts = self.deps.tenants.change_counts().await?;
+        let moved: Vec<String> = {
+            let seen = self
+                .seen
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            counts
+                .iter()
+                .filter(|(org, n)| seen.get(*org) != Some(n))
+                .map(|(org, _)| org.clone())
+                .collect()
+        };
+        let n = moved.len();
+        if n > 0 {
+            self.follow_all(moved).await?;
+            self.update_gauges();
+        }
+        *self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = counts;
+        Ok(n)
+    }
+
+    /// Follows `orgs`, [`RESYNC_CONCURRENCY`] at a time; the first error after all were tried.
+    async fn follow_all(&self, orgs: impl IntoIterator<Item = String>) -> Result<(), StoreError> {
+        use futures::StreamExt;
+        let mut first = None;
+        let mut results = futures::stream::iter(orgs)
+            .map(|org| async move { self.follow(&org).await })
+            .buffer_unordered(RESYNC_CONCURRENCY);
+        while let Some(r) = results.next().await {
+            if let Err(e) = r {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
     }
 
     fn org_lock(&self, org: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -496,16 +549,27 @@ pub async fn flush_counters_loop(registry: Arc<Registry>, stop: Shutdown) {
     }
 }
 
-/// Reloads every tenant every `scaling.resync_secs`: the safety net for missed announcements.
+/// The safety net for missed announcements: every `scaling.resync_secs` reloads the tenants
+/// whose change count moved, every `scaling.full_resync_secs` all of them.
 pub async fn resync_loop(registry: Arc<Registry>, stop: Shutdown) {
-    let every = Duration::from_secs_f64(registry.deps().config.scaling.resync_secs);
+    let scaling = &registry.deps().config.scaling;
+    let every = Duration::from_secs_f64(scaling.resync_secs);
+    let full_every = Duration::from_secs_f64(scaling.full_resync_secs);
+    let mut last_full = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = stop.wait() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        if let Err(e) = registry.resync().await {
-            tracing::warn!(error = %e, "tenant resync failed; next round");
+        let full = last_full.elapsed() >= full_every;
+        let result = if full {
+            last_full = tokio::time::Instant::now();
+            registry.resync().await
+        } else {
+            registry.resync_changed().await
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, full, "tenant resync failed; next round");
         }
     }
 }

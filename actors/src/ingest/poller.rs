@@ -168,22 +168,28 @@ async fn poll_once(shared: &Arc<TenantShared>, stop: &Shutdown) -> Poll {
                 if shared.claim.valid_for() < lease_floor || stop.is_fired() {
                     return Err(PollCall::Skipped);
                 }
-                // Not raced with `stop`: a poll answered while we stop still carries messages
-                // that Webex has removed from its queue, so it is finished and its batch
-                // written. The supervisor cancels us only if that outlasts the shutdown grace.
-                let resp = deps
+                // Raced with the process's shutdown only until the answer's headers arrive: a
+                // poll that has received nothing is abandoned at once (the server keeps the
+                // messages), one being answered carries messages Webex has removed from its
+                // queue, so it is read to the end and its batch written. A handover (this
+                // tenant's `stop` alone) lets the poll end by itself: the next owner's first
+                // poll waits for it, so one queue never has two pollers.
+                let request = deps
                     .poll_http
                     .get(url)
                     .bearer_auth(token.expose())
                     .timeout(LONG_POLL_TIMEOUT)
-                    .send()
-                    .await
-                    .map_err(|e| {
+                    .send();
+                let resp = tokio::select! {
+                    biased;
+                    r = request => r.map_err(|e| {
                         PollCall::Failed(Failure {
                             transport: !e.is_timeout(),
                             message: e.without_url().to_string(),
                         })
-                    })?;
+                    })?,
+                    _ = deps.shutdown.wait() => return Err(PollCall::Skipped),
+                };
                 if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
                     shared
                         .metrics()

@@ -132,6 +132,12 @@ impl Keys {
         format!("{}:changes", self.prefix)
     }
 
+    /// `<p>:tenant_changes` — hash: org → how many changes were announced for it (a resync
+    /// reloads only the organizations whose count moved).
+    pub fn tenant_changes(&self) -> String {
+        format!("{}:tenant_changes", self.prefix)
+    }
+
     /// `<p>:tenants` — tenant lifecycle stream.
     pub fn tenants_stream(&self) -> String {
         format!("{}:tenants", self.prefix)

@@ -6,7 +6,7 @@
 //! organization; they are never written in plain text. A write of secrets names the version it
 //! was derived from and fails if another writer got there first, so an older refresh token can
 //! never overwrite a newer one.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use redis::AsyncCommands;
@@ -301,19 +301,34 @@ impl Tenants {
         }
     }
 
-    /// Tells every replica that `org`'s record or secrets changed (`<p>:changes`, payload: the
-    /// org). Best effort: replicas also reload periodically and on a failed signature check.
+    /// Tells every replica that `org`'s record or secrets changed: counts the change in
+    /// `<p>:tenant_changes` (what a resync compares), then publishes the org on `<p>:changes`
+    /// (followed at once). Best effort: replicas also reload everything every
+    /// `scaling.full_resync_secs` and a tenant on a failed signature check.
     pub async fn announce(&self, org: &str) {
         let Ok(mut conn) = self.store.conn() else {
             return;
         };
-        let res: Result<i64, _> = self
+        let keys = self.store.keys();
+        let counted: Result<i64, _> = self
             .store
-            .bounded(conn.publish(self.store.keys().changes_channel(), org))
+            .bounded(conn.hincr(keys.tenant_changes(), org, 1))
             .await;
-        if let Err(e) = res {
-            tracing::debug!(org, error = %e, "change announcement not published");
+        let published: Result<i64, _> = self
+            .store
+            .bounded(conn.publish(keys.changes_channel(), org))
+            .await;
+        if let Some(e) = counted.err().or(published.err()) {
+            tracing::debug!(org, error = %e, "change announcement not complete");
         }
+    }
+
+    /// How many changes were announced per organization (`<p>:tenant_changes`).
+    pub async fn change_counts(&self) -> Result<HashMap<String, u64>, StoreError> {
+        let mut conn = self.store.conn()?;
+        self.store
+            .bounded(conn.hgetall(self.store.keys().tenant_changes()))
+            .await
     }
 
     pub fn store(&self) -> &Store {
