@@ -220,7 +220,8 @@ pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), String
         }
         first = false;
         let api = Api::of(&shared);
-        let sync = api.sync_inventory();
+        // Boxed: the sync's state (4 KB) exists only while it runs, not while the loop sleeps.
+        let sync = Box::pin(api.sync_inventory());
         let res = tokio::select! {
             _ = stop.wait() => return Ok(()),
             r = sync => r,

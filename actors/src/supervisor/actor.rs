@@ -127,18 +127,22 @@ impl TenantSupervisor {
         let stop = owned_stop.clone();
         let guard = shared.claim.child_guard();
         let generation = self.generation;
+        // Each child is boxed at its own size: one future matching over all kinds would be as
+        // large as the largest (4.4 KB, the inventory) for every child of every tenant.
+        type Child = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>>>>;
+        let child: Child = match kind {
+            ChildKind::TokenRefresher => Box::pin(async move {
+                shared.run_refresher(stop).await;
+                Ok(())
+            }),
+            ChildKind::Reconciler => Box::pin(run_reconciler(shared, stop)),
+            ChildKind::QueuePoller => Box::pin(crate::ingest::poller::run(shared, stop)),
+            ChildKind::Inventory => Box::pin(crate::devices::inventory::run(shared, stop)),
+            ChildKind::CommandConsumer => Box::pin(crate::devices::commands::run(shared, stop)),
+        };
         let fut = async move {
             let _guard = guard;
-            match kind {
-                ChildKind::TokenRefresher => {
-                    shared.run_refresher(stop).await;
-                    Ok(())
-                }
-                ChildKind::Reconciler => run_reconciler(shared, stop).await,
-                ChildKind::QueuePoller => crate::ingest::poller::run(shared, stop).await,
-                ChildKind::Inventory => crate::devices::inventory::run(shared, stop).await,
-                ChildKind::CommandConsumer => crate::devices::commands::run(shared, stop).await,
-            }
+            child.await
         };
         // The exit is handled right in the actor's context when the future ends: it cannot be
         // lost, and no mailbox is involved.

@@ -207,7 +207,8 @@ pub async fn run_reconciler(shared: Arc<TenantShared>, stop: Shutdown) -> Result
             _ = stop.wait() => return Ok(()),
             _ = tokio::time::sleep(wait) => {}
         }
-        reconcile_once(&shared).await?;
+        // Boxed: the call's state exists only while it runs, not while the loop sleeps.
+        Box::pin(reconcile_once(&shared)).await?;
     }
 }
 

@@ -152,6 +152,11 @@ impl TenantShared {
         self.record.read().expect("record lock").clone()
     }
 
+    /// The queue's pollUrl (read on every poll: without copying the whole record).
+    pub fn poll_url(&self) -> Option<String> {
+        self.record.read().expect("record lock").poll_url.clone()
+    }
+
     pub fn state(&self) -> ProvisioningState {
         self.record.read().expect("record lock").provisioning_state
     }
@@ -482,8 +487,9 @@ impl TenantShared {
             }
             // The current token is due: replace it even though it is usable for a moment.
             let due = self.tokens.current_token();
-            let res = self.tokens.refresh(due.as_ref()).await;
-            self.note_token_result(&res).await;
+            // Boxed: the exchange's state exists only while it runs, not while the loop waits.
+            let res = Box::pin(self.tokens.refresh(due.as_ref())).await;
+            Box::pin(self.note_token_result(&res)).await;
             match res {
                 Ok(_) | Err(TokenError::Invalid | TokenError::Gone) => {
                     failures = 0;
