@@ -251,7 +251,8 @@ async fn scale_out(list: &str, secs: f64, connections: usize) -> anyhow::Result<
 async fn main() -> anyhow::Result<()> {
     let tenants: usize = arg("--tenants", 0);
     if tenants > 0 {
-        return idle_scale(tenants, arg("--idle", 20.0)).await;
+        let http1 = std::env::args().any(|a| a == "--http1");
+        return idle_scale(tenants, arg("--idle", 20.0), http1).await;
     }
     let secs: f64 = arg("--seconds", 6.0);
     let connections: usize = arg("--connections", 64);
@@ -334,9 +335,14 @@ async fn all_polled_after(
     }
 }
 
-/// `--tenants N --idle S`: the idle cost of N queue tenants on one engine.
-async fn idle_scale(n: usize, idle_secs: f64) -> anyhow::Result<()> {
-    println!("xapi-stream idle scale: {n} queue tenants, {idle_secs} s idle");
+/// `--tenants N --idle S [--http1]`: the idle cost of N queue tenants on one engine. Polls go
+/// over HTTP/2 (as over HTTPS to a server offering it), or HTTP/1.1 with `--http1` (a
+/// connection per poll).
+async fn idle_scale(n: usize, idle_secs: f64, http1: bool) -> anyhow::Result<()> {
+    let protocol = if http1 { "HTTP/1.1" } else { "HTTP/2" };
+    println!(
+        "xapi-stream idle scale: {n} queue tenants, {idle_secs} s idle, polls over {protocol}"
+    );
     let redis = RedisServer::start()?;
     let sim = Sim::start(
         SimConfig {
@@ -350,6 +356,10 @@ async fn idle_scale(n: usize, idle_secs: f64) -> anyhow::Result<()> {
     .await?;
     let mut env = xapi_stream::devkit::devenv::engine_env(&sim, &redis.url(), "idle");
     env.push(("XAPI_STREAM__INTEGRATION__INGEST".into(), "queue".into()));
+    env.push((
+        "XAPI_STREAM__WEBEX__PLAIN_HTTP2".into(),
+        (!http1).to_string(),
+    ));
     let grace: u64 = 10;
     env.push((
         "XAPI_STREAM__SERVER__SHUTDOWN_GRACE_SECS".into(),

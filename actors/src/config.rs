@@ -63,6 +63,9 @@ pub struct IngestConfig {
     pub writers: usize,
     /// First pause after a failed queue poll, in seconds (doubling, capped at 60, jittered).
     pub poll_retry_secs: f64,
+    /// Queue polls in flight on one HTTP client, at most: over HTTP/2 they share its
+    /// connection, and servers allow 100 to 128 streams per connection.
+    pub polls_per_connection: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -117,6 +120,9 @@ pub struct WebexConfig {
     pub default_region: String,
     pub gov_region: String,
     pub allow_http: bool,
+    /// Speak HTTP/2 without negotiation (h2c) to plain-HTTP endpoints (`allow_http`), as the
+    /// simulator can; over HTTPS HTTP/2 is negotiated whenever the server offers it.
+    pub plain_http2: bool,
     pub http_timeout_secs: u64,
     pub jwks_refetch_cooldown_secs: u64,
     pub jwks_max_age_secs: u64,
@@ -301,6 +307,15 @@ impl Config {
             return Err(err(
                 "activation.reconcile_interval_secs",
                 "must be at least 0.05",
+            ));
+        }
+        if self.ingest.polls_per_connection == 0 {
+            return Err(err("ingest.polls_per_connection", "must be at least 1"));
+        }
+        if self.webex.plain_http2 && !self.webex.allow_http {
+            return Err(err(
+                "webex.plain_http2",
+                "applies to plain-HTTP endpoints only: set webex.allow_http too (simulators)",
             ));
         }
         let d = &self.devices;

@@ -703,3 +703,83 @@ async fn after_a_secret_rotation_old_and_new_secrets_both_verify() {
     engine.shutdown().await;
     sim.shutdown().await;
 }
+
+/// Queue polls over HTTP/2 (prior knowledge to the simulator) are spread over several
+/// connections of at most `ingest.polls_per_connection` polls each — one connection for all
+/// would be stuck at the server's stream limit — and deliver every message once.
+#[actix_web::test]
+async fn polls_over_http2_share_connections_up_to_the_limit_and_deliver_every_message() {
+    const TENANTS: usize = 60;
+    const PER_CONNECTION: usize = 8;
+    let TestEnv {
+        redis,
+        prefix: p,
+        sim,
+    } = TestEnv::start(SimConfig {
+        orgs: TENANTS,
+        devices_per_org: 1,
+        poll_wait: Duration::from_secs(2),
+        ..Default::default()
+    })
+    .await;
+    let engine = start_engine(
+        &sim,
+        &redis.url(),
+        &p,
+        &[
+            ("INTEGRATION__INGEST", "queue"),
+            ("WEBEX__PLAIN_HTTP2", "true"),
+            ("INGEST__POLLS_PER_CONNECTION", &PER_CONNECTION.to_string()),
+        ],
+    )
+    .await;
+    let base = engine.base_url();
+    futures::future::join_all((0..TENANTS).map(|i| activate(&sim, &base, i))).await;
+    let started = std::time::Instant::now();
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            (0..TENANTS).all(|i| sim.last_poll(i).is_some_and(|t| t > started))
+        })
+        .await,
+        "not every queue is polled"
+    );
+    let sent: Vec<Vec<Value>> = (0..TENANTS).map(|i| sim.generate(i, 5)).collect();
+    for (i, msgs) in sent.iter().enumerate() {
+        for m in msgs {
+            sim.enqueue(i, m.clone());
+        }
+    }
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            (0..TENANTS).all(|i| sim.queue_len(i) == 0)
+        })
+        .await,
+        "queues not drained"
+    );
+    let drained_at = std::time::Instant::now();
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            (0..TENANTS).all(|i| sim.last_poll(i).is_some_and(|t| t > drained_at))
+        })
+        .await,
+        "a queue was not polled again after it was drained"
+    );
+    for (i, msgs) in sent.iter().enumerate() {
+        let org = sim.org(i).org_id;
+        let want = msgs.iter().filter(|m| m["type"] == "events").count();
+        let events = entries(redis, &format!("{p}:{{{org}}}:events"));
+        assert_eq!(events.len(), want, "events of org {i}");
+    }
+    let (most_on_one, http2) = sim.poll_connections();
+    assert!(http2 > TENANTS as u64, "polls did not use HTTP/2: {http2}");
+    assert!(
+        most_on_one <= PER_CONNECTION,
+        "{most_on_one} polls waited on one connection (limit {PER_CONNECTION})"
+    );
+    assert!(
+        most_on_one > 1,
+        "polls were not multiplexed at all ({most_on_one} per connection)"
+    );
+    engine.shutdown().await;
+    sim.shutdown().await;
+}

@@ -7,7 +7,8 @@
 //! # Layout
 //! - [`Ingest`]: the webhook path, over a [`Directory`] of tenants (the registry).
 //! - [`poller`]: the queue poller of one tenant, a supervised child; its batches go through
-//!   [`polled`].
+//!   [`polled`]. Its HTTP clients: [`clients`].
+pub mod clients;
 pub mod poller;
 
 use std::sync::Arc;

@@ -150,7 +150,7 @@ async fn sleep_or_stop(d: Duration, stop: &Shutdown) -> bool {
 
 async fn poll_once(shared: &Arc<TenantShared>, stop: &Shutdown) -> Poll {
     let deps = &shared.deps();
-    let Some(poll_url) = shared.record().poll_url else {
+    let Some(poll_url) = shared.poll_url() else {
         return Poll::Failed(String::from("no pollUrl").into());
     };
     let url = match deps.webex.check_url(&poll_url) {
@@ -174,8 +174,9 @@ async fn poll_once(shared: &Arc<TenantShared>, stop: &Shutdown) -> Poll {
                 // queue, so it is read to the end and its batch written. A handover (this
                 // tenant's `stop` alone) lets the poll end by itself: the next owner's first
                 // poll waits for it, so one queue never has two pollers.
-                let request = deps
-                    .poll_http
+                let slot = deps.poll_http.slot();
+                let request = slot
+                    .client()
                     .get(url)
                     .bearer_auth(token.expose())
                     .timeout(LONG_POLL_TIMEOUT)

@@ -382,6 +382,7 @@ mod tests {
             default_region: "us-east-2_a".into(),
             gov_region: "us-gov-west-1_a1".into(),
             allow_http: false,
+            plain_http2: false,
             http_timeout_secs: 5,
             jwks_refetch_cooldown_secs: 30,
             jwks_max_age_secs: 3600,

@@ -33,7 +33,8 @@ pub struct Deps {
     /// a poller reuse a connection that dies when those workers stop during a drain — with a
     /// batch Webex already removed from its queue in flight. Pollers run on the supervisors'
     /// arbiters, which stop only after them.
-    pub poll_http: reqwest::Client,
+    /// Polls are spread over several clients ([`crate::ingest::clients`]).
+    pub poll_http: crate::ingest::clients::PollClients,
     /// The client of token exchanges only: they run on [`Deps::exchanges`]' runtime, which
     /// drives these connections until the process exits (see `poll_http` for the pitfall).
     pub oauth: WebexClient,
@@ -104,11 +105,13 @@ impl Deps {
             .pool_idle_timeout(POOL_IDLE)
             .user_agent(USER_AGENT)
             .build()?;
-        let poll_http = reqwest::Client::builder()
-            .connect_timeout(timeout)
-            .pool_idle_timeout(POOL_IDLE)
-            .user_agent(USER_AGENT)
-            .build()?;
+        let poll_http = crate::ingest::clients::PollClients::new(
+            config.ingest.polls_per_connection,
+            timeout,
+            POOL_IDLE,
+            USER_AGENT,
+            config.webex.allow_http && config.webex.plain_http2,
+        )?;
         let writer = StreamWriter::start(
             store.clone(),
             WriterConfig {

@@ -182,6 +182,7 @@ mod tests {
             default_region: String::new(),
             gov_region: String::new(),
             allow_http: true,
+            plain_http2: false,
             http_timeout_secs: 2,
             jwks_refetch_cooldown_secs: cooldown,
             jwks_max_age_secs: 3600,

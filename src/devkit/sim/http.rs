@@ -437,12 +437,22 @@ fn peer_gone(req: &HttpRequest) -> bool {
     }
 }
 
-/// Decrements the poller count when a poll ends, however it ends.
-struct PollerGuard<'a>(&'a Sim, usize);
+/// Decrements the poller counts (of the queue, of the connection) when a poll ends, however
+/// it ends.
+struct PollerGuard<'a>(&'a Sim, usize, Option<i32>);
 
 impl Drop for PollerGuard<'_> {
     fn drop(&mut self) {
-        self.0.state().queues[self.1].pollers -= 1;
+        let mut s = self.0.state();
+        s.queues[self.1].pollers -= 1;
+        if let Some(fd) = self.2
+            && let Some(n) = s.polls_on_connection.get_mut(&fd)
+        {
+            *n -= 1;
+            if *n == 0 {
+                s.polls_on_connection.remove(&fd);
+            }
+        }
     }
 }
 
@@ -469,15 +479,25 @@ async fn poll(sim: web::Data<Sim>, req: HttpRequest, path: web::Path<String>) ->
             return error(503, "unavailable", "forced by the simulator");
         }
     }
+    let fd = req.conn_data::<PeerSocket>().map(|p| p.0);
     let wait = {
         let mut s = sim.state();
         let q = &mut s.queues[i];
         q.pollers += 1;
         q.max_pollers = q.max_pollers.max(q.pollers);
         q.last_poll = Some(std::time::Instant::now());
+        if let Some(fd) = fd {
+            let n = s.polls_on_connection.entry(fd).or_default();
+            *n += 1;
+            let n = *n;
+            s.max_polls_on_connection = s.max_polls_on_connection.max(n);
+        }
+        if req.version() == actix_web::http::Version::HTTP_2 {
+            s.http2_polls += 1;
+        }
         s.poll_wait
     };
-    let _guard = PollerGuard(&sim, i);
+    let _guard = PollerGuard(&sim, i, fd);
     let deadline = tokio::time::Instant::now() + wait;
     let mut stop = sim.inner.stop.subscribe();
     loop {

@@ -182,6 +182,11 @@ struct State {
     api: Vec<api::ApiState>,
     /// Per organization: the OAuth knobs and what happened to its refresh tokens.
     oauth_orgs: Vec<OrgOAuth>,
+    /// Polls waiting now per connection (by socket), the most seen on one, and how many
+    /// polls came over HTTP/2.
+    polls_on_connection: HashMap<i32, usize>,
+    max_polls_on_connection: usize,
+    http2_polls: u64,
 }
 
 /// Test switches and counters of one organization's token exchanges and polls.
@@ -324,6 +329,9 @@ impl Sim {
                 .collect(),
             api: (0..cfg.orgs).map(|_| api::ApiState::default()).collect(),
             oauth_orgs: (0..cfg.orgs).map(|_| OrgOAuth::default()).collect(),
+            polls_on_connection: HashMap::new(),
+            max_polls_on_connection: 0,
+            http2_polls: 0,
         };
         let (stop, _) = tokio::sync::watch::channel(false);
         let inner = Arc::new(Inner {
@@ -360,7 +368,8 @@ impl Sim {
         .workers(2)
         .disable_signals()
         .shutdown_timeout(1)
-        .listen(listener)?
+        // HTTP/1.1, and HTTP/2 with prior knowledge (an engine with webex.plain_http2).
+        .listen_auto_h2c(listener)?
         .run();
         *sim.inner.server.lock().expect("server lock") = Some(server.handle());
         tokio::spawn(server);
@@ -604,6 +613,13 @@ impl Sim {
     /// The most pollers seen waiting on org `i`'s queue at once.
     pub fn max_concurrent_pollers(&self, i: usize) -> usize {
         self.state().queues[i].max_pollers
+    }
+
+    /// The most polls seen waiting at once on one connection (HTTP/2 multiplexes them), and
+    /// how many polls came over HTTP/2.
+    pub fn poll_connections(&self) -> (usize, u64) {
+        let s = self.state();
+        (s.max_polls_on_connection, s.http2_polls)
     }
 
     /// When an authorized poll of org `i`'s queue last arrived.
