@@ -37,21 +37,7 @@ pub async fn spawn_engine(
     for (k, v) in &tried {
         println!("engine setting {k}={v}");
     }
-    // A profiler to run the engine under, e.g. XAPI_BENCH_WRAP="heaptrack -o /tmp/engine".
-    let wrap: Vec<String> = std::env::var("XAPI_BENCH_WRAP")
-        .unwrap_or_default()
-        .split_whitespace()
-        .map(str::to_string)
-        .collect();
-    let mut command = match wrap.split_first() {
-        Some((tool, args)) => {
-            let mut c = std::process::Command::new(tool);
-            c.args(args).arg(exe("xapi-stream"));
-            c
-        }
-        None => std::process::Command::new(exe("xapi-stream")),
-    };
-    let child = command
+    let child = std::process::Command::new(exe("xapi-stream"))
         .arg("serve")
         .envs(env.iter().cloned())
         // As deployed: one HTTP worker per core, errors only in the log.
