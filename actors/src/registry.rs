@@ -42,6 +42,8 @@ pub struct Registry {
     next: AtomicUsize,
     /// Wakes the ownership coordinator (a tenant appeared or needs its owner now).
     pub kick: Arc<tokio::sync::Notify>,
+    /// org → tenant id of every tenant in `by_id` (an org's tenant id never changes).
+    org_ids: DashMap<String, String>,
     /// Each organization's announced-change count at the last resync.
     seen: std::sync::Mutex<HashMap<String, u64>>,
 }
@@ -60,6 +62,7 @@ impl Registry {
             next: AtomicUsize::new(0),
             kick: Arc::new(tokio::sync::Notify::new()),
             seen: Default::default(),
+            org_ids: DashMap::new(),
         }
     }
 
@@ -96,6 +99,14 @@ impl Registry {
         // Read under the org's lock: an activation on this replica cannot interleave.
         let lock = self.org_lock(org);
         let _guard = lock.lock().await;
+        // Known and nothing newer stored (this replica's own announcement, most often): the
+        // versions say so in one small read, without loading and decrypting the tenant.
+        if let Some(h) = self.by_org(org) {
+            let (record, token) = self.deps.tenants.versions(org).await?;
+            if record <= h.shared.record_version() && token <= h.shared.tokens.version().await {
+                return Ok(false);
+            }
+        }
         let stored = match self.deps.tenants.load(org).await {
             Ok(Some(s)) => s,
             Ok(None) => return Ok(false),
@@ -214,6 +225,12 @@ impl Registry {
         &self.deps
     }
 
+    /// The tenant of `org`, if loaded.
+    fn by_org(&self, org: &str) -> Option<TenantHandle> {
+        let id = self.org_ids.get(org)?.clone();
+        self.get(&id)
+    }
+
     pub fn get(&self, tenant_id: &str) -> Option<TenantHandle> {
         self.by_id.get(tenant_id).map(|h| h.clone())
     }
@@ -289,6 +306,10 @@ impl Registry {
         let tenants = &self.deps.tenants;
         let tenant_id = tenants.tenant_id_for(&org).await?;
         let existing = tenants.load(&org).await?;
+        // The activated tenant's first owner syncs its inventory at once (scopes may differ).
+        crate::store::devices::DeviceStore::new(self.deps.store.clone())
+            .forget_synced(&org)
+            .await?;
         // A running supervisor (re-activation) is replaced below and stopped only after, so
         // webhooks keep finding the tenant meanwhile and its poller finishes its current poll.
         let previous = self.get(&tenant_id);
@@ -380,6 +401,10 @@ impl Registry {
         let arbiter =
             &self.arbiters[self.next.fetch_add(1, Ordering::Relaxed) % self.arbiters.len()];
         let handle = TenantHandle::start(shared, &arbiter.handle());
+        self.org_ids.insert(
+            handle.shared.org_id.clone(),
+            handle.shared.tenant_id.clone(),
+        );
         self.by_id
             .insert(handle.tenant_id().to_string(), handle.clone());
         handle

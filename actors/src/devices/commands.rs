@@ -271,7 +271,13 @@ pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), String
         }
         if entries.is_empty() {
             let ringing = bell.is_ringing();
-            let mut wake = now + if ringing { sweep } else { poll };
+            // Sweeps jittered ±10 %: consumers started together do not read together.
+            let mut wake = now
+                + if ringing {
+                    sweep.mul_f64(0.9 + 0.2 * rand::random::<f64>())
+                } else {
+                    poll
+                };
             if others_pending {
                 wake = wake.min(next_claim);
             }

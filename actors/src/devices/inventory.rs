@@ -172,6 +172,9 @@ impl Api<'_> {
         match result {
             Ok(()) => {
                 metrics.inventory_sync("ok", &changes);
+                if let Err(e) = store.mark_synced(&self.tenant.org_id).await {
+                    tracing::debug!(tenant = %self.tenant.tenant_id, error = %e, "inventory sync time not recorded");
+                }
                 tracing::info!(tenant = %self.tenant.tenant_id, devices = ?report.devices, workspaces = ?report.workspaces, "inventory synced");
                 Ok(report)
             }
@@ -208,17 +211,28 @@ pub async fn stored(
 /// supervisor restarts it with backoff; refusals (a missing scope on the Webex side) wait for
 /// the next round.
 pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), String> {
-    let every = shared.deps().config.devices.inventory_interval_secs;
-    let mut first = true;
+    let every = Duration::from_secs_f64(shared.deps().config.devices.inventory_interval_secs);
+    // A new owner (restart, takeover) whose predecessor synced recently waits out the rest of
+    // the interval (jittered), so thousands of tenants taken over together do not all list
+    // their devices at once; a tenant never synced (a new activation) syncs now.
+    let store = DeviceStore::new(shared.deps().store.clone());
+    let mut wait = match store.synced_ago(&shared.org_id).await {
+        Ok(Some(ago)) if ago < every => Some(
+            (every - ago)
+                .mul_f64(1.0 + JITTER * (rand::random::<f64>() * 2.0 - 1.0))
+                .max(Duration::from_millis(10)),
+        ),
+        _ => None,
+    };
     loop {
-        if !first {
-            let jitter = 1.0 + JITTER * (rand::random::<f64>() * 2.0 - 1.0);
+        if let Some(d) = wait {
             tokio::select! {
                 _ = stop.wait() => return Ok(()),
-                _ = tokio::time::sleep(Duration::from_secs_f64((every * jitter).max(0.01))) => {}
+                _ = tokio::time::sleep(d) => {}
             }
         }
-        first = false;
+        let jitter = 1.0 + JITTER * (rand::random::<f64>() * 2.0 - 1.0);
+        wait = Some(every.mul_f64(jitter).max(Duration::from_millis(10)));
         let api = Api::of(&shared);
         // Boxed: the sync's state (4 KB) exists only while it runs, not while the loop sleeps.
         let sync = Box::pin(api.sync_inventory());

@@ -147,6 +147,9 @@ fn parse_entries(entries: redis::Value) -> Vec<CommandEntry> {
 pub const REQUEST_ID_TTL_SECS: u64 = 24 * 3600;
 
 /// The device API's view of Redis.
+/// Tenant-hash field: when the inventory was last fully synced (epoch ms).
+const INVENTORY_SYNCED: &str = "inventory_synced_ms";
+
 #[derive(Clone)]
 pub struct DeviceStore {
     store: Store,
@@ -203,6 +206,36 @@ impl DeviceStore {
             updated,
             removed,
         })
+    }
+
+    /// Records that `org`'s inventory was fully synced now (`inventory_synced_ms` in the
+    /// tenant hash): a new owner (a restart, a takeover) waits out the interval instead of
+    /// syncing every tenant at once.
+    pub async fn mark_synced(&self, org: &str) -> Result<(), StoreError> {
+        let mut conn = self.store.conn()?;
+        let now = chrono::Utc::now().timestamp_millis();
+        self.store
+            .bounded(conn.hset(self.store.keys().tenant(org), INVENTORY_SYNCED, now))
+            .await
+    }
+
+    /// Forgets when `org`'s inventory was synced (an activation: its first owner syncs at once).
+    pub async fn forget_synced(&self, org: &str) -> Result<(), StoreError> {
+        let mut conn = self.store.conn()?;
+        self.store
+            .bounded(conn.hdel(self.store.keys().tenant(org), INVENTORY_SYNCED))
+            .await
+    }
+
+    /// How long ago `org`'s inventory was last fully synced (None: never, or not recorded).
+    pub async fn synced_ago(&self, org: &str) -> Result<Option<std::time::Duration>, StoreError> {
+        let mut conn = self.store.conn()?;
+        let at: Option<i64> = self
+            .store
+            .bounded(conn.hget(self.store.keys().tenant(org), INVENTORY_SYNCED))
+            .await?;
+        let now = chrono::Utc::now().timestamp_millis();
+        Ok(at.map(|t| std::time::Duration::from_millis(now.saturating_sub(t).max(0) as u64)))
     }
 
     /// The stored inventory of `kind` for `org`: id → JSON.

@@ -424,6 +424,23 @@ impl Tenants {
         }))
     }
 
+    /// The stored `(record_version, token_version)` of `org` (0 where absent): what a replica
+    /// compares before loading the whole tenant.
+    pub async fn versions(&self, org: &str) -> Result<(u64, u64), StoreError> {
+        let mut conn = self.store.conn()?;
+        let (record, token): (Option<u64>, Option<u64>) = self
+            .store
+            .bounded(
+                redis::cmd("HMGET")
+                    .arg(self.store.keys().tenant(org))
+                    .arg(field::RECORD_VERSION)
+                    .arg(field::TOKEN_VERSION)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok((record.unwrap_or(0), token.unwrap_or(0)))
+    }
+
     /// The stored record and its version (None: no record).
     pub async fn load_record(&self, org: &str) -> Result<Option<(TenantRecord, u64)>, StoreError> {
         let mut conn = self.store.conn()?;

@@ -229,6 +229,12 @@ impl TenantShared {
         }
     }
 
+    /// The `record_version` of the record held.
+    pub fn record_version(&self) -> u64 {
+        self.record_version
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Whether this state still runs the tenant's owned work: the supervisor owns the lease
     /// and no re-activation has replaced it.
     pub fn still_in_charge(&self) -> bool {
