@@ -34,6 +34,8 @@ use crate::store::lease::{Acquired, Heartbeat, Leases, holder, preferred_owner, 
 use crate::store::tenants::ProvisioningState;
 use crate::supervisor::TenantHandle;
 
+/// The least time between a kicked round and the next.
+const KICK_SPACING: Duration = Duration::from_millis(100);
 /// Takeovers in flight at once during a round.
 const CONCURRENCY: usize = 64;
 
@@ -93,7 +95,14 @@ impl Coordinator {
             }
             tokio::select! {
                 _ = stop.wait() => return,
-                _ = kick.notified() => {}
+                _ = kick.notified() => {
+                    // Kicks that follow quickly (a burst of activations) share one round: a
+                    // round passes over every tenant.
+                    tokio::select! {
+                        _ = stop.wait() => return,
+                        _ = tokio::time::sleep(KICK_SPACING) => {}
+                    }
+                }
                 _ = tokio::time::sleep_until(wake) => {}
             }
         }

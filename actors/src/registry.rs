@@ -42,6 +42,8 @@ pub struct Registry {
     next: AtomicUsize,
     /// Wakes the ownership coordinator (a tenant appeared or needs its owner now).
     pub kick: Arc<tokio::sync::Notify>,
+    /// Set when the tenant gauges need recomputing ([`Registry::update_gauges`]).
+    gauges_stale: std::sync::atomic::AtomicBool,
     /// org → tenant id of every tenant in `by_id` (an org's tenant id never changes).
     org_ids: DashMap<String, String>,
     /// Each organization's announced-change count at the last resync.
@@ -63,6 +65,7 @@ impl Registry {
             kick: Arc::new(tokio::sync::Notify::new()),
             seen: Default::default(),
             org_ids: DashMap::new(),
+            gauges_stale: Default::default(),
         }
     }
 
@@ -254,7 +257,22 @@ impl Registry {
     }
 
     /// Sets the `tenants{state}` gauge from the current records.
+    /// Marks the tenant gauges stale: they are recomputed (a pass over every tenant) at the
+    /// next scrape or within a second — not once per change, which made 10,000 activations
+    /// quadratic.
     pub fn update_gauges(&self) {
+        self.gauges_stale.store(true, Ordering::Release);
+    }
+
+    /// Recomputes the gauges if a change marked them stale.
+    pub fn refresh_gauges(&self) {
+        if self.gauges_stale.swap(false, Ordering::AcqRel) {
+            self.compute_gauges();
+        }
+    }
+
+    /// Recomputes the tenant gauges now (per-state counts, token expiry horizon).
+    pub fn compute_gauges(&self) {
         let mut counts = [0i64; 4];
         for e in self.by_id.iter() {
             let i = ProvisioningState::ALL
@@ -563,7 +581,8 @@ pub async fn follow_changes(registry: Arc<Registry>, stop: Shutdown) {
 /// How often message counts are added to the stored counters.
 const COUNTER_FLUSH: Duration = Duration::from_secs(1);
 
-/// Adds the message counts to the stored counters every second until `stop` (then once more).
+/// Adds the message counts to the stored counters every second until `stop` (then once more),
+/// and recomputes the tenant gauges if they are stale.
 pub async fn flush_counters_loop(registry: Arc<Registry>, stop: Shutdown) {
     loop {
         tokio::select! {
@@ -571,6 +590,7 @@ pub async fn flush_counters_loop(registry: Arc<Registry>, stop: Shutdown) {
             _ = tokio::time::sleep(COUNTER_FLUSH) => {}
         }
         registry.flush_counters().await;
+        registry.refresh_gauges();
     }
 }
 
