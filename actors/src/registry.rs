@@ -487,11 +487,19 @@ impl Registry {
     /// Adds the message counts written since the last flush to the stored counters (one
     /// pipeline); counts that could not be stored are kept for the next flush.
     pub async fn flush_counters(&self) {
+        let queued = std::mem::take(
+            &mut *self
+                .deps
+                .to_flush
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         let mut taken: Vec<(TenantHandle, [u64; 2])> = Vec::new();
-        for h in self.by_id.iter() {
+        for id in queued {
+            let Some(h) = self.get(&id) else { continue };
             let counts = h.shared.take_unflushed();
             if counts != [0, 0] {
-                taken.push((h.value().clone(), counts));
+                taken.push((h, counts));
             }
         }
         let rows: Vec<(String, &str, u64)> = taken

@@ -48,6 +48,9 @@ pub struct Deps {
     pub shutdown: Shutdown,
     /// Tenants found removed on the Webex side (appUrl 404/410), for the registry to clean up.
     pub gone: tokio::sync::mpsc::UnboundedSender<String>,
+    /// Tenant ids with message counts not yet stored (the registry's flush takes them): a
+    /// flush visits the tenants that received something, not all of them.
+    pub to_flush: std::sync::Mutex<Vec<String>>,
 }
 
 impl Deps {
@@ -142,6 +145,7 @@ impl Deps {
             writer,
             shutdown,
             gone: gone_tx,
+            to_flush: Default::default(),
             config,
         });
         Ok(Built {

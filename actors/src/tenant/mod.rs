@@ -56,6 +56,8 @@ pub struct TenantShared {
     /// Messages written and not yet added to the stored counters, by source (webhook, queue):
     /// the registry flushes them every second, off the write path.
     unflushed: [std::sync::atomic::AtomicU64; 2],
+    /// Whether this tenant is in `Deps::to_flush` (queued once until flushed).
+    flush_queued: std::sync::atomic::AtomicBool,
 }
 
 /// How many times a record update is retried after another replica wrote first.
@@ -85,6 +87,7 @@ impl TenantShared {
             superseded: Default::default(),
             tokens_state_lock: Default::default(),
             unflushed: Default::default(),
+            flush_queued: Default::default(),
             tenant_id: record.tenant_id.clone(),
             org_id: record.org_id.clone(),
             record: RwLock::new(record),
@@ -113,13 +116,30 @@ impl TenantShared {
 
     /// One message written for this tenant by `source` (counted in its `messages_received`).
     pub(crate) fn count_received(&self, source: crate::protocol::message::Source) {
+        use std::sync::atomic::Ordering;
         let i = usize::from(source != crate::protocol::message::Source::Webhook);
-        self.unflushed[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.unflushed[i].fetch_add(1, Ordering::Relaxed);
+        if !self.flush_queued.load(Ordering::Relaxed)
+            && !self.flush_queued.swap(true, Ordering::AcqRel)
+        {
+            self.queue_for_flush();
+        }
+    }
+
+    fn queue_for_flush(&self) {
+        self.deps
+            .to_flush
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(self.tenant_id.clone());
     }
 
     /// Takes the counts not yet stored: `[webhook, queue]`.
     pub(crate) fn take_unflushed(&self) -> [u64; 2] {
         use std::sync::atomic::Ordering::AcqRel;
+        // Unqueued first: a message counted after this queues the tenant again.
+        self.flush_queued
+            .store(false, std::sync::atomic::Ordering::Release);
         [
             self.unflushed[0].swap(0, AcqRel),
             self.unflushed[1].swap(0, AcqRel),
@@ -131,6 +151,9 @@ impl TenantShared {
         use std::sync::atomic::Ordering::AcqRel;
         self.unflushed[0].fetch_add(counts[0], AcqRel);
         self.unflushed[1].fetch_add(counts[1], AcqRel);
+        if !self.flush_queued.swap(true, AcqRel) {
+            self.queue_for_flush();
+        }
     }
 
     /// The counts not yet stored, without taking them: `[webhook, queue]`.
