@@ -256,7 +256,6 @@ impl Registry {
         self.by_id.is_empty()
     }
 
-    /// Sets the `tenants{state}` gauge from the current records.
     /// Marks the tenant gauges stale: they are recomputed (a pass over every tenant) at the
     /// next scrape or within a second — not once per change, which made 10,000 activations
     /// quadratic.
@@ -271,7 +270,8 @@ impl Registry {
         }
     }
 
-    /// Recomputes the tenant gauges now (per-state counts, token expiry horizon).
+    /// Recomputes the tenant gauges now from the current records: `tenants{state}` and the
+    /// token expiry horizon.
     pub fn compute_gauges(&self) {
         let mut counts = [0i64; 4];
         for e in self.by_id.iter() {

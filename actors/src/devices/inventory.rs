@@ -242,7 +242,14 @@ pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), String
         };
         match res {
             Ok(_) => {}
-            Err(e) if e.is_transient() => return Err(format!("inventory sync: {e}")),
+            Err(e) if e.is_transient() => {
+                // The restart (after its backoff) syncs at once instead of waiting out the
+                // interval from the last success.
+                if let Err(e) = store.forget_synced(&shared.org_id).await {
+                    tracing::debug!(tenant = %shared.tenant_id, error = %e, "inventory sync time not cleared");
+                }
+                return Err(format!("inventory sync: {e}"));
+            }
             Err(e) => {
                 tracing::warn!(tenant = %shared.tenant_id, error = %e, code = e.code(), "inventory sync refused; next round");
             }

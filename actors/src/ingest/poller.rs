@@ -177,9 +177,9 @@ async fn poll_once(shared: &Arc<TenantShared>, stop: &Shutdown) -> Poll {
                 // poll that has received nothing by [`ABANDON_AFTER`] into the shutdown is
                 // abandoned (the server keeps the messages); one being answered carries
                 // messages Webex has removed from its queue, so it is read to the end and its
-                // batch written. A handover (this
-                // tenant's `stop` alone) lets the poll end by itself: the next owner's first
-                // poll waits for it, so one queue never has two pollers.
+                // batch written. A handover (this tenant's `stop` alone) lets the poll end by
+                // itself: the next owner's first poll waits for it, so one queue never has two
+                // pollers.
                 let slot = deps.poll_http.slot();
                 let request = slot
                     .client()
