@@ -294,6 +294,18 @@ async fn every_reject_path_is_answered_counted_and_writes_nothing() {
     let good = serde_json::to_vec(&msg(now_ts(0))).unwrap();
     let http = reqwest::Client::new();
     let url = format!("{base}/tenants/{tenant}/webhook");
+    // The tenant's background work has written its keys (first inventory sync, the command
+    // stream's group): the snapshot below must not race with it.
+    let settled = ["devices", "workspaces", "inventory", "commands"]
+        .map(|k| format!("{p}:{{{}}}:{k}", org.org_id));
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            let keys = keys_with_prefix(redis, &p);
+            settled.iter().all(|k| keys.contains(k))
+        })
+        .await,
+        "the first inventory sync did not land"
+    );
     let keys_before = keys_with_prefix(redis, &p);
 
     let check = |status: u16, body: Value, want: u16| {
