@@ -58,6 +58,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
     let bell = deps.bell.clone();
     let bell_store = deps.store.clone();
     let bell_metrics = metrics.clone();
+    let bell_on = config.devices.command_notifications;
     let registry = Arc::new(Registry::new(deps, SUPERVISOR_THREADS));
     registry.spawn_gone_cleaner(gone);
     let coordinator = Coordinator::new(registry.clone());
@@ -106,7 +107,13 @@ pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
             registry.clone(),
             shutdown.clone(),
         ));
-        tokio::spawn(bell.listen(bell_store, bell_metrics, shutdown.clone()));
+        if bell_on {
+            tokio::spawn(bell.listen(bell_store, bell_metrics, shutdown.clone()));
+        } else {
+            tracing::info!(
+                "devices.command_notifications is off: command streams are read every devices.commands_poll_ms"
+            );
+        }
         loop {
             match registry.resume_all().await {
                 Ok(n) => {

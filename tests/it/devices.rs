@@ -1063,3 +1063,65 @@ async fn the_command_bell_wakes_1000_idle_consumers_and_runs_each_request_once()
     engine.shutdown().await;
     env.sim.shutdown().await;
 }
+
+/// With `devices.command_notifications = false` the engine neither turns on nor waits for
+/// keyspace notifications: the gauge says 0 and idle streams are read every
+/// `devices.commands_poll_ms`, so a request still runs.
+#[actix_web::test]
+async fn without_notifications_command_streams_are_polled() {
+    let env = TestEnv::own(SimConfig {
+        orgs: 1,
+        devices_per_org: 1,
+        ..Default::default()
+    })
+    .await;
+    let (redis, prefix, sim) = (&env.redis, &env.prefix, &env.sim);
+    let engine = env
+        .engine(&[
+            ("DEVICES__COMMAND_NOTIFICATIONS", "false"),
+            ("DEVICES__COMMANDS_POLL_MS", "50"),
+        ])
+        .await;
+    let base = engine.base_url();
+    activate_org(sim, &base, 0).await;
+    let org = sim.org(0);
+    let commands = format!("{prefix}:{{{}}}:commands", org.org_id);
+    let results_key = format!("{prefix}:{{{}}}:command_results", org.org_id);
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            let mut conn = redis.client().get_connection().unwrap();
+            let exists: bool = conn.exists(&commands).unwrap();
+            exists
+        })
+        .await,
+        "the command consumer did not start"
+    );
+    xadd(
+        redis,
+        &commands,
+        &[
+            ("id", "polled-1"),
+            ("device", &org.devices[0].device_id),
+            ("name", "Message.Send"),
+        ],
+    );
+    let all = results(redis, &results_key, 1, Duration::from_secs(20)).await;
+    assert_eq!(by_id(&all, "polled-1")["status"], "ok", "{all:?}");
+    assert_eq!(
+        scrape(&base, "xapi_stream_command_notifications_up").await,
+        0.0
+    );
+    let events: String = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("notify-keyspace-events")
+        .query::<Vec<String>>(&mut redis.client().get_connection().unwrap())
+        .unwrap()
+        .pop()
+        .unwrap_or_default();
+    assert!(
+        !events.contains('K'),
+        "notifications were turned on: {events:?}"
+    );
+    engine.shutdown().await;
+    env.sim.shutdown().await;
+}
