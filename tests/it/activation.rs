@@ -511,6 +511,75 @@ async fn a_rejected_refresh_token_marks_the_tenant_invalid() {
     sim.shutdown().await;
 }
 
+/// An engine that loads a tenant whose refresh token is recorded as refused knows it: when it
+/// takes the tenant over it does not present that token to Webex again (the scale suite saw a
+/// joining replica do so once).
+#[actix_web::test]
+async fn a_tenant_loaded_as_invalid_never_presents_its_refused_token_again() {
+    let TestEnv { redis, prefix, sim } = TestEnv::start(SimConfig {
+        access_token_ttl: Duration::from_secs(2),
+        ..Default::default()
+    })
+    .await;
+    let key = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode([9u8; 32])
+    };
+    let ea = [
+        ("SECURITY__ENCRYPTION_KEY", key.as_str()),
+        ("SCALING__REPLICA_ID", "a"),
+    ];
+    let eb = [
+        ("SECURITY__ENCRYPTION_KEY", key.as_str()),
+        ("SCALING__REPLICA_ID", "b"),
+    ];
+    let a = start_engine(&sim, &redis.url(), &prefix, &ea).await;
+    let (_, body) = admin_activate(&a.base_url(), &sim.activation_jwt(0)).await;
+    let id = body["tenant_id"].as_str().unwrap().to_string();
+    wait_state(&a.base_url(), &id, "completed", Duration::from_secs(20)).await;
+    sim.revoke_refresh_tokens(0);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            admin_tenant(&a.base_url(), &id).await["tokens_state"] == "invalid"
+        })
+        .await
+    );
+    let refused = sim.oauth_stats().invalid_grant;
+    // B loads the tenant as invalid, then takes it over when A leaves.
+    let b = start_engine(&sim, &redis.url(), &prefix, &eb).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            b.registry().get(&id).is_some()
+        })
+        .await
+    );
+    a.shutdown().await;
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            scrape(&b.base_url(), "xapi_stream_tenants_owned").await == 1.0
+        })
+        .await,
+        "b did not take the tenant over"
+    );
+    // Its 2-s access token long expired: a refresher that thought the tenant valid would
+    // exchange within a second or two of taking it over; wait well beyond that.
+    let owned_at = std::time::Instant::now();
+    while owned_at.elapsed() < Duration::from_secs(4) {
+        assert_eq!(
+            sim.oauth_stats().invalid_grant,
+            refused,
+            "the refused refresh token was presented again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        admin_tenant(&b.base_url(), &id).await["tokens_state"],
+        "invalid"
+    );
+    b.shutdown().await;
+    sim.shutdown().await;
+}
+
 #[actix_web::test]
 async fn killed_engine_resumes_every_tenant_and_redis_holds_no_plain_secret() {
     // 4-s tokens refresh every 2–2.7 s. A SIGKILL *between* an exchange's response and the CAS

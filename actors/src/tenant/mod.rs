@@ -82,6 +82,9 @@ impl TenantShared {
         claim: Arc<claim::Claim>,
         record_version: u64,
     ) -> Self {
+        // A tenant loaded with its refresh token recorded as refused knows it from the start
+        // (else its first ownership period would present that token to Webex again).
+        tokens.follow_invalid(record.tokens_state == crate::store::tenants::TokensState::Invalid);
         Self {
             record_version: record_version.into(),
             superseded: Default::default(),
