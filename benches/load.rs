@@ -7,7 +7,7 @@
 //!
 //! With `--tenants N [--idle S]` it measures the cost of many idle tenants instead: one engine
 //! (queue ingest, 20-s long-polls) activates N organizations of the simulator, then for S seconds
-//! with no message flowing reads the engine's RSS and CPU and Redis's commands and CPU; then
+//! with no message flowing (`--polls http1|reqwest-http1|h2`, default http1) reads the engine's RSS and CPU and Redis's commands and CPU; then
 //! kill -9 and a restart under the same replica id, again under a new one (how long until every
 //! tenant is polled again), and a SIGTERM (how long until exit, and the exit code).
 use std::sync::Arc;
@@ -251,8 +251,8 @@ async fn scale_out(list: &str, secs: f64, connections: usize) -> anyhow::Result<
 async fn main() -> anyhow::Result<()> {
     let tenants: usize = arg("--tenants", 0);
     if tenants > 0 {
-        let http1 = std::env::args().any(|a| a == "--http1");
-        return idle_scale(tenants, arg("--idle", 20.0), http1).await;
+        let polls: String = arg("--polls", "http1".to_string());
+        return idle_scale(tenants, arg("--idle", 20.0), &polls).await;
     }
     let secs: f64 = arg("--seconds", 6.0);
     let connections: usize = arg("--connections", 64);
@@ -335,11 +335,18 @@ async fn all_polled_after(
     }
 }
 
-/// `--tenants N --idle S [--http1]`: the idle cost of N queue tenants on one engine. Polls go
-/// over HTTP/2 (as over HTTPS to a server offering it), or HTTP/1.1 with `--http1` (a
-/// connection per poll).
-async fn idle_scale(n: usize, idle_secs: f64, http1: bool) -> anyhow::Result<()> {
-    let protocol = if http1 { "HTTP/1.1" } else { "HTTP/2" };
+/// `--tenants N --idle S [--polls http1|reqwest-http1|h2]`: the idle cost of N queue tenants on
+/// one engine. Polls go over the lean HTTP/1.1 client (the default, a connection per tenant),
+/// reqwest over HTTP/1.1 (a connection per poll with hyper's buffers), or reqwest over HTTP/2
+/// (as over HTTPS to a server offering it; `ingest.polls_per_connection` polls per connection).
+async fn idle_scale(n: usize, idle_secs: f64, polls: &str) -> anyhow::Result<()> {
+    let (protocol, client, h2) = match polls {
+        "http1" => ("HTTP/1.1", "http1", false),
+        "reqwest-http1" => ("HTTP/1.1", "negotiated", false),
+        "h2" => ("HTTP/2", "negotiated", true),
+        other => anyhow::bail!("--polls {other}: one of http1, reqwest-http1, h2"),
+    };
+    let protocol = format!("{protocol} (ingest.poll_client = {client})");
     println!(
         "xapi-stream idle scale: {n} queue tenants, {idle_secs} s idle, polls over {protocol}"
     );
@@ -356,10 +363,8 @@ async fn idle_scale(n: usize, idle_secs: f64, http1: bool) -> anyhow::Result<()>
     .await?;
     let mut env = xapi_stream::devkit::devenv::engine_env(&sim, &redis.url(), "idle");
     env.push(("XAPI_STREAM__INTEGRATION__INGEST".into(), "queue".into()));
-    env.push((
-        "XAPI_STREAM__WEBEX__PLAIN_HTTP2".into(),
-        (!http1).to_string(),
-    ));
+    env.push(("XAPI_STREAM__WEBEX__PLAIN_HTTP2".into(), h2.to_string()));
+    env.push(("XAPI_STREAM__INGEST__POLL_CLIENT".into(), client.into()));
     let grace: u64 = 10;
     env.push((
         "XAPI_STREAM__SERVER__SHUTDOWN_GRACE_SECS".into(),

@@ -70,6 +70,20 @@ pub struct IngestConfig {
     /// Queue polls in flight on one HTTP client, at most: over HTTP/2 they share its
     /// connection, and servers allow 100 to 128 streams per connection.
     pub polls_per_connection: usize,
+    /// Which HTTP client long-polls the queues.
+    pub poll_client: PollClient,
+}
+
+/// The HTTP client of queue long-polls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PollClient {
+    /// HTTP/1.1, one connection per tenant kept between polls, holding nothing but the socket
+    /// while a poll waits (`ingest/http1.rs`).
+    Http1,
+    /// reqwest: HTTP/2 where the server offers it (ALPN, or `webex.plain_http2`), polls spread
+    /// over clients of `polls_per_connection` each; else HTTP/1.1 with hyper's buffers.
+    Negotiated,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -315,6 +329,12 @@ impl Config {
         }
         if self.ingest.polls_per_connection == 0 {
             return Err(err("ingest.polls_per_connection", "must be at least 1"));
+        }
+        if self.webex.plain_http2 && self.ingest.poll_client != PollClient::Negotiated {
+            return Err(err(
+                "webex.plain_http2",
+                "needs ingest.poll_client = \"negotiated\" (the http1 client speaks HTTP/1.1)",
+            ));
         }
         if self.webex.plain_http2 && !self.webex.allow_http {
             return Err(err(

@@ -58,6 +58,31 @@ fn invalid_values_and_env_overrides_are_named() {
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("security.encryption_key"), "{stderr}");
 
+    // The poll client: a value it does not know, and HTTP/2 asked of the HTTP/1.1 client.
+    let f = write_config(&format!("[security]\nencryption_key = \"{KEY}\"\n"));
+    let out = serve(f.path(), &[("XAPI_STREAM__INGEST__POLL_CLIENT", "http3")]);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        !out.status.success() && stderr.contains("ingest.poll_client"),
+        "{stderr}"
+    );
+    let out = serve(
+        f.path(),
+        &[
+            ("XAPI_STREAM__WEBEX__ALLOW_HTTP", "true"),
+            ("XAPI_STREAM__WEBEX__PLAIN_HTTP2", "true"),
+        ],
+    );
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        !out.status.success()
+            && stderr
+                .trim()
+                .starts_with("config error: webex.plain_http2:")
+            && stderr.contains("ingest.poll_client"),
+        "{stderr}"
+    );
+
     let f = write_config("this is = = not toml");
     let out = serve(f.path(), &[]);
     assert!(!out.status.success());

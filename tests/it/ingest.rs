@@ -741,6 +741,7 @@ async fn polls_over_http2_share_connections_up_to_the_limit_and_deliver_every_me
         &[
             ("INTEGRATION__INGEST", "queue"),
             ("WEBEX__PLAIN_HTTP2", "true"),
+            ("INGEST__POLL_CLIENT", "negotiated"),
             ("INGEST__POLLS_PER_CONNECTION", &PER_CONNECTION.to_string()),
         ],
     )

@@ -7,8 +7,9 @@
 //! # Layout
 //! - [`Ingest`]: the webhook path, over a [`Directory`] of tenants (the registry).
 //! - [`poller`]: the queue poller of one tenant, a supervised child; its batches go through
-//!   [`polled`]. Its HTTP clients: [`clients`].
+//!   [`polled`]. Its HTTP clients: [`http1`] (the default) and [`clients`].
 pub mod clients;
+pub mod http1;
 pub mod poller;
 
 use std::sync::Arc;

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::clients::PollSlot;
+use super::http1::{self, Connection};
 use crate::shutdown::Shutdown;
 use crate::tenant::{Refusal, TenantShared, WithToken};
 
@@ -45,6 +47,8 @@ pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), String
     let mut first = true;
     // Whether the one immediate retry after a success (or the start) is used up.
     let mut retried_at_once = false;
+    // The lean client's connection, kept from one poll to the next.
+    let conn = Connection::default();
     loop {
         if stop.is_fired() {
             return Ok(());
@@ -65,7 +69,7 @@ pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), String
             }
             continue;
         }
-        let outcome = poll_once(&shared, &stop).await;
+        let outcome = poll_once(&shared, &stop, &conn).await;
         let delay = match outcome {
             Poll::Skipped => Some(LEASE_WAIT),
             Poll::Messages(n) => {
@@ -130,6 +134,33 @@ impl Refusal for PollCall {
     }
 }
 
+/// A poll's answer, its head read.
+enum Answer<'c> {
+    Lean(http1::Response<'c>),
+    /// The slot is held until the body is read (the poll is in flight on that client).
+    Pooled(reqwest::Response, PollSlot),
+}
+
+impl Answer<'_> {
+    fn status(&self) -> u16 {
+        match self {
+            Answer::Lean(r) => r.status(),
+            Answer::Pooled(r, _) => r.status().as_u16(),
+        }
+    }
+
+    async fn body(self) -> Result<Vec<u8>, String> {
+        match self {
+            Answer::Lean(r) => r.body().await.map_err(|e| e.to_string()),
+            Answer::Pooled(r, _slot) => r
+                .bytes()
+                .await
+                .map(|b| b.to_vec())
+                .map_err(|e| e.without_url().to_string()),
+        }
+    }
+}
+
 /// Why a poll failed.
 struct Failure {
     message: String,
@@ -153,7 +184,7 @@ async fn sleep_or_stop(d: Duration, stop: &Shutdown) -> bool {
     }
 }
 
-async fn poll_once(shared: &Arc<TenantShared>, stop: &Shutdown) -> Poll {
+async fn poll_once(shared: &Arc<TenantShared>, stop: &Shutdown, conn: &Connection) -> Poll {
     let deps = &shared.deps();
     let Some(poll_url) = shared.poll_url() else {
         return Poll::Failed(String::from("no pollUrl").into());
@@ -180,27 +211,47 @@ async fn poll_once(shared: &Arc<TenantShared>, stop: &Shutdown) -> Poll {
                 // batch written. A handover (this tenant's `stop` alone) lets the poll end by
                 // itself: the next owner's first poll waits for it, so one queue never has two
                 // pollers.
-                let slot = deps.poll_http.slot();
-                let request = slot
-                    .client()
-                    .get(url)
-                    .bearer_auth(token.expose())
-                    .timeout(LONG_POLL_TIMEOUT)
-                    .send();
+                let request = async {
+                    match &deps.poll_http1 {
+                        Some(lean) => lean
+                            .get(conn, &url, token.expose())
+                            .await
+                            .map(Answer::Lean)
+                            .map_err(|e| Failure {
+                                transport: e.is_transport(),
+                                message: e.to_string(),
+                            }),
+                        None => {
+                            let slot = deps.poll_http.slot();
+                            slot.client()
+                                .get(url)
+                                .bearer_auth(token.expose())
+                                .timeout(LONG_POLL_TIMEOUT)
+                                .send()
+                                .await
+                                .map(|r| Answer::Pooled(r, slot))
+                                .map_err(|e| Failure {
+                                    transport: !e.is_timeout(),
+                                    message: e.without_url().to_string(),
+                                })
+                        }
+                    }
+                };
                 let resp = tokio::select! {
                     biased;
-                    r = request => r.map_err(|e| {
-                        PollCall::Failed(Failure {
-                            transport: !e.is_timeout(),
-                            message: e.without_url().to_string(),
-                        })
-                    })?,
+                    r = tokio::time::timeout(LONG_POLL_TIMEOUT, request) => match r {
+                        Ok(r) => r.map_err(PollCall::Failed)?,
+                        Err(_) => return Err(PollCall::Failed(Failure {
+                            transport: false,
+                            message: format!("no answer within {LONG_POLL_TIMEOUT:?}"),
+                        })),
+                    },
                     _ = async {
                         deps.shutdown.wait().await;
                         tokio::time::sleep(ABANDON_AFTER).await;
                     } => return Err(PollCall::Skipped),
                 };
-                if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
+                if resp.status() == 401 {
                     shared
                         .metrics()
                         .queue_polls_total
@@ -222,14 +273,17 @@ async fn poll_once(shared: &Arc<TenantShared>, stop: &Shutdown) -> Poll {
         Err(WithToken::Token(e)) => return Poll::Failed(format!("token: {e}").into()),
     };
     let status = resp.status();
-    if !status.is_success() {
+    if !(200..300).contains(&status) {
         return Poll::Failed(format!("pollUrl answered {status}").into());
     }
-    let body: PollResponse = match resp.json().await {
+    let body = match tokio::time::timeout(LONG_POLL_TIMEOUT, resp.body()).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => return Poll::Failed(format!("poll response: {e}").into()),
+        Err(_) => return Poll::Failed(String::from("poll response: timed out").into()),
+    };
+    let body: PollResponse = match serde_json::from_slice(&body) {
         Ok(b) => b,
-        Err(e) => {
-            return Poll::Failed(format!("unreadable poll response: {}", e.without_url()).into());
-        }
+        Err(e) => return Poll::Failed(format!("unreadable poll response: {e}").into()),
     };
     let n = body.messages.len();
     super::polled(shared, body.messages, stop).await;

@@ -35,6 +35,8 @@ pub struct Deps {
     /// arbiters, which stop only after them.
     /// Polls are spread over several clients ([`crate::ingest::clients`]).
     pub poll_http: crate::ingest::clients::PollClients,
+    /// The lean HTTP/1.1 poll client, when `ingest.poll_client = "http1"` (else `poll_http`).
+    pub poll_http1: Option<crate::ingest::http1::Http1Polls>,
     /// The client of token exchanges only: they run on [`Deps::exchanges`]' runtime, which
     /// drives these connections until the process exits (see `poll_http` for the pitfall).
     pub oauth: WebexClient,
@@ -115,6 +117,8 @@ impl Deps {
             USER_AGENT,
             config.webex.allow_http && config.webex.plain_http2,
         )?;
+        let poll_http1 = (config.ingest.poll_client == crate::config::PollClient::Http1)
+            .then(|| crate::ingest::http1::Http1Polls::new(timeout, POOL_IDLE, USER_AGENT));
         let writer = StreamWriter::start(
             store.clone(),
             WriterConfig {
@@ -138,6 +142,7 @@ impl Deps {
             webex: WebexClient::new(http, config.webex.allow_http),
             oauth: WebexClient::new(oauth_http, config.webex.allow_http),
             poll_http,
+            poll_http1,
             exchanges: ExchangeTasks::on_current_runtime(),
             bell: Default::default(),
             store,
