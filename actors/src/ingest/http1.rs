@@ -5,8 +5,10 @@
 //! read buffer, a write buffer, a request channel and a connection task while it waits (about
 //! 45 KB with reqwest/hyper, measured at 10,000 tenants); this one keeps the socket alone: the
 //! request is written, the buffer dropped, and nothing is allocated until the socket turns
-//! readable (over TLS, rustls's own state stays). Each poller keeps its connection between
-//! polls ([`Connection`]) and reconnects when the server closed it or it sat idle too long.
+//! readable (over TLS, rustls's own state stays, and the first read goes into a 256-byte array
+//! of the future). Each poller keeps its connection between polls ([`Connection`]); one the
+//! server closed, that holds stray bytes, or that sat idle too long is replaced, and a request
+//! is sent a second time only when its kept connection failed within a second of the write.
 //!
 //! What it reads: a status line and headers (`httparse`), then a body delimited by
 //! `Content-Length`, chunked transfer coding, or the end of the connection. Nothing else is
@@ -28,6 +30,10 @@ const MAX_BODY: usize = 64 * 1024 * 1024;
 const MAX_HEADERS: usize = 64;
 /// Read granularity once the answer has started.
 const READ_CHUNK: usize = 8 * 1024;
+/// A kept connection that fails this soon after the request was written was closed by the
+/// server before it saw the request: the request is sent once more on a new connection. One
+/// that fails later may have been taken (a poll dequeues messages), and is not resent.
+const RESEND_WITHIN: Duration = Duration::from_secs(1);
 
 /// The client: how to connect. Cheap to clone.
 #[derive(Clone)]
@@ -144,17 +150,19 @@ impl Http1Polls {
             .unwrap_or_else(PoisonError::into_inner)
             .take()
             .filter(|k| k.authority == authority && k.idle_since.elapsed() < self.idle_timeout);
-        let request = self.request(url, &authority, token);
+        let kept = kept.and_then(|mut k| (!k.stream.closed_or_dirty()).then_some(k));
         if let Some(k) = kept {
-            match exchange(k.stream, &request).await {
+            let sent = Instant::now();
+            match exchange(k.stream, self.request(url, &authority, token)).await {
                 Ok((stream, head)) => return finish(stream, head, authority, conn),
-                // The server closed the kept connection (it may do so any time it is idle).
-                Err(Error::Transport(_)) => {}
+                // The server closed the kept connection as we wrote (it may close an idle
+                // connection at any time).
+                Err(Error::Transport(_)) if sent.elapsed() < RESEND_WITHIN => {}
                 Err(e) => return Err(e),
             }
         }
         let stream = self.connect(url, &authority).await?;
-        let (stream, head) = exchange(stream, &request).await?;
+        let (stream, head) = exchange(stream, self.request(url, &authority, token)).await?;
         finish(stream, head, authority, conn)
     }
 
@@ -216,12 +224,23 @@ impl Response<'_> {
                         return Err(cut_short());
                     }
                 }
+                // Bytes beyond the body would be read as the next answer.
+                self.keep_alive &= self.buf.len() == n;
                 self.buf.truncate(n);
                 std::mem::take(&mut self.buf)
             }
-            Framing::Chunked => dechunk(&mut self.stream, std::mem::take(&mut self.buf)).await?,
+            Framing::Chunked => {
+                let (body, clean) =
+                    dechunk(&mut self.stream, std::mem::take(&mut self.buf)).await?;
+                self.keep_alive &= clean;
+                body
+            }
             Framing::UntilClose => {
-                while read_more(&mut self.stream, &mut self.buf, READ_CHUNK).await? > 0 {}
+                while read_more(&mut self.stream, &mut self.buf, READ_CHUNK).await? > 0 {
+                    if self.buf.len() > MAX_BODY {
+                        return Err(Error::Protocol("answer body too long".into()));
+                    }
+                }
                 self.keep_alive = false;
                 std::mem::take(&mut self.buf)
             }
@@ -249,43 +268,37 @@ struct Head {
     rest: Vec<u8>,
 }
 
-/// Writes `request`, waits (holding no buffer) for the answer and reads its head; 1xx
-/// answers are skipped.
-async fn exchange(mut stream: Stream, request: &[u8]) -> Result<(Stream, Head), Error> {
+/// Writes `request` (then drops it: it holds the token), waits for the answer holding no
+/// buffer, and reads its head; 1xx answers are skipped.
+async fn exchange(mut stream: Stream, request: Vec<u8>) -> Result<(Stream, Head), Error> {
     stream
-        .write_all(request)
+        .write_all(&request)
         .await
         .map_err(|e| Error::Transport(format!("sending the request: {e}")))?;
+    drop(request);
     let mut buf = Vec::new();
+    let first = stream
+        .first_bytes(&mut buf)
+        .await
+        .map_err(|e| Error::Transport(format!("waiting for the answer: {e}")))?;
+    if first == 0 {
+        return Err(Error::Transport(
+            "connection closed before an answer".into(),
+        ));
+    }
     loop {
-        if buf.is_empty() {
-            stream
-                .readable()
-                .await
-                .map_err(|e| Error::Transport(format!("waiting for the answer: {e}")))?;
-        }
-        let n = read_more(&mut stream, &mut buf, READ_CHUNK)
-            .await
-            .map_err(|e| match e {
-                Error::Protocol(m) if buf.is_empty() => Error::Transport(m),
-                e => e,
-            })?;
-        if n == 0 {
-            return Err(if buf.is_empty() {
-                Error::Transport("connection closed before an answer".into())
-            } else {
-                cut_short()
-            });
-        }
-        if let Some(head) = parse_head(&mut buf)? {
-            if (100..200).contains(&head.status) {
-                buf = head.rest;
-                continue;
+        // Parse what is there before reading more (a 1xx and the answer may come together).
+        while let Some(head) = parse_head(&mut buf)? {
+            if !(100..200).contains(&head.status) {
+                return Ok((stream, head));
             }
-            return Ok((stream, head));
+            buf = head.rest;
         }
         if buf.len() > MAX_HEAD {
             return Err(Error::Protocol("answer head too long".into()));
+        }
+        if read_more(&mut stream, &mut buf, READ_CHUNK).await? == 0 {
+            return Err(cut_short());
         }
     }
 }
@@ -319,6 +332,8 @@ fn parse_head(buf: &mut Vec<u8>) -> Result<Option<Head>, Error> {
     let status = r.code.unwrap_or(0);
     let mut keep_alive = r.version == Some(1);
     let mut length = None;
+    // Transfer-Encoding present, and whether chunked is its final coding.
+    let mut coded = false;
     let mut chunked = false;
     for h in r.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
@@ -331,6 +346,7 @@ fn parse_head(buf: &mut Vec<u8>) -> Result<Option<Head>, Error> {
             }
             length = Some(n);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            coded = true;
             chunked = h
                 .value
                 .split(|&b| b == b',')
@@ -347,10 +363,17 @@ fn parse_head(buf: &mut Vec<u8>) -> Result<Option<Head>, Error> {
             }
         }
     }
+    // RFC 9112 §6.3: a transfer coding wins over Content-Length (and both together make the
+    // connection unfit for reuse); a coding other than chunked last runs to the close.
+    if coded && length.is_some() {
+        keep_alive = false;
+    }
     let framing = if (100..200).contains(&status) || status == 204 || status == 304 {
         Framing::Length(0)
     } else if chunked {
         Framing::Chunked
+    } else if coded {
+        Framing::UntilClose
     } else if let Some(n) = length {
         if n > MAX_BODY {
             return Err(Error::Protocol(format!(
@@ -370,8 +393,9 @@ fn parse_head(buf: &mut Vec<u8>) -> Result<Option<Head>, Error> {
     }))
 }
 
-/// Decodes a chunked body; `buf` holds what was read of it already.
-async fn dechunk(stream: &mut Stream, mut buf: Vec<u8>) -> Result<Vec<u8>, Error> {
+/// Decodes a chunked body; `buf` holds what was read of it already. Also says whether the
+/// body ended exactly where the bytes read did (else the connection is not reused).
+async fn dechunk(stream: &mut Stream, mut buf: Vec<u8>) -> Result<(Vec<u8>, bool), Error> {
     let mut body = Vec::new();
     let mut at = 0;
     loop {
@@ -393,7 +417,7 @@ async fn dechunk(stream: &mut Stream, mut buf: Vec<u8>) -> Result<Vec<u8>, Error
         at += consumed;
         let size = usize::try_from(size)
             .ok()
-            .filter(|s| body.len() + s <= MAX_BODY)
+            .filter(|&s| s <= MAX_BODY - body.len())
             .ok_or_else(|| Error::Protocol("answer body too long".into()))?;
         if size == 0 {
             // Trailers (ignored) up to the empty line.
@@ -402,7 +426,7 @@ async fn dechunk(stream: &mut Stream, mut buf: Vec<u8>) -> Result<Vec<u8>, Error
                     let line_empty = i == 0;
                     at += i + 2;
                     if line_empty {
-                        return Ok(body);
+                        return Ok((body, at == buf.len()));
                     }
                 } else if read_more(stream, &mut buf, READ_CHUNK).await? == 0 {
                     return Err(cut_short());
@@ -463,13 +487,38 @@ impl Stream {
         }
     }
 
-    /// Waits until the socket has something to read, holding no buffer. Over TLS, rustls may
-    /// hold plaintext already, or the bytes may be a TLS record without application data
-    /// (a session ticket): the caller's read sorts that out.
-    async fn readable(&self) -> io::Result<()> {
+    /// Waits for the answer's first bytes and puts them on `buf`; 0 when the connection
+    /// closed. Over plain TCP nothing is allocated until the socket is readable; over TLS the
+    /// read goes through rustls (which may hold plaintext already, or read a record without
+    /// application data, such as a session ticket) into a small array of the future.
+    async fn first_bytes(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        let mut small = [0u8; 256];
+        let n = match self {
+            Stream::Plain(s) => loop {
+                s.readable().await?;
+                match s.try_read(&mut small) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
+            },
+            Stream::Tls(s) => s.read(&mut small).await?,
+        };
+        buf.extend_from_slice(&small[..n]);
+        Ok(n)
+    }
+
+    /// Whether a kept connection is unfit for the next request: closed by the server, or
+    /// holding bytes nobody asked for (an idle-timeout 408, say). Never waits.
+    fn closed_or_dirty(&mut self) -> bool {
+        use futures::FutureExt;
+        let mut probe = [0u8; 1];
         match self {
-            Stream::Plain(s) => s.readable().await,
-            Stream::Tls(s) => s.get_ref().0.readable().await,
+            Stream::Plain(s) => match s.try_read(&mut probe) {
+                Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+                Ok(_) => true,
+            },
+            Stream::Tls(s) => s.read(&mut probe).now_or_never().is_some(),
         }
     }
 }
@@ -517,6 +566,11 @@ mod tests {
                 .cloned()
                 .flatten()
             {
+                // Take the request, hold it, then close without answering.
+                Some(a) if a == HOLD => {
+                    tokio::time::sleep(RESEND_WITHIN + Duration::from_millis(300)).await;
+                    return;
+                }
                 Some(a) => {
                     // In two writes, so that the client reads across them.
                     let (x, y) = a.split_at(a.len() / 2);
@@ -569,6 +623,7 @@ mod tests {
         }
     }
 
+    const HOLD: &[u8] = b"HOLD";
     const JSON_LEN: &[u8] =
         b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 15\r\n\r\n{\"messages\":[]}";
     const CHUNKED: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"mes\r\na;ext=1\r\nsages\":[]}\r\n0\r\n\r\n";
@@ -617,6 +672,52 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_request_the_server_held_before_closing_is_not_sent_again() {
+        // A poll may have dequeued messages before the connection died: no second copy.
+        let srv = plain_server(vec![Some(JSON_LEN), Some(HOLD), Some(JSON_LEN)]).await;
+        let (c, conn) = (client(), Connection::default());
+        c.get(&conn, &srv.url, "t")
+            .await
+            .unwrap()
+            .body()
+            .await
+            .unwrap();
+        let e = c.get(&conn, &srv.url, "t").await.err().unwrap();
+        assert!(e.is_transport(), "{e}");
+        assert_eq!(srv.requests.lock().unwrap().len(), 2, "sent once");
+        assert_eq!(srv.connections.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn an_interim_answer_and_the_answer_in_one_read_are_both_parsed() {
+        let srv = plain_server(vec![Some(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+        )])
+        .await;
+        let conn = Connection::default();
+        let r = client().get(&conn, &srv.url, "t").await.unwrap();
+        assert_eq!((r.status(), r.body().await.unwrap()), (200, b"{}".to_vec()));
+    }
+
+    #[tokio::test]
+    async fn connections_with_stray_bytes_or_ambiguous_framing_are_not_kept() {
+        for answer in [
+            // Bytes beyond the Content-Length.
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}XYZ"[..],
+            // Bytes after the last chunk.
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\nXYZ",
+            // Both framings (the transfer coding wins, and the connection is not reused).
+            b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+        ] {
+            let srv = plain_server(vec![Some(answer), Some(JSON_LEN)]).await;
+            let (c, conn) = (client(), Connection::default());
+            let body = c.get(&conn, &srv.url, "t").await.unwrap().body().await.unwrap();
+            assert_eq!(body, b"{}", "{}", String::from_utf8_lossy(answer));
+            assert!(conn.kept.lock().unwrap().is_none(), "{}", String::from_utf8_lossy(answer));
+        }
+    }
+
+    #[tokio::test]
     async fn connection_close_and_unframed_bodies_are_not_kept() {
         let srv = plain_server(vec![
             Some(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}"),
@@ -647,6 +748,8 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
             b"NOT HTTP\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n{}",
+            // A chunk size that overflows (no panic, no wrap-around).
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\nffffffffffffffff\r\nxx",
         ] {
             let srv = plain_server(vec![Some(answer), None]).await;
             let (c, conn) = (client(), Connection::default());
