@@ -117,8 +117,17 @@ impl Deps {
             USER_AGENT,
             config.webex.allow_http && config.webex.plain_http2,
         )?;
-        let poll_http1 = (config.ingest.poll_client == crate::config::PollClient::Http1)
-            .then(|| crate::ingest::http1::Http1Polls::new(timeout, POOL_IDLE, USER_AGENT));
+        let mut lean = config.ingest.poll_client == crate::config::PollClient::Http1;
+        if let Some(var) = lean.then(proxy_variable).flatten() {
+            // The lean client connects directly; reqwest honours the proxy (and NO_PROXY).
+            tracing::warn!(
+                variable = var,
+                "an HTTP proxy is configured: queue polls use the negotiated client, which goes through it"
+            );
+            lean = false;
+        }
+        let poll_http1 =
+            lean.then(|| crate::ingest::http1::Http1Polls::new(timeout, POOL_IDLE, USER_AGENT));
         let writer = StreamWriter::start(
             store.clone(),
             WriterConfig {
@@ -159,4 +168,18 @@ impl Deps {
             verifier,
         })
     }
+}
+
+/// The proxy variable set in the environment, if any (reqwest's clients go through it).
+fn proxy_variable() -> Option<&'static str> {
+    [
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ]
+    .into_iter()
+    .find(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()))
 }
