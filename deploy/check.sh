@@ -125,6 +125,19 @@ def keys(t, p=""):
 unknown = keys(cfg) - keys(ref)
 if unknown: fail(f"config.toml keys not in config/default.toml: {sorted(unknown)}")
 if cfg["server"]["bind"] != "0.0.0.0:8080": fail("server.bind must be 0.0.0.0:8080")
+# The admin listener: probes on it, a container port and a Service port for it, the public port
+# left to what Webex calls.
+if cfg["server"].get("admin_bind") != "0.0.0.0:9090": fail("server.admin_bind must be 0.0.0.0:9090")
+ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+if ports != {"http": 8080, "admin": 9090}: fail(f"container ports {ports}")
+for probe in ("livenessProbe", "readinessProbe"):
+    if c[probe]["httpGet"]["port"] != "admin": fail(f"{probe} must use port admin")
+svc = by.get(("Service", "xapi-stream")) or fail("no Service xapi-stream")
+if {p["name"]: p["port"] for p in svc["spec"]["ports"]} != {"http": 8080, "admin": 9090}: fail("Service ports")
+np = by.get(("NetworkPolicy", "xapi-stream")) or fail("no NetworkPolicy xapi-stream")
+for rule in np["spec"]["ingress"]:
+    if any(p["port"] == 9090 for p in rule["ports"]) and not rule.get("from"):
+        fail("the admin port must not be open to everyone")
 grace = cfg["server"]["shutdown_grace_secs"]
 prestop = int(c["lifecycle"]["preStop"]["exec"]["command"][1])
 if prestop + grace >= pod["terminationGracePeriodSeconds"]:
@@ -155,9 +168,9 @@ for d in yaml.safe_load_all(open(sys.argv[1])):
     assert set(spec) <= allowed, f"unexpected spec fields {set(spec) - allowed}"
     assert spec["selector"]["matchLabels"]["app.kubernetes.io/name"] == "xapi-stream"
     ep = spec["endpoints"][0]
-    assert (ep["port"], ep["path"], ep["interval"]) == ("http", "/metrics", "15s"), ep
+    assert (ep["port"], ep["path"], ep["interval"]) == ("admin", "/metrics", "15s"), ep
 PY
-    say "OK   ServiceMonitor (CRD, checked structurally) overlay $o: port http, /metrics, every 15s"
+    say "OK   ServiceMonitor (CRD, checked structurally) overlay $o: port admin, /metrics, every 15s"
   fi
 done
 

@@ -40,7 +40,7 @@ pub enum Command {
         /// The engine's configuration (for its address and admin token).
         #[arg(long, short)]
         config: Option<PathBuf>,
-        /// Engine base URL (default: http://<server.bind>).
+        /// Engine base URL (default: http://<server.admin_bind>, else http://<server.bind>).
         #[arg(long)]
         url: Option<String>,
     },
@@ -67,7 +67,7 @@ pub enum ManifestCommand {
         path: PathBuf,
         #[arg(long, short)]
         config: Option<PathBuf>,
-        /// Engine base URL (default: http://<server.bind>).
+        /// Engine base URL (default: http://<server.admin_bind>, else http://<server.bind>).
         #[arg(long)]
         url: Option<String>,
     },
@@ -164,14 +164,22 @@ fn activate(
 }
 
 /// POSTs a JSON `body` to a running engine's admin API (bearer `server.admin_token`); the
-/// engine is at `url` or `http://<server.bind>`.
+/// engine is at `url`, else on its admin listener (`server.admin_bind`, else `server.bind`).
 fn admin_post(
     cfg: &config::Config,
     url: Option<String>,
     path: &str,
     body: String,
 ) -> anyhow::Result<(reqwest::StatusCode, serde_json::Value)> {
-    let base = url.unwrap_or_else(|| format!("http://{}", cfg.server.bind));
+    let base = url.unwrap_or_else(|| {
+        let admin = &cfg.server.admin_bind;
+        let bind = if admin.is_empty() {
+            &cfg.server.bind
+        } else {
+            admin
+        };
+        format!("http://{bind}")
+    });
     let target = format!("{}{path}", base.trim_end_matches('/'));
     let token = cfg.server.admin_token.clone();
     actix_web::rt::System::new().block_on(async move {

@@ -28,6 +28,13 @@ pub struct RunningEngine {
     addr: SocketAddr,
     server: actix_web::dev::ServerHandle,
     server_task: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// The private admin listener (`server.admin_bind`), stopped last: probes and metrics
+    /// answer through the drain.
+    admin: Option<(
+        SocketAddr,
+        actix_web::dev::ServerHandle,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    )>,
     state: web::Data<AppState>,
     trigger: ShutdownTrigger,
     writer_trigger: ShutdownTrigger,
@@ -75,11 +82,17 @@ pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
 
     let max_body = config.server.max_body_bytes;
     let app_state = state.clone();
+    let split = config.admin_addr().is_some();
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(app_state.clone())
             .app_data(web::PayloadConfig::new(max_body))
-            .configure(http::routes)
+            .configure(if split {
+                http::public_routes
+            } else {
+                http::routes
+            })
+            .default_service(web::to(http::not_found))
     })
     .disable_signals()
     .shutdown_timeout(config.server.shutdown_grace_secs);
@@ -95,6 +108,31 @@ pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
     let handle = server.handle();
     let server_task = tokio::spawn(server);
     tracing::info!(%addr, public_url = %config.server.public_url, "http edge listening");
+    let admin = match config.admin_addr() {
+        None => None,
+        Some(bind) => {
+            let admin_state = state.clone();
+            let server = HttpServer::new(move || {
+                App::new()
+                    .app_data(admin_state.clone())
+                    .app_data(web::PayloadConfig::new(max_body))
+                    .configure(http::admin_routes)
+                    .default_service(web::to(http::not_found))
+            })
+            .disable_signals()
+            .shutdown_timeout(config.server.shutdown_grace_secs)
+            .workers(1)
+            .bind(bind)?;
+            let admin_addr = *server
+                .addrs()
+                .first()
+                .ok_or_else(|| anyhow::anyhow!("admin listener bound no address"))?;
+            let server = server.run();
+            let handle = server.handle();
+            tracing::info!(addr = %admin_addr, "admin listener (admin API, metrics, probes)");
+            Some((admin_addr, handle, tokio::spawn(server)))
+        }
+    };
 
     let coord = coordinator.clone();
     tokio::spawn(async move {
@@ -144,6 +182,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
         addr,
         server: handle,
         server_task,
+        admin,
         state,
         trigger,
         writer_trigger,
@@ -161,6 +200,15 @@ impl RunningEngine {
     /// `http://<addr>`.
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Where the admin API, metrics and probes answer: the admin listener when
+    /// `server.admin_bind` is set, else [`Self::base_url`].
+    pub fn admin_url(&self) -> String {
+        match &self.admin {
+            Some((addr, ..)) => format!("http://{addr}"),
+            None => self.base_url(),
+        }
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -206,6 +254,10 @@ impl RunningEngine {
             tracing::error!("the stream writer did not finish within the grace");
         }
         let _ = tokio::time::timeout(grace, self.server_task).await;
+        if let Some((_, handle, task)) = self.admin {
+            handle.stop(true).await;
+            let _ = tokio::time::timeout(grace, task).await;
+        }
         tracing::info!("shutdown complete");
     }
 }

@@ -90,6 +90,9 @@ pub enum PollClient {
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     pub bind: String,
+    /// A second, private listener for the admin API, `/metrics` and the probes; empty: they
+    /// share `bind` with the routes Webex calls.
+    pub admin_bind: String,
     pub public_url: String,
     pub admin_token: Secret,
     pub max_body_bytes: usize,
@@ -294,6 +297,17 @@ impl Config {
             .bind
             .parse::<SocketAddr>()
             .map_err(|e| err("server.bind", format!("not a socket address ({e})")))?;
+        if !self.server.admin_bind.is_empty() {
+            let admin = self.server.admin_bind.parse::<SocketAddr>().map_err(|e| {
+                err(
+                    "server.admin_bind",
+                    format!("not a socket address ({e}); empty to serve admin on server.bind"),
+                )
+            })?;
+            if admin == self.bind_addr() && admin.port() != 0 {
+                return Err(err("server.admin_bind", "must differ from server.bind"));
+            }
+        }
         check_url("server.public_url", &self.server.public_url, true)?;
         if self.server.max_body_bytes < 1024 {
             return Err(err("server.max_body_bytes", "must be at least 1024"));
@@ -469,6 +483,16 @@ impl Config {
             .bind
             .parse()
             .expect("validated in Config::validate")
+    }
+
+    /// The private admin listener's address, when `server.admin_bind` is set (validated).
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        (!self.server.admin_bind.is_empty()).then(|| {
+            self.server
+                .admin_bind
+                .parse()
+                .expect("validated in Config::validate")
+        })
     }
 
     /// `server.public_url` without a trailing slash, ready for joining paths.

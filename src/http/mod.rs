@@ -70,17 +70,27 @@ pub async fn live_tenant(state: &AppState, id: &str) -> Result<TenantHandle, Api
 /// request, and the webhook carries the load (measured: matching it as the last pattern cost
 /// ~12 % of the engine's CPU under load, as the first one ~10 %).
 pub fn routes(cfg: &mut web::ServiceConfig) {
+    public_routes(cfg);
+    admin_routes(cfg);
+}
+
+/// What faces the internet: the routes Webex and customers' admins call.
+pub fn public_routes(cfg: &mut web::ServiceConfig) {
     cfg.service(web::scope("/tenants").default_service(web::to(tenant_route)))
-        .route("/healthz", web::get().to(probes::healthz))
-        .route("/readyz", web::get().to(probes::readyz))
-        .route("/metrics", web::get().to(probes::metrics))
         .route("/provision", web::post().to(activation::provision))
         .route(
             "/setup/removed/{tenant_id}",
             web::get().to(actions::removed_page),
         )
         .route("/setup/{session}", web::get().to(activation::setup_page))
-        .route("/setup/{session}", web::post().to(activation::setup_submit))
+        .route("/setup/{session}", web::post().to(activation::setup_submit));
+}
+
+/// The operator's side: the admin API, metrics and probes (on `server.admin_bind` when set).
+pub fn admin_routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(probes::healthz))
+        .route("/readyz", web::get().to(probes::readyz))
+        .route("/metrics", web::get().to(probes::metrics))
         .route(
             "/admin/activations",
             web::post().to(activation::admin_activate),
@@ -119,6 +129,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             "/admin/tenants/{tenant_id}/manifest-update",
             web::post().to(admin::manifest_update),
         );
+}
+
+/// Any other path: the contract's error JSON.
+pub async fn not_found(req: actix_web::HttpRequest) -> actix_web::HttpResponse {
+    ApiError::not_found(req.path()).into()
 }
 
 /// `POST /tenants/<tenant_id>/webhook` and `POST /tenants/<tenant_id>/actions`.

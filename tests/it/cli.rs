@@ -58,6 +58,19 @@ fn invalid_values_and_env_overrides_are_named() {
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("security.encryption_key"), "{stderr}");
 
+    let out = serve(
+        write_config(&format!("[security]\nencryption_key = \"{KEY}\"\n")).path(),
+        &[("XAPI_STREAM__SERVER__ADMIN_BIND", "localhost")],
+    );
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        !out.status.success()
+            && stderr
+                .trim()
+                .starts_with("config error: server.admin_bind:"),
+        "{stderr}"
+    );
+
     // The poll client: a value it does not know, and HTTP/2 asked of the HTTP/1.1 client.
     let f = write_config(&format!("[security]\nencryption_key = \"{KEY}\"\n"));
     let out = serve(f.path(), &[("XAPI_STREAM__INGEST__POLL_CLIENT", "http3")]);

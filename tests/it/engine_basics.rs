@@ -171,3 +171,69 @@ async fn each_test_gets_a_private_prefix_and_redis_can_be_faulted() {
         "no persistence across restarts"
     );
 }
+
+/// `server.admin_bind`: the admin API, metrics and probes move to a private listener; the
+/// public one serves only what Webex and customers' admins call, and answers 404 (the error
+/// JSON) to the rest.
+#[actix_web::test]
+async fn with_admin_bind_the_public_port_serves_only_what_webex_calls() {
+    let TestEnv { redis, prefix, sim } = TestEnv::start(SimConfig::default()).await;
+    let engine = start_engine(
+        &sim,
+        &redis.url(),
+        &prefix,
+        &[("SERVER__ADMIN_BIND", "127.0.0.1:0")],
+    )
+    .await;
+    let (public, admin) = (engine.base_url(), engine.admin_url());
+    assert_ne!(public, admin);
+    let http = reqwest::Client::new();
+    for (method, path) in [
+        ("GET", "/admin/tenants"),
+        ("POST", "/admin/activations"),
+        ("GET", "/metrics"),
+        ("GET", "/healthz"),
+        ("GET", "/readyz"),
+    ] {
+        let r = http
+            .request(method.parse().unwrap(), format!("{public}{path}"))
+            .bearer_auth(xapi_stream::devkit::devenv::ADMIN_TOKEN)
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{method} {path} on the public port");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(
+            body["trackingId"].as_str().map(str::len),
+            Some(32),
+            "{body}"
+        );
+    }
+    // The admin side works on its own port, and Webex's side on the public one.
+    let tenant = activate_org(&sim, &admin, 0).await;
+    let report = sim.deliver(0, &sim.generate(0, 3)).await;
+    assert!(
+        !report.webhook_statuses.is_empty() && report.webhook_statuses.iter().all(|&s| s == 200),
+        "webhooks to the public port: {:?}",
+        report.webhook_statuses
+    );
+    let got = admin_tenant(&admin, &tenant).await;
+    assert_eq!(got["provisioning_state"], "completed", "{got}");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            scrape(&admin, "xapi_stream_webhooks_total{result=\"accepted\"}").await >= 1.0
+        })
+        .await,
+        "metrics on the admin port count the webhooks"
+    );
+    let r = http
+        .get(format!("{admin}/tenants/{tenant}/webhook"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "webhooks are not served on the admin port");
+
+    engine.shutdown().await;
+    sim.shutdown().await;
+}

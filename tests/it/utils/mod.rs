@@ -52,7 +52,7 @@ pub async fn start_engine(
         xapi_stream::logging::init(&cfg.log);
     }
     let engine = engine::start(cfg).await.expect("engine starts");
-    wait_ready(&engine.base_url(), Duration::from_secs(10)).await;
+    wait_ready(&engine.admin_url(), Duration::from_secs(10)).await;
     engine
 }
 
