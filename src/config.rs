@@ -77,13 +77,14 @@ pub fn load_from(
     for (name, raw) in overrides {
         apply_env(&mut tree, &name, raw)?;
     }
-    let config: Config = serde_path_to_error::deserialize(Value::Table(tree)).map_err(|e| {
+    let mut config: Config = serde_path_to_error::deserialize(Value::Table(tree)).map_err(|e| {
         let key = e.path().to_string();
         LoadError::Invalid {
             key: if key == "." { "<root>".into() } else { key },
             message: e.into_inner().message().to_string(),
         }
     })?;
+    config.derive_public_url();
     config.validate()?;
     Ok(config)
 }
@@ -176,6 +177,34 @@ mod tests {
         assert_eq!(c.server.max_body_bytes, 262_144);
         assert_eq!(c.webex.jwks.len(), 5);
         assert_eq!(c.integration.ingest, IngestMode::Webhook);
+    }
+
+    #[test]
+    fn public_url_is_derived_from_bind_when_unset_and_must_be_https_when_set() {
+        let mut vars = with_key();
+        vars.extend(env(&[("XAPI_STREAM__SERVER__BIND", "0.0.0.0:9000")]));
+        let c = load_from(None, "", vars.clone()).unwrap();
+        assert_eq!(c.server.public_url, "http://127.0.0.1:9000");
+        assert!(c.server.public_url_derived);
+        let https = [(
+            "XAPI_STREAM__SERVER__PUBLIC_URL",
+            "https://xapi.example.com/",
+        )];
+        let mut v = vars.clone();
+        v.extend(env(&https));
+        let c = load_from(None, "", v).unwrap();
+        assert_eq!(c.public_base(), "https://xapi.example.com");
+        assert!(!c.server.public_url_derived);
+        let http = [("XAPI_STREAM__SERVER__PUBLIC_URL", "http://xapi.example.com")];
+        let mut v = vars.clone();
+        v.extend(env(&http));
+        let e = load_from(None, "", v.clone()).unwrap_err().to_string();
+        assert!(
+            e.starts_with("config error: server.public_url: must be https"),
+            "{e}"
+        );
+        v.extend(env(&[("XAPI_STREAM__WEBEX__ALLOW_HTTP", "true")]));
+        assert!(load_from(None, "", v).is_ok(), "http beside a simulator");
     }
 
     #[test]

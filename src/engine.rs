@@ -108,6 +108,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
     let handle = server.handle();
     let server_task = tokio::spawn(server);
     tracing::info!(%addr, public_url = %config.server.public_url, "http edge listening");
+    if config.server.public_url_derived {
+        tracing::warn!(
+            public_url = %config.server.public_url,
+            "server.public_url is not set: Webex cannot reach this address; set the engine's public HTTPS URL"
+        );
+    }
     let admin = match config.admin_addr() {
         None => None,
         Some(bind) => {

@@ -93,7 +93,12 @@ pub struct ServerConfig {
     /// A second, private listener for the admin API, `/metrics` and the probes; empty: they
     /// share `bind` with the routes Webex calls.
     pub admin_bind: String,
+    /// Empty in the file: derived from `bind` at load time ([`Config::derive_public_url`]),
+    /// for trying the engine locally; Webex itself needs an HTTPS address.
     pub public_url: String,
+    /// Whether `public_url` was derived from `bind` rather than configured.
+    #[serde(skip)]
+    pub public_url_derived: bool,
     pub admin_token: Secret,
     pub max_body_bytes: usize,
     pub shutdown_grace_secs: u64,
@@ -308,7 +313,15 @@ impl Config {
                 return Err(err("server.admin_bind", "must differ from server.bind"));
             }
         }
-        check_url("server.public_url", &self.server.public_url, true)?;
+        if !self.server.public_url_derived {
+            // Webex requires HTTPS with a valid certificate for actionsUrl and the webhook's
+            // targetUrl; plain HTTP only beside simulators.
+            check_url(
+                "server.public_url",
+                &self.server.public_url,
+                self.webex.allow_http,
+            )?;
+        }
         if self.server.max_body_bytes < 1024 {
             return Err(err("server.max_body_bytes", "must be at least 1024"));
         }
@@ -493,6 +506,20 @@ impl Config {
                 .parse()
                 .expect("validated in Config::validate")
         })
+    }
+
+    /// An empty `server.public_url` becomes `http://<bind>` (`127.0.0.1` for an unspecified
+    /// address), marked as derived: nothing Webex could reach, but enough to try things locally.
+    pub fn derive_public_url(&mut self) {
+        if !self.server.public_url.is_empty() {
+            return;
+        }
+        let host = match self.server.bind.parse::<SocketAddr>() {
+            Ok(a) if a.ip().is_unspecified() => format!("127.0.0.1:{}", a.port()),
+            _ => self.server.bind.clone(),
+        };
+        self.server.public_url = format!("http://{host}");
+        self.server.public_url_derived = true;
     }
 
     /// `server.public_url` without a trailing slash, ready for joining paths.

@@ -71,6 +71,19 @@ fn invalid_values_and_env_overrides_are_named() {
         "{stderr}"
     );
 
+    // A plain-HTTP public_url: Webex requires HTTPS for actionsUrl and the webhook targetUrl.
+    let f = write_config(&format!(
+        "[server]\npublic_url = \"http://xapi.example.com\"\n[security]\nencryption_key = \"{KEY}\"\n"
+    ));
+    let out = serve(f.path(), &[]);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("config error: server.public_url: must be https"),
+        "{stderr}"
+    );
+
     // The poll client: a value it does not know, and HTTP/2 asked of the HTTP/1.1 client.
     let f = write_config(&format!("[security]\nencryption_key = \"{KEY}\"\n"));
     let out = serve(f.path(), &[("XAPI_STREAM__INGEST__POLL_CLIENT", "http3")]);
