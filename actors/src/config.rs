@@ -137,6 +137,8 @@ pub struct IntegrationConfig {
     pub client_id: String,
     pub client_secret: Secret,
     pub ingest: IngestMode,
+    /// How new webhook registrations (activations, rotations) authenticate.
+    pub webhook_auth: crate::protocol::webhook::Scheme,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -796,3 +796,84 @@ async fn polls_over_http2_share_connections_up_to_the_limit_and_deliver_every_me
     engine.shutdown().await;
     sim.shutdown().await;
 }
+
+/// `integration.webhook_auth`: each scheme is registered with Webex as configured (the
+/// simulator then sends it); the right credentials are accepted, wrong or missing ones get
+/// 401 and write nothing.
+#[actix_web::test]
+async fn every_webhook_scheme_accepts_its_credentials_and_refuses_others() {
+    for scheme in [
+        "hmac_signature",
+        "authorization_header",
+        "basic_authentication",
+    ] {
+        let TestEnv { redis, prefix, sim } = TestEnv::start(SimConfig::default()).await;
+        let engine = start_engine(
+            &sim,
+            &redis.url(),
+            &prefix,
+            &[("INTEGRATION__WEBHOOK_AUTH", scheme)],
+        )
+        .await;
+        let base = engine.base_url();
+        activate_org(&sim, &base, 0).await;
+        let hook = sim.app_state(0).webhook.expect("a webhook is registered");
+        assert_eq!(hook.kind, scheme);
+        match scheme {
+            "basic_authentication" => {
+                assert!(hook.password.as_ref().is_some_and(|p| p.len() >= 20));
+                assert!(hook.secret.is_none());
+            }
+            _ => assert!(hook.secret.as_ref().is_some_and(|s| s.len() >= 20)),
+        }
+        let org = sim.org(0).org_id;
+        let keys = [
+            format!("{prefix}:{{{org}}}:status"),
+            format!("{prefix}:{{{org}}}:events"),
+        ];
+        let count = || keys.iter().map(|k| entries(redis, k).len()).sum::<usize>();
+        let msgs = sim.generate(0, 2);
+
+        let refused_before = webhooks(&base, "bad_signature").await;
+        let ok = sim.post_webhook(&hook, &msgs[0]).await;
+        assert_eq!(ok, 200, "{scheme}: the right credentials");
+        let written = count();
+        assert!(written > 0, "{scheme}: entries written");
+
+        // Wrong credentials of the same scheme, and none at all.
+        let mut wrong = hook.clone();
+        wrong.secret = wrong.secret.map(|s| format!("{s}x"));
+        wrong.password = wrong.password.map(|s| format!("{s}x"));
+        let mut none = hook.clone();
+        none.kind = "none".into();
+        for (what, h) in [("wrong", &wrong), ("missing", &none)] {
+            assert_eq!(
+                sim.post_webhook(h, &msgs[1]).await,
+                401,
+                "{scheme}: {what} credentials"
+            );
+        }
+        // Another scheme's header with the same secret is refused too.
+        let mut other = hook.clone();
+        other.kind = if scheme == "hmac_signature" {
+            "authorization_header".into()
+        } else {
+            "hmac_signature".into()
+        };
+        other.secret = hook.secret.clone().or(hook.password.clone());
+        assert_eq!(
+            sim.post_webhook(&other, &msgs[1]).await,
+            401,
+            "{scheme}: other scheme"
+        );
+        assert_eq!(count(), written, "{scheme}: nothing written");
+        assert_eq!(
+            webhooks(&base, "bad_signature").await - refused_before,
+            3.0,
+            "{scheme}: each refusal counted"
+        );
+
+        engine.shutdown().await;
+        sim.shutdown().await;
+    }
+}

@@ -142,7 +142,7 @@ impl<D: Directory> Ingest<D> {
                 .tokens
                 .webhook_auth()
                 .ok_or_else(|| "tenant has no webhook secret yet".to_string())?;
-            webhook::verify(&auth, presented, body).map_err(|e| e.to_string())
+            webhook::verify_any(&auth, presented, body).map_err(|e| e.to_string())
         };
         let verified = match verify() {
             Ok(v) => v,

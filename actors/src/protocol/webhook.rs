@@ -10,6 +10,79 @@ use crate::secret::Secret;
 /// Length of a hex HMAC-SHA1.
 pub const SIGNATURE_HEX_LEN: usize = 40;
 
+/// The authentication scheme of a tenant's webhook (the PATCH's `webhook.type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scheme {
+    /// `X-Spark-Signature`: hex HMAC-SHA1 of the body with the secret.
+    #[default]
+    HmacSignature,
+    /// `Authorization`: the secret itself.
+    AuthorizationHeader,
+    /// `Authorization: Basic base64(username:password)`; the password is the secret.
+    BasicAuthentication,
+}
+
+impl Scheme {
+    /// The name Webex knows it by.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::HmacSignature => "hmac_signature",
+            Scheme::AuthorizationHeader => "authorization_header",
+            Scheme::BasicAuthentication => "basic_authentication",
+        }
+    }
+
+    /// The credentials of this scheme made from a tenant's secret.
+    pub fn with_secret(self, secret: Secret) -> WebhookAuth {
+        match self {
+            Scheme::HmacSignature => WebhookAuth::Hmac {
+                current: secret,
+                previous: None,
+            },
+            Scheme::AuthorizationHeader => WebhookAuth::Header {
+                current: secret,
+                previous: None,
+            },
+            Scheme::BasicAuthentication => WebhookAuth::Basic {
+                username: BASIC_USERNAME.to_string(),
+                password: secret,
+            },
+        }
+    }
+}
+
+/// The username of `basic_authentication` webhooks (the password, the tenant's secret, is what
+/// is unique per tenant).
+pub const BASIC_USERNAME: &str = "xapi-stream";
+
+/// A tenant's webhook credentials: the current ones, and the previous ones while a rotation's
+/// overlap lasts (perhaps of another scheme).
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub current: WebhookAuth,
+    pub previous: Option<WebhookAuth>,
+}
+
+/// Checks `body` against the current and the previous credentials (both are always checked,
+/// so timing does not reveal which matched). The error is the current credentials' one.
+pub fn verify_any<'a>(
+    creds: &Credentials,
+    presented: Presented<'_>,
+    body: &'a [u8],
+) -> Result<Verified<'a>, AuthError> {
+    let current = verify(&creds.current, presented, body);
+    let previous = creds
+        .previous
+        .as_ref()
+        .map(|p| verify(p, presented, body).is_ok());
+    match (current, previous) {
+        (Ok(v), _) => Ok(v),
+        (Err(_), Some(true)) => Ok(Verified { body }),
+        (Err(e), _) => Err(e),
+    }
+}
+
 /// How a tenant's webhooks authenticate.
 #[derive(Debug, Clone)]
 pub enum WebhookAuth {
@@ -202,5 +275,59 @@ mod tests {
         assert!(verify(&auth, p("Basic dTpw"), b"x").is_ok());
         assert!(verify(&auth, p("Basic dTpx"), b"x").is_err());
         assert!(verify(&auth, p("Bearer dTpw"), b"x").is_err());
+    }
+
+    #[test]
+    fn credentials_of_two_schemes_during_an_overlap() {
+        let body = b"{}";
+        let creds = Credentials {
+            current: Scheme::BasicAuthentication.with_secret(Secret::new("new-secret-of-20-chars")),
+            previous: Some(
+                Scheme::HmacSignature.with_secret(Secret::new("old-secret-of-20-chars")),
+            ),
+        };
+        use base64::Engine as _;
+        let basic = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD
+                .encode(format!("{BASIC_USERNAME}:new-secret-of-20-chars"))
+        );
+        let new = Presented {
+            signature: None,
+            authorization: Some(&basic),
+        };
+        assert!(verify_any(&creds, new, body).is_ok());
+        let sig = sign("old-secret-of-20-chars", body);
+        let old = Presented {
+            signature: Some(&sig),
+            authorization: None,
+        };
+        assert!(
+            verify_any(&creds, old, body).is_ok(),
+            "the previous scheme still verifies"
+        );
+        let without_previous = Credentials {
+            previous: None,
+            ..creds.clone()
+        };
+        assert_eq!(
+            verify_any(&without_previous, old, body).unwrap_err(),
+            AuthError::Missing,
+            "the current scheme's error"
+        );
+        let header = Scheme::AuthorizationHeader.with_secret(Secret::new("s3cret-s3cret-s3cret"));
+        let creds = Credentials {
+            current: header,
+            previous: None,
+        };
+        let p = |a| Presented {
+            signature: None,
+            authorization: Some(a),
+        };
+        assert!(verify_any(&creds, p("s3cret-s3cret-s3cret"), body).is_ok());
+        assert_eq!(
+            verify_any(&creds, p("s3cret-s3cret-s3creT"), body).unwrap_err(),
+            AuthError::Mismatch
+        );
     }
 }

@@ -98,6 +98,12 @@ pub struct TenantSecrets {
     /// The secret before the last rotation, accepted until `previous_valid_until`.
     pub previous_webhook_secret: Option<Secret>,
     pub previous_valid_until: Option<DateTime<Utc>>,
+    /// The scheme of `webhook_secret` (absent in records written before schemes: HMAC).
+    #[serde(default)]
+    pub webhook_scheme: crate::protocol::webhook::Scheme,
+    /// The scheme of `previous_webhook_secret`.
+    #[serde(default)]
+    pub previous_webhook_scheme: crate::protocol::webhook::Scheme,
 }
 
 impl std::fmt::Debug for TenantSecrets {

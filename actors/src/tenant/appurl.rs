@@ -9,6 +9,7 @@ use chrono::Utc;
 use serde_json::{Value, json};
 
 use super::{TenantShared, TokenError, WithToken};
+use crate::protocol::webhook::{BASIC_USERNAME, Scheme};
 use crate::secret::Secret;
 use crate::shutdown::Shutdown;
 use crate::store::tenants::{ProvisioningState, TokensState};
@@ -114,14 +115,17 @@ async fn try_complete(shared: &TenantShared) -> Result<(), Failure> {
         let secret = new_webhook_secret();
         let grace = chrono::Duration::from_std(SECRET_ROTATION_GRACE).unwrap_or_default();
         let new = secret.clone();
+        let scheme = deps.config.integration.webhook_auth;
         shared
             .tokens
             .update_secrets(move |s| {
                 if let Some(old) = s.webhook_secret.take() {
                     s.previous_webhook_secret = Some(old);
+                    s.previous_webhook_scheme = s.webhook_scheme;
                     s.previous_valid_until = Some(Utc::now() + grace);
                 }
                 s.webhook_secret = Some(new.clone());
+                s.webhook_scheme = scheme;
             })
             .await
             .map_err(|e| {
@@ -130,11 +134,20 @@ async fn try_complete(shared: &TenantShared) -> Result<(), Failure> {
                     Some(token.clone()),
                 )
             })?;
-        body["webhook"] = json!({
-            "targetUrl": deps.webhook_url(&shared.tenant_id),
-            "type": "hmac_signature",
-            "secret": secret.expose(),
-        });
+        let target = deps.webhook_url(&shared.tenant_id);
+        body["webhook"] = match scheme {
+            Scheme::HmacSignature | Scheme::AuthorizationHeader => json!({
+                "targetUrl": target,
+                "type": scheme.as_str(),
+                "secret": secret.expose(),
+            }),
+            Scheme::BasicAuthentication => json!({
+                "targetUrl": target,
+                "type": scheme.as_str(),
+                "username": BASIC_USERNAME,
+                "password": secret.expose(),
+            }),
+        };
     }
     if ingest.queue() {
         body["queue"] = json!({ "state": "enabled" });

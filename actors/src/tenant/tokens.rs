@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use super::Deps;
 use super::claim::Claim;
+use crate::protocol::webhook::Scheme;
 use crate::secret::Secret;
 use crate::store::StoreError;
 use crate::store::tenants::{BeginExchange, CasOutcome, ExchangeIntent, TenantSecrets};
@@ -184,18 +185,19 @@ const EXCHANGE_RETRY_CAP: Duration = Duration::from_secs(60);
 /// The secrets a webhook may be signed with.
 #[derive(Clone, Default)]
 struct WebhookSecrets {
-    current: Option<Secret>,
-    previous: Option<(Secret, chrono::DateTime<Utc>)>,
+    current: Option<(Secret, Scheme)>,
+    previous: Option<(Secret, Scheme, chrono::DateTime<Utc>)>,
 }
 
 impl WebhookSecrets {
     fn of(s: &TenantSecrets) -> Self {
         Self {
-            current: s.webhook_secret.clone(),
+            current: s.webhook_secret.clone().map(|x| (x, s.webhook_scheme)),
             previous: s
                 .previous_webhook_secret
                 .clone()
-                .zip(s.previous_valid_until),
+                .zip(s.previous_valid_until)
+                .map(|(x, until)| (x, s.previous_webhook_scheme, until)),
         }
     }
 }
@@ -632,14 +634,17 @@ impl TokenKeeper {
 
     /// How webhooks of this tenant authenticate now; `None` before a secret exists. The
     /// previous secret is included only while its rotation grace lasts.
-    pub fn webhook_auth(&self) -> Option<crate::protocol::webhook::WebhookAuth> {
+    pub fn webhook_auth(&self) -> Option<crate::protocol::webhook::Credentials> {
         let w = self.webhook.lock().expect("webhook lock").clone();
         let previous = w
             .previous
-            .filter(|(_, until)| *until > Utc::now())
-            .map(|(s, _)| s);
+            .filter(|(_, _, until)| *until > Utc::now())
+            .map(|(s, scheme, _)| scheme.with_secret(s));
         w.current
-            .map(|current| crate::protocol::webhook::WebhookAuth::Hmac { current, previous })
+            .map(|(s, scheme)| crate::protocol::webhook::Credentials {
+                current: scheme.with_secret(s),
+                previous,
+            })
     }
 
     /// Adopts a new refresh token (update action) and new oauthUrl, persisted with CAS.
