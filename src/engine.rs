@@ -26,6 +26,8 @@ const EXCHANGE_STORE_MARGIN: Duration = Duration::from_secs(3);
 /// A running engine. Dropping it does not stop it; call [`RunningEngine::shutdown`].
 pub struct RunningEngine {
     addr: SocketAddr,
+    /// Whether the public listener speaks HTTPS (`server.tls_cert`).
+    tls: bool,
     server: actix_web::dev::ServerHandle,
     server_task: tokio::task::JoinHandle<std::io::Result<()>>,
     /// The private admin listener (`server.admin_bind`), stopped last: probes and metrics
@@ -99,7 +101,34 @@ pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
     if config.server.workers > 0 {
         server = server.workers(config.server.workers);
     }
-    let server = server.bind(config.bind_addr())?;
+    let tls = !config.server.tls_cert.is_empty();
+    let server = if tls {
+        let certs = Arc::new(
+            http::tls::CertStore::load(&config.server.tls_cert, &config.server.tls_key)
+                .map_err(|e| anyhow::anyhow!("server.tls_cert/tls_key: {e}"))?,
+        );
+        // Installed before anything is served: a SIGHUP never finds the default action.
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let mut hup = signal(SignalKind::hangup())?;
+            let certs = certs.clone();
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    match certs.reload() {
+                        Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                        Err(e) => tracing::error!(
+                            error = %e,
+                            "SIGHUP: TLS certificate not reloaded; the previous one stays in use"
+                        ),
+                    }
+                }
+            });
+        }
+        server.bind_rustls_0_23(config.bind_addr(), certs.server_config()?)?
+    } else {
+        server.bind(config.bind_addr())?
+    };
     let addr = *server
         .addrs()
         .first()
@@ -186,6 +215,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
 
     Ok(RunningEngine {
         addr,
+        tls,
         server: handle,
         server_task,
         admin,
@@ -203,9 +233,10 @@ impl RunningEngine {
         self.addr
     }
 
-    /// `http://<addr>`.
+    /// `http://<addr>`, or `https://` with `server.tls_cert`.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Where the admin API, metrics and probes answer: the admin listener when

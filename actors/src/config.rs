@@ -96,6 +96,10 @@ pub struct ServerConfig {
     /// Empty in the file: derived from `bind` at load time ([`Config::derive_public_url`]),
     /// for trying the engine locally; Webex itself needs an HTTPS address.
     pub public_url: String,
+    /// PEM files of the certificate chain and private key: the public listener then speaks
+    /// HTTPS (reloaded on SIGHUP). Empty: plain HTTP behind a terminating ingress.
+    pub tls_cert: String,
+    pub tls_key: String,
     /// Whether `public_url` was derived from `bind` rather than configured.
     #[serde(skip)]
     pub public_url_derived: bool,
@@ -304,6 +308,14 @@ impl Config {
             .bind
             .parse::<SocketAddr>()
             .map_err(|e| err("server.bind", format!("not a socket address ({e})")))?;
+        match (
+            self.server.tls_cert.is_empty(),
+            self.server.tls_key.is_empty(),
+        ) {
+            (true, true) | (false, false) => {}
+            (false, true) => return Err(err("server.tls_key", "needed with server.tls_cert")),
+            (true, false) => return Err(err("server.tls_cert", "needed with server.tls_key")),
+        }
         if !self.server.admin_bind.is_empty() {
             let admin = self.server.admin_bind.parse::<SocketAddr>().map_err(|e| {
                 err(

@@ -8,6 +8,7 @@ pub mod body;
 pub mod devices;
 pub mod error;
 mod probes;
+pub mod tls;
 pub mod webhook;
 
 use std::sync::Arc;

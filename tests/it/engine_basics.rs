@@ -237,3 +237,95 @@ async fn with_admin_bind_the_public_port_serves_only_what_webex_calls() {
     engine.shutdown().await;
     sim.shutdown().await;
 }
+
+/// A self-signed certificate for `localhost`: (certificate PEM, key PEM).
+fn self_signed() -> (String, String) {
+    let c = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    (c.cert.pem(), c.signing_key.serialize_pem())
+}
+
+/// A client trusting only `cert_pem`, reaching `localhost` at `addr`.
+fn trusting(cert_pem: &str, addr: std::net::SocketAddr) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(cert_pem.as_bytes()).unwrap())
+        .resolve("localhost", addr)
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap()
+}
+
+/// `server.tls_cert`/`tls_key`: the edge speaks HTTPS with the configured certificate (curl
+/// with `--cacert` reaches `/healthz`), and a SIGHUP makes it serve renewed files.
+#[actix_web::test]
+async fn tls_at_the_edge_serves_the_configured_certificate_and_reloads_it_on_sighup() {
+    let TestEnv { redis, prefix, sim } = TestEnv::start(SimConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let (a_cert, a_key) = self_signed();
+    std::fs::write(&cert_path, &a_cert).unwrap();
+    std::fs::write(&key_path, &a_key).unwrap();
+    let cfg = xapi_stream::devkit::devenv::engine_config(
+        &sim,
+        &redis.url(),
+        &prefix,
+        &[
+            ("SERVER__TLS_CERT", cert_path.to_str().unwrap()),
+            ("SERVER__TLS_KEY", key_path.to_str().unwrap()),
+        ],
+    )
+    .unwrap();
+    let engine = xapi_stream::engine::start(cfg).await.unwrap();
+    let addr = engine.addr();
+    assert!(engine.base_url().starts_with("https://"));
+    let url = format!("https://localhost:{}/healthz", addr.port());
+    let a = trusting(&a_cert, addr);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            a.get(&url).send().await.is_ok_and(|r| r.status() == 200)
+        })
+        .await,
+        "HTTPS /healthz with the configured certificate"
+    );
+    // Plain HTTP on the TLS port gets no answer.
+    assert!(
+        reqwest::get(format!("http://{addr}/healthz"))
+            .await
+            .is_err_and(|e| !e.is_status())
+    );
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+        .arg(&cert_path)
+        .args(["--resolve", &format!("localhost:{}:127.0.0.1", addr.port())])
+        .arg(&url)
+        .output()
+        .expect("curl runs");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200",
+        "curl --cacert: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Renewed files, then SIGHUP: new connections get the new certificate.
+    let (b_cert, b_key) = self_signed();
+    std::fs::write(&cert_path, &b_cert).unwrap();
+    std::fs::write(&key_path, &b_key).unwrap();
+    // SAFETY: signals this process; the engine installed its SIGHUP handler before serving.
+    assert_eq!(unsafe { libc::kill(libc::getpid(), libc::SIGHUP) }, 0);
+    let b = trusting(&b_cert, addr);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            b.get(&url).send().await.is_ok_and(|r| r.status() == 200)
+        })
+        .await,
+        "the renewed certificate is served after SIGHUP"
+    );
+    assert!(
+        trusting(&a_cert, addr).get(&url).send().await.is_err(),
+        "the old certificate is no longer served"
+    );
+
+    engine.shutdown().await;
+    sim.shutdown().await;
+}
