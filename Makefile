@@ -8,11 +8,13 @@ NEXTEST := $(shell command -v cargo-nextest 2>/dev/null)
 .PHONY: demo test deps build bench check-deploy fmt-check clippy unit clean
 
 ## Install what a fresh machine lacks, from Debian's packages: redis-server (every Redis-backed
-## test) and prometheus (promtool, and the real Prometheus the observability test scrapes with).
+## test), prometheus (promtool, and the real Prometheus the observability test scrapes with) and
+## curl (the TLS test reaches the engine with curl --cacert).
 deps:
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	command -v prometheus >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	command -v curl >/dev/null 2>&1 || missing="$$missing curl ca-certificates"; \
 	if [ -n "$$missing" ]; then \
 	  echo ">> installing$$missing (apt-get)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
