@@ -173,12 +173,13 @@ fn admin_post(
 ) -> anyhow::Result<(reqwest::StatusCode, serde_json::Value)> {
     let base = url.unwrap_or_else(|| {
         let admin = &cfg.server.admin_bind;
-        let bind = if admin.is_empty() {
-            &cfg.server.bind
+        if !admin.is_empty() {
+            format!("http://{admin}")
+        } else if !cfg.server.tls_cert.is_empty() {
+            format!("https://{}", cfg.server.bind)
         } else {
-            admin
-        };
-        format!("http://{bind}")
+            format!("http://{}", cfg.server.bind)
+        }
     });
     let target = format!("{}{path}", base.trim_end_matches('/'));
     let token = cfg.server.admin_token.clone();

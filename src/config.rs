@@ -86,6 +86,21 @@ pub fn load_from(
     })?;
     config.derive_public_url();
     config.validate()?;
+    if !config.server.tls_cert.is_empty() {
+        // Read now, so that a missing or broken file is a one-line config error like any other.
+        let (cert, key) = (&config.server.tls_cert, &config.server.tls_key);
+        crate::http::tls::CertStore::load(cert, key).map_err(|e| {
+            let message = e.to_string();
+            LoadError::Invalid {
+                key: if message.starts_with(key.as_str()) {
+                    "server.tls_key".into()
+                } else {
+                    "server.tls_cert".into()
+                },
+                message,
+            }
+        })?;
+    }
     Ok(config)
 }
 

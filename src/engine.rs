@@ -133,16 +133,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
         .addrs()
         .first()
         .ok_or_else(|| anyhow::anyhow!("server bound no address"))?;
-    let server = server.run();
-    let handle = server.handle();
-    let server_task = tokio::spawn(server);
-    tracing::info!(%addr, public_url = %config.server.public_url, "http edge listening");
-    if config.server.public_url_derived {
-        tracing::warn!(
-            public_url = %config.server.public_url,
-            "server.public_url is not set: Webex cannot reach this address; set the engine's public HTTPS URL"
-        );
-    }
+    // Both listeners are bound before either serves (a clash fails the start, not half of it).
     let admin = match config.admin_addr() {
         None => None,
         Some(bind) => {
@@ -168,6 +159,16 @@ pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
             Some((admin_addr, handle, tokio::spawn(server)))
         }
     };
+    let server = server.run();
+    let handle = server.handle();
+    let server_task = tokio::spawn(server);
+    tracing::info!(%addr, public_url = %config.server.public_url, "http edge listening");
+    if config.server.public_url_derived {
+        tracing::warn!(
+            public_url = %config.server.public_url,
+            "server.public_url is not set: Webex cannot reach this address; set the engine's public HTTPS URL"
+        );
+    }
 
     let coord = coordinator.clone();
     tokio::spawn(async move {

@@ -264,6 +264,10 @@ impl ScalingConfig {
 #[serde(deny_unknown_fields)]
 pub struct SecurityConfig {
     pub encryption_key: Secret,
+    /// After a webhook secret is replaced, the previous one is still accepted this long
+    /// (Webex applies a new configuration about 5 minutes after the PATCH and caches
+    /// notification settings for up to 10).
+    pub webhook_secret_overlap_secs: u64,
 }
 
 /// Log output format.
@@ -366,6 +370,12 @@ impl Config {
             return Err(err(
                 "activation.reconcile_interval_secs",
                 "must be at least 0.05",
+            ));
+        }
+        if self.security.webhook_secret_overlap_secs < 600 {
+            return Err(err(
+                "security.webhook_secret_overlap_secs",
+                "must be at least 600 (Webex caches notification settings for up to 10 minutes)",
             ));
         }
         if self.ingest.polls_per_connection == 0 {
@@ -532,7 +542,12 @@ impl Config {
             Ok(a) if a.ip().is_unspecified() => format!("127.0.0.1:{}", a.port()),
             _ => self.server.bind.clone(),
         };
-        self.server.public_url = format!("http://{host}");
+        let scheme = if self.server.tls_cert.is_empty() {
+            "http"
+        } else {
+            "https"
+        };
+        self.server.public_url = format!("{scheme}://{host}");
         self.server.public_url_derived = true;
     }
 

@@ -1,6 +1,7 @@
 //! HTTPS at the edge (`server.tls_cert`, `server.tls_key`): rustls with the ring provider, the
 //! certificate served through a resolver whose key pair is swapped on SIGHUP, so renewed files
-//! (cert-manager, certbot) take effect without a restart or a dropped connection. A reload that
+//! take effect without a restart or a dropped connection — once something sends the SIGHUP
+//! (certbot's deploy hook, say; nothing watches the files). A reload that
 //! fails (missing file, bad PEM, key not matching) keeps the certificate in use and says why.
 use std::sync::{Arc, RwLock};
 

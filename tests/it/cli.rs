@@ -84,6 +84,23 @@ fn invalid_values_and_env_overrides_are_named() {
         "{stderr}"
     );
 
+    // A TLS certificate that is not there: a config error like any other.
+    let f = write_config(&format!("[security]\nencryption_key = \"{KEY}\"\n"));
+    let out = serve(
+        f.path(),
+        &[
+            ("XAPI_STREAM__SERVER__TLS_CERT", "/nonexistent/tls.crt"),
+            ("XAPI_STREAM__SERVER__TLS_KEY", "/nonexistent/tls.key"),
+        ],
+    );
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.trim().lines().count() == 1
+            && stderr.starts_with("config error: server.tls_cert: /nonexistent/tls.crt"),
+        "{stderr}"
+    );
+
     // The poll client: a value it does not know, and HTTP/2 asked of the HTTP/1.1 client.
     let f = write_config(&format!("[security]\nencryption_key = \"{KEY}\"\n"));
     let out = serve(f.path(), &[("XAPI_STREAM__INGEST__POLL_CLIENT", "http3")]);

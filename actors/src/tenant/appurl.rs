@@ -17,8 +17,6 @@ use crate::webex::client::AppUrlError;
 
 /// A webhook secret is this many random bytes (base64url: 43 characters, ≥ 32 required).
 const WEBHOOK_SECRET_BYTES: usize = 32;
-/// After a secret rotation the old one still verifies this long (the protocol's 5 minutes).
-pub const SECRET_ROTATION_GRACE: Duration = Duration::from_secs(5 * 60);
 /// The reconciler's interval varies by ±this fraction so tenants do not call Webex in step.
 const RECONCILE_JITTER: f64 = 0.1;
 
@@ -113,7 +111,9 @@ async fn try_complete(shared: &TenantShared) -> Result<(), Failure> {
     if ingest.webhook() {
         // Rotate: a new secret, with the old one honoured for the grace period.
         let secret = new_webhook_secret();
-        let grace = chrono::Duration::from_std(SECRET_ROTATION_GRACE).unwrap_or_default();
+        let grace = chrono::Duration::seconds(
+            i64::try_from(deps.config.security.webhook_secret_overlap_secs).unwrap_or(i64::MAX),
+        );
         let new = secret.clone();
         let scheme = deps.config.integration.webhook_auth;
         shared
