@@ -84,17 +84,13 @@ pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
 
     let max_body = config.server.max_body_bytes;
     let app_state = state.clone();
-    let split = config.admin_addr().is_some();
+    let routes = if config.admin_addr().is_some() {
+        http::public_routes
+    } else {
+        http::routes
+    };
     let mut server = HttpServer::new(move || {
-        App::new()
-            .app_data(app_state.clone())
-            .app_data(web::PayloadConfig::new(max_body))
-            .configure(if split {
-                http::public_routes
-            } else {
-                http::routes
-            })
-            .default_service(web::to(http::not_found))
+        App::new().configure(|c| http::mount(c, app_state.clone(), max_body, routes))
     })
     .disable_signals()
     .shutdown_timeout(config.server.shutdown_grace_secs);
@@ -139,11 +135,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
         Some(bind) => {
             let admin_state = state.clone();
             let server = HttpServer::new(move || {
-                App::new()
-                    .app_data(admin_state.clone())
-                    .app_data(web::PayloadConfig::new(max_body))
-                    .configure(http::admin_routes)
-                    .default_service(web::to(http::not_found))
+                App::new().configure(|c| {
+                    http::mount(c, admin_state.clone(), max_body, http::admin_routes)
+                })
             })
             .disable_signals()
             .shutdown_timeout(config.server.shutdown_grace_secs)

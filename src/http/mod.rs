@@ -66,16 +66,31 @@ pub async fn live_tenant(state: &AppState, id: &str) -> Result<TenantHandle, Api
     Ok(h)
 }
 
-/// Registers every route. The routes Webex calls per tenant come first, as a static prefix
-/// with the rest of the path split by hand: a `{tenant_id}` pattern is a regex match per
-/// request, and the webhook carries the load (measured: matching it as the last pattern cost
-/// ~12 % of the engine's CPU under load, as the first one ~10 %).
+/// One listener's app: the shared state, the body limit, `routes`, and the error JSON for
+/// any other path.
+pub fn mount(
+    cfg: &mut web::ServiceConfig,
+    state: web::Data<AppState>,
+    max_body: usize,
+    routes: fn(&mut web::ServiceConfig),
+) {
+    cfg.app_data(state)
+        .app_data(web::PayloadConfig::new(max_body))
+        .configure(routes)
+        .default_service(web::to(not_found));
+}
+
+/// Every route, on one listener.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     public_routes(cfg);
     admin_routes(cfg);
 }
 
-/// What faces the internet: the routes Webex and customers' admins call.
+/// What faces the internet: the routes Webex and customers' admins call. The routes Webex
+/// calls per tenant come first, as a static prefix with the rest of the path split by hand: a
+/// `{tenant_id}` pattern is a regex match per request, and the webhook carries the load
+/// (measured: matching it as the last pattern cost ~12 % of the engine's CPU under load, as the
+/// first one ~10 %).
 pub fn public_routes(cfg: &mut web::ServiceConfig) {
     cfg.service(web::scope("/tenants").default_service(web::to(tenant_route)))
         .route("/provision", web::post().to(activation::provision))
@@ -133,7 +148,7 @@ pub fn admin_routes(cfg: &mut web::ServiceConfig) {
 }
 
 /// Any other path: the contract's error JSON.
-pub async fn not_found(req: actix_web::HttpRequest) -> actix_web::HttpResponse {
+async fn not_found(req: actix_web::HttpRequest) -> actix_web::HttpResponse {
     ApiError::not_found(req.path()).into()
 }
 

@@ -534,6 +534,11 @@ mod tests {
         Http1Polls::new(Duration::from_secs(5), Duration::from_secs(4), "test")
     }
 
+    /// One GET, its body read.
+    async fn fetch(c: &Http1Polls, conn: &Connection, url: &url::Url) -> Result<Vec<u8>, Error> {
+        c.get(conn, url, "t").await?.body().await
+    }
+
     /// Reads one request head; None at EOF.
     async fn read_request<S: AsyncRead + Unpin>(s: &mut S) -> Option<String> {
         let mut buf = Vec::new();
@@ -660,12 +665,7 @@ mod tests {
         // Answer, then close the kept connection.
         let srv = plain_server(vec![Some(JSON_LEN), None, Some(JSON_LEN)]).await;
         let (c, conn) = (client(), Connection::default());
-        c.get(&conn, &srv.url, "t")
-            .await
-            .unwrap()
-            .body()
-            .await
-            .unwrap();
+        fetch(&c, &conn, &srv.url).await.unwrap();
         let r = c.get(&conn, &srv.url, "t").await.unwrap();
         assert_eq!(r.body().await.unwrap(), b"{\"messages\":[]}");
         assert_eq!(srv.connections.load(Ordering::SeqCst), 2);
@@ -676,12 +676,7 @@ mod tests {
         // A poll may have dequeued messages before the connection died: no second copy.
         let srv = plain_server(vec![Some(JSON_LEN), Some(HOLD), Some(JSON_LEN)]).await;
         let (c, conn) = (client(), Connection::default());
-        c.get(&conn, &srv.url, "t")
-            .await
-            .unwrap()
-            .body()
-            .await
-            .unwrap();
+        fetch(&c, &conn, &srv.url).await.unwrap();
         let e = c.get(&conn, &srv.url, "t").await.err().unwrap();
         assert!(e.is_transport(), "{e}");
         assert_eq!(srv.requests.lock().unwrap().len(), 2, "sent once");
@@ -711,7 +706,7 @@ mod tests {
         ] {
             let srv = plain_server(vec![Some(answer), Some(JSON_LEN)]).await;
             let (c, conn) = (client(), Connection::default());
-            let body = c.get(&conn, &srv.url, "t").await.unwrap().body().await.unwrap();
+            let body = fetch(&c, &conn, &srv.url).await.unwrap();
             assert_eq!(body, b"{}", "{}", String::from_utf8_lossy(answer));
             assert!(conn.kept.lock().unwrap().is_none(), "{}", String::from_utf8_lossy(answer));
         }
@@ -725,19 +720,9 @@ mod tests {
         ])
         .await;
         let (c, conn) = (client(), Connection::default());
-        c.get(&conn, &srv.url, "t")
-            .await
-            .unwrap()
-            .body()
-            .await
-            .unwrap();
+        fetch(&c, &conn, &srv.url).await.unwrap();
         assert!(conn.kept.lock().unwrap().is_none());
-        c.get(&conn, &srv.url, "t")
-            .await
-            .unwrap()
-            .body()
-            .await
-            .unwrap();
+        fetch(&c, &conn, &srv.url).await.unwrap();
         assert_eq!(srv.connections.load(Ordering::SeqCst), 2);
     }
 
@@ -753,11 +738,9 @@ mod tests {
         ] {
             let srv = plain_server(vec![Some(answer), None]).await;
             let (c, conn) = (client(), Connection::default());
-            let got = match c.get(&conn, &srv.url, "t").await {
-                Ok(r) => r.body().await.map(|_| ()),
-                Err(e) => Err(e),
-            };
-            let e = got.expect_err(&String::from_utf8_lossy(answer));
+            let e = fetch(&c, &conn, &srv.url)
+                .await
+                .expect_err(&String::from_utf8_lossy(answer));
             assert!(!e.is_transport(), "{e}: an answer arrived");
         }
         // Nothing listening: a transport error.

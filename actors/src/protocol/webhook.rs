@@ -1,7 +1,8 @@
 //! Webhook authentication, per the tenant's scheme: `hmac_signature` (hex HMAC-SHA1 of the raw
 //! body in `X-Spark-Signature`, compared in constant time), `authorization_header` (the secret
 //! itself in `Authorization`), `basic_authentication`. During a secret rotation both the new and
-//! the previous secret verify. Handlers past the edge only see [`Verified`] bodies.
+//! the previous credentials verify ([`Credentials`], [`verify_any`]). Handlers past the edge only
+//! see [`Verified`] bodies.
 use hmac::{Hmac, Mac};
 use sha1::Sha1;
 
@@ -36,14 +37,8 @@ impl Scheme {
     /// The credentials of this scheme made from a tenant's secret.
     pub fn with_secret(self, secret: Secret) -> WebhookAuth {
         match self {
-            Scheme::HmacSignature => WebhookAuth::Hmac {
-                current: secret,
-                previous: None,
-            },
-            Scheme::AuthorizationHeader => WebhookAuth::Header {
-                current: secret,
-                previous: None,
-            },
+            Scheme::HmacSignature => WebhookAuth::Hmac(secret),
+            Scheme::AuthorizationHeader => WebhookAuth::Header(secret),
             Scheme::BasicAuthentication => WebhookAuth::Basic {
                 username: BASIC_USERNAME.to_string(),
                 password: secret,
@@ -83,22 +78,13 @@ pub fn verify_any<'a>(
     }
 }
 
-/// How a tenant's webhooks authenticate.
+/// One set of webhook credentials (the previous set of a rotation is a second one, in
+/// [`Credentials`]).
 #[derive(Debug, Clone)]
 pub enum WebhookAuth {
-    /// Current secret, and the previous one while its grace lasts.
-    Hmac {
-        current: Secret,
-        previous: Option<Secret>,
-    },
-    Header {
-        current: Secret,
-        previous: Option<Secret>,
-    },
-    Basic {
-        username: String,
-        password: Secret,
-    },
+    Hmac(Secret),
+    Header(Secret),
+    Basic { username: String, password: Secret },
 }
 
 /// The headers that carry credentials.
@@ -153,7 +139,7 @@ pub fn verify<'a>(
     body: &'a [u8],
 ) -> Result<Verified<'a>, AuthError> {
     let ok = match auth {
-        WebhookAuth::Hmac { current, previous } => {
+        WebhookAuth::Hmac(secret) => {
             let sig = presented.signature.ok_or(AuthError::Missing)?.trim();
             if sig.len() != SIGNATURE_HEX_LEN {
                 return Err(AuthError::Malformed);
@@ -161,18 +147,11 @@ pub fn verify<'a>(
             let mut raw = [0u8; 20];
             // Accepts lower- and uppercase hex.
             hex::decode_to_slice(sig, &mut raw).map_err(|_| AuthError::Malformed)?;
-            // Both are always computed, so timing does not reveal which secret matched.
-            let a = hmac_matches(current, body, &raw);
-            let b = previous
-                .as_ref()
-                .is_some_and(|p| hmac_matches(p, body, &raw));
-            a | b
+            hmac_matches(secret, body, &raw)
         }
-        WebhookAuth::Header { current, previous } => {
+        WebhookAuth::Header(secret) => {
             let got = presented.authorization.ok_or(AuthError::Missing)?;
-            let a = current.ct_eq(got);
-            let b = previous.as_ref().is_some_and(|p| p.ct_eq(got));
-            a | b
+            secret.ct_eq(got)
         }
         WebhookAuth::Basic { username, password } => {
             use base64::Engine as _;
@@ -198,10 +177,10 @@ pub fn verify<'a>(
 mod tests {
     use super::*;
 
-    fn hmac(current: &str, previous: Option<&str>) -> WebhookAuth {
-        WebhookAuth::Hmac {
-            current: Secret::new(current),
-            previous: previous.map(Secret::new),
+    fn hmac(current: &str, previous: Option<&str>) -> Credentials {
+        Credentials {
+            current: WebhookAuth::Hmac(Secret::new(current)),
+            previous: previous.map(|p| WebhookAuth::Hmac(Secret::new(p))),
         }
     }
 
@@ -228,38 +207,35 @@ mod tests {
                 authorization: None,
             }
         }
-        assert!(verify(&auth, p(&sig), body).is_ok());
-        assert!(verify(&auth, p(&sig.to_uppercase()), body).is_ok());
+        assert!(verify_any(&auth, p(&sig), body).is_ok());
+        assert!(verify_any(&auth, p(&sig.to_uppercase()), body).is_ok());
         let old = sign("old-secret-old-secret-old", body);
-        assert!(verify(&auth, p(&old), body).is_ok());
+        assert!(verify_any(&auth, p(&old), body).is_ok());
         assert_eq!(
-            verify(&hmac("new-secret-new-secret-new", None), p(&old), body).unwrap_err(),
+            verify_any(&hmac("new-secret-new-secret-new", None), p(&old), body).unwrap_err(),
             AuthError::Mismatch
         );
         assert_eq!(
-            verify(&auth, p(&sig[..39]), body).unwrap_err(),
+            verify_any(&auth, p(&sig[..39]), body).unwrap_err(),
             AuthError::Malformed
         );
         assert_eq!(
-            verify(&auth, p(&format!("{}zz", &sig[..38])), body).unwrap_err(),
+            verify_any(&auth, p(&format!("{}zz", &sig[..38])), body).unwrap_err(),
             AuthError::Malformed
         );
         assert_eq!(
-            verify(&auth, Presented::default(), body).unwrap_err(),
+            verify_any(&auth, Presented::default(), body).unwrap_err(),
             AuthError::Missing
         );
         assert_eq!(
-            verify(&auth, p(&sig), b"{}").unwrap_err(),
+            verify_any(&auth, p(&sig), b"{}").unwrap_err(),
             AuthError::Mismatch
         );
     }
 
     #[test]
     fn header_and_basic() {
-        let auth = WebhookAuth::Header {
-            current: Secret::new("tok-123456789012345678"),
-            previous: None,
-        };
+        let auth = WebhookAuth::Header(Secret::new("tok-123456789012345678"));
         fn p(a: &str) -> Presented<'_> {
             Presented {
                 signature: None,
