@@ -44,6 +44,19 @@ pub enum Command {
         #[arg(long)]
         url: Option<String>,
     },
+    /// Rotate one tenant's webhook secret now, through a running engine's admin API (the old
+    /// secret stays valid for security.webhook_secret_overlap_secs).
+    RotateSecret {
+        /// The tenant id.
+        #[arg(long)]
+        tenant: String,
+        /// The engine's configuration (for its address and admin token).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Engine base URL (default: http://<server.admin_bind>, else http://<server.bind>).
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Read the streams with a consumer group and print records (a downstream example).
     Tail(crate::tail::TailArgs),
     /// Integration manifest tools.
@@ -88,6 +101,11 @@ pub fn main() -> ExitCode {
             config,
             url,
         } => activate(&jwt_file, config.as_deref(), url),
+        Command::RotateSecret {
+            tenant,
+            config,
+            url,
+        } => rotate_secret(&tenant, config.as_deref(), url),
         Command::Manifest {
             command: ManifestCommand::Check { path },
         } => manifest_check(&path),
@@ -211,6 +229,30 @@ fn refused(
         Err(e) => eprintln!("error: {e:#}"),
     }
     ExitCode::FAILURE
+}
+
+fn rotate_secret(tenant: &str, config: Option<&std::path::Path>, url: Option<String>) -> ExitCode {
+    let cfg = match config::load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let path = format!("/admin/tenants/{tenant}/webhook-secret/rotate");
+    match admin_post(&cfg, url, &path, String::new()) {
+        Ok((status, body)) if status.is_success() => {
+            match body["previous_valid_until"].as_str() {
+                Some(until) => println!(
+                    "webhook secret of tenant {tenant} rotated ({}); the previous one is accepted until {until}",
+                    body["scheme"].as_str().unwrap_or("?")
+                ),
+                None => println!("webhook secret of tenant {tenant} rotated"),
+            }
+            ExitCode::SUCCESS
+        }
+        other => refused("rotation", other),
+    }
 }
 
 fn request_update(

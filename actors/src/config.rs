@@ -268,6 +268,23 @@ pub struct SecurityConfig {
     /// (Webex applies a new configuration about 5 minutes after the PATCH and caches
     /// notification settings for up to 10).
     pub webhook_secret_overlap_secs: u64,
+    /// Each tenant's webhook secret is replaced this often (jittered per tenant, run by the
+    /// lease holder); 0 = never (activations and the admin API still rotate).
+    pub webhook_secret_rotation_days: f64,
+}
+
+impl SecurityConfig {
+    /// The previous secret's grace after a rotation.
+    pub fn overlap(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.webhook_secret_overlap_secs)
+    }
+
+    /// The periodic rotation's period; `None` when off.
+    pub fn rotation_period(&self) -> Option<std::time::Duration> {
+        (self.webhook_secret_rotation_days > 0.0).then(|| {
+            std::time::Duration::from_secs_f64(self.webhook_secret_rotation_days * 86_400.0)
+        })
+    }
 }
 
 /// Log output format.
@@ -372,10 +389,25 @@ impl Config {
                 "must be at least 0.05",
             ));
         }
-        if self.security.webhook_secret_overlap_secs < 600 {
+        // Simulators (webex.allow_http) may scale the overlap down for tests.
+        let min_overlap = if self.webex.allow_http { 1 } else { 600 };
+        if self.security.webhook_secret_overlap_secs < min_overlap {
             return Err(err(
                 "security.webhook_secret_overlap_secs",
                 "must be at least 600 (Webex caches notification settings for up to 10 minutes)",
+            ));
+        }
+        let days = self.security.webhook_secret_rotation_days;
+        if !(0.0..=3650.0).contains(&days) {
+            return Err(err(
+                "security.webhook_secret_rotation_days",
+                "must be between 0 (never) and 3650",
+            ));
+        }
+        if days > 0.0 && days * 86_400.0 <= 2.0 * self.security.webhook_secret_overlap_secs as f64 {
+            return Err(err(
+                "security.webhook_secret_rotation_days",
+                "must be longer than twice security.webhook_secret_overlap_secs (a rotation waits for the last one's overlap to end)",
             ));
         }
         if self.ingest.polls_per_connection == 0 {

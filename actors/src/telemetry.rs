@@ -107,6 +107,7 @@ pub struct Metrics {
     pub inventory_syncs_total: IntCounterVec,
     pub inventory_changes_total: IntCounterVec,
     pub lease_changes_total: IntCounterVec,
+    pub webhook_secret_rotations_total: IntCounterVec,
     pub replicas_live: IntGauge,
     pub tenants_owned: IntGauge,
     pub command_notifications_up: IntGauge,
@@ -361,6 +362,14 @@ impl Metrics {
         for r in LEASE_RESULTS {
             lease_changes_total.with_label_values(&[r]);
         }
+        let webhook_secret_rotations_total = counter_vec(
+            "webhook_secret_rotations_total",
+            "Webhook secret rotations (periodic and on demand): rotated, failed (the current secret stays in force), busy (another rotation in flight or its overlap running), not_applicable (no webhook, or not activated).",
+            &["result"],
+        );
+        for r in ["rotated", "failed", "busy", "not_applicable"] {
+            webhook_secret_rotations_total.with_label_values(&[r]);
+        }
         for r in WEBHOOK_RESULTS {
             webhooks_total.with_label_values(&[r]);
         }
@@ -433,6 +442,7 @@ impl Metrics {
             inventory_syncs_total,
             inventory_changes_total,
             lease_changes_total,
+            webhook_secret_rotations_total,
             replicas_live,
             tenants_owned,
             command_notifications_up,
@@ -454,6 +464,12 @@ impl Metrics {
 
     pub fn jwt_rejected(&self, reason: &str) {
         self.jwt_rejections_total.with_label_values(&[reason]).inc();
+    }
+
+    pub fn secret_rotation(&self, result: &str) {
+        self.webhook_secret_rotations_total
+            .with_label_values(&[result])
+            .inc();
     }
 
     pub fn activation(&self, result: &str) {

@@ -92,3 +92,43 @@ pub async fn manifest_update(
         )),
     }
 }
+
+/// `POST /admin/tenants/<id>/webhook-secret/rotate`: a new webhook secret now (offered, PATCHed
+/// to the appUrl, confirmed); the replaced one verifies for `security.webhook_secret_overlap_secs`.
+/// 409 while another rotation is in flight or the last one's overlap runs; 502 when Webex did not
+/// take the new secret (the current one stays in force).
+pub async fn rotate_webhook_secret(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    use actors::tenant::rotation::{self, RotateError};
+    authorize(&state, &req)?;
+    let id = path.into_inner();
+    let h = super::live_tenant(&state, &id).await?;
+    match rotation::rotate(&h.shared, rotation::Why::Operator).await {
+        Ok(r) => Ok(HttpResponse::Ok().json(serde_json::json!({
+            "tenant_id": id,
+            "rotated_at": r.rotated_at,
+            "previous_valid_until": r.previous_valid_until,
+            "scheme": r.scheme.as_str(),
+        }))),
+        Err(e) => {
+            let (status, reason) = match &e {
+                RotateError::NoWebhook | RotateError::NotActive(_) => {
+                    (StatusCode::CONFLICT, "not_applicable")
+                }
+                RotateError::InFlight(_) | RotateError::Overlap(_) => {
+                    (StatusCode::CONFLICT, "rotation_busy")
+                }
+                RotateError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+                RotateError::Token(_) | RotateError::Webex(_) => (StatusCode::BAD_GATEWAY, "webex"),
+            };
+            let mut err = ApiError::new(status, reason, format!("webhook secret not rotated: {e}"));
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                err = err.retry_after(1);
+            }
+            Err(err)
+        }
+    }
+}

@@ -144,6 +144,10 @@ pub fn admin_routes(cfg: &mut web::ServiceConfig) {
         .route(
             "/admin/tenants/{tenant_id}/manifest-update",
             web::post().to(admin::manifest_update),
+        )
+        .route(
+            "/admin/tenants/{tenant_id}/webhook-secret/rotate",
+            web::post().to(admin::rotate_webhook_secret),
         );
 }
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use crate::utils::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_xapi-stream");
-const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+pub const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
 fn write_config(text: &str) -> tempfile::NamedTempFile {
     let mut f = tempfile::NamedTempFile::new().unwrap();

@@ -35,7 +35,7 @@ async fn post(base: &str, tenant: &str, secret: &str, body: &[u8]) -> (u16, Valu
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
-fn entries(
+pub fn entries(
     redis: &xapi_stream::devkit::redis_server::RedisServer,
     key: &str,
 ) -> Vec<HashMap<String, String>> {

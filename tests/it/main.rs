@@ -13,4 +13,5 @@ mod engine_basics;
 mod failover;
 mod ingest;
 mod prometheus;
+mod rotation;
 mod scale;

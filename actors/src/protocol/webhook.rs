@@ -51,35 +51,35 @@ impl Scheme {
 /// is unique per tenant).
 pub const BASIC_USERNAME: &str = "xapi-stream";
 
-/// A tenant's webhook credentials: the current ones, and the previous ones while a rotation's
-/// overlap lasts (perhaps of another scheme).
+/// A tenant's webhook credentials: the current ones, and those also accepted during a
+/// rotation (the previous ones while the overlap lasts, a new one offered to Webex and not yet
+/// confirmed), perhaps of another scheme.
 #[derive(Debug, Clone)]
 pub struct Credentials {
     pub current: WebhookAuth,
-    pub previous: Option<WebhookAuth>,
+    pub also: Vec<WebhookAuth>,
 }
 
-/// Checks `body` against the current and the previous credentials (both are always checked,
-/// so timing does not reveal which matched). The error is the current credentials' one.
+/// Checks `body` against every credential in `creds` (all are always checked, so timing does
+/// not reveal which matched). The error is the current credentials' one.
 pub fn verify_any<'a>(
     creds: &Credentials,
     presented: Presented<'_>,
     body: &'a [u8],
 ) -> Result<Verified<'a>, AuthError> {
     let current = verify(&creds.current, presented, body);
-    let previous = creds
-        .previous
-        .as_ref()
-        .map(|p| verify(p, presented, body).is_ok());
-    match (current, previous) {
-        (Ok(v), _) => Ok(v),
-        (Err(_), Some(true)) => Ok(Verified { body }),
-        (Err(e), _) => Err(e),
+    let other = creds
+        .also
+        .iter()
+        .fold(false, |ok, a| verify(a, presented, body).is_ok() | ok);
+    match current {
+        Ok(v) => Ok(v),
+        Err(_) if other => Ok(Verified { body }),
+        Err(e) => Err(e),
     }
 }
 
-/// One set of webhook credentials (the previous set of a rotation is a second one, in
-/// [`Credentials`]).
+/// One set of webhook credentials (a rotation's others are in [`Credentials::also`]).
 #[derive(Debug, Clone)]
 pub enum WebhookAuth {
     Hmac(Secret),
@@ -180,7 +180,10 @@ mod tests {
     fn hmac(current: &str, previous: Option<&str>) -> Credentials {
         Credentials {
             current: WebhookAuth::Hmac(Secret::new(current)),
-            previous: previous.map(|p| WebhookAuth::Hmac(Secret::new(p))),
+            also: previous
+                .map(|p| WebhookAuth::Hmac(Secret::new(p)))
+                .into_iter()
+                .collect(),
         }
     }
 
@@ -258,9 +261,7 @@ mod tests {
         let body = b"{}";
         let creds = Credentials {
             current: Scheme::BasicAuthentication.with_secret(Secret::new("new-secret-of-20-chars")),
-            previous: Some(
-                Scheme::HmacSignature.with_secret(Secret::new("old-secret-of-20-chars")),
-            ),
+            also: vec![Scheme::HmacSignature.with_secret(Secret::new("old-secret-of-20-chars"))],
         };
         use base64::Engine as _;
         let basic = format!(
@@ -283,7 +284,7 @@ mod tests {
             "the previous scheme still verifies"
         );
         let without_previous = Credentials {
-            previous: None,
+            also: vec![],
             ..creds.clone()
         };
         assert_eq!(
@@ -294,7 +295,7 @@ mod tests {
         let header = Scheme::AuthorizationHeader.with_secret(Secret::new("s3cret-s3cret-s3cret"));
         let creds = Credentials {
             current: header,
-            previous: None,
+            also: vec![],
         };
         let p = |a| Presented {
             signature: None,

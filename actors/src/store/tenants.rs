@@ -104,6 +104,27 @@ pub struct TenantSecrets {
     /// The scheme of `previous_webhook_secret`.
     #[serde(default)]
     pub previous_webhook_scheme: crate::protocol::webhook::Scheme,
+    /// A new secret sent to Webex (or about to be) whose PATCH has not been confirmed: it
+    /// verifies too until `OfferedSecret::until` (see `crate::tenant::rotation`).
+    #[serde(default)]
+    pub offered_webhook: Option<OfferedSecret>,
+    /// When the current webhook secret was confirmed by Webex (the periodic rotation counts
+    /// from it; absent in records written before rotations).
+    #[serde(default)]
+    pub webhook_rotated_at: Option<DateTime<Utc>>,
+}
+
+/// A webhook secret offered to Webex in a PATCH not (yet) confirmed.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct OfferedSecret {
+    pub secret: Secret,
+    pub scheme: crate::protocol::webhook::Scheme,
+    /// When it was offered.
+    pub at: DateTime<Utc>,
+    /// Accepted on webhooks until then.
+    pub until: DateTime<Utc>,
+    /// Its PATCH is (or may still be) in flight: another rotation waits.
+    pub in_flight: bool,
 }
 
 impl std::fmt::Debug for TenantSecrets {

@@ -5,11 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use chrono::Utc;
 use serde_json::{Value, json};
 
-use super::{TenantShared, TokenError, WithToken};
-use crate::protocol::webhook::{BASIC_USERNAME, Scheme};
+use super::{TenantShared, TokenError, WithToken, rotation};
 use crate::secret::Secret;
 use crate::shutdown::Shutdown;
 use crate::store::tenants::{ProvisioningState, TokensState};
@@ -108,46 +106,16 @@ async fn try_complete(shared: &TenantShared) -> Result<(), Failure> {
         "actionsUrl": deps.actions_url(&shared.tenant_id),
         "customer": { "id": shared.tenant_id, "name": record.org_name },
     });
-    if ingest.webhook() {
-        // Rotate: a new secret, with the old one honoured for the grace period.
-        let secret = new_webhook_secret();
-        let grace = chrono::Duration::seconds(
-            i64::try_from(deps.config.security.webhook_secret_overlap_secs).unwrap_or(i64::MAX),
-        );
-        let new = secret.clone();
-        let scheme = deps.config.integration.webhook_auth;
-        shared
-            .tokens
-            .update_secrets(move |s| {
-                if let Some(old) = s.webhook_secret.take() {
-                    s.previous_webhook_secret = Some(old);
-                    s.previous_webhook_scheme = s.webhook_scheme;
-                    s.previous_valid_until = Some(Utc::now() + grace);
-                }
-                s.webhook_secret = Some(new.clone());
-                s.webhook_scheme = scheme;
-            })
+    // A fresh webhook secret, offered (accepted on webhooks) before Webex learns it and made
+    // current once the PATCH succeeded; the one it replaces keeps its overlap.
+    let scheme = deps.config.integration.webhook_auth;
+    let secret = ingest.webhook().then(new_webhook_secret);
+    if let Some(secret) = &secret {
+        rotation::offer_stored(shared, secret, scheme, true)
             .await
-            .map_err(|e| {
-                (
-                    format!("could not store the webhook secret: {e}"),
-                    Some(token.clone()),
-                )
-            })?;
+            .map_err(|e| (e.to_string(), Some(token.clone())))?;
         let target = deps.webhook_url(&shared.tenant_id);
-        body["webhook"] = match scheme {
-            Scheme::HmacSignature | Scheme::AuthorizationHeader => json!({
-                "targetUrl": target,
-                "type": scheme.as_str(),
-                "secret": secret.expose(),
-            }),
-            Scheme::BasicAuthentication => json!({
-                "targetUrl": target,
-                "type": scheme.as_str(),
-                "username": BASIC_USERNAME,
-                "password": secret.expose(),
-            }),
-        };
+        body["webhook"] = rotation::registration(scheme, &target, secret);
     }
     if ingest.queue() {
         body["queue"] = json!({ "state": "enabled" });
@@ -158,17 +126,36 @@ async fn try_complete(shared: &TenantShared) -> Result<(), Failure> {
             let (webex, url, body) = (&deps.webex, &record.app_url, &body);
             async move { webex.patch_app(url, &t, body).await }
         })
-        .await
-        .map_err(|e| match e {
-            WithToken::Token(e) => (
-                format!("appUrl rejected our token and refresh failed: {e}"),
-                None,
-            ),
-            WithToken::Call(e) => (
-                format!("PATCH of the appUrl failed: {e}"),
-                Some(token.clone()),
-            ),
-        })?;
+        .await;
+    let answer = match answer {
+        Ok(a) => a,
+        Err(e) => {
+            if let Some(secret) = &secret {
+                // Webex may have applied a PATCH left unanswered: then the offer stays
+                // acceptable for the overlap.
+                let known = match &e {
+                    WithToken::Token(_) => true,
+                    WithToken::Call(e) => rotation::outcome_known(e),
+                };
+                rotation::withdraw_stored(shared, secret, known).await;
+            }
+            return Err(match e {
+                WithToken::Token(e) => (
+                    format!("appUrl rejected our token and refresh failed: {e}"),
+                    None,
+                ),
+                WithToken::Call(e) => (
+                    format!("PATCH of the appUrl failed: {e}"),
+                    Some(token.clone()),
+                ),
+            });
+        }
+    };
+    if let Some(secret) = &secret {
+        rotation::confirm_stored(shared, secret, scheme)
+            .await
+            .map_err(|e| (e.to_string(), Some(token.clone())))?;
+    }
     let poll_url = answer
         .pointer("/queue/pollUrl")
         .and_then(Value::as_str)
@@ -210,16 +197,58 @@ async fn try_complete(shared: &TenantShared) -> Result<(), Failure> {
 
 /// Periodically reads the appUrl: granted scopes, xAPI access and manifest version follow
 /// what Webex says; a removed integration is reported. Interval from
-/// `activation.reconcile_interval_secs`, jittered.
+/// `activation.reconcile_interval_secs`, jittered. The same loop runs the periodic webhook
+/// secret rotation when it falls due (see [`rotation`]): no extra task per tenant.
 pub async fn run_reconciler(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), String> {
     let every = shared.deps().config.activation.reconcile_interval_secs;
-    loop {
+    let jittered = || {
         let jitter = 1.0 + RECONCILE_JITTER * (rand::random::<f64>() * 2.0 - 1.0);
-        let wait = Duration::from_secs_f64((every * jitter).max(0.01));
+        tokio::time::Instant::now() + Duration::from_secs_f64((every * jitter).max(0.01))
+    };
+    let mut reconcile_at = jittered();
+    // A failed rotation's retry time (the stored secrets would say "due" at once).
+    let mut rotation_retry: Option<tokio::time::Instant> = None;
+    loop {
+        let rotate_at = match rotation_retry {
+            Some(t) => Some(t),
+            None => rotation::next_due(&shared).await.map(|due| {
+                let wait = (due - chrono::Utc::now()).to_std().unwrap_or_default();
+                tokio::time::Instant::now() + wait
+            }),
+        };
+        let rotating = rotate_at.is_some_and(|r| r < reconcile_at);
+        let wake = if rotating {
+            rotate_at.unwrap_or(reconcile_at)
+        } else {
+            reconcile_at
+        };
         tokio::select! {
             _ = stop.wait() => return Ok(()),
-            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::time::sleep_until(wake) => {}
         }
+        if rotating {
+            // Boxed like the reconciliation: its state exists only while it runs.
+            rotation_retry =
+                match Box::pin(rotation::rotate(&shared, rotation::Why::Periodic)).await {
+                    Err(e)
+                        if !matches!(
+                            e,
+                            rotation::RotateError::NoWebhook | rotation::RotateError::NotActive(_)
+                        ) =>
+                    {
+                        let period = shared
+                            .deps()
+                            .config
+                            .security
+                            .rotation_period()
+                            .unwrap_or_default();
+                        Some(tokio::time::Instant::now() + rotation::retry_after(period))
+                    }
+                    _ => None,
+                };
+            continue;
+        }
+        reconcile_at = jittered();
         // Boxed: the call's state exists only while it runs, not while the loop sleeps.
         Box::pin(reconcile_once(&shared)).await?;
     }

@@ -8,11 +8,13 @@
 //! - [`claim`]: this replica's claim on the tenant: the lease it holds and the owned work.
 //! - `deps`: [`Deps`], what every tenant component needs from the engine, built once.
 //! - [`gate`]: the device API's per-tenant gate (concurrency, rate-limit window).
+//! - [`rotation`]: webhook secret rotation (offer, PATCH, confirm; periodic and on demand).
 //! - [`tokens`]: `TokenKeeper`, the only place that exchanges the tenant's refresh token.
 pub mod appurl;
 pub mod claim;
 mod deps;
 pub mod gate;
+pub mod rotation;
 pub mod tokens;
 
 use std::sync::{Arc, RwLock};

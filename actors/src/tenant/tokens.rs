@@ -187,6 +187,8 @@ const EXCHANGE_RETRY_CAP: Duration = Duration::from_secs(60);
 struct WebhookSecrets {
     current: Option<(Secret, Scheme)>,
     previous: Option<(Secret, Scheme, chrono::DateTime<Utc>)>,
+    /// A secret offered to Webex and not confirmed (see `super::rotation`).
+    offered: Option<(Secret, Scheme, chrono::DateTime<Utc>)>,
 }
 
 impl WebhookSecrets {
@@ -198,6 +200,10 @@ impl WebhookSecrets {
                 .clone()
                 .zip(s.previous_valid_until)
                 .map(|(x, until)| (x, s.previous_webhook_scheme, until)),
+            offered: s
+                .offered_webhook
+                .as_ref()
+                .map(|o| (o.secret.clone(), o.scheme, o.until)),
         }
     }
 }
@@ -632,19 +638,25 @@ impl TokenKeeper {
         })
     }
 
-    /// How webhooks of this tenant authenticate now; `None` before a secret exists. The
-    /// previous secret is included only while its rotation grace lasts.
+    /// How webhooks of this tenant authenticate now; `None` before any secret exists. Besides
+    /// the current secret, the previous one verifies while its rotation's overlap lasts, and an
+    /// offered one (its PATCH in flight or of unknown outcome) until its own deadline.
     pub fn webhook_auth(&self) -> Option<crate::protocol::webhook::Credentials> {
         let w = self.webhook.lock().expect("webhook lock").clone();
-        let previous = w
-            .previous
-            .filter(|(_, _, until)| *until > Utc::now())
-            .map(|(s, scheme, _)| scheme.with_secret(s));
-        w.current
-            .map(|(s, scheme)| crate::protocol::webhook::Credentials {
-                current: scheme.with_secret(s),
-                previous,
-            })
+        let now = Utc::now();
+        let mut also: Vec<_> = [w.previous, w.offered]
+            .into_iter()
+            .flatten()
+            .filter(|(_, _, until)| *until > now)
+            .map(|(s, scheme, _)| scheme.with_secret(s))
+            .collect();
+        let current = match w.current {
+            Some((s, scheme)) => scheme.with_secret(s),
+            // A first activation's secret, offered and not confirmed yet.
+            None if !also.is_empty() => also.remove(0),
+            None => return None,
+        };
+        Some(crate::protocol::webhook::Credentials { current, also })
     }
 
     /// Adopts a new refresh token (update action) and new oauthUrl, persisted with CAS.
@@ -685,6 +697,17 @@ impl TokenKeeper {
         })
         .await?;
         Ok(p.secrets.clone())
+    }
+
+    /// [`update_secrets`](Self::update_secrets) where `change` may decline (returns false:
+    /// nothing is written). Returns whether it wrote.
+    pub async fn update_secrets_if(
+        &self,
+        change: impl Fn(&mut TenantSecrets) -> bool,
+    ) -> Result<bool, StoreError> {
+        let mut p = self.persisted.lock().await;
+        let epoch = self.claim.held_epoch();
+        self.persist(&mut p, Fence::Epoch(epoch), change).await
     }
 
     /// Follows the oauthUrl of the record (an update action handled by another replica).

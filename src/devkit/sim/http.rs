@@ -356,13 +356,22 @@ async fn patch_app(
         match webhook {
             Some((kind, _, _)) if kind == "none" => a.webhook = None,
             Some((kind, w, secret)) => {
-                a.webhook = Some(WebhookReg {
+                let reg = WebhookReg {
                     target_url: w["targetUrl"].as_str().unwrap_or_default().to_string(),
                     kind,
                     secret,
                     username: w["username"].as_str().map(str::to_string),
                     password: w["password"].as_str().map(str::to_string),
-                })
+                };
+                let delay = sim.inner.cfg.webhook_apply_delay;
+                // A change of an existing registration applies later (Webex: about 5 minutes).
+                a.apply_due();
+                if a.webhook.is_some() && !delay.is_zero() {
+                    a.pending_webhook = Some((std::time::Instant::now() + delay, reg));
+                } else {
+                    a.pending_webhook = None;
+                    a.webhook = Some(reg);
+                }
             }
             None => {}
         }

@@ -65,6 +65,11 @@ pub struct SimConfig {
     pub poll_wait: Duration,
     pub retention: Duration,
     pub seed: u64,
+    /// A PATCH that *changes* a registered webhook (new secret, scheme or URL) takes effect
+    /// this long after it was answered, as Webex applies new settings about five minutes
+    /// later; until then messages are still sent with the old registration. A first
+    /// registration applies at once. Default zero.
+    pub webhook_apply_delay: Duration,
 }
 
 impl Default for SimConfig {
@@ -79,6 +84,7 @@ impl Default for SimConfig {
             poll_wait: Duration::from_secs(20),
             retention: Duration::from_secs(600),
             seed: 1,
+            webhook_apply_delay: Duration::ZERO,
         }
     }
 }
@@ -124,6 +130,23 @@ pub struct AppState {
     pub poll_url: Option<String>,
     pub patches: Vec<Value>,
     pub customer: Option<Value>,
+    /// A changed registration not in effect yet (see [`SimConfig::webhook_apply_delay`]).
+    #[serde(skip)]
+    pub pending_webhook: Option<(Instant, WebhookReg)>,
+}
+
+impl AppState {
+    /// Puts a pending webhook registration into effect once its time has come.
+    fn apply_due(&mut self) {
+        if self
+            .pending_webhook
+            .as_ref()
+            .is_some_and(|(at, _)| Instant::now() >= *at)
+            && let Some((_, w)) = self.pending_webhook.take()
+        {
+            self.webhook = Some(w);
+        }
+    }
 }
 
 /// Counters of the OAuth endpoint.
@@ -525,7 +548,9 @@ impl Sim {
     }
 
     pub fn app_state(&self, i: usize) -> AppState {
-        self.state().apps[i].clone()
+        let mut s = self.state();
+        s.apps[i].apply_due();
+        s.apps[i].clone()
     }
 
     pub fn oauth_stats(&self) -> OAuthStats {
@@ -673,8 +698,9 @@ impl Sim {
     /// Delivers as Webex does: to the queue if enabled, and as a signed webhook if registered.
     pub async fn deliver(&self, i: usize, msgs: &[Value]) -> DeliveryReport {
         let (queue_on, hook) = {
-            let s = self.state();
-            let a = &s.apps[i];
+            let mut s = self.state();
+            let a = &mut s.apps[i];
+            a.apply_due();
             (
                 a.queue_state.as_deref() == Some("enabled"),
                 a.webhook.clone(),
