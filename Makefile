@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 NEXTEST := $(shell command -v cargo-nextest 2>/dev/null)
 
-.PHONY: demo test deps build bench check-deploy fmt-check clippy unit clean
+.PHONY: demo test deps build bench check-deploy fmt-check clippy unit clean fuzz fuzz-tools
 
 ## Install what a fresh machine lacks, from Debian's packages: redis-server (every Redis-backed
 ## test), prometheus (promtool, and the real Prometheus the observability test scrapes with) and
@@ -62,6 +62,18 @@ test: deps fmt-check clippy unit
 ## alert rules, the dashboard's JSON (installs kubectl/promtool/kubernetes-validate if missing).
 check-deploy:
 	bash deploy/check.sh
+
+## Fuzzing (docs/fuzzing.md): every cargo-fuzz target of tests/fuzz/ for FUZZ_SECS seconds
+## each (FUZZ_TARGETS picks some), then executions and crashes per target. On the stable
+## toolchain through RUSTC_BOOTSTRAP=1; cargo-fuzz is installed into tests/fuzz/.tools.
+FUZZ_SECS ?= 120
+CARGO_FUZZ := tests/fuzz/.tools/bin/cargo-fuzz
+
+fuzz-tools:
+	@test -x $(CARGO_FUZZ) || $(CARGO) install cargo-fuzz --locked --root tests/fuzz/.tools
+
+fuzz: fuzz-tools
+	FUZZ_SECS=$(FUZZ_SECS) CARGO_FUZZ=$(CARGO_FUZZ) bash tests/fuzz/run.sh
 
 clean:
 	$(CARGO) clean

@@ -126,6 +126,36 @@ fn invalid_values_and_env_overrides_are_named() {
         "{stderr}"
     );
 
+    // Rotation: an overlap below 600 s outside a simulator setup, a period not longer than
+    // twice the overlap, a negative period.
+    let f = write_config(&format!("[security]\nencryption_key = \"{KEY}\"\n"));
+    for (env, key) in [
+        (
+            [("XAPI_STREAM__SECURITY__WEBHOOK_SECRET_OVERLAP_SECS", "300")],
+            "security.webhook_secret_overlap_secs",
+        ),
+        (
+            [(
+                "XAPI_STREAM__SECURITY__WEBHOOK_SECRET_ROTATION_DAYS",
+                "0.01",
+            )],
+            "security.webhook_secret_rotation_days",
+        ),
+        (
+            [("XAPI_STREAM__SECURITY__WEBHOOK_SECRET_ROTATION_DAYS", "-1")],
+            "security.webhook_secret_rotation_days",
+        ),
+    ] {
+        let out = serve(f.path(), &env);
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.trim().lines().count() == 1
+                && stderr.starts_with(&format!("config error: {key}:")),
+            "{env:?}: {stderr}"
+        );
+    }
+
     let f = write_config("this is = = not toml");
     let out = serve(f.path(), &[]);
     assert!(!out.status.success());
