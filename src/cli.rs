@@ -57,6 +57,17 @@ pub enum Command {
         #[arg(long)]
         url: Option<String>,
     },
+    /// Find the error a caller was answered with, by its trackingId (kept
+    /// support.errors_retention_secs): time, endpoint, tenant, reason, description.
+    Support {
+        /// The trackingId (32 hex digits) the caller quotes.
+        tracking_id: String,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Engine base URL (default: http://<server.admin_bind>, else http://<server.bind>).
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Read the streams with a consumer group and print records (a downstream example).
     Tail(crate::tail::TailArgs),
     /// Integration manifest tools.
@@ -101,6 +112,11 @@ pub fn main() -> ExitCode {
             config,
             url,
         } => activate(&jwt_file, config.as_deref(), url),
+        Command::Support {
+            tracking_id,
+            config,
+            url,
+        } => support(&tracking_id, config.as_deref(), url),
         Command::RotateSecret {
             tenant,
             config,
@@ -189,6 +205,17 @@ fn admin_post(
     path: &str,
     body: String,
 ) -> anyhow::Result<(reqwest::StatusCode, serde_json::Value)> {
+    admin_request(cfg, url, reqwest::Method::POST, path, body)
+}
+
+/// One call to a running engine's admin API (see [`admin_post`]).
+fn admin_request(
+    cfg: &config::Config,
+    url: Option<String>,
+    method: reqwest::Method,
+    path: &str,
+    body: String,
+) -> anyhow::Result<(reqwest::StatusCode, serde_json::Value)> {
     let base = url.unwrap_or_else(|| {
         let admin = &cfg.server.admin_bind;
         if !admin.is_empty() {
@@ -203,7 +230,7 @@ fn admin_post(
     let token = cfg.server.admin_token.clone();
     actix_web::rt::System::new().block_on(async move {
         let resp = reqwest::Client::new()
-            .post(target)
+            .request(method, target)
             .bearer_auth(token.expose())
             .header("Content-Type", "application/json")
             .body(body)
@@ -229,6 +256,40 @@ fn refused(
         Err(e) => eprintln!("error: {e:#}"),
     }
     ExitCode::FAILURE
+}
+
+fn support(tracking_id: &str, config: Option<&std::path::Path>, url: Option<String>) -> ExitCode {
+    let cfg = match config::load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    match admin_request(
+        &cfg,
+        url,
+        reqwest::Method::GET,
+        &format!("/admin/errors/{tracking_id}"),
+        String::new(),
+    ) {
+        Ok((status, e)) if status.is_success() => {
+            let field = |k: &str| match &e[k] {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Null => "-".into(),
+                v => v.to_string(),
+            };
+            println!("trackingId  {}", field("trackingId"));
+            println!("time        {}", field("time"));
+            println!("endpoint    {}", field("endpoint"));
+            println!("status      {}", field("status"));
+            println!("tenant      {}", field("tenant"));
+            println!("reason      {}", field("reason"));
+            println!("description {}", field("description"));
+            ExitCode::SUCCESS
+        }
+        other => refused("lookup", other),
+    }
 }
 
 fn rotate_secret(tenant: &str, config: Option<&std::path::Path>, url: Option<String>) -> ExitCode {

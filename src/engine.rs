@@ -66,6 +66,11 @@ pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
     let writer = deps.writer.clone();
     let bell = deps.bell.clone();
     let bell_store = deps.store.clone();
+    let errors = Arc::new(actors::support::ErrorLog::start(
+        deps.store.clone(),
+        &config.support,
+        metrics.clone(),
+    ));
     let bell_metrics = metrics.clone();
     let bell_on = config.devices.command_notifications;
     let registry = Arc::new(Registry::new(deps, SUPERVISOR_THREADS));
@@ -79,6 +84,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
         registry: registry.clone(),
         verifier,
         ingest: Ingest::new(registry.clone(), writer, metrics),
+        errors,
         accepting: AtomicBool::new(true),
     });
 
@@ -90,7 +96,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
         http::routes
     };
     let mut server = HttpServer::new(move || {
-        App::new().configure(|c| http::mount(c, app_state.clone(), max_body, routes))
+        App::new()
+            .wrap(actix_web::middleware::from_fn(http::record_errors))
+            .configure(|c| http::mount(c, app_state.clone(), max_body, routes))
     })
     .disable_signals()
     .shutdown_timeout(config.server.shutdown_grace_secs);
@@ -135,9 +143,11 @@ pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
         Some(bind) => {
             let admin_state = state.clone();
             let server = HttpServer::new(move || {
-                App::new().configure(|c| {
-                    http::mount(c, admin_state.clone(), max_body, http::admin_routes)
-                })
+                App::new()
+                    .wrap(actix_web::middleware::from_fn(http::record_errors))
+                    .configure(|c| {
+                        http::mount(c, admin_state.clone(), max_body, http::admin_routes)
+                    })
             })
             .disable_signals()
             .shutdown_timeout(config.server.shutdown_grace_secs)

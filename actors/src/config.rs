@@ -23,7 +23,20 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub devices: DevicesConfig,
     pub scaling: ScalingConfig,
+    pub support: SupportConfig,
     pub log: LogConfig,
+}
+
+/// The support log of errors answered with a trackingId.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupportConfig {
+    /// How long an error stays findable by its trackingId.
+    pub errors_retention_secs: u64,
+    /// At most this many errors recorded per hour by one replica; more are counted
+    /// (`support_errors_total{result="dropped"}`) but not stored, so a flood of bad requests
+    /// cannot fill Redis.
+    pub errors_per_hour: u32,
 }
 
 /// The device API: inventory, xAPI status/commands, configurations, the command stream.
@@ -408,6 +421,12 @@ impl Config {
             return Err(err(
                 "security.webhook_secret_rotation_days",
                 "must be longer than twice security.webhook_secret_overlap_secs (a rotation waits for the last one's overlap to end)",
+            ));
+        }
+        if self.support.errors_retention_secs < 3600 {
+            return Err(err(
+                "support.errors_retention_secs",
+                "must be at least 3600",
             ));
         }
         if self.ingest.polls_per_connection == 0 {

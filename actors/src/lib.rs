@@ -18,6 +18,7 @@
 //! - [`secret`]: `Secret`, a string redacted in `Debug`/`Display`.
 //! - [`shutdown`]: the one shutdown signal every loop races.
 //! - [`store`]: Redis: connection, key names, records, stream writer.
+//! - [`support`]: the support log: errors answered with a trackingId, found again by it.
 //! - [`telemetry`]: every metric family, registered once; named recording functions.
 //! - [`supervisor`]: each tenant's supervisor actor and the `TenantHandle` everyone holds.
 //! - [`tenant`]: one tenant's shared state, token keeper, claim on its lease, appUrl work,
@@ -35,6 +36,7 @@ pub mod secret;
 pub mod shutdown;
 pub mod store;
 pub mod supervisor;
+pub mod support;
 pub mod telemetry;
 pub mod tenant;
 pub mod webex;

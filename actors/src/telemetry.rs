@@ -108,6 +108,7 @@ pub struct Metrics {
     pub inventory_changes_total: IntCounterVec,
     pub lease_changes_total: IntCounterVec,
     pub webhook_secret_rotations_total: IntCounterVec,
+    pub support_errors_total: IntCounterVec,
     pub replicas_live: IntGauge,
     pub tenants_owned: IntGauge,
     pub command_notifications_up: IntGauge,
@@ -370,6 +371,14 @@ impl Metrics {
         for r in ["rotated", "failed", "busy", "not_applicable"] {
             webhook_secret_rotations_total.with_label_values(&[r]);
         }
+        let support_errors_total = counter_vec(
+            "support_errors_total",
+            "Errors answered with a trackingId, by what the support log did with them: recorded (findable by GET /admin/errors/<id>), dropped (this hour's support.errors_per_hour spent, or the queue full), failed (Redis refused the write).",
+            &["result"],
+        );
+        for r in ["recorded", "dropped", "failed"] {
+            support_errors_total.with_label_values(&[r]);
+        }
         for r in WEBHOOK_RESULTS {
             webhooks_total.with_label_values(&[r]);
         }
@@ -443,6 +452,7 @@ impl Metrics {
             inventory_changes_total,
             lease_changes_total,
             webhook_secret_rotations_total,
+            support_errors_total,
             replicas_live,
             tenants_owned,
             command_notifications_up,
@@ -464,6 +474,12 @@ impl Metrics {
 
     pub fn jwt_rejected(&self, reason: &str) {
         self.jwt_rejections_total.with_label_values(&[reason]).inc();
+    }
+
+    pub fn support_errors(&self, result: &str, n: u64) {
+        self.support_errors_total
+            .with_label_values(&[result])
+            .inc_by(n);
     }
 
     pub fn secret_rotation(&self, result: &str) {

@@ -132,3 +132,52 @@ pub async fn rotate_webhook_secret(
         }
     }
 }
+
+/// `GET /admin/errors/<trackingId>`: the error answered with that trackingId (time, endpoint,
+/// tenant, reason, description) from the support log, or a tenant's last error (a failed
+/// activation, a dead refresh token) carrying it. 404 when neither knows it.
+pub async fn find_error(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let id = path.into_inner().to_ascii_lowercase();
+    if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed",
+            "a trackingId is 32 hex digits",
+        ));
+    }
+    match state.errors.find(&id).await {
+        Ok(Some(rec)) => return Ok(HttpResponse::Ok().json(rec)),
+        Ok(None) => {}
+        Err(e) => {
+            return Err(ApiError::unavailable(&format!(
+                "could not read the support log: {e}"
+            )));
+        }
+    }
+    let from_tenant = state.registry.list().into_iter().find_map(|h| {
+        let r = h.record();
+        r.last_error
+            .filter(|e| e.tracking_id == id)
+            .map(|e| (r.tenant_id, e))
+    });
+    match from_tenant {
+        Some((tenant, e)) => Ok(HttpResponse::Ok().json(serde_json::json!({
+            "trackingId": e.tracking_id,
+            "time": e.at,
+            "status": null,
+            "endpoint": "background (the tenant's last error)",
+            "tenant": tenant,
+            "reason": "tenant_error",
+            "description": e.description,
+        }))),
+        None => Err(ApiError::not_found(&format!(
+            "trackingId {id} (errors are kept {} s)",
+            state.config.support.errors_retention_secs
+        ))),
+    }
+}

@@ -83,11 +83,25 @@ impl ResponseError for ApiError {
         if let Some(secs) = self.retry_after {
             resp.insert_header(("Retry-After", secs.to_string()));
         }
+        // For the support log (see `super::record_errors`).
+        resp.extensions_mut().insert(Answered {
+            tracking_id: self.tracking_id,
+            reason: self.reason,
+            description: self.description.clone(),
+        });
         resp.json(Body {
             description: &self.description,
             tracking_id: self.tracking_id,
         })
     }
+}
+
+/// What an error answer leaves in its response's extensions for the support log.
+#[derive(Debug, Clone)]
+pub struct Answered {
+    pub tracking_id: TrackingId,
+    pub reason: &'static str,
+    pub description: String,
 }
 
 impl From<ApiError> for HttpResponse {

@@ -34,6 +34,8 @@ pub struct AppState {
     pub ingest: Ingest<Registry>,
     /// Cleared first on shutdown so the readiness probe sends traffic elsewhere.
     pub accepting: AtomicBool,
+    /// Every error answered with a trackingId, findable by it (`GET /admin/errors/<id>`).
+    pub errors: Arc<actors::support::ErrorLog>,
 }
 
 impl AppState {
@@ -78,6 +80,50 @@ pub fn mount(
         .app_data(web::PayloadConfig::new(max_body))
         .configure(routes)
         .default_service(web::to(not_found));
+}
+
+/// Records every error answer (an [`ApiError`] leaves its details in the response's
+/// extensions) in the support log, off the request path.
+pub async fn record_errors(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    let res = next.call(req).await?;
+    if let Some(info) = res.response().extensions().get::<error::Answered>()
+        && let Some(state) = res.request().app_data::<web::Data<AppState>>()
+    {
+        let path = res.request().path();
+        state.errors.record(actors::store::errors::ErrorRecord {
+            tracking_id: info.tracking_id.to_string(),
+            time: chrono::Utc::now(),
+            status: res.status().as_u16(),
+            endpoint: format!("{} {}", res.request().method(), truncate(path, 200)),
+            tenant: tenant_of(path).map(str::to_string),
+            reason: info.reason.to_string(),
+            description: truncate(&info.description, 1000).to_string(),
+        });
+    }
+    Ok(res)
+}
+
+/// The tenant id a path names (`/tenants/<id>/…`, `/admin/tenants/<id>…`).
+fn tenant_of(path: &str) -> Option<&str> {
+    let rest = path
+        .strip_prefix("/tenants/")
+        .or_else(|| path.strip_prefix("/admin/tenants/"))?;
+    let id = rest.split('/').next()?;
+    (!id.is_empty() && id.len() <= 64).then_some(id)
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// Every route, on one listener.
@@ -144,6 +190,10 @@ pub fn admin_routes(cfg: &mut web::ServiceConfig) {
         .route(
             "/admin/tenants/{tenant_id}/manifest-update",
             web::post().to(admin::manifest_update),
+        )
+        .route(
+            "/admin/errors/{tracking_id}",
+            web::get().to(admin::find_error),
         )
         .route(
             "/admin/tenants/{tenant_id}/webhook-secret/rotate",

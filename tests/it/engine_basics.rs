@@ -329,3 +329,109 @@ async fn tls_at_the_edge_serves_the_configured_certificate_and_reloads_it_on_sig
     engine.shutdown().await;
     sim.shutdown().await;
 }
+
+/// Support by trackingId: a rejected webhook's trackingId leads to its time, endpoint, tenant,
+/// status, reason and description, through the admin API and `xapi-stream support`.
+#[actix_web::test]
+async fn a_rejected_webhooks_tracking_id_finds_its_tenant_and_reason() {
+    let TestEnv { redis, prefix, sim } = TestEnv::start(SimConfig::default()).await;
+    let engine = start_engine(&sim, &redis.url(), &prefix, &[]).await;
+    let (base, admin) = (engine.base_url(), engine.admin_url());
+    let tenant = activate_org(&sim, &base, 0).await;
+    let mut hook = sim.app_state(0).webhook.expect("registered");
+    hook.secret = Some("not-the-secret-not-the-secret".into());
+    let body = serde_json::to_vec(&sim.generate(0, 1)[0]).unwrap();
+    let r = reqwest::Client::new()
+        .post(&hook.target_url)
+        .header(
+            "X-Spark-Signature",
+            xapi_stream::devkit::sim::sign_webhook("wrong-secret-wrong", &body),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let answer: serde_json::Value = r.json().await.unwrap();
+    let id = answer["trackingId"].as_str().unwrap().to_string();
+
+    let http = reqwest::Client::new();
+    let lookup = || async {
+        let r = http
+            .get(format!("{admin}/admin/errors/{id}"))
+            .bearer_auth(xapi_stream::devkit::devenv::ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        (
+            r.status().as_u16(),
+            r.json::<serde_json::Value>().await.unwrap(),
+        )
+    };
+    // Recorded off the request path: found within a moment.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            lookup().await.0 == 200
+        })
+        .await,
+        "trackingId {id} not found"
+    );
+    let (_, e) = lookup().await;
+    assert_eq!(e["trackingId"], id.as_str());
+    assert_eq!(e["tenant"], tenant.as_str());
+    assert_eq!(e["status"], 401);
+    assert_eq!(e["reason"], "bad_signature");
+    assert_eq!(
+        e["endpoint"],
+        format!("POST /tenants/{tenant}/webhook").as_str()
+    );
+    assert!(
+        e["description"].as_str().unwrap().contains("signature"),
+        "{e}"
+    );
+    assert!(e["time"].as_str().is_some());
+
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_xapi-stream"))
+        .args(["support", &id, "--url", &admin])
+        .env(
+            "XAPI_STREAM__SERVER__ADMIN_TOKEN",
+            xapi_stream::devkit::devenv::ADMIN_TOKEN,
+        )
+        .env("XAPI_STREAM__SECURITY__ENCRYPTION_KEY", crate::cli::KEY)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(&tenant) && stdout.contains("bad_signature"),
+        "{stdout}"
+    );
+
+    // Unknown and malformed ids.
+    let unknown = "0".repeat(32);
+    let r = http
+        .get(format!("{admin}/admin/errors/{unknown}"))
+        .bearer_auth(xapi_stream::devkit::devenv::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = http
+        .get(format!("{admin}/admin/errors/xyz"))
+        .bearer_auth(xapi_stream::devkit::devenv::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        scrape(
+            &admin,
+            "xapi_stream_support_errors_total{result=\"dropped\"}"
+        )
+        .await,
+        0.0
+    );
+    engine.shutdown().await;
+    sim.shutdown().await;
+}

@@ -64,6 +64,13 @@ impl Keys {
         format!("{}:tenant_by_org", self.prefix)
     }
 
+    /// `<p>-audit:{errors}:<hour>` — the support log's hash of one hour (trackingId → record).
+    /// What refused requests leave behind lives under `<p>-audit:`, never under `<p>:`: a
+    /// refused request writes nothing among the data.
+    pub fn errors(&self, hour: i64) -> String {
+        format!("{}-audit:{{errors}}:{hour}", self.prefix)
+    }
+
     /// `<p>:pending:<session>` — a sealed HTTPS activation awaiting its setup page.
     pub fn pending(&self, session: &str) -> String {
         format!("{}:pending:{session}", self.prefix)

@@ -8,6 +8,7 @@
 pub mod bell;
 pub mod crypto;
 pub mod devices;
+pub mod errors;
 pub mod jti;
 pub mod keys;
 pub mod lease;

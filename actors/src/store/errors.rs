@@ -1,0 +1,84 @@
+//! The support log: every error the engine answered with a trackingId, findable by that id for
+//! `support.errors_retention_secs` (`GET /admin/errors/<trackingId>`, `xapi-stream support`).
+//! One hash per hour, `<p>-audit:{errors}:<hour>` (trackingId → JSON record), expiring with
+//! the retention (outside `<p>:`, so that a refused request writes nothing among the data); a lookup reads every hour of the retention in one pipeline (169 `HGET`s for 7
+//! days, all in the `{errors}` slot).
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{Store, StoreError};
+
+/// One error answered to a caller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorRecord {
+    #[serde(rename = "trackingId")]
+    pub tracking_id: String,
+    pub time: DateTime<Utc>,
+    pub status: u16,
+    /// `METHOD /path` (the path without its query).
+    pub endpoint: String,
+    /// The tenant the request named, when it named one.
+    pub tenant: Option<String>,
+    /// A short fixed word (`bad_signature`, `not_found`, …).
+    pub reason: String,
+    pub description: String,
+}
+
+const HOUR: i64 = 3600;
+
+fn hour_of(t: DateTime<Utc>) -> i64 {
+    t.timestamp().div_euclid(HOUR)
+}
+
+impl Store {
+    /// Writes `records` into their hours' hashes (one pipeline per hour).
+    pub async fn record_errors(
+        &self,
+        records: &[ErrorRecord],
+        retention: Duration,
+    ) -> Result<(), StoreError> {
+        let mut by_hour: std::collections::BTreeMap<i64, Vec<&ErrorRecord>> = Default::default();
+        for r in records {
+            by_hour.entry(hour_of(r.time)).or_default().push(r);
+        }
+        let ttl = retention.as_secs() + HOUR as u64;
+        for (hour, recs) in by_hour {
+            let key = self.keys().errors(hour);
+            let mut pipe = redis::pipe();
+            let hset = pipe.cmd("HSET").arg(&key);
+            for r in recs {
+                let json = serde_json::to_string(r).expect("a record serializes");
+                hset.arg(&r.tracking_id).arg(json);
+            }
+            pipe.ignore().cmd("EXPIRE").arg(&key).arg(ttl).ignore();
+            let mut conn = self.conn()?;
+            self.bounded(pipe.query_async::<()>(&mut conn)).await?;
+        }
+        Ok(())
+    }
+
+    /// The error answered with `tracking_id` within `retention` of `now`, if recorded.
+    pub async fn find_error(
+        &self,
+        tracking_id: &str,
+        retention: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Option<ErrorRecord>, StoreError> {
+        let newest = hour_of(now);
+        let hours = retention.as_secs() as i64 / HOUR + 1;
+        let mut pipe = redis::pipe();
+        for h in (newest - hours..=newest).rev() {
+            pipe.cmd("HGET").arg(self.keys().errors(h)).arg(tracking_id);
+        }
+        let mut conn = self.conn()?;
+        let found: Vec<Option<String>> = self.bounded(pipe.query_async(&mut conn)).await?;
+        found
+            .into_iter()
+            .flatten()
+            .next()
+            .map(|json| serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .transpose()
+    }
+}
