@@ -44,6 +44,21 @@ pub enum Command {
         #[arg(long)]
         url: Option<String>,
     },
+    /// Invite a customer: a one-time code and link for the customer's admin, who enters it on
+    /// the setup page HTTPS activation leads to (never the operator's admin token).
+    Invite {
+        /// The partner's own id of the customer (goes into the activation's `customer`).
+        #[arg(long)]
+        customer_id: String,
+        /// The customer's name.
+        #[arg(long)]
+        name: String,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Engine base URL (default: http://<server.admin_bind>, else http://<server.bind>).
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Rotate one tenant's webhook secret now, through a running engine's admin API (the old
     /// secret stays valid for security.webhook_secret_overlap_secs).
     RotateSecret {
@@ -112,6 +127,12 @@ pub fn main() -> ExitCode {
             config,
             url,
         } => activate(&jwt_file, config.as_deref(), url),
+        Command::Invite {
+            customer_id,
+            name,
+            config,
+            url,
+        } => invite(&customer_id, &name, config.as_deref(), url),
         Command::Support {
             tracking_id,
             config,
@@ -256,6 +277,35 @@ fn refused(
         Err(e) => eprintln!("error: {e:#}"),
     }
     ExitCode::FAILURE
+}
+
+fn invite(
+    customer_id: &str,
+    name: &str,
+    config: Option<&std::path::Path>,
+    url: Option<String>,
+) -> ExitCode {
+    let cfg = match config::load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let body = serde_json::json!({ "customer_id": customer_id, "name": name }).to_string();
+    match admin_post(&cfg, url, "/admin/invitations", body) {
+        Ok((status, b)) if status.is_success() => {
+            println!(
+                "invitation for {name} ({customer_id}), valid until {}",
+                b["expires_at"].as_str().unwrap_or("?")
+            );
+            println!("code: {}", b["code"].as_str().unwrap_or("?"));
+            println!("link: {}", b["link"].as_str().unwrap_or("?"));
+            println!("(shown once: send the link to the customer's Control Hub admin)");
+            ExitCode::SUCCESS
+        }
+        other => refused("invitation", other),
+    }
 }
 
 fn support(tracking_id: &str, config: Option<&std::path::Path>, url: Option<String>) -> ExitCode {

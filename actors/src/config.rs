@@ -187,6 +187,12 @@ pub struct ActivationConfig {
     pub purge_streams_on_deprovision: bool,
     /// Seconds between two reads of each tenant's appUrl (jittered ±10 %).
     pub reconcile_interval_secs: f64,
+    /// How long an invitation's code can be used.
+    pub invitation_ttl_secs: u64,
+    /// Wrong invitation codes after which a setup session is locked.
+    pub setup_max_attempts: u64,
+    /// Wrong invitation codes from one client address per hour, at most.
+    pub setup_attempts_per_address: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -421,6 +427,18 @@ impl Config {
             return Err(err(
                 "security.webhook_secret_rotation_days",
                 "must be longer than twice security.webhook_secret_overlap_secs (a rotation waits for the last one's overlap to end)",
+            ));
+        }
+        if self.activation.invitation_ttl_secs < 60 {
+            return Err(err("activation.invitation_ttl_secs", "must be at least 60"));
+        }
+        if self.activation.setup_max_attempts == 0 {
+            return Err(err("activation.setup_max_attempts", "must be at least 1"));
+        }
+        if self.activation.setup_attempts_per_address < self.activation.setup_max_attempts {
+            return Err(err(
+                "activation.setup_attempts_per_address",
+                "must be at least activation.setup_max_attempts",
             ));
         }
         if self.support.errors_retention_secs < 3600 {

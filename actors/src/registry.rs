@@ -17,7 +17,7 @@ use crate::protocol::jwt::ActivationClaims;
 use crate::shutdown::Shutdown;
 use crate::store::StoreError;
 use crate::store::tenants::{
-    CasOutcome, ProvisioningState, StoredTenant, TenantRecord, TenantSecrets, TokensState,
+    CasOutcome, Customer, ProvisioningState, StoredTenant, TenantRecord, TenantSecrets, TokensState,
 };
 use crate::supervisor::TenantHandle;
 use crate::tenant::claim::Claim;
@@ -316,6 +316,7 @@ impl Registry {
     pub async fn activate(
         &self,
         claims: &ActivationClaims,
+        customer: Option<Customer>,
     ) -> Result<(TenantHandle, TenantRecord), ActivateError> {
         let org = claims.sub.clone();
         let lock = self.org_lock(&org);
@@ -356,6 +357,9 @@ impl Registry {
                 .map(|e| e.record.created_at)
                 .unwrap_or(now),
             updated_at: now,
+            // A re-activation without an invitation keeps the customer it had.
+            customer: customer
+                .or_else(|| existing.as_ref().and_then(|e| e.record.customer.clone())),
         };
         let (mut secrets, version, record_version) = match &existing {
             Some(e) => (e.secrets.clone(), e.token_version, e.record_version),
@@ -456,6 +460,11 @@ impl Registry {
     /// PING within the readiness bound.
     pub async fn ping_store(&self) -> Result<(), StoreError> {
         self.deps.store.ping().await
+    }
+
+    /// The store, for the edge's invitation and support-log calls.
+    pub fn store(&self) -> &crate::store::Store {
+        &self.deps.store
     }
 
     /// Stores a pending HTTPS activation (sealed) for `ttl_secs`.

@@ -109,6 +109,7 @@ pub struct Metrics {
     pub lease_changes_total: IntCounterVec,
     pub webhook_secret_rotations_total: IntCounterVec,
     pub support_errors_total: IntCounterVec,
+    pub setup_attempts_total: IntCounterVec,
     pub replicas_live: IntGauge,
     pub tenants_owned: IntGauge,
     pub command_notifications_up: IntGauge,
@@ -379,6 +380,21 @@ impl Metrics {
         for r in ["recorded", "dropped", "failed"] {
             support_errors_total.with_label_values(&[r]);
         }
+        let setup_attempts_total = counter_vec(
+            "setup_attempts_total",
+            "Setup-page confirmations by result: completed (a valid invitation code), wrong_code, used, expired (refused, nothing changed), locked (the session had too many wrong codes), limited (too many wrong codes from the address this hour).",
+            &["result"],
+        );
+        for r in [
+            "completed",
+            "wrong_code",
+            "used",
+            "expired",
+            "locked",
+            "limited",
+        ] {
+            setup_attempts_total.with_label_values(&[r]);
+        }
         for r in WEBHOOK_RESULTS {
             webhooks_total.with_label_values(&[r]);
         }
@@ -453,6 +469,7 @@ impl Metrics {
             lease_changes_total,
             webhook_secret_rotations_total,
             support_errors_total,
+            setup_attempts_total,
             replicas_live,
             tenants_owned,
             command_notifications_up,
@@ -474,6 +491,10 @@ impl Metrics {
 
     pub fn jwt_rejected(&self, reason: &str) {
         self.jwt_rejections_total.with_label_values(&[reason]).inc();
+    }
+
+    pub fn setup_attempt(&self, result: &str) {
+        self.setup_attempts_total.with_label_values(&[result]).inc();
     }
 
     pub fn support_errors(&self, result: &str, n: u64) {

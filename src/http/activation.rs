@@ -89,7 +89,7 @@ pub async fn provision(
     if state.config.activation.auto_complete {
         let (handle, _) = state
             .registry
-            .activate(&pending.claims)
+            .activate(&pending.claims, None)
             .await
             .map_err(|e| activate_error(&state, e))?;
         pending.tenant_id = Some(handle.tenant_id().to_string());
@@ -143,8 +143,68 @@ async fn load_pending(state: &AppState, session: &str) -> Result<Pending, HttpRe
     }
 }
 
-/// `GET /setup/<session>`: what is being activated, its state, and the form to complete it.
-pub async fn setup_page(state: web::Data<AppState>, path: web::Path<String>) -> HttpResponse {
+/// The cookie the invitation link leaves, so the setup page Webex redirects to later knows the
+/// code (HttpOnly, SameSite=Lax: sent on the redirect from Control Hub, a top-level GET).
+const INVITATION_COOKIE: &str = "xapi_invitation";
+
+/// `GET /setup?code=<code>`: the invitation link a partner sends a customer's admin. Explains
+/// the next steps and keeps the code in a cookie for the setup page.
+pub async fn invitation_landing(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
+    let code =
+        web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
+            .ok()
+            .and_then(|q| q.get("code").cloned())
+            .filter(|c| !c.trim().is_empty() && c.len() <= 64);
+    let Some(code) = code else {
+        return page(
+            StatusCode::OK,
+            "Connect your organization",
+            "<p>To connect your Webex organization, ask your service provider for an invitation \
+             link or code, then activate the integration in Control Hub.</p>",
+        );
+    };
+    let mut resp = page(
+        StatusCode::OK,
+        "You are invited to connect your organization",
+        &format!(
+            "<ol><li>In <b>Control Hub</b>, open <b>Workspaces → Integrations</b> and activate the \
+             integration your service provider named.</li><li>Control Hub brings you back to a page \
+             of this service showing your organization, region and the access it asks for.</li>\
+             <li>Confirm there with your invitation code: <code id=code>{}</code> (this browser \
+             remembers it).</li></ol><p>The code works once and expires; it links your \
+             organization to your service provider's customer record.</p>",
+            esc(&code)
+        ),
+    );
+    let secure = state.config.public_base().starts_with("https://");
+    let cookie = actix_web::cookie::Cookie::build(INVITATION_COOKIE, code)
+        .path("/setup")
+        .http_only(true)
+        .secure(secure)
+        .same_site(actix_web::cookie::SameSite::Lax)
+        .max_age(actix_web::cookie::time::Duration::seconds(
+            i64::try_from(state.config.activation.invitation_ttl_secs).unwrap_or(i64::MAX),
+        ))
+        .finish();
+    let _ = resp.add_cookie(&cookie);
+    resp
+}
+
+/// Client address for the per-address limit: the TCP peer (a forwarded-for header could be
+/// anything the client likes).
+fn client_addr(req: &HttpRequest) -> String {
+    req.peer_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// `GET /setup/<session>`: what is being activated, its state, and the form that completes it
+/// with the customer's invitation code.
+pub async fn setup_page(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> HttpResponse {
     let session = path.into_inner();
     let pending = match load_pending(&state, &session).await {
         Ok(p) => p,
@@ -173,15 +233,34 @@ pub async fn setup_page(state: web::Data<AppState>, path: web::Path<String>) -> 
         }
         None => ("awaiting confirmation".to_string(), String::new()),
     };
-    let form = if pending.tenant_id.is_none() {
+    let failures = state
+        .registry
+        .store()
+        .setup_failures(&session, &client_addr(&req))
+        .await
+        .map(|(s, _)| s)
+        .unwrap_or(0);
+    let form = if pending.tenant_id.is_some() {
+        "<p>Activation started. Reload this page to follow its state.</p>".to_string()
+    } else if failures >= state.config.activation.setup_max_attempts {
+        "<p class=err id=locked>This activation is locked after too many wrong invitation codes. \
+         Ask your service provider for help, or activate the integration again in Control Hub.</p>"
+            .to_string()
+    } else {
+        let prefill = req
+            .cookie(INVITATION_COOKIE)
+            .map(|c| c.value().to_string())
+            .unwrap_or_default();
         format!(
             r#"<form method="post" action="/setup/{s}">
-<label>Operator admin token <input type="password" name="admin_token" autocomplete="off" required></label>
-<button type="submit">Complete activation</button></form>"#,
-            s = esc(&session)
+<label>Invitation code <input name="code" value="{v}" autocomplete="one-time-code" spellcheck="false" required></label>
+<button type="submit">Complete activation</button></form>
+<p>Your service provider gave you this code with your invitation. Completing the activation lets this
+service receive the status and events of your devices within the scopes above, and tells Control
+Hub that provisioning is complete.</p>"#,
+            s = esc(&session),
+            v = esc(&prefill)
         )
-    } else {
-        "<p>Activation started. Reload this page to follow its state.</p>".to_string()
     };
     let scopes: Vec<String> = c
         .scopes_list()
@@ -192,7 +271,7 @@ pub async fn setup_page(state: web::Data<AppState>, path: web::Path<String>) -> 
         StatusCode::OK,
         "Activate xapi-stream",
         &format!(
-            "<dl><dt>Organization</dt><dd>{org}</dd><dt>Region</dt><dd>{region}</dd>\
+            "<dl><dt>Organization</dt><dd id=org>{org}</dd><dt>Region</dt><dd>{region}</dd>\
 <dt>State</dt><dd id=state>{state_text}</dd><dt>Scopes</dt><dd><ul>{scopes}</ul></dd></dl>{error}{form}",
             org = esc(&c.org_name),
             region = esc(&c.region),
@@ -204,59 +283,249 @@ pub async fn setup_page(state: web::Data<AppState>, path: web::Path<String>) -> 
 #[derive(Deserialize)]
 pub struct SetupForm {
     #[serde(default)]
-    admin_token: String,
+    code: String,
 }
 
-/// `POST /setup/<session>`: the admin confirms; the activation starts.
+/// An error page that the support log records like an error JSON (see `super::record_errors`).
+fn error_page(e: ApiError, title: &str, html: &str) -> HttpResponse {
+    let mut resp = page(
+        e.status,
+        title,
+        &format!(
+            "{html}<p>Reference: <code id=tracking>{}</code></p>",
+            e.tracking_id
+        ),
+    );
+    resp.extensions_mut().insert(super::error::Answered {
+        tracking_id: e.tracking_id,
+        reason: e.reason,
+        description: e.description,
+    });
+    resp
+}
+
+/// `POST /setup/<session>`: the customer's admin confirms with their invitation code; the
+/// activation starts with the invitation's customer. A wrong, used or expired code: 401, nothing
+/// changed; `activation.setup_max_attempts` of them lock the session (429).
 pub async fn setup_submit(
     state: web::Data<AppState>,
     req: HttpRequest,
     path: web::Path<String>,
     form: Option<web::Form<SetupForm>>,
 ) -> HttpResponse {
+    use actors::store::invitations::Redeemed;
     let session = path.into_inner();
-    let presented = form
-        .map(|f| f.into_inner().admin_token)
-        .filter(|t| !t.is_empty())
-        .or_else(|| admin::bearer(&req).map(str::to_string));
-    if !admin::token_ok(&state, presented.as_deref()) {
-        let e = ApiError::unauthorized("setup form: wrong or missing admin token");
-        return page(
-            StatusCode::UNAUTHORIZED,
-            "Not authorized",
-            &format!(
-                "<p>The admin token is wrong or missing. Nothing was changed. Reference: <code>{}</code></p>",
-                e.tracking_id
-            ),
-        );
-    }
+    let count = |r: &str| state.metrics.setup_attempt(r);
     let mut pending = match load_pending(&state, &session).await {
         Ok(p) => p,
         Err(resp) => return resp,
     };
-    if pending.tenant_id.is_none() {
-        match state.registry.activate(&pending.claims).await {
-            Ok((h, _)) => pending.tenant_id = Some(h.tenant_id().to_string()),
-            Err(e) => {
-                let e = activate_error(&state, e);
-                return page(
-                    e.status,
-                    "Activation failed",
-                    &format!(
-                        "<p>{}. Reference: <code>{}</code></p>",
-                        esc(&e.description),
-                        e.tracking_id
-                    ),
-                );
-            }
-        }
-        if let Err(e) = store_pending(&state, &session, &pending).await {
-            tracing::warn!(trackingId = %e.tracking_id, "setup state not stored; activation continues");
-        }
+    let see_page = || {
+        HttpResponse::SeeOther()
+            .insert_header(("Location", format!("/setup/{session}")))
+            .finish()
+    };
+    if pending.tenant_id.is_some() {
+        return see_page();
     }
-    HttpResponse::SeeOther()
-        .insert_header(("Location", format!("/setup/{session}")))
-        .finish()
+    let store = state.registry.store();
+    let addr = client_addr(&req);
+    let unavailable = |e: actors::store::StoreError| {
+        error_page(
+            ApiError::unavailable(&format!("setup: storage unavailable: {e}")),
+            "Try again shortly",
+            "<p>Storage is unavailable; nothing was changed.</p>",
+        )
+    };
+    let act = &state.config.activation;
+    match store.setup_failures(&session, &addr).await {
+        Ok((s, _)) if s >= act.setup_max_attempts => {
+            count("locked");
+            return error_page(
+                ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "setup_locked",
+                    "setup session locked after too many wrong invitation codes",
+                ),
+                "Activation locked",
+                "<p>Too many wrong invitation codes were entered for this activation. Nothing was changed. \
+                 Activate the integration again in Control Hub, or ask your service provider for help.</p>",
+            );
+        }
+        Ok((_, a)) if a >= act.setup_attempts_per_address => {
+            count("limited");
+            return error_page(
+                ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "setup_limited",
+                    "too many wrong invitation codes from this address",
+                )
+                .retry_after(3600),
+                "Too many attempts",
+                "<p>Too many wrong invitation codes came from your network. Nothing was changed. Try again in an hour.</p>",
+            );
+        }
+        Ok(_) => {}
+        Err(e) => return unavailable(e),
+    }
+    let code = form.map(|f| f.into_inner().code).unwrap_or_default();
+    let redeemed = if code.trim().is_empty() || code.len() > 64 {
+        Ok(Redeemed::Unknown)
+    } else {
+        store.redeem_invitation(&code, &session).await
+    };
+    let why = match redeemed {
+        Err(e) => return unavailable(e),
+        Ok(Redeemed::Fresh(inv)) => {
+            match state
+                .registry
+                .activate(&pending.claims, Some(inv.customer.clone()))
+                .await
+            {
+                Ok((h, _)) => pending.tenant_id = Some(h.tenant_id().to_string()),
+                Err(e) => {
+                    if let Err(e) = store.release_invitation(&inv.digest).await {
+                        tracing::warn!(error = %e, "invitation not released after a failed activation");
+                    }
+                    let e = activate_error(&state, e);
+                    let html = format!(
+                        "<p>{}. Your invitation code was not used.</p>",
+                        esc(&e.description)
+                    );
+                    return error_page(e, "Activation failed", &html);
+                }
+            }
+            if let Err(e) = store_pending(&state, &session, &pending).await {
+                tracing::warn!(trackingId = %e.tracking_id, "setup state not stored; activation continues");
+            }
+            count("completed");
+            tracing::info!(
+                customer = %inv.customer.id,
+                tenant = pending.tenant_id.as_deref().unwrap_or("?"),
+                "setup completed with an invitation"
+            );
+            return see_page();
+        }
+        Ok(Redeemed::Unknown) => "wrong_code",
+        Ok(Redeemed::Expired) => "expired",
+        Ok(Redeemed::Used) => "used",
+    };
+    count(why);
+    let ttl = std::time::Duration::from_secs(act.pending_ttl_secs);
+    let left = match store.count_setup_failure(&session, &addr, ttl).await {
+        Ok((s, _)) => act.setup_max_attempts.saturating_sub(s),
+        Err(e) => return unavailable(e),
+    };
+    let e = ApiError::unauthorized(&format!("setup form: invitation code refused ({why})"));
+    let html = if left == 0 {
+        "<p>The invitation code is wrong, used or expired. Nothing was changed. This activation \
+         is now locked: activate the integration again in Control Hub, or ask your service \
+         provider for help.</p>"
+            .to_string()
+    } else {
+        format!(
+            "<p>The invitation code is wrong, used or expired. Nothing was changed. \
+             {left} attempt(s) left. <a href=\"/setup/{}\">Back</a></p>",
+            esc(&session)
+        )
+    };
+    error_page(e, "Invitation code refused", &html)
+}
+
+/// `POST /admin/invitations`: body `{"customer_id", "name"}` (and optionally `expires_in_secs`);
+/// 201 with the one-time `code` and the `link` for the customer's admin. The code is shown this
+/// once: only its digest is stored.
+pub async fn create_invitation(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    admin::authorize(&state, &req)?;
+    #[derive(Deserialize)]
+    struct Body {
+        customer_id: String,
+        name: String,
+        expires_in_secs: Option<u64>,
+    }
+    let bytes = body::read(&req, payload, state.config.server.max_body_bytes).await?;
+    let b: Body = body::json(&bytes)?;
+    let bad = |what: &str| ApiError::new(StatusCode::BAD_REQUEST, "malformed", what.to_string());
+    let (id, name) = (b.customer_id.trim(), b.name.trim());
+    if id.is_empty() || id.len() > 200 {
+        return Err(bad("customer_id must be 1 to 200 characters"));
+    }
+    if name.is_empty() || name.len() > 200 {
+        return Err(bad("name must be 1 to 200 characters"));
+    }
+    let max = state.config.activation.invitation_ttl_secs;
+    let ttl = b.expires_in_secs.unwrap_or(max);
+    if ttl < 60 || ttl > max {
+        return Err(bad(&format!(
+            "expires_in_secs must be between 60 and {max}"
+        )));
+    }
+    let customer = actors::store::tenants::Customer {
+        id: id.to_string(),
+        name: name.to_string(),
+    };
+    let (inv, code) = state
+        .registry
+        .store()
+        .create_invitation(customer, std::time::Duration::from_secs(ttl))
+        .await
+        .map_err(|e| ApiError::unavailable(&format!("invitation not stored: {e}")))?;
+    let link = format!("{}/setup?code={code}", state.config.public_base());
+    Ok(HttpResponse::Created().json(serde_json::json!({
+        "code": code,
+        "link": link,
+        "customer_id": inv.customer.id,
+        "name": inv.customer.name,
+        "created_at": inv.created_at,
+        "expires_at": inv.expires_at,
+    })))
+}
+
+/// `GET /admin/invitations`: the newest invitations (never their codes) and their state.
+pub async fn list_invitations(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    admin::authorize(&state, &req)?;
+    let list = invitations_json(&state, 500).await?;
+    Ok(HttpResponse::Ok().json(list))
+}
+
+/// The newest `limit` invitations as JSON (`state`: open, used or expired).
+pub async fn invitations_json(
+    state: &AppState,
+    limit: usize,
+) -> Result<Vec<serde_json::Value>, ApiError> {
+    let list = state
+        .registry
+        .store()
+        .list_invitations(limit)
+        .await
+        .map_err(|e| ApiError::unavailable(&format!("invitations unavailable: {e}")))?;
+    let now = chrono::Utc::now();
+    Ok(list
+        .into_iter()
+        .map(|(inv, used)| {
+            let st = match (&used, inv.expires_at <= now) {
+                (Some(_), _) => "used",
+                (None, true) => "expired",
+                (None, false) => "open",
+            };
+            serde_json::json!({
+                "customer_id": inv.customer.id,
+                "name": inv.customer.name,
+                "created_at": inv.created_at,
+                "expires_at": inv.expires_at,
+                "state": st,
+                "used_at": used.as_ref().map(|u| u.used_at),
+                "session": used.as_ref().map(|u| u.session.clone()),
+            })
+        })
+        .collect())
 }
 
 /// `POST /admin/activations`: manual activation with the JWT an admin copied from Control Hub.
@@ -273,7 +542,7 @@ pub async fn admin_activate(
         .map_err(|e| rejected(&state, e))?;
     let (_, started) = state
         .registry
-        .activate(&claims)
+        .activate(&claims, None)
         .await
         .map_err(|e| activate_error(&state, e))?;
     // The tenant as the activation started; it moves on to completed/error in the background.
@@ -285,6 +554,8 @@ pub fn page(status: StatusCode, title: &str, body_html: &str) -> HttpResponse {
     HttpResponse::build(status)
         .content_type("text/html; charset=utf-8")
         .insert_header(("Cache-Control", "no-store"))
+        .insert_header(("Referrer-Policy", "no-referrer"))
+        .insert_header(("X-Frame-Options", "DENY"))
         .insert_header(("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'"))
         .body(format!(
             "<!doctype html><html><head><meta charset=utf-8><title>{t}</title>\

@@ -144,6 +144,7 @@ pub fn public_routes(cfg: &mut web::ServiceConfig) {
             "/setup/removed/{tenant_id}",
             web::get().to(actions::removed_page),
         )
+        .route("/setup", web::get().to(activation::invitation_landing))
         .route("/setup/{session}", web::get().to(activation::setup_page))
         .route("/setup/{session}", web::post().to(activation::setup_submit));
 }
@@ -194,6 +195,14 @@ pub fn admin_routes(cfg: &mut web::ServiceConfig) {
         .route(
             "/admin/errors/{tracking_id}",
             web::get().to(admin::find_error),
+        )
+        .route(
+            "/admin/invitations",
+            web::post().to(activation::create_invitation),
+        )
+        .route(
+            "/admin/invitations",
+            web::get().to(activation::list_invitations),
         )
         .route(
             "/admin/tenants/{tenant_id}/webhook-secret/rotate",

@@ -347,19 +347,70 @@ async fn https_provisioning_goes_through_the_setup_page() {
         "nothing happens before the admin confirms"
     );
 
-    // Wrong token: 401 page, nothing changed.
+    // The page never asks for the operator's admin token: it asks for an invitation code.
+    assert!(!html.to_lowercase().contains("admin token"), "{html}");
+    assert!(html.contains("name=\"code\""), "{html}");
+
+    // The operator invites the customer; the link leaves the code in a cookie for the page.
     let r = http
-        .post(format!("{base}/setup/{session}"))
-        .form(&[("admin_token", "wrong")])
+        .post(format!("{base}/admin/invitations"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"customer_id": "cust-42", "name": "Acme Rooms"}))
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 401);
+    assert_eq!(r.status(), 201);
+    let inv: Value = r.json().await.unwrap();
+    let code = inv["code"].as_str().unwrap().to_string();
+    let link = inv["link"].as_str().unwrap();
+    assert!(link.ends_with(&format!("/setup?code={code}")), "{link}");
+    let landing = http
+        .get(format!("{base}/setup?code={code}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(landing.status(), 200);
+    let cookie = landing
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .unwrap()
+        .to_string();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
+        "{cookie}"
+    );
+    let html = http
+        .get(format!("{base}/setup/{session}"))
+        .header("Cookie", cookie.split(';').next().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        html.contains(&format!("value=\"{code}\"")),
+        "code prefilled: {html}"
+    );
+
+    // Wrong code: 401 page, nothing changed; the admin token is no code either.
+    for wrong in ["WRONG-CODE", ADMIN_TOKEN] {
+        let r = http
+            .post(format!("{base}/setup/{session}"))
+            .form(&[("code", wrong)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        assert!(r.text().await.unwrap().contains("Nothing was changed"));
+    }
     assert!(engine.registry().is_empty());
+    assert_eq!(sim.app_state(0).patches.len(), 0);
 
     let r = http
         .post(format!("{base}/setup/{session}"))
-        .form(&[("admin_token", ADMIN_TOKEN)])
+        .form(&[("code", code.to_lowercase().replace('-', " ").as_str())])
         .send()
         .await
         .unwrap();
@@ -378,6 +429,25 @@ async fn https_provisioning_goes_through_the_setup_page() {
     .await;
     assert!(ok, "setup page never showed completed");
     assert_eq!(sim.app_state(0).patches.len(), 1);
+    // The invitation's customer went to Webex, and the code is spent.
+    assert_eq!(
+        sim.app_state(0).customer,
+        Some(json!({"id": "cust-42", "name": "Acme Rooms"}))
+    );
+    let listed: Value = http
+        .get(format!("{base}/admin/invitations"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed[0]["state"], "used", "{listed}");
+    assert!(
+        !listed.to_string().contains(&code),
+        "codes are never listed"
+    );
 
     // Unknown session: 404 page.
     let r = http.get(format!("{base}/setup/nope")).send().await.unwrap();
@@ -760,6 +830,113 @@ async fn a_token_endpoint_outage_is_retried_with_backoff_and_recovers() {
     assert!(
         (1.0..=8.0).contains(&errors),
         "retries should back off, not hammer: {errors}"
+    );
+    engine.shutdown().await;
+    sim.shutdown().await;
+}
+
+/// Five wrong invitation codes lock the setup session: even the right code is refused after,
+/// and nothing about the activation changed.
+#[actix_web::test]
+async fn five_wrong_invitation_codes_lock_the_session_and_change_nothing() {
+    let TestEnv { redis, prefix, sim } = TestEnv::start(SimConfig::default()).await;
+    let engine = start_engine(&sim, &redis.url(), &prefix, &[]).await;
+    let base = engine.base_url();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r: Value = http
+        .post(format!("{base}/provision"))
+        .json(&json!({ "jwt": sim.activation_jwt(0) }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let session = r["redirectUrl"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let inv: Value = http
+        .post(format!("{base}/admin/invitations"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"customer_id": "c-1", "name": "Customer One"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let code = inv["code"].as_str().unwrap().to_string();
+    let post = |code: String| {
+        let (http, url) = (http.clone(), format!("{base}/setup/{session}"));
+        async move {
+            let r = http.post(url).form(&[("code", code)]).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    for i in 0..5 {
+        let (status, html) = post(format!("WRONG-{i}")).await;
+        assert_eq!(status, 401, "attempt {i}");
+        assert!(html.contains("Nothing was changed"), "{html}");
+    }
+    let (status, html) = post(code.clone()).await;
+    assert_eq!(status, 429, "the right code after five wrong ones: {html}");
+    assert!(html.contains("locked"), "{html}");
+    let page = http
+        .get(format!("{base}/setup/{session}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("id=locked") && !page.contains("<form"),
+        "{page}"
+    );
+    assert!(engine.registry().is_empty(), "no tenant");
+    assert_eq!(sim.app_state(0).patches.len(), 0, "nothing PATCHed");
+    let admin = engine.admin_url();
+    assert_eq!(
+        scrape(
+            &admin,
+            "xapi_stream_setup_attempts_total{result=\"wrong_code\"}"
+        )
+        .await,
+        5.0
+    );
+    assert_eq!(
+        scrape(
+            &admin,
+            "xapi_stream_setup_attempts_total{result=\"locked\"}"
+        )
+        .await,
+        1.0
+    );
+    // The invitation itself is untouched: another (new) activation can still use it.
+    let listed: Value = http
+        .get(format!("{admin}/admin/invitations"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed[0]["state"], "open", "{listed}");
+    // And nothing under the data prefix beyond what provisioning stores (the pending session,
+    // the activation's jti): the attempts are counted under <p>-audit.
+    let keys = keys_with_prefix(redis, &prefix);
+    assert!(
+        keys.iter()
+            .all(|k| k.contains(":pending:") || k.contains(":jti:") || k.contains("{invitations}")),
+        "{keys:?}"
     );
     engine.shutdown().await;
     sim.shutdown().await;

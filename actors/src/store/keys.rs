@@ -71,6 +71,31 @@ impl Keys {
         format!("{}-audit:{{errors}}:{hour}", self.prefix)
     }
 
+    /// `<p>:{invitations}:<digest>` — one invitation (JSON; the code itself is never stored).
+    pub fn invitation(&self, digest: &str) -> String {
+        format!("{}:{{invitations}}:{digest}", self.prefix)
+    }
+
+    /// `<p>:{invitations}:<digest>:used` — set once, when a setup form redeems the invitation.
+    pub fn invitation_used(&self, digest: &str) -> String {
+        format!("{}:{{invitations}}:{digest}:used", self.prefix)
+    }
+
+    /// `<p>:{invitations}:index` — sorted set of invitation digests by creation time.
+    pub fn invitations_index(&self) -> String {
+        format!("{}:{{invitations}}:index", self.prefix)
+    }
+
+    /// `<p>-audit:{setup}:fails:<session>` — wrong invitation codes tried on one setup session.
+    pub fn setup_failures(&self, session: &str) -> String {
+        format!("{}-audit:{{setup}}:fails:{session}", self.prefix)
+    }
+
+    /// `<p>-audit:{setup}:from:<addr>` — wrong invitation codes from one client address (hour).
+    pub fn setup_failures_from(&self, addr: &str) -> String {
+        format!("{}-audit:{{setup}}:from:{addr}", self.prefix)
+    }
+
     /// `<p>:pending:<session>` — a sealed HTTPS activation awaiting its setup page.
     pub fn pending(&self, session: &str) -> String {
         format!("{}:pending:{session}", self.prefix)

@@ -9,6 +9,7 @@ pub mod bell;
 pub mod crypto;
 pub mod devices;
 pub mod errors;
+pub mod invitations;
 pub mod jti;
 pub mod keys;
 pub mod lease;

@@ -85,6 +85,17 @@ pub struct TenantRecord {
     pub last_error: Option<LastError>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The partner's own customer id and name (from the invitation the customer's admin
+    /// activated with): the activation PATCH's `customer`. Absent: the tenant id and org name.
+    #[serde(default)]
+    pub customer: Option<Customer>,
+}
+
+/// A partner's customer: who an organization is in the partner's own books.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Customer {
+    pub id: String,
+    pub name: String,
 }
 
 /// The tenant's secrets, stored sealed as one blob.

@@ -104,7 +104,10 @@ async fn try_complete(shared: &TenantShared) -> Result<(), Failure> {
     let mut body = json!({
         "provisioningState": "completed",
         "actionsUrl": deps.actions_url(&shared.tenant_id),
-        "customer": { "id": shared.tenant_id, "name": record.org_name },
+        "customer": match &record.customer {
+            Some(c) => json!({ "id": c.id, "name": c.name }),
+            None => json!({ "id": shared.tenant_id, "name": record.org_name }),
+        },
     });
     // A fresh webhook secret, offered (accepted on webhooks) before Webex learns it and made
     // current once the PATCH succeeded; the one it replaces keeps its overlap.

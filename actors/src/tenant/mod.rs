@@ -364,6 +364,7 @@ pub fn tenant_json(
         "poll_url": r.poll_url,
         "created_at": r.created_at,
         "updated_at": r.updated_at,
+        "customer": r.customer,
     })
 }
 
