@@ -154,6 +154,7 @@ pub fn admin_routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(probes::healthz))
         .route("/readyz", web::get().to(probes::readyz))
         .route("/metrics", web::get().to(probes::metrics))
+        .route("/openapi.json", web::get().to(openapi))
         .route(
             "/admin/activations",
             web::post().to(activation::admin_activate),
@@ -208,6 +209,16 @@ pub fn admin_routes(cfg: &mut web::ServiceConfig) {
             "/admin/tenants/{tenant_id}/webhook-secret/rotate",
             web::post().to(admin::rotate_webhook_secret),
         );
+}
+
+/// The OpenAPI 3.1 document of every endpoint (docs/openapi.json, built in).
+pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
+
+/// `GET /openapi.json`.
+async fn openapi() -> actix_web::HttpResponse {
+    actix_web::HttpResponse::Ok()
+        .content_type("application/json")
+        .body(OPENAPI)
 }
 
 /// Any other path: the contract's error JSON.
