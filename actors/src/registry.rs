@@ -462,6 +462,20 @@ impl Registry {
         self.deps.store.ping().await
     }
 
+    /// The newest lifecycle entries of one tenant (among the last `scan` of `<p>:tenants`).
+    pub async fn history(
+        &self,
+        tenant_id: &str,
+        scan: usize,
+    ) -> Result<Vec<std::collections::BTreeMap<String, String>>, StoreError> {
+        self.deps.tenants.history(tenant_id, scan).await
+    }
+
+    /// Sessions of pending HTTPS activations, newest first.
+    pub async fn pending_sessions(&self, limit: usize) -> Result<Vec<String>, StoreError> {
+        self.deps.tenants.pending_sessions(limit).await
+    }
+
     /// The store, for the edge's invitation and support-log calls.
     pub fn store(&self) -> &crate::store::Store {
         &self.deps.store
@@ -508,6 +522,7 @@ impl Registry {
             let Some(h) = self.get(&id) else { continue };
             let counts = h.shared.take_unflushed();
             if counts != [0, 0] {
+                h.shared.count_rate(counts[0] + counts[1]);
                 taken.push((h, counts));
             }
         }

@@ -12,10 +12,13 @@ use super::{ApiError, AppState, admin, body};
 
 /// A pending HTTPS activation, stored sealed until its setup page is completed.
 #[derive(Serialize, Deserialize)]
-struct Pending {
-    claims: ActivationClaims,
-    /// Set once the admin completed the setup.
-    tenant_id: Option<String>,
+pub struct Pending {
+    pub claims: ActivationClaims,
+    /// Set once the admin completed the setup (or the operator approved it).
+    pub tenant_id: Option<String>,
+    /// Set when the operator rejected it in the console.
+    #[serde(default)]
+    pub rejected: bool,
 }
 
 /// Verifies an activation JWT (counting any rejection) and maps failures to responses.
@@ -52,7 +55,7 @@ pub fn verify_error(e: VerifyError) -> ApiError {
     }
 }
 
-fn activate_error(state: &AppState, e: ActivateError) -> ApiError {
+pub fn activate_error(state: &AppState, e: ActivateError) -> ApiError {
     state.metrics.activation("error");
     match e {
         ActivateError::Store(e) if e.is_unavailable() => {
@@ -85,6 +88,7 @@ pub async fn provision(
     let mut pending = Pending {
         claims,
         tenant_id: None,
+        rejected: false,
     };
     if state.config.activation.auto_complete {
         let (handle, _) = state
@@ -100,7 +104,7 @@ pub async fn provision(
     })))
 }
 
-async fn store_pending(state: &AppState, session: &str, p: &Pending) -> Result<(), ApiError> {
+pub async fn store_pending(state: &AppState, session: &str, p: &Pending) -> Result<(), ApiError> {
     let bytes = serde_json::to_vec(p).expect("pending activation serializes");
     state
         .registry
@@ -115,7 +119,7 @@ async fn store_pending(state: &AppState, session: &str, p: &Pending) -> Result<(
         })
 }
 
-async fn load_pending(state: &AppState, session: &str) -> Result<Pending, HttpResponse> {
+pub async fn load_pending(state: &AppState, session: &str) -> Result<Pending, HttpResponse> {
     match state.registry.get_pending(session).await {
         Ok(Some(bytes)) => serde_json::from_slice(&bytes).map_err(|_| {
             page(
@@ -240,7 +244,11 @@ pub async fn setup_page(
         .await
         .map(|(s, _)| s)
         .unwrap_or(0);
-    let form = if pending.tenant_id.is_some() {
+    let form = if pending.rejected {
+        "<p class=err id=rejected>Your service provider declined this activation. Nothing was \
+         set up; ask them for an invitation, then activate the integration again.</p>"
+            .to_string()
+    } else if pending.tenant_id.is_some() {
         "<p>Activation started. Reload this page to follow its state.</p>".to_string()
     } else if failures >= state.config.activation.setup_max_attempts {
         "<p class=err id=locked>This activation is locked after too many wrong invitation codes. \
@@ -325,7 +333,7 @@ pub async fn setup_submit(
             .insert_header(("Location", format!("/setup/{session}")))
             .finish()
     };
-    if pending.tenant_id.is_some() {
+    if pending.tenant_id.is_some() || pending.rejected {
         return see_page();
     }
     let store = state.registry.store();

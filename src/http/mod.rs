@@ -5,6 +5,7 @@ pub mod actions;
 pub mod activation;
 pub mod admin;
 pub mod body;
+pub mod console;
 pub mod devices;
 pub mod error;
 mod probes;
@@ -155,6 +156,7 @@ pub fn admin_routes(cfg: &mut web::ServiceConfig) {
         .route("/readyz", web::get().to(probes::readyz))
         .route("/metrics", web::get().to(probes::metrics))
         .route("/openapi.json", web::get().to(openapi))
+        .configure(console::routes)
         .route(
             "/admin/activations",
             web::post().to(activation::admin_activate),

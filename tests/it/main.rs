@@ -6,6 +6,7 @@ mod utils;
 mod actions;
 mod activation;
 mod cli;
+mod console;
 mod devices;
 mod drain;
 mod durability;

@@ -177,6 +177,18 @@ impl DeviceStore {
         }
     }
 
+    /// How many devices and workspaces the stored inventory of `org` holds.
+    pub async fn counts(&self, org: &str) -> Result<(u64, u64), StoreError> {
+        let keys = self.store.keys();
+        let mut pipe = redis::pipe();
+        pipe.cmd("HLEN")
+            .arg(keys.devices(org))
+            .cmd("HLEN")
+            .arg(keys.workspaces(org));
+        let mut conn = self.store.conn()?;
+        self.store.bounded(pipe.query_async(&mut conn)).await
+    }
+
     /// Applies a full listing of `kind` for `org` (entries: id → canonical JSON).
     pub async fn apply_inventory(
         &self,

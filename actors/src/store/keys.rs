@@ -96,6 +96,11 @@ impl Keys {
         format!("{}-audit:{{setup}}:from:{addr}", self.prefix)
     }
 
+    /// `<p>:pending_index` — sorted set of pending activation sessions by creation time.
+    pub fn pending_index(&self) -> String {
+        format!("{}:pending_index", self.prefix)
+    }
+
     /// `<p>:pending:<session>` — a sealed HTTPS activation awaiting its setup page.
     pub fn pending(&self, session: &str) -> String {
         format!("{}:pending:{session}", self.prefix)

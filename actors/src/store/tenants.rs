@@ -54,6 +54,16 @@ pub enum TokensState {
     Unknown,
 }
 
+impl TokensState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Valid => "valid",
+            Self::Invalid => "invalid",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
 /// The last failure of a tenant, with the trackingId quoted to support.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastError {
@@ -750,6 +760,54 @@ impl Tenants {
         Ok(())
     }
 
+    /// The newest lifecycle entries of `tenant_id` (field maps), newest first, among the last
+    /// `scan` entries of `<p>:tenants`.
+    pub async fn history(
+        &self,
+        tenant_id: &str,
+        scan: usize,
+    ) -> Result<Vec<BTreeMap<String, String>>, StoreError> {
+        let mut conn = self.store.conn()?;
+        let reply: redis::streams::StreamRangeReply = self
+            .store
+            .bounded(
+                redis::cmd("XREVRANGE")
+                    .arg(self.store.keys().tenants_stream())
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(scan)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(reply
+            .ids
+            .into_iter()
+            .map(|e| {
+                let mut m: BTreeMap<String, String> = e
+                    .map
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        redis::from_redis_value::<String>(v.clone())
+                            .ok()
+                            .map(|v| (k.clone(), v))
+                    })
+                    .collect();
+                m.insert("id".into(), e.id);
+                m
+            })
+            .filter(|m| m.get("tenant").is_some_and(|t| t == tenant_id))
+            .collect())
+    }
+
+    /// Sessions of pending HTTPS activations, newest first (at most `limit`).
+    pub async fn pending_sessions(&self, limit: usize) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.store.conn()?;
+        self.store
+            .bounded(conn.zrevrange(self.store.keys().pending_index(), 0, limit as isize - 1))
+            .await
+    }
+
     /// Stores a pending HTTPS activation (sealed) under a random session id for `ttl_secs`.
     pub async fn put_pending(
         &self,
@@ -759,9 +817,27 @@ impl Tenants {
     ) -> Result<(), StoreError> {
         let mut conn = self.store.conn()?;
         let sealed = self.sealer.seal(payload, &format!("pending:{session}"));
-        self.store
-            .bounded(conn.set_ex(self.store.keys().pending(session), sealed, ttl_secs))
-            .await
+        let keys = self.store.keys();
+        let now = Utc::now().timestamp_millis();
+        let oldest = now - i64::try_from(ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        // The index (for the operator console) in its own slot on a cluster: separate calls.
+        let _: () = self
+            .store
+            .bounded(conn.set_ex(keys.pending(session), sealed, ttl_secs))
+            .await?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZADD")
+            .arg(keys.pending_index())
+            .arg("NX")
+            .arg(now)
+            .arg(session)
+            .ignore()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(keys.pending_index())
+            .arg("-inf")
+            .arg(format!("({oldest}"))
+            .ignore();
+        self.store.bounded(pipe.query_async(&mut conn)).await
     }
 
     /// Reads a pending activation.

@@ -60,6 +60,16 @@ pub struct TenantShared {
     unflushed: [std::sync::atomic::AtomicU64; 2],
     /// Whether this tenant is in `Deps::to_flush` (queued once until flushed).
     flush_queued: std::sync::atomic::AtomicBool,
+    /// Messages this replica wrote per minute (fed by the counter flush, off the write path).
+    rate: std::sync::Mutex<MinuteRate>,
+}
+
+/// Messages counted in the current and the previous minute.
+#[derive(Default, Clone, Copy)]
+struct MinuteRate {
+    minute: i64,
+    count: u64,
+    previous: u64,
 }
 
 /// How many times a record update is retried after another replica wrote first.
@@ -93,6 +103,7 @@ impl TenantShared {
             tokens_state_lock: Default::default(),
             unflushed: Default::default(),
             flush_queued: Default::default(),
+            rate: Default::default(),
             tenant_id: record.tenant_id.clone(),
             org_id: record.org_id.clone(),
             record: RwLock::new(record),
@@ -149,6 +160,35 @@ impl TenantShared {
             self.unflushed[0].swap(0, AcqRel),
             self.unflushed[1].swap(0, AcqRel),
         ]
+    }
+
+    /// Adds `n` messages written now to the per-minute rate.
+    pub(crate) fn count_rate(&self, n: u64) {
+        let minute = Utc::now().timestamp().div_euclid(60);
+        let mut r = self
+            .rate
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if r.minute != minute {
+            r.previous = if r.minute == minute - 1 { r.count } else { 0 };
+            r.minute = minute;
+            r.count = 0;
+        }
+        r.count += n;
+    }
+
+    /// Messages this replica wrote for the tenant in the last full minute.
+    pub fn messages_last_minute(&self) -> u64 {
+        let minute = Utc::now().timestamp().div_euclid(60);
+        let r = *self
+            .rate
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match minute - r.minute {
+            0 => r.previous,
+            1 => r.count,
+            _ => 0,
+        }
     }
 
     /// Gives counts back that could not be stored (they are added on the next flush).

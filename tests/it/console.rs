@@ -1,0 +1,203 @@
+//! The operator console over plain HTTP: sign-in, the session cookie, CSRF, search, pages.
+//! (The browser tests drive the same pages in Chromium.)
+use std::time::Duration;
+
+use serde_json::json;
+use xapi_stream::devkit::devenv::ADMIN_TOKEN;
+use xapi_stream::devkit::sim::SimConfig;
+
+use crate::utils::*;
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Signs in; returns the `name=value` of the session cookie.
+async fn sign_in(admin: &str) -> String {
+    let r = client()
+        .post(format!("{admin}/console/login"))
+        .form(&[("token", ADMIN_TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let set = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(set.contains("HttpOnly"), "{set}");
+    assert!(set.contains("SameSite=Strict"), "{set}");
+    assert!(set.contains("Path=/console"), "{set}");
+    set.split(';').next().unwrap().to_string()
+}
+
+async fn get(admin: &str, path: &str, cookie: &str) -> (u16, String) {
+    let r = client()
+        .get(format!("{admin}{path}"))
+        .header("Cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let location = r
+        .headers()
+        .get("location")
+        .map(|l| l.to_str().unwrap().to_string());
+    let body = r.text().await.unwrap();
+    (status, location.unwrap_or(body))
+}
+
+/// The CSRF token of a page's forms.
+fn csrf_of(html: &str) -> String {
+    let at = html
+        .find("name=csrf value=\"")
+        .expect("a form with a CSRF token")
+        + 17;
+    html[at..].split('"').next().unwrap().to_string()
+}
+
+#[actix_web::test]
+async fn the_console_signs_in_searches_and_refuses_forms_without_csrf() {
+    let TestEnv { redis, prefix, sim } = TestEnv::start(SimConfig::default()).await;
+    let engine = start_engine(&sim, &redis.url(), &prefix, &[]).await;
+    let (base, admin) = (engine.base_url(), engine.admin_url());
+    let tenant = activate_org(&sim, &base, 0).await;
+    activate_org(&sim, &base, 1).await;
+
+    // Without a session: the sign-in page; a wrong token: 401, no cookie.
+    let (status, html) = get(&admin, "/console/", "").await;
+    assert_eq!(status, 200);
+    assert!(html.contains("name=token"), "{html}");
+    let r = client()
+        .post(format!("{admin}/console/login"))
+        .form(&[("token", "wrong")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().get("set-cookie").is_none());
+    let (_, html) = get(&admin, "/console/", "xapi_console=1.forged.AAAA").await;
+    assert!(html.contains("name=token"), "a forged cookie is no session");
+
+    let cookie = sign_in(&admin).await;
+    let (status, html) = get(&admin, "/console/", &cookie).await;
+    assert_eq!(status, 200);
+    assert!(html.contains("2 tenant(s)"), "{html}");
+    assert!(html.contains(&sim.org(0).name) && html.contains(&sim.org(1).name));
+
+    // Search by tenant id, by org id, by name.
+    for q in [tenant.as_str(), &sim.org(0).org_id, &sim.org(0).name] {
+        let (_, html) = get(&admin, &format!("/console/?q={}", urlenc(q)), &cookie).await;
+        assert!(html.contains("1 tenant(s)"), "search {q}: {html}");
+    }
+    let (_, html) = get(&admin, "/console/?state=error", &cookie).await;
+    assert!(html.contains("0 tenant(s)"));
+
+    // The tenant page.
+    let (status, html) = get(&admin, &format!("/console/tenants/{tenant}"), &cookie).await;
+    assert_eq!(status, 200);
+    assert!(
+        html.contains("<dd id=provisioning>completed</dd>"),
+        "{html}"
+    );
+    assert!(html.contains("activated"), "lifecycle history: {html}");
+    assert!(html.contains("id=inventory"), "{html}");
+
+    // A form without the CSRF token changes nothing; with it, the health check runs.
+    let r = client()
+        .post(format!("{admin}/console/tenants/{tenant}/health"))
+        .header("Cookie", &cookie)
+        .form(&[("csrf", "forged")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let token = csrf_of(&html);
+    let r = client()
+        .post(format!("{admin}/console/tenants/{tenant}/health"))
+        .header("Cookie", &cookie)
+        .form(&[("csrf", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let back = r.headers()["location"].to_str().unwrap().to_string();
+    let (_, html) = get(&admin, &back, &cookie).await;
+    assert!(
+        html.contains("Health check: operational, tokens valid"),
+        "{html}"
+    );
+
+    // An invitation from the console, and a rejected webhook's trackingId found by search.
+    let r = client()
+        .post(format!("{admin}/console/invitations"))
+        .header("Cookie", &cookie)
+        .form(&[
+            ("csrf", token.as_str()),
+            ("customer_id", "c-9"),
+            ("name", "Nine"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let html = r.text().await.unwrap();
+    assert!(
+        html.contains("id=code>") && html.contains("/setup?code="),
+        "{html}"
+    );
+    let r = reqwest::Client::new()
+        .post(format!("{base}/tenants/{tenant}/webhook"))
+        .header("X-Spark-Signature", "0".repeat(40))
+        .json(&json!({"type": "status"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let id = r.json::<serde_json::Value>().await.unwrap()["trackingId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, to) = get(&admin, &format!("/console/?q={id}"), &cookie).await;
+    assert_eq!(
+        (status, to.as_str()),
+        (303, format!("/console/errors/{id}").as_str())
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            get(&admin, &to, &cookie)
+                .await
+                .1
+                .contains("id=reason>bad_signature")
+        })
+        .await,
+        "the error page shows the reason"
+    );
+    let (_, html) = get(&admin, &to, &cookie).await;
+    assert!(
+        html.contains(&format!("/console/tenants/{tenant}")),
+        "{html}"
+    );
+
+    // Signing out ends the session cookie.
+    let r = client()
+        .post(format!("{admin}/console/logout"))
+        .header("Cookie", &cookie)
+        .form(&[("csrf", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert!(
+        r.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+    engine.shutdown().await;
+    sim.shutdown().await;
+}
+
+fn urlenc(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
