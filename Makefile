@@ -15,6 +15,8 @@ deps:
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	command -v prometheus >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	command -v curl >/dev/null 2>&1 || missing="$$missing curl ca-certificates"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	[ -x /usr/bin/chromedriver ] || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ]; then \
 	  echo ">> installing$$missing (apt-get)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -22,7 +24,8 @@ deps:
 	fi
 	@command -v redis-server >/dev/null 2>&1 || { echo "redis-server is required"; exit 1; }
 	@command -v prometheus >/dev/null 2>&1 || { echo "prometheus is required"; exit 1; }
-	@redis-server --version; promtool --version 2>&1 | head -1
+	@[ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || { echo "chromium and chromium-driver are required (browser tests)"; exit 1; }
+	@redis-server --version; promtool --version 2>&1 | head -1; chromium --version 2>/dev/null | head -1
 
 build:
 	$(CARGO) build --release --bin xapi-stream

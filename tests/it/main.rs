@@ -5,6 +5,7 @@ mod utils;
 
 mod actions;
 mod activation;
+mod browser;
 mod cli;
 mod console;
 mod devices;

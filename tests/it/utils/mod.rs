@@ -1,6 +1,7 @@
 //! The test harness: private Redis, simulator and engine helpers.
 #![allow(dead_code)]
 
+pub mod browser;
 mod replica;
 pub use replica::Replica;
 
