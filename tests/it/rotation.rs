@@ -338,3 +338,79 @@ async fn the_lease_holder_rotates_periodically() {
     engine.shutdown().await;
     sim.shutdown().await;
 }
+
+/// Two replicas: a rotation asked of one is honoured by the other at once (it reads the new
+/// secret from Redis the first time a webhook signed with it arrives), and both refuse the old
+/// secret after the overlap.
+#[actix_web::test]
+async fn a_rotation_on_one_replica_is_honoured_by_the_other() {
+    let TestEnv { redis, prefix, sim } = TestEnv::start(SimConfig::default()).await;
+    // One encryption key for both (each test engine otherwise gets its own).
+    let key = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode([7u8; 32])
+    };
+    let env = |id: &'static str| {
+        [
+            ("SECURITY__ENCRYPTION_KEY", key.as_str()),
+            ("SECURITY__WEBHOOK_SECRET_OVERLAP_SECS", "2"),
+            ("SECURITY__WEBHOOK_SECRET_ROTATION_DAYS", "0"),
+            ("SCALING__REPLICA_ID", id),
+        ]
+    };
+    let a = start_engine(&sim, &redis.url(), &prefix, &env("replica-a")).await;
+    let b = start_engine(&sim, &redis.url(), &prefix, &env("replica-b")).await;
+    let tenant = activate_completed(&sim, &a.base_url(), &a.admin_url()).await;
+    let old = sim.app_state(0).webhook.expect("registered");
+    // B knows the tenant too (it follows A's announcements).
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            admin_tenant(&b.admin_url(), &tenant).await["provisioning_state"] == "completed"
+        })
+        .await
+    );
+    let at_a = |hook: &WebhookReg| {
+        let mut h = hook.clone();
+        h.target_url = format!("{}/tenants/{tenant}/webhook", a.base_url());
+        h
+    };
+    let msg = sim.generate(0, 1).remove(0);
+    assert_eq!(sim.post_webhook(&at_a(&old), &msg).await, 200);
+
+    let (status, body) = rotate(&b.admin_url(), &tenant).await;
+    assert_eq!(status, 200, "{body}");
+    let new = sim.app_state(0).webhook.expect("registered");
+    assert_ne!(new.secret, old.secret);
+    let msg = sim.generate(0, 1).remove(0);
+    assert_eq!(
+        sim.post_webhook(&at_a(&new), &msg).await,
+        200,
+        "A takes the new secret"
+    );
+    let msg = sim.generate(0, 1).remove(0);
+    assert_eq!(
+        sim.post_webhook(&at_a(&old), &msg).await,
+        200,
+        "and the old one, within the overlap"
+    );
+
+    let until: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(body["previous_valid_until"].clone()).unwrap();
+    let now = chrono::Utc::now();
+    if until > now {
+        tokio::time::sleep((until - now).to_std().unwrap()).await;
+    }
+    for engine in [&a, &b] {
+        let mut h = old.clone();
+        h.target_url = format!("{}/tenants/{tenant}/webhook", engine.base_url());
+        let msg = sim.generate(0, 1).remove(0);
+        assert_eq!(
+            sim.post_webhook(&h, &msg).await,
+            401,
+            "old secret after the overlap"
+        );
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+    sim.shutdown().await;
+}
