@@ -129,10 +129,23 @@ pub struct TenantSecrets {
     /// verifies too until `OfferedSecret::until` (see `crate::tenant::rotation`).
     #[serde(default)]
     pub offered_webhook: Option<OfferedSecret>,
+    /// Earlier secrets still accepted until their own deadline: a previous secret displaced
+    /// by a second rotation within its overlap (a re-activation), an offer of unknown outcome
+    /// displaced by a new offer. Expired ones are pruned on every rotation.
+    #[serde(default)]
+    pub also_accepted: Vec<AcceptedSecret>,
     /// When the current webhook secret was confirmed by Webex (the periodic rotation counts
     /// from it; absent in records written before rotations).
     #[serde(default)]
     pub webhook_rotated_at: Option<DateTime<Utc>>,
+}
+
+/// A webhook secret accepted until a deadline.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct AcceptedSecret {
+    pub secret: Secret,
+    pub scheme: crate::protocol::webhook::Scheme,
+    pub until: DateTime<Utc>,
 }
 
 /// A webhook secret offered to Webex in a PATCH not (yet) confirmed.

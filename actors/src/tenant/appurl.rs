@@ -112,11 +112,15 @@ async fn try_complete(shared: &TenantShared) -> Result<(), Failure> {
     // A fresh webhook secret, offered (accepted on webhooks) before Webex learns it and made
     // current once the PATCH succeeded; the one it replaces keeps its overlap.
     let scheme = deps.config.integration.webhook_auth;
-    let secret = ingest.webhook().then(new_webhook_secret);
+    let secret = match ingest.webhook() {
+        true => Some(
+            rotation::offer_stored(shared, &new_webhook_secret(), scheme, true)
+                .await
+                .map_err(|e| (e.to_string(), Some(token.clone())))?,
+        ),
+        false => None,
+    };
     if let Some(secret) = &secret {
-        rotation::offer_stored(shared, secret, scheme, true)
-            .await
-            .map_err(|e| (e.to_string(), Some(token.clone())))?;
         let target = deps.webhook_url(&shared.tenant_id);
         body["webhook"] = rotation::registration(scheme, &target, secret);
     }
@@ -209,16 +213,17 @@ pub async fn run_reconciler(shared: Arc<TenantShared>, stop: Shutdown) -> Result
         tokio::time::Instant::now() + Duration::from_secs_f64((every * jitter).max(0.01))
     };
     let mut reconcile_at = jittered();
-    // A failed rotation's retry time (the stored secrets would say "due" at once).
-    let mut rotation_retry: Option<tokio::time::Instant> = None;
+    // Overdue rotations are spread from when this owner started (see `rotation::next_due`).
+    let since = chrono::Utc::now();
+    // After a rotation that did not happen: not before then (the stored secrets may still say
+    // "due").
+    let mut not_before: Option<tokio::time::Instant> = None;
     loop {
-        let rotate_at = match rotation_retry {
-            Some(t) => Some(t),
-            None => rotation::next_due(&shared).await.map(|due| {
-                let wait = (due - chrono::Utc::now()).to_std().unwrap_or_default();
-                tokio::time::Instant::now() + wait
-            }),
-        };
+        let rotate_at = rotation::next_due(&shared, since).await.map(|due| {
+            let wait = (due - chrono::Utc::now()).to_std().unwrap_or_default();
+            let at = tokio::time::Instant::now() + wait;
+            not_before.map_or(at, |nb| at.max(nb))
+        });
         let rotating = rotate_at.is_some_and(|r| r < reconcile_at);
         let wake = if rotating {
             rotate_at.unwrap_or(reconcile_at)
@@ -230,25 +235,24 @@ pub async fn run_reconciler(shared: Arc<TenantShared>, stop: Shutdown) -> Result
             _ = tokio::time::sleep_until(wake) => {}
         }
         if rotating {
+            let period = shared
+                .deps()
+                .config
+                .security
+                .rotation_period()
+                .unwrap_or_default();
+            let retry = tokio::time::Instant::now() + rotation::retry_after(period);
             // Boxed like the reconciliation: its state exists only while it runs.
-            rotation_retry =
-                match Box::pin(rotation::rotate(&shared, rotation::Why::Periodic)).await {
-                    Err(e)
-                        if !matches!(
-                            e,
-                            rotation::RotateError::NoWebhook | rotation::RotateError::NotActive(_)
-                        ) =>
-                    {
-                        let period = shared
-                            .deps()
-                            .config
-                            .security
-                            .rotation_period()
-                            .unwrap_or_default();
-                        Some(tokio::time::Instant::now() + rotation::retry_after(period))
-                    }
-                    _ => None,
-                };
+            not_before = match Box::pin(rotation::rotate(&shared, rotation::Why::Periodic)).await {
+                Ok(_) => None,
+                // The last rotation's overlap runs (an operator's, another replica's): look
+                // again after it; its confirmation has moved the due time on.
+                Err(rotation::RotateError::Overlap(until)) => {
+                    let wait = (until - chrono::Utc::now()).to_std().unwrap_or_default();
+                    Some(tokio::time::Instant::now() + wait.max(rotation::retry_after(period)))
+                }
+                Err(_) => Some(retry),
+            };
             continue;
         }
         reconcile_at = jittered();

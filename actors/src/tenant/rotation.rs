@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use super::{TenantShared, WithToken};
 use crate::protocol::webhook::{BASIC_USERNAME, Scheme};
 use crate::secret::Secret;
-use crate::store::tenants::{OfferedSecret, ProvisioningState, TenantSecrets};
+use crate::store::tenants::{AcceptedSecret, OfferedSecret, ProvisioningState, TenantSecrets};
 use crate::webex::client::AppUrlError;
 
 /// The periodic rotation comes up to this fraction of the period early, per tenant.
@@ -31,6 +31,11 @@ const RETRY_FRACTION: f64 = 0.01;
 /// …but at most this long and at least [`RETRY_MIN`] later.
 const RETRY_MAX: Duration = Duration::from_secs(600);
 const RETRY_MIN: Duration = Duration::from_secs(1);
+/// An offer whose PATCH's outcome is unknown stays acceptable this long beyond the overlap
+/// (Webex may have applied it; the next rotation sends it again until Webex answers).
+const UNSETTLED_GRACE: Duration = Duration::from_secs(86_400);
+/// Earlier secrets kept acceptable, at most (the newest deadlines win).
+const ALSO_ACCEPTED_MAX: usize = 4;
 
 /// Who asked for a rotation (the `reason` of its `secret_rotated` lifecycle entry).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,19 +105,20 @@ fn chrono(d: Duration) -> chrono::Duration {
     chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
 
-/// Offers `secret`: it verifies from now on. Refused while another offer is in flight (for
+/// Offers a secret: it verifies from now on. Returns the secret to PATCH: `fresh`, or the
+/// earlier offer whose outcome is still unknown (sent again until Webex answers, so a secret
+/// Webex may hold is never dropped). Refused while another offer is in flight (for
 /// `in_flight_for` after it was made) or the last rotation's overlap runs, unless `force` (an
-/// activation replaces whatever was there). The offer stays acceptable `in_flight_for` plus
-/// `overlap`, in case its PATCH's outcome is never known.
+/// activation replaces whatever was there, keeping what it displaces acceptable).
 pub fn offer(
     s: &mut TenantSecrets,
-    secret: Secret,
+    fresh: Secret,
     scheme: Scheme,
     now: DateTime<Utc>,
     in_flight_for: Duration,
     overlap: Duration,
     force: bool,
-) -> Result<(), Busy> {
+) -> Result<Secret, Busy> {
     if !force {
         if let Some(o) = &s.offered_webhook
             && o.in_flight
@@ -127,14 +133,48 @@ pub fn offer(
             return Err(Busy::Overlap(until));
         }
     }
+    let unsettled = s
+        .offered_webhook
+        .take()
+        .filter(|o| o.until > now && o.scheme == scheme);
+    let secret = match unsettled {
+        Some(o) if !force => o.secret,
+        Some(o) => {
+            keep_accepting(s, o.secret, o.scheme, o.until, now);
+            fresh
+        }
+        None => fresh,
+    };
     s.offered_webhook = Some(OfferedSecret {
-        secret,
+        secret: secret.clone(),
         scheme,
         at: now,
-        until: now + chrono(in_flight_for) + chrono(overlap),
+        until: now + chrono(in_flight_for) + chrono(overlap) + chrono(UNSETTLED_GRACE),
         in_flight: true,
     });
-    Ok(())
+    Ok(secret)
+}
+
+/// Keeps `secret` acceptable until `until` among the earlier secrets (pruning expired ones and
+/// keeping the [`ALSO_ACCEPTED_MAX`] latest deadlines).
+fn keep_accepting(
+    s: &mut TenantSecrets,
+    secret: Secret,
+    scheme: Scheme,
+    until: DateTime<Utc>,
+    now: DateTime<Utc>,
+) {
+    s.also_accepted
+        .retain(|a| a.until > now && a.secret != secret);
+    if until > now {
+        s.also_accepted.push(AcceptedSecret {
+            secret,
+            scheme,
+            until,
+        });
+    }
+    s.also_accepted.sort_by_key(|a| std::cmp::Reverse(a.until));
+    s.also_accepted.truncate(ALSO_ACCEPTED_MAX);
 }
 
 /// Webex took `secret`: it becomes the current secret, the one it replaces is accepted for
@@ -152,6 +192,16 @@ pub fn confirm(
     {
         s.offered_webhook = None;
     }
+    // A previous secret still in its overlap (a re-activation right after a rotation) stays
+    // acceptable until its own deadline.
+    if let (Some(prev), Some(prev_until)) =
+        (s.previous_webhook_secret.take(), s.previous_valid_until)
+        && prev != *secret
+    {
+        keep_accepting(s, prev, s.previous_webhook_scheme, prev_until, now);
+    }
+    s.also_accepted
+        .retain(|a| a.until > now && a.secret != *secret);
     let until = match s.webhook_secret.take() {
         Some(old) if old != *secret => {
             s.previous_webhook_secret = Some(old);
@@ -253,69 +303,87 @@ pub fn in_flight_for(shared: &TenantShared) -> Duration {
     Duration::from_secs(3 * shared.deps().config.webex.http_timeout_secs.max(1) + 5)
 }
 
-/// Offers `secret` under `scheme` (see [`offer`]) in the tenant's stored secrets.
+/// Offers `fresh` under `scheme` (see [`offer`]) in the tenant's stored secrets; returns the
+/// secret to PATCH.
 pub async fn offer_stored(
     shared: &TenantShared,
-    secret: &Secret,
+    fresh: &Secret,
     scheme: Scheme,
     force: bool,
-) -> Result<(), RotateError> {
+) -> Result<Secret, RotateError> {
     let overlap = shared.deps().config.security.overlap();
     let in_flight = in_flight_for(shared);
-    let busy = Mutex::new(None);
+    let outcome = Mutex::new(None);
     shared
         .tokens
         .update_secrets_if(|s| {
-            match offer(
+            let r = offer(
                 s,
-                secret.clone(),
+                fresh.clone(),
                 scheme,
                 Utc::now(),
                 in_flight,
                 overlap,
                 force,
-            ) {
-                Ok(()) => true,
-                Err(b) => {
-                    *busy.lock().expect("busy lock") = Some(b);
-                    false
-                }
-            }
+            );
+            let wrote = r.is_ok();
+            *outcome.lock().expect("outcome lock") = Some(r);
+            wrote
         })
         .await
         .map_err(|e| RotateError::Store(e.to_string()))?;
-    match busy.into_inner().expect("busy lock") {
-        Some(Busy::InFlight(at)) => Err(RotateError::InFlight(at)),
-        Some(Busy::Overlap(until)) => Err(RotateError::Overlap(until)),
-        None => Ok(()),
+    match outcome.into_inner().expect("outcome lock") {
+        Some(Ok(secret)) => Ok(secret),
+        Some(Err(Busy::InFlight(at))) => Err(RotateError::InFlight(at)),
+        Some(Err(Busy::Overlap(until))) => Err(RotateError::Overlap(until)),
+        None => Err(RotateError::Store("the offer was not applied".into())),
     }
 }
 
-/// Confirms `secret` in the stored secrets (see [`confirm`]).
+/// Confirms `secret` in the stored secrets (see [`confirm`]). Webex holds it now, whoever owns
+/// the tenant: not fenced by the lease, and retried (with a pause) until it is recorded or
+/// `in_flight_for` has passed; the offer stays acceptable meanwhile.
 pub async fn confirm_stored(
     shared: &TenantShared,
     secret: &Secret,
     scheme: Scheme,
 ) -> Result<Rotated, RotateError> {
     let overlap = shared.deps().config.security.overlap();
-    let outcome = Mutex::new(None);
-    shared
-        .tokens
-        .update_secrets(|s| {
-            let now = Utc::now();
-            let until = confirm(s, secret, scheme, now, overlap);
-            *outcome.lock().expect("outcome lock") = Some(Rotated {
-                rotated_at: now,
-                previous_valid_until: until,
-                scheme,
-            });
-        })
-        .await
-        .map_err(|e| RotateError::Store(e.to_string()))?;
-    Ok(outcome
-        .into_inner()
-        .expect("outcome lock")
-        .expect("the change ran"))
+    let deadline = tokio::time::Instant::now() + in_flight_for(shared);
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let outcome = Mutex::new(None);
+        let result = shared
+            .tokens
+            .update_secrets_unfenced(|s| {
+                let now = Utc::now();
+                let until = confirm(s, secret, scheme, now, overlap);
+                *outcome.lock().expect("outcome lock") = Some(Rotated {
+                    rotated_at: now,
+                    previous_valid_until: until,
+                    scheme,
+                });
+            })
+            .await;
+        match result {
+            Ok(_) => {
+                return Ok(outcome
+                    .into_inner()
+                    .expect("outcome lock")
+                    .expect("the change ran"));
+            }
+            Err(e) if tokio::time::Instant::now() + pause < deadline => {
+                tracing::warn!(tenant = %shared.tenant_id, error = %e, "Webex took the new webhook secret; recording it again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                return Err(RotateError::Store(format!(
+                    "Webex took the new secret but it could not be recorded ({e}); it stays accepted as an offer and the next rotation sends it again"
+                )));
+            }
+        }
+    }
 }
 
 /// Withdraws `secret` after a failed PATCH (see [`withdraw`]); a store error is logged (the
@@ -323,7 +391,7 @@ pub async fn confirm_stored(
 pub async fn withdraw_stored(shared: &TenantShared, secret: &Secret, outcome_known: bool) {
     if let Err(e) = shared
         .tokens
-        .update_secrets(|s| withdraw(s, secret, outcome_known))
+        .update_secrets_unfenced(|s| withdraw(s, secret, outcome_known))
         .await
     {
         tracing::warn!(tenant = %shared.tenant_id, error = %e, "offered webhook secret not withdrawn; it expires by itself");
@@ -367,32 +435,45 @@ async fn try_rotate(shared: &TenantShared) -> Result<Rotated, RotateError> {
     }
     let deps = shared.deps();
     let scheme = deps.config.integration.webhook_auth;
-    let secret = super::appurl::new_webhook_secret();
-    offer_stored(shared, &secret, scheme, false).await?;
+    let fresh = super::appurl::new_webhook_secret();
+    let secret = offer_stored(shared, &fresh, scheme, false).await?;
     let body = json!({
         "webhook": registration(scheme, &deps.webhook_url(&shared.tenant_id), &secret),
     });
-    let answer = shared
-        .with_token(|t| {
+    // Bounded, so the offer is never still being PATCHed once it stops counting as in flight.
+    let bound = in_flight_for(shared).saturating_sub(Duration::from_secs(2));
+    let answer = tokio::time::timeout(
+        bound,
+        shared.with_token(|t| {
             let (webex, url, body) = (&deps.webex, &record.app_url, &body);
             async move { webex.patch_app(url, &t, body).await }
-        })
-        .await;
+        }),
+    )
+    .await;
     match answer {
-        Ok(_) => confirm_stored(shared, &secret, scheme).await,
-        Err(WithToken::Token(e)) => {
+        Ok(Ok(_)) => confirm_stored(shared, &secret, scheme).await,
+        Ok(Err(WithToken::Token(e))) => {
             withdraw_stored(shared, &secret, true).await;
             Err(RotateError::Token(e.to_string()))
         }
-        Err(WithToken::Call(e)) => {
+        Ok(Err(WithToken::Call(e))) => {
             withdraw_stored(shared, &secret, outcome_known(&e)).await;
             Err(RotateError::Webex(e.to_string()))
+        }
+        Err(_) => {
+            withdraw_stored(shared, &secret, false).await;
+            Err(RotateError::Webex(format!(
+                "no answer within {} s",
+                bound.as_secs()
+            )))
         }
     }
 }
 
-/// When the next periodic rotation is due (`None`: off, or the tenant has no webhook).
-pub async fn next_due(shared: &TenantShared) -> Option<DateTime<Utc>> {
+/// When the next periodic rotation is due (`None`: off, or the tenant has no webhook). An
+/// overdue one is spread from `since` (a fixed time, such as when this owner started: a moving
+/// "now" would push it back on every look).
+pub async fn next_due(shared: &TenantShared, since: DateTime<Utc>) -> Option<DateTime<Utc>> {
     let period = shared.deps().config.security.rotation_period()?;
     let record = shared.record();
     if !record.ingest.webhook() || record.provisioning_state != ProvisioningState::Completed {
@@ -404,7 +485,7 @@ pub async fn next_due(shared: &TenantShared) -> Option<DateTime<Utc>> {
         record.created_at,
         period,
         &shared.tenant_id,
-        Utc::now(),
+        since,
     ))
 }
 
@@ -473,7 +554,7 @@ mod tests {
     }
 
     #[test]
-    fn an_unknown_outcome_keeps_the_offer_acceptable_without_blocking() {
+    fn an_unknown_outcome_keeps_the_offer_acceptable_and_sends_it_again() {
         let mut s = with_current("old");
         let new = Secret::new("new");
         offer(
@@ -489,19 +570,94 @@ mod tests {
         withdraw(&mut s, &new, false);
         let o = s.offered_webhook.as_ref().unwrap();
         assert!(!o.in_flight);
-        assert_eq!(o.until, at(60 + 900));
+        assert_eq!(
+            o.until,
+            at(60 + 900 + 86_400),
+            "acceptable a day beyond the overlap"
+        );
         assert_eq!(s.webhook_secret, Some(Secret::new("old")));
-        // The next rotation may start at once.
-        offer(
+        // The next rotation starts at once and PATCHes the same secret again: Webex may hold it.
+        let again = offer(
             &mut s,
             Secret::new("newer"),
             Scheme::HmacSignature,
-            at(5),
+            at(600),
             MIN,
             15 * MIN,
             false,
         )
         .unwrap();
+        assert_eq!(again, new);
+        confirm(&mut s, &again, Scheme::HmacSignature, at(601), 15 * MIN);
+        assert_eq!(s.webhook_secret, Some(new));
+        assert!(s.offered_webhook.is_none());
+    }
+
+    #[test]
+    fn a_reactivation_within_an_overlap_keeps_every_secret_webex_may_use() {
+        let mut s = with_current("s0");
+        let s1 = Secret::new("s1");
+        offer(
+            &mut s,
+            s1.clone(),
+            Scheme::HmacSignature,
+            at(0),
+            MIN,
+            15 * MIN,
+            false,
+        )
+        .unwrap();
+        confirm(&mut s, &s1, Scheme::HmacSignature, at(1), 15 * MIN);
+        // A re-activation two minutes later (forced), while s0's overlap runs.
+        let s2 = offer(
+            &mut s,
+            Secret::new("s2"),
+            Scheme::HmacSignature,
+            at(120),
+            MIN,
+            15 * MIN,
+            true,
+        )
+        .unwrap();
+        confirm(&mut s, &s2, Scheme::HmacSignature, at(121), 15 * MIN);
+        assert_eq!(s.webhook_secret, Some(Secret::new("s2")));
+        assert_eq!(s.previous_webhook_secret, Some(s1));
+        let kept: Vec<_> = s
+            .also_accepted
+            .iter()
+            .map(|a| (a.secret.expose().to_string(), a.until))
+            .collect();
+        assert_eq!(
+            kept,
+            vec![("s0".to_string(), at(901))],
+            "s0 until its own deadline"
+        );
+        // An unsettled offer displaced by a forced one stays acceptable too.
+        let s3 = Secret::new("s3");
+        let mut t = with_current("cur");
+        offer(
+            &mut t,
+            s3.clone(),
+            Scheme::HmacSignature,
+            at(0),
+            MIN,
+            15 * MIN,
+            false,
+        )
+        .unwrap();
+        withdraw(&mut t, &s3, false);
+        offer(
+            &mut t,
+            Secret::new("s4"),
+            Scheme::HmacSignature,
+            at(5),
+            MIN,
+            15 * MIN,
+            true,
+        )
+        .unwrap();
+        assert_eq!(t.also_accepted.len(), 1);
+        assert_eq!(t.also_accepted[0].secret, s3);
     }
 
     #[test]
@@ -596,11 +752,13 @@ mod tests {
             due_at(&s, at(0), period, "tenant-1", at(100)),
             "stable"
         );
-        // Overdue (a record from before rotations, created long ago): within 3 days of now.
+        // Overdue (a record from before rotations, created long ago): within 3 days of the
+        // fixed `since`, the same whenever it is asked.
         let old = TenantSecrets::default();
-        let now = at(400 * 86_400);
-        let d = due_at(&old, at(0), period, "tenant-1", now);
-        assert!(d >= now && d <= now + chrono::Duration::days(3), "{d}");
+        let since = at(400 * 86_400);
+        let d = due_at(&old, at(0), period, "tenant-1", since);
+        assert!(d >= since && d <= since + chrono::Duration::days(3), "{d}");
+        assert_eq!(d, due_at(&old, at(0), period, "tenant-1", since));
         assert_eq!(retry_after(period), RETRY_MAX);
         assert_eq!(retry_after(Duration::from_secs(5)), RETRY_MIN);
     }

@@ -187,8 +187,9 @@ const EXCHANGE_RETRY_CAP: Duration = Duration::from_secs(60);
 struct WebhookSecrets {
     current: Option<(Secret, Scheme)>,
     previous: Option<(Secret, Scheme, chrono::DateTime<Utc>)>,
-    /// A secret offered to Webex and not confirmed (see `super::rotation`).
-    offered: Option<(Secret, Scheme, chrono::DateTime<Utc>)>,
+    /// A secret offered to Webex and not confirmed, and older ones still accepted (see
+    /// `super::rotation`).
+    others: Vec<(Secret, Scheme, chrono::DateTime<Utc>)>,
 }
 
 impl WebhookSecrets {
@@ -200,10 +201,16 @@ impl WebhookSecrets {
                 .clone()
                 .zip(s.previous_valid_until)
                 .map(|(x, until)| (x, s.previous_webhook_scheme, until)),
-            offered: s
+            others: s
                 .offered_webhook
-                .as_ref()
-                .map(|o| (o.secret.clone(), o.scheme, o.until)),
+                .iter()
+                .map(|o| (o.secret.clone(), o.scheme, o.until))
+                .chain(
+                    s.also_accepted
+                        .iter()
+                        .map(|a| (a.secret.clone(), a.scheme, a.until)),
+                )
+                .collect(),
         }
     }
 }
@@ -644,9 +651,10 @@ impl TokenKeeper {
     pub fn webhook_auth(&self) -> Option<crate::protocol::webhook::Credentials> {
         let w = self.webhook.lock().expect("webhook lock").clone();
         let now = Utc::now();
-        let mut also: Vec<_> = [w.previous, w.offered]
+        let mut also: Vec<_> = w
+            .previous
             .into_iter()
-            .flatten()
+            .chain(w.others)
             .filter(|(_, _, until)| *until > now)
             .map(|(s, scheme, _)| scheme.with_secret(s))
             .collect();
@@ -692,6 +700,22 @@ impl TokenKeeper {
         let mut p = self.persisted.lock().await;
         let epoch = self.claim.held_epoch();
         self.persist(&mut p, Fence::Epoch(epoch), |s| {
+            change(s);
+            true
+        })
+        .await?;
+        Ok(p.secrets.clone())
+    }
+
+    /// [`update_secrets`](Self::update_secrets) without the lease fence: for facts that hold
+    /// whoever owns the tenant now (Webex confirmed a webhook secret). Still compare-and-set:
+    /// `change` is applied to the newest secrets.
+    pub async fn update_secrets_unfenced(
+        &self,
+        change: impl Fn(&mut TenantSecrets),
+    ) -> Result<TenantSecrets, StoreError> {
+        let mut p = self.persisted.lock().await;
+        self.persist(&mut p, Fence::Epoch(None), |s| {
             change(s);
             true
         })
