@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 NEXTEST := $(shell command -v cargo-nextest 2>/dev/null)
 
-.PHONY: demo test deps build bench check-deploy fmt-check clippy unit clean fuzz fuzz-tools
+.PHONY: check-api demo test deps build bench check-deploy fmt-check clippy unit clean fuzz fuzz-tools
 
 ## Install what a fresh machine lacks, from Debian's packages: redis-server (every Redis-backed
 ## test), prometheus (promtool, and the real Prometheus the observability test scrapes with) and
@@ -60,6 +60,11 @@ else
 endif
 
 test: deps fmt-check clippy unit
+
+## API conformance: schemathesis (pinned in tests/api/requirements.txt, installed into
+## tests/api/.venv) against a real engine, simulator and redis-server (tests/api/run.sh).
+check-api: deps
+	bash tests/api/run.sh
 
 ## Offline validation of deploy/: kustomize overlays against Kubernetes schemas, promtool on the
 ## alert rules, the dashboard's JSON (installs kubectl/promtool/kubernetes-validate if missing).

@@ -14,6 +14,7 @@ mod durability;
 mod engine_basics;
 mod failover;
 mod ingest;
+mod openapi;
 mod prometheus;
 mod rotation;
 mod scale;
