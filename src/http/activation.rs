@@ -158,7 +158,13 @@ pub async fn invitation_landing(state: web::Data<AppState>, req: HttpRequest) ->
         web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
             .ok()
             .and_then(|q| q.get("code").cloned())
-            .filter(|c| !c.trim().is_empty() && c.len() <= 64);
+            // Only what a code can hold (base32, dashes, spaces) reaches the page and the cookie.
+            .filter(|c| {
+                !c.trim().is_empty()
+                    && c.len() <= 64
+                    && c.chars()
+                        .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == ' ')
+            });
     let Some(code) = code else {
         return page(
             StatusCode::OK,

@@ -150,34 +150,40 @@ pub async fn find_error(
             "a trackingId is 32 hex digits",
         ));
     }
-    match state.errors.find(&id).await {
-        Ok(Some(rec)) => return Ok(HttpResponse::Ok().json(rec)),
-        Ok(None) => {}
-        Err(e) => {
-            return Err(ApiError::unavailable(&format!(
-                "could not read the support log: {e}"
-            )));
-        }
-    }
-    let from_tenant = state.registry.list().into_iter().find_map(|h| {
-        let r = h.record();
-        r.last_error
-            .filter(|e| e.tracking_id == id)
-            .map(|e| (r.tenant_id, e))
-    });
-    match from_tenant {
-        Some((tenant, e)) => Ok(HttpResponse::Ok().json(serde_json::json!({
-            "trackingId": e.tracking_id,
-            "time": e.at,
-            "status": null,
-            "endpoint": "background (the tenant's last error)",
-            "tenant": tenant,
-            "reason": "tenant_error",
-            "description": e.description,
-        }))),
-        None => Err(ApiError::not_found(&format!(
+    match lookup_error(&state, &id).await {
+        Ok(Some(record)) => Ok(HttpResponse::Ok().json(record)),
+        Ok(None) => Err(ApiError::not_found(&format!(
             "trackingId {id} (errors are kept {} s)",
             state.config.support.errors_retention_secs
         ))),
+        Err(e) => Err(ApiError::unavailable(&format!(
+            "could not read the support log: {e}"
+        ))),
     }
+}
+
+/// The error answered with trackingId `id` (lowercase hex): from the support log, else a
+/// tenant's last error carrying it (a failed activation, a dead refresh token). The one lookup
+/// behind `GET /admin/errors/<id>` and the console's error page.
+pub async fn lookup_error(
+    state: &AppState,
+    id: &str,
+) -> Result<Option<serde_json::Value>, actors::store::StoreError> {
+    if let Some(rec) = state.errors.find(id).await? {
+        return Ok(Some(serde_json::to_value(rec).unwrap_or_default()));
+    }
+    Ok(state.registry.list().into_iter().find_map(|h| {
+        let r = h.record();
+        r.last_error.filter(|e| e.tracking_id == id).map(|e| {
+            serde_json::json!({
+                "trackingId": e.tracking_id,
+                "time": e.at,
+                "status": null,
+                "endpoint": "background (the tenant's last error)",
+                "tenant": r.tenant_id,
+                "reason": "tenant_error",
+                "description": e.description,
+            })
+        })
+    }))
 }

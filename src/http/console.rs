@@ -614,16 +614,16 @@ pub async fn error(
             "<p>A trackingId is 32 hex digits.</p>",
         );
     }
-    let found = match state.errors.find(&id).await {
-        Ok(Some(r)) => Some(serde_json::to_value(r).unwrap_or_default()),
-        Ok(None) => state.registry.list().into_iter().find_map(|h| {
-            let r = h.record();
-            r.last_error.filter(|e| e.tracking_id == id).map(|e| {
-                serde_json::json!({"trackingId": id, "time": e.at, "status": null, "endpoint": "background (the tenant's last error)", "tenant": r.tenant_id, "reason": "tenant_error", "description": e.description})
-            })
-        }),
+    let found = match admin::lookup_error(&state, &id).await {
+        Ok(found) => found,
         Err(e) => {
-            return layout(StatusCode::SERVICE_UNAVAILABLE, "Support log unavailable", Some(&s), &state, &format!("<p class=err>{}</p>", esc(&e.to_string())));
+            return layout(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Support log unavailable",
+                Some(&s),
+                &state,
+                &format!("<p class=err>{}</p>", esc(&e.to_string())),
+            );
         }
     };
     let Some(e) = found else {

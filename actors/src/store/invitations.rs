@@ -85,13 +85,16 @@ pub fn digest(code: &str) -> String {
 }
 
 /// Marks an invitation used unless it is already: {0} unknown, {1} used before, {2, record}
-/// used now.
+/// used now. The mark expires with the invitation's record (never before it: a used code must
+/// not work again while its record lives).
 static REDEEM: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
 local v = redis.call('GET', KEYS[1])
 if not v then return {0} end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'EX', ARGV[2]) then return {2, v} end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 1000 then ttl = 1000 end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ttl) then return {2, v} end
 return {1}
 ",
     )
@@ -160,7 +163,6 @@ impl Store {
                     .key(keys.invitation(&d))
                     .key(keys.invitation_used(&d))
                     .arg(serde_json::to_string(&used).expect("serializes"))
-                    .arg(KEEP_AFTER_EXPIRY.as_secs() * 8)
                     .invoke_async(&mut conn),
             )
             .await?;
