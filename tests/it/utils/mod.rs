@@ -141,18 +141,22 @@ pub async fn admin_tenant(base: &str, id: &str) -> Value {
         .unwrap()
 }
 
-/// Activates simulated org `i` and waits until Webex saw it completed; returns the tenant id.
+/// Activates simulated org `i` (through the admin API at `base`) and waits until both Webex
+/// and the engine's own record say completed (the record follows the PATCH's answer); returns
+/// the tenant id.
 pub async fn activate_org(sim: &Sim, base: &str, i: usize) -> String {
     let (status, body) = admin_activate(base, &sim.activation_jwt(i)).await;
     assert_eq!(status, 202, "{body}");
+    let id = body["tenant_id"].as_str().expect("tenant id").to_string();
     assert!(
         eventually(Duration::from_secs(20), || async {
             sim.app_state(i).provisioning_state.as_deref() == Some("completed")
+                && admin_tenant(base, &id).await["provisioning_state"] == "completed"
         })
         .await,
         "activation of org {i} did not complete"
     );
-    body["tenant_id"].as_str().expect("tenant id").to_string()
+    id
 }
 
 /// Every key under `prefix` and its DUMP, concatenated (to look for plain-text secrets).
