@@ -141,12 +141,27 @@ impl Api<'_> {
                     tracing::debug!(tenant = %self.tenant.tenant_id, kind = path, "inventory skipped: scope not granted");
                     continue;
                 }
-                let items = self.list_all(call, path).await?;
                 let normalize = match kind {
                     InventoryKind::Device => device_entry,
                     InventoryKind::Workspace => workspace_entry,
                 };
-                let entries: Vec<(String, String)> = items.iter().filter_map(normalize).collect();
+                let items = self.list_all(call, path).await?;
+                let mut entries: Vec<(String, String)> =
+                    items.iter().filter_map(normalize).collect();
+                // Pages are offsets (`start=`): an item removed while we page shifts the later
+                // ones back, and one of them can fall between two pages. So a removal is
+                // confirmed by a second listing: what either listing has is kept (the second's
+                // value wins), and only an item missing from both is removed.
+                let listed: std::collections::HashSet<&str> =
+                    entries.iter().map(|(id, _)| id.as_str()).collect();
+                let stored = store.inventory_ids(&self.tenant.org_id, kind).await?;
+                if stored.iter().any(|id| !listed.contains(id.as_str())) {
+                    let again = self.list_all(call, path).await?;
+                    let mut merged: std::collections::BTreeMap<String, String> =
+                        entries.into_iter().collect();
+                    merged.extend(again.iter().filter_map(normalize));
+                    entries = merged.into_iter().collect();
+                }
                 let changes = store
                     .apply_inventory(&self.tenant.org_id, kind, &entries, maxlen)
                     .await?;

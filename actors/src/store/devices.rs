@@ -251,6 +251,17 @@ impl DeviceStore {
         Ok(at.map(|t| std::time::Duration::from_millis(now.saturating_sub(t).max(0) as u64)))
     }
 
+    /// The ids in the stored inventory of `kind` for `org`.
+    pub async fn inventory_ids(
+        &self,
+        org: &str,
+        kind: InventoryKind,
+    ) -> Result<Vec<String>, StoreError> {
+        let hash = self.hash_key(org, kind);
+        let mut conn = self.store.conn()?;
+        self.store.bounded(conn.hkeys(hash)).await
+    }
+
     /// The stored inventory of `kind` for `org`: id → JSON.
     pub async fn inventory(
         &self,
