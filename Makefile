@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 NEXTEST := $(shell command -v cargo-nextest 2>/dev/null)
 
-.PHONY: check-api demo test deps build bench check-deploy fmt-check clippy unit clean fuzz fuzz-tools
+.PHONY: consumer-deps check-api demo test deps build bench check-deploy fmt-check clippy unit clean fuzz fuzz-tools
 
 ## Install what a fresh machine lacks, from Debian's packages: redis-server (every Redis-backed
 ## test), prometheus (promtool, and the real Prometheus the observability test scrapes with) and
@@ -26,6 +26,18 @@ deps:
 	@command -v prometheus >/dev/null 2>&1 || { echo "prometheus is required"; exit 1; }
 	@[ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || { echo "chromium and chromium-driver are required (browser tests)"; exit 1; }
 	@redis-server --version; promtool --version 2>&1 | head -1; chromium --version 2>/dev/null | head -1
+
+## The consumer examples' packages (docs/consumers): redis-py into target/consumer-deps/python
+## (pip --target, pinned in requirements.txt), ioredis into the Node example's node_modules
+## (npm ci from its package-lock.json). The consumer tests run both.
+consumer-deps:
+	@py=target/consumer-deps/python; req=docs/consumers/python/requirements.txt; \
+	if ! cmp -s $$req $$py/.requirements 2>/dev/null; then \
+	  echo ">> installing $$(cat $$req) into $$py (pip)"; rm -rf $$py; mkdir -p $$py; \
+	  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore --target $$py -r $$req && cp $$req $$py/.requirements; \
+	fi
+	@[ -d docs/consumers/node/node_modules/ioredis ] || { echo ">> installing ioredis into docs/consumers/node (npm ci)"; \
+	  cd docs/consumers/node && npm ci --silent --no-audit --no-fund; }
 
 build:
 	$(CARGO) build --release --bin xapi-stream
@@ -52,7 +64,7 @@ clippy:
 
 ## Build every test once, then run them in parallel (each test has its own key prefix;
 ## fault tests their own redis-server).
-unit: deps
+unit: deps consumer-deps
 ifdef NEXTEST
 	$(CARGO) nextest run --workspace --no-fail-fast
 else

@@ -223,6 +223,37 @@ mod tests {
     }
 
     #[test]
+    fn stream_settings_that_would_write_nowhere_or_lose_exactly_once_are_refused() {
+        let refused = |pairs: &[(&str, &str)]| {
+            let mut v = with_key();
+            v.extend(env(pairs));
+            load_from(None, "", v).unwrap_err().to_string()
+        };
+        let e = refused(&[("XAPI_STREAM__STREAMS__PER_ORG", "false")]);
+        assert!(e.starts_with("config error: streams.per_org:"), "{e}");
+        let e = refused(&[("XAPI_STREAM__STREAMS__SHARDS", "0")]);
+        assert!(e.starts_with("config error: streams.shards:"), "{e}");
+        let e = refused(&[("XAPI_STREAM__STREAMS__RETENTION_SECS", "5")]);
+        assert!(
+            e.starts_with("config error: streams.retention_secs:"),
+            "{e}"
+        );
+        let e = refused(&[
+            ("XAPI_STREAM__STREAMS__FIREHOSE", "true"),
+            ("XAPI_STREAM__REDIS__CLUSTER", "true"),
+        ]);
+        assert!(e.starts_with("config error: streams.firehose:"), "{e}");
+        let mut v = with_key();
+        v.extend(env(&[
+            ("XAPI_STREAM__STREAMS__FIREHOSE", "true"),
+            ("XAPI_STREAM__STREAMS__PER_ORG", "false"),
+            ("XAPI_STREAM__STREAMS__RETENTION_SECS", "0"),
+        ]));
+        let c = load_from(None, "", v).expect("firehose only, no retention");
+        assert_eq!(c.streams.shards, 16);
+    }
+
+    #[test]
     fn shipped_default_file_parses_as_the_operator_file() {
         let text =
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml"))

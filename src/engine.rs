@@ -66,6 +66,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
     let writer = deps.writer.clone();
     let bell = deps.bell.clone();
     let bell_store = deps.store.clone();
+    let lag_store = deps.store.clone();
     let errors = Arc::new(actors::support::ErrorLog::start(
         deps.store.clone(),
         &config.support,
@@ -211,6 +212,14 @@ pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
             registry.clone(),
             shutdown.clone(),
         ));
+        if config.streams.firehose {
+            tokio::spawn(actors::store::lag::sample_loop(
+                lag_store,
+                config.streams.shards,
+                Duration::from_secs(config.streams.lag_sample_secs),
+                shutdown.clone(),
+            ));
+        }
         tokio::spawn(actors::registry::flush_counters_loop(
             registry.clone(),
             shutdown.clone(),

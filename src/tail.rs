@@ -19,8 +19,13 @@ pub struct TailArgs {
     #[arg(long, short)]
     pub config: Option<std::path::PathBuf>,
     /// Only this organization (the JWT `sub` / message `orgId`); default: every organization.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "all")]
     pub org: Option<String>,
+    /// Read the firehose (`<p>:{all-<n>}:status|events`, `streams.shards` of each): every
+    /// organization from a fixed set of streams, each entry with its `org`. Needs
+    /// `streams.firehose = true` in the engine.
+    #[arg(long)]
+    pub all: bool,
     /// Consumer group name.
     #[arg(long, default_value = "xapi-tail")]
     pub group: String,
@@ -61,11 +66,17 @@ pub fn run(args: TailArgs) -> std::process::ExitCode {
 
 async fn streams(
     conn: &mut redis::aio::MultiplexedConnection,
-    prefix: &str,
-    org: Option<&str>,
+    cfg: &config::Config,
+    args: &TailArgs,
 ) -> anyhow::Result<Vec<String>> {
+    let prefix = cfg.redis.key_prefix.as_str();
     let keys = Keys::new(prefix);
-    if let Some(org) = org {
+    if args.all {
+        return Ok((0..cfg.streams.shards)
+            .flat_map(|n| [keys.firehose_status(n), keys.firehose_events(n)])
+            .collect());
+    }
+    if let Some(org) = &args.org {
         return Ok(vec![keys.status_stream(org), keys.events_stream(org)]);
     }
     let mut found = Vec::new();
@@ -73,7 +84,10 @@ async fn streams(
         let mut iter: redis::AsyncIter<String> =
             conn.scan_match(keys.streams_pattern(kind)).await?;
         while let Some(k) = futures::StreamExt::next(&mut iter).await {
-            found.push(k?);
+            let k = k?;
+            if !actors::store::keys::is_firehose(prefix, &k) {
+                found.push(k);
+            }
         }
     }
     found.sort();
@@ -87,7 +101,12 @@ async fn tail(cfg: config::Config, args: TailArgs) -> anyhow::Result<()> {
     );
     let client = redis::Client::open(cfg.redis.url.expose())?;
     let mut conn = client.get_multiplexed_async_connection().await?;
-    let keys = streams(&mut conn, &cfg.redis.key_prefix, args.org.as_deref()).await?;
+    if args.all && !cfg.streams.firehose {
+        eprintln!(
+            "note: streams.firehose is off in this configuration; the firehose streams stay empty until an engine writes them"
+        );
+    }
+    let keys = streams(&mut conn, &cfg, &args).await?;
     if keys.is_empty() {
         anyhow::bail!("no streams under prefix {:?} yet", cfg.redis.key_prefix);
     }
@@ -163,23 +182,31 @@ fn print_entry(stream: &str, id: &str, map: &std::collections::HashMap<String, r
             s
         }
     };
+    // Firehose entries come from every organization: say which.
+    let device = |d: String| {
+        if stream.contains(":{all-") {
+            format!("{} org={}", short(d), short(get("org")))
+        } else {
+            short(d)
+        }
+    };
     match get("op").as_str() {
         "remove" => println!(
             "{id} {kind} device={} {} removed (was {})",
-            short(get("device")),
+            device(get("device")),
             get("key"),
             get("prev")
         ),
         _ if kind == "event " => println!(
             "{id} {kind} device={} {} = {} at {}",
-            short(get("device")),
+            device(get("device")),
             get("key"),
             get("value"),
             get("ts")
         ),
         _ => println!(
             "{id} {kind} device={} {} = {} (was {}) [{}]",
-            short(get("device")),
+            device(get("device")),
             get("key"),
             get("value"),
             get("prev"),

@@ -19,12 +19,29 @@ pub struct Config {
     pub webex: WebexConfig,
     pub activation: ActivationConfig,
     pub redis: RedisConfig,
+    pub streams: StreamsConfig,
     pub security: SecurityConfig,
     pub ingest: IngestConfig,
     pub devices: DevicesConfig,
     pub scaling: ScalingConfig,
     pub support: SupportConfig,
     pub log: LogConfig,
+}
+
+/// Which streams a message's entries go to, and how long entries are kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamsConfig {
+    /// Write each organization's `<p>:{<org>}:status|events`.
+    pub per_org: bool,
+    /// Also write every entry to the fleet-wide `<p>:{all-<n>}:status|events`.
+    pub firehose: bool,
+    /// Firehose shards: an organization's entries all go to shard `fnv1a(org) % shards`.
+    pub shards: u32,
+    /// Entries older than this are trimmed (`XADD MINID ~`); 0 = by `redis.stream_maxlen` only.
+    pub retention_secs: u64,
+    /// How often the firehose's consumer groups are sampled for the lag metrics; 0 = never.
+    pub lag_sample_secs: u64,
 }
 
 /// The support log of errors answered with a trackingId.
@@ -559,6 +576,30 @@ impl Config {
                     "must be at least 1 and below redis.command_timeout_ms ({}) when redis.wait_replicas is set",
                     self.redis.command_timeout_ms
                 ),
+            ));
+        }
+        let streams = &self.streams;
+        if !streams.per_org && !streams.firehose {
+            return Err(err(
+                "streams.per_org",
+                "false needs streams.firehose = true (else no entry is written anywhere)",
+            ));
+        }
+        if !(1..=1024).contains(&streams.shards) {
+            return Err(err("streams.shards", "must be between 1 and 1024"));
+        }
+        if streams.firehose && self.redis.is_cluster() {
+            // A shard is in another slot than the organization's keys, and one script writes
+            // both so that a retry stays exactly once (docs/streams.md, "The firehose").
+            return Err(err(
+                "streams.firehose",
+                "not supported on Redis Cluster yet (a shard's slot differs from the organization's)",
+            ));
+        }
+        if streams.retention_secs != 0 && streams.retention_secs < 10 {
+            return Err(err(
+                "streams.retention_secs",
+                "must be 0 (keep by redis.stream_maxlen only) or at least 10",
             ));
         }
         self.encryption_key()?;

@@ -95,6 +95,9 @@ pub struct Metrics {
     pub token_exchanges_lost_total: IntCounter,
     pub replication_waits_total: IntCounterVec,
     pub tenants: IntGaugeVec,
+    /// Firehose consumer groups: entries not yet delivered / delivered and not acknowledged.
+    pub consumer_lag: IntGaugeVec,
+    pub consumer_pending: IntGaugeVec,
     pub ingest_queue_depth: IntGauge,
     pub stage_seconds: HistogramVec,
     pub actor_restarts_total: IntCounterVec,
@@ -260,6 +263,19 @@ impl Metrics {
         registry
             .register(Box::new(tenants.clone()))
             .expect("unique");
+        let group_gauge = |name: &str, help: &str| {
+            let g = IntGaugeVec::new(opts(name, help), &["stream", "group"]).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique");
+            g
+        };
+        let consumer_lag = group_gauge(
+            "consumer_lag",
+            "Firehose entries not yet delivered to a consumer group, summed over the shards (XINFO GROUPS lag).",
+        );
+        let consumer_pending = group_gauge(
+            "consumer_pending",
+            "Firehose entries delivered to a consumer group and not acknowledged, summed over the shards.",
+        );
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::with_opts(opts(name, help)).expect("valid metric");
             registry.register(Box::new(g.clone())).expect("unique");
@@ -455,6 +471,8 @@ impl Metrics {
             token_exchanges_lost_total,
             replication_waits_total,
             tenants,
+            consumer_lag,
+            consumer_pending,
             ingest_queue_depth,
             stage_seconds,
             actor_restarts_total,

@@ -303,6 +303,55 @@ fn tail_reads_with_a_consumer_group_and_acks() {
     );
 }
 
+#[test]
+fn tail_all_reads_the_firehose_shards_and_names_each_org() {
+    let redis = shared_redis();
+    let prefix = unique_prefix();
+    let mut conn = redis.client().get_connection().unwrap();
+    // Two organizations in two shards, as the engine writes them (streams.shards = 4).
+    for (shard, org) in [(1, "ORG-A"), (3, "ORG-B")] {
+        let _: String = redis::cmd("XADD")
+            .arg(format!("{prefix}:{{all-{shard}}}:status"))
+            .arg("*")
+            .arg(&[
+                ("org", org),
+                ("device", "DEV"),
+                ("key", "Standby.State"),
+                ("op", "set"),
+                ("value", "\"Standby\""),
+                ("source", "webhook"),
+            ])
+            .query(&mut conn)
+            .unwrap();
+    }
+    // An organization's own stream is not part of --all.
+    let _: String = redis::cmd("XADD")
+        .arg(format!("{prefix}:{{ORG-A}}:status"))
+        .arg("*")
+        .arg(&[("org", "ORG-A"), ("key", "Own.Stream")])
+        .query(&mut conn)
+        .unwrap();
+    let out = Command::new(BIN)
+        .args(["tail", "--all", "--count", "2", "--group", "g1"])
+        .env("XAPI_STREAM__REDIS__URL", redis.url())
+        .env("XAPI_STREAM__REDIS__KEY_PREFIX", &prefix)
+        .env("XAPI_STREAM__STREAMS__FIREHOSE", "true")
+        .env("XAPI_STREAM__STREAMS__SHARDS", "4")
+        .env("XAPI_STREAM__SECURITY__ENCRYPTION_KEY", KEY)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("tailing 8 stream(s)"), "{stderr}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 2, "{stdout}");
+    assert!(
+        stdout.contains("org=ORG-A") && stdout.contains("org=ORG-B"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("Own.Stream"), "{stdout}");
+}
+
 #[actix_web::test]
 async fn activate_command_sends_the_jwt_to_a_running_engine() {
     let TestEnv { redis, prefix, sim } =

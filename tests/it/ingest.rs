@@ -119,6 +119,8 @@ async fn seed_payloads_become_exactly_the_contract_records() {
             ("full_sync", "0"),
             ("source", "webhook"),
             ("app", &app),
+            // The version of docs/schemas (an extension of the contract's fields).
+            ("schema", "1"),
         ]);
         f.retain(|_, v| !v.is_empty());
         f
@@ -236,7 +238,8 @@ async fn seed_payloads_become_exactly_the_contract_records() {
             ("ts", &t3),
             ("msg_ts", &t4),
             ("source", "webhook"),
-            ("app", &app)
+            ("app", &app),
+            ("schema", "1")
         ])
     );
 

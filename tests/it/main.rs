@@ -8,6 +8,7 @@ mod activation;
 mod browser;
 mod cli;
 mod console;
+mod consumers;
 mod devices;
 mod drain;
 mod durability;

@@ -2,9 +2,12 @@
 -- organization: every key carries its {org} hash tag). Each message is applied exactly as if
 -- alone; a duplicate (same content applied before) writes nothing.
 --
--- KEYS: per organization 1 status stream, 2 events stream, then per message of it 1 device
---   state hash, 2 device stamps hash, 3 dedupe set of the message's time bucket.
--- ARGV: 1 maxlen, 2 "1" to touch the dedupe set of a duplicate (see below), then per
+-- KEYS: per organization 1 status stream, 2 events stream (then, with the firehose, 3 and 4:
+--   its shard's status and events streams), then per message of it 1 device state hash,
+--   2 device stamps hash, 3 dedupe set of the message's time bucket.
+-- ARGV: 1 maxlen, 2 "1" to touch the dedupe set of a duplicate (see below), 3 MINID threshold
+--   of retention ("0" = none), 4 "1" to trim by maxlen too when trimming by MINID, 5 "1" to
+--   write the organization's streams, 6 "1" when the firehose keys are given, then per
 --   organization: org, number of messages, then per message: kind ("status"|"events"),
 --   workspace, device, msg timestamp (verbatim), source, app, ts_ms, fingerprint, dedupe set
 --   expiry (Unix seconds; negative when the caller has set that set's expiry already),
@@ -19,7 +22,10 @@
 -- them back, keys shared by an organization's messages passed once, and no table for what a
 -- message does not need. (The tenants' message counters are added by the engine, off this
 -- path, once a second.)
-local maxlen, touch = ARGV[1], ARGV[2] == '1'
+local maxlen, touch, minid, both = ARGV[1], ARGV[2] == '1', ARGV[3], ARGV[4] == '1'
+local per_org, firehose = ARGV[5] == '1', ARGV[6] == '1'
+-- Every entry carries the version of the entry schemas in docs/schemas.
+local SCHEMA = '1'
 
 -- Lua's unpack is bounded by its C stack: commands with many fields go in chunks.
 local CHUNK = 1000
@@ -44,20 +50,46 @@ local function each_chunk(cmd, key, items, step)
   end
 end
 
+-- A stream is trimmed by its first entry in a call (MINID ~ for retention by age, else MAXLEN
+-- ~; with both, an XTRIM MAXLEN ~ in the calls the caller marks); the call's other entries go
+-- without trim arguments. Until the next call trims it, a stream can hold one call's entries
+-- beyond its limits (besides the slack `~` allows anyway).
+local trimmed = {}
+local function xadd(stream, ...)
+  if trimmed[stream] then return redis.call('XADD', stream, '*', ...) end
+  trimmed[stream] = true
+  if minid == '0' then return redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', ...) end
+  if both then redis.call('XTRIM', stream, 'MAXLEN', '~', maxlen) end
+  return redis.call('XADD', stream, 'MINID', '~', minid, '*', ...)
+end
+-- An entry goes to the organization's stream and to its firehose shard, as configured.
+local function emit(stream, shard, ...)
+  if per_org then xadd(stream, ...) end
+  if shard then xadd(shard, ...) end
+end
+
 local out, expiring = {}, {}
-local a, k, m = 3, 0, 0
+local a, k, m = 7, 0, 0
 while a <= #ARGV do
   local org, count = ARGV[a], tonumber(ARGV[a + 1])
   a = a + 2
   local status, events = KEYS[k + 1], KEYS[k + 2]
   k = k + 2
+  local hose_status, hose_events
+  if firehose then
+    hose_status, hose_events = KEYS[k + 1], KEYS[k + 2]
+    k = k + 2
+  end
   for _ = 1, count do
     local state_key, stamps_key, seen_key = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
     k = k + 3
     m = m + 1
     local kind, ws, dev, ts, src, app = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3],
       ARGV[a + 4], ARGV[a + 5]
-    local ts_ms, fingerprint, expire_at = tonumber(ARGV[a + 6]), ARGV[a + 7], tonumber(ARGV[a + 8])
+    -- ts_ms is compared as a number and written back as the caller's string (a Lua number
+    -- would be formatted by Redis for every HSET).
+    local ts_text, fingerprint, expire_at = ARGV[a + 6], ARGV[a + 7], tonumber(ARGV[a + 8])
+    local ts_ms = tonumber(ts_text)
     local full, n = ARGV[a + 9], tonumber(ARGV[a + 10])
     a = a + 11
     if redis.call('SADD', seen_key, fingerprint) == 0 then
@@ -75,9 +107,9 @@ while a <= #ARGV do
       local written = 0
       if kind == 'events' then
         for _ = 1, n do
-          redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*',
+          emit(events, hose_events,
             'org', org, 'workspace', ws, 'device', dev, 'key', ARGV[a], 'value', ARGV[a + 1],
-            'ts', ARGV[a + 2], 'msg_ts', ts, 'source', src, 'app', app)
+            'ts', ARGV[a + 2], 'msg_ts', ts, 'source', src, 'app', app, 'schema', SCHEMA)
           a = a + 3
           written = written + 1
         end
@@ -134,20 +166,20 @@ while a <= #ARGV do
           if tonumber(stamps[i] or '-1') <= ts_ms then
             local key, v = asked[i], ARGV[u + 2 * (i - 2) + 1]
             new_stamps[#new_stamps + 1] = key
-            new_stamps[#new_stamps + 1] = ts_ms
+            new_stamps[#new_stamps + 1] = ts_text
             local prev
             if state then prev = state[key] else prev = current[i] end
             if prev ~= v then
               new_values[#new_values + 1] = key
               new_values[#new_values + 1] = v
               if prev then
-                redis.call('XADD', status, 'MAXLEN', '~', maxlen, '*', 'org', org,
+                emit(status, hose_status, 'org', org,
                   'workspace', ws, 'device', dev, 'key', key, 'op', 'set', 'value', v,
-                  'prev', prev, 'ts', ts, 'full_sync', full, 'source', src, 'app', app)
+                  'prev', prev, 'ts', ts, 'full_sync', full, 'source', src, 'app', app, 'schema', SCHEMA)
               else
-                redis.call('XADD', status, 'MAXLEN', '~', maxlen, '*', 'org', org,
+                emit(status, hose_status, 'org', org,
                   'workspace', ws, 'device', dev, 'key', key, 'op', 'set', 'value', v,
-                  'ts', ts, 'full_sync', full, 'source', src, 'app', app)
+                  'ts', ts, 'full_sync', full, 'source', src, 'app', app, 'schema', SCHEMA)
               end
               written = written + 1
             end
@@ -160,16 +192,16 @@ while a <= #ARGV do
             if state then prev = state[key] else prev = current[i] end
             if prev or not known then
               new_stamps[#new_stamps + 1] = key
-              new_stamps[#new_stamps + 1] = ts_ms
+              new_stamps[#new_stamps + 1] = ts_text
               dropped[#dropped + 1] = key
               if prev then
-                redis.call('XADD', status, 'MAXLEN', '~', maxlen, '*', 'org', org,
+                emit(status, hose_status, 'org', org,
                   'workspace', ws, 'device', dev, 'key', key, 'op', 'remove', 'prev', prev,
-                  'ts', ts, 'full_sync', full, 'source', src, 'app', app)
+                  'ts', ts, 'full_sync', full, 'source', src, 'app', app, 'schema', SCHEMA)
               else
-                redis.call('XADD', status, 'MAXLEN', '~', maxlen, '*', 'org', org,
+                emit(status, hose_status, 'org', org,
                   'workspace', ws, 'device', dev, 'key', key, 'op', 'remove', 'ts', ts,
-                  'full_sync', full, 'source', src, 'app', app)
+                  'full_sync', full, 'source', src, 'app', app, 'schema', SCHEMA)
               end
               written = written + 1
             end

@@ -28,6 +28,16 @@ impl Keys {
         format!("{}:{{{org}}}:events", self.prefix)
     }
 
+    /// `<p>:{all-<n>}:status` — shard `n` of the fleet-wide status stream (the firehose).
+    pub fn firehose_status(&self, shard: u32) -> String {
+        format!("{}:{{all-{shard}}}:status", self.prefix)
+    }
+
+    /// `<p>:{all-<n>}:events` — shard `n` of the fleet-wide event stream.
+    pub fn firehose_events(&self, shard: u32) -> String {
+        format!("{}:{{all-{shard}}}:events", self.prefix)
+    }
+
     /// `<p>:{*}:<kind>` — a `SCAN MATCH` pattern of every organization's `kind` stream
     /// (`status` or `events`).
     pub fn streams_pattern(&self, kind: &str) -> String {
@@ -181,6 +191,29 @@ impl Keys {
     }
 }
 
+/// The firehose shard of an organization's entries: FNV-1a (32 bits) of its id modulo `shards`.
+/// Stable across replicas and restarts, so an organization's entries stay in one stream, in
+/// order.
+pub fn firehose_shard(org: &str, shards: u32) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in org.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h % shards.max(1)
+}
+
+/// Whether `key` is a firehose shard (`<p>:{all-<n>}:…`), not an organization's stream.
+pub fn is_firehose(prefix: &str, key: &str) -> bool {
+    key.strip_prefix(prefix)
+        .and_then(|k| k.strip_prefix(":{all-"))
+        .is_some_and(|k| {
+            k.split('}')
+                .next()
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,5 +229,21 @@ mod tests {
         assert_eq!(k.workspaces("ORG"), "xapi:{ORG}:workspaces");
         assert_eq!(k.commands_stream("ORG"), "xapi:{ORG}:commands");
         assert_eq!(k.command_results("ORG"), "xapi:{ORG}:command_results");
+        assert_eq!(k.firehose_status(3), "xapi:{all-3}:status");
+        assert_eq!(k.firehose_events(15), "xapi:{all-15}:events");
+    }
+
+    #[test]
+    fn an_organization_has_one_shard_and_orgs_spread_over_all() {
+        assert_eq!(firehose_shard("ORG", 16), firehose_shard("ORG", 16));
+        let mut hit = [0u32; 16];
+        for i in 0..1600 {
+            hit[firehose_shard(&format!("org-{i}"), 16) as usize] += 1;
+        }
+        assert!(hit.iter().all(|&n| n > 50), "uneven spread: {hit:?}");
+        assert_eq!(firehose_shard("ORG", 0), 0);
+        assert!(is_firehose("xapi", "xapi:{all-7}:status"));
+        assert!(!is_firehose("xapi", "xapi:{ORG}:status"));
+        assert!(!is_firehose("xapi", "xapi:{all-x}:status"));
     }
 }

@@ -12,6 +12,7 @@ pub mod errors;
 pub mod invitations;
 pub mod jti;
 pub mod keys;
+pub mod lag;
 pub mod lease;
 pub mod tenants;
 pub mod writer;

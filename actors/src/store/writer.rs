@@ -113,16 +113,54 @@ pub struct WriterConfig {
     /// Concurrent pipelines (batches in flight).
     pub writers: usize,
     pub stream_maxlen: u64,
+    /// Where entries go and how long they are kept (`[streams]`).
+    pub streams: Streams,
     /// Replicas each batch must reach (`WAIT`) before its callers are answered; 0 = none.
     pub wait_replicas: u32,
     /// How long that `WAIT` may take.
     pub wait_timeout: Duration,
 }
 
+/// The streams a message's entries go to, and their retention.
+#[derive(Debug, Clone, Copy)]
+pub struct Streams {
+    /// Each organization's `<p>:{<org>}:status|events`.
+    pub per_org: bool,
+    /// Firehose shards `<p>:{all-<n>}:…`; 0 = no firehose.
+    pub firehose_shards: u32,
+    /// Entries older than this are trimmed (`MINID ~`); zero = by `stream_maxlen` only.
+    pub retention: Duration,
+}
+
+impl Streams {
+    /// Only the organizations' streams, kept by `stream_maxlen` (the defaults before
+    /// `[streams]`).
+    pub fn per_org_only() -> Self {
+        Self {
+            per_org: true,
+            firehose_shards: 0,
+            retention: Duration::ZERO,
+        }
+    }
+
+    pub fn from_config(c: &crate::config::StreamsConfig) -> Self {
+        Self {
+            per_org: c.per_org,
+            firehose_shards: if c.firehose { c.shards } else { 0 },
+            retention: Duration::from_secs(c.retention_secs),
+        }
+    }
+}
+
+/// With retention by age, every this-many-th call also trims by `stream_maxlen` (`XTRIM`):
+/// the cap only matters in a burst, and one XADD carries one trim strategy.
+const MAXLEN_EVERY: u64 = 16;
+
 /// How a batch is confirmed durable.
 #[derive(Debug, Clone, Copy)]
 struct Durability {
     maxlen: u64,
+    streams: Streams,
     /// `WAIT` for this many replicas, this long (None: the master's answer is enough).
     wait: Option<(u32, Duration)>,
 }
@@ -159,6 +197,7 @@ impl StreamWriter {
         let script = Arc::new(redis::Script::new(APPLY_LUA));
         let durability = Durability {
             maxlen: cfg.stream_maxlen,
+            streams: cfg.streams,
             wait: (cfg.wait_replicas > 0).then_some((cfg.wait_replicas, cfg.wait_timeout)),
         };
         let tasks = (0..cfg.writers.max(1))
@@ -363,17 +402,26 @@ async fn apply_group<'a>(
         let groups: Vec<&[&Job]> = chunk
             .chunk_by(|x, y| x.msg.org_id == y.msg.org_id)
             .collect();
+        let streams = durability.streams;
+        let per_org_keys = KEYS_PER_ORG + if streams.firehose_shards > 0 { 2 } else { 0 };
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(script.get_hash())
-            .arg(groups.len() * KEYS_PER_ORG + chunk.len() * KEYS_PER_MESSAGE);
+            .arg(groups.len() * per_org_keys + chunk.len() * KEYS_PER_MESSAGE);
         for group in &groups {
-            add_org_keys(&mut cmd, store, &group[0].msg.org_id);
+            add_org_keys(&mut cmd, store, streams, &group[0].msg.org_id);
             for job in group.iter() {
                 add_keys(&mut cmd, store, &job.msg);
             }
         }
+        let flag = |on: bool| if on { "1" } else { "0" };
         cmd.arg(durability.maxlen)
-            .arg(if durability.wait.is_some() { "1" } else { "0" });
+            .arg(flag(durability.wait.is_some()))
+            .arg(min_id(streams.retention))
+            .arg(flag(
+                CALLS.fetch_add(1, Relaxed).is_multiple_of(MAXLEN_EVERY),
+            ))
+            .arg(flag(streams.per_org))
+            .arg(flag(streams.firehose_shards > 0));
         for group in &groups {
             cmd.arg(&group[0].msg.org_id).arg(group.len());
             for job in group.iter() {
@@ -469,11 +517,33 @@ async fn wait_replicas(
     Ok(())
 }
 
-/// The keys of an organization in a call: its status and events streams.
-fn add_org_keys(cmd: &mut redis::Cmd, store: &Store, org: &str) {
+/// Script calls made, for [`MAXLEN_EVERY`].
+static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+use std::sync::atomic::Ordering::Relaxed;
+
+/// The `MINID` threshold of retention by age (milliseconds of the oldest ID kept); "0" = none.
+fn min_id(retention: Duration) -> String {
+    if retention.is_zero() {
+        return "0".into();
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    // At least 1: "0" means no retention to the script.
+    (now.saturating_sub(retention).as_millis().max(1)).to_string()
+}
+
+/// The keys of an organization in a call: its status and events streams, then (with the
+/// firehose) its shard's.
+fn add_org_keys(cmd: &mut redis::Cmd, store: &Store, streams: Streams, org: &str) {
     let keys = store.keys();
     cmd.arg(keys.status_stream(org))
         .arg(keys.events_stream(org));
+    if streams.firehose_shards > 0 {
+        let shard = super::keys::firehose_shard(org, streams.firehose_shards);
+        cmd.arg(keys.firehose_status(shard))
+            .arg(keys.firehose_events(shard));
+    }
 }
 
 /// The keys of one message in a call: device state, device stamps, dedupe set.

@@ -134,6 +134,7 @@ impl Deps {
                 queue_capacity: config.ingest.queue_capacity,
                 writers: config.ingest.writers,
                 stream_maxlen: config.redis.stream_maxlen,
+                streams: crate::store::writer::Streams::from_config(&config.streams),
                 wait_replicas: config.redis.wait_replicas,
                 wait_timeout: Duration::from_millis(config.redis.wait_timeout_ms),
             },

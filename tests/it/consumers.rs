@@ -1,0 +1,543 @@
+//! Downstream consumers: the firehose, retention by age, and the Python and Node consumer
+//! examples in docs/consumers, run for real against the engine's streams.
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use redis::Commands;
+use serde_json::Value;
+use xapi_stream::devkit::sim::SimConfig;
+
+use crate::utils::*;
+
+/// Where `make consumer-deps` puts the examples' packages (redis-py; ioredis in the example's
+/// own node_modules).
+fn deps(kind: &str) -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dir = match kind {
+        "python" => root.join("target/consumer-deps/python"),
+        _ => root.join("docs/consumers/node/node_modules"),
+    };
+    assert!(
+        dir.exists(),
+        "{} is missing: run `make consumer-deps` (make test does)",
+        dir.display()
+    );
+    dir
+}
+
+fn example(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("docs/consumers")
+        .join(path)
+}
+
+/// A Python consumer of the firehose (see docs/consumers/python/consumer.py).
+fn python_consumer(
+    redis_url: &str,
+    prefix: &str,
+    name: &str,
+    sink: &PathBuf,
+    extra: &[&str],
+) -> Child {
+    Command::new("python3")
+        .arg(example("python/consumer.py"))
+        .args([
+            "--redis",
+            redis_url,
+            "--prefix",
+            prefix,
+            "--firehose",
+            "--shards",
+            "16",
+        ])
+        .args(["--group", "analytics", "--consumer", name, "--count", "50"])
+        .args(["--claim-idle-ms", "1500"])
+        .arg("--sink")
+        .arg(sink)
+        .args(extra)
+        .env("PYTHONPATH", deps("python"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("python3 runs")
+}
+
+fn shards(prefix: &str) -> Vec<String> {
+    (0..16)
+        .flat_map(|n| {
+            [
+                format!("{prefix}:{{all-{n}}}:status"),
+                format!("{prefix}:{{all-{n}}}:events"),
+            ]
+        })
+        .collect()
+}
+
+/// Every entry id of `streams`.
+fn entry_ids(conn: &mut redis::Connection, streams: &[String]) -> HashSet<(String, String)> {
+    let mut ids = HashSet::new();
+    for s in streams {
+        let reply: redis::streams::StreamRangeReply = conn.xrange_all(s).unwrap();
+        ids.extend(reply.ids.into_iter().map(|e| (s.clone(), e.id)));
+    }
+    ids
+}
+
+fn total_len(conn: &mut redis::Connection, streams: &[String]) -> usize {
+    streams
+        .iter()
+        .map(|s| conn.xlen::<_, usize>(s).unwrap())
+        .sum()
+}
+
+/// (stream, id) → deliveries, over every sink.
+fn sunk(sinks: &[PathBuf]) -> Vec<(String, String, i64, String)> {
+    let mut rows = Vec::new();
+    for sink in sinks {
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(
+                "import json,sqlite3,sys\n\
+                 db=sqlite3.connect(sys.argv[1])\n\
+                 for r in db.execute('SELECT stream,id,deliveries,fields FROM entries'):print(json.dumps(r))",
+            )
+            .arg(sink)
+            .output()
+            .expect("python3 reads the sink");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let v: Value = serde_json::from_str(line).unwrap();
+            rows.push((
+                v[0].as_str().unwrap().to_string(),
+                v[1].as_str().unwrap().to_string(),
+                v[2].as_i64().unwrap(),
+                v[3].as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    rows
+}
+
+/// Checks `entry` against docs/schemas/<kind>-entry.schema.json: its required fields, the
+/// `enum`/`const` of each property, and that a `remove` has no `value`.
+fn check_schema(kind: &str, entry: &Value) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("docs/schemas/{kind}-entry.schema.json"));
+    let schema: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    for field in schema["required"].as_array().unwrap() {
+        let field = field.as_str().unwrap();
+        if field == "value" && entry["op"] == "remove" {
+            continue;
+        }
+        assert!(
+            entry[field].is_string(),
+            "{kind} entry without {field}: {entry}"
+        );
+    }
+    for (name, rule) in schema["properties"].as_object().unwrap() {
+        let Some(v) = entry.get(name) else { continue };
+        if let Some(allowed) = rule["enum"].as_array() {
+            assert!(
+                allowed.contains(v),
+                "{kind} entry: {name}={v} not in {allowed:?}"
+            );
+        }
+        if let Some(c) = rule.get("const") {
+            assert_eq!(v, c, "{kind} entry: {name}");
+        }
+    }
+    if entry["op"] == "remove" {
+        assert!(
+            entry.get("value").is_none(),
+            "a remove with a value: {entry}"
+        );
+    }
+}
+
+/// Three consumers of one group, each with its own sink; c3 dies right after its third read,
+/// leaving what it read pending for the others.
+fn start_consumers(
+    url: &str,
+    prefix: &str,
+) -> (tempfile::TempDir, Vec<PathBuf>, Child, Child, Child) {
+    let dir = tempfile::tempdir().unwrap();
+    let sinks: Vec<PathBuf> = (1..=3)
+        .map(|c| dir.path().join(format!("c{c}.sqlite")))
+        .collect();
+    let c1 = python_consumer(url, prefix, "c1", &sinks[0], &[]);
+    let c2 = python_consumer(url, prefix, "c2", &sinks[1], &[]);
+    let c3 = python_consumer(url, prefix, "c3", &sinks[2], &["--crash-after-reads", "3"]);
+    (dir, sinks, c1, c2, c3)
+}
+
+#[actix_web::test]
+async fn a_python_consumer_group_reads_1000_tenants_from_the_firehose_once_despite_a_crash() {
+    const TENANTS: usize = 1000;
+    let env = TestEnv::start(SimConfig {
+        orgs: TENANTS,
+        devices_per_org: 1,
+        ..Default::default()
+    })
+    .await;
+    let engine = env
+        .engine(&[
+            ("STREAMS__FIREHOSE", "true"),
+            ("STREAMS__LAG_SAMPLE_SECS", "1"),
+            ("LOG__LEVEL", "warn"),
+        ])
+        .await;
+    let base = engine.admin_url();
+    // Activate every tenant, 50 at a time; the webhooks are registered once each completes.
+    for chunk in (0..TENANTS).collect::<Vec<_>>().chunks(50) {
+        let jwts: Vec<String> = chunk.iter().map(|&i| env.sim.activation_jwt(i)).collect();
+        let answers =
+            futures::future::join_all(jwts.iter().map(|jwt| admin_activate(&base, jwt))).await;
+        for (status, body) in answers {
+            assert_eq!(status, 202, "{body}");
+        }
+    }
+    assert!(
+        eventually(Duration::from_secs(120), || async {
+            (0..TENANTS).all(|i| env.sim.app_state(i).webhook.is_some())
+        })
+        .await,
+        "not every tenant registered its webhook"
+    );
+
+    // Load: 4 messages per tenant over webhooks, 16 at a time, every one delivered twice
+    // (a webhook retry: the copy must add nothing to any stream).
+    let mut accepted = 0usize;
+    let mut consumers = None;
+    for round in 0..4 {
+        if round == 1 {
+            // The group starts with a backlog of a round and reads while the rest arrives.
+            consumers = Some(start_consumers(&env.redis.url(), &env.prefix));
+        }
+        let msgs: Vec<(usize, Value)> = (0..TENANTS)
+            .flat_map(|i| env.sim.generate(i, 1).into_iter().map(move |m| (i, m)))
+            .collect();
+        for chunk in msgs.chunks(16) {
+            let sim = &env.sim;
+            let hooks: Vec<_> = chunk
+                .iter()
+                .map(|(i, _)| sim.app_state(*i).webhook.expect("registered"))
+                .collect();
+            let posts = chunk
+                .iter()
+                .zip(&hooks)
+                .flat_map(|((_, m), hook)| [sim.post_webhook(hook, m), sim.post_webhook(hook, m)]);
+            let statuses = futures::future::join_all(posts).await;
+            assert!(
+                statuses.iter().all(|&s| s == 200),
+                "round {round}: {statuses:?}"
+            );
+            accepted += chunk.len();
+        }
+    }
+    assert_eq!(accepted, 4 * TENANTS);
+    let (_dir, sinks, mut c1, mut c2, mut c3) = consumers.expect("started");
+    let crashed = eventually(Duration::from_secs(60), || {
+        let code = c3.try_wait().unwrap().map(|s| s.code());
+        async move { code == Some(Some(137)) }
+    })
+    .await;
+    assert!(
+        crashed,
+        "c3 was to crash after its third read: {:?}",
+        c3.try_wait()
+    );
+    let mut conn = env.redis.client().get_connection().unwrap();
+    let streams = shards(&env.prefix);
+    // The firehose holds exactly what the organizations' streams hold.
+    let mut per_org = 0usize;
+    for i in 0..TENANTS {
+        let org = env.sim.org(i).org_id;
+        per_org += total_len(
+            &mut conn,
+            &[
+                format!("{}:{{{org}}}:status", env.prefix),
+                format!("{}:{{{org}}}:events", env.prefix),
+            ],
+        );
+    }
+    let firehose = entry_ids(&mut conn, &streams);
+    assert!(per_org > 0);
+    assert_eq!(
+        firehose.len(),
+        per_org,
+        "firehose entries vs per-organization entries"
+    );
+
+    // Drained: nothing pending (c3's entries claimed by the others), no lag.
+    let drained = eventually(Duration::from_secs(60), || {
+        let mut conn = env.redis.client().get_connection().unwrap();
+        let streams = streams.clone();
+        async move {
+            streams.iter().all(|s| {
+                let pending: redis::streams::StreamPendingReply =
+                    conn.xpending(s, "analytics").unwrap();
+                let lag: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO")
+                    .arg("GROUPS")
+                    .arg(s)
+                    .query(&mut conn)
+                    .unwrap();
+                pending.count() == 0
+                    && lag
+                        .iter()
+                        .all(|g| matches!(g.get("lag"), Some(redis::Value::Int(0))))
+            })
+        }
+    })
+    .await;
+    assert!(drained, "the group did not drain");
+    // ... and the engine's lag metrics say so, per entry type, for this group.
+    let metrics_say_drained = eventually(Duration::from_secs(30), || async {
+        let text = reqwest::get(format!("{base}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        ["consumer_lag", "consumer_pending"].iter().all(|m| {
+            ["status", "events"].iter().all(|kind| {
+                text.lines().any(|l| {
+                    l.starts_with(&format!("xapi_stream_{m}{{"))
+                        && l.contains("group=\"analytics\"")
+                        && l.contains(&format!("stream=\"{kind}\""))
+                        && l.ends_with(" 0")
+                })
+            })
+        })
+    })
+    .await;
+    assert!(
+        metrics_say_drained,
+        "consumer_lag/consumer_pending not reported as 0"
+    );
+    for c in [&mut c1, &mut c2] {
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    }
+    let mut claimed = 0usize;
+    for c in [c1, c2] {
+        let out = c.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        claimed += text
+            .lines()
+            .filter_map(|l| l.split("claimed ").nth(1))
+            .filter_map(|l| l.split(' ').next()?.parse::<usize>().ok())
+            .sum::<usize>();
+    }
+    assert!(claimed > 0, "c3's pending entries were not claimed");
+
+    // Every entry reached the sinks once: one row each, one delivery each, nothing else.
+    let rows = sunk(&sinks);
+    let got: HashSet<(String, String)> = rows
+        .iter()
+        .map(|(s, i, _, _)| (s.clone(), i.clone()))
+        .collect();
+    assert_eq!(rows.len(), got.len(), "an entry is in two sinks");
+    assert_eq!(got, firehose, "the sinks differ from the firehose");
+    assert!(
+        rows.iter().all(|r| r.2 == 1),
+        "an entry was delivered twice"
+    );
+    // Every entry matches its JSON Schema in docs/schemas (required fields, fixed values).
+    for (stream, _, _, fields) in &rows {
+        let f: Value = serde_json::from_str(fields).unwrap();
+        let kind = if stream.ends_with(":events") {
+            "event"
+        } else {
+            "status"
+        };
+        check_schema(kind, &f);
+    }
+    engine.shutdown().await;
+}
+
+#[actix_web::test]
+async fn with_per_org_off_only_the_firehose_is_written_and_a_retry_adds_nothing() {
+    let env = TestEnv::start(SimConfig::default()).await;
+    let engine = env
+        .engine(&[
+            ("STREAMS__FIREHOSE", "true"),
+            ("STREAMS__PER_ORG", "false"),
+            ("STREAMS__SHARDS", "4"),
+        ])
+        .await;
+    activate_org(&env.sim, &engine.admin_url(), 0).await;
+    let hook = env.sim.app_state(0).webhook.unwrap();
+    let msgs = env.sim.generate(0, 20);
+    for m in &msgs {
+        assert_eq!(env.sim.post_webhook(&hook, m).await, 200);
+    }
+    let mut conn = env.redis.client().get_connection().unwrap();
+    let org = env.sim.org(0).org_id;
+    let shard = actors::store::keys::firehose_shard(&org, 4);
+    let hose = [
+        format!("{}:{{all-{shard}}}:status", env.prefix),
+        format!("{}:{{all-{shard}}}:events", env.prefix),
+    ];
+    let written = total_len(&mut conn, &hose);
+    assert!(written > 0);
+    for m in &msgs {
+        assert_eq!(env.sim.post_webhook(&hook, m).await, 200);
+    }
+    assert_eq!(total_len(&mut conn, &hose), written, "a retry wrote again");
+    let per_org: Vec<String> = keys_with_prefix(env.redis, &env.prefix)
+        .into_iter()
+        .filter(|k| k.ends_with(":status") || k.ends_with(":events"))
+        .filter(|k| !k.contains(":{all-"))
+        .collect();
+    assert!(per_org.is_empty(), "per-org streams written: {per_org:?}");
+    engine.shutdown().await;
+}
+
+#[actix_web::test]
+async fn entries_older_than_the_retention_are_trimmed_and_newer_ones_kept() {
+    // A Redis of its own: one entry per stream node, so that `MINID ~` (which trims whole
+    // nodes) trims exactly and the test can tell old from new precisely.
+    let env = TestEnv::own(SimConfig::default()).await;
+    let mut conn = env.redis.client().get_connection().unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("stream-node-max-entries")
+        .arg("1")
+        .query(&mut conn)
+        .unwrap();
+    const RETENTION: u64 = 10;
+    let engine = env
+        .engine(&[
+            ("STREAMS__RETENTION_SECS", "10"),
+            ("STREAMS__FIREHOSE", "true"),
+        ])
+        .await;
+    activate_org(&env.sim, &engine.admin_url(), 0).await;
+    let hook = env.sim.app_state(0).webhook.unwrap();
+    let org = env.sim.org(0).org_id;
+    let shard = actors::store::keys::firehose_shard(&org, 16);
+    let streams = [
+        format!("{}:{{{org}}}:status", env.prefix),
+        format!("{}:{{{org}}}:events", env.prefix),
+        format!("{}:{{all-{shard}}}:status", env.prefix),
+        format!("{}:{{all-{shard}}}:events", env.prefix),
+    ];
+    for m in env.sim.generate(0, 30) {
+        assert_eq!(env.sim.post_webhook(&hook, &m).await, 200);
+    }
+    let old = entry_ids(&mut conn, &streams);
+    assert!(!old.is_empty());
+    let written_by = Instant::now();
+    // Once the old entries are older than the retention, the next write to a stream trims
+    // them from it. The organization's status stream is written by every status message.
+    let url = env.redis.url();
+    let gone = eventually(Duration::from_secs(RETENTION * 6), || {
+        let (sim, hook, streams, old, url) = (&env.sim, hook.clone(), &streams, &old, &url);
+        async move {
+            if written_by.elapsed() < Duration::from_secs(RETENTION) {
+                return false;
+            }
+            for m in sim.generate(0, 4) {
+                assert_eq!(sim.post_webhook(&hook, &m).await, 200);
+            }
+            let mut conn = redis::Client::open(url.as_str())
+                .unwrap()
+                .get_connection()
+                .unwrap();
+            let now = entry_ids(&mut conn, &streams[..1]);
+            !now.is_empty() && now.is_disjoint(old)
+        }
+    })
+    .await;
+    assert!(gone, "old entries were not trimmed from the status stream");
+    // In every stream written since, the old entries are gone and the new ones kept.
+    let before = entry_ids(&mut conn, &streams);
+    for m in env.sim.generate(0, 10) {
+        assert_eq!(env.sim.post_webhook(&hook, &m).await, 200);
+    }
+    let after = entry_ids(&mut conn, &streams);
+    let newer: HashSet<_> = before.difference(&old).cloned().collect();
+    assert!(
+        after.is_superset(&newer),
+        "entries newer than the retention were trimmed"
+    );
+    assert!(after.difference(&before).count() > 0, "nothing new written");
+    for s in &streams {
+        let new_here = after.iter().any(|e| e.0 == *s && !old.contains(e));
+        let old_here = after.iter().any(|e| e.0 == *s && old.contains(e));
+        assert!(!(new_here && old_here), "{s}: old entries survived a write");
+    }
+    engine.shutdown().await;
+}
+
+#[actix_web::test]
+async fn the_node_consumer_reads_an_organization_with_a_group_and_acknowledges_everything() {
+    let env = TestEnv::start(SimConfig::default()).await;
+    let engine = env.engine(&[]).await;
+    activate_org(&env.sim, &engine.admin_url(), 0).await;
+    let hook = env.sim.app_state(0).webhook.unwrap();
+    for m in env.sim.generate(0, 40) {
+        assert_eq!(env.sim.post_webhook(&hook, &m).await, 200);
+    }
+    let org = env.sim.org(0).org_id;
+    let streams = [
+        format!("{}:{{{org}}}:status", env.prefix),
+        format!("{}:{{{org}}}:events", env.prefix),
+    ];
+    let mut conn = env.redis.client().get_connection().unwrap();
+    let written = entry_ids(&mut conn, &streams);
+    assert!(!written.is_empty());
+    deps("node");
+    let out = tokio::process::Command::new("node")
+        .arg(example("node/consumer.js"))
+        .args([
+            "--redis",
+            &env.redis.url(),
+            "--prefix",
+            &env.prefix,
+            "--org",
+            &org,
+        ])
+        .args([
+            "--group",
+            "warehouse",
+            "--consumer",
+            "n1",
+            "--exit-when-idle-ms",
+            "1500",
+        ])
+        .output()
+        .await
+        .expect("node runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let got: HashSet<(String, String)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["stream"].as_str().unwrap().into(),
+                l["id"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(lines.len(), got.len(), "an entry printed twice");
+    assert_eq!(got, written);
+    assert!(lines.iter().all(|l| l["fields"]["org"] == org.as_str()));
+    for s in &streams {
+        let pending: redis::streams::StreamPendingReply = conn.xpending(s, "warehouse").unwrap();
+        assert_eq!(pending.count(), 0, "{s}: entries left unacknowledged");
+    }
+    engine.shutdown().await;
+}
