@@ -295,6 +295,55 @@ async fn inventory_of_three_tenants_lands_and_follows_rename_and_removal() {
 }
 
 #[actix_web::test]
+async fn a_device_removed_while_the_listing_pages_removes_only_that_device() {
+    let redis = shared_redis();
+    let sim = start_sim(SimConfig {
+        orgs: 1,
+        devices_per_org: 200,
+        ..Default::default()
+    })
+    .await;
+    let prefix = unique_prefix();
+    let engine = start_engine(&sim, &redis.url(), &prefix, &[]).await;
+    let base = engine.base_url();
+    let tenant = activate_org(&sim, &base, 0).await;
+    inventory_ready(redis, &prefix, &sim, 0).await;
+    // Device 7 goes away between page 1 (0–99, which had it) and page 2 (from 100): device 100
+    // moves to offset 99, which page 2 no longer covers. Device 100 must not be taken for
+    // removed; device 7 goes with the next sync (it was in this sync's first listing).
+    sim.remove_device_before_page(0, 100, 7);
+    let org = sim.org(0);
+    let devices = format!("{prefix}:{{{}}}:devices", org.org_id);
+    let sync = || async {
+        let (status, report) = admin(
+            reqwest::Method::POST,
+            format!("{base}/admin/tenants/{tenant}/inventory/sync"),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{report}");
+        report
+    };
+    let report = sync().await;
+    assert_eq!(report["devices"]["removed"], 0, "{report}");
+    assert!(hget(redis, &devices, &org.devices[100].device_id).is_some());
+    let report = sync().await;
+    assert_eq!(report["devices"]["removed"], 1, "{report}");
+    assert_eq!(hlen(redis, &devices), 199);
+    assert!(hget(redis, &devices, &org.devices[7].device_id).is_none());
+    assert!(hget(redis, &devices, &org.devices[100].device_id).is_some());
+    let inv = entries(redis, &format!("{prefix}:{{{}}}:inventory", org.org_id));
+    let removes: Vec<&String> = inv
+        .iter()
+        .filter(|(_, f)| f["op"] == "remove" && f["kind"] == "device")
+        .map(|(_, f)| &f["id"])
+        .collect();
+    assert_eq!(removes, [&org.devices[7].device_id]);
+    engine.shutdown().await;
+    sim.shutdown().await;
+}
+
+#[actix_web::test]
 async fn command_stream_runs_each_request_once_and_refuses_what_is_not_granted() {
     let redis = shared_redis();
     let (sim, engine, prefix, _) = one_org(3, &[("DEVICES__COMMANDS_POLL_MS", "50")]).await;

@@ -88,6 +88,9 @@ pub struct ApiState {
     commands: Vec<CommandCall>,
     /// Base URL of the `Link: rel="next"` targets when set (default: the simulator's own).
     next_link_base: Option<String>,
+    /// (start, device): remove that device just before answering the devices page at that
+    /// offset, once (a removal while a listing pages).
+    remove_before_page: Option<(usize, usize)>,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -119,6 +122,13 @@ impl Sim {
     /// while set.
     pub fn set_next_link_base(&self, i: usize, base: Option<&str>) {
         self.state().api[i].next_link_base = base.map(str::to_string);
+    }
+
+    /// Org `i` removes device `d` just before it answers the devices page starting at `start`
+    /// (once): the later devices shift back by one, as on Webex when a device is deleted while
+    /// someone pages through the list.
+    pub fn remove_device_before_page(&self, i: usize, start: usize, d: usize) {
+        self.state().api[i].remove_before_page = Some((start, d));
     }
 
     /// Org `i` answers public-API calls with 403 while set.
@@ -267,7 +277,14 @@ async fn devices(sim: web::Data<Sim>, req: HttpRequest) -> HttpResponse {
     handle(&sim, &req, |i| {
         let org = &sim.inner.orgs[i];
         let items: Vec<Value> = {
-            let s = sim.state();
+            let mut s = sim.state();
+            let start = param(&query(&req), "start").and_then(|v| v.parse::<usize>().ok());
+            if let Some((at, d)) = s.api[i].remove_before_page
+                && start == Some(at)
+            {
+                s.api[i].remove_before_page = None;
+                s.inventory[i][d].removed = true;
+            }
             org.devices
                 .iter()
                 .zip(&s.inventory[i])
