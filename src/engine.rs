@@ -168,6 +168,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
     let handle = server.handle();
     let server_task = tokio::spawn(server);
     tracing::info!(%addr, public_url = %config.server.public_url, "http edge listening");
+    if config.server.admin_bind.is_empty() {
+        tracing::warn!(
+            bind = %config.server.bind,
+            "server.admin_bind is not set: the admin API, the operator console and /metrics are served on the public port beside the Webex endpoints (each behind the admin token); set server.admin_bind to a private address to keep them off the internet"
+        );
+    }
     if config.server.public_url_derived {
         tracing::warn!(
             public_url = %config.server.public_url,

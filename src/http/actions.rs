@@ -24,7 +24,7 @@ pub async fn receive(
     };
     let bytes = body::read(&req, payload, state.config.server.max_body_bytes).await?;
     let handle = super::live_tenant(&state, &tenant_id).await?;
-    let jwt: body::JwtBody = body::json(&bytes)?;
+    let jwt: body::JwtBody = body::object(&bytes)?;
     let claims = match state.verifier.verify(&jwt.jwt, Expect::Action).await {
         Ok(Verified::Action(c)) => c,
         Ok(Verified::Activation(_)) => {

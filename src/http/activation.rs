@@ -80,7 +80,7 @@ pub async fn provision(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let bytes = body::read(&req, payload, state.config.server.max_body_bytes).await?;
-    let jwt: body::JwtBody = body::json(&bytes).map_err(|e| rejected(&state, e))?;
+    let jwt: body::JwtBody = body::object(&bytes).map_err(|e| rejected(&state, e))?;
     let claims = verify_activation(&state, &jwt.jwt)
         .await
         .map_err(|e| rejected(&state, e))?;
@@ -352,35 +352,39 @@ pub async fn setup_submit(
         )
     };
     let act = &state.config.activation;
-    match store.setup_failures(&session, &addr).await {
-        Ok((s, _)) if s >= act.setup_max_attempts => {
-            count("locked");
-            return error_page(
-                ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "setup_locked",
-                    "setup session locked after too many wrong invitation codes",
-                ),
-                "Activation locked",
-                "<p>Too many wrong invitation codes were entered for this activation. Nothing was changed. \
-                 Activate the integration again in Control Hub, or ask your service provider for help.</p>",
-            );
-        }
-        Ok((_, a)) if a >= act.setup_attempts_per_address => {
-            count("limited");
-            return error_page(
-                ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "setup_limited",
-                    "too many wrong invitation codes from this address",
-                )
-                .retry_after(3600),
-                "Too many attempts",
-                "<p>Too many wrong invitation codes came from your network. Nothing was changed. Try again in an hour.</p>",
-            );
-        }
-        Ok(_) => {}
+    // The attempt is counted before the code is tried (and given back if the code is right):
+    // parallel posts cannot all pass the check before any of them is counted.
+    let ttl = std::time::Duration::from_secs(act.pending_ttl_secs);
+    let attempts = match store.count_setup_failure(&session, &addr, ttl).await {
+        Ok(a) => a,
         Err(e) => return unavailable(e),
+    };
+    let (tried, from_addr) = attempts;
+    if tried > act.setup_max_attempts {
+        count("locked");
+        return error_page(
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "setup_locked",
+                "setup session locked after too many wrong invitation codes",
+            ),
+            "Activation locked",
+            "<p>Too many wrong invitation codes were entered for this activation. Nothing was changed. \
+             Activate the integration again in Control Hub, or ask your service provider for help.</p>",
+        );
+    }
+    if from_addr > act.setup_attempts_per_address {
+        count("limited");
+        return error_page(
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "setup_limited",
+                "too many wrong invitation codes from this address",
+            )
+            .retry_after(3600),
+            "Too many attempts",
+            "<p>Too many wrong invitation codes came from your network. Nothing was changed. Try again in an hour.</p>",
+        );
     }
     let code = form.map(|f| f.into_inner().code).unwrap_or_default();
     let redeemed = if code.trim().is_empty() || code.len() > 64 {
@@ -412,6 +416,9 @@ pub async fn setup_submit(
             if let Err(e) = store_pending(&state, &session, &pending).await {
                 tracing::warn!(trackingId = %e.tracking_id, "setup state not stored; activation continues");
             }
+            if let Err(e) = store.forgive_setup_attempt(&session, &addr).await {
+                tracing::debug!(error = %e, "a right code's attempt not given back");
+            }
             count("completed");
             tracing::info!(
                 customer = %inv.customer.id,
@@ -425,11 +432,7 @@ pub async fn setup_submit(
         Ok(Redeemed::Used) => "used",
     };
     count(why);
-    let ttl = std::time::Duration::from_secs(act.pending_ttl_secs);
-    let left = match store.count_setup_failure(&session, &addr, ttl).await {
-        Ok((s, _)) => act.setup_max_attempts.saturating_sub(s),
-        Err(e) => return unavailable(e),
-    };
+    let left = act.setup_max_attempts.saturating_sub(tried);
     let e = ApiError::unauthorized(&format!("setup form: invitation code refused ({why})"));
     let html = if left == 0 {
         "<p>The invitation code is wrong, used or expired. Nothing was changed. This activation \
@@ -462,7 +465,7 @@ pub async fn create_invitation(
         expires_in_secs: Option<u64>,
     }
     let bytes = body::read(&req, payload, state.config.server.max_body_bytes).await?;
-    let b: Body = body::json(&bytes)?;
+    let b: Body = body::object(&bytes)?;
     let bad = |what: &str| ApiError::new(StatusCode::BAD_REQUEST, "malformed", what.to_string());
     let (id, name) = (b.customer_id.trim(), b.name.trim());
     if id.is_empty() || id.len() > 200 {
@@ -550,7 +553,7 @@ pub async fn admin_activate(
 ) -> Result<HttpResponse, ApiError> {
     admin::authorize(&state, &req)?;
     let bytes = body::read(&req, payload, state.config.server.max_body_bytes).await?;
-    let jwt: body::JwtBody = body::json(&bytes).map_err(|e| rejected(&state, e))?;
+    let jwt: body::JwtBody = body::object(&bytes).map_err(|e| rejected(&state, e))?;
     let claims = verify_activation(&state, &jwt.jwt)
         .await
         .map_err(|e| rejected(&state, e))?;

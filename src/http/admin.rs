@@ -69,7 +69,7 @@ pub async fn manifest_update(
     authorize(&state, &req)?;
     let id = path.into_inner();
     let bytes = super::body::read(&req, payload, state.config.server.max_body_bytes).await?;
-    let manifest: serde_json::Value = super::body::json(&bytes)?;
+    let manifest: serde_json::Value = super::body::object(&bytes)?;
     let problems = actors::protocol::manifest::check(&manifest);
     if !problems.is_empty() {
         let list: Vec<String> = problems.iter().map(|p| p.to_string()).collect();

@@ -59,6 +59,20 @@ pub fn json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     })
 }
 
+/// Parses a body that must be a JSON object, with a 400 otherwise. (serde also reads a struct
+/// from a JSON array of its fields in order: `["eyJ…"]` would pass for `{"jwt": "eyJ…"}`, and
+/// `[null]` for a command without arguments.)
+pub fn object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed",
+            "malformed JSON body: expected a JSON object",
+        ));
+    }
+    json(bytes)
+}
+
 /// `{"jwt": "..."}`, the body of provisioning, activation and action requests.
 #[derive(serde::Deserialize)]
 pub struct JwtBody {

@@ -122,7 +122,7 @@ pub async fn command(
     let cmd: CommandBody = if bytes.iter().all(u8::is_ascii_whitespace) {
         CommandBody::default()
     } else {
-        body::json(&bytes)?
+        body::object(&bytes)?
     };
     let request = DeviceRequest::Command {
         device,

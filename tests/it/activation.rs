@@ -138,6 +138,17 @@ async fn every_bad_token_is_rejected_counted_and_stores_nothing() {
         );
     }
 
+    // A valid JWT in a JSON array instead of {"jwt": …}: 400, nothing recorded.
+    let r = reqwest::Client::new()
+        .post(format!("{base}/admin/activations"))
+        .bearer_auth(xapi_stream::devkit::devenv::ADMIN_TOKEN)
+        .json(&json!([sim.activation_jwt(0)]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert_error_json(&r.json::<Value>().await.unwrap());
+
     // Oversized body: 413 with the contract JSON.
     let big = "x".repeat(8192);
     let (got, body) = admin_activate(&base, &big).await;
@@ -880,9 +891,18 @@ async fn five_wrong_invitation_codes_lock_the_session_and_change_nothing() {
             (r.status().as_u16(), r.text().await.unwrap())
         }
     };
-    for i in 0..5 {
-        let (status, html) = post(format!("WRONG-{i}")).await;
-        assert_eq!(status, 401, "attempt {i}");
+    // Twenty wrong codes at once: exactly five are tried (each attempt is counted before its
+    // code is), the other fifteen find the session locked.
+    let answers = futures::future::join_all((0..20).map(|i| post(format!("WRONG-{i}")))).await;
+    let tried: Vec<&(u16, String)> = answers.iter().filter(|(s, _)| *s == 401).collect();
+    assert_eq!(
+        tried.len(),
+        5,
+        "{:?}",
+        answers.iter().map(|a| a.0).collect::<Vec<_>>()
+    );
+    assert!(answers.iter().all(|(s, _)| *s == 401 || *s == 429));
+    for (_, html) in &answers {
         assert!(html.contains("Nothing was changed"), "{html}");
     }
     let (status, html) = post(code.clone()).await;
@@ -917,7 +937,7 @@ async fn five_wrong_invitation_codes_lock_the_session_and_change_nothing() {
             "xapi_stream_setup_attempts_total{result=\"locked\"}"
         )
         .await,
-        1.0
+        16.0
     );
     // The invitation itself is untouched: another (new) activation can still use it.
     let listed: Value = http

@@ -589,6 +589,18 @@ async fn admin_routes_query_status_run_commands_and_patch_configurations() {
     assert_eq!(s, 403, "{body}");
     assert_contract_error(&body);
     assert_eq!(sim.commands_received(0).len(), 1);
+    // A JSON array is not a command body (serde would read it as the struct's fields).
+    for array in [json!([null]), json!([{"Text": "Hi"}])] {
+        let (s, body) = admin(
+            Method::POST,
+            format!("{root}/commands/Message.Send"),
+            Some(array),
+        )
+        .await;
+        assert_eq!(s, 400, "{body}");
+        assert_contract_error(&body);
+    }
+    assert_eq!(sim.commands_received(0).len(), 1);
 
     // 12 names: two calls of at most 10, merged.
     let names = [

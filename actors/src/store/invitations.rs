@@ -264,6 +264,21 @@ impl Store {
         Ok((s, a))
     }
 
+    /// Gives back the attempt [`count_setup_failure`](Self::count_setup_failure) counted, for
+    /// a code that was right.
+    pub async fn forgive_setup_attempt(&self, session: &str, addr: &str) -> Result<(), StoreError> {
+        let keys = self.keys();
+        let mut pipe = redis::pipe();
+        pipe.cmd("DECR")
+            .arg(keys.setup_failures(session))
+            .ignore()
+            .cmd("DECR")
+            .arg(keys.setup_failures_from(addr))
+            .ignore();
+        let mut conn = self.conn()?;
+        self.bounded(pipe.query_async(&mut conn)).await
+    }
+
     /// Wrong codes so far for `session` and from `addr` (this hour).
     pub async fn setup_failures(
         &self,
