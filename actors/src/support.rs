@@ -23,8 +23,8 @@ pub struct ErrorLog {
     store: Store,
     retention: Duration,
     per_hour: u32,
-    /// (hour, records accepted in it)
-    budget: Mutex<(i64, u32)>,
+    /// (hour, errors recorded, 404s recorded) this hour.
+    budget: Mutex<(i64, u32, u32)>,
     metrics: Metrics,
 }
 
@@ -53,7 +53,7 @@ impl ErrorLog {
             store,
             retention,
             per_hour: cfg.errors_per_hour,
-            budget: Mutex::new((0, 0)),
+            budget: Mutex::new((0, 0, 0)),
             metrics,
         }
     }
@@ -65,10 +65,17 @@ impl ErrorLog {
         let within = {
             let mut b = self.budget.lock().expect("budget lock");
             if b.0 != hour {
-                *b = (hour, 0);
+                *b = (hour, 0, 0);
             }
-            b.1 += 1;
-            b.1 <= self.per_hour
+            // 404s (anyone can send them, a scanner by the thousand) have a tenth of the budget
+            // of their own, so they never crowd out the errors support is asked about.
+            if record.status == 404 {
+                b.2 += 1;
+                b.2 <= (self.per_hour / 10).max(1)
+            } else {
+                b.1 += 1;
+                b.1 <= self.per_hour
+            }
         };
         if !within || self.tx.try_send(record).is_err() {
             self.metrics.support_errors("dropped", 1);

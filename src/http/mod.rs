@@ -101,7 +101,7 @@ pub async fn record_errors(
             endpoint: format!("{} {}", res.request().method(), truncate(path, 200)),
             tenant: tenant_of(path).map(str::to_string),
             reason: info.reason.to_string(),
-            description: truncate(&info.description, 1000).to_string(),
+            description: truncate(&info.description, 300).to_string(),
         });
     }
     Ok(res)

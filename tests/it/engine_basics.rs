@@ -435,3 +435,54 @@ async fn a_rejected_webhooks_tracking_id_finds_its_tenant_and_reason() {
     engine.shutdown().await;
     sim.shutdown().await;
 }
+
+#[actix_web::test]
+async fn a_flood_of_404s_cannot_use_up_the_support_budget_of_real_errors() {
+    let TestEnv { redis, prefix, sim } =
+        TestEnv::start(xapi_stream::devkit::sim::SimConfig::default()).await;
+    let engine = start_engine(
+        &sim,
+        &redis.url(),
+        &prefix,
+        &[("SUPPORT__ERRORS_PER_HOUR", "20")],
+    )
+    .await;
+    let (base, admin) = (engine.base_url(), engine.admin_url());
+    let http = reqwest::Client::new();
+    // 30 unknown paths: 2 of them (a tenth of 20) recorded, 28 dropped.
+    for i in 0..30 {
+        let r = http
+            .get(format!("{base}/no-such-{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
+    }
+    let dropped = "xapi_stream_support_errors_total{result=\"dropped\"}";
+    assert_eq!(scrape(&admin, dropped).await, 28.0);
+    // A real error afterwards is still recorded and found by its trackingId.
+    let r = http
+        .post(format!("{base}/admin/activations"))
+        .bearer_auth(xapi_stream::devkit::devenv::ADMIN_TOKEN)
+        .json(&serde_json::json!({"jwt": "not.a.jwt"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    let id = body["trackingId"].as_str().unwrap().to_string();
+    let found = eventually(std::time::Duration::from_secs(10), || async {
+        http.get(format!("{admin}/admin/errors/{id}"))
+            .bearer_auth(xapi_stream::devkit::devenv::ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 200
+    })
+    .await;
+    assert!(found, "the real error was not recorded");
+    assert_eq!(scrape(&admin, dropped).await, 28.0);
+    engine.shutdown().await;
+    sim.shutdown().await;
+}
