@@ -196,19 +196,15 @@ pub fn lifecycle(redis: &RedisServer, prefix: &str) -> Vec<String> {
         .collect()
 }
 
-/// The engine's whole `/metrics` text.
-pub async fn metrics_text(base: &str) -> String {
-    reqwest::get(format!("{base}/metrics"))
+/// One sample from the engine's `/metrics`, 0 when absent.
+pub async fn scrape(base: &str, sample: &str) -> f64 {
+    let text = reqwest::get(format!("{base}/metrics"))
         .await
         .unwrap()
         .text()
         .await
-        .unwrap()
-}
-
-/// One sample from the engine's `/metrics`, 0 when absent.
-pub async fn scrape(base: &str, sample: &str) -> f64 {
-    metric(&metrics_text(base).await, sample).unwrap_or(0.0)
+        .unwrap();
+    metric(&text, sample).unwrap_or(0.0)
 }
 
 /// `POST /tenants/<id>/actions` with `jwt`: (status, body).
