@@ -240,9 +240,16 @@ mod tests {
         );
         let e = refused(&[
             ("XAPI_STREAM__STREAMS__FIREHOSE", "true"),
+            ("XAPI_STREAM__STREAMS__PER_ORG", "false"),
             ("XAPI_STREAM__REDIS__CLUSTER", "true"),
         ]);
-        assert!(e.starts_with("config error: streams.firehose:"), "{e}");
+        assert!(e.starts_with("config error: streams.per_org:"), "{e}");
+        let mut v = with_key();
+        v.extend(env(&[
+            ("XAPI_STREAM__STREAMS__FIREHOSE", "true"),
+            ("XAPI_STREAM__REDIS__CLUSTER", "true"),
+        ]));
+        load_from(None, "", v).expect("the firehose on a cluster (relayed)");
         let mut v = with_key();
         v.extend(env(&[
             ("XAPI_STREAM__STREAMS__FIREHOSE", "true"),

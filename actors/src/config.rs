@@ -588,12 +588,12 @@ impl Config {
         if !(1..=1024).contains(&streams.shards) {
             return Err(err("streams.shards", "must be between 1 and 1024"));
         }
-        if streams.firehose && self.redis.is_cluster() {
-            // A shard is in another slot than the organization's keys, and one script writes
-            // both so that a retry stays exactly once (docs/streams.md, "The firehose").
+        if !streams.per_org && self.redis.is_cluster() {
+            // There the firehose is copied from the organizations' streams (a shard's slot
+            // differs from the organization's: docs/streams.md, "The firehose").
             return Err(err(
-                "streams.firehose",
-                "not supported on Redis Cluster yet (a shard's slot differs from the organization's)",
+                "streams.per_org",
+                "false is not supported on Redis Cluster (the firehose is relayed from the organizations' streams there)",
             ));
         }
         if streams.retention_secs != 0 && streams.retention_secs < 10 {

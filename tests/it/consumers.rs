@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use redis::Commands;
 use serde_json::Value;
-use xapi_stream::devkit::sim::SimConfig;
+use xapi_stream::devkit::redis_cluster::RedisCluster;
+use xapi_stream::devkit::sim::{Sim, SimConfig};
 
 use crate::utils::*;
 
@@ -76,7 +77,10 @@ fn shards(prefix: &str) -> Vec<String> {
 }
 
 /// Every entry id of `streams`.
-fn entry_ids(conn: &mut redis::Connection, streams: &[String]) -> HashSet<(String, String)> {
+fn entry_ids(
+    conn: &mut impl redis::ConnectionLike,
+    streams: &[String],
+) -> HashSet<(String, String)> {
     let mut ids = HashSet::new();
     for s in streams {
         let reply: redis::streams::StreamRangeReply = conn.xrange_all(s).unwrap();
@@ -85,7 +89,7 @@ fn entry_ids(conn: &mut redis::Connection, streams: &[String]) -> HashSet<(Strin
     ids
 }
 
-fn total_len(conn: &mut redis::Connection, streams: &[String]) -> usize {
+fn total_len(conn: &mut impl redis::ConnectionLike, streams: &[String]) -> usize {
     streams
         .iter()
         .map(|s| conn.xlen::<_, usize>(s).unwrap())
@@ -163,39 +167,104 @@ fn check_schema(kind: &str, entry: &Value) {
 /// Three consumers of one group, each with its own sink; c3 dies right after its third read,
 /// leaving what it read pending for the others.
 fn start_consumers(
-    url: &str,
+    redis: &Consumed,
     prefix: &str,
 ) -> (tempfile::TempDir, Vec<PathBuf>, Child, Child, Child) {
     let dir = tempfile::tempdir().unwrap();
     let sinks: Vec<PathBuf> = (1..=3)
         .map(|c| dir.path().join(format!("c{c}.sqlite")))
         .collect();
-    let c1 = python_consumer(url, prefix, "c1", &sinks[0], &[]);
-    let c2 = python_consumer(url, prefix, "c2", &sinks[1], &[]);
-    let c3 = python_consumer(url, prefix, "c3", &sinks[2], &["--crash-after-reads", "3"]);
+    let cluster: &[&str] = if redis.cluster { &["--cluster"] } else { &[] };
+    let with = |more: &[&'static str]| [cluster, more].concat();
+    let url = &redis.url;
+    let c1 = python_consumer(url, prefix, "c1", &sinks[0], &with(&[]));
+    let c2 = python_consumer(url, prefix, "c2", &sinks[1], &with(&[]));
+    let c3 = python_consumer(
+        url,
+        prefix,
+        "c3",
+        &sinks[2],
+        &with(&["--crash-after-reads", "3"]),
+    );
     (dir, sinks, c1, c2, c3)
 }
 
+/// The Redis the consumers read: a URL for redis-py, and whether it is a cluster's node.
+struct Consumed {
+    url: String,
+    cluster: bool,
+}
+
+const TENANTS: usize = 1000;
+
 #[actix_web::test]
 async fn a_python_consumer_group_reads_1000_tenants_from_the_firehose_once_despite_a_crash() {
-    const TENANTS: usize = 1000;
     let env = TestEnv::start(SimConfig {
         orgs: TENANTS,
         devices_per_org: 1,
         ..Default::default()
     })
     .await;
-    let engine = env
-        .engine(&[
+    let consumed = Consumed {
+        url: env.redis.url(),
+        cluster: false,
+    };
+    let client = env.redis.client();
+    firehose_group_suite(&env.sim, &env.prefix, &env.redis.url(), &consumed, || {
+        client.get_connection().unwrap()
+    })
+    .await;
+}
+
+/// The same on a 3-master Redis Cluster, where the firehose is relayed from the
+/// organizations' streams to shards in other slots (actors/src/store/relay.rs).
+#[actix_web::test]
+async fn a_python_consumer_group_reads_1000_tenants_from_a_cluster_firehose_once_despite_a_crash() {
+    let cluster = RedisCluster::start(3).expect("a 3-master redis cluster starts");
+    let sim = start_sim(SimConfig {
+        orgs: TENANTS,
+        devices_per_org: 1,
+        ..Default::default()
+    })
+    .await;
+    let consumed = Consumed {
+        url: cluster.node_urls()[0].clone(),
+        cluster: true,
+    };
+    let client = cluster.client();
+    firehose_group_suite(&sim, &unique_prefix(), &cluster.urls(), &consumed, || {
+        client.get_connection().unwrap()
+    })
+    .await;
+    sim.shutdown().await;
+}
+
+/// [`TENANTS`] tenants under load, every webhook delivered twice; a Python consumer group of 3
+/// on the firehose, one of them killed midway: every entry reaches the sinks exactly once, the
+/// firehose holds exactly the organizations' entries, each matches its schema, and the lag
+/// metrics drain to 0. `connect` opens a blocking connection to the Redis at `redis_url`.
+async fn firehose_group_suite<C: redis::ConnectionLike>(
+    sim: &Sim,
+    prefix: &str,
+    redis_url: &str,
+    consumed: &Consumed,
+    connect: impl Fn() -> C,
+) {
+    let engine = start_engine(
+        sim,
+        redis_url,
+        prefix,
+        &[
             ("STREAMS__FIREHOSE", "true"),
             ("STREAMS__LAG_SAMPLE_SECS", "1"),
             ("LOG__LEVEL", "warn"),
-        ])
-        .await;
+        ],
+    )
+    .await;
     let base = engine.admin_url();
     // Activate every tenant, 50 at a time; the webhooks are registered once each completes.
     for chunk in (0..TENANTS).collect::<Vec<_>>().chunks(50) {
-        let jwts: Vec<String> = chunk.iter().map(|&i| env.sim.activation_jwt(i)).collect();
+        let jwts: Vec<String> = chunk.iter().map(|&i| sim.activation_jwt(i)).collect();
         let answers =
             futures::future::join_all(jwts.iter().map(|jwt| admin_activate(&base, jwt))).await;
         for (status, body) in answers {
@@ -204,7 +273,7 @@ async fn a_python_consumer_group_reads_1000_tenants_from_the_firehose_once_despi
     }
     assert!(
         eventually(Duration::from_secs(120), || async {
-            (0..TENANTS).all(|i| env.sim.app_state(i).webhook.is_some())
+            (0..TENANTS).all(|i| sim.app_state(i).webhook.is_some())
         })
         .await,
         "not every tenant registered its webhook"
@@ -217,13 +286,12 @@ async fn a_python_consumer_group_reads_1000_tenants_from_the_firehose_once_despi
     for round in 0..4 {
         if round == 1 {
             // The group starts with a backlog of a round and reads while the rest arrives.
-            consumers = Some(start_consumers(&env.redis.url(), &env.prefix));
+            consumers = Some(start_consumers(consumed, prefix));
         }
         let msgs: Vec<(usize, Value)> = (0..TENANTS)
-            .flat_map(|i| env.sim.generate(i, 1).into_iter().map(move |m| (i, m)))
+            .flat_map(|i| sim.generate(i, 1).into_iter().map(move |m| (i, m)))
             .collect();
         for chunk in msgs.chunks(16) {
-            let sim = &env.sim;
             let hooks: Vec<_> = chunk
                 .iter()
                 .map(|(i, _)| sim.app_state(*i).webhook.expect("registered"))
@@ -252,17 +320,17 @@ async fn a_python_consumer_group_reads_1000_tenants_from_the_firehose_once_despi
         "c3 was to crash after its third read: {:?}",
         c3.try_wait()
     );
-    let mut conn = env.redis.client().get_connection().unwrap();
-    let streams = shards(&env.prefix);
+    let mut conn = connect();
+    let streams = shards(prefix);
     // The firehose holds exactly what the organizations' streams hold.
     let mut per_org = 0usize;
     for i in 0..TENANTS {
-        let org = env.sim.org(i).org_id;
+        let org = sim.org(i).org_id;
         per_org += total_len(
             &mut conn,
             &[
-                format!("{}:{{{org}}}:status", env.prefix),
-                format!("{}:{{{org}}}:events", env.prefix),
+                format!("{}:{{{org}}}:status", prefix),
+                format!("{}:{{{org}}}:events", prefix),
             ],
         );
     }
@@ -276,7 +344,7 @@ async fn a_python_consumer_group_reads_1000_tenants_from_the_firehose_once_despi
 
     // Drained: nothing pending (c3's entries claimed by the others), no lag.
     let drained = eventually(Duration::from_secs(60), || {
-        let mut conn = env.redis.client().get_connection().unwrap();
+        let mut conn = connect();
         let streams = streams.clone();
         async move {
             streams.iter().all(|s| {
@@ -540,4 +608,224 @@ async fn the_node_consumer_reads_an_organization_with_a_group_and_acknowledges_e
         assert_eq!(pending.count(), 0, "{s}: entries left unacknowledged");
     }
     engine.shutdown().await;
+}
+
+/// On a cluster the firehose is relayed from the organizations' streams: what an engine that
+/// died between the two steps left behind is copied by the next relay, relays running at once
+/// (replicas, a retry) copy nothing twice, and a backlog longer than one round is copied whole,
+/// each entry's fields verbatim and in order.
+#[actix_web::test]
+async fn the_cluster_relay_copies_every_entry_once_even_when_relays_race() {
+    use actors::store::relay::{Checkpoints, Trim, relay};
+    let cluster = RedisCluster::start(3).expect("a 3-master redis cluster starts");
+    let sim = start_sim(SimConfig {
+        orgs: 1,
+        ..Default::default()
+    })
+    .await;
+    let prefix = unique_prefix();
+    let cfg = xapi_stream::devkit::devenv::engine_config(&sim, &cluster.urls(), &prefix, &[])
+        .expect("valid configuration");
+    let store = actors::store::Store::new(&cfg.redis, actors::telemetry::Metrics::new()).unwrap();
+    assert!(store.connect(std::future::pending()).await);
+    let org = "relay-org";
+    let shards = 16;
+    let shard = actors::store::keys::firehose_shard(org, shards);
+    let (status, events) = (
+        format!("{prefix}:{{{org}}}:status"),
+        format!("{prefix}:{{{org}}}:events"),
+    );
+    let (hose_status, hose_events) = (
+        format!("{prefix}:{{all-{shard}}}:status"),
+        format!("{prefix}:{{all-{shard}}}:events"),
+    );
+    let mut conn = cluster.client().get_connection().unwrap();
+    // What apply.lua leaves: entries in the organization's streams, the first of each marked.
+    let mut add = |stream: &str, n: usize, first: bool| {
+        for i in 0..n {
+            let id: String = redis::cmd("XADD")
+                .arg(stream)
+                .arg("*")
+                .arg(
+                    &[
+                        "org",
+                        org,
+                        "key",
+                        &format!("K{i}"),
+                        "value",
+                        &format!("{{\"n\":{i}}}"),
+                        "schema",
+                        "1",
+                    ][..],
+                )
+                .query(&mut conn)
+                .unwrap();
+            if first && i == 0 {
+                let _: () = redis::cmd("HSET")
+                    .arg(format!("{prefix}:{{{org}}}:relay_from"))
+                    .arg(stream)
+                    .arg(&id)
+                    .query(&mut conn)
+                    .unwrap();
+            }
+        }
+    };
+    add(&status, 5, true);
+    add(&events, 3, true);
+    let trim = Trim {
+        maxlen: 1_000_000,
+        retention: Duration::ZERO,
+    };
+    let known = Checkpoints::default();
+    let mut c = store.conn().unwrap();
+    assert_eq!(
+        relay(&store, &mut c, org, shards, trim, &known)
+            .await
+            .unwrap(),
+        8
+    );
+    // Left behind by a relay that never ran, then four relays at once.
+    add(&status, 4, false);
+    let copied = futures::future::join_all((0..4).map(|_| {
+        let (store, known, mut c) = (&store, &known, store.conn().unwrap());
+        async move {
+            relay(store, &mut c, org, shards, trim, known)
+                .await
+                .unwrap()
+        }
+    }))
+    .await;
+    assert_eq!(copied.iter().sum::<u64>(), 4, "{copied:?}");
+    assert_eq!(
+        relay(&store, &mut c, org, shards, trim, &known)
+            .await
+            .unwrap(),
+        0
+    );
+    // A backlog of more than one round.
+    add(&events, 1_200, false);
+    assert_eq!(
+        relay(&store, &mut c, org, shards, trim, &known)
+            .await
+            .unwrap(),
+        1_200
+    );
+    let mut conn = cluster.client().get_connection().unwrap();
+    type Range = Vec<(String, Vec<String>)>;
+    for (from, to) in [(&status, &hose_status), (&events, &hose_events)] {
+        let a: Range = redis::cmd("XRANGE")
+            .arg(from)
+            .arg("-")
+            .arg("+")
+            .query(&mut conn)
+            .unwrap();
+        let b: Range = redis::cmd("XRANGE")
+            .arg(to)
+            .arg("-")
+            .arg("+")
+            .query(&mut conn)
+            .unwrap();
+        let fields = |r: &Range| r.iter().map(|(_, f)| f.clone()).collect::<Vec<_>>();
+        assert_eq!(fields(&a), fields(&b), "{to} differs from {from}");
+    }
+    // Both checkpoints exist now: no more marks wanted for this organization.
+    assert_eq!(known.marks_wanted(org), "00");
+    sim.shutdown().await;
+}
+
+/// An engine that wrote an organization's entries on a cluster and died before relaying them
+/// leaves them marked (`relay_from`) and unrelayed: the organization's next message through
+/// any engine copies them to the firehose with its own, each once.
+#[actix_web::test]
+async fn on_a_cluster_the_next_message_relays_what_a_dead_engine_left_unrelayed() {
+    let cluster = RedisCluster::start(3).expect("a 3-master redis cluster starts");
+    let sim = start_sim(SimConfig {
+        orgs: 1,
+        ..Default::default()
+    })
+    .await;
+    let prefix = unique_prefix();
+    let engine = start_engine(
+        &sim,
+        &cluster.urls(),
+        &prefix,
+        &[("STREAMS__FIREHOSE", "true")],
+    )
+    .await;
+    activate_org(&sim, &engine.base_url(), 0).await;
+    let org = sim.org(0).org_id;
+    let status = format!("{prefix}:{{{org}}}:status");
+    let mut conn = cluster.client().get_connection().unwrap();
+    // What the dead engine left: an entry, marked as the first written with the firehose on.
+    let left: String = redis::cmd("XADD")
+        .arg(&status)
+        .arg("*")
+        .arg(
+            &[
+                "org",
+                &org,
+                "workspace",
+                "ws-left",
+                "device",
+                "dev-left",
+                "key",
+                "Left.Over",
+                "op",
+                "set",
+                "value",
+                "1",
+                "ts",
+                "2026-12-02T00:00:00.000Z",
+                "full_sync",
+                "0",
+                "source",
+                "webhook",
+                "app",
+                "app-left",
+                "schema",
+                "1",
+            ][..],
+        )
+        .query(&mut conn)
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(format!("{prefix}:{{{org}}}:relay_from"))
+        .arg(&status)
+        .arg(&left)
+        .query(&mut conn)
+        .unwrap();
+    let msgs = sim.generate(0, 3);
+    for _ in 0..2 {
+        let report = sim.deliver(0, &msgs).await;
+        assert!(
+            report.webhook_statuses.iter().all(|&s| s == 200),
+            "{report:?}"
+        );
+    }
+    let shard = actors::store::keys::firehose_shard(&org, 16);
+    let hose = [
+        format!("{prefix}:{{all-{shard}}}:status"),
+        format!("{prefix}:{{all-{shard}}}:events"),
+    ];
+    let org_streams = [status.clone(), format!("{prefix}:{{{org}}}:events")];
+    let (in_org, in_hose) = (
+        total_len(&mut conn, &org_streams),
+        total_len(&mut conn, &hose),
+    );
+    assert!(in_org > 1, "nothing written for the messages");
+    assert_eq!(in_hose, in_org, "firehose vs the organization's streams");
+    let first: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+        .arg(&hose[0])
+        .arg("-")
+        .arg("+")
+        .arg("COUNT")
+        .arg(1)
+        .query(&mut conn)
+        .unwrap();
+    assert!(
+        first[0].1.windows(2).any(|w| w == ["key", "Left.Over"]),
+        "the left entry is not the shard's first: {first:?}"
+    );
+    engine.shutdown().await;
+    sim.shutdown().await;
 }

@@ -3,11 +3,15 @@
 -- alone; a duplicate (same content applied before) writes nothing.
 --
 -- KEYS: per organization 1 status stream, 2 events stream (then, with the firehose, 3 and 4:
---   its shard's status and events streams), then per message of it 1 device state hash,
---   2 device stamps hash, 3 dedupe set of the message's time bucket.
+--   its shard's status and events streams; then, when ARGV 7 asks for marks, its relay-start
+--   hash), then per message of it 1 device state hash, 2 device stamps hash, 3 dedupe set of
+--   the message's time bucket.
 -- ARGV: 1 maxlen, 2 "1" to touch the dedupe set of a duplicate (see below), 3 MINID threshold
 --   of retention ("0" = none), 4 "1" to trim by maxlen too when trimming by MINID, 5 "1" to
---   write the organization's streams, 6 "1" when the firehose keys are given, then per
+--   write the organization's streams, 6 "1" when the firehose keys are given, 7 the relay
+--   marks wanted (Redis Cluster, see relay.rs): two characters, "1" in the first to record
+--   the first status entry's id in the relay-start hash (HSETNX, field = the stream's key),
+--   in the second the first events entry's; "00" = none. Then per
 --   organization: org, number of messages, then per message: kind ("status"|"events"),
 --   workspace, device, msg timestamp (verbatim), source, app, ts_ms, fingerprint, dedupe set
 --   expiry (Unix seconds; negative when the caller has set that set's expiry already),
@@ -24,6 +28,7 @@
 -- path, once a second.)
 local maxlen, touch, minid, both = ARGV[1], ARGV[2] == '1', ARGV[3], ARGV[4] == '1'
 local per_org, firehose = ARGV[5] == '1', ARGV[6] == '1'
+local mark_status, mark_events = ARGV[7]:sub(1, 1) == '1', ARGV[7]:sub(2, 2) == '1'
 -- Every entry carries the version of the entry schemas in docs/schemas.
 local SCHEMA = '1'
 
@@ -62,14 +67,22 @@ local function xadd(stream, ...)
   if both then redis.call('XTRIM', stream, 'MAXLEN', '~', maxlen) end
   return redis.call('XADD', stream, 'MINID', '~', minid, '*', ...)
 end
--- An entry goes to the organization's stream and to its firehose shard, as configured.
+-- An entry goes to the organization's stream and to its firehose shard, as configured. The
+-- first entry of a stream in `marks` records its id in the organization's relay-start hash.
+local marker, marks = nil, {}
 local function emit(stream, shard, ...)
-  if per_org then xadd(stream, ...) end
+  if per_org then
+    local id = xadd(stream, ...)
+    if marks[stream] then
+      marks[stream] = nil
+      redis.call('HSETNX', marker, stream, id)
+    end
+  end
   if shard then xadd(shard, ...) end
 end
 
 local out, expiring = {}, {}
-local a, k, m = 7, 0, 0
+local a, k, m = 8, 0, 0
 while a <= #ARGV do
   local org, count = ARGV[a], tonumber(ARGV[a + 1])
   a = a + 2
@@ -79,6 +92,13 @@ while a <= #ARGV do
   if firehose then
     hose_status, hose_events = KEYS[k + 1], KEYS[k + 2]
     k = k + 2
+  end
+  if mark_status or mark_events then
+    marker = KEYS[k + 1]
+    k = k + 1
+    marks = {}
+    if mark_status then marks[status] = true end
+    if mark_events then marks[events] = true end
   end
   for _ = 1, count do
     local state_key, stamps_key, seen_key = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]

@@ -38,6 +38,19 @@ impl Keys {
         format!("{}:{{all-{shard}}}:events", self.prefix)
     }
 
+    /// `<p>:{all-<n>}:relayed` — on Redis Cluster, per organization and entry type
+    /// (`<org>:status`, `<org>:events`) the id of the last entry of its stream copied to shard
+    /// `n` (internal; see relay.rs).
+    pub fn firehose_relayed(&self, shard: u32) -> String {
+        format!("{}:{{all-{shard}}}:relayed", self.prefix)
+    }
+
+    /// `<p>:{<org>}:relay_from` — on Redis Cluster, the id of the first entry of each of the
+    /// organization's streams written with the firehose on (internal; see relay.rs).
+    pub fn relay_from(&self, org: &str) -> String {
+        format!("{}:{{{org}}}:relay_from", self.prefix)
+    }
+
     /// `<p>:{*}:<kind>` — a `SCAN MATCH` pattern of every organization's `kind` stream
     /// (`status` or `events`).
     pub fn streams_pattern(&self, kind: &str) -> String {

@@ -14,6 +14,7 @@ pub mod jti;
 pub mod keys;
 pub mod lag;
 pub mod lease;
+pub mod relay;
 pub mod tenants;
 pub mod writer;
 

@@ -161,6 +161,9 @@ const MAXLEN_EVERY: u64 = 16;
 struct Durability {
     maxlen: u64,
     streams: Streams,
+    /// The firehose is relayed after the organization's streams are written (Redis Cluster:
+    /// see relay.rs), not written by the same script.
+    relay: bool,
     /// `WAIT` for this many replicas, this long (None: the master's answer is enough).
     wait: Option<(u32, Duration)>,
 }
@@ -198,6 +201,7 @@ impl StreamWriter {
         let durability = Durability {
             maxlen: cfg.stream_maxlen,
             streams: cfg.streams,
+            relay: cfg.streams.firehose_shards > 0 && store.is_cluster(),
             wait: (cfg.wait_replicas > 0).then_some((cfg.wait_replicas, cfg.wait_timeout)),
         };
         let tasks = (0..cfg.writers.max(1))
@@ -272,6 +276,7 @@ async fn run(
     // until the replicas answer, and it covers exactly the writes made on that connection.
     let mut own: Option<Conn> = None;
     let expiries = Expiries::default();
+    let checkpoints = super::relay::Checkpoints::default();
     loop {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         {
@@ -299,7 +304,13 @@ async fn run(
             (true, None) => store.dedicated().await.inspect(|c| own = Some(c.clone())),
         };
         let results = match conn {
-            Ok(conn) => apply_batch(&store, conn, &script, durability, &expiries, &batch).await,
+            Ok(conn) => {
+                let seen = Seen {
+                    expiries: &expiries,
+                    checkpoints: &checkpoints,
+                };
+                apply_batch(&store, conn, &script, durability, seen, &batch).await
+            }
             Err(e) => vec![Err(e.to_string()); batch.len()],
         };
         store.metrics().ingest_queue_depth.sub(n);
@@ -328,15 +339,23 @@ async fn run(
     }
 }
 
+/// What a writer remembers of earlier batches, to send less with the next.
+#[derive(Clone, Copy)]
+struct Seen<'a> {
+    expiries: &'a Expiries,
+    checkpoints: &'a super::relay::Checkpoints,
+}
+
 /// One pipeline for the whole batch — on Redis Cluster one per organization (a pipeline must
-/// stay in one slot), sent concurrently. One result per job, in batch order: a failed group
-/// fails only its own jobs.
+/// stay in one slot), sent concurrently, each followed by the relay of its firehose entries
+/// when the firehose is on. One result per job, in batch order: a failed group fails only its
+/// own jobs.
 async fn apply_batch(
     store: &Store,
     conn: Conn,
     script: &redis::Script,
     durability: Durability,
-    expiries: &Expiries,
+    seen: Seen<'_>,
     batch: &[Job],
 ) -> Vec<Result<i64, String>> {
     let per_job = |res: Result<Vec<i64>, StoreError>, n: usize| -> Vec<Result<i64, String>> {
@@ -347,7 +366,7 @@ async fn apply_batch(
     };
     if !store.is_cluster() {
         return per_job(
-            apply_group(store, conn, script, durability, expiries, batch.iter()).await,
+            apply_group(store, conn, script, durability, seen, batch.iter()).await,
             batch.len(),
         );
     }
@@ -357,14 +376,29 @@ async fn apply_batch(
     }
     let groups: Vec<Vec<usize>> = groups.into_values().collect();
     let results = futures::future::join_all(groups.iter().map(|idx| {
-        apply_group(
-            store,
-            conn.clone(),
-            script,
-            durability,
-            expiries,
-            idx.iter().map(|&i| &batch[i]),
-        )
+        let mut conn = conn.clone();
+        async move {
+            let res = apply_group(
+                store,
+                conn.clone(),
+                script,
+                durability,
+                seen,
+                idx.iter().map(|&i| &batch[i]),
+            )
+            .await?;
+            if durability.relay {
+                relay_group(
+                    store,
+                    &mut conn,
+                    durability,
+                    seen,
+                    &batch[idx[0]].msg.org_id,
+                )
+                .await?;
+            }
+            Ok(res)
+        }
     }))
     .await;
     let mut out: Vec<Result<i64, String>> = vec![Ok(0); batch.len()];
@@ -374,6 +408,29 @@ async fn apply_batch(
         }
     }
     out
+}
+
+/// Copies what the organization's streams gained to its firehose shard (relay.rs), WAITing
+/// for the shard's replicas like [`apply_group`] waits for the organization's.
+async fn relay_group(
+    store: &Store,
+    conn: &mut Conn,
+    durability: Durability,
+    seen: Seen<'_>,
+    org: &str,
+) -> Result<(), StoreError> {
+    let shards = durability.streams.firehose_shards;
+    let trim = super::relay::Trim {
+        maxlen: durability.maxlen,
+        retention: durability.streams.retention,
+    };
+    super::relay::relay(store, conn, org, shards, trim, seen.checkpoints).await?;
+    if let Some((wanted, timeout)) = durability.wait {
+        let shard = super::keys::firehose_shard(org, shards);
+        let route = store.keys().firehose_relayed(shard);
+        wait_replicas(store, conn, &route, wanted, timeout).await?;
+    }
+    Ok(())
 }
 
 /// One pipeline of `EVALSHA apply.lua`, each call applying up to [`MESSAGES_PER_CALL`] jobs
@@ -386,9 +443,10 @@ async fn apply_group<'a>(
     mut conn: Conn,
     script: &redis::Script,
     durability: Durability,
-    expiries: &Expiries,
+    seen: Seen<'_>,
     jobs: impl Iterator<Item = &'a Job>,
 ) -> Result<Vec<i64>, StoreError> {
+    let expiries = seen.expiries;
     let started = Instant::now();
     // An organization's messages side by side (its streams and tenant hash are passed once
     // for them); `order[i]` is the job answered by the i-th result.
@@ -403,12 +461,30 @@ async fn apply_group<'a>(
             .chunk_by(|x, y| x.msg.org_id == y.msg.org_id)
             .collect();
         let streams = durability.streams;
-        let per_org_keys = KEYS_PER_ORG + if streams.firehose_shards > 0 { 2 } else { 0 };
+        // The firehose in the same script (one Redis), or relayed after it (a cluster: the
+        // organization's relay-start marks, until its checkpoints exist).
+        let inline_firehose = streams.firehose_shards > 0 && !durability.relay;
+        let marks = |org: &str| {
+            if durability.relay {
+                seen.checkpoints.marks_wanted(org)
+            } else {
+                "00"
+            }
+        };
+        let per_org_keys = |org: &str| {
+            KEYS_PER_ORG + if inline_firehose { 2 } else { 0 } + usize::from(marks(org) != "00")
+        };
         let mut cmd = redis::cmd("EVALSHA");
+        let org_marks: Vec<&str> = groups.iter().map(|g| marks(&g[0].msg.org_id)).collect();
+        let org_keys: usize = groups.iter().map(|g| per_org_keys(&g[0].msg.org_id)).sum();
         cmd.arg(script.get_hash())
-            .arg(groups.len() * per_org_keys + chunk.len() * KEYS_PER_MESSAGE);
-        for group in &groups {
-            add_org_keys(&mut cmd, store, streams, &group[0].msg.org_id);
+            .arg(org_keys + chunk.len() * KEYS_PER_MESSAGE);
+        for (group, mark) in groups.iter().zip(&org_marks) {
+            let org = &group[0].msg.org_id;
+            add_org_keys(&mut cmd, store, streams, inline_firehose, org);
+            if *mark != "00" {
+                cmd.arg(store.keys().relay_from(org));
+            }
             for job in group.iter() {
                 add_keys(&mut cmd, store, &job.msg);
             }
@@ -417,11 +493,11 @@ async fn apply_group<'a>(
         cmd.arg(durability.maxlen)
             .arg(flag(durability.wait.is_some()))
             .arg(min_id(streams.retention))
-            .arg(flag(
-                CALLS.fetch_add(1, Relaxed).is_multiple_of(MAXLEN_EVERY),
-            ))
+            .arg(flag(trim_by_maxlen_now()))
             .arg(flag(streams.per_org))
-            .arg(flag(streams.firehose_shards > 0));
+            .arg(flag(inline_firehose))
+            // On a cluster a call holds one organization (its marks); elsewhere none.
+            .arg(org_marks.first().copied().unwrap_or("00"));
         for group in &groups {
             cmd.arg(&group[0].msg.org_id).arg(group.len());
             for job in group.iter() {
@@ -472,7 +548,8 @@ async fn apply_group<'a>(
     });
     let res = match (res, durability.wait, org) {
         (Ok(v), Some((wanted, timeout)), Some(org)) => {
-            wait_replicas(store, &mut conn, &org, wanted, timeout).await?;
+            let route = store.keys().tenant(&org);
+            wait_replicas(store, &mut conn, &route, wanted, timeout).await?;
             Ok(v)
         }
         (res, _, _) => res,
@@ -485,11 +562,11 @@ async fn apply_group<'a>(
 }
 
 /// `WAIT wanted timeout` on `conn`, the connection the writes went over (on a cluster: to the
-/// master serving `org`'s slot, over the same node connection).
+/// master serving `route_key`'s slot, over the same node connection).
 async fn wait_replicas(
     store: &Store,
     conn: &mut Conn,
-    org: &str,
+    route_key: &str,
     wanted: u32,
     timeout: Duration,
 ) -> Result<(), StoreError> {
@@ -499,7 +576,7 @@ async fn wait_replicas(
         Conn::Single(c) => store.bounded(cmd.query_async(c)).await?,
         Conn::Cluster(c) => {
             use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-            let slot = super::key_slot(&store.keys().tenant(org));
+            let slot = super::key_slot(route_key);
             let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(
                 slot,
                 SlotAddr::Master,
@@ -519,10 +596,17 @@ async fn wait_replicas(
 
 /// Script calls made, for [`MAXLEN_EVERY`].
 static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-use std::sync::atomic::Ordering::Relaxed;
+
+/// Whether this script call also trims by `stream_maxlen` when retention by age is on (one
+/// call in [`MAXLEN_EVERY`]).
+pub(super) fn trim_by_maxlen_now() -> bool {
+    CALLS
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        .is_multiple_of(MAXLEN_EVERY)
+}
 
 /// The `MINID` threshold of retention by age (milliseconds of the oldest ID kept); "0" = none.
-fn min_id(retention: Duration) -> String {
+pub(super) fn min_id(retention: Duration) -> String {
     if retention.is_zero() {
         return "0".into();
     }
@@ -534,12 +618,12 @@ fn min_id(retention: Duration) -> String {
 }
 
 /// The keys of an organization in a call: its status and events streams, then (with the
-/// firehose) its shard's.
-fn add_org_keys(cmd: &mut redis::Cmd, store: &Store, streams: Streams, org: &str) {
+/// firehose in the same call) its shard's.
+fn add_org_keys(cmd: &mut redis::Cmd, store: &Store, streams: Streams, firehose: bool, org: &str) {
     let keys = store.keys();
     cmd.arg(keys.status_stream(org))
         .arg(keys.events_stream(org));
-    if streams.firehose_shards > 0 {
+    if firehose {
         let shard = super::keys::firehose_shard(org, streams.firehose_shards);
         cmd.arg(keys.firehose_status(shard))
             .arg(keys.firehose_events(shard));
