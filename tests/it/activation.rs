@@ -295,12 +295,7 @@ async fn a_hundred_tenants_activate_concurrently_with_one_patch_each() {
         .await
         .unwrap();
     assert_eq!(list.len(), N);
-    let text = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(&base).await;
     assert_eq!(
         metric(&text, "xapi_stream_tenants{state=\"completed\"}"),
         Some(N as f64)
@@ -830,12 +825,7 @@ async fn a_token_endpoint_outage_is_retried_with_backoff_and_recovers() {
         t["tokens_state"], "valid",
         "a transient outage must not mark tokens invalid: {t}"
     );
-    let text = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(&base).await;
     let errors =
         metric(&text, "xapi_stream_token_refreshes_total{result=\"error\"}").unwrap_or(0.0);
     assert!(

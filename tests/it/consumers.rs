@@ -366,12 +366,7 @@ async fn firehose_group_suite<C: redis::ConnectionLike>(
     assert!(drained, "the group did not drain");
     // ... and the engine's lag metrics say so, per entry type, for this group.
     let metrics_say_drained = eventually(Duration::from_secs(30), || async {
-        let text = reqwest::get(format!("{base}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = metrics_text(&base).await;
         ["consumer_lag", "consumer_pending"].iter().all(|m| {
             ["status", "events"].iter().all(|kind| {
                 text.lines().any(|l| {

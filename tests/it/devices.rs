@@ -910,15 +910,7 @@ async fn a_next_page_on_another_host_fails_the_sync_and_writes_nothing() {
     let entries_before = entries(redis, &inventory_key).len();
     let errors =
         |text: String| metric(&text, "xapi_stream_inventory_syncs_total{result=\"error\"}");
-    let metrics_text = || async {
-        reqwest::get(format!("{base}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
-    let errors_before = errors(metrics_text().await).unwrap_or(0.0);
+    let errors_before = errors(metrics_text(&base).await).unwrap_or(0.0);
 
     let calls_before = sim.api_calls(0).len();
     sim.set_next_link_base(0, Some("http://127.0.0.1:9"));
@@ -943,7 +935,7 @@ async fn a_next_page_on_another_host_fails_the_sync_and_writes_nothing() {
         "inventory entries were written"
     );
     assert_eq!(
-        errors(metrics_text().await).unwrap_or(0.0),
+        errors(metrics_text(&base).await).unwrap_or(0.0),
         errors_before + 1.0,
         "not counted as an error"
     );

@@ -255,12 +255,7 @@ async fn seed_payloads_become_exactly_the_contract_records() {
         .unwrap();
     assert_eq!(t["messages_received"]["webhook"], 5, "{t}");
     // Per-stage latencies are recorded.
-    let text = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(&base).await;
     for stage in ["verify", "parse", "redis_write", "end_to_end"] {
         let n = metric(
             &text,
@@ -523,12 +518,7 @@ async fn redis_paused_then_killed_under_20000_webhooks_loses_and_doubles_nothing
     let h = reqwest::get(format!("{base}/healthz")).await.unwrap();
     assert_eq!(h.status(), 200);
     wait_ready(&base, Duration::from_secs(15)).await;
-    let text = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(&base).await;
     assert!(metric(&text, "xapi_stream_backpressure_rejections_total").unwrap_or(0.0) > 0.0);
     eprintln!("fault test: {ok} accepted, {refused} refused (503) of {N}");
     engine.shutdown().await;
@@ -618,12 +608,7 @@ async fn queues_of_50_tenants_drain_5000_messages_without_loss_or_duplicates() {
             }
         }
     }
-    let text = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(&base).await;
     let m = |s: &str| metric(&text, s).unwrap_or(0.0);
     let via_webhook = m("xapi_stream_messages_total{source=\"webhook\",type=\"status\"}")
         + m("xapi_stream_messages_total{source=\"webhook\",type=\"events\"}");

@@ -196,14 +196,19 @@ pub fn lifecycle(redis: &RedisServer, prefix: &str) -> Vec<String> {
         .collect()
 }
 
-/// One sample from the engine's `/metrics`, 0 when absent.
-pub async fn scrape(base: &str, sample: &str) -> f64 {
-    let text = reqwest::get(format!("{base}/metrics"))
+/// The text of `GET <base>/metrics`.
+pub async fn metrics_text(base: &str) -> String {
+    reqwest::get(format!("{base}/metrics"))
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// One sample from the engine's `/metrics`, 0 when absent.
+pub async fn scrape(base: &str, sample: &str) -> f64 {
+    let text = metrics_text(base).await;
     metric(&text, sample).unwrap_or(0.0)
 }
 
