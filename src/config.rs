@@ -162,6 +162,14 @@ fn apply_env(tree: &mut Table, name: &str, raw: String) -> Result<(), LoadError>
             "false" | "0" | "no" => false,
             _ => return Err(bad("a boolean")),
         }),
+        // A list of strings: comma-separated ("" = empty).
+        Some(Value::Array(_)) => Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| Value::String(s.to_string()))
+                .collect(),
+        ),
         _ => Value::String(raw.clone()),
     };
     table.insert(last.clone(), value);
@@ -258,6 +266,26 @@ mod tests {
         ]));
         let c = load_from(None, "", v).expect("firehose only, no retention");
         assert_eq!(c.streams.shards, 16);
+        assert!(c.streams.lag_groups.is_empty());
+        let mut v = with_key();
+        v.extend(env(&[(
+            "XAPI_STREAM__STREAMS__LAG_GROUPS",
+            " warehouse, audit ,",
+        )]));
+        let c = load_from(None, "", v).expect("a list from the environment");
+        assert_eq!(c.streams.lag_groups, ["warehouse", "audit"]);
+        let many = (0..21)
+            .map(|i| format!("g{i}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let e = refused(&[("XAPI_STREAM__STREAMS__LAG_GROUPS", many.as_str())]);
+        assert!(e.starts_with("config error: streams.lag_groups:"), "{e}");
+        let e = refused(&[
+            ("XAPI_STREAM__STREAMS__LAG_GROUPS", "warehouse"),
+            ("XAPI_STREAM__STREAMS__FIREHOSE", "true"),
+            ("XAPI_STREAM__STREAMS__PER_ORG", "false"),
+        ]);
+        assert!(e.starts_with("config error: streams.lag_groups:"), "{e}");
     }
 
     #[test]

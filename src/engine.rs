@@ -218,11 +218,28 @@ pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
             registry.clone(),
             shutdown.clone(),
         ));
-        if config.streams.firehose {
+        let owned_by = registry.clone();
+        let lag = actors::store::lag::LagSampling {
+            shards: if config.streams.firehose {
+                config.streams.shards
+            } else {
+                0
+            },
+            org_groups: config.streams.lag_groups.clone(),
+            every: Duration::from_secs(config.streams.lag_sample_secs),
+            owned: Arc::new(move || {
+                owned_by
+                    .handles()
+                    .into_iter()
+                    .filter(|h| h.shared.claim.is_owning())
+                    .map(|h| h.shared.org_id.clone())
+                    .collect()
+            }),
+        };
+        if lag.wanted() {
             tokio::spawn(actors::store::lag::sample_loop(
                 lag_store,
-                config.streams.shards,
-                Duration::from_secs(config.streams.lag_sample_secs),
+                lag,
                 shutdown.clone(),
             ));
         }

@@ -42,7 +42,14 @@ pub struct StreamsConfig {
     pub retention_secs: u64,
     /// How often the firehose's consumer groups are sampled for the lag metrics; 0 = never.
     pub lag_sample_secs: u64,
+    /// Consumer groups of the organizations' streams reported as `org_consumer_lag` and
+    /// `org_consumer_pending` (summed over the organizations each replica owns), at most
+    /// [`MAX_LAG_GROUPS`].
+    pub lag_groups: Vec<String>,
 }
+
+/// Names in `streams.lag_groups` at most (each is a label value).
+pub const MAX_LAG_GROUPS: usize = 20;
 
 /// The support log of errors answered with a trackingId.
 #[derive(Debug, Clone, Deserialize)]
@@ -594,6 +601,30 @@ impl Config {
             return Err(err(
                 "streams.per_org",
                 "false is not supported on Redis Cluster (the firehose is relayed from the organizations' streams there)",
+            ));
+        }
+        if streams.lag_groups.len() > MAX_LAG_GROUPS {
+            return Err(err(
+                "streams.lag_groups",
+                format!("at most {MAX_LAG_GROUPS} groups (each is a metric label)"),
+            ));
+        }
+        if let Some(bad) = streams
+            .lag_groups
+            .iter()
+            .find(|g| g.is_empty() || g.len() > 200 || g.chars().any(char::is_control))
+        {
+            return Err(err(
+                "streams.lag_groups",
+                format!(
+                    "{bad:?} is not a consumer group name (1 to 200 characters, no control characters)"
+                ),
+            ));
+        }
+        if !streams.lag_groups.is_empty() && !streams.per_org {
+            return Err(err(
+                "streams.lag_groups",
+                "names groups of the organizations' streams, which streams.per_org = false does not write",
             ));
         }
         if streams.retention_secs != 0 && streams.retention_secs < 10 {

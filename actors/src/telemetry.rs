@@ -98,6 +98,8 @@ pub struct Metrics {
     /// Firehose consumer groups: entries not yet delivered / delivered and not acknowledged.
     pub consumer_lag: IntGaugeVec,
     pub consumer_pending: IntGaugeVec,
+    pub org_consumer_lag: IntGaugeVec,
+    pub org_consumer_pending: IntGaugeVec,
     pub ingest_queue_depth: IntGauge,
     pub stage_seconds: HistogramVec,
     pub actor_restarts_total: IntCounterVec,
@@ -275,6 +277,14 @@ impl Metrics {
         let consumer_pending = group_gauge(
             "consumer_pending",
             "Firehose entries delivered to a consumer group and not acknowledged, summed over the shards.",
+        );
+        let org_consumer_lag = group_gauge(
+            "org_consumer_lag",
+            "Entries of the organizations' streams not yet delivered to a group of streams.lag_groups, summed over the organizations this replica owns.",
+        );
+        let org_consumer_pending = group_gauge(
+            "org_consumer_pending",
+            "Entries of the organizations' streams delivered to a group of streams.lag_groups and not acknowledged, summed over the organizations this replica owns.",
         );
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::with_opts(opts(name, help)).expect("valid metric");
@@ -473,6 +483,8 @@ impl Metrics {
             tenants,
             consumer_lag,
             consumer_pending,
+            org_consumer_lag,
+            org_consumer_pending,
             ingest_queue_depth,
             stage_seconds,
             actor_restarts_total,
