@@ -655,7 +655,7 @@ async fn the_cluster_relay_copies_every_entry_once_even_when_relays_race() {
                 .unwrap();
             if first && i == 0 {
                 let _: () = redis::cmd("HSET")
-                    .arg(format!("{prefix}:{{{org}}}:relay_from"))
+                    .arg(format!("{prefix}:{{{org}}}:relay_from:16"))
                     .arg(stream)
                     .arg(&id)
                     .query(&mut conn)
@@ -672,7 +672,7 @@ async fn the_cluster_relay_copies_every_entry_once_even_when_relays_race() {
     let known = Checkpoints::default();
     let mut c = store.conn().unwrap();
     assert_eq!(
-        relay(&store, &mut c, org, shards, trim, &known)
+        relay(&store, &mut c, org, shards, trim, &known, false)
             .await
             .unwrap(),
         8
@@ -682,7 +682,7 @@ async fn the_cluster_relay_copies_every_entry_once_even_when_relays_race() {
     let copied = futures::future::join_all((0..4).map(|_| {
         let (store, known, mut c) = (&store, &known, store.conn().unwrap());
         async move {
-            relay(store, &mut c, org, shards, trim, known)
+            relay(store, &mut c, org, shards, trim, known, false)
                 .await
                 .unwrap()
         }
@@ -690,7 +690,7 @@ async fn the_cluster_relay_copies_every_entry_once_even_when_relays_race() {
     .await;
     assert_eq!(copied.iter().sum::<u64>(), 4, "{copied:?}");
     assert_eq!(
-        relay(&store, &mut c, org, shards, trim, &known)
+        relay(&store, &mut c, org, shards, trim, &known, false)
             .await
             .unwrap(),
         0
@@ -698,7 +698,7 @@ async fn the_cluster_relay_copies_every_entry_once_even_when_relays_race() {
     // A backlog of more than one round.
     add(&events, 1_200, false);
     assert_eq!(
-        relay(&store, &mut c, org, shards, trim, &known)
+        relay(&store, &mut c, org, shards, trim, &known, false)
             .await
             .unwrap(),
         1_200
@@ -727,7 +727,7 @@ async fn the_cluster_relay_copies_every_entry_once_even_when_relays_race() {
 }
 
 /// An engine that wrote an organization's entries on a cluster and died before relaying them
-/// leaves them marked (`relay_from`) and unrelayed: the organization's next message through
+/// leaves them marked (`relay_from:<shards>`) and unrelayed: the organization's next message through
 /// any engine copies them to the firehose with its own, each once.
 #[actix_web::test]
 async fn on_a_cluster_the_next_message_relays_what_a_dead_engine_left_unrelayed() {
@@ -782,7 +782,7 @@ async fn on_a_cluster_the_next_message_relays_what_a_dead_engine_left_unrelayed(
         .query(&mut conn)
         .unwrap();
     let _: () = redis::cmd("HSET")
-        .arg(format!("{prefix}:{{{org}}}:relay_from"))
+        .arg(format!("{prefix}:{{{org}}}:relay_from:16"))
         .arg(&status)
         .arg(&left)
         .query(&mut conn)

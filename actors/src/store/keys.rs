@@ -45,10 +45,12 @@ impl Keys {
         format!("{}:{{all-{shard}}}:relayed", self.prefix)
     }
 
-    /// `<p>:{<org>}:relay_from` — on Redis Cluster, the id of the first entry of each of the
-    /// organization's streams written with the firehose on (internal; see relay.rs).
-    pub fn relay_from(&self, org: &str) -> String {
-        format!("{}:{{{org}}}:relay_from", self.prefix)
+    /// `<p>:{<org>}:relay_from:<shards>` — on Redis Cluster, the id of the first entry of each
+    /// of the organization's streams written with a firehose of `shards` shards (internal; see
+    /// relay.rs). Per shard count: with another, the organization's shard changes, and the new
+    /// one starts with what is written from then on.
+    pub fn relay_from(&self, org: &str, shards: u32) -> String {
+        format!("{}:{{{org}}}:relay_from:{shards}", self.prefix)
     }
 
     /// `<p>:{*}:<kind>` — a `SCAN MATCH` pattern of every organization's `kind` stream

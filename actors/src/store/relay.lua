@@ -4,14 +4,16 @@
 -- is copied once however many relays (retries, replicas) send it.
 --
 -- KEYS: 1 the shard's checkpoint hash, 2 the shard's status stream, 3 its events stream.
--- ARGV: 1 maxlen, 2 MINID threshold ("0" = none), 3 "1" to trim by maxlen too, 4 org, then
+-- ARGV: 1 maxlen, 2 MINID threshold ("0" = none), 3 "1" to trim by maxlen too, 4 org, 5 "1"
+--   to write a checkpoint even when nothing is copied (the caller WAITs for this connection's
+--   writes: an earlier copy, perhaps made on another connection, is then covered too), then
 --   for status and then events: the number of entries, then per entry: id, number of field
 --   and value strings, those strings (as XRANGE gave them, in order).
 -- Entries must be in stream order, contiguous from just after the checkpoint the caller read
 -- (or from the relay-start mark when there was none). Those at or before the checkpoint found
 -- here are skipped: another relay copied them meanwhile.
 -- Returns the number of entries copied.
-local maxlen, minid, both, org = ARGV[1], ARGV[2], ARGV[3] == '1', ARGV[4]
+local maxlen, minid, both, org, touch = ARGV[1], ARGV[2], ARGV[3] == '1', ARGV[4], ARGV[5] == '1'
 
 -- Whether stream id `a` ("<ms>-<seq>") comes after `b`.
 local function after(a, b)
@@ -22,7 +24,7 @@ local function after(a, b)
   return tonumber(aseq) > tonumber(bseq)
 end
 
-local copied, a = 0, 5
+local copied, a = 0, 6
 for t, kind in ipairs({ 'status', 'events' }) do
   local shard, field = KEYS[1 + t], org .. ':' .. kind
   local checkpoint = redis.call('HGET', KEYS[1], field)
@@ -49,6 +51,10 @@ for t, kind in ipairs({ 'status', 'events' }) do
     end
   end
   a = a + 1
-  if last then redis.call('HSET', KEYS[1], field, last) end
+  if last then
+    redis.call('HSET', KEYS[1], field, last)
+  elseif touch and checkpoint then
+    redis.call('HSET', KEYS[1], field, checkpoint)
+  end
 end
 return copied

@@ -6,7 +6,7 @@
 //! 1. the checkpoint: `<p>:{all-<n>}:relayed`, field `<org>:<kind>` = the id of the last entry
 //!    of that stream already in the shard. With none yet, the relay starts at the mark that
 //!    apply.lua recorded (`HSETNX`) with the first entry written with the firehose on
-//!    (`<p>:{<org>}:relay_from`);
+//!    (`<p>:{<org>}:relay_from:<shards>`);
 //! 2. `XRANGE` of the organization's streams after the checkpoint;
 //! 3. relay.lua, in the shard's slot: copies the entries after the checkpoint *it* finds and
 //!    moves the checkpoint, in one call.
@@ -18,13 +18,19 @@
 //! between the two steps), the caller gets no 2xx, and the retry — a duplicate, which writes
 //! nothing to the organization's streams — runs the relay again, which copies what is
 //! missing. So does the organization's next message.
+//!
+//! Limits, unlike the firehose written in the same script on one Redis: a relay that falls
+//! behind the organization's trimming (its shard's master down longer than the retention)
+//! cannot copy what was trimmed; turning the firehose off and on again copies what was
+//! written meanwhile (the checkpoint is older), in rounds of [`PER_ROUND`], before answering.
 use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use super::{Conn, Store, StoreError};
 
-const RELAY_LUA: &str = include_str!("relay.lua");
+static RELAY: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(include_str!("relay.lua")));
 
 /// Entries read and copied per round (an organization with a longer backlog takes more rounds).
 const PER_ROUND: usize = 500;
@@ -86,7 +92,8 @@ impl Checkpoints {
 }
 
 /// Copies the entries of `org`'s streams not yet in its firehose shard (of `shards`) there;
-/// returns how many. See the module's text for why this is exactly once.
+/// returns how many. See the module's text for why this is exactly once. With `touch` the
+/// shard's slot is written even when nothing is copied (the caller WAITs for replicas next).
 pub async fn relay(
     store: &Store,
     conn: &mut Conn,
@@ -94,6 +101,7 @@ pub async fn relay(
     shards: u32,
     trim: Trim,
     known: &Checkpoints,
+    touch: bool,
 ) -> Result<u64, StoreError> {
     let keys = store.keys();
     let shard = super::keys::firehose_shard(org, shards);
@@ -118,7 +126,7 @@ pub async fn relay(
         let marks: Vec<Option<String>> = store
             .bounded(
                 redis::cmd("HMGET")
-                    .arg(keys.relay_from(org))
+                    .arg(keys.relay_from(org, shards))
                     .arg(&streams[..])
                     .query_async(conn),
             )
@@ -134,9 +142,9 @@ pub async fn relay(
             known.note(org, *kind);
         }
     }
-    let script = redis::Script::new(RELAY_LUA);
     let mut copied = 0u64;
-    while from.iter().any(Option::is_some) {
+    let mut called = false;
+    while from.iter().any(Option::is_some) || (touch && !called) {
         let mut pipe = redis::pipe();
         for (stream, f) in streams.iter().zip(&from) {
             // A stream with nothing to read gets an empty range (keeps the replies aligned).
@@ -149,10 +157,11 @@ pub async fn relay(
         }
         type Range = Vec<(String, Vec<Vec<u8>>)>;
         let ranges: Vec<Range> = store.bounded(pipe.query_async(conn)).await?;
-        if ranges.iter().all(Vec::is_empty) {
+        if ranges.iter().all(Vec::is_empty) && (called || !touch) {
             break;
         }
-        let mut call = script.prepare_invoke();
+        called = true;
+        let mut call = RELAY.prepare_invoke();
         call.key(&checkpoint_key)
             .key(keys.firehose_status(shard))
             .key(keys.firehose_events(shard))
@@ -163,7 +172,8 @@ pub async fn relay(
             } else {
                 "0"
             })
-            .arg(org);
+            .arg(org)
+            .arg(if touch { "1" } else { "0" });
         for range in &ranges {
             call.arg(range.len());
             for (id, values) in range {

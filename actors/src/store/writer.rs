@@ -388,14 +388,18 @@ async fn apply_batch(
             )
             .await?;
             if durability.relay {
-                relay_group(
-                    store,
-                    &mut conn,
-                    durability,
-                    seen,
-                    &batch[idx[0]].msg.org_id,
-                )
-                .await?;
+                let org = &batch[idx[0]].msg.org_id;
+                if let Err(e) = relay_group(store, &mut conn, durability, seen, org).await {
+                    // The organization's entries are written (the retries will be duplicates):
+                    // counted now, though their callers get an error.
+                    for (&i, &n) in idx.iter().zip(&res) {
+                        if n > 0 {
+                            let msg = &batch[i].msg;
+                            store.metrics().entries_written(msg.type_str(), n as u64);
+                        }
+                    }
+                    return Err(e);
+                }
             }
             Ok(res)
         }
@@ -424,7 +428,8 @@ async fn relay_group(
         maxlen: durability.maxlen,
         retention: durability.streams.retention,
     };
-    super::relay::relay(store, conn, org, shards, trim, seen.checkpoints).await?;
+    let touch = durability.wait.is_some();
+    super::relay::relay(store, conn, org, shards, trim, seen.checkpoints, touch).await?;
     if let Some((wanted, timeout)) = durability.wait {
         let shard = super::keys::firehose_shard(org, shards);
         let route = store.keys().firehose_relayed(shard);
@@ -464,26 +469,26 @@ async fn apply_group<'a>(
         // The firehose in the same script (one Redis), or relayed after it (a cluster: the
         // organization's relay-start marks, until its checkpoints exist).
         let inline_firehose = streams.firehose_shards > 0 && !durability.relay;
-        let marks = |org: &str| {
-            if durability.relay {
-                seen.checkpoints.marks_wanted(org)
-            } else {
-                "00"
-            }
+        // ARGV 7 holds one organization's marks: with the relay (a cluster), a call holds one
+        // organization (apply_batch groups by organization).
+        let marks = if durability.relay {
+            assert_eq!(groups.len(), 1, "a relayed call holds one organization");
+            seen.checkpoints.marks_wanted(&groups[0][0].msg.org_id)
+        } else {
+            "00"
         };
-        let per_org_keys = |org: &str| {
-            KEYS_PER_ORG + if inline_firehose { 2 } else { 0 } + usize::from(marks(org) != "00")
-        };
+        let per_org_keys = KEYS_PER_ORG + if inline_firehose { 2 } else { 0 };
         let mut cmd = redis::cmd("EVALSHA");
-        let org_marks: Vec<&str> = groups.iter().map(|g| marks(&g[0].msg.org_id)).collect();
-        let org_keys: usize = groups.iter().map(|g| per_org_keys(&g[0].msg.org_id)).sum();
-        cmd.arg(script.get_hash())
-            .arg(org_keys + chunk.len() * KEYS_PER_MESSAGE);
-        for (group, mark) in groups.iter().zip(&org_marks) {
+        cmd.arg(script.get_hash()).arg(
+            groups.len() * per_org_keys
+                + usize::from(marks != "00")
+                + chunk.len() * KEYS_PER_MESSAGE,
+        );
+        for group in &groups {
             let org = &group[0].msg.org_id;
             add_org_keys(&mut cmd, store, streams, inline_firehose, org);
-            if *mark != "00" {
-                cmd.arg(store.keys().relay_from(org));
+            if marks != "00" {
+                cmd.arg(store.keys().relay_from(org, streams.firehose_shards));
             }
             for job in group.iter() {
                 add_keys(&mut cmd, store, &job.msg);
@@ -496,8 +501,7 @@ async fn apply_group<'a>(
             .arg(flag(trim_by_maxlen_now()))
             .arg(flag(streams.per_org))
             .arg(flag(inline_firehose))
-            // On a cluster a call holds one organization (its marks); elsewhere none.
-            .arg(org_marks.first().copied().unwrap_or("00"));
+            .arg(marks);
         for group in &groups {
             cmd.arg(&group[0].msg.org_id).arg(group.len());
             for job in group.iter() {
