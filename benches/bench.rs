@@ -9,6 +9,8 @@
 //!   target/release/xapi-bench [--seconds 10] [--connections 64] [--rounds 3] [--tenants 1]
 //!                             [--bodies 400000] [--no-peer] [--no-open-loop]
 //!                             [--wait-replicas N]   (Redis gets N replicas, `redis.wait_replicas = N`)
+//!                             [--commandstats]      (per engine run: Redis's INFO commandstats,
+//!                                                    calls and µs per accepted message)
 use std::io::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -188,6 +190,7 @@ async fn engine_counts(url: &str) -> (f64, f64) {
 /// One wrk run against `t` with a fresh set of bodies.
 async fn run_wrk(
     t: &Target,
+    redis: &RedisServer,
     redis_pid: u32,
     opts: &Opts,
     tag: &str,
@@ -201,6 +204,12 @@ async fn run_wrk(
         Some(u) => engine_counts(u).await,
         None => (0.0, 0.0),
     };
+    let stats = opts.commandstats && t.metrics_url.is_some();
+    if stats {
+        let _: () = redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query(&mut redis.client().get_connection()?)?;
+    }
     let (r0, t0) = (cpu_time(redis_pid), cpu_time(t.pid));
     let out = tokio::process::Command::new("wrk")
         .args(["-t1", &format!("-c{}", opts.connections)])
@@ -231,12 +240,56 @@ async fn run_wrk(
         None => (run.requests - run.non_2xx) as f64,
     };
     let per = |d: Duration| d.as_secs_f64() * 1e6 / accepted.max(1.0);
+    if stats {
+        print_commandstats(redis, accepted)?;
+    }
     run.redis_us = per(r1.saturating_sub(r0));
     run.target_us = per(t1.saturating_sub(t0));
     Ok(run)
 }
 
+/// Redis's own account of a run (`INFO commandstats`), per accepted message: what each command
+/// cost, those called from the scripts included (the script's own time is EVALSHA's minus
+/// theirs).
+fn print_commandstats(redis: &RedisServer, accepted: f64) -> anyhow::Result<()> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut redis.client().get_connection()?)?;
+    let mut rows: Vec<(String, f64, f64)> = info
+        .lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let field = |k: &str| -> Option<f64> {
+                rest.split(',')
+                    .find_map(|f| f.strip_prefix(k)?.strip_prefix('='))?
+                    .parse()
+                    .ok()
+            };
+            Some((name.to_string(), field("calls")?, field("usec")?))
+        })
+        .collect();
+    rows.sort_by(|a, b| b.2.total_cmp(&a.2));
+    let m = accepted.max(1.0);
+    let inner: f64 = rows
+        .iter()
+        .filter(|r| r.0 != "evalsha" && r.0 != "eval")
+        .map(|r| r.2)
+        .sum();
+    println!("  commandstats per accepted message (calls, µs):");
+    for (name, calls, usec) in &rows {
+        println!("    {name:<12} {:>7.3} {:>7.2}", calls / m, usec / m);
+    }
+    if let Some(e) = rows.iter().find(|r| r.0 == "evalsha") {
+        println!(
+            "    script itself (evalsha minus the rest) {:.2} µs",
+            (e.2 - inner) / m
+        );
+    }
+    Ok(())
+}
+
 struct Opts {
+    commandstats: bool,
     seconds: u64,
     connections: usize,
     rounds: usize,
@@ -301,6 +354,7 @@ async fn start_peer(
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
     let opts = Opts {
+        commandstats: std::env::args().any(|a| a == "--commandstats"),
         seconds: arg("--seconds", 10),
         connections: arg("--connections", 64),
         rounds: arg("--rounds", 3),
@@ -438,7 +492,7 @@ async fn main() -> anyhow::Result<()> {
     for round in 0..opts.rounds {
         for (k, t) in targets.iter().enumerate() {
             let tag = format!("r{round}");
-            let r = run_wrk(t, rpid, &opts, &tag, &app, &dir).await?;
+            let r = run_wrk(t, &redis, rpid, &opts, &tag, &app, &dir).await?;
             println!(
                 "round {} {:<24} {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  non-2xx {}",
                 round + 1,
