@@ -81,61 +81,6 @@ local function emit(stream, shard, ...)
   if shard then xadd(shard, ...) end
 end
 
--- Keys per organization (its streams, its shard's with the firehose, its relay-start hash when
--- marks are wanted) and where the arguments of the message at `a` end.
-local ORG_KEYS = 2 + (firehose and 2 or 0) + ((mark_status or mark_events) and 1 or 0)
-local function after_message(a)
-  local n = tonumber(ARGV[a + 10])
-  a = a + 11
-  if ARGV[a - 11] == 'events' then return a + 3 * n end
-  a = a + 2 * n
-  return a + 1 + tonumber(ARGV[a])
-end
-
--- Deduplication first, for the whole call: per dedupe set one SMISMEMBER of its messages'
--- fingerprints and one SADD of the new ones (a message repeated within the call is new once).
-local dup = {}
-do
-  local sets, order, fps = {}, {}, {}
-  local a, k, m = 8, 0, 0
-  while a <= #ARGV do
-    local count = tonumber(ARGV[a + 1])
-    a = a + 2
-    k = k + ORG_KEYS
-    for _ = 1, count do
-      m = m + 1
-      local seen_key = KEYS[k + 3]
-      k = k + 3
-      local set = sets[seen_key]
-      if not set then
-        set = {}
-        sets[seen_key] = set
-        order[#order + 1] = seen_key
-      end
-      set[#set + 1] = m
-      fps[m] = ARGV[a + 7]
-      a = after_message(a)
-    end
-  end
-  for _, seen_key in ipairs(order) do
-    local members = sets[seen_key]
-    local asked = {}
-    for i, mi in ipairs(members) do asked[i] = fps[mi] end
-    local present = redis.call('SMISMEMBER', seen_key, unpack(asked))
-    local new, taken = {}, {}
-    for i, mi in ipairs(members) do
-      local fp = asked[i]
-      if present[i] == 1 or taken[fp] then
-        dup[mi] = true
-      else
-        taken[fp] = true
-        new[#new + 1] = fp
-      end
-    end
-    if #new > 0 then redis.call('SADD', seen_key, unpack(new)) end
-  end
-end
-
 local out, expiring = {}, {}
 local a, k, m = 8, 0, 0
 while a <= #ARGV do
@@ -163,18 +108,18 @@ while a <= #ARGV do
       ARGV[a + 4], ARGV[a + 5]
     -- ts_ms is compared as a number and written back as the caller's string (a Lua number
     -- would be formatted by Redis for every HSET).
-    local ts_text, expire_at = ARGV[a + 6], tonumber(ARGV[a + 8])
+    local ts_text, fingerprint, expire_at = ARGV[a + 6], ARGV[a + 7], tonumber(ARGV[a + 8])
     local ts_ms = tonumber(ts_text)
     local full, n = ARGV[a + 9], tonumber(ARGV[a + 10])
-    if dup[m] then
+    a = a + 11
+    if redis.call('SADD', seen_key, fingerprint) == 0 then
       -- With redis.wait_replicas the caller WAITs for this connection's writes. A duplicate
       -- writes something too, so that the WAIT also covers the first write of this message,
       -- made perhaps on another connection and not yet replicated (its 503 brought the retry).
       if touch then redis.call('EXPIREAT', seen_key, math.abs(expire_at)) end
       out[m] = -1
-      a = after_message(a)
+      if kind == 'events' then a = a + 3 * n else a = a + 2 * n; a = a + 1 + tonumber(ARGV[a]) end
     else
-      a = a + 11
       if expire_at > 0 and not expiring[seen_key] then
         expiring[seen_key] = true
         redis.call('EXPIREAT', seen_key, expire_at)
