@@ -494,6 +494,25 @@ impl Registry {
             .await
     }
 
+    /// See [`crate::store::tenants::Tenants::claim_pending_decision`].
+    pub async fn claim_pending_decision(
+        &self,
+        session: &str,
+        ttl_secs: u64,
+    ) -> Result<bool, StoreError> {
+        self.deps
+            .tenants
+            .claim_pending_decision(session, ttl_secs)
+            .await
+    }
+
+    /// Gives a claimed decision back after a failed activation.
+    pub async fn release_pending_decision(&self, session: &str) {
+        if let Err(e) = self.deps.tenants.release_pending_decision(session).await {
+            tracing::warn!(error = %e, "pending activation's decision not given back");
+        }
+    }
+
     /// A pending HTTPS activation, if it has not expired.
     pub async fn get_pending(&self, session: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.deps.tenants.get_pending(session).await

@@ -395,6 +395,24 @@ pub async fn setup_submit(
     let why = match redeemed {
         Err(e) => return unavailable(e),
         Ok(Redeemed::Fresh(inv)) => {
+            // First decider wins: the operator may be approving or rejecting it right now.
+            let decided = state
+                .registry
+                .claim_pending_decision(&session, act.pending_ttl_secs)
+                .await;
+            if !matches!(decided, Ok(true)) {
+                if let Err(e) = store.release_invitation(&inv.digest).await {
+                    tracing::warn!(error = %e, "invitation not released (activation decided meanwhile)");
+                }
+                if let Err(e) = store.forgive_setup_attempt(&session, &addr).await {
+                    tracing::debug!(error = %e, "a right code's attempt not given back");
+                }
+                return match decided {
+                    Err(e) => unavailable(e),
+                    // The page shows what the operator decided.
+                    _ => see_page(),
+                };
+            }
             match state
                 .registry
                 .activate(&pending.claims, Some(inv.customer.clone()))
@@ -402,6 +420,7 @@ pub async fn setup_submit(
             {
                 Ok((h, _)) => pending.tenant_id = Some(h.tenant_id().to_string()),
                 Err(e) => {
+                    state.registry.release_pending_decision(&session).await;
                     if let Err(e) = store.release_invitation(&inv.digest).await {
                         tracing::warn!(error = %e, "invitation not released after a failed activation");
                     }

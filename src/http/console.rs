@@ -836,6 +836,21 @@ pub async fn decide_pending(
     if p.rejected || p.tenant_id.is_some() {
         return see_other("/console/invitations?failed=already+decided");
     }
+    if !matches!(decision.as_str(), "reject" | "approve") {
+        return see_other("/console/invitations");
+    }
+    // First decider wins: the customer may be entering their invitation code right now.
+    let ttl = state.config.activation.pending_ttl_secs;
+    match state.registry.claim_pending_decision(&session, ttl).await {
+        Ok(true) => {}
+        Ok(false) => return see_other("/console/invitations?failed=already+decided"),
+        Err(e) => {
+            return see_other(&format!(
+                "/console/invitations?failed={}",
+                enc(&format!("storage unavailable: {e}"))
+            ));
+        }
+    }
     let msg = match decision.as_str() {
         "reject" => {
             p.rejected = true;
@@ -860,6 +875,7 @@ pub async fn decide_pending(
                     format!("Activation of {} approved", p.claims.org_name)
                 }
                 Err(e) => {
+                    state.registry.release_pending_decision(&session).await;
                     let e = activation::activate_error(&state, e);
                     return see_other(&format!(
                         "/console/invitations?failed={}",

@@ -201,3 +201,103 @@ async fn the_console_signs_in_searches_and_refuses_forms_without_csrf() {
 fn urlenc(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
+
+/// The operator's reject and the customer's invitation code, sent at once for the same pending
+/// activation: exactly one of them decides it. A rejected activation has no tenant and its
+/// code is not spent; an activated one was not reported rejected to the operator.
+#[actix_web::test]
+async fn a_reject_racing_a_customers_code_decides_the_activation_once() {
+    const N: usize = 8;
+    let env = TestEnv::start(SimConfig {
+        orgs: N,
+        ..Default::default()
+    })
+    .await;
+    let engine = env.engine(&[]).await;
+    let (base, admin) = (engine.base_url(), engine.admin_url());
+    let http = client();
+    let mut sessions = Vec::new();
+    for i in 0..N {
+        let r = http
+            .post(format!("{base}/provision"))
+            .json(&json!({ "jwt": env.sim.activation_jwt(i) }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let body: serde_json::Value = r.json().await.unwrap();
+        let redirect = body["redirectUrl"].as_str().unwrap();
+        let session = redirect.rsplit('/').next().unwrap().to_string();
+        let r = http
+            .post(format!("{admin}/admin/invitations"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({"customer_id": format!("cust-{i}"), "name": "Race"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let inv: serde_json::Value = r.json().await.unwrap();
+        sessions.push((session, inv["code"].as_str().unwrap().to_string()));
+    }
+    let cookie = sign_in(&admin).await;
+    let (_, page) = get(&admin, "/console/invitations", &cookie).await;
+    let csrf = csrf_of(&page);
+    let races = sessions.iter().map(|(session, code)| {
+        let reject = client()
+            .post(format!("{admin}/console/pending/{session}/reject"))
+            .header("Cookie", &cookie)
+            .form(&[("csrf", csrf.as_str())])
+            .send();
+        let redeem = client()
+            .post(format!("{base}/setup/{session}"))
+            .form(&[("code", code.as_str())])
+            .send();
+        async move {
+            let (reject, redeem) = futures::join!(reject, redeem);
+            let (reject, redeem) = (reject.unwrap(), redeem.unwrap());
+            let said = reject.headers()["location"].to_str().unwrap().to_string();
+            assert_eq!(redeem.status(), 303, "the setup form");
+            said
+        }
+    });
+    let said = futures::future::join_all(races).await;
+    let listed: serde_json::Value = http
+        .get(format!("{admin}/admin/invitations"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let tenants: Vec<String> = engine
+        .registry()
+        .handles()
+        .iter()
+        .map(|h| h.shared.org_id.clone())
+        .collect();
+    for (i, said) in said.iter().enumerate() {
+        let org = env.sim.org(i).org_id;
+        let activated = tenants.contains(&org);
+        let rejected = said.contains("done=Activation+rejected");
+        assert!(
+            activated != rejected,
+            "session {i}: activated {activated}, the operator was told {said}"
+        );
+        if !rejected {
+            assert!(said.contains("already+decided"), "{said}");
+        }
+        let state = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["customer_id"] == format!("cust-{i}"))
+            .map(|v| v["state"].clone());
+        assert_eq!(
+            state,
+            Some(json!(if activated { "used" } else { "open" })),
+            "session {i}'s invitation: {listed}"
+        );
+    }
+    engine.shutdown().await;
+}

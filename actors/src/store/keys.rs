@@ -131,6 +131,12 @@ impl Keys {
         format!("{}:pending:{session}", self.prefix)
     }
 
+    /// `<p>:pending_decided:<session>` — set (NX) by whoever decides a pending activation first:
+    /// the operator's approve or reject, or the customer's invitation code.
+    pub fn pending_decided(&self, session: &str) -> String {
+        format!("{}:pending_decided:{session}", self.prefix)
+    }
+
     /// `<p>:{<org>}:stamps:<deviceId>` — per key, the millisecond timestamp that last changed it.
     pub fn device_stamps(&self, org: &str, device: &str) -> String {
         format!("{}:{{{org}}}:stamps:{device}", self.prefix)

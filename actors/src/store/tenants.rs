@@ -853,6 +853,37 @@ impl Tenants {
         self.store.bounded(pipe.query_async(&mut conn)).await
     }
 
+    /// Claims the decision on a pending activation for `ttl_secs`: true for the first caller
+    /// only, so the operator's approve or reject and a customer's code cannot both act on it.
+    pub async fn claim_pending_decision(
+        &self,
+        session: &str,
+        ttl_secs: u64,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.store.conn()?;
+        let set: Option<String> = self
+            .store
+            .bounded(
+                redis::cmd("SET")
+                    .arg(self.store.keys().pending_decided(session))
+                    .arg("1")
+                    .arg("NX")
+                    .arg("EX")
+                    .arg(ttl_secs.max(1))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(set.is_some())
+    }
+
+    /// Gives a claimed decision back (the activation it was for failed: nothing was decided).
+    pub async fn release_pending_decision(&self, session: &str) -> Result<(), StoreError> {
+        let mut conn = self.store.conn()?;
+        self.store
+            .bounded(conn.del(self.store.keys().pending_decided(session)))
+            .await
+    }
+
     /// Reads a pending activation.
     pub async fn get_pending(&self, session: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let mut conn = self.store.conn()?;
