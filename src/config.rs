@@ -286,6 +286,21 @@ mod tests {
             ("XAPI_STREAM__STREAMS__PER_ORG", "false"),
         ]);
         assert!(e.starts_with("config error: streams.lag_groups:"), "{e}");
+        let e = refused(&[(
+            "XAPI_STREAM__SERVER__TRUSTED_PROXIES",
+            "10.0.0.0/8, ingress",
+        )]);
+        assert!(
+            e.starts_with("config error: server.trusted_proxies:"),
+            "{e}"
+        );
+        let mut v = with_key();
+        v.extend(env(&[(
+            "XAPI_STREAM__SERVER__TRUSTED_PROXIES",
+            "10.0.0.0/8, ::1",
+        )]));
+        let c = load_from(None, "", v).expect("addresses and ranges");
+        assert_eq!(c.server.trusted_proxy_nets().len(), 2);
     }
 
     #[test]

@@ -144,6 +144,25 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     pub shutdown_grace_secs: u64,
     pub workers: usize,
+    /// Proxies whose `X-Forwarded-For` names the client (IP addresses or CIDR ranges).
+    pub trusted_proxies: Vec<String>,
+}
+
+impl ServerConfig {
+    /// `trusted_proxies` parsed (a plain address is a one-address range); validated at load.
+    pub fn trusted_proxy_nets(&self) -> Vec<ipnet::IpNet> {
+        self.trusted_proxies
+            .iter()
+            .filter_map(|p| parse_net(p))
+            .collect()
+    }
+}
+
+fn parse_net(s: &str) -> Option<ipnet::IpNet> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
 }
 
 /// What the activation PATCH asks Webex for.
@@ -583,6 +602,17 @@ impl Config {
                     "must be at least 1 and below redis.command_timeout_ms ({}) when redis.wait_replicas is set",
                     self.redis.command_timeout_ms
                 ),
+            ));
+        }
+        if let Some(bad) = self
+            .server
+            .trusted_proxies
+            .iter()
+            .find(|p| parse_net(p).is_none())
+        {
+            return Err(err(
+                "server.trusted_proxies",
+                format!("{bad:?} is neither an IP address nor a CIDR range (10.0.0.0/8, fd00::/8)"),
             ));
         }
         let streams = &self.streams;

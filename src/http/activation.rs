@@ -202,10 +202,45 @@ pub async fn invitation_landing(state: web::Data<AppState>, req: HttpRequest) ->
 
 /// Client address for the per-address limit: the TCP peer (a forwarded-for header could be
 /// anything the client likes).
-fn client_addr(req: &HttpRequest) -> String {
-    req.peer_addr()
-        .map(|a| a.ip().to_string())
-        .unwrap_or_else(|| "unknown".into())
+fn client_addr(state: &AppState, req: &HttpRequest) -> String {
+    let Some(peer) = req.peer_addr().map(|a| a.ip()) else {
+        return "unknown".into();
+    };
+    let forwarded: Vec<&str> = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    forwarded_client(peer, &forwarded, &state.config.server.trusted_proxy_nets()).to_string()
+}
+
+/// The client behind `peer`: `peer` itself unless it is a trusted proxy; then the nearest
+/// address of `X-Forwarded-For` (read from the right, as each proxy appends the address it
+/// saw) that is not a trusted proxy. Entries left of it are the client's to write, so they are
+/// never believed; an unreadable entry ends the walk at the last address read.
+fn forwarded_client(
+    peer: std::net::IpAddr,
+    forwarded: &[&str],
+    trusted: &[ipnet::IpNet],
+) -> std::net::IpAddr {
+    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|n| n.contains(ip));
+    let mut client = peer;
+    let hops = forwarded.iter().flat_map(|v| v.split(',')).rev();
+    for hop in hops {
+        if !is_trusted(&client) {
+            break;
+        }
+        let hop = hop.trim();
+        let Some(ip) = hop
+            .parse::<std::net::IpAddr>()
+            .ok()
+            .or_else(|| hop.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
+        else {
+            break;
+        };
+        client = ip;
+    }
+    client
 }
 
 /// `GET /setup/<session>`: what is being activated, its state, and the form that completes it
@@ -246,7 +281,7 @@ pub async fn setup_page(
     let failures = state
         .registry
         .store()
-        .setup_failures(&session, &client_addr(&req))
+        .setup_failures(&session, &client_addr(&state, &req))
         .await
         .map(|(s, _)| s)
         .unwrap_or(0);
@@ -343,7 +378,7 @@ pub async fn setup_submit(
         return see_page();
     }
     let store = state.registry.store();
-    let addr = client_addr(&req);
+    let addr = client_addr(&state, &req);
     let unavailable = |e: actors::store::StoreError| {
         error_page(
             ApiError::unavailable(&format!("setup: storage unavailable: {e}")),
@@ -615,4 +650,49 @@ pub fn esc(s: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::forwarded_client;
+
+    #[test]
+    fn the_client_is_the_nearest_address_no_trusted_proxy_wrote() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let lb: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        // No trusted proxies: the header is ignored.
+        assert_eq!(
+            forwarded_client(ip("10.1.1.1"), &["203.0.113.7"], &[]),
+            ip("10.1.1.1")
+        );
+        // From a trusted proxy: the address it saw.
+        assert_eq!(
+            forwarded_client(ip("10.1.1.1"), &["203.0.113.7"], &lb),
+            ip("203.0.113.7")
+        );
+        // A client-written entry left of the real one is not believed; a chain of trusted
+        // proxies is walked through (values split over headers too).
+        assert_eq!(
+            forwarded_client(ip("10.1.1.1"), &["1.2.3.4, 198.51.100.9", "10.2.2.2"], &lb),
+            ip("198.51.100.9")
+        );
+        // From an untrusted peer the header counts for nothing.
+        assert_eq!(
+            forwarded_client(ip("198.51.100.1"), &["10.9.9.9"], &lb),
+            ip("198.51.100.1")
+        );
+        // Ports and IPv6; garbage ends the walk at the last address read.
+        assert_eq!(
+            forwarded_client(ip("10.1.1.1"), &["203.0.113.7:4711"], &lb),
+            ip("203.0.113.7")
+        );
+        assert_eq!(
+            forwarded_client(ip("10.1.1.1"), &["2001:db8::1"], &lb),
+            ip("2001:db8::1")
+        );
+        assert_eq!(
+            forwarded_client(ip("10.1.1.1"), &["unknown"], &lb),
+            ip("10.1.1.1")
+        );
+    }
 }

@@ -953,3 +953,66 @@ async fn five_wrong_invitation_codes_lock_the_session_and_change_nothing() {
     engine.shutdown().await;
     sim.shutdown().await;
 }
+
+/// Behind a trusted load balancer (`server.trusted_proxies`) the setup form's per-address limit
+/// counts each customer's address from `X-Forwarded-For`, not the balancer's: one address runs
+/// out, another is still heard; an address the client wrote itself left of the real one is not.
+#[actix_web::test]
+async fn behind_a_trusted_proxy_the_per_address_limit_counts_the_forwarded_client() {
+    let TestEnv { redis, prefix, sim } = TestEnv::start(SimConfig {
+        orgs: 3,
+        ..Default::default()
+    })
+    .await;
+    let engine = start_engine(
+        &sim,
+        &redis.url(),
+        &prefix,
+        &[
+            ("SERVER__TRUSTED_PROXIES", "127.0.0.1, ::1"),
+            ("ACTIVATION__SETUP_MAX_ATTEMPTS", "2"),
+            ("ACTIVATION__SETUP_ATTEMPTS_PER_ADDRESS", "3"),
+        ],
+    )
+    .await;
+    let base = engine.base_url();
+    let http = reqwest::Client::new();
+    let mut sessions = Vec::new();
+    for i in 0..3 {
+        let r: Value = http
+            .post(format!("{base}/provision"))
+            .json(&json!({ "jwt": sim.activation_jwt(i) }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let url = r["redirectUrl"].as_str().unwrap();
+        sessions.push(url.rsplit('/').next().unwrap().to_string());
+    }
+    let wrong = |session: usize, forwarded: &'static str| {
+        let url = format!("{base}/setup/{}", sessions[session]);
+        let http = http.clone();
+        async move {
+            http.post(url)
+                .header("X-Forwarded-For", forwarded)
+                .form(&[("code", "WRONG-CODE")])
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    // 203.0.113.7: two on one session, one on the next, then the address is out (429)...
+    assert_eq!(wrong(0, "203.0.113.7").await, 401);
+    assert_eq!(wrong(0, "203.0.113.7").await, 401);
+    assert_eq!(wrong(1, "203.0.113.7").await, 401);
+    assert_eq!(wrong(1, "203.0.113.7").await, 429);
+    // ... even when it writes another address in front of its own.
+    assert_eq!(wrong(2, "198.51.100.9, 203.0.113.7").await, 429);
+    // Another customer behind the same balancer is still heard.
+    assert_eq!(wrong(2, "198.51.100.9").await, 401);
+    engine.shutdown().await;
+}
