@@ -494,21 +494,38 @@ impl Registry {
             .await
     }
 
-    /// See [`crate::store::tenants::Tenants::claim_pending_decision`].
+    /// See [`crate::store::tenants::Tenants::claim_pending_decision`]: `Ok(Some(token))` when
+    /// this caller decides, `Ok(None)` when another did. On an error the claim is given back
+    /// (it may have been made before the error).
     pub async fn claim_pending_decision(
         &self,
         session: &str,
         ttl_secs: u64,
-    ) -> Result<bool, StoreError> {
-        self.deps
+    ) -> Result<Option<String>, StoreError> {
+        let token = hex::encode(rand::random::<[u8; 16]>());
+        match self
+            .deps
             .tenants
-            .claim_pending_decision(session, ttl_secs)
+            .claim_pending_decision(session, &token, ttl_secs)
             .await
+        {
+            Ok(true) => Ok(Some(token)),
+            Ok(false) => Ok(None),
+            Err(e) => {
+                self.release_pending_decision(session, &token).await;
+                Err(e)
+            }
+        }
     }
 
-    /// Gives a claimed decision back after a failed activation.
-    pub async fn release_pending_decision(&self, session: &str) {
-        if let Err(e) = self.deps.tenants.release_pending_decision(session).await {
+    /// Gives back a decision this caller claimed (nothing was decided).
+    pub async fn release_pending_decision(&self, session: &str, token: &str) {
+        if let Err(e) = self
+            .deps
+            .tenants
+            .release_pending_decision(session, token)
+            .await
+        {
             tracing::warn!(error = %e, "pending activation's decision not given back");
         }
     }

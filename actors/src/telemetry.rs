@@ -408,7 +408,7 @@ impl Metrics {
         }
         let setup_attempts_total = counter_vec(
             "setup_attempts_total",
-            "Setup-page confirmations by result: completed (a valid invitation code), wrong_code, used, expired (refused, nothing changed), locked (the session had too many wrong codes), limited (too many wrong codes from the address this hour).",
+            "Setup-page confirmations by result: completed (a valid invitation code), wrong_code, used, expired (refused, nothing changed), locked (the session had too many wrong codes), limited (too many wrong codes from the address this hour), decided (a valid code for an activation the operator decided meanwhile: the code is given back).",
             &["result"],
         );
         for r in [
@@ -418,6 +418,7 @@ impl Metrics {
             "expired",
             "locked",
             "limited",
+            "decided",
         ] {
             setup_attempts_total.with_label_values(&[r]);
         }

@@ -200,8 +200,8 @@ pub async fn invitation_landing(state: web::Data<AppState>, req: HttpRequest) ->
     resp
 }
 
-/// Client address for the per-address limit: the TCP peer (a forwarded-for header could be
-/// anything the client likes).
+/// Client address for the per-address limit: the TCP peer, or behind a trusted proxy
+/// (`server.trusted_proxies`) the client it names (see [`forwarded_client`]).
 fn client_addr(state: &AppState, req: &HttpRequest) -> String {
     let Some(peer) = req.peer_addr().map(|a| a.ip()) else {
         return "unknown".into();
@@ -435,19 +435,25 @@ pub async fn setup_submit(
                 .registry
                 .claim_pending_decision(&session, act.pending_ttl_secs)
                 .await;
-            if !matches!(decided, Ok(true)) {
-                if let Err(e) = store.release_invitation(&inv.digest).await {
-                    tracing::warn!(error = %e, "invitation not released (activation decided meanwhile)");
+            let claim = match decided {
+                Ok(Some(token)) => token,
+                lost => {
+                    if let Err(e) = store.release_invitation(&inv.digest).await {
+                        tracing::warn!(error = %e, "invitation not released (activation decided meanwhile)");
+                    }
+                    if let Err(e) = store.forgive_setup_attempt(&session, &addr).await {
+                        tracing::debug!(error = %e, "a right code's attempt not given back");
+                    }
+                    return match lost {
+                        Err(e) => unavailable(e),
+                        // The page shows what the operator decided.
+                        _ => {
+                            count("decided");
+                            see_page()
+                        }
+                    };
                 }
-                if let Err(e) = store.forgive_setup_attempt(&session, &addr).await {
-                    tracing::debug!(error = %e, "a right code's attempt not given back");
-                }
-                return match decided {
-                    Err(e) => unavailable(e),
-                    // The page shows what the operator decided.
-                    _ => see_page(),
-                };
-            }
+            };
             match state
                 .registry
                 .activate(&pending.claims, Some(inv.customer.clone()))
@@ -455,7 +461,10 @@ pub async fn setup_submit(
             {
                 Ok((h, _)) => pending.tenant_id = Some(h.tenant_id().to_string()),
                 Err(e) => {
-                    state.registry.release_pending_decision(&session).await;
+                    state
+                        .registry
+                        .release_pending_decision(&session, &claim)
+                        .await;
                     if let Err(e) = store.release_invitation(&inv.digest).await {
                         tracing::warn!(error = %e, "invitation not released after a failed activation");
                     }

@@ -841,16 +841,16 @@ pub async fn decide_pending(
     }
     // First decider wins: the customer may be entering their invitation code right now.
     let ttl = state.config.activation.pending_ttl_secs;
-    match state.registry.claim_pending_decision(&session, ttl).await {
-        Ok(true) => {}
-        Ok(false) => return see_other("/console/invitations?failed=already+decided"),
+    let claim = match state.registry.claim_pending_decision(&session, ttl).await {
+        Ok(Some(token)) => token,
+        Ok(None) => return see_other("/console/invitations?failed=already+decided"),
         Err(e) => {
             return see_other(&format!(
                 "/console/invitations?failed={}",
                 enc(&format!("storage unavailable: {e}"))
             ));
         }
-    }
+    };
     let msg = match decision.as_str() {
         "reject" => {
             p.rejected = true;
@@ -875,7 +875,10 @@ pub async fn decide_pending(
                     format!("Activation of {} approved", p.claims.org_name)
                 }
                 Err(e) => {
-                    state.registry.release_pending_decision(&session).await;
+                    state
+                        .registry
+                        .release_pending_decision(&session, &claim)
+                        .await;
                     let e = activation::activate_error(&state, e);
                     return see_other(&format!(
                         "/console/invitations?failed={}",
@@ -887,6 +890,14 @@ pub async fn decide_pending(
         _ => return see_other("/console/invitations"),
     };
     if let Err(e) = activation::store_pending(&state, &session, &p).await {
+        if p.rejected {
+            // Not rejected after all: the decision is open again (an approval keeps its claim:
+            // the tenant exists).
+            state
+                .registry
+                .release_pending_decision(&session, &claim)
+                .await;
+        }
         return see_other(&format!(
             "/console/invitations?failed={}",
             enc(&e.to_string())

@@ -1015,4 +1015,5 @@ async fn behind_a_trusted_proxy_the_per_address_limit_counts_the_forwarded_clien
     // Another customer behind the same balancer is still heard.
     assert_eq!(wrong(2, "198.51.100.9").await, 401);
     engine.shutdown().await;
+    sim.shutdown().await;
 }

@@ -853,11 +853,14 @@ impl Tenants {
         self.store.bounded(pipe.query_async(&mut conn)).await
     }
 
-    /// Claims the decision on a pending activation for `ttl_secs`: true for the first caller
-    /// only, so the operator's approve or reject and a customer's code cannot both act on it.
+    /// Claims the decision on a pending activation for `ttl_secs` under `token` (a value unique
+    /// to this caller): true for the first caller only, so the operator's approve or reject and
+    /// a customer's code cannot both act on it. After an error the claim may or may not have
+    /// been made: give it back with [`Tenants::release_pending_decision`] either way.
     pub async fn claim_pending_decision(
         &self,
         session: &str,
+        token: &str,
         ttl_secs: u64,
     ) -> Result<bool, StoreError> {
         let mut conn = self.store.conn()?;
@@ -866,7 +869,7 @@ impl Tenants {
             .bounded(
                 redis::cmd("SET")
                     .arg(self.store.keys().pending_decided(session))
-                    .arg("1")
+                    .arg(token)
                     .arg("NX")
                     .arg("EX")
                     .arg(ttl_secs.max(1))
@@ -876,11 +879,26 @@ impl Tenants {
         Ok(set.is_some())
     }
 
-    /// Gives a claimed decision back (the activation it was for failed: nothing was decided).
-    pub async fn release_pending_decision(&self, session: &str) -> Result<(), StoreError> {
+    /// Gives back a decision claimed under `token` (nothing was decided); another caller's
+    /// claim is left alone.
+    pub async fn release_pending_decision(
+        &self,
+        session: &str,
+        token: &str,
+    ) -> Result<(), StoreError> {
+        static RELEASE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+            redis::Script::new(
+                "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end",
+            )
+        });
         let mut conn = self.store.conn()?;
         self.store
-            .bounded(conn.del(self.store.keys().pending_decided(session)))
+            .bounded(
+                RELEASE
+                    .key(self.store.keys().pending_decided(session))
+                    .arg(token)
+                    .invoke_async(&mut conn),
+            )
             .await
     }
 
