@@ -847,22 +847,7 @@ async fn five_wrong_invitation_codes_lock_the_session_and_change_nothing() {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let r: Value = http
-        .post(format!("{base}/provision"))
-        .json(&json!({ "jwt": sim.activation_jwt(0) }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let session = r["redirectUrl"]
-        .as_str()
-        .unwrap()
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let session = provision_session(&base, &sim.activation_jwt(0)).await;
     let inv: Value = http
         .post(format!("{base}/admin/invitations"))
         .bearer_auth(ADMIN_TOKEN)
@@ -979,17 +964,7 @@ async fn behind_a_trusted_proxy_the_per_address_limit_counts_the_forwarded_clien
     let http = reqwest::Client::new();
     let mut sessions = Vec::new();
     for i in 0..3 {
-        let r: Value = http
-            .post(format!("{base}/provision"))
-            .json(&json!({ "jwt": sim.activation_jwt(i) }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let url = r["redirectUrl"].as_str().unwrap();
-        sessions.push(url.rsplit('/').next().unwrap().to_string());
+        sessions.push(provision_session(&base, &sim.activation_jwt(i)).await);
     }
     let wrong = |session: usize, forwarded: &'static str| {
         let url = format!("{base}/setup/{}", sessions[session]);

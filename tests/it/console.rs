@@ -218,16 +218,7 @@ async fn a_reject_racing_a_customers_code_decides_the_activation_once() {
     let http = client();
     let mut sessions = Vec::new();
     for i in 0..N {
-        let r = http
-            .post(format!("{base}/provision"))
-            .json(&json!({ "jwt": env.sim.activation_jwt(i) }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        let body: serde_json::Value = r.json().await.unwrap();
-        let redirect = body["redirectUrl"].as_str().unwrap();
-        let session = redirect.rsplit('/').next().unwrap().to_string();
+        let session = provision_session(&base, &env.sim.activation_jwt(i)).await;
         let r = http
             .post(format!("{admin}/admin/invitations"))
             .bearer_auth(ADMIN_TOKEN)

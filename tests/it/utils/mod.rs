@@ -115,6 +115,20 @@ pub fn metric(text: &str, sample: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// `POST /provision` with `jwt` (an HTTPS activation waiting for its setup page): its session.
+pub async fn provision_session(base: &str, jwt: &str) -> String {
+    let r = reqwest::Client::new()
+        .post(format!("{base}/provision"))
+        .json(&json!({ "jwt": jwt }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    let redirect = body["redirectUrl"].as_str().expect("a redirectUrl");
+    redirect.rsplit('/').next().unwrap().to_string()
+}
+
 /// `POST /admin/activations` with `jwt`: (status, body).
 pub async fn admin_activate(base: &str, jwt: &str) -> (u16, Value) {
     let r = reqwest::Client::new()
