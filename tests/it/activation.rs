@@ -440,15 +440,7 @@ async fn https_provisioning_goes_through_the_setup_page() {
         sim.app_state(0).customer,
         Some(json!({"id": "cust-42", "name": "Acme Rooms"}))
     );
-    let listed: Value = http
-        .get(format!("{base}/admin/invitations"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = admin_get(&base, "/admin/invitations").await;
     assert_eq!(listed[0]["state"], "used", "{listed}");
     assert!(
         !listed.to_string().contains(&code),
@@ -848,17 +840,7 @@ async fn five_wrong_invitation_codes_lock_the_session_and_change_nothing() {
         .build()
         .unwrap();
     let session = provision_session(&base, &sim.activation_jwt(0)).await;
-    let inv: Value = http
-        .post(format!("{base}/admin/invitations"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"customer_id": "c-1", "name": "Customer One"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let code = inv["code"].as_str().unwrap().to_string();
+    let code = invite(&base, "c-1", "Customer One").await;
     let post = |code: String| {
         let (http, url) = (http.clone(), format!("{base}/setup/{session}"));
         async move {
@@ -915,15 +897,7 @@ async fn five_wrong_invitation_codes_lock_the_session_and_change_nothing() {
         16.0
     );
     // The invitation itself is untouched: another (new) activation can still use it.
-    let listed: Value = http
-        .get(format!("{admin}/admin/invitations"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = admin_get(&admin, "/admin/invitations").await;
     assert_eq!(listed[0]["state"], "open", "{listed}");
     // And nothing under the data prefix beyond what provisioning stores (the pending session,
     // the activation's jti): the attempts are counted under <p>-audit.

@@ -215,20 +215,10 @@ async fn a_reject_racing_a_customers_code_decides_the_activation_once() {
     .await;
     let engine = env.engine(&[]).await;
     let (base, admin) = (engine.base_url(), engine.admin_url());
-    let http = client();
     let mut sessions = Vec::new();
     for i in 0..N {
         let session = provision_session(&base, &env.sim.activation_jwt(i)).await;
-        let r = http
-            .post(format!("{admin}/admin/invitations"))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&json!({"customer_id": format!("cust-{i}"), "name": "Race"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201);
-        let inv: serde_json::Value = r.json().await.unwrap();
-        sessions.push((session, inv["code"].as_str().unwrap().to_string()));
+        sessions.push((session, invite(&admin, &format!("cust-{i}"), "Race").await));
     }
     let cookie = sign_in(&admin).await;
     let (_, page) = get(&admin, "/console/invitations", &cookie).await;
@@ -252,15 +242,7 @@ async fn a_reject_racing_a_customers_code_decides_the_activation_once() {
         }
     });
     let said = futures::future::join_all(races).await;
-    let listed: serde_json::Value = http
-        .get(format!("{admin}/admin/invitations"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = admin_get(&admin, "/admin/invitations").await;
     let tenants: Vec<String> = engine
         .registry()
         .handles()

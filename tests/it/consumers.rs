@@ -603,6 +603,17 @@ async fn the_node_consumer_reads_an_organization_with_a_group_and_acknowledges_e
     engine.shutdown().await;
 }
 
+/// A 3-master cluster, a simulator of one organization, a fresh key prefix.
+async fn cluster_world() -> (RedisCluster, Sim, String) {
+    let cluster = RedisCluster::start(3).expect("a 3-master redis cluster starts");
+    let sim = start_sim(SimConfig {
+        orgs: 1,
+        ..Default::default()
+    })
+    .await;
+    (cluster, sim, unique_prefix())
+}
+
 /// On a cluster the firehose is relayed from the organizations' streams: what an engine that
 /// died between the two steps left behind is copied by the next relay, relays running at once
 /// (replicas, a retry) copy nothing twice, and a backlog longer than one round is copied whole,
@@ -610,13 +621,7 @@ async fn the_node_consumer_reads_an_organization_with_a_group_and_acknowledges_e
 #[actix_web::test]
 async fn the_cluster_relay_copies_every_entry_once_even_when_relays_race() {
     use actors::store::relay::{Checkpoints, Trim, relay};
-    let cluster = RedisCluster::start(3).expect("a 3-master redis cluster starts");
-    let sim = start_sim(SimConfig {
-        orgs: 1,
-        ..Default::default()
-    })
-    .await;
-    let prefix = unique_prefix();
+    let (cluster, sim, prefix) = cluster_world().await;
     let cfg = xapi_stream::devkit::devenv::engine_config(&sim, &cluster.urls(), &prefix, &[])
         .expect("valid configuration");
     let store = actors::store::Store::new(&cfg.redis, actors::telemetry::Metrics::new()).unwrap();
@@ -731,13 +736,7 @@ async fn the_cluster_relay_copies_every_entry_once_even_when_relays_race() {
 /// any engine copies them to the firehose with its own, each once.
 #[actix_web::test]
 async fn on_a_cluster_the_next_message_relays_what_a_dead_engine_left_unrelayed() {
-    let cluster = RedisCluster::start(3).expect("a 3-master redis cluster starts");
-    let sim = start_sim(SimConfig {
-        orgs: 1,
-        ..Default::default()
-    })
-    .await;
-    let prefix = unique_prefix();
+    let (cluster, sim, prefix) = cluster_world().await;
     let engine = start_engine(
         &sim,
         &cluster.urls(),

@@ -129,6 +129,33 @@ pub async fn provision_session(base: &str, jwt: &str) -> String {
     redirect.rsplit('/').next().unwrap().to_string()
 }
 
+/// `GET <base><path>` with the admin bearer: the JSON body.
+pub async fn admin_get(base: &str, path: &str) -> Value {
+    reqwest::Client::new()
+        .get(format!("{base}{path}"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// `POST /admin/invitations` for a customer: 201 and its one-time code.
+pub async fn invite(base: &str, customer_id: &str, name: &str) -> String {
+    let r = reqwest::Client::new()
+        .post(format!("{base}/admin/invitations"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({ "customer_id": customer_id, "name": name }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let inv: Value = r.json().await.unwrap();
+    inv["code"].as_str().expect("a code").to_string()
+}
+
 /// `POST /admin/activations` with `jwt`: (status, body).
 pub async fn admin_activate(base: &str, jwt: &str) -> (u16, Value) {
     let r = reqwest::Client::new()
