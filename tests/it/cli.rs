@@ -215,6 +215,8 @@ fn serve_drains_and_exits_zero_on_sigterm() {
         .arg("--config")
         .arg(f.path())
         .env("XAPI_STREAM__LOG__FORMAT", "json")
+        // The drain's info lines are asserted: a RUST_LOG of the caller's must not hide them.
+        .env_remove("RUST_LOG")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
