@@ -285,16 +285,8 @@ async fn a_hundred_tenants_activate_concurrently_with_one_patch_each() {
         assert!(app.poll_url.is_some());
         assert_eq!(org_tenant["poll_url"].as_str(), app.poll_url.as_deref());
     }
-    let list: Vec<Value> = reqwest::Client::new()
-        .get(format!("{base}/admin/tenants"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(list.len(), N);
+    let list = admin_get(&base, "/admin/tenants").await;
+    assert_eq!(list.as_array().expect("a tenant list").len(), N);
     let text = metrics_text(&base).await;
     assert_eq!(
         metric(&text, "xapi_stream_tenants{state=\"completed\"}"),

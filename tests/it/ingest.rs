@@ -244,15 +244,7 @@ async fn seed_payloads_become_exactly_the_contract_records() {
     );
 
     // The tenant counts what it received.
-    let t: Value = reqwest::Client::new()
-        .get(format!("{base}/admin/tenants/{tenant}"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let t = admin_tenant(&base, &tenant).await;
     assert_eq!(t["messages_received"]["webhook"], 5, "{t}");
     // Per-stage latencies are recorded.
     let text = metrics_text(&base).await;

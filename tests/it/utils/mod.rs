@@ -171,15 +171,7 @@ pub async fn admin_activate(base: &str, jwt: &str) -> (u16, Value) {
 
 /// `GET /admin/tenants/<id>`.
 pub async fn admin_tenant(base: &str, id: &str) -> Value {
-    reqwest::Client::new()
-        .get(format!("{base}/admin/tenants/{id}"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    admin_get(base, &format!("/admin/tenants/{id}")).await
 }
 
 /// Activates simulated org `i` (through the admin API at `base`) and waits until both Webex
