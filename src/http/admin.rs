@@ -121,7 +121,7 @@ pub async fn rotate_webhook_secret(
                 RotateError::InFlight(_) | RotateError::Overlap(_) => {
                     (StatusCode::CONFLICT, "rotation_busy")
                 }
-                RotateError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+                RotateError::Store { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
                 RotateError::Token(_) | RotateError::Webex(_) => (StatusCode::BAD_GATEWAY, "webex"),
             };
             let mut err = ApiError::new(status, reason, format!("webhook secret not rotated: {e}"));

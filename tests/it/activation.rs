@@ -769,6 +769,90 @@ async fn killed_engine_resumes_every_tenant_and_redis_holds_no_plain_secret() {
     sim.shutdown().await;
 }
 
+/// Redis stalls for longer than the lease while activations complete: the ones caught in the
+/// stall (their secret or their completed record could not be stored) are tried again once
+/// Redis answers, and every tenant ends `completed` with its webhook set at Webex. Before,
+/// such a tenant stayed `provisioning` for good, unpolled and without a webhook.
+#[actix_web::test]
+async fn activations_caught_in_a_redis_stall_complete_once_it_is_back() {
+    const N: usize = 300;
+    const CHUNK: usize = 50;
+    const LEASE_TTL_SECS: u64 = 6;
+    let redis = own_redis();
+    let sim = start_sim(SimConfig {
+        orgs: N,
+        devices_per_org: 1,
+        ..Default::default()
+    })
+    .await;
+    let prefix = unique_prefix();
+    let lease = LEASE_TTL_SECS.to_string();
+    let engine = start_engine(
+        &sim,
+        &redis.url(),
+        &prefix,
+        &[
+            ("SCALING__LEASE_TTL_SECS", lease.as_str()),
+            ("WEBEX__HTTP_TIMEOUT_SECS", "3"),
+            ("LOG__LEVEL", "warn"),
+        ],
+    )
+    .await;
+    let base = engine.base_url();
+    let stall = Duration::from_secs(LEASE_TTL_SECS + 1);
+    for (k, chunk) in (0..N).collect::<Vec<_>>().chunks(CHUNK).enumerate() {
+        let jwts: Vec<String> = chunk.iter().map(|&i| sim.activation_jwt(i)).collect();
+        let answers =
+            futures::future::join_all(jwts.iter().map(|j| admin_activate(&base, j))).await;
+        for (status, body) in answers {
+            assert_eq!(status, 202, "{body}");
+        }
+        // Stall while the first chunk completes, and again mid-way through the rest.
+        if k == 0 || k == 3 {
+            redis.pause();
+            tokio::time::sleep(stall).await;
+            redis.resume();
+        }
+    }
+    let unfinished = || async {
+        let tenants = admin_get(&base, "/admin/tenants").await;
+        let tenants = tenants.as_array().expect("a tenant list").clone();
+        let not_completed: Vec<Value> = tenants
+            .into_iter()
+            .filter(|t| t["provisioning_state"] != "completed")
+            .collect();
+        let no_webhook: Vec<usize> = (0..N)
+            .filter(|&i| sim.app_state(i).webhook.is_none())
+            .collect();
+        (not_completed, no_webhook)
+    };
+    // Two stalls, the retry backoff capped at 5 s and 300 activations: 90 s is ample.
+    let done = eventually(Duration::from_secs(90), || async {
+        let (a, b) = unfinished().await;
+        a.is_empty() && b.is_empty()
+    })
+    .await;
+    if !done {
+        let (not_completed, no_webhook) = unfinished().await;
+        panic!(
+            "{} tenants not completed (first 3: {:#?}); {} orgs without a webhook (first 10: {:?})",
+            not_completed.len(),
+            &not_completed[..not_completed.len().min(3)],
+            no_webhook.len(),
+            &no_webhook[..no_webhook.len().min(10)],
+        );
+    }
+    let list = admin_get(&base, "/admin/tenants").await;
+    assert_eq!(list.as_array().expect("a tenant list").len(), N);
+    for i in 0..N {
+        let app = sim.app_state(i);
+        let last = app.patches.last().expect("at least one PATCH");
+        assert_eq!(last["provisioningState"], "completed", "org {i}: {last}");
+    }
+    engine.shutdown().await;
+    sim.shutdown().await;
+}
+
 #[actix_web::test]
 async fn a_token_endpoint_outage_is_retried_with_backoff_and_recovers() {
     let TestEnv { redis, prefix, sim } = TestEnv::start(SimConfig {

@@ -54,50 +54,115 @@ pub fn new_webhook_secret() -> Secret {
 
 /// Completes an activation: token exchange (adopting a rotated refresh token), a fresh webhook
 /// secret stored before Webex learns it, the PATCH of the appUrl, and the tenant's final
-/// state. On failure the tenant shows `error` with a trackingId and Webex is told
+/// state. An attempt that failed only because Redis could not be reached is tried again (with
+/// capped exponential backoff, while this supervisor is in charge): the tenant stays
+/// `provisioning` meanwhile, which is the truth, and Redis could not take an error record
+/// anyway. Any other failure leaves the tenant in `error` with a trackingId, and Webex is told
 /// `provisioningState: error` when a token is at hand. Returns whether it completed.
 pub async fn complete_activation(shared: &TenantShared) -> bool {
     let metrics = &shared.deps().metrics;
-    match try_complete(shared).await {
-        Ok(()) => {
-            metrics.activation("completed");
-            shared.lifecycle("activated").await;
-            tracing::info!(tenant = %shared.tenant_id, org = %shared.org_id, "activation completed");
-            true
-        }
-        Err((description, _)) if !shared.still_in_charge() => {
-            // The lease moved on (or a re-activation replaced this supervisor) meanwhile: the
-            // new owner completes the activation; reporting an error would undo its work.
-            tracing::info!(tenant = %shared.tenant_id, %description, "activation handed to the new owner");
-            false
-        }
-        Err((description, token)) => {
-            metrics.activation("error");
-            let tracking = shared
-                .fail(Some(ProvisioningState::Error), description)
-                .await;
-            if let Some(token) = token {
-                let body = json!({ "provisioningState": "error" });
-                let app_url = shared.record().app_url;
-                if let Err(e) = shared.deps().webex.patch_app(&app_url, &token, &body).await {
-                    tracing::warn!(trackingId = %tracking, error = %e, "could not report the error to Webex");
-                }
+    let mut pause = STORE_RETRY_MIN;
+    loop {
+        match try_complete(shared).await {
+            Ok(()) => {
+                metrics.activation("completed");
+                shared.lifecycle("activated").await;
+                tracing::info!(tenant = %shared.tenant_id, org = %shared.org_id, "activation completed");
+                return true;
             }
-            false
+            Err(f) if !shared.still_in_charge() => {
+                // The lease moved on (or a re-activation replaced this supervisor) meanwhile: the
+                // new owner completes the activation; reporting an error would undo its work.
+                tracing::info!(tenant = %shared.tenant_id, description = %f.description, "activation handed to the new owner");
+                return false;
+            }
+            Err(f) if f.store_unavailable => {
+                tracing::warn!(tenant = %shared.tenant_id, description = %f.description, ?pause, "activation not completed: Redis unavailable; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(STORE_RETRY_MAX);
+            }
+            Err(Failure {
+                description, token, ..
+            }) => {
+                metrics.activation("error");
+                let tracking = shared
+                    .fail(Some(ProvisioningState::Error), description)
+                    .await;
+                if let Some(token) = token {
+                    let body = json!({ "provisioningState": "error" });
+                    let app_url = shared.record().app_url;
+                    if let Err(e) = shared.deps().webex.patch_app(&app_url, &token, &body).await {
+                        tracing::warn!(trackingId = %tracking, error = %e, "could not report the error to Webex");
+                    }
+                }
+                return false;
+            }
         }
     }
 }
 
-type Failure = (String, Option<Secret>);
+/// The first pause before an activation is tried again after Redis was unavailable; doubled
+/// up to [`STORE_RETRY_MAX`].
+const STORE_RETRY_MIN: Duration = Duration::from_millis(250);
+const STORE_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Why an attempt to complete an activation failed.
+struct Failure {
+    description: String,
+    /// The access token, when the failure should be reported to Webex.
+    token: Option<Secret>,
+    /// Redis could not be reached: nothing was decided, another attempt may succeed.
+    store_unavailable: bool,
+}
+
+impl Failure {
+    fn new(description: impl Into<String>, token: Option<Secret>) -> Self {
+        Failure {
+            description: description.into(),
+            token,
+            store_unavailable: false,
+        }
+    }
+
+    /// A failure to write: unavailable when Redis could not be reached.
+    fn store(description: impl Into<String>, token: Option<Secret>, unavailable: bool) -> Self {
+        Failure {
+            store_unavailable: unavailable,
+            ..Failure::new(description, token)
+        }
+    }
+
+    /// A step of the secret's rotation failed.
+    fn rotation(e: rotation::RotateError, token: &Secret) -> Self {
+        let unavailable = matches!(
+            e,
+            rotation::RotateError::Store {
+                unavailable: true,
+                ..
+            }
+        );
+        Failure::store(e.to_string(), Some(token.clone()), unavailable)
+    }
+}
 
 async fn try_complete(shared: &TenantShared) -> Result<(), Failure> {
     let deps = &shared.deps();
-    let token = shared.access_token().await.map_err(|e| {
-        let why = match e {
-            TokenError::Invalid => "the activation's refresh token was rejected by Webex".into(),
-            other => format!("could not exchange the refresh token: {other}"),
-        };
-        (why, None)
+    let token = shared.access_token().await.map_err(|e| match e {
+        TokenError::Invalid => {
+            Failure::new("the activation's refresh token was rejected by Webex", None)
+        }
+        TokenError::Transient {
+            store_unavailable: true,
+            ..
+        } => Failure::store(
+            format!("could not exchange the refresh token: {e}"),
+            None,
+            true,
+        ),
+        other => Failure::new(
+            format!("could not exchange the refresh token: {other}"),
+            None,
+        ),
     })?;
     let record = shared.record();
     let ingest = record.ingest;
@@ -116,7 +181,7 @@ async fn try_complete(shared: &TenantShared) -> Result<(), Failure> {
         true => Some(
             rotation::offer_stored(shared, &new_webhook_secret(), scheme, true)
                 .await
-                .map_err(|e| (e.to_string(), Some(token.clone())))?,
+                .map_err(|e| Failure::rotation(e, &token))?,
         ),
         false => None,
     };
@@ -147,11 +212,11 @@ async fn try_complete(shared: &TenantShared) -> Result<(), Failure> {
                 rotation::withdraw_stored(shared, secret, known).await;
             }
             return Err(match e {
-                WithToken::Token(e) => (
+                WithToken::Token(e) => Failure::new(
                     format!("appUrl rejected our token and refresh failed: {e}"),
                     None,
                 ),
-                WithToken::Call(e) => (
+                WithToken::Call(e) => Failure::new(
                     format!("PATCH of the appUrl failed: {e}"),
                     Some(token.clone()),
                 ),
@@ -161,7 +226,7 @@ async fn try_complete(shared: &TenantShared) -> Result<(), Failure> {
     if let Some(secret) = &secret {
         rotation::confirm_stored(shared, secret, scheme)
             .await
-            .map_err(|e| (e.to_string(), Some(token.clone())))?;
+            .map_err(|e| Failure::rotation(e, &token))?;
     }
     let poll_url = answer
         .pointer("/queue/pollUrl")
@@ -170,20 +235,20 @@ async fn try_complete(shared: &TenantShared) -> Result<(), Failure> {
     if ingest.queue() {
         match &poll_url {
             Some(u) => {
-                deps.webex
-                    .check_url(u)
-                    .map_err(|e| (format!("pollUrl refused: {e}"), Some(token.clone())))?;
+                deps.webex.check_url(u).map_err(|e| {
+                    Failure::new(format!("pollUrl refused: {e}"), Some(token.clone()))
+                })?;
             }
             None => {
-                return Err((
-                    "Webex did not return a queue pollUrl".into(),
+                return Err(Failure::new(
+                    "Webex did not return a queue pollUrl",
                     Some(token.clone()),
                 ));
             }
         }
     }
     if !shared.still_in_charge() {
-        return Err(("superseded while completing".into(), None));
+        return Err(Failure::new("superseded while completing", None));
     }
     shared
         .update(|r| {
@@ -194,9 +259,10 @@ async fn try_complete(shared: &TenantShared) -> Result<(), Failure> {
         })
         .await
         .map_err(|e| {
-            (
+            Failure::store(
                 format!("could not store the completed activation: {e}"),
                 None,
+                e.is_unavailable(),
             )
         })?;
     Ok(())

@@ -573,6 +573,7 @@ impl TenantShared {
                 Err(TokenError::Transient {
                     retry_after,
                     message,
+                    ..
                 }) => {
                     failures += 1;
                     let backoff = retry_after

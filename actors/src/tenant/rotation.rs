@@ -73,8 +73,9 @@ pub enum RotateError {
     InFlight(DateTime<Utc>),
     #[error("the last rotation's overlap runs until {0}; rotate again after it")]
     Overlap(DateTime<Utc>),
-    #[error("could not store the new secret: {0}")]
-    Store(String),
+    /// `unavailable`: Redis could not be reached (a retry may succeed), not a refused write.
+    #[error("could not store the new secret: {message}")]
+    Store { message: String, unavailable: bool },
     #[error("no access token for the PATCH: {0}")]
     Token(String),
     #[error("Webex did not take the new secret: {0}")]
@@ -87,7 +88,7 @@ impl RotateError {
         match self {
             RotateError::NoWebhook | RotateError::NotActive(_) => "not_applicable",
             RotateError::InFlight(_) | RotateError::Overlap(_) => "busy",
-            RotateError::Store(_) | RotateError::Token(_) | RotateError::Webex(_) => "failed",
+            RotateError::Store { .. } | RotateError::Token(_) | RotateError::Webex(_) => "failed",
         }
     }
 }
@@ -331,12 +332,18 @@ pub async fn offer_stored(
             wrote
         })
         .await
-        .map_err(|e| RotateError::Store(e.to_string()))?;
+        .map_err(|e| RotateError::Store {
+            message: e.to_string(),
+            unavailable: e.is_unavailable(),
+        })?;
     match outcome.into_inner().expect("outcome lock") {
         Some(Ok(secret)) => Ok(secret),
         Some(Err(Busy::InFlight(at))) => Err(RotateError::InFlight(at)),
         Some(Err(Busy::Overlap(until))) => Err(RotateError::Overlap(until)),
-        None => Err(RotateError::Store("the offer was not applied".into())),
+        None => Err(RotateError::Store {
+            message: "the offer was not applied".into(),
+            unavailable: false,
+        }),
     }
 }
 
@@ -378,9 +385,12 @@ pub async fn confirm_stored(
                 pause = (pause * 2).min(Duration::from_secs(5));
             }
             Err(e) => {
-                return Err(RotateError::Store(format!(
-                    "Webex took the new secret but it could not be recorded ({e}); it stays accepted as an offer and the next rotation sends it again"
-                )));
+                return Err(RotateError::Store {
+                    message: format!(
+                        "Webex took the new secret but it could not be recorded ({e}); it stays accepted as an offer and the next rotation sends it again"
+                    ),
+                    unavailable: e.is_unavailable(),
+                });
             }
         }
     }

@@ -126,6 +126,9 @@ pub enum TokenError {
     Transient {
         message: String,
         retry_after: Option<Duration>,
+        /// Redis could not be reached (Webex was not asked, or its answer is stored once
+        /// Redis is back): nothing was decided about the tenant.
+        store_unavailable: bool,
     },
     /// The tenant has no secrets (deprovisioned).
     #[error("tenant has no credentials")]
@@ -320,6 +323,7 @@ impl TokenKeeper {
             Err(TokenError::Transient {
                 message: format!("token exchange task failed: {e}"),
                 retry_after: None,
+                store_unavailable: false,
             })
         })
     }
@@ -343,18 +347,21 @@ impl TokenKeeper {
                 return Err(TokenError::Transient {
                     message: "the tenant's token state changed meanwhile".into(),
                     retry_after: Some(FOLLOWER_RETRY),
+                    store_unavailable: false,
                 });
             }
             Ok(BeginExchange::Fenced) => {
                 return Err(TokenError::Transient {
                     message: "another replica took over this tenant (lease epoch moved on)".into(),
                     retry_after: Some(FOLLOWER_RETRY),
+                    store_unavailable: false,
                 });
             }
             Err(e) => {
                 return Err(TokenError::Transient {
                     message: format!("could not record the exchange: {e}"),
                     retry_after: Some(FOLLOWER_RETRY),
+                    store_unavailable: e.is_unavailable(),
                 });
             }
         };
@@ -420,6 +427,7 @@ impl TokenKeeper {
                             return Err(TokenError::Transient {
                                 message: format!("could not store the rotated refresh token: {e}"),
                                 retry_after: None,
+                                store_unavailable: e.is_unavailable(),
                             });
                         }
                     }
@@ -488,6 +496,7 @@ impl TokenKeeper {
         let err = TokenError::Transient {
             message,
             retry_after: Some(wait),
+            store_unavailable: false,
         };
         b.until = Some((Instant::now() + wait, err.clone()));
         err
@@ -613,6 +622,7 @@ impl TokenKeeper {
             return Err(TokenError::Transient {
                 message: format!("could not read the tenant's token state: {e}"),
                 retry_after: Some(FOLLOWER_RETRY),
+                store_unavailable: e.is_unavailable(),
             });
         }
         if let Some(t) = self.cached()
@@ -642,6 +652,7 @@ impl TokenKeeper {
         Err(TokenError::Transient {
             message: "the replica owning this tenant has not refreshed its token yet".into(),
             retry_after: Some(FOLLOWER_RETRY),
+            store_unavailable: false,
         })
     }
 
