@@ -801,12 +801,7 @@ async fn activations_caught_in_a_redis_stall_complete_once_it_is_back() {
     let base = engine.base_url();
     let stall = Duration::from_secs(LEASE_TTL_SECS + 1);
     for (k, chunk) in (0..N).collect::<Vec<_>>().chunks(CHUNK).enumerate() {
-        let jwts: Vec<String> = chunk.iter().map(|&i| sim.activation_jwt(i)).collect();
-        let answers =
-            futures::future::join_all(jwts.iter().map(|j| admin_activate(&base, j))).await;
-        for (status, body) in answers {
-            assert_eq!(status, 202, "{body}");
-        }
+        activate_orgs(&base, &sim, chunk).await;
         // Stall while the first chunk completes, and again mid-way through the rest.
         if k == 0 || k == 3 {
             redis.pause();
@@ -814,34 +809,8 @@ async fn activations_caught_in_a_redis_stall_complete_once_it_is_back() {
             redis.resume();
         }
     }
-    let unfinished = || async {
-        let tenants = admin_get(&base, "/admin/tenants").await;
-        let tenants = tenants.as_array().expect("a tenant list").clone();
-        let not_completed: Vec<Value> = tenants
-            .into_iter()
-            .filter(|t| t["provisioning_state"] != "completed")
-            .collect();
-        let no_webhook: Vec<usize> = (0..N)
-            .filter(|&i| sim.app_state(i).webhook.is_none())
-            .collect();
-        (not_completed, no_webhook)
-    };
     // Two stalls, the retry backoff capped at 5 s and 300 activations: 90 s is ample.
-    let done = eventually(Duration::from_secs(90), || async {
-        let (a, b) = unfinished().await;
-        a.is_empty() && b.is_empty()
-    })
-    .await;
-    if !done {
-        let (not_completed, no_webhook) = unfinished().await;
-        panic!(
-            "{} tenants not completed (first 3: {:#?}); {} orgs without a webhook (first 10: {:?})",
-            not_completed.len(),
-            &not_completed[..not_completed.len().min(3)],
-            no_webhook.len(),
-            &no_webhook[..no_webhook.len().min(10)],
-        );
-    }
+    wait_all_activated(&base, &sim, N, Duration::from_secs(90)).await;
     let list = admin_get(&base, "/admin/tenants").await;
     assert_eq!(list.as_array().expect("a tenant list").len(), N);
     for i in 0..N {

@@ -252,45 +252,9 @@ async fn firehose_group_suite<C: redis::ConnectionLike>(
     let base = engine.admin_url();
     // Activate every tenant, 50 at a time; the webhooks are registered once each completes.
     for chunk in (0..TENANTS).collect::<Vec<_>>().chunks(50) {
-        let jwts: Vec<String> = chunk.iter().map(|&i| sim.activation_jwt(i)).collect();
-        let answers =
-            futures::future::join_all(jwts.iter().map(|jwt| admin_activate(&base, jwt))).await;
-        for (status, body) in answers {
-            assert_eq!(status, 202, "{body}");
-        }
+        activate_orgs(&base, sim, chunk).await;
     }
-    if !eventually(Duration::from_secs(120), || async {
-        (0..TENANTS).all(|i| sim.app_state(i).webhook.is_some())
-    })
-    .await
-    {
-        // Say which tenants are stuck and where: a flake here must be diagnosable from CI's log.
-        let missing: Vec<usize> = (0..TENANTS)
-            .filter(|&i| sim.app_state(i).webhook.is_none())
-            .collect();
-        let tenants = admin_get(&base, "/admin/tenants").await;
-        let unfinished: Vec<&Value> = tenants
-            .as_array()
-            .expect("a tenant list")
-            .iter()
-            .filter(|t| t["provisioning_state"] != "completed")
-            .collect();
-        panic!(
-            "{} tenants registered no webhook (sim orgs {:?}…); {} not completed, e.g. {:#?}\n{}",
-            missing.len(),
-            &missing[..missing.len().min(10)],
-            unfinished.len(),
-            &unfinished[..unfinished.len().min(5)],
-            crate::utils::metrics_text(&base)
-                .await
-                .lines()
-                .filter(|l| {
-                    l.starts_with("xapi_stream_") && !l.contains("_bucket") && !l.ends_with(" 0")
-                })
-                .collect::<Vec<_>>()
-                .join("\n"),
-        );
-    }
+    wait_all_activated(&base, sim, TENANTS, Duration::from_secs(120)).await;
 
     // Load: 4 messages per tenant over webhooks, 16 at a time, every one delivered twice
     // (a webhook retry: the copy must add nothing to any stream).

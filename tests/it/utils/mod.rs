@@ -169,6 +169,58 @@ pub async fn admin_activate(base: &str, jwt: &str) -> (u16, Value) {
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
+/// Activates the simulator's orgs `orgs` at once; every answer must be 202.
+pub async fn activate_orgs(base: &str, sim: &Sim, orgs: &[usize]) {
+    let jwts: Vec<String> = orgs.iter().map(|&i| sim.activation_jwt(i)).collect();
+    let answers = futures::future::join_all(jwts.iter().map(|j| admin_activate(base, j))).await;
+    for (status, body) in answers {
+        assert_eq!(status, 202, "{body}");
+    }
+}
+
+/// Waits until each of the simulator's first `orgs` orgs has its webhook registered and every
+/// tenant shows `completed`. Otherwise panics naming the stuck ones and the engine's non-zero
+/// counters: a flake here must be diagnosable from CI's log.
+pub async fn wait_all_activated(base: &str, sim: &Sim, orgs: usize, limit: Duration) {
+    let unfinished = || async {
+        let no_webhook: Vec<usize> = (0..orgs)
+            .filter(|&i| sim.app_state(i).webhook.is_none())
+            .collect();
+        let tenants = admin_get(base, "/admin/tenants").await;
+        let not_completed: Vec<Value> = tenants
+            .as_array()
+            .expect("a tenant list")
+            .iter()
+            .filter(|t| t["provisioning_state"] != "completed")
+            .cloned()
+            .collect();
+        (no_webhook, not_completed)
+    };
+    if eventually(limit, || async {
+        let (a, b) = unfinished().await;
+        a.is_empty() && b.is_empty()
+    })
+    .await
+    {
+        return;
+    }
+    let (no_webhook, not_completed) = unfinished().await;
+    let counters: Vec<String> = metrics_text(base)
+        .await
+        .lines()
+        .filter(|l| l.starts_with("xapi_stream_") && !l.contains("_bucket") && !l.ends_with(" 0"))
+        .map(String::from)
+        .collect();
+    panic!(
+        "{} orgs registered no webhook (sim orgs {:?}…); {} tenants not completed, e.g. {:#?}\n{}",
+        no_webhook.len(),
+        &no_webhook[..no_webhook.len().min(10)],
+        not_completed.len(),
+        &not_completed[..not_completed.len().min(5)],
+        counters.join("\n"),
+    );
+}
+
 /// `GET /admin/tenants/<id>`.
 pub async fn admin_tenant(base: &str, id: &str) -> Value {
     admin_get(base, &format!("/admin/tenants/{id}")).await
