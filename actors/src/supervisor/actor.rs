@@ -209,10 +209,11 @@ impl Handler<StartOwnedWork> for TenantSupervisor {
         if self.shared.state() == ProvisioningState::Provisioning {
             let shared = self.shared.clone();
             let guard = shared.claim.child_guard();
+            let owned = owned_stop.clone();
             ctx.spawn(
                 async move {
                     let _guard = guard;
-                    complete_activation(&shared).await
+                    complete_activation(&shared, &owned).await
                 }
                 .into_actor(self)
                 .map(move |ok, act, ctx| {

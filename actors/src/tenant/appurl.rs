@@ -55,14 +55,20 @@ pub fn new_webhook_secret() -> Secret {
 /// Completes an activation: token exchange (adopting a rotated refresh token), a fresh webhook
 /// secret stored before Webex learns it, the PATCH of the appUrl, and the tenant's final
 /// state. An attempt that failed only because Redis could not be reached is tried again (with
-/// capped exponential backoff, while this supervisor is in charge): the tenant stays
+/// capped exponential backoff) until `owned` fires, i.e. this round of owned work ends (lease
+/// lost, re-activation, shutdown; a later round starts its own completion): the tenant stays
 /// `provisioning` meanwhile, which is the truth, and Redis could not take an error record
 /// anyway. Any other failure leaves the tenant in `error` with a trackingId, and Webex is told
 /// `provisioningState: error` when a token is at hand. Returns whether it completed.
-pub async fn complete_activation(shared: &TenantShared) -> bool {
+pub async fn complete_activation(shared: &TenantShared, owned: &Shutdown) -> bool {
     let metrics = &shared.deps().metrics;
     let mut pause = STORE_RETRY_MIN;
+    let mut attempt = 0u32;
     loop {
+        attempt = attempt.saturating_add(1);
+        if owned.is_fired() {
+            return false;
+        }
         match try_complete(shared).await {
             Ok(()) => {
                 metrics.activation("completed");
@@ -70,15 +76,22 @@ pub async fn complete_activation(shared: &TenantShared) -> bool {
                 tracing::info!(tenant = %shared.tenant_id, org = %shared.org_id, "activation completed");
                 return true;
             }
-            Err(f) if !shared.still_in_charge() => {
+            Err(f) if !shared.still_in_charge() || owned.is_fired() => {
                 // The lease moved on (or a re-activation replaced this supervisor) meanwhile: the
                 // new owner completes the activation; reporting an error would undo its work.
                 tracing::info!(tenant = %shared.tenant_id, description = %f.description, "activation handed to the new owner");
                 return false;
             }
             Err(f) if f.store_unavailable => {
-                tracing::warn!(tenant = %shared.tenant_id, description = %f.description, ?pause, "activation not completed: Redis unavailable; trying again");
-                tokio::time::sleep(pause).await;
+                // Once, then about once a minute: a tenant whose Redis slot stays down must not
+                // flood the log.
+                if attempt == 1 || attempt.is_multiple_of(12) {
+                    tracing::warn!(tenant = %shared.tenant_id, description = %f.description, attempt, ?pause, "activation not completed: Redis unavailable; trying again");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = owned.wait() => return false,
+                }
                 pause = (pause * 2).min(STORE_RETRY_MAX);
             }
             Err(Failure {
@@ -111,7 +124,9 @@ struct Failure {
     description: String,
     /// The access token, when the failure should be reported to Webex.
     token: Option<Secret>,
-    /// Redis could not be reached: nothing was decided, another attempt may succeed.
+    /// Redis could not be reached (a write timed out, perhaps to land later): another attempt
+    /// may succeed, and the completion's writes are safe to repeat (compare-and-set on the
+    /// secrets, the record rewritten whole).
     store_unavailable: bool,
 }
 
@@ -212,10 +227,20 @@ async fn try_complete(shared: &TenantShared) -> Result<(), Failure> {
                 rotation::withdraw_stored(shared, secret, known).await;
             }
             return Err(match e {
-                WithToken::Token(e) => Failure::new(
-                    format!("appUrl rejected our token and refresh failed: {e}"),
-                    None,
-                ),
+                WithToken::Token(e) => {
+                    let unavailable = matches!(
+                        e,
+                        TokenError::Transient {
+                            store_unavailable: true,
+                            ..
+                        }
+                    );
+                    Failure::store(
+                        format!("appUrl rejected our token and refresh failed: {e}"),
+                        None,
+                        unavailable,
+                    )
+                }
                 WithToken::Call(e) => Failure::new(
                     format!("PATCH of the appUrl failed: {e}"),
                     Some(token.clone()),

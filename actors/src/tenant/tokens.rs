@@ -126,8 +126,10 @@ pub enum TokenError {
     Transient {
         message: String,
         retry_after: Option<Duration>,
-        /// Redis could not be reached (Webex was not asked, or its answer is stored once
-        /// Redis is back): nothing was decided about the tenant.
+        /// Redis could not be reached: reading or recording the exchange failed before Webex
+        /// was asked, or Webex answered and the rotated refresh token could not be stored
+        /// while the lease lasted (then, as for any caller, the next exchange may find the
+        /// stored token already redeemed).
         store_unavailable: bool,
     },
     /// The tenant has no secrets (deprovisioned).
