@@ -127,9 +127,10 @@ pub enum TokenError {
         message: String,
         retry_after: Option<Duration>,
         /// Redis could not be reached: reading or recording the exchange failed before Webex
-        /// was asked, or Webex answered and the rotated refresh token could not be stored
-        /// while the lease lasted (then, as for any caller, the next exchange may find the
-        /// stored token already redeemed).
+        /// was asked, the owner's lease is lapsing for want of renewals (no exchange was
+        /// tried), or Webex answered and the rotated refresh token could not be stored while
+        /// the lease lasted (then, as for any caller, the next exchange may find the stored
+        /// token already redeemed).
         store_unavailable: bool,
     },
     /// The tenant has no secrets (deprovisioned).
@@ -650,6 +651,16 @@ impl TokenKeeper {
         }
         if self.is_invalid() {
             return Err(TokenError::Invalid);
+        }
+        // An owner gets here only when its lease has less time left than an exchange may take:
+        // renewals keep more than that, so they are not reaching Redis (or are very late).
+        // Nothing is decided: the exchange runs once a renewal lands (or the next owner runs it).
+        if self.claim.is_owning() && self.claim.held_epoch().is_some() {
+            return Err(TokenError::Transient {
+                message: "this replica's lease is lapsing (its renewals are not reaching Redis); no exchange until it is renewed".into(),
+                retry_after: Some(FOLLOWER_RETRY),
+                store_unavailable: true,
+            });
         }
         Err(TokenError::Transient {
             message: "the replica owning this tenant has not refreshed its token yet".into(),
