@@ -857,3 +857,78 @@ async fn every_webhook_scheme_accepts_its_credentials_and_refuses_others() {
         sim.shutdown().await;
     }
 }
+
+/// Stamps written in decimal (before counts and stamps went to apply.lua in hexadecimal) still
+/// guard a device's keys after an upgrade: a key stamped later than a message is not
+/// overwritten by it, one stamped earlier is, and its stamp is then rewritten in the new form.
+#[actix_web::test]
+async fn stamps_written_in_decimal_before_an_upgrade_still_keep_older_messages_out() {
+    let TestEnv {
+        redis,
+        prefix: p,
+        sim,
+    } = TestEnv::start(SimConfig::default()).await;
+    let engine = start_engine(&sim, &redis.url(), &p, &[]).await;
+    let base = engine.base_url();
+    let (tenant, secret) = activate(&sim, &base, 0).await;
+    let org = sim.org(0);
+    let (dev, ws) = (
+        org.devices[0].device_id.clone(),
+        org.devices[0].workspace_id.clone(),
+    );
+    let (state_key, stamps_key, status_key) = (
+        format!("{p}:{{{}}}:state:{dev}", org.org_id),
+        format!("{p}:{{{}}}:stamps:{dev}", org.org_id),
+        format!("{p}:{{{}}}:status", org.org_id),
+    );
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut conn = redis.client().get_connection().unwrap();
+    // As an earlier version left them: "Audio.Volume" last changed a second from now, and
+    // "Standby.State" a minute ago, both stamped in decimal.
+    let _: () = redis::cmd("HSET")
+        .arg(&state_key)
+        .arg(&["Audio.Volume", "10", "Standby.State", "\"Off\""])
+        .query(&mut conn)
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(&stamps_key)
+        .arg("\0known")
+        .arg("1")
+        .arg("Audio.Volume")
+        .arg((now + 1000).to_string())
+        .arg("Standby.State")
+        .arg((now - 60_000).to_string())
+        .query(&mut conn)
+        .unwrap();
+    let ts = chrono::DateTime::from_timestamp_millis(now)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let body = serde_json::to_vec(&json!({
+      "appId": sim.config().app_id, "deviceId": dev, "workspaceId": ws, "orgId": org.org_id,
+      "timestamp": ts, "type": "status",
+      "changes": { "updated": { "Audio.Volume": 50, "Standby.State": "Halfwake" }, "removed": [] },
+      "isFullSync": false
+    }))
+    .unwrap();
+    assert_eq!(post(&base, &tenant, &secret, &body).await.0, 200);
+
+    let state: HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(&state_key)
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(
+        state,
+        fields(&[("Audio.Volume", "10"), ("Standby.State", "\"Halfwake\"")]),
+        "the key stamped later kept its value, the other one changed"
+    );
+    let got = entries(redis, &status_key);
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert_eq!(got[0]["key"], "Standby.State");
+    assert_eq!(got[0]["prev"], "\"Off\"");
+    let stamps: HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(&stamps_key)
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(stamps["Audio.Volume"], (now + 1000).to_string());
+    assert_eq!(stamps["Standby.State"], format!("0x{now:x}"));
+}

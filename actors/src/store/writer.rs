@@ -503,19 +503,14 @@ async fn apply_group<'a>(
             .arg(flag(inline_firehose))
             .arg(marks);
         for group in &groups {
-            cmd.arg(&group[0].msg.org_id).arg(group.len());
+            cmd.arg(&group[0].msg.org_id).arg(hex(group.len()));
             for job in group.iter() {
                 let (bucket, expiry) = (dedupe_bucket(&job.msg), dedupe_expiry(&job.msg));
                 let known = expiries.is_set(&job.msg.org_id, bucket);
                 if !known {
                     new_expiries.push((job.msg.org_id.as_str(), bucket));
                 }
-                add_args(
-                    &mut cmd,
-                    &job.msg,
-                    job.source,
-                    if known { -expiry } else { expiry },
-                );
+                add_args(&mut cmd, &job.msg, job.source, expiry, known);
             }
         }
         pipe.add_command(cmd);
@@ -698,18 +693,22 @@ impl Expiries {
     }
 }
 
-/// The arguments of one message in a call (see apply.lua); `expiry` of its dedupe set,
-/// negative when already set.
-fn add_args(cmd: &mut redis::Cmd, msg: &Message, source: Source, expiry: i64) {
+/// The arguments of one message in a call (see apply.lua); `expiry` of its dedupe set, and
+/// whether that expiry is set already.
+fn add_args(cmd: &mut redis::Cmd, msg: &Message, source: Source, expiry: i64, set: bool) {
     cmd.arg(msg.type_str())
         .arg(&msg.workspace_id)
         .arg(&msg.device_id)
         .arg(&msg.timestamp)
         .arg(source.as_str())
         .arg(&msg.app_id)
-        .arg(msg.ts.timestamp_millis())
+        .arg(stamp(msg.ts.timestamp_millis()))
         .arg(&msg.fingerprint_bytes()[..])
-        .arg(expiry);
+        .arg(if set {
+            format!("-{expiry}")
+        } else {
+            expiry.to_string()
+        });
     match &msg.body {
         Body::Status {
             updated,
@@ -717,22 +716,38 @@ fn add_args(cmd: &mut redis::Cmd, msg: &Message, source: Source, expiry: i64) {
             full_sync,
         } => {
             cmd.arg(if *full_sync { "1" } else { "0" })
-                .arg(updated.len());
+                .arg(hex(updated.len()));
             for (k, v) in updated {
                 cmd.arg(k).arg(v.to_string());
             }
-            cmd.arg(removed.len());
+            cmd.arg(hex(removed.len()));
             for k in removed {
                 cmd.arg(k);
             }
         }
         Body::Events(events) => {
-            cmd.arg("0").arg(events.len());
+            cmd.arg("0").arg(hex(events.len()));
             for e in events {
                 cmd.arg(&e.key).arg(e.value.to_string()).arg(&e.timestamp);
             }
         }
         // Never queued (see `StreamWriter::write`).
         Body::HealthCheck => {}
+    }
+}
+
+/// A count for apply.lua: hexadecimal, which the script reads with `tonumber(s, 16)` (strtoul)
+/// instead of Lua 5.1's decimal `tonumber(s)` (strtod, several times dearer).
+fn hex(n: usize) -> String {
+    format!("{n:x}")
+}
+
+/// A message's millisecond timestamp for apply.lua, which keeps it as the keys' stamp:
+/// `0x<hex>` (read with strtoul, see [`hex`]), decimal when negative.
+fn stamp(ms: i64) -> String {
+    if ms >= 0 {
+        format!("0x{ms:x}")
+    } else {
+        ms.to_string()
     }
 }
