@@ -149,13 +149,7 @@ impl Failure {
 
     /// A step of the secret's rotation failed.
     fn rotation(e: rotation::RotateError, token: &Secret) -> Self {
-        let unavailable = matches!(
-            e,
-            rotation::RotateError::Store {
-                unavailable: true,
-                ..
-            }
-        );
+        let unavailable = e.store_unavailable();
         Failure::store(e.to_string(), Some(token.clone()), unavailable)
     }
 }
@@ -166,10 +160,7 @@ async fn try_complete(shared: &TenantShared) -> Result<(), Failure> {
         TokenError::Invalid => {
             Failure::new("the activation's refresh token was rejected by Webex", None)
         }
-        TokenError::Transient {
-            store_unavailable: true,
-            ..
-        } => Failure::store(
+        e if e.store_unavailable() => Failure::store(
             format!("could not exchange the refresh token: {e}"),
             None,
             true,
@@ -228,13 +219,7 @@ async fn try_complete(shared: &TenantShared) -> Result<(), Failure> {
             }
             return Err(match e {
                 WithToken::Token(e) => {
-                    let unavailable = matches!(
-                        e,
-                        TokenError::Transient {
-                            store_unavailable: true,
-                            ..
-                        }
-                    );
+                    let unavailable = e.store_unavailable();
                     Failure::store(
                         format!("appUrl rejected our token and refresh failed: {e}"),
                         None,

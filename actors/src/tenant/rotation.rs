@@ -83,6 +83,17 @@ pub enum RotateError {
 }
 
 impl RotateError {
+    /// Redis could not be reached: trying again may succeed.
+    pub fn store_unavailable(&self) -> bool {
+        matches!(
+            self,
+            RotateError::Store {
+                unavailable: true,
+                ..
+            }
+        )
+    }
+
     /// The `webhook_secret_rotations_total{result}` label.
     pub fn result(&self) -> &'static str {
         match self {

@@ -138,6 +138,19 @@ pub enum TokenError {
     Gone,
 }
 
+impl TokenError {
+    /// Redis could not be reached (see `Transient::store_unavailable`).
+    pub fn store_unavailable(&self) -> bool {
+        matches!(
+            self,
+            TokenError::Transient {
+                store_unavailable: true,
+                ..
+            }
+        )
+    }
+}
+
 struct Persisted {
     secrets: TenantSecrets,
     version: u64,
