@@ -22,6 +22,42 @@ async fn activate(sim: &Sim, base: &str, i: usize) -> (String, String) {
     (id, secret)
 }
 
+/// A fresh engine with org 0 activated, and that org's first device.
+struct OneTenant {
+    env: TestEnv,
+    engine: xapi_stream::engine::RunningEngine,
+    base: String,
+    tenant: String,
+    secret: String,
+    org: xapi_stream::devkit::sim::OrgInfo,
+    dev: String,
+    ws: String,
+}
+
+impl OneTenant {
+    async fn start() -> Self {
+        let env = TestEnv::start(SimConfig::default()).await;
+        let engine = start_engine(&env.sim, &env.redis.url(), &env.prefix, &[]).await;
+        let base = engine.base_url();
+        let (tenant, secret) = activate(&env.sim, &base, 0).await;
+        let org = env.sim.org(0);
+        let (dev, ws) = (
+            org.devices[0].device_id.clone(),
+            org.devices[0].workspace_id.clone(),
+        );
+        Self {
+            env,
+            engine,
+            base,
+            tenant,
+            secret,
+            org,
+            dev,
+            ws,
+        }
+    }
+}
+
 async fn post(base: &str, tenant: &str, secret: &str, body: &[u8]) -> (u16, Value) {
     let r = reqwest::Client::new()
         .post(format!("{base}/tenants/{tenant}/webhook"))
@@ -79,19 +115,20 @@ async fn webhooks(base: &str, result: &str) -> f64 {
 
 #[actix_web::test]
 async fn seed_payloads_become_exactly_the_contract_records() {
-    let TestEnv {
-        redis,
-        prefix: p,
-        sim,
-    } = TestEnv::start(SimConfig::default()).await;
-    let engine = start_engine(&sim, &redis.url(), &p, &[]).await;
-    let base = engine.base_url();
-    let (tenant, secret) = activate(&sim, &base, 0).await;
-    let org = sim.org(0);
-    let (dev, ws) = (
-        org.devices[0].device_id.clone(),
-        org.devices[0].workspace_id.clone(),
-    );
+    let OneTenant {
+        env: TestEnv {
+            redis,
+            prefix: p,
+            sim,
+        },
+        engine,
+        base,
+        tenant,
+        secret,
+        org,
+        dev,
+        ws,
+    } = OneTenant::start().await;
     let app = sim.config().app_id.clone();
     let status_key = format!("{p}:{{{}}}:status", org.org_id);
     let events_key = format!("{p}:{{{}}}:events", org.org_id);
@@ -863,19 +900,20 @@ async fn every_webhook_scheme_accepts_its_credentials_and_refuses_others() {
 /// overwritten by it, one stamped earlier is, and its stamp is then rewritten in the new form.
 #[actix_web::test]
 async fn stamps_written_in_decimal_before_an_upgrade_still_keep_older_messages_out() {
-    let TestEnv {
-        redis,
-        prefix: p,
-        sim,
-    } = TestEnv::start(SimConfig::default()).await;
-    let engine = start_engine(&sim, &redis.url(), &p, &[]).await;
-    let base = engine.base_url();
-    let (tenant, secret) = activate(&sim, &base, 0).await;
-    let org = sim.org(0);
-    let (dev, ws) = (
-        org.devices[0].device_id.clone(),
-        org.devices[0].workspace_id.clone(),
-    );
+    let OneTenant {
+        env: TestEnv {
+            redis,
+            prefix: p,
+            sim,
+        },
+        engine: _engine,
+        base,
+        tenant,
+        secret,
+        org,
+        dev,
+        ws,
+    } = OneTenant::start().await;
     let (state_key, stamps_key, status_key) = (
         format!("{p}:{{{}}}:state:{dev}", org.org_id),
         format!("{p}:{{{}}}:stamps:{dev}", org.org_id),
