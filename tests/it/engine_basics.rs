@@ -471,18 +471,30 @@ async fn a_flood_of_404s_cannot_use_up_the_support_budget_of_real_errors() {
     assert_eq!(r.status(), 400);
     let body: serde_json::Value = r.json().await.unwrap();
     let id = body["trackingId"].as_str().unwrap().to_string();
-    let found = eventually(std::time::Duration::from_secs(10), || async {
-        http.get(format!("{admin}/admin/errors/{id}"))
+    // A lookup made before the writer has flushed the record is itself answered 404, and that
+    // 404 is over its budget too: each such miss adds one drop.
+    let misses = std::cell::Cell::new(0u32);
+    let (http, admin, id, misses) = (&http, &admin, &id, &misses);
+    let found = eventually(std::time::Duration::from_secs(10), || async move {
+        let status = http
+            .get(format!("{admin}/admin/errors/{id}"))
             .bearer_auth(xapi_stream::devkit::devenv::ADMIN_TOKEN)
             .send()
             .await
             .unwrap()
-            .status()
-            == 200
+            .status();
+        if status == 404 {
+            misses.set(misses.get() + 1);
+        }
+        status == 200
     })
     .await;
     assert!(found, "the real error was not recorded");
-    assert_eq!(scrape(&admin, dropped).await, 28.0);
+    assert_eq!(
+        scrape(admin, dropped).await,
+        28.0 + f64::from(misses.get()),
+        "only the 404s beyond their tenth of the budget are dropped, never the real error"
+    );
     engine.shutdown().await;
     sim.shutdown().await;
 }
