@@ -11,6 +11,10 @@
 //!                             [--wait-replicas N]   (Redis gets N replicas, `redis.wait_replicas = N`)
 //!                             [--commandstats]      (per engine run: Redis's INFO commandstats,
 //!                                                    calls and µs per accepted message)
+//!                             [--trace]             (a sampler every 100 ms: the 100-ms steps in
+//!                                                    which the engine's runs stalled, and what the
+//!                                                    machine's cores did around the open loop's
+//!                                                    slowest requests; it costs some throughput)
 use std::io::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,6 +26,10 @@ use xapi_stream::devkit::sim::{Sim, SimConfig, sign_webhook};
 #[path = "common.rs"]
 mod common;
 use common::*;
+
+const USAGE: &str = "usage: xapi-bench [--seconds 10] [--connections 64] [--rounds 3] [--tenants 1] [--bodies 400000]
+                  [--no-peer] [--no-open-loop] [--wait-replicas N] [--commandstats] [--trace]
+(see the top of benches/bench.rs and benches/README.md)";
 
 /// The wrk script: loads pre-generated requests (path, signature, body per line) and cycles
 /// through them.
@@ -210,6 +218,9 @@ async fn run_wrk(
             .arg("RESETSTAT")
             .query(&mut redis.client().get_connection()?)?;
     }
+    let mut rc = redis.client().get_connection()?;
+    let sampler =
+        (opts.trace && t.metrics_url.is_some()).then(|| Sampler::start(t, redis_pid, redis));
     let (r0, t0) = (cpu_time(redis_pid), cpu_time(t.pid));
     let out = tokio::process::Command::new("wrk")
         .args(["-t1", &format!("-c{}", opts.connections)])
@@ -223,6 +234,20 @@ async fn run_wrk(
     let (r1, t1) = (cpu_time(redis_pid), cpu_time(t.pid));
     let _ = std::fs::remove_file(&file);
     let text = String::from_utf8_lossy(&out.stdout);
+    let name: String = t
+        .name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    std::fs::write(dir.join(format!("wrk-{tag}-{name}.txt")), &*text)?;
+    // Connect and read errors, timeouts: requests that are neither in the latency figures nor
+    // in non-2xx.
+    if let Some(line) = text.lines().find(|l| l.contains("Socket errors")) {
+        println!("  wrk against {}: {}", t.name, line.trim());
+    }
+    if let Some(sampler) = sampler {
+        report_stalls(&sampler.stop(), &mut rc)?;
+    }
     anyhow::ensure!(
         out.status.success(),
         "wrk failed: {}",
@@ -290,6 +315,7 @@ fn print_commandstats(redis: &RedisServer, accepted: f64) -> anyhow::Result<()> 
 
 struct Opts {
     commandstats: bool,
+    trace: bool,
     seconds: u64,
     connections: usize,
     rounds: usize,
@@ -353,8 +379,21 @@ async fn start_peer(
 
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
+    check_args(
+        &[
+            "--seconds",
+            "--connections",
+            "--rounds",
+            "--tenants",
+            "--bodies",
+            "--wait-replicas",
+        ],
+        &["--no-peer", "--no-open-loop", "--commandstats", "--trace"],
+        USAGE,
+    );
     let opts = Opts {
         commandstats: std::env::args().any(|a| a == "--commandstats"),
+        trace: std::env::args().any(|a| a == "--trace"),
         seconds: arg("--seconds", 10),
         connections: arg("--connections", 64),
         rounds: arg("--rounds", 3),
@@ -379,6 +418,12 @@ async fn main() -> anyhow::Result<()> {
     );
     let redis = RedisServer::start()?;
     let rpid = redis_pid(&redis);
+    // Redis records its own stalls of 5 ms or more (`LATENCY LATEST`, printed after each run).
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("latency-monitor-threshold")
+        .arg(5)
+        .query(&mut redis.client().get_connection()?)?;
     let followers = start_followers(&redis, opts.wait_replicas)?;
     let sim = Sim::start(
         SimConfig {
@@ -535,13 +580,27 @@ async fn main() -> anyhow::Result<()> {
 
     if opts.open_loop {
         let rate = med(0, |r| r.rps) / 3.0;
-        let (got, lat, errors) = open_loop(&targets[0], rate, opts.seconds as f64, &app).await;
+        // Redis records its own stalls of 5 ms or more (LATENCY LATEST below); a sampler
+        // records every 100 ms the CPU the machine gave to whom, to tell a stall of the engine
+        // or Redis from one of the whole machine (steal, or nobody running).
+        let mut rc = redis.client().get_connection()?;
+        let _: i64 = redis::cmd("LATENCY").arg("RESET").query(&mut rc)?;
+        let sampler = opts
+            .trace
+            .then(|| Sampler::start(&targets[0], rpid, &redis));
+        let ol = open_loop(&targets[0], rate, &opts, &app).await;
+        let samples = sampler.map(Sampler::stop).unwrap_or_default();
+        let lat = &ol.sorted;
         println!(
-            "engine open loop at {rate:.0}/s (a third of its max): achieved {got:.0}/s, p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms, non-2xx {errors}",
-            pct(&lat, 0.5),
-            pct(&lat, 0.99),
-            pct(&lat, 0.999)
+            "engine open loop at {rate:.0}/s (a third of its max) over {} connections: achieved {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms, non-2xx {}",
+            opts.connections,
+            ol.achieved,
+            pct(lat, 0.5),
+            pct(lat, 0.99),
+            pct(lat, 0.999),
+            ol.errors
         );
+        report_open_loop(&ol, &samples, &mut rc, &dir)?;
     }
     let _ = engine.kill();
     let _ = reference.kill();
@@ -579,8 +638,8 @@ fn start_followers(master: &RedisServer, n: u32) -> anyhow::Result<Vec<RedisServ
 }
 
 /// Open loop at `rate`/s for `secs` against the engine (fresh bodies; see `common::open_loop`).
-async fn open_loop(t: &Target, rate: f64, secs: f64, app: &str) -> (f64, Vec<f64>, usize) {
-    let n = (rate * secs) as usize;
+async fn open_loop(t: &Target, rate: f64, opts: &Opts, app: &str) -> OpenLoop {
+    let n = (rate * opts.seconds as f64) as usize;
     let file = bodies(t, n.max(1), "open", app, &std::env::temp_dir());
     let base = format!("http://127.0.0.1:{}", t.port);
     let reqs: Vec<Req> = std::fs::read_to_string(&file)
@@ -597,5 +656,170 @@ async fn open_loop(t: &Target, rate: f64, secs: f64, app: &str) -> (f64, Vec<f64
         })
         .collect();
     let _ = std::fs::remove_file(&file);
-    common::open_loop(Arc::new(reqs), rate, secs).await
+    let secs = opts.seconds as f64;
+    common::open_loop(Arc::new(reqs), rate, secs, opts.connections).await
+}
+
+/// Samples every 100 ms, on a thread of its own, what the machine gave to whom and how many
+/// messages Redis applied (its XADD count / 3).
+struct Sampler {
+    on: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<Sample>>,
+}
+
+impl Sampler {
+    fn start(t: &Target, rpid: u32, redis: &RedisServer) -> Self {
+        let on = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (flag, epid, me, port) = (on.clone(), t.pid, std::process::id(), t.port);
+        let mut rc = redis.client().get_connection().ok();
+        let thread = std::thread::spawn(move || {
+            let start = Instant::now();
+            let mut samples = Vec::new();
+            while flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let xadds = rc.as_mut().map_or(0, |c| {
+                    let info: String = redis::cmd("INFO")
+                        .arg("commandstats")
+                        .query(c)
+                        .unwrap_or_default();
+                    info.lines()
+                        .find_map(|l| l.strip_prefix("cmdstat_xadd:calls="))
+                        .and_then(|v| v.split(',').next())
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0)
+                });
+                samples.push(Sample {
+                    at: start.elapsed().as_secs_f64(),
+                    machine: machine_ticks(),
+                    engine: cpu_time(epid),
+                    redis: cpu_time(rpid),
+                    client: cpu_time(me),
+                    sockets: server_sockets(port),
+                    xadds,
+                });
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            samples
+        });
+        Self { on, thread }
+    }
+
+    fn stop(self) -> Vec<Sample> {
+        self.on.store(false, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().expect("sampler")
+    }
+}
+
+/// What the machine gave to whom, sampled during a run.
+struct Sample {
+    /// Seconds since the sampler started.
+    at: f64,
+    /// `/proc/stat`: (steal, idle, total) ticks of all cores.
+    machine: (u64, u64, u64),
+    engine: Duration,
+    redis: Duration,
+    client: Duration,
+    /// The engine's TCP connections: (established, closing).
+    sockets: (usize, usize),
+    /// Redis's XADD calls so far.
+    xadds: u64,
+}
+
+/// What the machine did between two samples, in one line.
+fn between(a: &Sample, b: &Sample) -> String {
+    let secs = (b.at - a.at).max(1e-3);
+    let ticks = (b.machine.2 - a.machine.2).max(1) as f64;
+    format!(
+        "over {:.2} s: {:.0} messages/s; engine {:.0} %, Redis {:.0} %, client {:.0} % of a core; machine steal {:.0} %, idle {:.0} %; engine connections {} → {} open, {} closing",
+        secs,
+        b.xadds.saturating_sub(a.xadds) as f64 / 3.0 / secs,
+        b.engine.saturating_sub(a.engine).as_secs_f64() / secs * 100.0,
+        b.redis.saturating_sub(a.redis).as_secs_f64() / secs * 100.0,
+        b.client.saturating_sub(a.client).as_secs_f64() / secs * 100.0,
+        (b.machine.0 - a.machine.0) as f64 / ticks * 100.0,
+        (b.machine.1 - a.machine.1) as f64 / ticks * 100.0,
+        a.sockets.0,
+        b.sockets.0,
+        b.sockets.1,
+    )
+}
+
+/// The 100-ms steps of a closed-loop run in which Redis applied less than half the run's median
+/// (a stall), with what the machine did then; Redis's latency events of the run.
+fn report_stalls(samples: &[Sample], rc: &mut redis::Connection) -> anyhow::Result<()> {
+    let rates: Vec<f64> = samples
+        .windows(2)
+        .map(|w| w[1].xadds.saturating_sub(w[0].xadds) as f64 / (w[1].at - w[0].at).max(1e-3))
+        .collect();
+    // wrk loads its bodies before it sends: the run is from the first step with messages to the
+    // last, and its first and last steps hold wrk's start and end.
+    let first = rates.iter().position(|&r| r > 0.0).unwrap_or(0);
+    let last = rates.iter().rposition(|&r| r > 0.0).unwrap_or(0);
+    let typical = median(rates.get(first..=last).unwrap_or_default().to_vec());
+    let stalls: Vec<usize> = (first + 1..last)
+        .filter(|&i| rates[i] < typical / 2.0)
+        .collect();
+    if !stalls.is_empty() {
+        println!(
+            "  {} stalled 100-ms step(s) (under half the median rate):",
+            stalls.len()
+        );
+    }
+    for &i in stalls.iter().take(8) {
+        println!(
+            "    at {:5.1} s {}",
+            samples[i].at,
+            between(&samples[i], &samples[i + 1])
+        );
+    }
+    print_latency_events(rc)
+}
+
+/// Redis's own latency events (`latency-monitor-threshold` 5 ms) since the last reset; resets.
+fn print_latency_events(rc: &mut redis::Connection) -> anyhow::Result<()> {
+    let events: Vec<(String, i64, i64, i64)> = redis::cmd("LATENCY").arg("LATEST").query(rc)?;
+    for (event, _, latest, max) in events {
+        println!("  Redis latency event {event}: latest {latest} ms, max {max} ms");
+    }
+    let _: i64 = redis::cmd("LATENCY").arg("RESET").query(rc)?;
+    Ok(())
+}
+
+/// Where the open loop's slowest requests were: the worst 100-ms windows of send time, what
+/// the machine's cores did around them, Redis's own latency events; the whole trace goes to
+/// `target/bench/open-loop.tsv` (send time s, latency ms).
+fn report_open_loop(
+    ol: &OpenLoop,
+    samples: &[Sample],
+    rc: &mut redis::Connection,
+    dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    let mut tsv = String::with_capacity(ol.trace.len() * 16);
+    for (at, ms) in &ol.trace {
+        tsv.push_str(&format!("{at:.4}\t{ms:.3}\n"));
+    }
+    std::fs::write(dir.join("open-loop.tsv"), tsv)?;
+    let slow = ol.trace.iter().filter(|(_, ms)| *ms > 50.0).count();
+    if let Some(most) = samples.iter().map(|s| s.sockets.0).max() {
+        println!("  the engine's connections: at most {most} open at once");
+    }
+    println!(
+        "  requests over 50 ms: {slow} of {}; the worst 100-ms windows of send time (trace: target/bench/open-loop.tsv):",
+        ol.trace.len()
+    );
+    // The sampler starts before the bodies are made; the loop's time 0 is when it ends, so
+    // the windows are matched to samples by the loop's length counted back from the end.
+    let loop_secs = ol.trace.last().map_or(0.0, |t| t.0);
+    let offset = samples.last().map_or(0.0, |s| s.at) - loop_secs;
+    for (start, n, max, slow) in worst_windows(&ol.trace, 0.1, 50.0, 5) {
+        // The CPU around the window: from its start to 0.3 s after (the slow requests'
+        // answers come later than their send time).
+        let from = samples.iter().rev().find(|s| s.at <= offset + start);
+        let to = samples.iter().find(|s| s.at >= offset + start + 0.3);
+        let cpu = match (from, to) {
+            (Some(a), Some(b)) => between(a, b),
+            _ => "no samples (--trace)".into(),
+        };
+        println!("    at {start:5.1} s: {n} requests, max {max:.1} ms, {slow} over 50 ms; {cpu}");
+    }
+    print_latency_events(rc)
 }

@@ -14,11 +14,37 @@ pub fn exe(name: &str) -> std::path::PathBuf {
 
 /// The value after `name` on the command line, or `default`.
 pub fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::args()
-        .skip_while(|a| a != name)
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    match std::env::args().skip_while(|a| a != name).nth(1) {
+        None => default,
+        Some(v) => v.parse().unwrap_or_else(|_| {
+            eprintln!("{name}: {v:?} is not a valid value");
+            std::process::exit(2)
+        }),
+    }
+}
+
+/// Refuses what the command line does not know (exit 2, naming it, with `usage`); `--help`
+/// prints `usage`. `valued` are the options followed by a value, `flags` those without.
+pub fn check_args(valued: &[&str], flags: &[&str], usage: &str) {
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if a == "--help" || a == "-h" {
+            println!("{usage}");
+            std::process::exit(0);
+        }
+        if flags.contains(&a.as_str()) {
+            continue;
+        }
+        if valued.contains(&a.as_str()) {
+            if args.next().is_none() {
+                eprintln!("{a} needs a value\n{usage}");
+                std::process::exit(2);
+            }
+            continue;
+        }
+        eprintln!("unknown argument {a:?}\n{usage}");
+        std::process::exit(2);
+    }
 }
 
 /// Spawns an engine process with `env` on its own port; returns it and its base URL once ready.
@@ -128,26 +154,36 @@ pub fn client(connections: usize) -> reqwest::Client {
         .expect("client")
 }
 
-/// Closed loop: `connections` workers send back to back for `secs`; returns (ok/s, errors).
-/// Open loop at `rate`/s for `secs`: latency from the scheduled send time.
-pub async fn open_loop(reqs: Arc<Vec<Req>>, rate: f64, secs: f64) -> (f64, Vec<f64>, usize) {
-    let http = client(512);
+/// Open loop at `rate`/s for `secs` over at most `connections` connections (like wrk2's
+/// constant-throughput mode): request k is due at k / rate whatever the answers before it, and
+/// its latency counts from then, so time spent waiting for a free connection is counted (no
+/// coordinated omission). The connections are bounded because a client that opens one more
+/// for every request it cannot place at once turns any pause of a few ms into a storm of
+/// thousands of new connections that it and the server then spend their CPU on (measured
+/// 2026-12-04: up to 18,190 connections and p99 of seconds from such a client, in 3 of 7 runs).
+pub async fn open_loop(reqs: Arc<Vec<Req>>, rate: f64, secs: f64, connections: usize) -> OpenLoop {
+    let http = client(connections);
+    let free = Arc::new(tokio::sync::Semaphore::new(connections));
     let n = ((rate * secs) as usize).min(reqs.len());
     let start = tokio::time::Instant::now();
     let mut tasks = Vec::with_capacity(n);
     for k in 0..n {
         let at = start + Duration::from_secs_f64(k as f64 / rate);
         tokio::time::sleep_until(at).await;
-        let (http, reqs) = (http.clone(), reqs.clone());
+        let (http, reqs, free) = (http.clone(), reqs.clone(), free.clone());
         tasks.push(tokio::spawn(async move {
+            // The semaphore is fair: requests take the connections in the order they are due.
+            let _connection = free.acquire_owned().await.expect("never closed");
             let ok = send(&http, &reqs[k]).await;
             (ok, at.elapsed().as_secs_f64() * 1000.0)
         }));
     }
     let mut lat = Vec::with_capacity(n);
+    let mut trace = Vec::with_capacity(n);
     let mut errors = 0;
-    for t in tasks {
+    for (k, t) in tasks.into_iter().enumerate() {
         let (ok, ms) = t.await.expect("task");
+        trace.push((k as f64 / rate, ms));
         if ok {
             lat.push(ms);
         } else {
@@ -156,7 +192,64 @@ pub async fn open_loop(reqs: Arc<Vec<Req>>, rate: f64, secs: f64) -> (f64, Vec<f
     }
     let elapsed = start.elapsed().as_secs_f64();
     lat.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
-    (lat.len() as f64 / elapsed, lat, errors)
+    OpenLoop {
+        achieved: lat.len() as f64 / elapsed,
+        sorted: lat,
+        trace,
+        errors,
+    }
+}
+
+/// What an open loop measured.
+pub struct OpenLoop {
+    /// Requests answered 2xx per second.
+    pub achieved: f64,
+    /// The 2xx requests' latencies (ms, from the scheduled send time), sorted.
+    pub sorted: Vec<f64>,
+    /// Every request in send order: (scheduled send time in s from the start, latency in ms).
+    pub trace: Vec<(f64, f64)>,
+    /// Requests not answered 2xx.
+    pub errors: usize,
+}
+
+/// The `top` windows of `width` seconds (of scheduled send time) with the largest latency:
+/// (window start in s, requests in it, their maximum latency in ms, requests above `slow_ms`).
+pub fn worst_windows(
+    trace: &[(f64, f64)],
+    width: f64,
+    slow_ms: f64,
+    top: usize,
+) -> Vec<(f64, usize, f64, usize)> {
+    let mut windows: std::collections::BTreeMap<u64, (usize, f64, usize)> = Default::default();
+    for &(at, ms) in trace {
+        let w = windows.entry((at / width) as u64).or_default();
+        w.0 += 1;
+        w.1 = w.1.max(ms);
+        w.2 += usize::from(ms > slow_ms);
+    }
+    let mut v: Vec<_> = windows
+        .into_iter()
+        .map(|(i, (n, max, slow))| (i as f64 * width, n, max, slow))
+        .collect();
+    v.sort_by(|a, b| b.2.partial_cmp(&a.2).expect("finite"));
+    v.truncate(top);
+    v
+}
+
+/// The machine's CPU time (all cores, in clock ticks) from `/proc/stat`: (steal, idle, total).
+pub fn machine_ticks() -> (u64, u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let at = |i: usize| f.get(i).copied().unwrap_or(0);
+    // user nice system idle iowait irq softirq steal …
+    (at(7), at(3) + at(4), f.iter().take(8).sum())
 }
 
 /// Sends one signed request; true when answered 2xx.
@@ -167,4 +260,33 @@ pub async fn send(http: &reqwest::Client, (url, body, sig): &Req) -> bool {
         .send()
         .await
         .is_ok_and(|r| r.status().is_success())
+}
+
+/// TCP sockets whose local port is `port` (the server's side of its connections), from
+/// `/proc/net/tcp` and `tcp6`: (established, closing — TIME_WAIT and the other states after
+/// a close).
+pub fn server_sockets(port: u16) -> (usize, usize) {
+    let (mut open, mut closing) = (0, 0);
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state)) = (f.get(1), f.get(3)) else {
+                continue;
+            };
+            let lport = local
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if lport != Some(port) {
+                continue;
+            }
+            match *state {
+                "0A" => {} // listening
+                "01" => open += 1,
+                _ => closing += 1,
+            }
+        }
+    }
+    (open, closing)
 }

@@ -249,6 +249,18 @@ async fn scale_out(list: &str, secs: f64, connections: usize) -> anyhow::Result<
 
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
+    check_args(
+        &[
+            "--tenants",
+            "--polls",
+            "--idle",
+            "--seconds",
+            "--connections",
+            "--replicas",
+        ],
+        &[],
+        "usage: xapi-load [--replicas 1,2,3] [--seconds 6] [--connections 64]\n       xapi-load --tenants N [--idle 20] [--polls http1|reqwest-http1|h2]\n(see the top of benches/load.rs)",
+    );
     let tenants: usize = arg("--tenants", 0);
     if tenants > 0 {
         let polls: String = arg("--polls", "http1".to_string());
