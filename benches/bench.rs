@@ -445,7 +445,10 @@ async fn main() -> anyhow::Result<()> {
             opts.wait_replicas.to_string(),
         ));
     }
-    let (mut engine, base) = spawn_engine(&env, "bench").await?;
+    let (engine, base) = spawn_engine(&env, "bench").await?;
+    // Killed however main ends (an error or a panic as well): a process left behind would
+    // load the machine of every later run.
+    let mut children = Children(vec![engine]);
     let http = reqwest::Client::new();
     let started = Instant::now();
     let mut ids = Vec::with_capacity(opts.tenants);
@@ -493,7 +496,7 @@ async fn main() -> anyhow::Result<()> {
     let mut targets = vec![Target {
         name: "engine",
         port: engine_port,
-        pid: engine.id(),
+        pid: children.0[0].id(),
         tenants: ids
             .iter()
             .enumerate()
@@ -505,9 +508,11 @@ async fn main() -> anyhow::Result<()> {
         metrics_url: Some(format!("{base}/metrics")),
     }];
     let ref_port = free_port()?;
-    let mut reference = std::process::Command::new(exe("reference-server"))
+    let reference = std::process::Command::new(exe("reference-server"))
         .args(["--bind", &format!("127.0.0.1:{ref_port}")])
         .spawn()?;
+    let reference_pid = reference.id();
+    children.0.push(reference);
     while std::net::TcpStream::connect(("127.0.0.1", ref_port)).is_err() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -515,11 +520,10 @@ async fn main() -> anyhow::Result<()> {
     targets.push(Target {
         name: "bare actix-web",
         port: ref_port,
-        pid: reference.id(),
+        pid: reference_pid,
         tenants: vec![("/webhook".into(), secret(0), o0.clone(), ws0.clone())],
         metrics_url: None,
     });
-    let mut peer = None;
     if opts.peer
         && let Some((child, port)) = start_peer(&dir, &secret(0), &redis.url()).await
     {
@@ -530,7 +534,7 @@ async fn main() -> anyhow::Result<()> {
             tenants: vec![("/webhook".into(), secret(0), o0, ws0)],
             metrics_url: None,
         });
-        peer = Some(child);
+        children.0.push(child);
     }
 
     let mut runs: Vec<Vec<Run>> = vec![Vec::new(); targets.len()];
@@ -602,14 +606,7 @@ async fn main() -> anyhow::Result<()> {
         );
         report_open_loop(&ol, &samples, &mut rc, &dir)?;
     }
-    let _ = engine.kill();
-    let _ = reference.kill();
-    if let Some(mut p) = peer {
-        let _ = p.kill();
-        let _ = p.wait();
-    }
-    let _ = engine.wait();
-    let _ = reference.wait();
+    drop(children);
     drop(followers);
     sim.shutdown().await;
     Ok(())
@@ -706,6 +703,20 @@ impl Sampler {
     fn stop(self) -> Vec<Sample> {
         self.on.store(false, std::sync::atomic::Ordering::Relaxed);
         self.thread.join().expect("sampler")
+    }
+}
+
+/// The processes a run started, killed and waited for when dropped.
+struct Children(Vec<std::process::Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+        }
+        for c in &mut self.0 {
+            let _ = c.wait();
+        }
     }
 }
 
