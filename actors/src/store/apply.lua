@@ -27,6 +27,8 @@
 -- them back, keys shared by an organization's messages passed once, and no table for what a
 -- message does not need. (The tenants' message counters are added by the engine, off this
 -- path, once a second.)
+-- Globals read once: each use of a global is a table lookup.
+local ARGV, KEYS, call, tonumber, unpack = ARGV, KEYS, redis.call, tonumber, unpack
 local maxlen, touch, minid, both = ARGV[1], ARGV[2] == '1', ARGV[3], ARGV[4] == '1'
 local per_org, firehose = ARGV[5] == '1', ARGV[6] == '1'
 local mark_status, mark_events = ARGV[7]:sub(1, 1) == '1', ARGV[7]:sub(2, 2) == '1'
@@ -47,10 +49,10 @@ local CHUNK = 1000
 -- Both take the number of items: the tables they read are reused from message to message (see
 -- `asked` below), so what lies beyond it is a previous message's.
 local function hmget(key, fields, count)
-  if count <= CHUNK then return redis.call('HMGET', key, unpack(fields, 1, count)) end
+  if count <= CHUNK then return call('HMGET', key, unpack(fields, 1, count)) end
   local res = {}
   for i = 1, count, CHUNK do
-    local part = redis.call('HMGET', key, unpack(fields, i, math.min(i + CHUNK - 1, count)))
+    local part = call('HMGET', key, unpack(fields, i, math.min(i + CHUNK - 1, count)))
     for j = 1, #part do res[#res + 1] = part[j] end
   end
   return res
@@ -58,11 +60,11 @@ end
 local function each_chunk(cmd, key, items, total, step)
   if total == 0 then return end
   if total <= CHUNK * step then
-    redis.call(cmd, key, unpack(items, 1, total))
+    call(cmd, key, unpack(items, 1, total))
     return
   end
   for i = 1, total, CHUNK * step do
-    redis.call(cmd, key, unpack(items, i, math.min(i + CHUNK * step - 1, total)))
+    call(cmd, key, unpack(items, i, math.min(i + CHUNK * step - 1, total)))
   end
 end
 
@@ -72,11 +74,11 @@ end
 -- beyond its limits (besides the slack `~` allows anyway).
 local trimmed = {}
 local function xadd(stream, ...)
-  if trimmed[stream] then return redis.call('XADD', stream, '*', ...) end
+  if trimmed[stream] then return call('XADD', stream, '*', ...) end
   trimmed[stream] = true
-  if minid == '0' then return redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', ...) end
-  if both then redis.call('XTRIM', stream, 'MAXLEN', '~', maxlen) end
-  return redis.call('XADD', stream, 'MINID', '~', minid, '*', ...)
+  if minid == '0' then return call('XADD', stream, 'MAXLEN', '~', maxlen, '*', ...) end
+  if both then call('XTRIM', stream, 'MAXLEN', '~', maxlen) end
+  return call('XADD', stream, 'MINID', '~', minid, '*', ...)
 end
 -- An entry goes to the organization's stream and to its firehose shard, as configured. The
 -- first entry of a stream in `marks` records its id in the organization's relay-start hash.
@@ -85,12 +87,12 @@ local function emit(stream, shard, ...)
   if per_org then
     if trimmed[stream] and not marks[stream] then
       -- The common case, with one function call less (each passes the entry's 22 arguments on).
-      redis.call('XADD', stream, '*', ...)
+      call('XADD', stream, '*', ...)
     else
       local id = xadd(stream, ...)
       if marks[stream] then
         marks[stream] = nil
-        redis.call('HSETNX', marker, stream, id)
+        call('HSETNX', marker, stream, id)
       end
     end
   end
@@ -134,17 +136,17 @@ while a <= #ARGV do
     if expiry_set then expire_at = expire_at:sub(2) end
     local full, n = ARGV[a + 9], tonumber(ARGV[a + 10], 16)
     a = a + 11
-    if redis.call('SADD', seen_key, fingerprint) == 0 then
+    if call('SADD', seen_key, fingerprint) == 0 then
       -- With redis.wait_replicas the caller WAITs for this connection's writes. A duplicate
       -- writes something too, so that the WAIT also covers the first write of this message,
       -- made perhaps on another connection and not yet replicated (its 503 brought the retry).
-      if touch then redis.call('EXPIREAT', seen_key, expire_at) end
+      if touch then call('EXPIREAT', seen_key, expire_at) end
       out[m] = -1
       if kind == 'events' then a = a + 3 * n else a = a + 2 * n; a = a + 1 + tonumber(ARGV[a], 16) end
     else
       if not expiry_set and not expiring[seen_key] then
         expiring[seen_key] = true
-        redis.call('EXPIREAT', seen_key, expire_at)
+        call('EXPIREAT', seen_key, expire_at)
       end
       local written = 0
       if kind == 'events' then
@@ -186,7 +188,7 @@ while a <= #ARGV do
           end
           if full == '1' then
             state = {}
-            local all = redis.call('HGETALL', state_key)
+            local all = call('HGETALL', state_key)
             for i = 1, #all, 2 do
               local key = all[i]
               state[key] = all[i + 1]

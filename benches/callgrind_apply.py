@@ -1,0 +1,185 @@
+#!/usr/bin/env python3
+"""Counts Redis's instructions per message of apply.lua under valgrind's callgrind.
+
+Instruction counts repeat run after run, where this shared machine's seconds move by a third,
+so a change of a few % to the script shows here and not in `xapi-bench`. It starts
+`redis-server` under callgrind, feeds it the calls the writer makes for the bench's bodies (one
+organization; 16 status messages of 2 updated + 1 removed key per call, 4 calls per pipeline,
+4,000 devices each rotating through 8 keys, the dedupe set's expiry already set), warms up,
+zeroes the counters, applies `--messages` more and prints Redis's instructions per message.
+
+    python3 benches/callgrind_apply.py [--messages 3200] [--script actors/src/store/apply.lua]
+
+Needs valgrind and redis-server (Debian's packages); nothing else.
+"""
+import argparse
+import glob
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+PER_CALL, CALLS_PER_PIPELINE, DEVICES = 16, 4, 4000
+KEYS = [
+    "RoomAnalytics.PeopleCount.Current",
+    "RoomAnalytics.PeoplePresence",
+    "Audio.Volume",
+    "Standby.State",
+    "Conference.Presentation.Mode",
+    "RoomAnalytics.AmbientNoise.Level.A",
+    "SystemUnit.State.NumberOfActiveCalls",
+    "Video.Output.Monitor.Count",
+]
+VALUES = ['3', '"Yes"', '45', '"Off"', '"Receiving"', '31', '1', '2']
+ORG = "0b8b3d8a-6f0a-4a1e-9c2b-5d6e7f8a9b0c"
+PREFIX = "xapi"
+
+
+def resp(*args):
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        if isinstance(a, str):
+            a = a.encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+    return b"".join(out)
+
+
+class Conn:
+    def __init__(self, port):
+        self.s = socket.create_connection(("127.0.0.1", port))
+        self.buf = b""
+
+    def _line(self):
+        while b"\r\n" not in self.buf:
+            chunk = self.s.recv(1 << 16)
+            if not chunk:
+                raise EOFError
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def _exact(self, n):
+        while len(self.buf) < n + 2:
+            self.buf += self.s.recv(1 << 16)
+        data, self.buf = self.buf[:n], self.buf[n + 2:]
+        return data
+
+    def reply(self):
+        line = self._line()
+        kind, rest = line[:1], line[1:]
+        if kind == b"-":
+            raise RuntimeError(rest.decode())
+        if kind in (b"+", b":"):
+            return rest
+        if kind == b"$":
+            n = int(rest)
+            return None if n < 0 else self._exact(n)
+        if kind == b"*":
+            return [self.reply() for _ in range(int(rest))]
+        raise RuntimeError("unexpected reply %r" % line)
+
+    def call(self, *args):
+        self.s.sendall(resp(*args))
+        return self.reply()
+
+
+def message_args(n, now_ms):
+    """KEYS and ARGV of the n-th message (device n % DEVICES, its (n // DEVICES)-th message)."""
+    device, j = n % DEVICES, n // DEVICES
+    dev = "Y2lzY29zcGFyazovL3VybjpURUFNOnVzLXdlc3QtMl9yL0RFVklDRS8%08d" % device
+    keys = [
+        "%s:{%s}:state:%s" % (PREFIX, ORG, dev),
+        "%s:{%s}:stamps:%s" % (PREFIX, ORG, dev),
+        "%s:{%s}:seen:%d" % (PREFIX, ORG, now_ms // 300000),
+    ]
+    ms = now_ms + n
+    updated = [(KEYS[(j + i) % 8], VALUES[(j + i + n) % 8]) for i in (0, 1)]
+    removed = [KEYS[(j - 1) % 8]]
+    argv = ["status", "Y2lzY29zcGFyazovL3VybjpURUFNOnVzLXdlc3QtMl9yL1dPUktTUEFDRS8x", dev,
+            time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(ms / 1000)), "webhook",
+            "Y2lzY29zcGFyazovL3VzL0FQUExJQ0FUSU9OL2JlbmNo", "0x%x" % ms,
+            os.urandom(16), "-%d" % (ms // 1000 + 2100), "0", "%x" % len(updated)]
+    for k, v in updated:
+        argv += [k, v]
+    argv += ["%x" % len(removed)] + removed
+    return keys, argv
+
+
+def pipeline(conn, sha, start, now_ms):
+    """One pipeline of CALLS_PER_PIPELINE calls of PER_CALL messages from message `start`."""
+    out = []
+    for c in range(CALLS_PER_PIPELINE):
+        keys = ["%s:{%s}:status" % (PREFIX, ORG), "%s:{%s}:events" % (PREFIX, ORG)]
+        argv = ["100000", "0", "0", "0", "1", "0", "00", ORG, "%x" % PER_CALL]
+        for m in range(PER_CALL):
+            k, a = message_args(start + c * PER_CALL + m, now_ms)
+            keys += k
+            argv += a
+        out.append(resp("EVALSHA", sha, str(len(keys)), *keys, *argv))
+    conn.s.sendall(b"".join(out))
+    for _ in range(CALLS_PER_PIPELINE):
+        conn.reply()
+    return CALLS_PER_PIPELINE * PER_CALL
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--messages", type=int, default=3200)
+    ap.add_argument("--warmup", type=int, default=2 * DEVICES)
+    ap.add_argument("--script", default=os.path.join(os.path.dirname(__file__), "..",
+                                                      "actors/src/store/apply.lua"))
+    opts = ap.parse_args()
+    work = tempfile.mkdtemp(prefix="callgrind-apply-")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = os.path.join(work, "callgrind.out")
+    redis = subprocess.Popen(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out, "redis-server",
+         "--port", str(port), "--save", "", "--appendonly", "no", "--dir", work],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                conn = Conn(port)
+                conn.call("PING")
+                break
+            except OSError:
+                if time.time() > deadline:
+                    sys.exit("redis-server under valgrind did not start")
+                time.sleep(0.2)
+        sha = conn.call("SCRIPT", "LOAD", open(opts.script).read()).decode()
+        now_ms = int(time.time() * 1000)
+        n, batch = 0, CALLS_PER_PIPELINE * PER_CALL
+        print("warming up: %d messages" % opts.warmup, flush=True)
+        while n < opts.warmup:
+            n += pipeline(conn, sha, n, now_ms)
+        subprocess.run(["callgrind_control", "-z", str(redis.pid)], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        measured = 0
+        print("measuring: %d messages" % opts.messages, flush=True)
+        while measured < opts.messages:
+            measured += pipeline(conn, sha, n + measured, now_ms)
+        subprocess.run(["callgrind_control", "-d", str(redis.pid)], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        entries = int(conn.call("XLEN", "%s:{%s}:status" % (PREFIX, ORG)))
+        dumps = sorted(glob.glob(out + "*"), key=os.path.getmtime)
+        total = None
+        for line in open(dumps[-1]):
+            if line.startswith(("summary:", "totals:")):
+                total = int(line.split()[1])
+        if total is None:
+            sys.exit("no instruction count in " + dumps[-1])
+        print("%s: %d instructions per message (%d messages measured, batch %d; %d status "
+              "entries in all)" % (os.path.basename(opts.script), total // measured, measured,
+                                    batch, entries))
+    finally:
+        redis.terminate()
+        redis.wait()
+
+
+if __name__ == "__main__":
+    main()
