@@ -738,7 +738,7 @@ struct Sample {
 /// What the machine did between two samples, in one line.
 fn between(a: &Sample, b: &Sample) -> String {
     let secs = (b.at - a.at).max(1e-3);
-    let ticks = (b.machine.2 - a.machine.2).max(1) as f64;
+    let ticks = b.machine.2.saturating_sub(a.machine.2).max(1) as f64;
     format!(
         "over {:.2} s: {:.0} messages/s; engine {:.0} %, Redis {:.0} %, client {:.0} % of a core; machine steal {:.0} %, idle {:.0} %; engine connections {} → {} open, {} closing",
         secs,
@@ -746,8 +746,8 @@ fn between(a: &Sample, b: &Sample) -> String {
         b.engine.saturating_sub(a.engine).as_secs_f64() / secs * 100.0,
         b.redis.saturating_sub(a.redis).as_secs_f64() / secs * 100.0,
         b.client.saturating_sub(a.client).as_secs_f64() / secs * 100.0,
-        (b.machine.0 - a.machine.0) as f64 / ticks * 100.0,
-        (b.machine.1 - a.machine.1) as f64 / ticks * 100.0,
+        b.machine.0.saturating_sub(a.machine.0) as f64 / ticks * 100.0,
+        b.machine.1.saturating_sub(a.machine.1) as f64 / ticks * 100.0,
         a.sockets.0,
         b.sockets.0,
         b.sockets.1,
@@ -828,7 +828,8 @@ fn report_open_loop(
         let to = samples.iter().find(|s| s.at >= offset + start + 0.3);
         let cpu = match (from, to) {
             (Some(a), Some(b)) => between(a, b),
-            _ => "no samples (--trace)".into(),
+            _ if samples.is_empty() => "no samples (--trace)".into(),
+            _ => "no samples around it".into(),
         };
         println!("    at {start:5.1} s: {n} requests, max {max:.1} ms, {slow} over 50 ms; {cpu}");
     }

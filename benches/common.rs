@@ -160,7 +160,8 @@ pub fn client(connections: usize) -> reqwest::Client {
 /// coordinated omission). The connections are bounded because a client that opens one more
 /// for every request it cannot place at once turns any pause of a few ms into a storm of
 /// thousands of new connections that it and the server then spend their CPU on (measured
-/// 2026-12-04: up to 18,190 connections and p99 of seconds from such a client, in 3 of 7 runs).
+/// 2026-12-04: up to 18,190 connections and p99 of up to seconds from such a client, in 6 of 10
+/// runs; benches/README.md).
 pub async fn open_loop(reqs: Arc<Vec<Req>>, rate: f64, secs: f64, connections: usize) -> OpenLoop {
     let http = client(connections);
     let free = Arc::new(tokio::sync::Semaphore::new(connections));

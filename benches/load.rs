@@ -51,6 +51,7 @@ fn requests(t: &Target, n: usize, offset: usize) -> Vec<Req> {
         .collect()
 }
 
+/// Closed loop: `connections` workers send back to back for `secs`; returns (ok/s, errors).
 async fn closed_loop(reqs: Arc<Vec<Req>>, connections: usize, secs: f64) -> (f64, usize) {
     let http = client(connections);
     let next = Arc::new(AtomicUsize::new(0));
