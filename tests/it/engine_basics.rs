@@ -355,19 +355,7 @@ async fn a_rejected_webhooks_tracking_id_finds_its_tenant_and_reason() {
     let answer: serde_json::Value = r.json().await.unwrap();
     let id = answer["trackingId"].as_str().unwrap().to_string();
 
-    let http = reqwest::Client::new();
-    let lookup = || async {
-        let r = http
-            .get(format!("{admin}/admin/errors/{id}"))
-            .bearer_auth(xapi_stream::devkit::devenv::ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap();
-        (
-            r.status().as_u16(),
-            r.json::<serde_json::Value>().await.unwrap(),
-        )
-    };
+    let lookup = || error_lookup(&admin, &id);
     // Recorded off the request path: found within a moment.
     assert!(
         eventually(Duration::from_secs(10), || async {
@@ -409,21 +397,8 @@ async fn a_rejected_webhooks_tracking_id_finds_its_tenant_and_reason() {
     );
 
     // Unknown and malformed ids.
-    let unknown = "0".repeat(32);
-    let r = http
-        .get(format!("{admin}/admin/errors/{unknown}"))
-        .bearer_auth(xapi_stream::devkit::devenv::ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
-    let r = http
-        .get(format!("{admin}/admin/errors/xyz"))
-        .bearer_auth(xapi_stream::devkit::devenv::ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
+    assert_eq!(error_lookup(&admin, &"0".repeat(32)).await.0, 404);
+    assert_eq!(error_lookup(&admin, "xyz").await.0, 400);
     assert_eq!(
         scrape(
             &admin,
@@ -483,13 +458,11 @@ async fn a_flood_of_404s_cannot_use_up_the_support_budget_of_real_errors() {
         "the real error was not recorded: {recorded} = {}",
         scrape(&admin, recorded).await
     );
-    let r = http
-        .get(format!("{admin}/admin/errors/{id}"))
-        .bearer_auth(xapi_stream::devkit::devenv::ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "the real error is found by its trackingId");
+    assert_eq!(
+        error_lookup(&admin, &id).await.0,
+        200,
+        "the real error is found by its trackingId"
+    );
     assert_eq!(
         scrape(&admin, dropped).await,
         28.0,
@@ -497,4 +470,17 @@ async fn a_flood_of_404s_cannot_use_up_the_support_budget_of_real_errors() {
     );
     engine.shutdown().await;
     sim.shutdown().await;
+}
+
+/// `GET /admin/errors/{id}` on the admin listener: the status and the JSON answer (Null when
+/// the body is not JSON).
+async fn error_lookup(admin: &str, id: &str) -> (u16, serde_json::Value) {
+    let r = reqwest::Client::new()
+        .get(format!("{admin}/admin/errors/{id}"))
+        .bearer_auth(xapi_stream::devkit::devenv::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(serde_json::Value::Null))
 }
