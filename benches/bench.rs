@@ -218,7 +218,6 @@ async fn run_wrk(
             .arg("RESETSTAT")
             .query(&mut redis.client().get_connection()?)?;
     }
-    let mut rc = redis.client().get_connection()?;
     let sampler =
         (opts.trace && t.metrics_url.is_some()).then(|| Sampler::start(t, redis_pid, redis));
     let (r0, t0) = (cpu_time(redis_pid), cpu_time(t.pid));
@@ -246,7 +245,7 @@ async fn run_wrk(
         println!("  wrk against {}: {}", t.name, line.trim());
     }
     if let Some(sampler) = sampler {
-        report_stalls(&sampler.stop(), &mut rc)?;
+        report_stalls(&sampler.stop(), &mut redis.client().get_connection()?)?;
     }
     anyhow::ensure!(
         out.status.success(),
