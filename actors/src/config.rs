@@ -253,6 +253,15 @@ pub struct RedisConfig {
     pub wait_replicas: u32,
     /// How long `WAIT` may take before the batch is refused (503; the retry is deduplicated).
     pub wait_timeout_ms: u64,
+    /// Redis Sentinel: `host:port` of each sentinel. When set, the master named
+    /// `sentinel_master` is found through them at start and again after every failover, instead
+    /// of at `url`'s address; `url`'s scheme (`rediss://` = TLS, for the sentinels too), user,
+    /// password and database still apply to the data nodes.
+    pub sentinels: Vec<String>,
+    /// The master's name in the sentinels' configuration (`sentinel monitor <name> …`).
+    pub sentinel_master: String,
+    /// The sentinels' own password (`requirepass` in sentinel.conf); empty = none.
+    pub sentinel_password: Secret,
 }
 
 impl crate::protocol::jwt::JwksTable for WebexConfig {
@@ -281,6 +290,11 @@ impl RedisConfig {
     /// Cluster mode: `redis.cluster = true` or several nodes in `redis.url`.
     pub fn is_cluster(&self) -> bool {
         self.cluster || seed_urls(self.url.expose()).len() > 1
+    }
+
+    /// Sentinel mode: the master is found through `redis.sentinels`.
+    pub fn is_sentinel(&self) -> bool {
+        !self.sentinels.is_empty()
     }
 }
 
@@ -552,6 +566,7 @@ impl Config {
                 "must start with redis:// or rediss:// (a comma-separated list for a cluster)",
             ));
         }
+        self.validate_sentinel()?;
         let s = &self.scaling;
         if s.lease_ttl_secs.is_nan() || s.lease_ttl_secs < 1.0 {
             return Err(err("scaling.lease_ttl_secs", "must be at least 1"));
@@ -725,6 +740,41 @@ impl Config {
     /// `server.public_url` without a trailing slash, ready for joining paths.
     pub fn public_base(&self) -> &str {
         self.server.public_url.trim_end_matches('/')
+    }
+
+    /// Sentinel settings go together, name reachable sentinels, and exclude a cluster.
+    fn validate_sentinel(&self) -> Result<(), ConfigError> {
+        let r = &self.redis;
+        if !r.is_sentinel() {
+            if !r.sentinel_master.is_empty() {
+                return Err(err(
+                    "redis.sentinels",
+                    "is empty while redis.sentinel_master is set (list the sentinels as host:port)",
+                ));
+            }
+            return Ok(());
+        }
+        if r.sentinel_master.trim().is_empty() {
+            return Err(err(
+                "redis.sentinel_master",
+                "must name the master (as in `sentinel monitor <name> …`) when redis.sentinels is set",
+            ));
+        }
+        if r.is_cluster() {
+            return Err(err(
+                "redis.sentinels",
+                "cannot be combined with a Redis Cluster (a cluster fails over by itself)",
+            ));
+        }
+        for s in &r.sentinels {
+            let port_ok = s.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
+            if !port_ok {
+                return Err(err("redis.sentinels", format!("{s:?} is not host:port")));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -604,10 +604,13 @@ pub async fn follow_changes(registry: Arc<Registry>, stop: Shutdown) {
     let channel = deps.store.keys().changes_channel();
     let mut gap = false;
     loop {
+        // Under Sentinel a new master means subscribing there (announcements are published on
+        // the master; a demoted one may hear nothing).
+        let mut master = deps.store.master_watch();
         let attempt = async {
-            let mut pubsub = deps.store.pubsub_client().get_async_pubsub().await?;
+            let mut pubsub = deps.store.pubsub_client().await?.get_async_pubsub().await?;
             pubsub.subscribe(&channel).await?;
-            Ok::<_, redis::RedisError>(pubsub)
+            Ok::<_, StoreError>(pubsub)
         };
         match tokio::time::timeout(Duration::from_secs(5), attempt).await {
             Ok(Ok(pubsub)) => {
@@ -619,6 +622,7 @@ pub async fn follow_changes(registry: Arc<Registry>, stop: Shutdown) {
                 loop {
                     tokio::select! {
                         _ = stop.wait() => return,
+                        _ = master.changed() => break,
                         m = messages.next() => match m {
                             Some(m) => {
                                 let Ok(org) = m.get_payload::<String>() else { continue };

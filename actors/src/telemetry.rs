@@ -104,6 +104,8 @@ pub struct Metrics {
     pub stage_seconds: HistogramVec,
     pub actor_restarts_total: IntCounterVec,
     pub redis_up: IntGauge,
+    /// Redis Sentinel named a new master (the engine reconnected everything to it).
+    pub redis_master_switches: IntCounter,
     pub token_expiry_horizon_seconds: prometheus::Gauge,
     pub queue_poll_lag_seconds: Histogram,
     pub device_api_calls_total: IntCounterVec,
@@ -234,6 +236,14 @@ impl Metrics {
         .expect("valid metric");
         registry
             .register(Box::new(backpressure_rejections_total.clone()))
+            .expect("unique");
+        let redis_master_switches = IntCounter::with_opts(opts(
+            "redis_master_switches_total",
+            "Times Redis Sentinel named a new master and the engine moved its connections there.",
+        ))
+        .expect("valid metric");
+        registry
+            .register(Box::new(redis_master_switches.clone()))
             .expect("unique");
         let redis_write_seconds = Histogram::with_opts(
             HistogramOpts::new("redis_write_seconds", "Time of one batched Redis write.")
@@ -490,6 +500,7 @@ impl Metrics {
             stage_seconds,
             actor_restarts_total,
             redis_up,
+            redis_master_switches,
             token_expiry_horizon_seconds,
             queue_poll_lag_seconds,
             device_api_calls_total,

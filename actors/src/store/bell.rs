@@ -66,6 +66,8 @@ impl Bell {
     pub async fn listen(self, store: Store, metrics: Metrics, stop: Shutdown) {
         let prefix = store.keys().prefix().to_string();
         loop {
+            // Under Sentinel a new master means enabling and subscribing there.
+            let mut master = store.master_watch();
             let nodes = match enable(&store).await {
                 Ok(nodes) => nodes,
                 Err(e) => {
@@ -91,7 +93,10 @@ impl Bell {
                 })
             });
             // Each returns when its subscription ends; one lost means resubscribing all.
-            let _ = futures::future::select_all(listeners).await;
+            tokio::select! {
+                _ = futures::future::select_all(listeners) => {}
+                _ = master.changed() => tracing::info!("command bell: redis master switched; subscribing there"),
+            }
             metrics.command_notifications_up.set(0);
             if self.inner.ringing.swap(false, Ordering::AcqRel) {
                 tracing::warn!(

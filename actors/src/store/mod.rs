@@ -4,7 +4,8 @@
 //! # Layout
 //! - [`devices`]: inventory hashes and the command/result streams of the device API.
 //! - [`keys`]: every key name the engine writes, in one place.
-//! - [`Store`]: a cloneable handle on one multiplexed, self-reconnecting connection.
+//! - [`Store`]: a cloneable handle on one multiplexed, self-reconnecting connection (to one
+//!   server, a Redis Cluster, or the master that Redis Sentinel names: [`sentinel`]).
 pub mod bell;
 pub mod crypto;
 pub mod devices;
@@ -15,10 +16,12 @@ pub mod keys;
 pub mod lag;
 pub mod lease;
 pub mod relay;
+pub mod sentinel;
 pub mod tenants;
 pub mod writer;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -27,6 +30,7 @@ use tokio::sync::OnceCell;
 
 use crate::config::{RedisConfig, seed_urls};
 use crate::telemetry::Metrics;
+use sentinel::{Follower, SentinelConn};
 
 pub use keys::Keys;
 
@@ -64,6 +68,9 @@ impl StoreError {
                     || e.is_connection_dropped()
                     || e.is_connection_refusal()
                     || matches!(e.kind(), redis::ErrorKind::Io)
+                    // A master demoted to a replica: nothing can be written until the engine
+                    // reaches the new master (Sentinel) or the operator points it there.
+                    || sentinel::is_readonly(e)
             }
             StoreError::NotReplicated { .. } => true,
             StoreError::Corrupt(_) | StoreError::Conflict(_) => false,
@@ -71,14 +78,27 @@ impl StoreError {
     }
 }
 
-/// One multiplexed connection: to a single Redis (self-reconnecting) or to a Redis Cluster
-/// (following MOVED/ASK and topology changes). Every command and script of the engine runs on
-/// it unchanged; only pipelines must stay within one hash slot in cluster mode (see
-/// [`Store::is_cluster`]).
+/// One multiplexed connection: to a single Redis (self-reconnecting), to a Redis Cluster
+/// (following MOVED/ASK and topology changes) or to the master Redis Sentinel names (following
+/// failovers). Every command and script of the engine runs on it unchanged; only pipelines must
+/// stay within one hash slot in cluster mode (see [`Store::is_cluster`]).
 #[derive(Clone)]
 pub enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+    Sentinel(SentinelConn),
+}
+
+impl Conn {
+    /// This connection held to one server for a sequence of commands that must reach the same
+    /// one (a batch of writes, then `WAIT` for them): under Sentinel, the master of now even if
+    /// a failover follows; otherwise the connection itself.
+    pub async fn pinned(&self) -> Result<Conn, StoreError> {
+        match self {
+            Conn::Sentinel(c) => Ok(Conn::Sentinel(c.pinned().await?)),
+            other => Ok(other.clone()),
+        }
+    }
 }
 
 impl ConnectionLike for Conn {
@@ -89,6 +109,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.req_packed_command(cmd),
             Conn::Cluster(c) => c.req_packed_command(cmd),
+            Conn::Sentinel(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -101,6 +122,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
             Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Sentinel(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
 
@@ -108,14 +130,16 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.get_db(),
             Conn::Cluster(c) => c.get_db(),
+            Conn::Sentinel(c) => c.get_db(),
         }
     }
 }
 
-/// Where Redis is: one server, or the seed nodes of a cluster.
+/// Where Redis is: one server, the seed nodes of a cluster, or wherever the sentinels say.
 enum Target {
-    Single(redis::Client),
+    Single(Box<redis::Client>),
     Cluster(Box<redis::cluster::ClusterClient>),
+    Sentinel(Arc<Follower>),
 }
 
 /// The Redis Cluster slot of `key`: CRC16 (XMODEM) of its hash tag (the part between the first
@@ -156,11 +180,15 @@ pub struct Store {
 
 struct Inner {
     target: Target,
-    /// A plain client on the first seed: pub/sub (cluster-wide in Redis Cluster).
+    /// A plain client on the first seed: pub/sub (cluster-wide in Redis Cluster). Under
+    /// Sentinel the current master's client is used instead.
     pubsub_client: redis::Client,
     /// The first seed URL (credentials for per-node clients).
     seed: String,
     conn: OnceCell<Conn>,
+    /// Set when a command was refused with `READONLY` (the server is a replica): readiness
+    /// then asks `ROLE` until it is a master again.
+    read_only: std::sync::atomic::AtomicBool,
     keys: Keys,
     command_timeout: Duration,
     metrics: Metrics,
@@ -171,7 +199,9 @@ impl Store {
     pub fn new(cfg: &RedisConfig, metrics: Metrics) -> Result<Self, StoreError> {
         let seeds = seed_urls(cfg.url.expose());
         let first = seeds.first().copied().unwrap_or_default();
-        let target = if cfg.is_cluster() {
+        let target = if cfg.is_sentinel() {
+            Target::Sentinel(Follower::new(cfg, metrics.clone())?)
+        } else if cfg.is_cluster() {
             let timeout = Duration::from_millis(cfg.command_timeout_ms);
             Target::Cluster(Box::new(
                 redis::cluster::ClusterClientBuilder::new(seeds.clone())
@@ -181,7 +211,7 @@ impl Store {
                     .build()?,
             ))
         } else {
-            Target::Single(redis::Client::open(first)?)
+            Target::Single(Box::new(redis::Client::open(first)?))
         };
         Ok(Self {
             inner: Arc::new(Inner {
@@ -189,6 +219,7 @@ impl Store {
                 pubsub_client: redis::Client::open(first)?,
                 seed: first.to_string(),
                 conn: OnceCell::new(),
+                read_only: Default::default(),
                 keys: Keys::new(&cfg.key_prefix),
                 command_timeout: Duration::from_millis(cfg.command_timeout_ms),
                 metrics,
@@ -202,19 +233,27 @@ impl Store {
         self.bounded(self.open()).await
     }
 
+    fn manager_config(&self) -> ConnectionManagerConfig {
+        ConnectionManagerConfig::new()
+            .set_response_timeout(Some(self.inner.command_timeout))
+            .set_connection_timeout(Some(self.inner.command_timeout))
+            .set_number_of_retries(2)
+    }
+
     async fn open(&self) -> redis::RedisResult<Conn> {
         match &self.inner.target {
-            Target::Single(client) => {
-                let cfg = ConnectionManagerConfig::new()
-                    .set_response_timeout(Some(self.inner.command_timeout))
-                    .set_connection_timeout(Some(self.inner.command_timeout))
-                    .set_number_of_retries(2);
-                client
-                    .get_connection_manager_with_config(cfg)
-                    .await
-                    .map(Conn::Single)
-            }
+            Target::Single(client) => client
+                .get_connection_manager_with_config(self.manager_config())
+                .await
+                .map(Conn::Single),
             Target::Cluster(client) => client.get_async_connection().await.map(Conn::Cluster),
+            Target::Sentinel(follower) => {
+                // Connected once the sentinels named a master and it answers.
+                let conn = SentinelConn::new(follower.clone(), self.manager_config());
+                let mut probe = conn.clone();
+                redis::cmd("PING").query_async::<String>(&mut probe).await?;
+                Ok(Conn::Sentinel(conn))
+            }
         }
     }
 
@@ -222,6 +261,9 @@ impl Store {
     /// reconnects by itself after Redis restarts.
     pub async fn connect(&self, until: impl std::future::Future<Output = ()>) -> bool {
         tokio::pin!(until);
+        if let Target::Sentinel(follower) = &self.inner.target {
+            follower.start();
+        }
         let mut attempts = 0u32;
         loop {
             let attempt = self.open();
@@ -254,16 +296,30 @@ impl Store {
         matches!(self.inner.target, Target::Cluster(_))
     }
 
-    /// A client for pub/sub (a dedicated connection per subscriber).
-    pub fn pubsub_client(&self) -> &redis::Client {
-        &self.inner.pubsub_client
+    /// A client for pub/sub (a dedicated connection per subscriber): under Sentinel, the
+    /// current master's (subscribers follow [`Store::master_watch`] and subscribe again after a
+    /// switch).
+    pub async fn pubsub_client(&self) -> Result<redis::Client, StoreError> {
+        match &self.inner.target {
+            Target::Sentinel(follower) => Ok(follower.master().await?.client),
+            _ => Ok(self.inner.pubsub_client.clone()),
+        }
+    }
+
+    /// Resolves when the master changes (Sentinel); never otherwise. Take it before connecting,
+    /// so that a switch between connecting and subscribing is not missed.
+    pub fn master_watch(&self) -> MasterWatch {
+        MasterWatch(match &self.inner.target {
+            Target::Sentinel(follower) => Some(follower.watch()),
+            _ => None,
+        })
     }
 
     /// A client per node: the one server, or every master of a cluster (`CLUSTER NODES`), with
     /// the credentials of the first seed URL. For what is per node, like keyspace notifications.
     pub async fn node_clients(&self) -> Result<Vec<redis::Client>, StoreError> {
         if !self.is_cluster() {
-            return Ok(vec![self.inner.pubsub_client.clone()]);
+            return Ok(vec![self.pubsub_client().await?]);
         }
         let mut conn = self.conn()?;
         let nodes: String = self
@@ -316,7 +372,7 @@ impl Store {
         fut: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
         let res = match tokio::time::timeout(self.inner.command_timeout, fut).await {
-            Ok(r) => r.map_err(StoreError::from),
+            Ok(r) => self.note(r.map_err(StoreError::from)),
             Err(_) => Err(StoreError::Timeout),
         };
         match &res {
@@ -327,12 +383,41 @@ impl Store {
         res
     }
 
-    /// PING within [`PING_TIMEOUT`]: the readiness probe's view of Redis.
+    /// Remembers a `READONLY` refusal (see [`Store::ping`]); passes the result on.
+    fn note<T>(&self, res: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(StoreError::Redis(e)) = &res
+            && sentinel::is_readonly(e)
+        {
+            self.inner.read_only.store(true, Ordering::Relaxed);
+        }
+        res
+    }
+
+    /// PING within [`PING_TIMEOUT`]: the readiness probe's view of Redis. After a `READONLY`
+    /// refusal (the server was demoted to a replica), `ROLE` instead, until it answers
+    /// `master`: a replica answers PING, yet cannot take a single write.
     pub async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = self.conn()?;
-        let fut = async move { redis::cmd("PING").query_async::<String>(&mut conn).await };
+        let read_only = self.inner.read_only.load(Ordering::Relaxed);
+        let fut = async move {
+            if !read_only {
+                return redis::cmd("PING").query_async::<String>(&mut conn).await;
+            }
+            let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut conn).await?;
+            match role.first() {
+                Some(redis::Value::BulkString(r)) if r.as_slice() == b"master" => {
+                    Ok("master".to_string())
+                }
+                _ => Err(redis::RedisError::from((
+                    redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly),
+                    "READONLY",
+                    "redis answers as a replica: writes are refused".to_string(),
+                ))),
+            }
+        };
         match tokio::time::timeout(PING_TIMEOUT, fut).await {
             Ok(Ok(_)) => {
+                self.inner.read_only.store(false, Ordering::Relaxed);
                 self.inner.metrics.redis_up.set(1);
                 Ok(())
             }
@@ -348,6 +433,22 @@ impl Store {
     }
 }
 
+/// Resolves when the master changes: see [`Store::master_watch`].
+pub struct MasterWatch(Option<tokio::sync::watch::Receiver<Option<sentinel::Master>>>);
+
+impl MasterWatch {
+    /// Waits for the next switch (forever without Sentinel, or once the store is gone).
+    pub async fn changed(&mut self) {
+        let switched = match &mut self.0 {
+            Some(rx) => rx.changed().await.is_ok(),
+            None => false,
+        };
+        if !switched {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::key_slot;
@@ -355,7 +456,7 @@ mod tests {
     #[test]
     fn key_slots_follow_redis_hash_tags() {
         // Reference values from the Redis Cluster specification and `CLUSTER KEYSLOT`.
-        assert_eq!(key_slot("123456789"), 0x31c3 % 16384);
+        assert_eq!(key_slot("123456789"), 0x31c3);
         assert_eq!(key_slot("foo"), 12182);
         assert_eq!(key_slot("{user1000}.following"), key_slot("user1000"));
         assert_eq!(key_slot("xapi:{ORG}:status"), key_slot("ORG"));

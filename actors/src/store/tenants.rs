@@ -733,7 +733,9 @@ impl Tenants {
                     redis::from_redis_value(v)
                         .map_err(|e| StoreError::Corrupt(format!("SCAN reply: {e}")))?
                 }
-                super::Conn::Single(_) => self.store.bounded(scan.query_async(&mut conn)).await?,
+                super::Conn::Single(_) | super::Conn::Sentinel(_) => {
+                    self.store.bounded(scan.query_async(&mut conn)).await?
+                }
             };
             found.extend(batch.into_iter().filter(|k| !k.ends_with(":tenant")));
             cursor = next;

@@ -365,6 +365,12 @@ async fn apply_batch(
         }
     };
     if !store.is_cluster() {
+        // The writes and the WAIT for them must reach the same server, even if a Sentinel
+        // failover happens in between (a WAIT on the new master would confirm nothing).
+        let conn = match conn.pinned().await {
+            Ok(c) => c,
+            Err(e) => return per_job(Err(e), batch.len()),
+        };
         return per_job(
             apply_group(store, conn, script, durability, seen, batch.iter()).await,
             batch.len(),
@@ -577,7 +583,7 @@ async fn wait_replicas(
     let mut cmd = redis::cmd("WAIT");
     cmd.arg(wanted).arg(timeout.as_millis() as u64);
     let got: i64 = match conn {
-        Conn::Single(c) => store.bounded(cmd.query_async(c)).await?,
+        Conn::Single(_) | Conn::Sentinel(_) => store.bounded(cmd.query_async(conn)).await?,
         Conn::Cluster(c) => {
             use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
             let slot = super::key_slot(route_key);
