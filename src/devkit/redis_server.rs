@@ -15,6 +15,8 @@ pub struct RedisServer {
     dir: PathBuf,
     child: Option<Child>,
     extra_args: Vec<String>,
+    /// Sentinel mode: these lines of `sentinel.conf` (which the sentinel rewrites as it learns).
+    sentinel: Option<Vec<String>>,
 }
 
 /// Failure to start or control the process.
@@ -53,6 +55,29 @@ impl RedisServer {
                 dir: dir.clone(),
                 child: None,
                 extra_args: extra.iter().map(|s| s.to_string()).collect(),
+                sentinel: None,
+            };
+            match s.spawn() {
+                Ok(()) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("at least one attempt"))
+    }
+
+    /// Starts a Redis Sentinel (`redis-server sentinel.conf --sentinel`, the program Debian's
+    /// `redis-sentinel` runs) on a free port with these `sentinel …` directives.
+    pub fn start_sentinel(directives: &[String]) -> Result<Self, RedisServerError> {
+        let dir = std::env::temp_dir().join(format!("xapi-sentinel-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir)?;
+        let mut last = None;
+        for _ in 0..5 {
+            let mut s = Self {
+                port: free_port()?,
+                dir: dir.clone(),
+                child: None,
+                extra_args: Vec::new(),
+                sentinel: Some(directives.to_vec()),
             };
             match s.spawn() {
                 Ok(()) => return Ok(s),
@@ -63,6 +88,33 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) -> Result<(), RedisServerError> {
+        if let Some(directives) = &self.sentinel {
+            let conf = self.dir.join("sentinel.conf");
+            // Written only the first time: on a restart the sentinel keeps what it learned.
+            if !conf.exists() {
+                let mut text = format!(
+                    "port {}\nbind 127.0.0.1\nprotected-mode no\ndir {}\n",
+                    self.port,
+                    self.dir.display()
+                );
+                for d in directives {
+                    text.push_str(d);
+                    text.push('\n');
+                }
+                std::fs::write(&conf, text)?;
+            }
+            let mut cmd = Command::new("redis-server");
+            cmd.arg(&conf)
+                .arg("--sentinel")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            let child = spawn_tied_to_process(cmd).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => RedisServerError::NotInstalled,
+                _ => RedisServerError::Io(e),
+            })?;
+            self.child = Some(child);
+            return self.wait_ready();
+        }
         let mut cmd = Command::new("redis-server");
         cmd.args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])

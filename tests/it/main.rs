@@ -19,3 +19,4 @@ mod openapi;
 mod prometheus;
 mod rotation;
 mod scale;
+mod sentinel;
