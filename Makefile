@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 NEXTEST := $(shell command -v cargo-nextest 2>/dev/null)
 
-.PHONY: consumer-deps check-api demo test deps build bench check-deploy fmt-check clippy unit clean fuzz fuzz-tools
+.PHONY: consumer-deps check-api demo test deps build bench check-deploy fmt-check clippy unit clean fuzz fuzz-tools image image-test
 
 ## Install what a fresh machine lacks, from Debian's packages: redis-server (every Redis-backed
 ## test), prometheus (promtool, and the real Prometheus the observability test scrapes with) and
@@ -82,6 +82,18 @@ check-api: deps
 ## alert rules, the dashboard's JSON (installs kubectl/promtool/kubernetes-validate if missing).
 check-deploy:
 	bash deploy/check.sh
+
+## The container image, without a daemon or registry (deploy/image/build.sh): the static musl
+## binary (no devkit) FROM scratch, built from deploy/Dockerfile with buildah, tagged
+## xapi-stream:<version> and :<version>-<git rev>, exported to target/image/xapi-stream-<version>.oci.tar.
+image:
+	bash deploy/image/build.sh
+
+## Runs that image with podman as Kubernetes does (read-only root, uid 10001, no capabilities)
+## against redis-server and the simulator: activation, webhooks into Redis, probes, SIGTERM
+## (deploy/image/test.sh).
+image-test:
+	bash deploy/image/test.sh
 
 ## Fuzzing (docs/fuzzing.md): every cargo-fuzz target of tests/fuzz/ for FUZZ_SECS seconds
 ## each (FUZZ_TARGETS picks some), then executions and crashes per target. On the stable
