@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 NEXTEST := $(shell command -v cargo-nextest 2>/dev/null)
 
-.PHONY: consumer-deps check-api demo test deps build bench check-deploy fmt-check clippy unit clean fuzz fuzz-tools image image-test
+.PHONY: consumer-deps plot-deps check-api demo test deps build bench check-deploy fmt-check clippy unit clean fuzz fuzz-tools image image-test
 
 ## Install what a fresh machine lacks, from Debian's packages: redis-server (every Redis-backed
 ## test), prometheus (promtool, and the real Prometheus the observability test scrapes with) and
@@ -39,6 +39,15 @@ consumer-deps:
 	@[ -d docs/consumers/node/node_modules/ioredis ] || { echo ">> installing ioredis into docs/consumers/node (npm ci)"; \
 	  cd docs/consumers/node && npm ci --silent --no-audit --no-fund; }
 
+## The panel pictures of tests/it/prometheus.rs (target/panels/): matplotlib, pinned with its
+## dependencies in tests/it/plot-requirements.txt, into target/plot-deps/python (pip --target).
+plot-deps:
+	@py=target/plot-deps/python; req=tests/it/plot-requirements.txt; \
+	if ! cmp -s $$req $$py/.requirements 2>/dev/null; then \
+	  echo ">> installing matplotlib into $$py (pip, pinned in $$req)"; rm -rf $$py; mkdir -p $$py; \
+	  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore --no-warn-conflicts --target $$py -r $$req && cp $$req $$py/.requirements; \
+	fi
+
 build:
 	$(CARGO) build --release --bin xapi-stream
 
@@ -64,7 +73,7 @@ clippy:
 
 ## Build every test once, then run them in parallel (each test has its own key prefix;
 ## fault tests their own redis-server).
-unit: deps consumer-deps
+unit: deps consumer-deps plot-deps
 ifdef NEXTEST
 	$(CARGO) nextest run --workspace --no-fail-fast
 else
@@ -79,7 +88,9 @@ check-api: deps
 	bash tests/api/run.sh
 
 ## Offline validation of deploy/: kustomize overlays against Kubernetes schemas, promtool on the
-## alert rules, the dashboard's JSON (installs kubectl/promtool/kubernetes-validate if missing).
+## alert rules, the dashboard's JSON and Grafana's own schema (@grafana/schema, pinned in
+## deploy/.tools; also proves broken copies are refused). Installs kubectl, promtool,
+## kubernetes-validate, node/npm and the pinned npm tools if missing.
 check-deploy:
 	bash deploy/check.sh
 

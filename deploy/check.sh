@@ -3,7 +3,10 @@
 #   bash deploy/check.sh
 # Installs what a Debian machine lacks, without prompting: kubectl (apt: kubernetes-client),
 # promtool (apt: prometheus) and kubernetes-validate (pip; in a private venv if the system
-# Python refuses pip installs). Needs root (or the tools already installed) for apt-get.
+# Python refuses pip installs) and, for the Grafana dashboard, node and npm (apt: nodejs npm)
+# with the npm packages pinned in deploy/.tools/package-lock.json (npm ci into the git-ignored
+# deploy/.tools/node_modules, only when missing or stale). Needs root (or the tools already
+# installed) for apt-get.
 # Note: Debian's `prometheus` package also installs a prometheus daemon; on a machine with
 # systemd it is enabled by the package. Install promtool yourself beforehand to avoid that.
 set -euo pipefail
@@ -47,6 +50,23 @@ if ! command -v promtool >/dev/null 2>&1; then
 fi
 
 command -v python3 >/dev/null 2>&1 || apt_install python3 || die "python3 is missing and could not be installed"
+
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  say "installing node and npm (apt: nodejs npm)"
+  apt_install nodejs npm && command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 \
+    || die "node/npm are missing and 'apt-get install nodejs npm' failed: $(tail -n 3 "$LOG" | tr '\n' ' ')"
+fi
+node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 18 ? 0 : 1)' \
+  || die "node $(node --version) is too old for deploy/.tools (ts-json-schema-generator needs >= 18; 20 is tested)"
+# The dashboard's schema tools, exactly as locked: npm ci when node_modules is missing or was
+# installed from another lock file (the copy of the lock below marks a finished install).
+TOOLS=deploy/.tools
+if ! cmp -s "$TOOLS/package-lock.json" "$TOOLS/node_modules/.installed-lock.json" 2>/dev/null; then
+  say "installing the dashboard schema tools into $TOOLS/node_modules (npm ci: $(node -p "Object.entries(require('./$TOOLS/package.json').dependencies).map(([n, v]) => n + '@' + v).join(' ')"))"
+  (cd "$TOOLS" && npm ci --no-audit --no-fund --silent) >>"$LOG" 2>&1 \
+    || die "npm ci in $TOOLS failed: $(tail -n 5 "$LOG" | tr '\n' ' ')"
+  cp "$TOOLS/package-lock.json" "$TOOLS/node_modules/.installed-lock.json"
+fi
 
 # kubernetes-validate: already on PATH, else pip install, else a private venv (PEP 668 systems).
 KV=kubernetes-validate
@@ -198,5 +218,90 @@ for p in panels:
         n += 1
 print(f"OK   grafana dashboard is valid JSON: {len(panels)} panels, {n} non-empty exprs")
 PY
+
+# Grafana's own schema. @grafana/schema publishes the dashboard model as TypeScript types
+# (raw/dashboard/x `Dashboard`, the JSON a dashboard is saved, exported and provisioned as) and
+# each panel plugin's options; deploy/.tools/grafana-types.ts names the ones used here and
+# ts-json-schema-generator turns them into one JSON schema (closed objects wherever the
+# TypeScript types are: additionalProperties false). deploy/.tools/validate-dashboard.mjs (ajv)
+# then checks
+#   - the whole dashboard against `Dashboard`: unknown or mistyped fields of the dashboard, its
+#     panels (Panel | RowPanel), gridPos, templating, annotations, links, fieldConfig (defaults,
+#     overrides, mappings, thresholds), wrong enum values (graphTooltip, variable hide/refresh),
+#     and missing required fields (schemaVersion, a threshold's color, a time range's to);
+#   - each timeseries/stat panel's options and fieldConfig.defaults.custom against the plugin's
+#     types, closed but with nothing required (Grafana fills missing options from the plugin's
+#     defaults when it loads a panel), and override properties (custom.* against the plugin's
+#     field config, the rest against the dashboard's).
+# It does not check: targets (Record<string, unknown> in Grafana's type; the PromQL runs on a
+# real Prometheus in tests/it/prometheus.rs), options of other panel types, units and colours
+# (free strings in the types), nor semantics such as unique ids or overlapping gridPos.
+# Import-only keys (__inputs, __requires, __elements: read and dropped by Grafana's import, not
+# in the `Dashboard` type) are set aside by the validator; this dashboard has none (it uses the
+# datasource variable DS_PROMETHEUS instead).
+SCHEMA="$WORK/grafana-dashboard.schema.json"
+(cd "$TOOLS" && node_modules/.bin/ts-json-schema-generator --path grafana-types.ts --tsconfig tsconfig.json \
+  --type Checked --expose none -o "$SCHEMA") >"$WORK/tsjsg.out" 2>&1 \
+  || { cat "$WORK/tsjsg.out" >&2; die "ts-json-schema-generator could not turn Grafana's types into a JSON schema"; }
+GRAFANA_SCHEMA_VERSION="$(node -p "require('./$TOOLS/node_modules/@grafana/schema/package.json').version")"
+out="$(node "$TOOLS/validate-dashboard.mjs" "$SCHEMA" deploy/grafana/xapi-stream.json 2>&1)" \
+  || { printf '%s\n' "$out" >&2; die "deploy/grafana/xapi-stream.json does not match Grafana's schema (@grafana/schema $GRAFANA_SCHEMA_VERSION)"; }
+say "OK   grafana dashboard matches @grafana/schema $GRAFANA_SCHEMA_VERSION: $out"
+
+# The check must be able to fail: broken copies of the dashboard, each of which the schema has
+# to refuse (a verdict "invalid"; exit 2 would be a failure to check at all), and variants that
+# must still pass.
+mkdir -p "$WORK/mutants"
+python3 - deploy/grafana/xapi-stream.json "$WORK/mutants" <<'PY'
+import copy, json, sys
+base = json.load(open(sys.argv[1]))
+ts = next(i for i, p in enumerate(base["panels"]) if p["type"] == "timeseries")
+stat = next(i for i, p in enumerate(base["panels"]) if p["type"] == "stat")
+ov = next(i for i, p in enumerate(base["panels"]) if p["fieldConfig"]["overrides"])
+def gridpos_w_string(d): d["panels"][ts]["gridPos"]["w"] = str(d["panels"][ts]["gridPos"]["w"])
+def schemaversion_string(d): d["schemaVersion"] = str(d["schemaVersion"])
+def unknown_panel_field(d): d["panels"][ts]["datasourse"] = d["panels"][ts].pop("datasource")
+def unknown_dashboard_field(d): d["refersh"] = d.pop("refresh")
+def graphtooltip_out_of_enum(d): d["graphTooltip"] = 3
+def panel_without_type(d): del d["panels"][ts]["type"]
+def threshold_without_color(d): del d["panels"][stat]["fieldConfig"]["defaults"]["thresholds"]["steps"][0]["color"]
+def variable_current_empty(d): d["templating"]["list"][0]["current"] = {}
+def legend_placement_typo(d): d["panels"][ts]["options"]["legend"]["placement"] = "botom"
+def legend_unknown_option(d): d["panels"][ts]["options"]["legend"]["dispalyMode"] = "list"
+def custom_unknown_field(d): d["panels"][ts]["fieldConfig"]["defaults"]["custom"]["lineWidht"] = 1
+def override_unknown_property(d): d["panels"][ov]["fieldConfig"]["overrides"][0]["properties"][0]["id"] = "custom.axisPlacment"
+def stat_colormode_typo(d): d["panels"][stat]["options"]["colorMode"] = "red"
+def row_without_collapsed(d): d["panels"].append({"type": "row", "id": 999, "title": "r", "panels": []})
+refused = [gridpos_w_string, schemaversion_string, unknown_panel_field, unknown_dashboard_field,
+           graphtooltip_out_of_enum, panel_without_type, threshold_without_color,
+           variable_current_empty, legend_placement_typo, legend_unknown_option,
+           custom_unknown_field, override_unknown_property, stat_colormode_typo,
+           row_without_collapsed]
+# Still valid: the import-only keys of an exported dashboard, and a collapsed row.
+def with_import_keys(d):
+    d["__inputs"] = [{"name": "DS_PROMETHEUS", "label": "Prometheus", "type": "datasource", "pluginId": "prometheus", "pluginName": "Prometheus"}]
+    d["__requires"] = [{"type": "datasource", "id": "prometheus", "name": "Prometheus", "version": "1.0.0"}]
+def with_a_row(d): d["panels"].append({"type": "row", "id": 999, "title": "r", "collapsed": True, "panels": [], "gridPos": {"h": 1, "w": 24, "x": 0, "y": 200}})
+for kind, fs in (("refused", refused), ("accepted", [with_import_keys, with_a_row])):
+    for f in fs:
+        d = copy.deepcopy(base)
+        f(d)
+        json.dump(d, open(f"{sys.argv[2]}/{kind}.{f.__name__}.json", "w"))
+PY
+# One node process for all of them (each line: valid|invalid, file, first errors or summary).
+rc=0
+node "$TOOLS/validate-dashboard.mjs" "$SCHEMA" --each "$WORK"/mutants/*.json >"$WORK/mutants.out" 2>&1 || rc=$?
+[ "$rc" = 0 ] || [ "$rc" = 1 ] || { cat "$WORK/mutants.out" >&2; die "the dashboard schema check could not check the broken copies (exit $rc)"; }
+while IFS=$'\t' read -r verdict file detail; do
+  name="$(basename "$file" .json)"
+  case "$name:$verdict" in
+    refused.*:invalid) say "OK   schema refuses ${name#refused.}: ${detail%% | *}" ;;
+    accepted.*:valid) say "OK   schema accepts ${name#accepted.}" ;;
+    refused.*:*) die "the dashboard schema check accepted a broken dashboard (${name#refused.})" ;;
+    *) die "the dashboard schema check refused a valid variant (${name#accepted.}): $detail" ;;
+  esac
+done <"$WORK/mutants.out"
+[ "$(grep -c . "$WORK/mutants.out")" = "$(ls "$WORK"/mutants/*.json | wc -l)" ] \
+  || { cat "$WORK/mutants.out" >&2; die "the dashboard schema check did not answer for every broken copy"; }
 
 say "OK   all checks passed"
