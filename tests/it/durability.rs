@@ -5,55 +5,15 @@
 //!   take; webhook copies are deduplicated).
 //! - `redis.wait_replicas = 1`, the replica promoted under webhook load: every message answered
 //!   200 is on the new master.
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use xapi_stream::devkit::redis_server::RedisServer;
 use xapi_stream::devkit::sim::{Sim, SimConfig, sign_webhook};
 
 use crate::utils::*;
-
-fn event(sim: &Sim, i: usize, key: &str, n: u64) -> Value {
-    let org = sim.org(i);
-    let ts = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    json!({"appId": sim.config().app_id, "deviceId": org.devices[0].device_id,
-        "workspaceId": org.devices[0].workspace_id, "orgId": org.org_id, "timestamp": ts,
-        "type": "events", "events": [{"key": key, "value": {"n": n}, "timestamp": ts}]})
-}
-
-/// How often each `n` of events `key` appears in the events streams of orgs `0..orgs`.
-fn events_seen(
-    redis: &RedisServer,
-    prefix: &str,
-    sim: &Sim,
-    orgs: usize,
-    key: &str,
-) -> HashMap<u64, usize> {
-    let mut conn = redis.client().get_connection().unwrap();
-    let mut seen = HashMap::new();
-    for i in 0..orgs {
-        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg(format!("{prefix}:{{{}}}:events", sim.org(i).org_id))
-            .arg("-")
-            .arg("+")
-            .query(&mut conn)
-            .unwrap();
-        for e in reply.ids {
-            if e.get::<String>("key").as_deref() != Some(key) {
-                continue;
-            }
-            let v: String = e.get("value").unwrap();
-            let n = serde_json::from_str::<Value>(&v).unwrap()["n"]
-                .as_u64()
-                .unwrap();
-            *seen.entry(n).or_default() += 1;
-        }
-    }
-    seen
-}
 
 /// Delivers one event at a time, as Webex does (queue first, then the webhook), until `stop`.
 /// While `pause` is set it finishes the delivery in hand, says so in `paused`, and waits.
@@ -77,7 +37,9 @@ fn start_traffic(
             }
             paused.store(false, Ordering::Release);
             let i = (n as usize) % orgs;
-            let report = sim.deliver(i, &[event(&sim, i, "Test.Both", n)]).await;
+            let report = sim
+                .deliver(i, &[numbered_event(&sim, i, "Test.Both", n)])
+                .await;
             assert_eq!(report.queued, 1);
             sent.push((n, report.webhook_statuses.first().copied().unwrap_or(0)));
             n += 1;
@@ -172,7 +134,7 @@ async fn ingest_both_through_a_kill_9_writes_every_message_exactly_once() {
         refused >= 100,
         "only {refused} messages met a dead engine: the test did not exercise the outage"
     );
-    let seen = events_seen(&redis, &prefix, &sim, ORGS, "Test.Both");
+    let seen = events_seen(&redis.client(), &prefix, &sim, ORGS, "Test.Both");
     let missing: Vec<u64> = sent
         .iter()
         .filter(|(n, _)| !seen.contains_key(n))
@@ -264,7 +226,8 @@ async fn with_wait_replicas_every_200_survives_promoting_the_replica() {
                 while !stop.load(Ordering::Relaxed) {
                     let n = next.fetch_add(1, Ordering::Relaxed);
                     let i = (n % 2) as usize;
-                    let body = serde_json::to_vec(&event(&sim, i, "Test.Wait", n)).unwrap();
+                    let body =
+                        serde_json::to_vec(&numbered_event(&sim, i, "Test.Wait", n)).unwrap();
                     let (id, secret) = &targets[i];
                     let r = http
                         .post(format!("{base}/tenants/{id}/webhook"))
@@ -331,7 +294,7 @@ async fn with_wait_replicas_every_200_survives_promoting_the_replica() {
         "only 200 and 503 expected"
     );
     // Every 200 is on the new master, once.
-    let seen = events_seen(&replica, &prefix, &sim, 2, "Test.Wait");
+    let seen = events_seen(&replica.client(), &prefix, &sim, 2, "Test.Wait");
     let lost: Vec<u64> = answered
         .iter()
         .filter(|(n, s, _)| *s == 200 && seen.get(n) != Some(&1))

@@ -9,16 +9,15 @@
 //! webhooks refused meanwhile got 503 with `Retry-After` and a trackingId, none hung; 200s came
 //! back; every queue tenant was polled again and its queued message landed; no tenant is left
 //! `invalid` or without its lease.
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use xapi_stream::devkit::redis_sentinel::{
     DOWN_AFTER_MS, FAILOVER_TIMEOUT_MS, MASTER_NAME, SentinelSet, info,
 };
-use xapi_stream::devkit::sim::{Sim, SimConfig, sign_webhook};
+use xapi_stream::devkit::sim::{SimConfig, sign_webhook};
 
 use crate::utils::*;
 
@@ -33,39 +32,6 @@ const HANG: Duration = Duration::from_secs(15);
 /// once, or from its own lookup within `sentinel::RECHECK` (5 s) if the announcement was
 /// missed; then one reconnection. Webhooks are answered 200 again within this.
 const BACK_AFTER_PROMOTION: Duration = Duration::from_secs(15);
-
-fn event(sim: &Sim, i: usize, key: &str, n: u64) -> Value {
-    let org = sim.org(i);
-    let ts = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    json!({"appId": sim.config().app_id, "deviceId": org.devices[0].device_id,
-        "workspaceId": org.devices[0].workspace_id, "orgId": org.org_id, "timestamp": ts,
-        "type": "events", "events": [{"key": key, "value": {"n": n}, "timestamp": ts}]})
-}
-
-/// How often each `n` of events `key` appears in the events streams of the first `ORGS` orgs.
-fn events_seen(client: &redis::Client, prefix: &str, sim: &Sim, key: &str) -> HashMap<u64, usize> {
-    let mut conn = client.get_connection().unwrap();
-    let mut seen = HashMap::new();
-    for i in 0..ORGS {
-        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg(format!("{prefix}:{{{}}}:events", sim.org(i).org_id))
-            .arg("-")
-            .arg("+")
-            .query(&mut conn)
-            .unwrap();
-        for e in reply.ids {
-            if e.get::<String>("key").as_deref() != Some(key) {
-                continue;
-            }
-            let v: String = e.get("value").unwrap();
-            let n = serde_json::from_str::<Value>(&v).unwrap()["n"]
-                .as_u64()
-                .unwrap();
-            *seen.entry(n).or_default() += 1;
-        }
-    }
-    seen
-}
 
 /// One webhook's answer.
 #[derive(Clone, Debug)]
@@ -143,7 +109,8 @@ async fn failover_under_load(fault: Fault) {
                 while !stop.load(Ordering::Relaxed) {
                     let n = next.fetch_add(1, Ordering::Relaxed);
                     let i = (n % ORGS as u64) as usize;
-                    let body = serde_json::to_vec(&event(&sim, i, "Test.Failover", n)).unwrap();
+                    let body =
+                        serde_json::to_vec(&numbered_event(&sim, i, "Test.Failover", n)).unwrap();
                     let (id, secret) = &targets[i];
                     let sent = Instant::now();
                     let r = http
@@ -280,17 +247,17 @@ async fn failover_under_load(fault: Fault) {
     // Every queue tenant is polled again: a message queued now lands on the new master.
     let queued_at = Instant::now();
     for i in 0..ORGS {
-        sim.enqueue(i, event(&sim, i, "Test.Queued", i as u64));
+        sim.enqueue(i, numbered_event(&sim, i, "Test.Queued", i as u64));
     }
     let new_master = set.node(promoted).unwrap().client();
     assert!(
         eventually(Duration::from_secs(30), || async {
-            let seen = events_seen(&new_master, &prefix, &sim, "Test.Queued");
+            let seen = events_seen(&new_master, &prefix, &sim, ORGS, "Test.Queued");
             (0..ORGS as u64).all(|i| seen.get(&i) == Some(&1))
         })
         .await,
         "a queued message did not land on the new master: {:?}",
-        events_seen(&new_master, &prefix, &sim, "Test.Queued")
+        events_seen(&new_master, &prefix, &sim, ORGS, "Test.Queued")
     );
     let polled_again = (0..ORGS)
         .filter(|&i| sim.last_poll(i).is_some_and(|t| t > queued_at))
@@ -332,7 +299,7 @@ async fn failover_under_load(fault: Fault) {
         );
     }
     // Every 200 is on the new master, exactly once; nothing refused is there twice.
-    let seen = events_seen(&new_master, &prefix, &sim, "Test.Failover");
+    let seen = events_seen(&new_master, &prefix, &sim, ORGS, "Test.Failover");
     let ok: Vec<u64> = answered
         .iter()
         .filter(|a| a.status == 200)

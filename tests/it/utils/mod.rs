@@ -351,3 +351,45 @@ impl<R: std::borrow::Borrow<RedisServer>> TestEnv<R> {
         xapi_stream::devkit::devenv::engine_env(&self.sim, &self.redis.borrow().url(), &self.prefix)
     }
 }
+
+/// An events message from org `i`'s first device: events `key` with value `{"n": n}`. Tests
+/// that count what landed number their messages this way (see `events_seen`).
+pub fn numbered_event(sim: &Sim, i: usize, key: &str, n: u64) -> Value {
+    let org = sim.org(i);
+    let ts = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    json!({"appId": sim.config().app_id, "deviceId": org.devices[0].device_id,
+        "workspaceId": org.devices[0].workspace_id, "orgId": org.org_id, "timestamp": ts,
+        "type": "events", "events": [{"key": key, "value": {"n": n}, "timestamp": ts}]})
+}
+
+/// How often each `n` of events `key` (see `numbered_event`) appears in the events streams of
+/// orgs `0..orgs` on the Redis behind `client`.
+pub fn events_seen(
+    client: &redis::Client,
+    prefix: &str,
+    sim: &Sim,
+    orgs: usize,
+    key: &str,
+) -> std::collections::HashMap<u64, usize> {
+    let mut conn = client.get_connection().unwrap();
+    let mut seen = std::collections::HashMap::new();
+    for i in 0..orgs {
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(format!("{prefix}:{{{}}}:events", sim.org(i).org_id))
+            .arg("-")
+            .arg("+")
+            .query(&mut conn)
+            .unwrap();
+        for e in reply.ids {
+            if e.get::<String>("key").as_deref() != Some(key) {
+                continue;
+            }
+            let v: String = e.get("value").unwrap();
+            let n = serde_json::from_str::<Value>(&v).unwrap()["n"]
+                .as_u64()
+                .unwrap();
+            *seen.entry(n).or_default() += 1;
+        }
+    }
+    seen
+}
