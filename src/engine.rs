@@ -86,11 +86,20 @@ pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
         verifier,
         ingest: Ingest::new(registry.clone(), writer, metrics),
         errors,
+        throttle: http::admin::Throttle::new(&config.security),
         accepting: AtomicBool::new(true),
     });
 
     let max_body = config.server.max_body_bytes;
     let app_state = state.clone();
+    if config.admin_addr().is_none() && !config.server.admin_token.is_empty() {
+        tracing::warn!(
+            bind = %config.server.bind,
+            "the admin API and the console share the public listener (server.admin_bind is empty): \
+             anyone who can reach server.bind can try the admin token; set server.admin_bind to a \
+             private address"
+        );
+    }
     let routes = if config.admin_addr().is_some() {
         http::public_routes
     } else {
@@ -99,6 +108,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
     let mut server = HttpServer::new(move || {
         App::new()
             .wrap(actix_web::middleware::from_fn(http::record_errors))
+            .wrap(http::nosniff())
             .configure(|c| http::mount(c, app_state.clone(), max_body, routes))
     })
     .disable_signals()
@@ -146,6 +156,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
             let server = HttpServer::new(move || {
                 App::new()
                     .wrap(actix_web::middleware::from_fn(http::record_errors))
+                    .wrap(http::nosniff())
                     .configure(|c| {
                         http::mount(c, admin_state.clone(), max_body, http::admin_routes)
                     })

@@ -347,6 +347,10 @@ pub struct SecurityConfig {
     /// Each tenant's webhook secret is replaced this often (jittered per tenant, run by the
     /// lease holder); 0 = never (activations and the admin API still rotate).
     pub webhook_secret_rotation_days: f64,
+    /// Wrong or missing admin tokens (bearer or console sign-in) accepted from one client
+    /// address within `admin_failure_window_secs`; beyond it that address is answered 429.
+    pub admin_failures_per_address: u32,
+    pub admin_failure_window_secs: u64,
 }
 
 impl SecurityConfig {
@@ -491,6 +495,18 @@ impl Config {
         }
         if self.activation.setup_max_attempts == 0 {
             return Err(err("activation.setup_max_attempts", "must be at least 1"));
+        }
+        if self.security.admin_failures_per_address == 0 {
+            return Err(err(
+                "security.admin_failures_per_address",
+                "must be at least 1",
+            ));
+        }
+        if self.security.admin_failure_window_secs == 0 {
+            return Err(err(
+                "security.admin_failure_window_secs",
+                "must be at least 1",
+            ));
         }
         if self.activation.setup_attempts_per_address < self.activation.setup_max_attempts {
             return Err(err(

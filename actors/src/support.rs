@@ -23,9 +23,38 @@ pub struct ErrorLog {
     store: Store,
     retention: Duration,
     per_hour: u32,
-    /// (hour, errors recorded, 404s recorded) this hour.
-    budget: Mutex<(i64, u32, u32)>,
+    /// The hour, and the records queued this hour by class ([`ErrorClass`] order).
+    budget: Mutex<(i64, [u32; 4])>,
     metrics: Metrics,
+}
+
+/// What an error is about, for the support log's budgets: each class has its own, so that
+/// what anyone on the internet can cause (unauthenticated 4xx, 404s from scanners) never
+/// crowds out the errors support is asked about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// About a tenant the engine knows (its webhook, its actions, its admin routes):
+    /// `support.errors_per_hour`.
+    Tenant,
+    /// Any 5xx: the engine's own trouble: `support.errors_per_hour`.
+    Server,
+    /// Any other 4xx but 404 (no or a wrong token, junk JWTs, malformed bodies):
+    /// `support.errors_per_hour`.
+    Anonymous,
+    /// 404s: a tenth of `support.errors_per_hour`.
+    NotFound,
+}
+
+impl ErrorClass {
+    /// The class of an answer with `status`, about a known tenant or not.
+    pub fn of(status: u16, known_tenant: bool) -> Self {
+        match status {
+            _ if known_tenant => Self::Tenant,
+            500.. => Self::Server,
+            404 => Self::NotFound,
+            _ => Self::Anonymous,
+        }
+    }
 }
 
 impl ErrorLog {
@@ -53,29 +82,27 @@ impl ErrorLog {
             store,
             retention,
             per_hour: cfg.errors_per_hour,
-            budget: Mutex::new((0, 0, 0)),
+            budget: Mutex::new((0, [0; 4])),
             metrics,
         }
     }
 
-    /// Queues `record` (never waits): dropped when this hour's budget is spent or the queue is
-    /// full.
-    pub fn record(&self, record: ErrorRecord) {
+    /// Queues `record` (never waits): dropped when its class's budget for this hour is spent
+    /// or the queue is full.
+    pub fn record(&self, record: ErrorRecord, class: ErrorClass) {
         let hour = record.time.timestamp().div_euclid(3600);
+        let cap = match class {
+            ErrorClass::NotFound => (self.per_hour / 10).max(1),
+            _ => self.per_hour,
+        };
         let within = {
             let mut b = self.budget.lock().expect("budget lock");
             if b.0 != hour {
-                *b = (hour, 0, 0);
+                *b = (hour, [0; 4]);
             }
-            // 404s (anyone can send them, a scanner by the thousand) have a tenth of the budget
-            // of their own, so they never crowd out the errors support is asked about.
-            if record.status == 404 {
-                b.2 += 1;
-                b.2 <= (self.per_hour / 10).max(1)
-            } else {
-                b.1 += 1;
-                b.1 <= self.per_hour
-            }
+            let used = &mut b.1[class as usize];
+            *used += 1;
+            *used <= cap
         };
         if !within || self.tx.try_send(record).is_err() {
             self.metrics.support_errors("dropped", 1);

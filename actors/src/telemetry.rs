@@ -117,6 +117,7 @@ pub struct Metrics {
     pub webhook_secret_rotations_total: IntCounterVec,
     pub support_errors_total: IntCounterVec,
     pub setup_attempts_total: IntCounterVec,
+    pub admin_auth_failures_total: IntCounterVec,
     pub replicas_live: IntGauge,
     pub tenants_owned: IntGauge,
     pub command_notifications_up: IntGauge,
@@ -432,6 +433,14 @@ impl Metrics {
         ] {
             setup_attempts_total.with_label_values(&[r]);
         }
+        let admin_auth_failures_total = counter_vec(
+            "admin_auth_failures_total",
+            "Requests with a wrong or missing admin token (bearer or console sign-in), by what was answered: refused (401) or throttled (429: too many from the client's address within security.admin_failure_window_secs).",
+            &["result"],
+        );
+        for r in ["refused", "throttled"] {
+            admin_auth_failures_total.with_label_values(&[r]);
+        }
         for r in WEBHOOK_RESULTS {
             webhooks_total.with_label_values(&[r]);
         }
@@ -512,6 +521,7 @@ impl Metrics {
             webhook_secret_rotations_total,
             support_errors_total,
             setup_attempts_total,
+            admin_auth_failures_total,
             replicas_live,
             tenants_owned,
             command_notifications_up,
@@ -533,6 +543,12 @@ impl Metrics {
 
     pub fn jwt_rejected(&self, reason: &str) {
         self.jwt_rejections_total.with_label_values(&[reason]).inc();
+    }
+
+    pub fn admin_auth_failure(&self, result: &str) {
+        self.admin_auth_failures_total
+            .with_label_values(&[result])
+            .inc();
     }
 
     pub fn setup_attempt(&self, result: &str) {

@@ -3,12 +3,12 @@
 //! background: these answer "started", the tenant then shows `completed` or `error`.
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
-use actors::auth::VerifyError;
+use actors::auth::{Claimed, VerifyError};
 use actors::protocol::jwt::{ActivationClaims, Expect, Verified};
 use actors::registry::ActivateError;
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, AppState, admin, body};
+use super::{ApiError, AppState, admin, body, client_addr};
 
 /// A pending HTTPS activation, stored sealed until its setup page is completed.
 #[derive(Serialize, Deserialize)]
@@ -21,20 +21,43 @@ pub struct Pending {
     pub rejected: bool,
 }
 
-/// Verifies an activation JWT (counting any rejection) and maps failures to responses.
-pub async fn verify_activation(
+/// Verifies an activation JWT (counting any rejection) and claims its jti: the token counts
+/// as used only once [`confirm`] follows the work it starts. An earlier attempt with the same
+/// token that was answered 503 is resumed (`Claimed::resumed`); one still running holds the
+/// claim for [`claim_hold`].
+pub async fn claim_activation(
     state: &AppState,
     token: &str,
-) -> Result<ActivationClaims, ApiError> {
-    match state.verifier.verify(token, Expect::Activation).await {
-        Ok(Verified::Activation(c)) => Ok(c),
-        Ok(Verified::Action(_)) => Err(ApiError::new(
+) -> Result<(ActivationClaims, Claimed), ApiError> {
+    let claimed = state
+        .verifier
+        .verify_claim(token, Expect::Activation, claim_hold(state))
+        .await
+        .map_err(verify_error)?;
+    match &claimed.verified {
+        Verified::Activation(c) => Ok((c.clone(), claimed)),
+        Verified::Action(_) => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "wrong_action",
             "an action JWT was sent where an activation is expected",
         )),
-        Err(e) => Err(verify_error(e)),
     }
+}
+
+/// Marks the activation token used once its work took effect; 503 otherwise (its retry with
+/// the same token resumes and finds that work).
+pub async fn confirm(state: &AppState, claimed: &Claimed) -> Result<(), ApiError> {
+    state.verifier.commit(claimed).await.map_err(|e| {
+        ApiError::unavailable(&format!(
+            "activation stored but not confirmed ({e}); send the same JWT again"
+        ))
+    })
+}
+
+/// How long an activation token's claim holds off a second attempt with it: the time an
+/// attempt's Redis work may take in a stall (a few bounded commands).
+fn claim_hold(state: &AppState) -> std::time::Duration {
+    std::time::Duration::from_millis(2 * state.config.redis.command_timeout_ms)
 }
 
 /// The response for a failed verification.
@@ -52,7 +75,32 @@ pub fn verify_error(e: VerifyError) -> ApiError {
         VerifyError::StoreUnavailable(e) => ApiError::unavailable(&format!(
             "cannot record the JWT id: storage unavailable ({e})"
         )),
+        VerifyError::InFlight(secs) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "in_flight",
+            "an earlier attempt with this JWT may still be running; send it again shortly",
+        )
+        .retry_after(secs),
     }
+}
+
+/// The setup session of the activation a token starts: derived from its jti (keyed with
+/// `security.encryption_key`, so it cannot be guessed from the token), so that a retry of a
+/// `POST /provision` answered 503 finds what the first attempt stored.
+fn pending_session_for(state: &AppState, jti: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let mut m = Hmac::<sha2::Sha256>::new_from_slice(
+        state.config.security.encryption_key.expose().as_bytes(),
+    )
+    .expect("any key length");
+    m.update(b"xapi-stream pending session\0");
+    m.update(jti.as_bytes());
+    let bytes: [u8; 16] = m.finalize().into_bytes()[..16]
+        .try_into()
+        .expect("16 of 32 bytes");
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .to_string()
 }
 
 pub fn activate_error(state: &AppState, e: ActivateError) -> ApiError {
@@ -81,27 +129,32 @@ pub async fn provision(
 ) -> Result<HttpResponse, ApiError> {
     let bytes = body::read(&req, payload, state.config.server.max_body_bytes).await?;
     let jwt: body::JwtBody = body::object(&bytes).map_err(|e| rejected(&state, e))?;
-    let claims = verify_activation(&state, &jwt.jwt)
+    let (claims, claimed) = claim_activation(&state, &jwt.jwt)
         .await
         .map_err(|e| rejected(&state, e))?;
-    let session = uuid::Uuid::new_v4().to_string();
-    let mut pending = Pending {
-        claims,
-        tenant_id: None,
-        rejected: false,
-    };
-    if state.config.activation.auto_complete {
-        let (handle, _) = state
-            .registry
-            .activate(&pending.claims, None)
-            .await
-            .map_err(|e| activate_error(&state, e))?;
-        pending.tenant_id = Some(handle.tenant_id().to_string());
+    let session = pending_session_for(&state, claimed.jti());
+    let url = format!("{}/setup/{session}", state.config.public_base());
+    // A retry after a 503: what the first attempt stored may be there (same session).
+    let stored =
+        claimed.resumed && matches!(state.registry.get_pending(&session).await, Ok(Some(_)));
+    if !stored {
+        let mut pending = Pending {
+            claims,
+            tenant_id: None,
+            rejected: false,
+        };
+        if state.config.activation.auto_complete {
+            let (handle, _) = state
+                .registry
+                .activate(&pending.claims, None)
+                .await
+                .map_err(|e| activate_error(&state, e))?;
+            pending.tenant_id = Some(handle.tenant_id().to_string());
+        }
+        store_pending(&state, &session, &pending).await?;
     }
-    store_pending(&state, &session, &pending).await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "redirectUrl": format!("{}/setup/{session}", state.config.public_base())
-    })))
+    confirm(&state, &claimed).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "redirectUrl": url })))
 }
 
 pub async fn store_pending(state: &AppState, session: &str, p: &Pending) -> Result<(), ApiError> {
@@ -198,49 +251,6 @@ pub async fn invitation_landing(state: web::Data<AppState>, req: HttpRequest) ->
         .finish();
     let _ = resp.add_cookie(&cookie);
     resp
-}
-
-/// Client address for the per-address limit: the TCP peer, or behind a trusted proxy
-/// (`server.trusted_proxies`) the client it names (see [`forwarded_client`]).
-fn client_addr(state: &AppState, req: &HttpRequest) -> String {
-    let Some(peer) = req.peer_addr().map(|a| a.ip()) else {
-        return "unknown".into();
-    };
-    let forwarded: Vec<&str> = req
-        .headers()
-        .get_all("x-forwarded-for")
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    forwarded_client(peer, &forwarded, &state.config.server.trusted_proxy_nets()).to_string()
-}
-
-/// The client behind `peer`: `peer` itself unless it is a trusted proxy; then the nearest
-/// address of `X-Forwarded-For` (read from the right, as each proxy appends the address it
-/// saw) that is not a trusted proxy. Entries left of it are the client's to write, so they are
-/// never believed; an unreadable entry ends the walk at the last address read.
-fn forwarded_client(
-    peer: std::net::IpAddr,
-    forwarded: &[&str],
-    trusted: &[ipnet::IpNet],
-) -> std::net::IpAddr {
-    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|n| n.contains(ip));
-    let mut client = peer;
-    let hops = forwarded.iter().flat_map(|v| v.split(',')).rev();
-    for hop in hops {
-        if !is_trusted(&client) {
-            break;
-        }
-        let hop = hop.trim();
-        let Some(ip) = hop
-            .parse::<std::net::IpAddr>()
-            .ok()
-            .or_else(|| hop.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
-        else {
-            break;
-        };
-        client = ip;
-    }
-    client
 }
 
 /// `GET /setup/<session>`: what is being activated, its state, and the form that completes it
@@ -360,11 +370,22 @@ pub async fn setup_submit(
     state: web::Data<AppState>,
     req: HttpRequest,
     path: web::Path<String>,
-    form: Option<web::Form<SetupForm>>,
+    payload: web::Payload,
 ) -> HttpResponse {
     use actors::store::invitations::Redeemed;
     let session = path.into_inner();
     let count = |r: &str| state.metrics.setup_attempt(r);
+    // A form too large or not a form is no attempt at a code: 413/400, nothing counted.
+    let form: SetupForm = match body::form(&req, payload, body::SMALL_FORM).await {
+        Ok(f) => f,
+        Err(e) => {
+            return error_page(
+                e,
+                "Not a setup form",
+                "<p>That was not the setup form; nothing was changed and no attempt was counted.</p>",
+            );
+        }
+    };
     let mut pending = match load_pending(&state, &session).await {
         Ok(p) => p,
         Err(resp) => return resp,
@@ -421,7 +442,7 @@ pub async fn setup_submit(
             "<p>Too many wrong invitation codes came from your network. Nothing was changed. Try again in an hour.</p>",
         );
     }
-    let code = form.map(|f| f.into_inner().code).unwrap_or_default();
+    let code = form.code;
     let redeemed = if code.trim().is_empty() || code.len() > 64 {
         Ok(Redeemed::Unknown)
     } else {
@@ -617,14 +638,16 @@ pub async fn admin_activate(
     admin::authorize(&state, &req)?;
     let bytes = body::read(&req, payload, state.config.server.max_body_bytes).await?;
     let jwt: body::JwtBody = body::object(&bytes).map_err(|e| rejected(&state, e))?;
-    let claims = verify_activation(&state, &jwt.jwt)
+    let (claims, claimed) = claim_activation(&state, &jwt.jwt)
         .await
         .map_err(|e| rejected(&state, e))?;
+    // A retry after a 503 activates again: the same claims, the same tenant.
     let (_, started) = state
         .registry
         .activate(&claims, None)
         .await
         .map_err(|e| activate_error(&state, e))?;
+    confirm(&state, &claimed).await?;
     // The tenant as the activation started; it moves on to completed/error in the background.
     Ok(HttpResponse::Accepted().json(actors::tenant::tenant_json(&started, &Default::default())))
 }
@@ -663,7 +686,7 @@ pub fn esc(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::forwarded_client;
+    use crate::http::forwarded_client;
 
     #[test]
     fn the_client_is_the_nearest_address_no_trusted_proxy_wrote() {

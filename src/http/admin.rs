@@ -20,8 +20,14 @@ pub fn token_ok(state: &AppState, presented: Option<&str>) -> bool {
     !expected.is_empty() && presented.is_some_and(|p| expected.ct_eq(p))
 }
 
-/// 403 when the admin API is disabled, 401 for a wrong or missing token.
-pub fn authorize(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
+/// The admin token check of the API and the console's sign-in: 403 when the admin API is
+/// disabled; 429 with `Retry-After` while the client's address is throttled (the token is not
+/// even compared); 401 for a wrong or missing token, counted toward that address's limit.
+pub fn check_token(
+    state: &AppState,
+    req: &HttpRequest,
+    presented: Option<&str>,
+) -> Result<(), ApiError> {
     if state.config.server.admin_token.is_empty() {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -29,12 +35,106 @@ pub fn authorize(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
             "the admin API is disabled (server.admin_token is empty)",
         ));
     }
-    if token_ok(state, bearer(req)) {
-        Ok(())
-    } else {
-        Err(ApiError::unauthorized(
-            "wrong or missing admin bearer token",
-        ))
+    let addr = super::client_addr(state, req);
+    if let Err(wait) = state.throttle.check(&addr) {
+        state.metrics.admin_auth_failure("throttled");
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "admin_throttled",
+            "too many wrong admin tokens from this address",
+        )
+        .retry_after(wait));
+    }
+    if token_ok(state, presented) {
+        state.throttle.succeeded(&addr);
+        return Ok(());
+    }
+    state.metrics.admin_auth_failure("refused");
+    if state.throttle.failed(&addr) {
+        tracing::warn!(
+            client = %addr,
+            limit = state.config.security.admin_failures_per_address,
+            window_secs = state.config.security.admin_failure_window_secs,
+            "admin token: too many wrong tokens from one address; throttled until the window ends"
+        );
+    }
+    Err(ApiError::unauthorized("wrong or missing admin token"))
+}
+
+/// 403 when the admin API is disabled, 429 while throttled, 401 for a wrong or missing token.
+pub fn authorize(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
+    check_token(state, req, bearer(req))
+}
+
+/// Wrong admin tokens per client address, within a fixed window: past the limit the address
+/// is refused without a comparison until its window ends. Held in memory (per replica), so it
+/// works whatever Redis does; its size is bounded (expired windows are swept when it grows).
+pub struct Throttle {
+    windows: dashmap::DashMap<String, Window>,
+    limit: u32,
+    window: std::time::Duration,
+}
+
+struct Window {
+    started: std::time::Instant,
+    failures: u32,
+}
+
+/// Addresses tracked at most; beyond it (after a sweep) new addresses share one window.
+const THROTTLE_ADDRESSES: usize = 100_000;
+
+impl Throttle {
+    pub fn new(cfg: &actors::config::SecurityConfig) -> Self {
+        Self {
+            windows: dashmap::DashMap::new(),
+            limit: cfg.admin_failures_per_address,
+            window: std::time::Duration::from_secs(cfg.admin_failure_window_secs),
+        }
+    }
+
+    /// `Err(seconds to wait)` while `addr` is over its limit.
+    pub fn check(&self, addr: &str) -> Result<(), u64> {
+        match self.windows.get(addr) {
+            Some(w) if w.failures >= self.limit => {
+                let left = self.window.saturating_sub(w.started.elapsed());
+                if left.is_zero() {
+                    Ok(())
+                } else {
+                    Err(left.as_secs().max(1))
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts a failure of `addr`; true when this one reached the limit (log it once).
+    pub fn failed(&self, addr: &str) -> bool {
+        if self.windows.len() >= THROTTLE_ADDRESSES && !self.windows.contains_key(addr) {
+            self.windows
+                .retain(|_, w| w.started.elapsed() < self.window);
+        }
+        let key = if self.windows.len() >= THROTTLE_ADDRESSES && !self.windows.contains_key(addr) {
+            "*"
+        } else {
+            addr
+        };
+        let mut w = self.windows.entry(key.to_string()).or_insert(Window {
+            started: std::time::Instant::now(),
+            failures: 0,
+        });
+        if w.started.elapsed() >= self.window {
+            *w = Window {
+                started: std::time::Instant::now(),
+                failures: 0,
+            };
+        }
+        w.failures += 1;
+        w.failures == self.limit
+    }
+
+    /// A right token: the address starts over.
+    pub fn succeeded(&self, addr: &str) {
+        self.windows.remove(addr);
     }
 }
 

@@ -48,6 +48,37 @@ pub async fn read(
     Ok(buf.freeze())
 }
 
+/// The largest HTML form the setup page and the console's sign-in accept: a code or a token
+/// and little else (a browser sends well under 1 KiB).
+pub const SMALL_FORM: usize = 4096;
+
+/// Reads an HTML form (`application/x-www-form-urlencoded`) of at most `limit` bytes: 413 when
+/// larger (by Content-Length or while reading), 400 when it is not such a form or does not
+/// parse. Neither is ever taken for a wrong code or token.
+pub async fn form<T: DeserializeOwned>(
+    req: &HttpRequest,
+    payload: Payload,
+    limit: usize,
+) -> Result<T, ApiError> {
+    let bytes = read(req, payload, limit).await?;
+    let malformed = |why: String| ApiError::new(StatusCode::BAD_REQUEST, "malformed", why);
+    let is_form = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| {
+            v.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+    if !is_form {
+        return Err(malformed(
+            "expected an HTML form (application/x-www-form-urlencoded)".into(),
+        ));
+    }
+    serde_urlencoded::from_bytes(&bytes).map_err(|e| malformed(format!("malformed form: {e}")))
+}
+
 /// Parses a JSON body, with a 400 naming the problem.
 pub fn json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| {

@@ -19,7 +19,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use super::activation::{self, esc};
-use super::{AppState, admin};
+use super::{ApiError, AppState, admin, body};
 
 const COOKIE: &str = "xapi_console";
 /// A session lasts this long.
@@ -48,16 +48,25 @@ fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// A signed session: `<expiry>.<nonce>.<mac>`.
-fn new_session(state: &AppState) -> String {
+/// A new signed session: the cookie's value `<expiry>.<nonce>.<mac>` and the digest it is
+/// stored under in Redis (see [`session`]).
+fn new_session(state: &AppState) -> (String, String) {
     let expiry = chrono::Utc::now().timestamp() + SESSION_SECS;
     let nonce: [u8; 16] = rand::random();
     let payload = format!("{expiry}.{}", b64(&nonce));
-    format!("{payload}.{}", b64(&mac(state, "session", &payload)))
+    let value = format!("{payload}.{}", b64(&mac(state, "session", &payload)));
+    (value, stored_as(&payload))
 }
 
-/// The session of a request, if its cookie is valid and unexpired.
-fn session(state: &AppState, req: &HttpRequest) -> Option<String> {
+/// What Redis keeps of a session: the SHA-256 of the cookie's signed part, never the cookie.
+fn stored_as(payload: &str) -> String {
+    use sha2::Digest;
+    hex::encode(Sha256::digest(payload.as_bytes()))
+}
+
+/// A request's session cookie, if its signature and expiry hold: its value and the digest the
+/// session is stored under. Whether it is still open is Redis's to say ([`session`]).
+fn signed_session(state: &AppState, req: &HttpRequest) -> Option<(String, String)> {
     if state.config.server.admin_token.is_empty() {
         return None;
     }
@@ -72,7 +81,72 @@ fn session(state: &AppState, req: &HttpRequest) -> Option<String> {
         return None;
     }
     let expiry: i64 = payload.split('.').next()?.parse().ok()?;
-    (expiry > chrono::Utc::now().timestamp()).then(|| value.to_string())
+    (expiry > chrono::Utc::now().timestamp()).then(|| (value.to_string(), stored_as(payload)))
+}
+
+/// The open session of a request: `Ok(None)` without one (no cookie, a forged or expired one,
+/// or one signed out); `Err` with a 503 page when Redis cannot say.
+async fn session(state: &AppState, req: &HttpRequest) -> Result<Option<String>, HttpResponse> {
+    let Some((value, digest)) = signed_session(state, req) else {
+        return Ok(None);
+    };
+    match state.registry.store().console_session_open(&digest).await {
+        Ok(true) => Ok(Some(value)),
+        Ok(false) => Ok(None),
+        Err(e) => Err(unavailable(state, &e)),
+    }
+}
+
+/// The session of a console page, or what to answer instead: the sign-in page, or a 503.
+async fn page_session(state: &AppState, req: &HttpRequest) -> Result<String, HttpResponse> {
+    match session(state, req).await? {
+        Some(s) => Ok(s),
+        None => Err(sign_in(state, StatusCode::OK, "")),
+    }
+}
+
+/// An error page of the console that the support log records like an error JSON (see
+/// `super::record_errors`), with its `Retry-After` if it has one.
+fn error_page(
+    state: &AppState,
+    e: ApiError,
+    session: Option<&str>,
+    title: &str,
+    html: &str,
+) -> HttpResponse {
+    let mut resp = layout(
+        e.status,
+        title,
+        session,
+        state,
+        &format!(
+            "{html}<p>Reference: <code id=tracking>{}</code></p>",
+            e.tracking_id
+        ),
+    );
+    if let Some(secs) = e.retry_after {
+        resp.headers_mut().insert(
+            actix_web::http::header::RETRY_AFTER,
+            actix_web::http::header::HeaderValue::from(secs),
+        );
+    }
+    resp.extensions_mut().insert(super::error::Answered {
+        tracking_id: e.tracking_id,
+        reason: e.reason,
+        description: e.description,
+    });
+    resp
+}
+
+/// The 503 page of a console request Redis could not serve.
+fn unavailable(state: &AppState, e: &actors::store::StoreError) -> HttpResponse {
+    error_page(
+        state,
+        ApiError::unavailable(&format!("console: storage unavailable: {e}")),
+        None,
+        "Try again shortly",
+        "<p class=err>Storage is unavailable; nothing was changed. Try again in a moment.</p>",
+    )
 }
 
 /// The CSRF token of a session (what every form of the console carries).
@@ -108,8 +182,9 @@ fn layout(
         Some(s) => format!(
             r#"<nav><a href="/console/">Tenants</a> · <a href="/console/invitations">Invitations &amp; pending activations</a>
 <form class=inline method=get action="/console/"><input name=q placeholder="org id, tenant id, name or trackingId" size=40 aria-label=search> <button>Search</button></form>
-<form class=inline method=post action="/console/logout"><input type=hidden name=csrf value="{}"><button>Sign out</button></form></nav>"#,
-            csrf(state, s)
+<form class=inline method=post action="/console/logout"><input type=hidden name=csrf value="{c}"><button>Sign out</button></form>
+<form class=inline method=post action="/console/sessions/end"><input type=hidden name=csrf value="{c}"><button title="Ends every console session, on every replica">Sign out everywhere</button></form></nav>"#,
+            c = csrf(state, s)
         ),
         None => String::new(),
     };
@@ -165,29 +240,54 @@ pub struct LoginForm {
     token: String,
 }
 
-/// `POST /console/login`.
-pub async fn login(state: web::Data<AppState>, form: Option<web::Form<LoginForm>>) -> HttpResponse {
-    let token = form.map(|f| f.into_inner().token).unwrap_or_default();
-    if !admin::token_ok(&state, Some(&token)) {
-        let e = super::ApiError::unauthorized("console sign-in: wrong admin token");
-        let mut resp = sign_in(
-            &state,
-            StatusCode::UNAUTHORIZED,
-            &format!(
-                "<p class=err>Wrong admin token. Reference: <code>{}</code></p>",
-                e.tracking_id
-            ),
-        );
-        resp.extensions_mut().insert(super::error::Answered {
-            tracking_id: e.tracking_id,
-            reason: e.reason,
-            description: e.description,
-        });
+/// `POST /console/login`. A form too large or not a form is answered 413/400 and counts as no
+/// attempt; a wrong token counts toward the address's limit (see `admin::Throttle`).
+pub async fn login(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
+    let bound = state.clone();
+    within(&bound, true, async move {
+    let form: LoginForm = match body::form(&req, payload, body::SMALL_FORM).await {
+        Ok(f) => f,
+        Err(e) => {
+            return error_page(
+                &state,
+                e,
+                None,
+                "Sign in",
+                "<p class=err>That was not a sign-in form.</p>",
+            );
+        }
+    };
+    if let Err(e) = admin::check_token(&state, &req, Some(&form.token)) {
+        let html = match e.status {
+            StatusCode::TOO_MANY_REQUESTS => {
+                "<p class=err>Too many wrong admin tokens from your address; try again later.</p>"
+            }
+            _ => "<p class=err>Wrong admin token.</p>",
+        };
+        let mut resp = error_page(&state, e, None, "Sign in", html);
+        if state.config.server.admin_token.is_empty() {
+            resp = sign_in(&state, StatusCode::FORBIDDEN, "");
+        }
         return resp;
     }
+    let (value, digest) = new_session(&state);
+    if let Err(e) = state
+        .registry
+        .store()
+        .open_console_session(&digest, SESSION_SECS as u64)
+        .await
+    {
+        return unavailable(&state, &e);
+    }
     let mut resp = see_other("/console/");
-    let _ = resp.add_cookie(&cookie(&state, new_session(&state), SESSION_SECS));
+    let _ = resp.add_cookie(&cookie(&state, value, SESSION_SECS));
     resp
+    })
+    .await
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -202,52 +302,92 @@ pub struct CsrfForm {
     manifest: String,
 }
 
-/// The session and a checked CSRF token of a console POST, or the answer to give.
-fn post_guard(
+/// The form of a console POST with its session and a checked CSRF token, or the answer to
+/// give: 413/400 for a form too large or malformed, the sign-in page without a session, 403
+/// for a missing or wrong CSRF token, 503 when Redis cannot say.
+async fn post_form(
     state: &AppState,
     req: &HttpRequest,
-    form: &CsrfForm,
-) -> Result<String, Box<HttpResponse>> {
-    let Some(s) = session(state, req) else {
-        return Err(Box::new(sign_in(
+    payload: web::Payload,
+) -> Result<(String, CsrfForm), HttpResponse> {
+    let form: CsrfForm = body::form(req, payload, state.config.server.max_body_bytes)
+        .await
+        .map_err(|e| {
+            error_page(
+                state,
+                e,
+                None,
+                "Refused",
+                "<p class=err>Nothing was changed.</p>",
+            )
+        })?;
+    let Some(s) = session(state, req).await? else {
+        return Err(sign_in(
             state,
             StatusCode::UNAUTHORIZED,
             "<p class=err>Your session ended; sign in again.</p>",
-        )));
+        ));
     };
     if !csrf_ok(state, &s, Some(&form.csrf)) {
-        let e = super::ApiError::new(
+        let e = ApiError::new(
             StatusCode::FORBIDDEN,
             "csrf",
             "console form without a valid CSRF token",
         );
-        return Err(Box::new(layout(
-            StatusCode::FORBIDDEN,
-            "Refused",
-            Some(&s),
+        return Err(error_page(
             state,
-            &format!(
-                "<p class=err>This form is stale or forged; nothing was changed. Reference: <code>{}</code></p>",
-                e.tracking_id
-            ),
-        )));
+            e,
+            Some(&s),
+            "Refused",
+            "<p class=err>This form is stale or forged; nothing was changed.</p>",
+        ));
     }
-    Ok(s)
+    Ok((s, form))
 }
 
-/// `POST /console/logout`.
+/// `POST /console/logout`: ends this session for every replica.
 pub async fn logout(
     state: web::Data<AppState>,
     req: HttpRequest,
-    form: Option<web::Form<CsrfForm>>,
+    payload: web::Payload,
 ) -> HttpResponse {
-    let form = form.map(|f| f.into_inner()).unwrap_or_default();
-    if let Err(resp) = post_guard(&state, &req, &form) {
-        return *resp;
-    }
-    let mut resp = see_other("/console/");
-    let _ = resp.add_cookie(&cookie(&state, String::new(), 0));
-    resp
+    let bound = state.clone();
+    within(&bound, true, async move {
+        if let Err(resp) = post_form(&state, &req, payload).await {
+            return resp;
+        }
+        if let Some((_, digest)) = signed_session(&state, &req)
+            && let Err(e) = state.registry.store().close_console_session(&digest).await
+        {
+            return unavailable(&state, &e);
+        }
+        let mut resp = see_other("/console/");
+        let _ = resp.add_cookie(&cookie(&state, String::new(), 0));
+        resp
+    })
+    .await
+}
+
+/// `POST /console/sessions/end`: ends every console session (this one too), on every replica.
+pub async fn end_sessions(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
+    let bound = state.clone();
+    within(&bound, true, async move {
+        if let Err(resp) = post_form(&state, &req, payload).await {
+            return resp;
+        }
+        if let Err(e) = state.registry.store().end_console_sessions().await {
+            return unavailable(&state, &e);
+        }
+        tracing::warn!("console: every session ended by an operator");
+        let mut resp = see_other("/console/");
+        let _ = resp.add_cookie(&cookie(&state, String::new(), 0));
+        resp
+    })
+    .await
 }
 
 fn query(req: &HttpRequest) -> HashMap<String, String> {
@@ -275,8 +415,11 @@ fn enc(s: &str) -> String {
 /// `GET /console/`: the tenants, filtered (`state`, `tokens`, `q`) and paged (`page`). A `q`
 /// that is a trackingId opens that error.
 pub async fn tenants(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
-    let Some(s) = session(&state, &req) else {
-        return sign_in(&state, StatusCode::OK, "");
+    let bound = state.clone();
+    within(&bound, false, async move {
+    let s = match page_session(&state, &req).await {
+        Ok(s) => s,
+        Err(resp) => return resp,
     };
     let q = query(&req);
     let search = q.get("q").map(|v| v.trim().to_string()).unwrap_or_default();
@@ -393,6 +536,8 @@ pub async fn tenants(state: web::Data<AppState>, req: HttpRequest) -> HttpRespon
     }
     html.push_str("<p><small>Msgs/min: messages this replica wrote for the tenant in the last full minute.</small></p>");
     layout(StatusCode::OK, "Tenants", Some(&s), &state, &html)
+    })
+    .await
 }
 
 fn ingest_str(m: actors::config::IngestMode) -> &'static str {
@@ -417,8 +562,11 @@ pub async fn tenant(
     req: HttpRequest,
     path: web::Path<String>,
 ) -> HttpResponse {
-    let Some(s) = session(&state, &req) else {
-        return sign_in(&state, StatusCode::OK, "");
+    let bound = state.clone();
+    within(&bound, false, async move {
+    let s = match page_session(&state, &req).await {
+        Ok(s) => s,
+        Err(resp) => return resp,
     };
     let id = path.into_inner();
     let Some(h) = state.registry.get(&id) else {
@@ -520,6 +668,8 @@ pub async fn tenant(
         &state,
         &html,
     )
+    })
+    .await
 }
 
 /// `POST /console/tenants/<id>/<action>`: health, rotate, manifest-update.
@@ -527,72 +677,77 @@ pub async fn tenant_action(
     state: web::Data<AppState>,
     req: HttpRequest,
     path: web::Path<(String, String)>,
-    form: Option<web::Form<CsrfForm>>,
+    payload: web::Payload,
 ) -> HttpResponse {
-    let form = form.map(|f| f.into_inner()).unwrap_or_default();
-    if let Err(resp) = post_guard(&state, &req, &form) {
-        return *resp;
-    }
-    let (id, action) = path.into_inner();
-    let Some(h) = state.registry.get(&id) else {
-        return see_other("/console/?failed=unknown+tenant");
-    };
-    let back = |ok: bool, msg: String| {
-        see_other(&format!(
-            "/console/tenants/{}?{}={}",
-            enc(&id),
-            if ok { "done" } else { "failed" },
-            enc(&msg)
-        ))
-    };
-    match action.as_str() {
-        "health" => match actors::actions::health_check(&h.shared).await {
-            actors::actions::ActionOutcome::Health {
-                operational_state,
-                tokens_state,
-            } => back(
-                true,
-                format!("Health check: {operational_state}, tokens {tokens_state}"),
-            ),
-            _ => back(false, "health check gave no answer".into()),
-        },
-        "rotate" => match actors::tenant::rotation::rotate(
-            &h.shared,
-            actors::tenant::rotation::Why::Operator,
-        )
-        .await
-        {
-            Ok(r) => back(
-                true,
-                format!(
-                    "Webhook secret rotated; the previous one is accepted until {}",
-                    r.previous_valid_until
-                        .map(|t| t.to_string())
-                        .unwrap_or_else(|| "now".into())
-                ),
-            ),
-            Err(e) => back(false, format!("Not rotated: {e}")),
-        },
-        "manifest-update" => {
-            let manifest: serde_json::Value = match serde_json::from_str(&form.manifest) {
-                Ok(v) => v,
-                Err(e) => return back(false, format!("The manifest is not JSON: {e}")),
-            };
-            let problems = actors::protocol::manifest::check(&manifest);
-            if !problems.is_empty() {
-                let list: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
-                return back(false, format!("Invalid manifest: {}", list.join("; ")));
-            }
-            match actors::actions::request_manifest_update(&h.shared, manifest).await {
-                Ok(_) => back(
+    let bound = state.clone();
+    within(&bound, true, async move {
+        let form = match post_form(&state, &req, payload).await {
+            Ok((_, form)) => form,
+            Err(resp) => return resp,
+        };
+        let (id, action) = path.into_inner();
+        let Some(h) = state.registry.get(&id) else {
+            return see_other("/console/?failed=unknown+tenant");
+        };
+        let back = |ok: bool, msg: String| {
+            see_other(&format!(
+                "/console/tenants/{}?{}={}",
+                enc(&id),
+                if ok { "done" } else { "failed" },
+                enc(&msg)
+            ))
+        };
+        match action.as_str() {
+            "health" => match actors::actions::health_check(&h.shared).await {
+                actors::actions::ActionOutcome::Health {
+                    operational_state,
+                    tokens_state,
+                } => back(
                     true,
-                    "Update request sent: the customer's admin can approve the new manifest".into(),
+                    format!("Health check: {operational_state}, tokens {tokens_state}"),
                 ),
-                Err(e) => back(false, format!("Webex refused the update request: {e}")),
+                _ => back(false, "health check gave no answer".into()),
+            },
+            "rotate" => match actors::tenant::rotation::rotate(
+                &h.shared,
+                actors::tenant::rotation::Why::Operator,
+            )
+            .await
+            {
+                Ok(r) => back(
+                    true,
+                    format!(
+                        "Webhook secret rotated; the previous one is accepted until {}",
+                        r.previous_valid_until
+                            .map(|t| t.to_string())
+                            .unwrap_or_else(|| "now".into())
+                    ),
+                ),
+                Err(e) => back(false, format!("Not rotated: {e}")),
+            },
+            "manifest-update" => {
+                let manifest: serde_json::Value = match serde_json::from_str(&form.manifest) {
+                    Ok(v) => v,
+                    Err(e) => return back(false, format!("The manifest is not JSON: {e}")),
+                };
+                let problems = actors::protocol::manifest::check(&manifest);
+                if !problems.is_empty() {
+                    let list: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+                    return back(false, format!("Invalid manifest: {}", list.join("; ")));
+                }
+                match actors::actions::request_manifest_update(&h.shared, manifest).await {
+                    Ok(_) => back(
+                        true,
+                        "Update request sent: the customer's admin can approve the new manifest"
+                            .into(),
+                    ),
+                    Err(e) => back(false, format!("Webex refused the update request: {e}")),
+                }
             }
+            _ => see_other(&format!("/console/tenants/{}", enc(&id))),
         }
-        _ => see_other(&format!("/console/tenants/{}", enc(&id))),
-    }
+    })
+    .await
 }
 
 /// `GET /console/errors/<trackingId>`.
@@ -601,8 +756,11 @@ pub async fn error(
     req: HttpRequest,
     path: web::Path<String>,
 ) -> HttpResponse {
-    let Some(s) = session(&state, &req) else {
-        return sign_in(&state, StatusCode::OK, "");
+    let bound = state.clone();
+    within(&bound, false, async move {
+    let s = match page_session(&state, &req).await {
+        Ok(s) => s,
+        Err(resp) => return resp,
     };
     let id = path.into_inner().to_ascii_lowercase();
     if !is_tracking_id(&id) {
@@ -661,15 +819,22 @@ pub async fn error(
         f("description")
     );
     layout(StatusCode::OK, "Error", Some(&s), &state, &html)
+    })
+    .await
 }
 
 /// `GET /console/invitations`: invitations (and the form for a new one), pending activations.
 pub async fn invitations(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
-    let Some(s) = session(&state, &req) else {
-        return sign_in(&state, StatusCode::OK, "");
-    };
-    let q = query(&req);
-    render_invitations(&state, &s, &notice(&q)).await
+    let bound = state.clone();
+    within(&bound, false, async move {
+        let s = match page_session(&state, &req).await {
+            Ok(s) => s,
+            Err(resp) => return resp,
+        };
+        let q = query(&req);
+        render_invitations(&state, &s, &notice(&q)).await
+    })
+    .await
 }
 
 async fn render_invitations(state: &AppState, s: &str, top: &str) -> HttpResponse {
@@ -775,12 +940,13 @@ async fn store_pending(state: &AppState) -> Result<Vec<(String, activation::Pend
 pub async fn create_invitation(
     state: web::Data<AppState>,
     req: HttpRequest,
-    form: Option<web::Form<CsrfForm>>,
+    payload: web::Payload,
 ) -> HttpResponse {
-    let form = form.map(|f| f.into_inner()).unwrap_or_default();
-    let s = match post_guard(&state, &req, &form) {
-        Ok(s) => s,
-        Err(resp) => return *resp,
+    let bound = state.clone();
+    within(&bound, true, async move {
+    let (s, form) = match post_form(&state, &req, payload).await {
+        Ok(sf) => sf,
+        Err(resp) => return resp,
     };
     let (id, name) = (form.customer_id.trim(), form.name.trim());
     if id.is_empty() || name.is_empty() || id.len() > 200 || name.len() > 200 {
@@ -815,6 +981,8 @@ pub async fn create_invitation(
             enc(&format!("Invitation not stored: {e}"))
         )),
     }
+    })
+    .await
 }
 
 /// `POST /console/pending/<session>/approve|reject`: the operator decides a pending HTTPS
@@ -823,90 +991,120 @@ pub async fn decide_pending(
     state: web::Data<AppState>,
     req: HttpRequest,
     path: web::Path<(String, String)>,
-    form: Option<web::Form<CsrfForm>>,
+    payload: web::Payload,
 ) -> HttpResponse {
-    let form = form.map(|f| f.into_inner()).unwrap_or_default();
-    if let Err(resp) = post_guard(&state, &req, &form) {
-        return *resp;
-    }
-    let (session, decision) = path.into_inner();
-    let Ok(mut p) = activation::load_pending(&state, &session).await else {
-        return see_other("/console/invitations?failed=unknown+or+expired+activation");
-    };
-    if p.rejected || p.tenant_id.is_some() {
-        return see_other("/console/invitations?failed=already+decided");
-    }
-    if !matches!(decision.as_str(), "reject" | "approve") {
-        return see_other("/console/invitations");
-    }
-    // First decider wins: the customer may be entering their invitation code right now.
-    let ttl = state.config.activation.pending_ttl_secs;
-    let claim = match state.registry.claim_pending_decision(&session, ttl).await {
-        Ok(Some(token)) => token,
-        Ok(None) => return see_other("/console/invitations?failed=already+decided"),
-        Err(e) => {
-            return see_other(&format!(
-                "/console/invitations?failed={}",
-                enc(&format!("storage unavailable: {e}"))
-            ));
+    let bound = state.clone();
+    within(&bound, true, async move {
+        let form = match post_form(&state, &req, payload).await {
+            Ok((_, form)) => form,
+            Err(resp) => return resp,
+        };
+        let (session, decision) = path.into_inner();
+        let Ok(mut p) = activation::load_pending(&state, &session).await else {
+            return see_other("/console/invitations?failed=unknown+or+expired+activation");
+        };
+        if p.rejected || p.tenant_id.is_some() {
+            return see_other("/console/invitations?failed=already+decided");
         }
-    };
-    let msg = match decision.as_str() {
-        "reject" => {
-            p.rejected = true;
-            "Activation rejected".to_string()
+        if !matches!(decision.as_str(), "reject" | "approve") {
+            return see_other("/console/invitations");
         }
-        "approve" => {
-            let (id, name) = (form.customer_id.trim(), form.name.trim());
-            let customer = (!id.is_empty()).then(|| actors::store::tenants::Customer {
-                id: truncate(id, 200),
-                name: truncate(
-                    if name.is_empty() {
-                        &p.claims.org_name
-                    } else {
-                        name
-                    },
-                    200,
-                ),
-            });
-            match state.registry.activate(&p.claims, customer).await {
-                Ok((h, _)) => {
-                    p.tenant_id = Some(h.tenant_id().to_string());
-                    format!("Activation of {} approved", p.claims.org_name)
-                }
-                Err(e) => {
-                    state
-                        .registry
-                        .release_pending_decision(&session, &claim)
-                        .await;
-                    let e = activation::activate_error(&state, e);
-                    return see_other(&format!(
-                        "/console/invitations?failed={}",
-                        enc(&e.to_string())
-                    ));
+        // First decider wins: the customer may be entering their invitation code right now.
+        let ttl = state.config.activation.pending_ttl_secs;
+        let claim = match state.registry.claim_pending_decision(&session, ttl).await {
+            Ok(Some(token)) => token,
+            Ok(None) => return see_other("/console/invitations?failed=already+decided"),
+            Err(e) => {
+                return see_other(&format!(
+                    "/console/invitations?failed={}",
+                    enc(&format!("storage unavailable: {e}"))
+                ));
+            }
+        };
+        let msg = match decision.as_str() {
+            "reject" => {
+                p.rejected = true;
+                "Activation rejected".to_string()
+            }
+            "approve" => {
+                let (id, name) = (form.customer_id.trim(), form.name.trim());
+                let customer = (!id.is_empty()).then(|| actors::store::tenants::Customer {
+                    id: truncate(id, 200),
+                    name: truncate(
+                        if name.is_empty() {
+                            &p.claims.org_name
+                        } else {
+                            name
+                        },
+                        200,
+                    ),
+                });
+                match state.registry.activate(&p.claims, customer).await {
+                    Ok((h, _)) => {
+                        p.tenant_id = Some(h.tenant_id().to_string());
+                        format!("Activation of {} approved", p.claims.org_name)
+                    }
+                    Err(e) => {
+                        state
+                            .registry
+                            .release_pending_decision(&session, &claim)
+                            .await;
+                        let e = activation::activate_error(&state, e);
+                        return see_other(&format!(
+                            "/console/invitations?failed={}",
+                            enc(&e.to_string())
+                        ));
+                    }
                 }
             }
+            _ => return see_other("/console/invitations"),
+        };
+        if let Err(e) = activation::store_pending(&state, &session, &p).await {
+            if p.rejected {
+                // Not rejected after all: the decision is open again (an approval keeps its claim:
+                // the tenant exists).
+                state
+                    .registry
+                    .release_pending_decision(&session, &claim)
+                    .await;
+            }
+            return see_other(&format!(
+                "/console/invitations?failed={}",
+                enc(&e.to_string())
+            ));
         }
-        _ => return see_other("/console/invitations"),
-    };
-    if let Err(e) = activation::store_pending(&state, &session, &p).await {
-        if p.rejected {
-            // Not rejected after all: the decision is open again (an approval keeps its claim:
-            // the tenant exists).
-            state
-                .registry
-                .release_pending_decision(&session, &claim)
-                .await;
-        }
-        return see_other(&format!(
-            "/console/invitations?failed={}",
-            enc(&e.to_string())
-        ));
-    }
-    see_other(&format!("/console/invitations?done={}", enc(&msg)))
+        see_other(&format!("/console/invitations?done={}", enc(&msg)))
+    })
+    .await
 }
 
-/// The console's routes (on the admin listener).
+/// Answers within `redis.command_timeout_ms`, whatever Redis does: a page reads Redis several
+/// times, and each read alone may take that long in a stall. Past it, a 503 page (after a
+/// POST: the change may or may not have been made; the page says so).
+async fn within(
+    state: &AppState,
+    post: bool,
+    handler: impl std::future::Future<Output = HttpResponse>,
+) -> HttpResponse {
+    let budget = std::time::Duration::from_millis(state.config.redis.command_timeout_ms);
+    match tokio::time::timeout(budget, handler).await {
+        Ok(resp) => resp,
+        Err(_) => {
+            let what = if post {
+                "<p class=err>Storage is slow to answer; your change may or may not have been made. Reload the page to see.</p>"
+            } else {
+                "<p class=err>Storage is slow to answer. Try again in a moment.</p>"
+            };
+            let e = ApiError::unavailable(&format!(
+                "console: no answer within {} ms (redis.command_timeout_ms)",
+                budget.as_millis()
+            ));
+            error_page(state, e, None, "Try again shortly", what)
+        }
+    }
+}
+
+/// The console's routes (on the admin listener); each handler answers within [`within`]'s bound.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route(
         "/console",
@@ -915,6 +1113,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .route("/console/", web::get().to(tenants))
     .route("/console/login", web::post().to(login))
     .route("/console/logout", web::post().to(logout))
+    .route("/console/sessions/end", web::post().to(end_sessions))
     .route("/console/tenants/{tenant_id}", web::get().to(tenant))
     .route(
         "/console/tenants/{tenant_id}/{action}",

@@ -37,12 +37,57 @@ pub struct AppState {
     pub accepting: AtomicBool,
     /// Every error answered with a trackingId, findable by it (`GET /admin/errors/<id>`).
     pub errors: Arc<actors::support::ErrorLog>,
+    /// Wrong admin tokens per client address (see [`admin::Throttle`]).
+    pub throttle: admin::Throttle,
 }
 
 impl AppState {
     pub fn is_accepting(&self) -> bool {
         self.accepting.load(Ordering::Acquire)
     }
+}
+
+/// Client address for the per-address limit: the TCP peer, or behind a trusted proxy
+/// (`server.trusted_proxies`) the client it names (see [`forwarded_client`]).
+pub fn client_addr(state: &AppState, req: &actix_web::HttpRequest) -> String {
+    let Some(peer) = req.peer_addr().map(|a| a.ip()) else {
+        return "unknown".into();
+    };
+    let forwarded: Vec<&str> = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    forwarded_client(peer, &forwarded, &state.config.server.trusted_proxy_nets()).to_string()
+}
+
+/// The client behind `peer`: `peer` itself unless it is a trusted proxy; then the nearest
+/// address of `X-Forwarded-For` (read from the right, as each proxy appends the address it
+/// saw) that is not a trusted proxy. Entries left of it are the client's to write, so they are
+/// never believed; an unreadable entry ends the walk at the last address read.
+pub(crate) fn forwarded_client(
+    peer: std::net::IpAddr,
+    forwarded: &[&str],
+    trusted: &[ipnet::IpNet],
+) -> std::net::IpAddr {
+    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|n| n.contains(ip));
+    let mut client = peer;
+    let hops = forwarded.iter().flat_map(|v| v.split(',')).rev();
+    for hop in hops {
+        if !is_trusted(&client) {
+            break;
+        }
+        let hop = hop.trim();
+        let Some(ip) = hop
+            .parse::<std::net::IpAddr>()
+            .ok()
+            .or_else(|| hop.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
+        else {
+            break;
+        };
+        client = ip;
+    }
+    client
 }
 
 /// The tenant a route names (loaded from Redis if another replica just created it), or 404.
@@ -83,6 +128,12 @@ pub fn mount(
         .default_service(web::to(not_found));
 }
 
+/// `X-Content-Type-Options: nosniff` on every answer: no browser takes an error JSON or a page
+/// for something else.
+pub fn nosniff() -> actix_web::middleware::DefaultHeaders {
+    actix_web::middleware::DefaultHeaders::new().add(("X-Content-Type-Options", "nosniff"))
+}
+
 /// Records every error answer (an [`ApiError`] leaves its details in the response's
 /// extensions) in the support log, off the request path.
 pub async fn record_errors(
@@ -94,15 +145,21 @@ pub async fn record_errors(
         && let Some(state) = res.request().app_data::<web::Data<AppState>>()
     {
         let path = res.request().path();
-        state.errors.record(actors::store::errors::ErrorRecord {
-            tracking_id: info.tracking_id.to_string(),
-            time: chrono::Utc::now(),
-            status: res.status().as_u16(),
-            endpoint: format!("{} {}", res.request().method(), truncate(path, 200)),
-            tenant: tenant_of(path).map(str::to_string),
-            reason: info.reason.to_string(),
-            description: truncate(&info.description, 300).to_string(),
-        });
+        let tenant = tenant_of(path);
+        let known = tenant.is_some_and(|id| state.registry.get(id).is_some());
+        let class = actors::support::ErrorClass::of(res.status().as_u16(), known);
+        state.errors.record(
+            actors::store::errors::ErrorRecord {
+                tracking_id: info.tracking_id.to_string(),
+                time: chrono::Utc::now(),
+                status: res.status().as_u16(),
+                endpoint: format!("{} {}", res.request().method(), truncate(path, 200)),
+                tenant: tenant.map(str::to_string),
+                reason: info.reason.to_string(),
+                description: truncate(&info.description, 300).to_string(),
+            },
+            class,
+        );
     }
     Ok(res)
 }

@@ -59,6 +59,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/console/"),
     ("POST", "/console/login"),
     ("POST", "/console/logout"),
+    ("POST", "/console/sessions/end"),
     ("GET", "/console/tenants/{tenant_id}"),
     ("POST", "/console/tenants/{tenant_id}/{action}"),
     ("GET", "/console/errors/{tracking_id}"),

@@ -26,6 +26,21 @@ const CODE_LEN: usize = 20;
 /// An invitation's record outlives its expiry by this much, so listings show it as expired.
 const KEEP_AFTER_EXPIRY: Duration = Duration::from_secs(86_400);
 
+/// Stores an invitation unless Redis runs it past its write deadline (then the caller was
+/// answered 503: a code nobody saw must not be usable). `KEYS`: the invitation, the index;
+/// `ARGV`: JSON, seconds kept, creation ms, digest, oldest score kept, deadline ms.
+static STORE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(&format!(
+        "{}
+        if now > tonumber(ARGV[6]) then return 0 end
+        redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+        redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+        redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[5])
+        return 1",
+        super::NOW_MS_LUA
+    ))
+});
+
 /// One invitation as stored (no code: only its digest).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Invitation {
@@ -121,25 +136,25 @@ impl Store {
         let index = keys.invitations_index();
         let json = serde_json::to_string(&inv).expect("an invitation serializes");
         let oldest_kept = (now - chrono::Duration::seconds(keep as i64)).timestamp_millis();
-        let mut pipe = redis::pipe();
-        pipe.cmd("SET")
-            .arg(keys.invitation(&inv.digest))
-            .arg(json)
-            .arg("EX")
-            .arg(keep)
-            .ignore()
-            .cmd("ZADD")
-            .arg(&index)
-            .arg(now.timestamp_millis())
-            .arg(&inv.digest)
-            .ignore()
-            .cmd("ZREMRANGEBYSCORE")
-            .arg(&index)
-            .arg("-inf")
-            .arg(format!("({oldest_kept}"))
-            .ignore();
         let mut conn = self.conn()?;
-        self.bounded(pipe.query_async::<()>(&mut conn)).await?;
+        let stored: i64 = self
+            .bounded(
+                STORE
+                    .key(keys.invitation(&inv.digest))
+                    .key(&index)
+                    .arg(json)
+                    .arg(keep)
+                    .arg(now.timestamp_millis())
+                    .arg(&inv.digest)
+                    .arg(format!("({oldest_kept}"))
+                    .arg(self.write_deadline_ms())
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        if stored != 1 {
+            // Redis ran it past its deadline (a stall): nothing stored, as the 503 says.
+            return Err(StoreError::Timeout);
+        }
         Ok((inv, code))
     }
 

@@ -1,11 +1,69 @@
 //! The jti store: JWT ids seen within their lifetime, so a replayed JWT is rejected across
 //! restarts and replicas. A jti is recorded only after the token is otherwise valid.
+//!
+//! An activation's jti is recorded in two steps, so that it counts as used only once the
+//! activation took effect: [`Store::claim_jti`] before the work, [`Store::commit_jti`] after
+//! it. A claim that was never committed (the caller was answered 503) can be taken again by
+//! the same token once its hold has passed; a committed jti is a replay. Both steps carry a
+//! write deadline (see [`Store::write_deadline_ms`]): one that lands after its caller gave up
+//! does nothing. Values: `claim:<token digest>:<held until, ms>`, then `done` (action JWTs,
+//! recorded in one step, store `1`).
+use std::sync::LazyLock;
 use std::time::Duration;
 
-use super::{Store, StoreError};
+use super::{NOW_MS_LUA, Store, StoreError};
 
 /// How long a jti is remembered: the 24 h after which the protocol's expiry rules take over.
 pub const JTI_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// What [`Store::claim_jti`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JtiClaim {
+    /// First use: the caller may act, then commit.
+    Claimed,
+    /// The same token's earlier attempt claimed it and never committed: act again (find what
+    /// that attempt may have done), then commit.
+    Resumed,
+    /// The same token's claim is held for this many more milliseconds (an attempt may still
+    /// be running): try again after it.
+    Held(u64),
+    /// Used: committed, or claimed by another token with the same jti.
+    Replay,
+}
+
+/// `KEYS[1]` the jti; `ARGV`: token digest, hold ms, deadline ms, retention s.
+static CLAIM: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(&format!(
+        "{NOW_MS_LUA}
+        if now > tonumber(ARGV[3]) then return {{'late', 0}} end
+        local claim = 'claim:' .. ARGV[1] .. ':' .. (now + tonumber(ARGV[2]))
+        local v = redis.call('GET', KEYS[1])
+        if not v then
+          redis.call('SET', KEYS[1], claim, 'EX', ARGV[4])
+          return {{'claimed', 0}}
+        end
+        local d, held = string.match(v, '^claim:(%x+):(%d+)$')
+        if d ~= ARGV[1] then return {{'replay', 0}} end
+        if tonumber(held) > now then return {{'held', tonumber(held) - now}} end
+        redis.call('SET', KEYS[1], claim, 'KEEPTTL')
+        return {{'resumed', 0}}"
+    ))
+});
+
+/// `KEYS[1]` the jti; `ARGV`: token digest, deadline ms. 1 when committed (or already).
+static COMMIT: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(&format!(
+        "{NOW_MS_LUA}
+        if now > tonumber(ARGV[2]) then return 0 end
+        local v = redis.call('GET', KEYS[1])
+        if v == 'done' then return 1 end
+        if v and string.match(v, '^claim:(%x+):') == ARGV[1] then
+          redis.call('SET', KEYS[1], 'done', 'KEEPTTL')
+          return 1
+        end
+        return 0"
+    ))
+});
 
 impl Store {
     /// Records `jti` (`SET NX EX`); `Ok(false)` when it was already there — a replay.
@@ -24,5 +82,55 @@ impl Store {
             )
             .await?;
         Ok(set.is_some())
+    }
+
+    /// Claims `jti` for the token with `digest` (hex) for `hold` (see the module's doc).
+    pub async fn claim_jti(
+        &self,
+        jti: &str,
+        digest: &str,
+        hold: Duration,
+    ) -> Result<JtiClaim, StoreError> {
+        let mut conn = self.conn()?;
+        let (what, ms): (String, u64) = self
+            .bounded(
+                CLAIM
+                    .key(self.keys().jti(jti))
+                    .arg(digest)
+                    .arg(hold.as_millis() as u64)
+                    .arg(self.write_deadline_ms())
+                    .arg(JTI_RETENTION.as_secs())
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        match what.as_str() {
+            "claimed" => Ok(JtiClaim::Claimed),
+            "resumed" => Ok(JtiClaim::Resumed),
+            "held" => Ok(JtiClaim::Held(ms)),
+            "replay" => Ok(JtiClaim::Replay),
+            // Redis ran it past its deadline (a stall): nothing written.
+            _ => Err(StoreError::Timeout),
+        }
+    }
+
+    /// Marks `jti`, claimed for `digest`, as used. `Err(Timeout)` when it was not (the claim
+    /// was lost, or Redis ran the commit past its deadline): the caller answers 503 and the
+    /// token's retry finds the claim again.
+    pub async fn commit_jti(&self, jti: &str, digest: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        let done: i64 = self
+            .bounded(
+                COMMIT
+                    .key(self.keys().jti(jti))
+                    .arg(digest)
+                    .arg(self.write_deadline_ms())
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        if done == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::Timeout)
+        }
     }
 }

@@ -121,6 +121,17 @@ impl Keys {
         format!("{}-audit:{{setup}}:from:{addr}", self.prefix)
     }
 
+    /// `<p>:{console}:session:<digest>` — a signed-in console session (the SHA-256 of the
+    /// cookie's nonce, never the cookie), holding the sessions epoch it was opened in.
+    pub fn console_session(&self, digest: &str) -> String {
+        format!("{}:{{console}}:session:{digest}", self.prefix)
+    }
+
+    /// `<p>:{console}:epoch` — incremented to end every console session at once.
+    pub fn console_epoch(&self) -> String {
+        format!("{}:{{console}}:epoch", self.prefix)
+    }
+
     /// `<p>:pending_index` — sorted set of pending activation sessions by creation time.
     pub fn pending_index(&self) -> String {
         format!("{}:pending_index", self.prefix)

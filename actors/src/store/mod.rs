@@ -17,6 +17,7 @@ pub mod lag;
 pub mod lease;
 pub mod relay;
 pub mod sentinel;
+pub mod sessions;
 pub mod tenants;
 pub mod writer;
 
@@ -56,6 +57,14 @@ pub enum StoreError {
     #[error("write confirmed by {got} of {wanted} Redis replicas in time")]
     NotReplicated { wanted: u32, got: i64 },
 }
+
+/// Lua: `now`, Redis's clock in Unix milliseconds (for [`Store::write_deadline_ms`]).
+pub const NOW_MS_LUA: &str = "local t = redis.call('TIME') \
+    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) ";
+
+/// Clock difference between an engine and Redis that write deadlines allow for (NTP keeps
+/// hosts within milliseconds).
+const CLOCK_MARGIN: Duration = Duration::from_millis(250);
 
 impl StoreError {
     /// True when the failure is about reaching Redis (worth a 503 and a retry), not about data.
@@ -360,6 +369,17 @@ impl Store {
 
     pub fn keys(&self) -> &Keys {
         &self.inner.keys
+    }
+
+    /// The latest Redis time (Unix ms) at which a write sent now may still take effect. A
+    /// write that times out is answered 503; one carrying this deadline (checked by its script
+    /// against Redis's `TIME`, see [`NOW_MS_LUA`]) does nothing if it lands later, after a
+    /// stall, so that 503 stays true. Allows [`CLOCK_MARGIN`] of clock difference between the
+    /// engine and Redis.
+    pub fn write_deadline_ms(&self) -> i64 {
+        let margin = CLOCK_MARGIN.min(self.inner.command_timeout / 4);
+        chrono::Utc::now().timestamp_millis()
+            + (self.inner.command_timeout - margin).as_millis() as i64
     }
 
     pub fn metrics(&self) -> &Metrics {

@@ -1,0 +1,78 @@
+//! Console sessions, kept in Redis so that one can end: signing out deletes the session for
+//! every replica at once, and ending all of them moves an epoch every session is checked
+//! against. A session is stored under the SHA-256 of its cookie's nonce, so what Redis holds
+//! cannot be replayed as a cookie.
+use std::sync::LazyLock;
+
+use super::{Store, StoreError};
+
+/// Opens a session in the current epoch: `KEYS[1]` the session, `KEYS[2]` the epoch,
+/// `ARGV[1]` its lifetime in seconds.
+static OPEN: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        "local e = redis.call('GET', KEYS[2]) or '0' \
+         redis.call('SET', KEYS[1], e, 'EX', ARGV[1]) return 1",
+    )
+});
+
+impl Store {
+    /// Opens the session `digest` for `ttl_secs`.
+    pub async fn open_console_session(
+        &self,
+        digest: &str,
+        ttl_secs: u64,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        let keys = self.keys();
+        let _: i64 = self
+            .bounded(
+                OPEN.key(keys.console_session(digest))
+                    .key(keys.console_epoch())
+                    .arg(ttl_secs.max(1))
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Whether the session `digest` is open: stored, unexpired, opened in the current epoch.
+    pub async fn console_session_open(&self, digest: &str) -> Result<bool, StoreError> {
+        let mut conn = self.conn()?;
+        let keys = self.keys();
+        let (opened, epoch): (Option<String>, Option<String>) = self
+            .bounded(
+                redis::cmd("MGET")
+                    .arg(keys.console_session(digest))
+                    .arg(keys.console_epoch())
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(opened.is_some_and(|o| o == epoch.as_deref().unwrap_or("0")))
+    }
+
+    /// Ends the session `digest`.
+    pub async fn close_console_session(&self, digest: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        let _: i64 = self
+            .bounded(
+                redis::cmd("DEL")
+                    .arg(self.keys().console_session(digest))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Ends every session (sessions opened afterwards are not affected).
+    pub async fn end_console_sessions(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        let _: i64 = self
+            .bounded(
+                redis::cmd("INCR")
+                    .arg(self.keys().console_epoch())
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(())
+    }
+}
