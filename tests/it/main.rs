@@ -16,6 +16,7 @@ mod engine_basics;
 mod failover;
 mod ingest;
 mod openapi;
+mod operator;
 mod prometheus;
 mod rotation;
 mod scale;

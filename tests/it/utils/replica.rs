@@ -8,6 +8,13 @@ use xapi_stream::devkit::redis_server::free_port;
 /// Lines of a failed test's replica log printed to the test output.
 const TAIL_ON_FAILURE: usize = 60;
 
+/// The engine binary the tests run: this build's, or `XAPI_STREAM_TEST_BIN` (to run these
+/// black-box tests against another build, e.g. to see a new test fail on an older one).
+pub fn engine_binary() -> String {
+    std::env::var("XAPI_STREAM_TEST_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_xapi-stream").to_string())
+}
+
 /// One engine process.
 pub struct Replica {
     pub id: String,
@@ -29,7 +36,7 @@ impl Replica {
             std::process::id()
         ));
         let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_xapi-stream"))
+        let child = Command::new(engine_binary())
             .arg("serve")
             .envs(env.iter().cloned())
             .env("XAPI_STREAM__SERVER__BIND", format!("127.0.0.1:{port}"))
