@@ -262,8 +262,7 @@ async fn during_stall(
 }
 
 #[actix_web::test]
-async fn an_activation_answered_503_in_a_stall_completes_when_sent_again()
- {
+async fn an_activation_answered_503_in_a_stall_completes_when_sent_again() {
     let t = TestEnv::own(SimConfig {
         orgs: 2,
         ..SimConfig::default()

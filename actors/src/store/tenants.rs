@@ -749,7 +749,7 @@ impl Tenants {
         Ok(())
     }
 
-    /// Appends a lifecycle entry to `<p>:tenants`.
+    /// Appends a lifecycle entry to `<p>:tenants`, now.
     pub async fn lifecycle(
         &self,
         tenant_id: &str,
@@ -757,22 +757,53 @@ impl Tenants {
         event: &str,
         reason: Option<&str>,
     ) -> Result<(), StoreError> {
+        self.lifecycle_at(tenant_id, org, event, reason, Utc::now())
+            .await
+    }
+
+    /// Appends a lifecycle entry of something that happened at `ts`, unless Redis runs it past
+    /// its write deadline (a stall: then `Err(Timeout)` and nothing written, so that a retry
+    /// never writes it twice).
+    pub async fn lifecycle_at(
+        &self,
+        tenant_id: &str,
+        org: &str,
+        event: &str,
+        reason: Option<&str>,
+        ts: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        static XADD: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+            redis::Script::new(&format!(
+                "{}
+                if now > tonumber(ARGV[1]) then return 0 end
+                local fields = {{}}
+                for i = 2, #ARGV do fields[#fields + 1] = ARGV[i] end
+                redis.call('XADD', KEYS[1], '*', unpack(fields))
+                return 1",
+                crate::store::NOW_MS_LUA
+            ))
+        });
         let mut conn = self.store.conn()?;
-        let ts = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let mut fields = vec![
+        let ts = ts.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let mut inv = XADD.key(self.store.keys().tenants_stream());
+        inv.arg(self.store.write_deadline_ms());
+        for (k, v) in [
             ("tenant", tenant_id),
             ("org", org),
             ("event", event),
             ("ts", &ts),
-        ];
-        if let Some(reason) = reason {
-            fields.push(("reason", reason));
+        ] {
+            inv.arg(k).arg(v);
         }
-        let _: String = self
-            .store
-            .bounded(conn.xadd(self.store.keys().tenants_stream(), "*", &fields))
-            .await?;
-        Ok(())
+        if let Some(reason) = reason {
+            inv.arg("reason").arg(reason);
+        }
+        let added: i64 = self.store.bounded(inv.invoke_async(&mut conn)).await?;
+        if added == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::Timeout)
+        }
     }
 
     /// The newest lifecycle entries of `tenant_id` (field maps), newest first, among the last
