@@ -21,7 +21,7 @@ use xapi_stream::devkit::sim::{SimConfig, sign_webhook};
 use crate::utils::*;
 
 /// `redis.command_timeout_ms` of the stall tests: short, so a stall of a few of them is quick.
-const TIMEOUT_MS: u64 = 1000;
+const TIMEOUT_MS: u64 = 1500;
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
