@@ -96,8 +96,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
         tracing::warn!(
             bind = %config.server.bind,
             "the admin API and the console share the public listener (server.admin_bind is empty): \
-             anyone who can reach server.bind can try the admin token; set server.admin_bind to a \
-             private address"
+             anyone who can reach server.bind can try the admin token, and wrong tokens throttle \
+             their address (behind a proxy without server.trusted_proxies: every client's); set \
+             server.admin_bind to a private address"
         );
     }
     let routes = if config.admin_addr().is_some() {

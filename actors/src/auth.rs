@@ -32,6 +32,8 @@ pub struct Claimed {
     pub resumed: bool,
     jti: String,
     digest: String,
+    /// This attempt's, in the claim: only the attempt holding the claim commits.
+    nonce: String,
 }
 
 impl Claimed {
@@ -87,17 +89,19 @@ impl JwtVerifier {
             };
             let jti = verified.jti().to_string();
             match self.store.claim_jti(&jti, &digest, hold).await {
-                Ok(JtiClaim::Claimed) => Ok(Claimed {
+                Ok(JtiClaim::Claimed(nonce)) => Ok(Claimed {
                     verified,
                     resumed: false,
                     jti,
                     digest,
+                    nonce,
                 }),
-                Ok(JtiClaim::Resumed) => Ok(Claimed {
+                Ok(JtiClaim::Resumed(nonce)) => Ok(Claimed {
                     verified,
                     resumed: true,
                     jti,
                     digest,
+                    nonce,
                 }),
                 Ok(JtiClaim::Held(ms)) => Err(VerifyError::InFlight(ms.div_ceil(1000).max(1))),
                 Ok(JtiClaim::Replay) => Err(Rejection::Replay.into()),
@@ -115,7 +119,9 @@ impl JwtVerifier {
     /// Marks a claimed token used, once its work took effect. An error: answer 503 (the
     /// token's retry resumes the claim).
     pub async fn commit(&self, claimed: &Claimed) -> Result<(), StoreError> {
-        self.store.commit_jti(&claimed.jti, &claimed.digest).await
+        self.store
+            .commit_jti(&claimed.jti, &claimed.digest, &claimed.nonce)
+            .await
     }
 
     async fn check(&self, token: &str, expect: Expect) -> Result<Verified, VerifyError> {

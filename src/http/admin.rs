@@ -67,12 +67,16 @@ pub fn authorize(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
 }
 
 /// Wrong admin tokens per client address, within a fixed window: past the limit the address
-/// is refused without a comparison until its window ends. Held in memory (per replica), so it
-/// works whatever Redis does; its size is bounded (expired windows are swept when it grows).
+/// is refused without a comparison until its window ends. IPv6 addresses count per /64 (one
+/// host usually has a whole /64). Held in memory (per replica), so it works whatever Redis
+/// does; at most [`THROTTLE_ADDRESSES`] addresses are tracked (expired windows are swept at
+/// most once a second), and beyond them new addresses share one window, so filling the table
+/// throttles newcomers instead of freeing them.
 pub struct Throttle {
     windows: dashmap::DashMap<String, Window>,
     limit: u32,
     window: std::time::Duration,
+    swept: std::sync::Mutex<std::time::Instant>,
 }
 
 struct Window {
@@ -80,8 +84,10 @@ struct Window {
     failures: u32,
 }
 
-/// Addresses tracked at most; beyond it (after a sweep) new addresses share one window.
+/// Addresses tracked at most.
 const THROTTLE_ADDRESSES: usize = 100_000;
+/// The window addresses share once the table is full.
+const SHARED: &str = "*";
 
 impl Throttle {
     pub fn new(cfg: &actors::config::SecurityConfig) -> Self {
@@ -89,12 +95,42 @@ impl Throttle {
             windows: dashmap::DashMap::new(),
             limit: cfg.admin_failures_per_address,
             window: std::time::Duration::from_secs(cfg.admin_failure_window_secs),
+            swept: std::sync::Mutex::new(std::time::Instant::now()),
+        }
+    }
+
+    /// The window `addr` counts in: its own (IPv6 by /64), or the shared one when the table
+    /// is full.
+    fn key(&self, addr: &str) -> String {
+        let own = match addr.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V6(v6)) => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+            _ => addr.to_string(),
+        };
+        if self.windows.len() >= THROTTLE_ADDRESSES && !self.windows.contains_key(&own) {
+            self.sweep();
+            if self.windows.len() >= THROTTLE_ADDRESSES {
+                return SHARED.to_string();
+            }
+        }
+        own
+    }
+
+    /// Drops expired windows, at most once a second.
+    fn sweep(&self) {
+        let mut at = self.swept.lock().expect("sweep lock");
+        if at.elapsed() >= std::time::Duration::from_secs(1) {
+            *at = std::time::Instant::now();
+            self.windows
+                .retain(|_, w| w.started.elapsed() < self.window);
         }
     }
 
     /// `Err(seconds to wait)` while `addr` is over its limit.
     pub fn check(&self, addr: &str) -> Result<(), u64> {
-        match self.windows.get(addr) {
+        match self.windows.get(&self.key(addr)) {
             Some(w) if w.failures >= self.limit => {
                 let left = self.window.saturating_sub(w.started.elapsed());
                 if left.is_zero() {
@@ -109,16 +145,7 @@ impl Throttle {
 
     /// Counts a failure of `addr`; true when this one reached the limit (log it once).
     pub fn failed(&self, addr: &str) -> bool {
-        if self.windows.len() >= THROTTLE_ADDRESSES && !self.windows.contains_key(addr) {
-            self.windows
-                .retain(|_, w| w.started.elapsed() < self.window);
-        }
-        let key = if self.windows.len() >= THROTTLE_ADDRESSES && !self.windows.contains_key(addr) {
-            "*"
-        } else {
-            addr
-        };
-        let mut w = self.windows.entry(key.to_string()).or_insert(Window {
+        let mut w = self.windows.entry(self.key(addr)).or_insert(Window {
             started: std::time::Instant::now(),
             failures: 0,
         });
@@ -132,9 +159,12 @@ impl Throttle {
         w.failures == self.limit
     }
 
-    /// A right token: the address starts over.
+    /// A right token: the address starts over (not the shared window).
     pub fn succeeded(&self, addr: &str) {
-        self.windows.remove(addr);
+        let key = self.key(addr);
+        if key != SHARED {
+            self.windows.remove(&key);
+        }
     }
 }
 

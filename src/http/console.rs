@@ -247,8 +247,6 @@ pub async fn login(
     req: HttpRequest,
     payload: web::Payload,
 ) -> HttpResponse {
-    let bound = state.clone();
-    within(&bound, true, async move {
     let form: LoginForm = match body::form(&req, payload, body::SMALL_FORM).await {
         Ok(f) => f,
         Err(e) => {
@@ -286,8 +284,6 @@ pub async fn login(
     let mut resp = see_other("/console/");
     let _ = resp.add_cookie(&cookie(&state, value, SESSION_SECS));
     resp
-    })
-    .await
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -351,21 +347,17 @@ pub async fn logout(
     req: HttpRequest,
     payload: web::Payload,
 ) -> HttpResponse {
-    let bound = state.clone();
-    within(&bound, true, async move {
-        if let Err(resp) = post_form(&state, &req, payload).await {
-            return resp;
-        }
-        if let Some((_, digest)) = signed_session(&state, &req)
-            && let Err(e) = state.registry.store().close_console_session(&digest).await
-        {
-            return unavailable(&state, &e);
-        }
-        let mut resp = see_other("/console/");
-        let _ = resp.add_cookie(&cookie(&state, String::new(), 0));
-        resp
-    })
-    .await
+    if let Err(resp) = post_form(&state, &req, payload).await {
+        return resp;
+    }
+    if let Some((_, digest)) = signed_session(&state, &req)
+        && let Err(e) = state.registry.store().close_console_session(&digest).await
+    {
+        return unavailable(&state, &e);
+    }
+    let mut resp = see_other("/console/");
+    let _ = resp.add_cookie(&cookie(&state, String::new(), 0));
+    resp
 }
 
 /// `POST /console/sessions/end`: ends every console session (this one too), on every replica.
@@ -374,20 +366,16 @@ pub async fn end_sessions(
     req: HttpRequest,
     payload: web::Payload,
 ) -> HttpResponse {
-    let bound = state.clone();
-    within(&bound, true, async move {
-        if let Err(resp) = post_form(&state, &req, payload).await {
-            return resp;
-        }
-        if let Err(e) = state.registry.store().end_console_sessions().await {
-            return unavailable(&state, &e);
-        }
-        tracing::warn!("console: every session ended by an operator");
-        let mut resp = see_other("/console/");
-        let _ = resp.add_cookie(&cookie(&state, String::new(), 0));
-        resp
-    })
-    .await
+    if let Err(resp) = post_form(&state, &req, payload).await {
+        return resp;
+    }
+    if let Err(e) = state.registry.store().end_console_sessions().await {
+        return unavailable(&state, &e);
+    }
+    tracing::warn!("console: every session ended by an operator");
+    let mut resp = see_other("/console/");
+    let _ = resp.add_cookie(&cookie(&state, String::new(), 0));
+    resp
 }
 
 fn query(req: &HttpRequest) -> HashMap<String, String> {
@@ -416,7 +404,7 @@ fn enc(s: &str) -> String {
 /// that is a trackingId opens that error.
 pub async fn tenants(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
     let bound = state.clone();
-    within(&bound, false, async move {
+    within(&bound, async move {
     let s = match page_session(&state, &req).await {
         Ok(s) => s,
         Err(resp) => return resp,
@@ -563,7 +551,7 @@ pub async fn tenant(
     path: web::Path<String>,
 ) -> HttpResponse {
     let bound = state.clone();
-    within(&bound, false, async move {
+    within(&bound, async move {
     let s = match page_session(&state, &req).await {
         Ok(s) => s,
         Err(resp) => return resp,
@@ -679,75 +667,70 @@ pub async fn tenant_action(
     path: web::Path<(String, String)>,
     payload: web::Payload,
 ) -> HttpResponse {
-    let bound = state.clone();
-    within(&bound, true, async move {
-        let form = match post_form(&state, &req, payload).await {
-            Ok((_, form)) => form,
-            Err(resp) => return resp,
-        };
-        let (id, action) = path.into_inner();
-        let Some(h) = state.registry.get(&id) else {
-            return see_other("/console/?failed=unknown+tenant");
-        };
-        let back = |ok: bool, msg: String| {
-            see_other(&format!(
-                "/console/tenants/{}?{}={}",
-                enc(&id),
-                if ok { "done" } else { "failed" },
-                enc(&msg)
-            ))
-        };
-        match action.as_str() {
-            "health" => match actors::actions::health_check(&h.shared).await {
-                actors::actions::ActionOutcome::Health {
-                    operational_state,
-                    tokens_state,
-                } => back(
-                    true,
-                    format!("Health check: {operational_state}, tokens {tokens_state}"),
+    let form = match post_form(&state, &req, payload).await {
+        Ok((_, form)) => form,
+        Err(resp) => return resp,
+    };
+    let (id, action) = path.into_inner();
+    let Some(h) = state.registry.get(&id) else {
+        return see_other("/console/?failed=unknown+tenant");
+    };
+    let back = |ok: bool, msg: String| {
+        see_other(&format!(
+            "/console/tenants/{}?{}={}",
+            enc(&id),
+            if ok { "done" } else { "failed" },
+            enc(&msg)
+        ))
+    };
+    match action.as_str() {
+        "health" => match actors::actions::health_check(&h.shared).await {
+            actors::actions::ActionOutcome::Health {
+                operational_state,
+                tokens_state,
+            } => back(
+                true,
+                format!("Health check: {operational_state}, tokens {tokens_state}"),
+            ),
+            _ => back(false, "health check gave no answer".into()),
+        },
+        "rotate" => match actors::tenant::rotation::rotate(
+            &h.shared,
+            actors::tenant::rotation::Why::Operator,
+        )
+        .await
+        {
+            Ok(r) => back(
+                true,
+                format!(
+                    "Webhook secret rotated; the previous one is accepted until {}",
+                    r.previous_valid_until
+                        .map(|t| t.to_string())
+                        .unwrap_or_else(|| "now".into())
                 ),
-                _ => back(false, "health check gave no answer".into()),
-            },
-            "rotate" => match actors::tenant::rotation::rotate(
-                &h.shared,
-                actors::tenant::rotation::Why::Operator,
-            )
-            .await
-            {
-                Ok(r) => back(
-                    true,
-                    format!(
-                        "Webhook secret rotated; the previous one is accepted until {}",
-                        r.previous_valid_until
-                            .map(|t| t.to_string())
-                            .unwrap_or_else(|| "now".into())
-                    ),
-                ),
-                Err(e) => back(false, format!("Not rotated: {e}")),
-            },
-            "manifest-update" => {
-                let manifest: serde_json::Value = match serde_json::from_str(&form.manifest) {
-                    Ok(v) => v,
-                    Err(e) => return back(false, format!("The manifest is not JSON: {e}")),
-                };
-                let problems = actors::protocol::manifest::check(&manifest);
-                if !problems.is_empty() {
-                    let list: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
-                    return back(false, format!("Invalid manifest: {}", list.join("; ")));
-                }
-                match actors::actions::request_manifest_update(&h.shared, manifest).await {
-                    Ok(_) => back(
-                        true,
-                        "Update request sent: the customer's admin can approve the new manifest"
-                            .into(),
-                    ),
-                    Err(e) => back(false, format!("Webex refused the update request: {e}")),
-                }
+            ),
+            Err(e) => back(false, format!("Not rotated: {e}")),
+        },
+        "manifest-update" => {
+            let manifest: serde_json::Value = match serde_json::from_str(&form.manifest) {
+                Ok(v) => v,
+                Err(e) => return back(false, format!("The manifest is not JSON: {e}")),
+            };
+            let problems = actors::protocol::manifest::check(&manifest);
+            if !problems.is_empty() {
+                let list: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+                return back(false, format!("Invalid manifest: {}", list.join("; ")));
             }
-            _ => see_other(&format!("/console/tenants/{}", enc(&id))),
+            match actors::actions::request_manifest_update(&h.shared, manifest).await {
+                Ok(_) => back(
+                    true,
+                    "Update request sent: the customer's admin can approve the new manifest".into(),
+                ),
+                Err(e) => back(false, format!("Webex refused the update request: {e}")),
+            }
         }
-    })
-    .await
+        _ => see_other(&format!("/console/tenants/{}", enc(&id))),
+    }
 }
 
 /// `GET /console/errors/<trackingId>`.
@@ -757,7 +740,7 @@ pub async fn error(
     path: web::Path<String>,
 ) -> HttpResponse {
     let bound = state.clone();
-    within(&bound, false, async move {
+    within(&bound, async move {
     let s = match page_session(&state, &req).await {
         Ok(s) => s,
         Err(resp) => return resp,
@@ -826,7 +809,7 @@ pub async fn error(
 /// `GET /console/invitations`: invitations (and the form for a new one), pending activations.
 pub async fn invitations(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
     let bound = state.clone();
-    within(&bound, false, async move {
+    within(&bound, async move {
         let s = match page_session(&state, &req).await {
             Ok(s) => s,
             Err(resp) => return resp,
@@ -942,8 +925,6 @@ pub async fn create_invitation(
     req: HttpRequest,
     payload: web::Payload,
 ) -> HttpResponse {
-    let bound = state.clone();
-    within(&bound, true, async move {
     let (s, form) = match post_form(&state, &req, payload).await {
         Ok(sf) => sf,
         Err(resp) => return resp,
@@ -981,8 +962,6 @@ pub async fn create_invitation(
             enc(&format!("Invitation not stored: {e}"))
         )),
     }
-    })
-    .await
 }
 
 /// `POST /console/pending/<session>/approve|reject`: the operator decides a pending HTTPS
@@ -993,108 +972,101 @@ pub async fn decide_pending(
     path: web::Path<(String, String)>,
     payload: web::Payload,
 ) -> HttpResponse {
-    let bound = state.clone();
-    within(&bound, true, async move {
-        let form = match post_form(&state, &req, payload).await {
-            Ok((_, form)) => form,
-            Err(resp) => return resp,
-        };
-        let (session, decision) = path.into_inner();
-        let Ok(mut p) = activation::load_pending(&state, &session).await else {
-            return see_other("/console/invitations?failed=unknown+or+expired+activation");
-        };
-        if p.rejected || p.tenant_id.is_some() {
-            return see_other("/console/invitations?failed=already+decided");
-        }
-        if !matches!(decision.as_str(), "reject" | "approve") {
-            return see_other("/console/invitations");
-        }
-        // First decider wins: the customer may be entering their invitation code right now.
-        let ttl = state.config.activation.pending_ttl_secs;
-        let claim = match state.registry.claim_pending_decision(&session, ttl).await {
-            Ok(Some(token)) => token,
-            Ok(None) => return see_other("/console/invitations?failed=already+decided"),
-            Err(e) => {
-                return see_other(&format!(
-                    "/console/invitations?failed={}",
-                    enc(&format!("storage unavailable: {e}"))
-                ));
-            }
-        };
-        let msg = match decision.as_str() {
-            "reject" => {
-                p.rejected = true;
-                "Activation rejected".to_string()
-            }
-            "approve" => {
-                let (id, name) = (form.customer_id.trim(), form.name.trim());
-                let customer = (!id.is_empty()).then(|| actors::store::tenants::Customer {
-                    id: truncate(id, 200),
-                    name: truncate(
-                        if name.is_empty() {
-                            &p.claims.org_name
-                        } else {
-                            name
-                        },
-                        200,
-                    ),
-                });
-                match state.registry.activate(&p.claims, customer).await {
-                    Ok((h, _)) => {
-                        p.tenant_id = Some(h.tenant_id().to_string());
-                        format!("Activation of {} approved", p.claims.org_name)
-                    }
-                    Err(e) => {
-                        state
-                            .registry
-                            .release_pending_decision(&session, &claim)
-                            .await;
-                        let e = activation::activate_error(&state, e);
-                        return see_other(&format!(
-                            "/console/invitations?failed={}",
-                            enc(&e.to_string())
-                        ));
-                    }
-                }
-            }
-            _ => return see_other("/console/invitations"),
-        };
-        if let Err(e) = activation::store_pending(&state, &session, &p).await {
-            if p.rejected {
-                // Not rejected after all: the decision is open again (an approval keeps its claim:
-                // the tenant exists).
-                state
-                    .registry
-                    .release_pending_decision(&session, &claim)
-                    .await;
-            }
+    let form = match post_form(&state, &req, payload).await {
+        Ok((_, form)) => form,
+        Err(resp) => return resp,
+    };
+    let (session, decision) = path.into_inner();
+    let Ok(mut p) = activation::load_pending(&state, &session).await else {
+        return see_other("/console/invitations?failed=unknown+or+expired+activation");
+    };
+    if p.rejected || p.tenant_id.is_some() {
+        return see_other("/console/invitations?failed=already+decided");
+    }
+    if !matches!(decision.as_str(), "reject" | "approve") {
+        return see_other("/console/invitations");
+    }
+    // First decider wins: the customer may be entering their invitation code right now.
+    let ttl = state.config.activation.pending_ttl_secs;
+    let claim = match state.registry.claim_pending_decision(&session, ttl).await {
+        Ok(Some(token)) => token,
+        Ok(None) => return see_other("/console/invitations?failed=already+decided"),
+        Err(e) => {
             return see_other(&format!(
                 "/console/invitations?failed={}",
-                enc(&e.to_string())
+                enc(&format!("storage unavailable: {e}"))
             ));
         }
-        see_other(&format!("/console/invitations?done={}", enc(&msg)))
-    })
-    .await
+    };
+    let msg = match decision.as_str() {
+        "reject" => {
+            p.rejected = true;
+            "Activation rejected".to_string()
+        }
+        "approve" => {
+            let (id, name) = (form.customer_id.trim(), form.name.trim());
+            let customer = (!id.is_empty()).then(|| actors::store::tenants::Customer {
+                id: truncate(id, 200),
+                name: truncate(
+                    if name.is_empty() {
+                        &p.claims.org_name
+                    } else {
+                        name
+                    },
+                    200,
+                ),
+            });
+            match state.registry.activate(&p.claims, customer).await {
+                Ok((h, _)) => {
+                    p.tenant_id = Some(h.tenant_id().to_string());
+                    format!("Activation of {} approved", p.claims.org_name)
+                }
+                Err(e) => {
+                    state
+                        .registry
+                        .release_pending_decision(&session, &claim)
+                        .await;
+                    let e = activation::activate_error(&state, e);
+                    return see_other(&format!(
+                        "/console/invitations?failed={}",
+                        enc(&e.to_string())
+                    ));
+                }
+            }
+        }
+        _ => return see_other("/console/invitations"),
+    };
+    if let Err(e) = activation::store_pending(&state, &session, &p).await {
+        if p.rejected {
+            // Not rejected after all: the decision is open again (an approval keeps its claim:
+            // the tenant exists).
+            state
+                .registry
+                .release_pending_decision(&session, &claim)
+                .await;
+        }
+        return see_other(&format!(
+            "/console/invitations?failed={}",
+            enc(&e.to_string())
+        ));
+    }
+    see_other(&format!("/console/invitations?done={}", enc(&msg)))
 }
 
-/// Answers within `redis.command_timeout_ms`, whatever Redis does: a page reads Redis several
-/// times, and each read alone may take that long in a stall. Past it, a 503 page (after a
-/// POST: the change may or may not have been made; the page says so).
+/// A console page (GET) answers within `redis.command_timeout_ms`, whatever Redis does: a page
+/// reads Redis several times, and each read alone may take that long in a stall. Past it, a
+/// 503 page. (A POST is not cut short: its work — a decision, a rotation, a health check with
+/// its own bound — must not stop half-way; its first step, the session check, is one bounded
+/// Redis read, so in a stall it is answered after one timeout too.)
 async fn within(
     state: &AppState,
-    post: bool,
     handler: impl std::future::Future<Output = HttpResponse>,
 ) -> HttpResponse {
     let budget = std::time::Duration::from_millis(state.config.redis.command_timeout_ms);
     match tokio::time::timeout(budget, handler).await {
         Ok(resp) => resp,
         Err(_) => {
-            let what = if post {
-                "<p class=err>Storage is slow to answer; your change may or may not have been made. Reload the page to see.</p>"
-            } else {
-                "<p class=err>Storage is slow to answer. Try again in a moment.</p>"
-            };
+            let what = "<p class=err>Storage is slow to answer. Try again in a moment.</p>";
             let e = ApiError::unavailable(&format!(
                 "console: no answer within {} ms (redis.command_timeout_ms)",
                 budget.as_millis()
@@ -1104,7 +1076,7 @@ async fn within(
     }
 }
 
-/// The console's routes (on the admin listener); each handler answers within [`within`]'s bound.
+/// The console's routes (on the admin listener); each page answers within [`within`]'s bound.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route(
         "/console",

@@ -232,6 +232,8 @@ where
     Fut: std::future::Future<Output = reqwest::Response>,
 {
     let deadline = Instant::now() + limit;
+    let started = Instant::now();
+    let mut answers = Vec::new();
     loop {
         let r = send().await;
         let status = r.status().as_u16();
@@ -240,7 +242,9 @@ where
             .get("retry-after")
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         let body: Value = r.json().await.unwrap_or(Value::Null);
+        answers.push(status);
         if status != 503 || Instant::now() > deadline {
+            eprintln!("sent again: {answers:?} within {:?}", started.elapsed());
             return (status, body);
         }
         assert!(wait.is_some(), "a 503 without Retry-After: {body}");
@@ -657,6 +661,7 @@ async fn a_console_page_answers_within_one_redis_timeout_during_a_stall() {
         let took = started.elapsed();
         t.redis.resume();
         let status = r.unwrap().status().as_u16();
+        eprintln!("{path} during a stall: {status} after {took:?}");
         assert!(
             took < bound,
             "{path} took {took:?} during a stall, more than twice redis.command_timeout_ms ({status})"

@@ -32,7 +32,7 @@ const KEEP_AFTER_EXPIRY: Duration = Duration::from_secs(86_400);
 static STORE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(&format!(
         "{}
-        if now > tonumber(ARGV[6]) then return 0 end
+        if now > tonumber(ARGV[6]) then return -now end
         redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
         redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
         redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[5])
@@ -152,8 +152,8 @@ impl Store {
             )
             .await?;
         if stored != 1 {
-            // Redis ran it past its deadline (a stall): nothing stored, as the 503 says.
-            return Err(StoreError::Timeout);
+            // Redis ran it past its deadline although it answered in time: clocks apart.
+            return Err(self.late_write(-stored));
         }
         Ok((inv, code))
     }

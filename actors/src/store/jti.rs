@@ -6,8 +6,10 @@
 //! it. A claim that was never committed (the caller was answered 503) can be taken again by
 //! the same token once its hold has passed; a committed jti is a replay. Both steps carry a
 //! write deadline (see [`Store::write_deadline_ms`]): one that lands after its caller gave up
-//! does nothing. Values: `claim:<token digest>:<held until, ms>`, then `done` (action JWTs,
-//! recorded in one step, store `1`).
+//! does nothing. Values: `claim:<token digest>:<attempt nonce>:<held until, ms>`, then `done`
+//! (action JWTs, recorded in one step, store `1`). Only the attempt holding the claim commits:
+//! an attempt overtaken by a resumed one (it ran past its hold) is answered 503, so one token
+//! gets one 2xx.
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -17,13 +19,13 @@ use super::{NOW_MS_LUA, Store, StoreError};
 pub const JTI_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// What [`Store::claim_jti`] found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JtiClaim {
-    /// First use: the caller may act, then commit.
-    Claimed,
+    /// First use: the caller may act, then commit with this attempt nonce.
+    Claimed(String),
     /// The same token's earlier attempt claimed it and never committed: act again (find what
-    /// that attempt may have done), then commit.
-    Resumed,
+    /// that attempt may have done), then commit with this attempt nonce.
+    Resumed(String),
     /// The same token's claim is held for this many more milliseconds (an attempt may still
     /// be running): try again after it.
     Held(u64),
@@ -31,18 +33,19 @@ pub enum JtiClaim {
     Replay,
 }
 
-/// `KEYS[1]` the jti; `ARGV`: token digest, hold ms, deadline ms, retention s.
+/// `KEYS[1]` the jti; `ARGV`: token digest, attempt nonce, hold ms, deadline ms, retention s.
+/// Answers what it found and, for `held`, the ms left; for `late`, Redis's time.
 static CLAIM: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(&format!(
         "{NOW_MS_LUA}
-        if now > tonumber(ARGV[3]) then return {{'late', 0}} end
-        local claim = 'claim:' .. ARGV[1] .. ':' .. (now + tonumber(ARGV[2]))
+        if now > tonumber(ARGV[4]) then return {{'late', now}} end
+        local claim = 'claim:' .. ARGV[1] .. ':' .. ARGV[2] .. ':' .. (now + tonumber(ARGV[3]))
         local v = redis.call('GET', KEYS[1])
         if not v then
-          redis.call('SET', KEYS[1], claim, 'EX', ARGV[4])
+          redis.call('SET', KEYS[1], claim, 'EX', ARGV[5])
           return {{'claimed', 0}}
         end
-        local d, held = string.match(v, '^claim:(%x+):(%d+)$')
+        local d, held = string.match(v, '^claim:(%x+):%x+:(%d+)$')
         if d ~= ARGV[1] then return {{'replay', 0}} end
         if tonumber(held) > now then return {{'held', tonumber(held) - now}} end
         redis.call('SET', KEYS[1], claim, 'KEEPTTL')
@@ -50,14 +53,15 @@ static CLAIM: LazyLock<redis::Script> = LazyLock::new(|| {
     ))
 });
 
-/// `KEYS[1]` the jti; `ARGV`: token digest, deadline ms. 1 when committed (or already).
+/// `KEYS[1]` the jti; `ARGV`: token digest, attempt nonce, deadline ms. Answers 1 when this
+/// attempt committed, 0 when its claim was taken over, or Redis's time (negated) when late.
 static COMMIT: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(&format!(
         "{NOW_MS_LUA}
-        if now > tonumber(ARGV[2]) then return 0 end
+        if now > tonumber(ARGV[3]) then return -now end
+        local mine = 'claim:' .. ARGV[1] .. ':' .. ARGV[2] .. ':'
         local v = redis.call('GET', KEYS[1])
-        if v == 'done' then return 1 end
-        if v and string.match(v, '^claim:(%x+):') == ARGV[1] then
+        if v and string.sub(v, 1, #mine) == mine then
           redis.call('SET', KEYS[1], 'done', 'KEEPTTL')
           return 1
         end
@@ -92,11 +96,13 @@ impl Store {
         hold: Duration,
     ) -> Result<JtiClaim, StoreError> {
         let mut conn = self.conn()?;
-        let (what, ms): (String, u64) = self
+        let nonce = hex::encode(rand::random::<[u8; 8]>());
+        let (what, ms): (String, i64) = self
             .bounded(
                 CLAIM
                     .key(self.keys().jti(jti))
                     .arg(digest)
+                    .arg(&nonce)
                     .arg(hold.as_millis() as u64)
                     .arg(self.write_deadline_ms())
                     .arg(JTI_RETENTION.as_secs())
@@ -104,33 +110,36 @@ impl Store {
             )
             .await?;
         match what.as_str() {
-            "claimed" => Ok(JtiClaim::Claimed),
-            "resumed" => Ok(JtiClaim::Resumed),
-            "held" => Ok(JtiClaim::Held(ms)),
+            "claimed" => Ok(JtiClaim::Claimed(nonce)),
+            "resumed" => Ok(JtiClaim::Resumed(nonce)),
+            "held" => Ok(JtiClaim::Held(ms.max(0) as u64)),
             "replay" => Ok(JtiClaim::Replay),
-            // Redis ran it past its deadline (a stall): nothing written.
-            _ => Err(StoreError::Timeout),
+            // Redis ran it past its deadline although it answered in time: clocks apart.
+            _ => Err(self.late_write(ms)),
         }
     }
 
-    /// Marks `jti`, claimed for `digest`, as used. `Err(Timeout)` when it was not (the claim
-    /// was lost, or Redis ran the commit past its deadline): the caller answers 503 and the
-    /// token's retry finds the claim again.
-    pub async fn commit_jti(&self, jti: &str, digest: &str) -> Result<(), StoreError> {
+    /// Marks `jti`, claimed for `digest` by attempt `nonce`, as used. `Err` when it was not
+    /// (another attempt took the claim over, or Redis ran the commit past its deadline): the
+    /// caller answers 503, and the token's retry finds the claim again.
+    pub async fn commit_jti(&self, jti: &str, digest: &str, nonce: &str) -> Result<(), StoreError> {
         let mut conn = self.conn()?;
         let done: i64 = self
             .bounded(
                 COMMIT
                     .key(self.keys().jti(jti))
                     .arg(digest)
+                    .arg(nonce)
                     .arg(self.write_deadline_ms())
                     .invoke_async(&mut conn),
             )
             .await?;
-        if done == 1 {
-            Ok(())
-        } else {
-            Err(StoreError::Timeout)
+        match done {
+            1 => Ok(()),
+            0 => Err(StoreError::Conflict(
+                "the JWT's claim was taken over by a later attempt",
+            )),
+            late => Err(self.late_write(-late)),
         }
     }
 }

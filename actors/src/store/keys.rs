@@ -127,7 +127,7 @@ impl Keys {
         format!("{}:{{console}}:session:{digest}", self.prefix)
     }
 
-    /// `<p>:{console}:epoch` — incremented to end every console session at once.
+    /// `<p>:{console}:epoch` — random, replaced to end every console session at once.
     pub fn console_epoch(&self) -> String {
         format!("{}:{{console}}:epoch", self.prefix)
     }

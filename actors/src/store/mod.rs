@@ -376,6 +376,19 @@ impl Store {
     /// against Redis's `TIME`, see [`NOW_MS_LUA`]) does nothing if it lands later, after a
     /// stall, so that 503 stays true. Allows [`CLOCK_MARGIN`] of clock difference between the
     /// engine and Redis.
+    /// The error of a write its script refused as late although it answered in time: Redis's
+    /// clock (`redis_now_ms`) is ahead of this engine's by more than the deadline allows.
+    /// Logged (clocks must agree within [`CLOCK_MARGIN`]); the caller answers 503.
+    pub fn late_write(&self, redis_now_ms: i64) -> StoreError {
+        let ahead = redis_now_ms - chrono::Utc::now().timestamp_millis();
+        tracing::warn!(
+            redis_ahead_ms = ahead,
+            "a write was refused as past its deadline although Redis answered in time: Redis's \
+             clock is ahead of this engine's; keep both on NTP"
+        );
+        StoreError::Timeout
+    }
+
     pub fn write_deadline_ms(&self) -> i64 {
         let margin = CLOCK_MARGIN.min(self.inner.command_timeout / 4);
         chrono::Utc::now().timestamp_millis()

@@ -1,19 +1,26 @@
 //! Console sessions, kept in Redis so that one can end: signing out deletes the session for
-//! every replica at once, and ending all of them moves an epoch every session is checked
-//! against. A session is stored under the SHA-256 of its cookie's nonce, so what Redis holds
+//! every replica at once, and ending all of them replaces the (random) epoch every session is
+//! checked against. A session is stored under the SHA-256 of its cookie's nonce, so what Redis holds
 //! cannot be replayed as a cookie.
 use std::sync::LazyLock;
 
 use super::{Store, StoreError};
 
-/// Opens a session in the current epoch: `KEYS[1]` the session, `KEYS[2]` the epoch,
-/// `ARGV[1]` its lifetime in seconds.
+/// Opens a session in the current epoch (set to `ARGV[2]` if there is none yet): `KEYS[1]`
+/// the session, `KEYS[2]` the epoch, `ARGV[1]` its lifetime in seconds. An epoch is random:
+/// should the key be lost (evicted, or in a failover), no session ended before matches the
+/// next one, and every session fails closed until signing in again.
 static OPEN: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
-        "local e = redis.call('GET', KEYS[2]) or '0' \
+        "local e = redis.call('GET', KEYS[2]) \
+         if not e then e = ARGV[2] redis.call('SET', KEYS[2], e) end \
          redis.call('SET', KEYS[1], e, 'EX', ARGV[1]) return 1",
     )
 });
+
+fn new_epoch() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
 
 impl Store {
     /// Opens the session `digest` for `ttl_secs`.
@@ -29,6 +36,7 @@ impl Store {
                 OPEN.key(keys.console_session(digest))
                     .key(keys.console_epoch())
                     .arg(ttl_secs.max(1))
+                    .arg(new_epoch())
                     .invoke_async(&mut conn),
             )
             .await?;
@@ -47,7 +55,7 @@ impl Store {
                     .query_async(&mut conn),
             )
             .await?;
-        Ok(opened.is_some_and(|o| o == epoch.as_deref().unwrap_or("0")))
+        Ok(opened.is_some_and(|o| epoch.is_some_and(|e| o == e)))
     }
 
     /// Ends the session `digest`.
@@ -63,13 +71,14 @@ impl Store {
         Ok(())
     }
 
-    /// Ends every session (sessions opened afterwards are not affected).
+    /// Ends every session (sessions opened afterwards are not affected): a new epoch.
     pub async fn end_console_sessions(&self) -> Result<(), StoreError> {
         let mut conn = self.conn()?;
-        let _: i64 = self
+        let _: () = self
             .bounded(
-                redis::cmd("INCR")
+                redis::cmd("SET")
                     .arg(self.keys().console_epoch())
+                    .arg(new_epoch())
                     .query_async(&mut conn),
             )
             .await?;

@@ -775,7 +775,7 @@ impl Tenants {
         static XADD: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
             redis::Script::new(&format!(
                 "{}
-                if now > tonumber(ARGV[1]) then return 0 end
+                if now > tonumber(ARGV[1]) then return -now end
                 local fields = {{}}
                 for i = 2, #ARGV do fields[#fields + 1] = ARGV[i] end
                 redis.call('XADD', KEYS[1], '*', unpack(fields))
@@ -802,7 +802,7 @@ impl Tenants {
         if added == 1 {
             Ok(())
         } else {
-            Err(StoreError::Timeout)
+            Err(self.store.late_write(-added))
         }
     }
 

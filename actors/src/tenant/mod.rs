@@ -62,6 +62,9 @@ pub struct TenantShared {
     flush_queued: std::sync::atomic::AtomicBool,
     /// Messages this replica wrote per minute (fed by the counter flush, off the write path).
     rate: std::sync::Mutex<MinuteRate>,
+    /// Writes waiting for Redis to come back (`error`, `lifecycle:<event>`): one of each at a
+    /// time, however often the same failure recurs meanwhile.
+    deferred: Arc<dashmap::DashSet<String>>,
 }
 
 /// Messages counted in the current and the previous minute.
@@ -104,6 +107,7 @@ impl TenantShared {
             unflushed: Default::default(),
             flush_queued: Default::default(),
             rate: Default::default(),
+            deferred: Default::default(),
             tenant_id: record.tenant_id.clone(),
             org_id: record.org_id.clone(),
             record: RwLock::new(record),
@@ -358,8 +362,16 @@ impl TenantShared {
         match self.update(&apply).await {
             Ok(_) => {}
             Err(e) if e.is_unavailable() => {
-                tracing::warn!(trackingId = %tracking, tenant = %self.tenant_id, error = %e, "tenant error not stored yet: Redis unavailable; storing it once Redis is back");
-                store_error_later(self.deps.tenants.clone(), self.org_id.clone(), err, apply);
+                if let Some(done) = Deferred::start(&self.deferred, "error") {
+                    tracing::warn!(trackingId = %tracking, tenant = %self.tenant_id, error = %e, "tenant error not stored yet: Redis unavailable; storing it once Redis is back");
+                    store_error_later(
+                        self.deps.tenants.clone(),
+                        self.org_id.clone(),
+                        err,
+                        apply,
+                        done,
+                    );
+                }
             }
             Err(e) => {
                 tracing::error!(trackingId = %tracking, tenant = %self.tenant_id, error = %e, "could not store the tenant error");
@@ -413,6 +425,29 @@ impl TenantShared {
     }
 }
 
+/// A write waiting for Redis, marked in its tenant's set while it waits (see
+/// `TenantShared::deferred`); the mark goes when it is dropped.
+struct Deferred {
+    set: Arc<dashmap::DashSet<String>>,
+    what: String,
+}
+
+impl Deferred {
+    /// The mark for `what`, unless one is already waiting.
+    fn start(set: &Arc<dashmap::DashSet<String>>, what: &str) -> Option<Self> {
+        set.insert(what.to_string()).then(|| Self {
+            set: set.clone(),
+            what: what.to_string(),
+        })
+    }
+}
+
+impl Drop for Deferred {
+    fn drop(&mut self) {
+        self.set.remove(&self.what);
+    }
+}
+
 /// How long a write Redis could not take is tried again (with backoff up to
 /// [`LATER_PAUSE_MAX`]) before it is given up (and logged).
 const LATER_FOR: std::time::Duration = std::time::Duration::from_secs(3600);
@@ -446,8 +481,10 @@ fn store_error_later(
     org: String,
     err: LastError,
     apply: impl Fn(&mut TenantRecord) + Send + Sync + 'static,
+    done: Deferred,
 ) {
     tokio::spawn(async move {
+        let _done = done;
         let stored = retry_while_unavailable(|| async {
             for _ in 0..RECORD_CAS_ATTEMPTS {
                 let Some((mut r, version)) = tenants.load_record(&org).await? else {
