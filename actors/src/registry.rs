@@ -360,6 +360,7 @@ impl Registry {
             // A re-activation without an invitation keeps the customer it had.
             customer: customer
                 .or_else(|| existing.as_ref().and_then(|e| e.record.customer.clone())),
+            activation_jti: Some(claims.jti.clone()),
         };
         let (mut secrets, version, record_version) = match &existing {
             Some(e) => (e.secrets.clone(), e.token_version, e.record_version),
@@ -392,6 +393,21 @@ impl Registry {
         self.kick.notify_one();
         self.update_gauges();
         Ok((handle, started))
+    }
+
+    /// The tenant record an activation with `claims` wrote, if it is the one stored (a retry of
+    /// an activation answered 503 asks whether the first attempt took effect).
+    pub async fn activated_by(
+        &self,
+        claims: &ActivationClaims,
+    ) -> Result<Option<TenantRecord>, StoreError> {
+        Ok(self
+            .deps
+            .tenants
+            .load_record(&claims.sub)
+            .await?
+            .map(|(r, _)| r)
+            .filter(|r| r.activation_jti.as_deref() == Some(claims.jti.as_str())))
     }
 
     /// Starts a supervisor for a stored tenant on the next arbiter (keeping the claim of a

@@ -54,6 +54,23 @@ pub async fn confirm(state: &AppState, claimed: &Claimed) -> Result<(), ApiError
     })
 }
 
+/// The tenant record an earlier attempt with this token (answered 503) activated, if its
+/// activation took effect; `None` for a first attempt. 503 when Redis cannot say.
+async fn earlier_activation(
+    state: &AppState,
+    claimed: &Claimed,
+    claims: &ActivationClaims,
+) -> Result<Option<actors::store::tenants::TenantRecord>, ApiError> {
+    if !claimed.resumed {
+        return Ok(None);
+    }
+    state.registry.activated_by(claims).await.map_err(|e| {
+        ApiError::unavailable(&format!(
+            "cannot tell whether the activation took effect: {e}"
+        ))
+    })
+}
+
 /// How long an activation token's claim holds off a second attempt with it: the time an
 /// attempt's Redis work may take in a stall (a few bounded commands).
 fn claim_hold(state: &AppState) -> std::time::Duration {
@@ -144,12 +161,18 @@ pub async fn provision(
             rejected: false,
         };
         if state.config.activation.auto_complete {
-            let (handle, _) = state
-                .registry
-                .activate(&pending.claims, None)
-                .await
-                .map_err(|e| activate_error(&state, e))?;
-            pending.tenant_id = Some(handle.tenant_id().to_string());
+            let tenant_id = match earlier_activation(&state, &claimed, &pending.claims).await? {
+                Some(record) => record.tenant_id,
+                None => {
+                    let (handle, _) = state
+                        .registry
+                        .activate(&pending.claims, None)
+                        .await
+                        .map_err(|e| activate_error(&state, e))?;
+                    handle.tenant_id().to_string()
+                }
+            };
+            pending.tenant_id = Some(tenant_id);
         }
         store_pending(&state, &session, &pending).await?;
     }
@@ -641,12 +664,19 @@ pub async fn admin_activate(
     let (claims, claimed) = claim_activation(&state, &jwt.jwt)
         .await
         .map_err(|e| rejected(&state, e))?;
-    // A retry after a 503 activates again: the same claims, the same tenant.
-    let (_, started) = state
-        .registry
-        .activate(&claims, None)
-        .await
-        .map_err(|e| activate_error(&state, e))?;
+    // A retry after a 503: the first attempt's activation may have taken effect (and its
+    // completion rotated the refresh token since); then it is not done again.
+    let started = match earlier_activation(&state, &claimed, &claims).await? {
+        Some(record) => record,
+        None => {
+            state
+                .registry
+                .activate(&claims, None)
+                .await
+                .map_err(|e| activate_error(&state, e))?
+                .1
+        }
+    };
     confirm(&state, &claimed).await?;
     // The tenant as the activation started; it moves on to completed/error in the background.
     Ok(HttpResponse::Accepted().json(actors::tenant::tenant_json(&started, &Default::default())))

@@ -684,3 +684,113 @@ async fn a_console_page_answers_within_one_redis_timeout_during_a_stall() {
         );
     }
 }
+
+/// The jti of a JWT (its payload read without a check: the test made it).
+fn jti_of(jwt: &str) -> String {
+    use base64::Engine as _;
+    let payload = jwt.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    serde_json::from_slice::<Value>(&bytes).unwrap()["jti"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Makes Redis look as if the activation with `jwt` had been claimed and worked on, but its
+/// confirmation never landed (the engine was answered a timeout and said 503): what a retry
+/// after such a 503 finds.
+fn lose_confirmation(
+    redis: &xapi_stream::devkit::redis_server::RedisServer,
+    prefix: &str,
+    jwt: &str,
+) {
+    use sha2::Digest;
+    let key = format!(
+        "{prefix}:jti:{}",
+        hex::encode(sha2::Sha256::digest(jti_of(jwt).as_bytes()))
+    );
+    let claim = format!(
+        "claim:{}:00:0",
+        hex::encode(sha2::Sha256::digest(jwt.as_bytes()))
+    );
+    let mut conn = redis.client().get_connection().unwrap();
+    let kept: Option<String> = redis::cmd("SET")
+        .arg(&key)
+        .arg(claim)
+        .arg("XX")
+        .arg("KEEPTTL")
+        .query(&mut conn)
+        .unwrap();
+    assert!(kept.is_some(), "no jti recorded at {key}");
+}
+
+#[actix_web::test]
+async fn a_retry_after_a_lost_confirmation_finds_the_activation_and_does_not_repeat_it() {
+    let t = TestEnv::start(SimConfig {
+        orgs: 2,
+        ..SimConfig::default()
+    })
+    .await;
+    let e = engine("a", &t.replica_env(), &[]).await;
+
+    // POST /admin/activations: the activation completed (tokens exchanged, appUrl patched).
+    let jwt = t.sim.activation_jwt(0);
+    let (status, body) = admin_activate(&e.base, &jwt).await;
+    assert_eq!(status, 202, "{body}");
+    let tenant = body["tenant_id"].as_str().unwrap().to_string();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            t.sim.app_state(0).provisioning_state.as_deref() == Some("completed")
+                && admin_tenant(&e.base, &tenant).await["provisioning_state"] == "completed"
+        })
+        .await,
+        "the activation did not complete"
+    );
+    let (patches, exchanges) = (
+        t.sim.app_state(0).patches.len(),
+        t.sim.oauth_stats().exchanges_ok,
+    );
+    lose_confirmation(t.redis, &t.prefix, &jwt);
+    let (status, body) = admin_activate(&e.base, &jwt).await;
+    assert_eq!(status, 202, "the retry after a lost confirmation: {body}");
+    assert_eq!(body["tenant_id"], tenant.as_str());
+    assert_eq!(
+        body["provisioning_state"], "completed",
+        "activated again: {body}"
+    );
+    assert_eq!(
+        t.sim.app_state(0).patches.len(),
+        patches,
+        "the appUrl was patched again"
+    );
+    assert_eq!(
+        t.sim.oauth_stats().exchanges_ok,
+        exchanges,
+        "the tokens were exchanged again"
+    );
+    assert_eq!(
+        admin_tenant(&e.base, &tenant).await["tokens_state"],
+        "valid"
+    );
+    let (status, body) = admin_activate(&e.base, &jwt).await;
+    assert_eq!(status, 401, "confirmed now, the JWT is a replay: {body}");
+
+    // POST /provision: the retry answers the same setup page.
+    let jwt = t.sim.activation_jwt(1);
+    let session = provision_session(&e.base, &jwt).await;
+    lose_confirmation(t.redis, &t.prefix, &jwt);
+    assert_eq!(
+        provision_session(&e.base, &jwt).await,
+        session,
+        "another setup session"
+    );
+    let r = client()
+        .post(format!("{}/provision", e.base))
+        .json(&json!({ "jwt": jwt }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "confirmed now, the JWT is a replay");
+}

@@ -99,6 +99,10 @@ pub struct TenantRecord {
     /// activated with): the activation PATCH's `customer`. Absent: the tenant id and org name.
     #[serde(default)]
     pub customer: Option<Customer>,
+    /// The jti of the activation JWT that last (re)activated the tenant: a retry of an
+    /// activation answered 503 finds here that it took effect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activation_jti: Option<String>,
 }
 
 /// A partner's customer: who an organization is in the partner's own books.
