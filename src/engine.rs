@@ -87,6 +87,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
         ingest: Ingest::new(registry.clone(), writer, metrics),
         errors,
         throttle: http::admin::Throttle::new(&config.security),
+        onboarding: actors::onboarding::Onboarding::new(registry.clone()),
         accepting: AtomicBool::new(true),
     });
 

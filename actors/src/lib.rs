@@ -29,6 +29,7 @@ pub mod auth;
 pub mod config;
 pub mod devices;
 pub mod ingest;
+pub mod onboarding;
 pub mod ownership;
 pub mod protocol;
 pub mod registry;

@@ -487,68 +487,9 @@ impl Registry {
         self.deps.tenants.history(tenant_id, scan).await
     }
 
-    /// Sessions of pending HTTPS activations, newest first.
-    pub async fn pending_sessions(&self, limit: usize) -> Result<Vec<String>, StoreError> {
-        self.deps.tenants.pending_sessions(limit).await
-    }
-
-    /// The store, for the edge's invitation and support-log calls.
+    /// The store, for the edge's console-session calls (to move into a room of its own).
     pub fn store(&self) -> &crate::store::Store {
         &self.deps.store
-    }
-
-    /// Stores a pending HTTPS activation (sealed) for `ttl_secs`.
-    pub async fn put_pending(
-        &self,
-        session: &str,
-        payload: &[u8],
-        ttl_secs: u64,
-    ) -> Result<(), StoreError> {
-        self.deps
-            .tenants
-            .put_pending(session, payload, ttl_secs)
-            .await
-    }
-
-    /// See [`crate::store::tenants::Tenants::claim_pending_decision`]: `Ok(Some(token))` when
-    /// this caller decides, `Ok(None)` when another did. On an error the claim is given back
-    /// (it may have been made before the error).
-    pub async fn claim_pending_decision(
-        &self,
-        session: &str,
-        ttl_secs: u64,
-    ) -> Result<Option<String>, StoreError> {
-        let token = hex::encode(rand::random::<[u8; 16]>());
-        match self
-            .deps
-            .tenants
-            .claim_pending_decision(session, &token, ttl_secs)
-            .await
-        {
-            Ok(true) => Ok(Some(token)),
-            Ok(false) => Ok(None),
-            Err(e) => {
-                self.release_pending_decision(session, &token).await;
-                Err(e)
-            }
-        }
-    }
-
-    /// Gives back a decision this caller claimed (nothing was decided).
-    pub async fn release_pending_decision(&self, session: &str, token: &str) {
-        if let Err(e) = self
-            .deps
-            .tenants
-            .release_pending_decision(session, token)
-            .await
-        {
-            tracing::warn!(error = %e, "pending activation's decision not given back");
-        }
-    }
-
-    /// A pending HTTPS activation, if it has not expired.
-    pub async fn get_pending(&self, session: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.deps.tenants.get_pending(session).await
     }
 
     /// Waits until the token exchanges in flight stored their results (or `limit` passed);

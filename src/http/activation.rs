@@ -4,22 +4,12 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use actors::auth::{Claimed, VerifyError};
+use actors::onboarding::{Pending, PendingError, SubmitError, Submitted};
 use actors::protocol::jwt::{ActivationClaims, Expect, Verified};
 use actors::registry::ActivateError;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::{ApiError, AppState, admin, body, client_addr};
-
-/// A pending HTTPS activation, stored sealed until its setup page is completed.
-#[derive(Serialize, Deserialize)]
-pub struct Pending {
-    pub claims: ActivationClaims,
-    /// Set once the admin completed the setup (or the operator approved it).
-    pub tenant_id: Option<String>,
-    /// Set when the operator rejected it in the console.
-    #[serde(default)]
-    pub rejected: bool,
-}
 
 /// Verifies an activation JWT (counting any rejection) and claims its jti: the token counts
 /// as used only once [`confirm`] follows the work it starts. An earlier attempt with the same
@@ -60,7 +50,7 @@ async fn earlier_activation(
     state: &AppState,
     claimed: &Claimed,
     claims: &ActivationClaims,
-) -> Result<Option<actors::store::tenants::TenantRecord>, ApiError> {
+) -> Result<Option<actors::tenant::TenantRecord>, ApiError> {
     if !claimed.resumed {
         return Ok(None);
     }
@@ -152,14 +142,9 @@ pub async fn provision(
     let session = pending_session_for(&state, claimed.jti());
     let url = format!("{}/setup/{session}", state.config.public_base());
     // A retry after a 503: what the first attempt stored may be there (same session).
-    let stored =
-        claimed.resumed && matches!(state.registry.get_pending(&session).await, Ok(Some(_)));
+    let stored = claimed.resumed && matches!(state.onboarding.is_pending(&session).await, Ok(true));
     if !stored {
-        let mut pending = Pending {
-            claims,
-            tenant_id: None,
-            rejected: false,
-        };
+        let mut pending = Pending::new(claims);
         if state.config.activation.auto_complete {
             let tenant_id = match earlier_activation(&state, &claimed, &pending.claims).await? {
                 Some(record) => record.tenant_id,
@@ -181,44 +166,46 @@ pub async fn provision(
 }
 
 pub async fn store_pending(state: &AppState, session: &str, p: &Pending) -> Result<(), ApiError> {
-    let bytes = serde_json::to_vec(p).expect("pending activation serializes");
-    state
-        .registry
-        .put_pending(session, &bytes, state.config.activation.pending_ttl_secs)
-        .await
-        .map_err(|e| {
-            if e.is_unavailable() {
-                ApiError::unavailable("storage unavailable; activation not stored")
-            } else {
-                ApiError::internal(&format!("activation not stored: {e}"))
-            }
-        })
+    state.onboarding.keep(session, p).await.map_err(|e| {
+        if e.is_unavailable() {
+            ApiError::unavailable("storage unavailable; activation not stored")
+        } else {
+            ApiError::internal(&format!("activation not stored: {e}"))
+        }
+    })
 }
 
 pub async fn load_pending(state: &AppState, session: &str) -> Result<Pending, HttpResponse> {
-    match state.registry.get_pending(session).await {
-        Ok(Some(bytes)) => serde_json::from_slice(&bytes).map_err(|_| {
-            page(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Activation unreadable",
-                "<p>This activation cannot be read. Ask Webex to activate again.</p>",
-            )
-        }),
-        Ok(None) => Err(page(
+    state
+        .onboarding
+        .pending(session)
+        .await
+        .map_err(|e| pending_page(&e))
+}
+
+/// The page of a pending activation that cannot be shown or acted on.
+fn pending_page(e: &PendingError) -> HttpResponse {
+    match e {
+        PendingError::Unreadable => page(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Activation unreadable",
+            "<p>This activation cannot be read. Ask Webex to activate again.</p>",
+        ),
+        PendingError::NotFound => page(
             StatusCode::NOT_FOUND,
             "Activation not found",
             "<p>This activation link is unknown or expired (links are kept 24 hours). Activate the integration again in Control Hub.</p>",
-        )),
-        Err(e) => {
+        ),
+        PendingError::Store(e) => {
             let err = ApiError::unavailable(&format!("storage unavailable: {e}"));
-            Err(page(
+            page(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Try again shortly",
                 &format!(
                     "<p>Storage is unavailable. Reference: <code>{}</code></p>",
                     err.tracking_id
                 ),
-            ))
+            )
         }
     }
 }
@@ -312,12 +299,9 @@ pub async fn setup_page(
         None => ("awaiting confirmation".to_string(), String::new()),
     };
     let failures = state
-        .registry
-        .store()
+        .onboarding
         .setup_failures(&session, &client_addr(&state, &req))
-        .await
-        .map(|(s, _)| s)
-        .unwrap_or(0);
+        .await;
     let form = if pending.rejected {
         "<p class=err id=rejected>Your service provider declined this activation. Nothing was \
          set up; ask them for an invitation, then activate the integration again.</p>"
@@ -395,9 +379,7 @@ pub async fn setup_submit(
     path: web::Path<String>,
     payload: web::Payload,
 ) -> HttpResponse {
-    use actors::store::invitations::Redeemed;
     let session = path.into_inner();
-    let count = |r: &str| state.metrics.setup_attempt(r);
     // A form too large or not a form is no attempt at a code: 413/400, nothing counted.
     let form: SetupForm = match body::form(&req, payload, body::SMALL_FORM).await {
         Ok(f) => f,
@@ -409,39 +391,19 @@ pub async fn setup_submit(
             );
         }
     };
-    let mut pending = match load_pending(&state, &session).await {
-        Ok(p) => p,
-        Err(resp) => return resp,
-    };
     let see_page = || {
         HttpResponse::SeeOther()
             .insert_header(("Location", format!("/setup/{session}")))
             .finish()
     };
-    if pending.tenant_id.is_some() || pending.rejected {
-        return see_page();
-    }
-    let store = state.registry.store();
     let addr = client_addr(&state, &req);
-    let unavailable = |e: actors::store::StoreError| {
-        error_page(
-            ApiError::unavailable(&format!("setup: storage unavailable: {e}")),
-            "Try again shortly",
-            "<p>Storage is unavailable; nothing was changed.</p>",
-        )
-    };
-    let act = &state.config.activation;
-    // The attempt is counted before the code is tried (and given back if the code is right):
-    // parallel posts cannot all pass the check before any of them is counted.
-    let ttl = std::time::Duration::from_secs(act.pending_ttl_secs);
-    let attempts = match store.count_setup_failure(&session, &addr, ttl).await {
-        Ok(a) => a,
-        Err(e) => return unavailable(e),
-    };
-    let (tried, from_addr) = attempts;
-    if tried > act.setup_max_attempts {
-        count("locked");
-        return error_page(
+    match state
+        .onboarding
+        .submit_code(&session, &addr, &form.code)
+        .await
+    {
+        Ok(Submitted::Settled | Submitted::Completed { .. }) => see_page(),
+        Ok(Submitted::Locked) => error_page(
             ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "setup_locked",
@@ -450,11 +412,8 @@ pub async fn setup_submit(
             "Activation locked",
             "<p>Too many wrong invitation codes were entered for this activation. Nothing was changed. \
              Activate the integration again in Control Hub, or ask your service provider for help.</p>",
-        );
-    }
-    if from_addr > act.setup_attempts_per_address {
-        count("limited");
-        return error_page(
+        ),
+        Ok(Submitted::Limited) => error_page(
             ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "setup_limited",
@@ -463,97 +422,38 @@ pub async fn setup_submit(
             .retry_after(3600),
             "Too many attempts",
             "<p>Too many wrong invitation codes came from your network. Nothing was changed. Try again in an hour.</p>",
-        );
-    }
-    let code = form.code;
-    let redeemed = if code.trim().is_empty() || code.len() > 64 {
-        Ok(Redeemed::Unknown)
-    } else {
-        store.redeem_invitation(&code, &session).await
-    };
-    let why = match redeemed {
-        Err(e) => return unavailable(e),
-        Ok(Redeemed::Fresh(inv)) => {
-            // First decider wins: the operator may be approving or rejecting it right now.
-            let decided = state
-                .registry
-                .claim_pending_decision(&session, act.pending_ttl_secs)
-                .await;
-            let claim = match decided {
-                Ok(Some(token)) => token,
-                lost => {
-                    if let Err(e) = store.release_invitation(&inv.digest).await {
-                        tracing::warn!(error = %e, "invitation not released (activation decided meanwhile)");
-                    }
-                    if let Err(e) = store.forgive_setup_attempt(&session, &addr).await {
-                        tracing::debug!(error = %e, "a right code's attempt not given back");
-                    }
-                    return match lost {
-                        Err(e) => unavailable(e),
-                        // The page shows what the operator decided.
-                        _ => {
-                            count("decided");
-                            see_page()
-                        }
-                    };
-                }
+        ),
+        Ok(Submitted::Refused { why, left }) => {
+            let e = ApiError::unauthorized(&format!("setup form: invitation code refused ({why})"));
+            let html = if left == 0 {
+                "<p>The invitation code is wrong, used or expired. Nothing was changed. This activation \
+                 is now locked: activate the integration again in Control Hub, or ask your service \
+                 provider for help.</p>"
+                    .to_string()
+            } else {
+                format!(
+                    "<p>The invitation code is wrong, used or expired. Nothing was changed. \
+                     {left} attempt(s) left. <a href=\"/setup/{}\">Back</a></p>",
+                    esc(&session)
+                )
             };
-            match state
-                .registry
-                .activate(&pending.claims, Some(inv.customer.clone()))
-                .await
-            {
-                Ok((h, _)) => pending.tenant_id = Some(h.tenant_id().to_string()),
-                Err(e) => {
-                    state
-                        .registry
-                        .release_pending_decision(&session, &claim)
-                        .await;
-                    if let Err(e) = store.release_invitation(&inv.digest).await {
-                        tracing::warn!(error = %e, "invitation not released after a failed activation");
-                    }
-                    let e = activate_error(&state, e);
-                    let html = format!(
-                        "<p>{}. Your invitation code was not used.</p>",
-                        esc(&e.description)
-                    );
-                    return error_page(e, "Activation failed", &html);
-                }
-            }
-            if let Err(e) = store_pending(&state, &session, &pending).await {
-                tracing::warn!(trackingId = %e.tracking_id, "setup state not stored; activation continues");
-            }
-            if let Err(e) = store.forgive_setup_attempt(&session, &addr).await {
-                tracing::debug!(error = %e, "a right code's attempt not given back");
-            }
-            count("completed");
-            tracing::info!(
-                customer = %inv.customer.id,
-                tenant = pending.tenant_id.as_deref().unwrap_or("?"),
-                "setup completed with an invitation"
-            );
-            return see_page();
+            error_page(e, "Invitation code refused", &html)
         }
-        Ok(Redeemed::Unknown) => "wrong_code",
-        Ok(Redeemed::Expired) => "expired",
-        Ok(Redeemed::Used) => "used",
-    };
-    count(why);
-    let left = act.setup_max_attempts.saturating_sub(tried);
-    let e = ApiError::unauthorized(&format!("setup form: invitation code refused ({why})"));
-    let html = if left == 0 {
-        "<p>The invitation code is wrong, used or expired. Nothing was changed. This activation \
-         is now locked: activate the integration again in Control Hub, or ask your service \
-         provider for help.</p>"
-            .to_string()
-    } else {
-        format!(
-            "<p>The invitation code is wrong, used or expired. Nothing was changed. \
-             {left} attempt(s) left. <a href=\"/setup/{}\">Back</a></p>",
-            esc(&session)
-        )
-    };
-    error_page(e, "Invitation code refused", &html)
+        Err(SubmitError::Pending(PendingError::Store(e))) => error_page(
+            ApiError::unavailable(&format!("setup: storage unavailable: {e}")),
+            "Try again shortly",
+            "<p>Storage is unavailable; nothing was changed.</p>",
+        ),
+        Err(SubmitError::Pending(e)) => pending_page(&e),
+        Err(SubmitError::Activation(e)) => {
+            let e = activate_error(&state, e);
+            let html = format!(
+                "<p>{}. Your invitation code was not used.</p>",
+                esc(&e.description)
+            );
+            error_page(e, "Activation failed", &html)
+        }
+    }
 }
 
 /// `POST /admin/invitations`: body `{"customer_id", "name"}` (and optionally `expires_in_secs`);
@@ -588,14 +488,13 @@ pub async fn create_invitation(
             "expires_in_secs must be between 60 and {max}"
         )));
     }
-    let customer = actors::store::tenants::Customer {
+    let customer = actors::onboarding::Customer {
         id: id.to_string(),
         name: name.to_string(),
     };
     let (inv, code) = state
-        .registry
-        .store()
-        .create_invitation(customer, std::time::Duration::from_secs(ttl))
+        .onboarding
+        .invite(customer, std::time::Duration::from_secs(ttl))
         .await
         .map_err(|e| ApiError::unavailable(&format!("invitation not stored: {e}")))?;
     let link = format!("{}/setup?code={code}", state.config.public_base());
@@ -625,9 +524,8 @@ pub async fn invitations_json(
     limit: usize,
 ) -> Result<Vec<serde_json::Value>, ApiError> {
     let list = state
-        .registry
-        .store()
-        .list_invitations(limit)
+        .onboarding
+        .invitations(limit)
         .await
         .map_err(|e| ApiError::unavailable(&format!("invitations unavailable: {e}")))?;
     let now = chrono::Utc::now();

@@ -827,8 +827,7 @@ async fn render_invitations(state: &AppState, s: &str, top: &str) -> HttpRespons
 <label>Customer id <input name=customer_id required maxlength=200></label> <label>Name <input name=name required maxlength=200></label> <button>Create invitation</button></form>
 <h2>Pending activations</h2>"#
     );
-    let store = state.registry.store();
-    match store_pending(state).await {
+    match state.onboarding.pending_list(100).await {
         Ok(list) if list.is_empty() => html.push_str("<p id=pending>None.</p>"),
         Ok(list) => {
             html.push_str("<table id=pending><tr><th>Organization</th><th>Region</th><th>Scopes</th><th>State</th><th></th></tr>");
@@ -863,7 +862,11 @@ async fn render_invitations(state: &AppState, s: &str, top: &str) -> HttpRespons
             html.push_str("</table>");
         }
         Err(e) => {
-            let _ = write!(html, "<p class=err>Unavailable: {}</p>", esc(&e));
+            let _ = write!(
+                html,
+                "<p class=err>Unavailable: {}</p>",
+                esc(&e.to_string())
+            );
         }
     }
     html.push_str("<h2>Invitations</h2>");
@@ -893,7 +896,6 @@ async fn render_invitations(state: &AppState, s: &str, top: &str) -> HttpRespons
             );
         }
     }
-    let _ = store;
     layout(
         StatusCode::OK,
         "Invitations & pending activations",
@@ -901,22 +903,6 @@ async fn render_invitations(state: &AppState, s: &str, top: &str) -> HttpRespons
         state,
         &html,
     )
-}
-
-/// Pending activations (newest first), with their sessions.
-async fn store_pending(state: &AppState) -> Result<Vec<(String, activation::Pending)>, String> {
-    let sessions = state
-        .registry
-        .pending_sessions(100)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    for session in sessions {
-        if let Ok(p) = activation::load_pending(state, &session).await {
-            out.push((session, p));
-        }
-    }
-    Ok(out)
 }
 
 /// `POST /console/invitations`: a new invitation; its code and link are shown once.
@@ -935,17 +921,12 @@ pub async fn create_invitation(
             "/console/invitations?failed=customer+id+and+name+are+1+to+200+characters",
         );
     }
-    let customer = actors::store::tenants::Customer {
+    let customer = actors::onboarding::Customer {
         id: id.into(),
         name: name.into(),
     };
     let ttl = std::time::Duration::from_secs(state.config.activation.invitation_ttl_secs);
-    match state
-        .registry
-        .store()
-        .create_invitation(customer, ttl)
-        .await
-    {
+    match state.onboarding.invite(customer, ttl).await {
         Ok((inv, code)) => {
             let link = format!("{}/setup?code={code}", state.config.public_base());
             let top = format!(
@@ -977,80 +958,36 @@ pub async fn decide_pending(
         Err(resp) => return resp,
     };
     let (session, decision) = path.into_inner();
-    let Ok(mut p) = activation::load_pending(&state, &session).await else {
-        return see_other("/console/invitations?failed=unknown+or+expired+activation");
-    };
-    if p.rejected || p.tenant_id.is_some() {
-        return see_other("/console/invitations?failed=already+decided");
-    }
-    if !matches!(decision.as_str(), "reject" | "approve") {
-        return see_other("/console/invitations");
-    }
-    // First decider wins: the customer may be entering their invitation code right now.
-    let ttl = state.config.activation.pending_ttl_secs;
-    let claim = match state.registry.claim_pending_decision(&session, ttl).await {
-        Ok(Some(token)) => token,
-        Ok(None) => return see_other("/console/invitations?failed=already+decided"),
-        Err(e) => {
-            return see_other(&format!(
-                "/console/invitations?failed={}",
-                enc(&format!("storage unavailable: {e}"))
-            ));
-        }
-    };
-    let msg = match decision.as_str() {
-        "reject" => {
-            p.rejected = true;
-            "Activation rejected".to_string()
-        }
-        "approve" => {
-            let (id, name) = (form.customer_id.trim(), form.name.trim());
-            let customer = (!id.is_empty()).then(|| actors::store::tenants::Customer {
-                id: truncate(id, 200),
-                name: truncate(
-                    if name.is_empty() {
-                        &p.claims.org_name
-                    } else {
-                        name
-                    },
-                    200,
-                ),
-            });
-            match state.registry.activate(&p.claims, customer).await {
-                Ok((h, _)) => {
-                    p.tenant_id = Some(h.tenant_id().to_string());
-                    format!("Activation of {} approved", p.claims.org_name)
-                }
-                Err(e) => {
-                    state
-                        .registry
-                        .release_pending_decision(&session, &claim)
-                        .await;
-                    let e = activation::activate_error(&state, e);
-                    return see_other(&format!(
-                        "/console/invitations?failed={}",
-                        enc(&e.to_string())
-                    ));
-                }
-            }
-        }
+    use actors::onboarding::{DecideError, Decision, PendingError};
+    let decision = match decision.as_str() {
+        "reject" => Decision::Reject,
+        "approve" => Decision::Approve {
+            customer_id: form.customer_id,
+            name: form.name,
+        },
         _ => return see_other("/console/invitations"),
     };
-    if let Err(e) = activation::store_pending(&state, &session, &p).await {
-        if p.rejected {
-            // Not rejected after all: the decision is open again (an approval keeps its claim:
-            // the tenant exists).
-            state
-                .registry
-                .release_pending_decision(&session, &claim)
-                .await;
+    let rejecting = matches!(decision, Decision::Reject);
+    // First decider wins: the customer may be entering their invitation code right now.
+    let failed = |why: &str| see_other(&format!("/console/invitations?failed={}", enc(why)));
+    match state.onboarding.decide(&session, decision).await {
+        Ok(org) => {
+            let msg = if rejecting {
+                "Activation rejected".to_string()
+            } else {
+                format!("Activation of {org} approved")
+            };
+            see_other(&format!("/console/invitations?done={}", enc(&msg)))
         }
-        return see_other(&format!(
-            "/console/invitations?failed={}",
-            enc(&e.to_string())
-        ));
+        Err(DecideError::Pending(PendingError::Store(e))) => {
+            failed(&format!("storage unavailable: {e}"))
+        }
+        Err(DecideError::Pending(_)) => failed("unknown or expired activation"),
+        Err(DecideError::AlreadyDecided) => failed("already decided"),
+        Err(DecideError::Activation(e)) => {
+            failed(&activation::activate_error(&state, e).to_string())
+        }
     }
-    see_other(&format!("/console/invitations?done={}", enc(&msg)))
 }
 
 /// A console page (GET) answers within `redis.command_timeout_ms`, whatever Redis does: a page

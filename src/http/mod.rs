@@ -39,6 +39,8 @@ pub struct AppState {
     pub errors: Arc<actors::support::ErrorLog>,
     /// Wrong admin tokens per client address (see [`admin::Throttle`]).
     pub throttle: admin::Throttle,
+    /// Invitations, pending activations, the setup page's code, the operator's decision.
+    pub onboarding: actors::onboarding::Onboarding,
 }
 
 impl AppState {

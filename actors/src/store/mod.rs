@@ -15,6 +15,7 @@ pub mod jti;
 pub mod keys;
 pub mod lag;
 pub mod lease;
+pub mod pending;
 pub mod relay;
 pub mod sentinel;
 pub mod sessions;

@@ -25,7 +25,8 @@ use serde_json::json;
 use crate::protocol::tracking::TrackingId;
 use crate::shutdown::Shutdown;
 use crate::store::StoreError;
-use crate::store::tenants::{LastError, ProvisioningState, TenantRecord};
+pub use crate::store::tenants::TenantRecord;
+use crate::store::tenants::{LastError, ProvisioningState};
 use crate::telemetry::Metrics;
 
 pub use deps::{BuildError, Built, Deps};
