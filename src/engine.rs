@@ -57,22 +57,14 @@ pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
         deps,
         gone,
         verifier,
+        writer,
+        errors,
     } = Deps::build(
         config.clone(),
         metrics.clone(),
         shutdown.clone(),
         writer_stop,
     )?;
-    let writer = deps.writer.clone();
-    let bell = deps.bell.clone();
-    let bell_store = deps.store.clone();
-    let lag_store = deps.store.clone();
-    let errors = Arc::new(actors::support::ErrorLog::start(
-        deps.store.clone(),
-        &config.support,
-        metrics.clone(),
-    ));
-    let bell_metrics = metrics.clone();
     let bell_on = config.devices.command_notifications;
     let registry = Arc::new(Registry::new(deps, SUPERVISOR_THREADS));
     registry.spawn_gone_cleaner(gone);
@@ -88,6 +80,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
         errors,
         throttle: http::admin::Throttle::new(&config.security),
         onboarding: actors::onboarding::Onboarding::new(registry.clone()),
+        sessions: actors::console::Sessions::new(&registry),
         accepting: AtomicBool::new(true),
     });
 
@@ -206,7 +199,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
             shutdown.clone(),
         ));
         if bell_on {
-            tokio::spawn(bell.listen(bell_store, bell_metrics, shutdown.clone()));
+            registry.spawn_command_bell(shutdown.clone());
         } else {
             tracing::info!(
                 "devices.command_notifications is off: command streams are read every devices.commands_poll_ms"
@@ -231,31 +224,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
             registry.clone(),
             shutdown.clone(),
         ));
-        let owned_by = registry.clone();
-        let lag = actors::store::lag::LagSampling {
-            shards: if config.streams.firehose {
-                config.streams.shards
-            } else {
-                0
-            },
-            org_groups: config.streams.lag_groups.clone(),
-            every: Duration::from_secs(config.streams.lag_sample_secs),
-            owned: Arc::new(move || {
-                owned_by
-                    .handles()
-                    .into_iter()
-                    .filter(|h| h.shared.claim.is_owning())
-                    .map(|h| h.shared.org_id.clone())
-                    .collect()
-            }),
-        };
-        if lag.wanted() {
-            tokio::spawn(actors::store::lag::sample_loop(
-                lag_store,
-                lag,
-                shutdown.clone(),
-            ));
-        }
+        registry.spawn_lag_sampling(shutdown.clone());
         tokio::spawn(actors::registry::flush_counters_loop(
             registry.clone(),
             shutdown.clone(),

@@ -10,6 +10,7 @@
 //! - [`devices`]: the device API: inventory, xAPI status/commands, configurations, the
 //!   command stream; per-tenant grants, rate limits and retries.
 //! - [`config`]: configuration types and their validation (loading lives in the binary).
+//! - [`console`]: the operator console's sessions (open, check, close, end all).
 //! - [`ingest`]: the one pipeline of webhooks and queue polls (verify, parse, check, write).
 //! - [`ownership`]: the coordinator: heartbeats, rendezvous spreading, leases acquired, renewed
 //!   and handed over.
@@ -24,9 +25,11 @@
 //! - [`tenant`]: one tenant's shared state, token keeper, claim on its lease, appUrl work,
 //!   and `Deps` (what every component needs, built once).
 //! - [`webex`]: reqwest client for Webex: JWKS cache, OAuth refresh, appUrl.
+//! - [`onboarding`]: invitations, setup codes, pending activations and their approval.
 pub mod actions;
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod devices;
 pub mod ingest;
 pub mod onboarding;
@@ -41,3 +44,6 @@ pub mod support;
 pub mod telemetry;
 pub mod tenant;
 pub mod webex;
+
+/// The error of every call that needs Redis (unreachable, timed out, a corrupt record...).
+pub use store::StoreError;

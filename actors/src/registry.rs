@@ -487,9 +487,11 @@ impl Registry {
         self.deps.tenants.history(tenant_id, scan).await
     }
 
-    /// The store, for the edge's console-session calls (to move into a room of its own).
-    pub fn store(&self) -> &crate::store::Store {
-        &self.deps.store
+    /// How many devices and workspaces the stored inventory of `org` holds.
+    pub async fn inventory_counts(&self, org: &str) -> Result<(u64, u64), StoreError> {
+        crate::store::devices::DeviceStore::new(self.deps.store.clone())
+            .counts(org)
+            .await
     }
 
     /// Waits until the token exchanges in flight stored their results (or `limit` passed);
@@ -609,6 +611,47 @@ pub async fn follow_changes(registry: Arc<Registry>, stop: Shutdown) {
 
 /// How often message counts are added to the stored counters.
 const COUNTER_FLUSH: Duration = Duration::from_secs(1);
+
+impl Registry {
+    /// Starts listening for the command bell (a tenant's command consumer wakes when its
+    /// stream gets an entry); call once connected.
+    pub fn spawn_command_bell(&self, stop: Shutdown) {
+        let deps = &self.deps;
+        let listen = deps
+            .bell
+            .clone()
+            .listen(deps.store.clone(), deps.metrics.clone(), stop);
+        tokio::spawn(listen);
+    }
+
+    /// Starts sampling consumer lag (`streams.lag_sample_secs`; the firehose, and the
+    /// organizations this replica owns), unless there is nothing to sample.
+    pub fn spawn_lag_sampling(self: &Arc<Self>, stop: Shutdown) {
+        let streams = &self.deps.config.streams;
+        let owned_by = Arc::downgrade(self);
+        let lag = crate::store::lag::LagSampling {
+            shards: if streams.firehose { streams.shards } else { 0 },
+            org_groups: streams.lag_groups.clone(),
+            every: Duration::from_secs(streams.lag_sample_secs),
+            owned: Arc::new(move || {
+                owned_by
+                    .upgrade()
+                    .map(|r| {
+                        r.handles()
+                            .into_iter()
+                            .filter(|h| h.shared.claim.is_owning())
+                            .map(|h| h.shared.org_id.clone())
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            }),
+        };
+        if lag.wanted() {
+            let store = self.deps.store.clone();
+            tokio::spawn(crate::store::lag::sample_loop(store, lag, stop));
+        }
+    }
+}
 
 /// Adds the message counts to the stored counters every second until `stop` (then once more),
 /// and recomputes the tenant gauges if they are stale.

@@ -8,7 +8,8 @@ use chrono::Utc;
 use tokio::sync::mpsc;
 
 use crate::config::SupportConfig;
-use crate::store::errors::ErrorRecord;
+/// One error answered with a trackingId, as the support log keeps it.
+pub use crate::store::errors::ErrorRecord;
 use crate::store::{Store, StoreError};
 use crate::telemetry::Metrics;
 

@@ -298,7 +298,7 @@ pub async fn find_error(
 pub async fn lookup_error(
     state: &AppState,
     id: &str,
-) -> Result<Option<serde_json::Value>, actors::store::StoreError> {
+) -> Result<Option<serde_json::Value>, actors::StoreError> {
     if let Some(rec) = state.errors.find(id).await? {
         return Ok(Some(serde_json::to_value(rec).unwrap_or_default()));
     }

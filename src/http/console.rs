@@ -90,7 +90,7 @@ async fn session(state: &AppState, req: &HttpRequest) -> Result<Option<String>, 
     let Some((value, digest)) = signed_session(state, req) else {
         return Ok(None);
     };
-    match state.registry.store().console_session_open(&digest).await {
+    match state.sessions.is_open(&digest).await {
         Ok(true) => Ok(Some(value)),
         Ok(false) => Ok(None),
         Err(e) => Err(unavailable(state, &e)),
@@ -139,7 +139,7 @@ fn error_page(
 }
 
 /// The 503 page of a console request Redis could not serve.
-fn unavailable(state: &AppState, e: &actors::store::StoreError) -> HttpResponse {
+fn unavailable(state: &AppState, e: &actors::StoreError) -> HttpResponse {
     error_page(
         state,
         ApiError::unavailable(&format!("console: storage unavailable: {e}")),
@@ -274,9 +274,8 @@ pub async fn login(
     }
     let (value, digest) = new_session(&state);
     if let Err(e) = state
-        .registry
-        .store()
-        .open_console_session(&digest, SESSION_SECS as u64)
+        .sessions
+        .open(&digest, SESSION_SECS as u64)
         .await
     {
         return unavailable(&state, &e);
@@ -351,7 +350,7 @@ pub async fn logout(
         return resp;
     }
     if let Some((_, digest)) = signed_session(&state, &req)
-        && let Err(e) = state.registry.store().close_console_session(&digest).await
+        && let Err(e) = state.sessions.close(&digest).await
     {
         return unavailable(&state, &e);
     }
@@ -369,7 +368,7 @@ pub async fn end_sessions(
     if let Err(resp) = post_form(&state, &req, payload).await {
         return resp;
     }
-    if let Err(e) = state.registry.store().end_console_sessions().await {
+    if let Err(e) = state.sessions.end_all().await {
         return unavailable(&state, &e);
     }
     tracing::warn!("console: every session ended by an operator");
@@ -569,11 +568,7 @@ pub async fn tenant(
     let q = query(&req);
     let json = h.to_json().await;
     let r = h.record();
-    let store = state.registry.store();
-    let inventory = match actors::store::devices::DeviceStore::new(store.clone())
-        .counts(&r.org_id)
-        .await
-    {
+    let inventory = match state.registry.inventory_counts(&r.org_id).await {
         Ok((d, w)) => format!("{d} devices, {w} workspaces"),
         Err(e) => format!("unavailable ({})", esc(&e.to_string())),
     };

@@ -41,6 +41,8 @@ pub struct AppState {
     pub throttle: admin::Throttle,
     /// Invitations, pending activations, the setup page's code, the operator's decision.
     pub onboarding: actors::onboarding::Onboarding,
+    /// The console's sessions (kept in Redis, so that signing out holds on every replica).
+    pub sessions: actors::console::Sessions,
 }
 
 impl AppState {
@@ -151,7 +153,7 @@ pub async fn record_errors(
         let known = tenant.is_some_and(|id| state.registry.get(id).is_some());
         let class = actors::support::ErrorClass::of(res.status().as_u16(), known);
         state.errors.record(
-            actors::store::errors::ErrorRecord {
+            actors::support::ErrorRecord {
                 tracking_id: info.tracking_id.to_string(),
                 time: chrono::Utc::now(),
                 status: res.status().as_u16(),

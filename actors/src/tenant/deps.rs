@@ -11,6 +11,7 @@ use crate::store::crypto::Sealer;
 use crate::store::tenants::Tenants;
 use crate::store::writer::{StreamWriter, WriterConfig};
 use crate::store::{Store, StoreError};
+use crate::support::ErrorLog;
 use crate::telemetry::Metrics;
 use crate::webex::client::WebexClient;
 
@@ -33,10 +34,10 @@ pub struct Deps {
     /// a poller reuse a connection that dies when those workers stop during a drain — with a
     /// batch Webex already removed from its queue in flight. Pollers run on the supervisors'
     /// arbiters, which stop only after them.
-    /// Polls are spread over several clients ([`crate::ingest::clients`]).
-    pub poll_http: crate::ingest::clients::PollClients,
+    /// Polls are spread over several clients ([`crate::webex::polls`]).
+    pub poll_http: crate::webex::polls::PollClients,
     /// The lean HTTP/1.1 poll client, when `ingest.poll_client = "http1"` (else `poll_http`).
-    pub poll_http1: Option<crate::ingest::http1::Http1Polls>,
+    pub poll_http1: Option<crate::webex::http1::Http1Polls>,
     /// The client of token exchanges only: they run on [`Deps::exchanges`]' runtime, which
     /// drives these connections until the process exits (see `poll_http` for the pitfall).
     pub oauth: WebexClient,
@@ -85,6 +86,10 @@ pub struct Built {
     pub gone: tokio::sync::mpsc::UnboundedReceiver<String>,
     /// The JWT verifier of activations and actions (the HTTP edge's).
     pub verifier: Arc<JwtVerifier>,
+    /// The stream writer (the ingest pipeline's).
+    pub writer: StreamWriter,
+    /// The support log (error answers, found again by trackingId).
+    pub errors: Arc<ErrorLog>,
 }
 
 impl Deps {
@@ -110,7 +115,7 @@ impl Deps {
             .pool_idle_timeout(POOL_IDLE)
             .user_agent(USER_AGENT)
             .build()?;
-        let poll_http = crate::ingest::clients::PollClients::new(
+        let poll_http = crate::webex::polls::PollClients::new(
             config.ingest.polls_per_connection,
             timeout,
             POOL_IDLE,
@@ -127,7 +132,7 @@ impl Deps {
             lean = false;
         }
         let poll_http1 =
-            lean.then(|| crate::ingest::http1::Http1Polls::new(timeout, POOL_IDLE, USER_AGENT));
+            lean.then(|| crate::webex::http1::Http1Polls::new(timeout, POOL_IDLE, USER_AGENT));
         let writer = StreamWriter::start(
             store.clone(),
             WriterConfig {
@@ -147,6 +152,11 @@ impl Deps {
             store.clone(),
             metrics.clone(),
         ));
+        let errors = Arc::new(ErrorLog::start(
+            store.clone(),
+            &config.support,
+            metrics.clone(),
+        ));
         let deps = Arc::new(Deps {
             tenants: Tenants::new(store.clone(), sealer),
             webex: WebexClient::new(http, config.webex.allow_http),
@@ -157,7 +167,7 @@ impl Deps {
             bell: Default::default(),
             store,
             metrics,
-            writer,
+            writer: writer.clone(),
             shutdown,
             gone: gone_tx,
             to_flush: Default::default(),
@@ -167,6 +177,8 @@ impl Deps {
             deps,
             gone,
             verifier,
+            writer,
+            errors,
         })
     }
 }
