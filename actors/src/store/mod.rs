@@ -20,6 +20,7 @@ pub mod relay;
 pub mod sentinel;
 pub mod sessions;
 pub mod tenants;
+pub mod trim;
 pub mod writer;
 
 use std::sync::Arc;

@@ -25,8 +25,9 @@
 //! written meanwhile (the checkpoint is older), in rounds of [`PER_ROUND`], before answering.
 use std::collections::HashSet;
 use std::sync::Mutex;
-use std::time::Duration;
 
+pub use super::trim::Trim;
+use super::trim::{min_id, trim_by_maxlen_now};
 use super::{Conn, Store, StoreError};
 
 static RELAY: std::sync::LazyLock<redis::Script> =
@@ -34,14 +35,6 @@ static RELAY: std::sync::LazyLock<redis::Script> =
 
 /// Entries read and copied per round (an organization with a longer backlog takes more rounds).
 const PER_ROUND: usize = 500;
-
-/// How shard streams are trimmed (as apply.lua trims them).
-#[derive(Debug, Clone, Copy)]
-pub struct Trim {
-    pub maxlen: u64,
-    /// Retention by age; zero = by `maxlen` only.
-    pub retention: Duration,
-}
 
 /// The streams of an organization whose checkpoint exists (their first entries need no
 /// relay-start mark any more). Forgotten beyond [`MAX_KNOWN`] (marks are then recorded again:
@@ -166,8 +159,8 @@ pub async fn relay(
             .key(keys.firehose_status(shard))
             .key(keys.firehose_events(shard))
             .arg(trim.maxlen)
-            .arg(super::writer::min_id(trim.retention))
-            .arg(if super::writer::trim_by_maxlen_now() {
+            .arg(min_id(trim.retention))
+            .arg(if trim_by_maxlen_now() {
                 "1"
             } else {
                 "0"

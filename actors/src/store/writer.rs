@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::trim::{min_id, trim_by_maxlen_now};
 use super::{Conn, Store, StoreError};
 use crate::protocol::message::{Body, Message, Source};
 use crate::shutdown::Shutdown;
@@ -151,10 +152,6 @@ impl Streams {
         }
     }
 }
-
-/// With retention by age, every this-many-th call also trims by `stream_maxlen` (`XTRIM`):
-/// the cap only matters in a burst, and one XADD carries one trim strategy.
-const MAXLEN_EVERY: u64 = 16;
 
 /// How a batch is confirmed durable.
 #[derive(Debug, Clone, Copy)]
@@ -430,7 +427,7 @@ async fn relay_group(
     org: &str,
 ) -> Result<(), StoreError> {
     let shards = durability.streams.firehose_shards;
-    let trim = super::relay::Trim {
+    let trim = super::trim::Trim {
         maxlen: durability.maxlen,
         retention: durability.streams.retention,
     };
@@ -602,29 +599,6 @@ async fn wait_replicas(
     }
     store.metrics().replication_waits("ok");
     Ok(())
-}
-
-/// Script calls made, for [`MAXLEN_EVERY`].
-static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// Whether this script call also trims by `stream_maxlen` when retention by age is on (one
-/// call in [`MAXLEN_EVERY`]).
-pub(super) fn trim_by_maxlen_now() -> bool {
-    CALLS
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        .is_multiple_of(MAXLEN_EVERY)
-}
-
-/// The `MINID` threshold of retention by age (milliseconds of the oldest ID kept); "0" = none.
-pub(super) fn min_id(retention: Duration) -> String {
-    if retention.is_zero() {
-        return "0".into();
-    }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    // At least 1: "0" means no retention to the script.
-    (now.saturating_sub(retention).as_millis().max(1)).to_string()
 }
 
 /// The keys of an organization in a call: its status and events streams, then (with the

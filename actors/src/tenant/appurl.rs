@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
 use serde_json::{Value, json};
 
 use super::{TenantShared, TokenError, WithToken, rotation};
@@ -13,8 +12,6 @@ use crate::shutdown::Shutdown;
 use crate::store::tenants::{ProvisioningState, TokensState};
 use crate::webex::client::AppUrlError;
 
-/// A webhook secret is this many random bytes (base64url: 43 characters, ≥ 32 required).
-const WEBHOOK_SECRET_BYTES: usize = 32;
 /// The reconciler's interval varies by ±this fraction so tenants do not call Webex in step.
 const RECONCILE_JITTER: f64 = 0.1;
 
@@ -44,12 +41,6 @@ pub async fn relearn_poll_url(shared: &TenantShared) {
     {
         tracing::warn!(tenant = %shared.tenant_id, error = %e, "new pollUrl not stored");
     }
-}
-
-/// A fresh webhook secret: 32 random bytes, base64url.
-pub fn new_webhook_secret() -> Secret {
-    let bytes: [u8; WEBHOOK_SECRET_BYTES] = rand::random();
-    Secret::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
 /// Completes an activation: token exchange (adopting a rotated refresh token), a fresh webhook
@@ -185,7 +176,7 @@ async fn try_complete(shared: &TenantShared) -> Result<(), Failure> {
     let scheme = deps.config.integration.webhook_auth;
     let secret = match ingest.webhook() {
         true => Some(
-            rotation::offer_stored(shared, &new_webhook_secret(), scheme, true)
+            rotation::offer_stored(shared, &rotation::new_webhook_secret(), scheme, true)
                 .await
                 .map_err(|e| Failure::rotation(e, &token))?,
         ),

@@ -15,6 +15,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
+use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
@@ -23,6 +24,15 @@ use crate::protocol::webhook::{BASIC_USERNAME, Scheme};
 use crate::secret::Secret;
 use crate::store::tenants::{AcceptedSecret, OfferedSecret, ProvisioningState, TenantSecrets};
 use crate::webex::client::AppUrlError;
+
+/// A webhook secret is this many random bytes (base64url: 43 characters, ≥ 32 required).
+const WEBHOOK_SECRET_BYTES: usize = 32;
+
+/// A fresh webhook secret: 32 random bytes, base64url.
+pub fn new_webhook_secret() -> Secret {
+    let bytes: [u8; WEBHOOK_SECRET_BYTES] = rand::random();
+    Secret::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
 
 /// The periodic rotation comes up to this fraction of the period early, per tenant.
 const ROTATION_JITTER: f64 = 0.1;
@@ -456,7 +466,7 @@ async fn try_rotate(shared: &TenantShared) -> Result<Rotated, RotateError> {
     }
     let deps = shared.deps();
     let scheme = deps.config.integration.webhook_auth;
-    let fresh = super::appurl::new_webhook_secret();
+    let fresh = new_webhook_secret();
     let secret = offer_stored(shared, &fresh, scheme, false).await?;
     let body = json!({
         "webhook": registration(scheme, &deps.webhook_url(&shared.tenant_id), &secret),
