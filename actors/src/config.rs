@@ -116,7 +116,7 @@ pub struct IngestConfig {
 #[serde(rename_all = "snake_case")]
 pub enum PollClient {
     /// HTTP/1.1, one connection per tenant kept between polls, holding nothing but the socket
-    /// while a poll waits (`ingest/http1.rs`).
+    /// while a poll waits (`webex/http1.rs`).
     Http1,
     /// reqwest: HTTP/2 where the server offers it (ALPN, or `webex.plain_http2`), polls spread
     /// over clients of `polls_per_connection` each; else HTTP/1.1 with hyper's buffers.

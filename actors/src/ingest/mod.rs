@@ -7,9 +7,8 @@
 //! # Layout
 //! - [`Ingest`]: the webhook path, over a [`Directory`] of tenants (the registry).
 //! - [`poller`]: the queue poller of one tenant, a supervised child; its batches go through
-//!   [`polled`]. Its HTTP clients: [`http1`] (the default) and [`clients`].
-pub mod clients;
-pub mod http1;
+//!   [`polled`]. Its HTTP clients live beside the Webex client: `webex::http1` (the default)
+//!   and `webex::polls`.
 pub mod poller;
 
 use std::sync::Arc;

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::clients::PollSlot;
-use super::http1::{self, Connection};
+use crate::webex::http1::{self, Connection};
+use crate::webex::polls::PollSlot;
 use crate::shutdown::Shutdown;
 use crate::tenant::{Refusal, TenantShared, WithToken};
 
