@@ -567,6 +567,13 @@ impl Metrics {
             .inc();
     }
 
+    /// One action of Webex answered (`action`: healthCheck, update…; `result`).
+    pub fn action(&self, action: &str, result: &str) {
+        self.actions_total
+            .with_label_values(&[action, result])
+            .inc();
+    }
+
     pub fn activation(&self, result: &str) {
         self.activations_total.with_label_values(&[result]).inc();
     }

@@ -15,13 +15,7 @@ pub async fn receive(
     tenant_id: String,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let count = |action: &str, result: &str| {
-        state
-            .metrics
-            .actions_total
-            .with_label_values(&[action, result])
-            .inc();
-    };
+    let count = |action: &str, result: &str| state.metrics.action(action, result);
     let bytes = body::read(&req, payload, state.config.server.max_body_bytes).await?;
     let handle = super::live_tenant(&state, &tenant_id).await?;
     let jwt: body::JwtBody = body::object(&bytes)?;
@@ -79,16 +73,16 @@ pub async fn receive(
 pub async fn removed_page(state: web::Data<AppState>, path: web::Path<String>) -> HttpResponse {
     let id = path.into_inner();
     match state.registry.get(&id) {
-        Some(h) if h.shared.is_deprovisioned() => super::activation::page(
+        Some(h) if h.shared.is_deprovisioned() => super::html::page(
             StatusCode::OK,
             "Integration removed",
             &format!(
                 "<p>xapi-stream no longer receives data for <b>{}</b>. Its credentials were deleted; \
                  the data already delivered stays with your analytics team.</p>",
-                super::activation::esc(&h.record().org_name)
+                super::html::esc(&h.record().org_name)
             ),
         ),
-        _ => super::activation::page(
+        _ => super::html::page(
             StatusCode::NOT_FOUND,
             "Not found",
             "<p>Unknown or active tenant.</p>",

@@ -9,6 +9,7 @@ use actors::protocol::jwt::{ActivationClaims, Expect, Verified};
 use actors::registry::ActivateError;
 use serde::Deserialize;
 
+use super::html::{esc, page};
 use super::{ApiError, AppState, admin, body, client_addr};
 
 /// Verifies an activation JWT (counting any rejection) and claims its jti: the token counts
@@ -578,38 +579,6 @@ pub async fn admin_activate(
     confirm(&state, &claimed).await?;
     // The tenant as the activation started; it moves on to completed/error in the background.
     Ok(HttpResponse::Accepted().json(actors::tenant::tenant_json(&started, &Default::default())))
-}
-
-/// A small, self-contained HTML page.
-pub fn page(status: StatusCode, title: &str, body_html: &str) -> HttpResponse {
-    HttpResponse::build(status)
-        .content_type("text/html; charset=utf-8")
-        .insert_header(("Cache-Control", "no-store"))
-        .insert_header(("Referrer-Policy", "no-referrer"))
-        .insert_header(("X-Frame-Options", "DENY"))
-        .insert_header(("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'"))
-        .body(format!(
-            "<!doctype html><html><head><meta charset=utf-8><title>{t}</title>\
-<style>body{{font-family:sans-serif;max-width:40em;margin:3em auto}}dt{{font-weight:bold}}.err{{color:#a00}}</style>\
-</head><body><h1>{t}</h1>{body_html}</body></html>",
-            t = esc(title)
-        ))
-}
-
-/// HTML escaping for text from JWTs and records.
-pub fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '&' => out.push_str("&amp;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

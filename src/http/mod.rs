@@ -8,6 +8,7 @@ pub mod body;
 pub mod console;
 pub mod devices;
 pub mod error;
+pub mod html;
 mod probes;
 pub mod tls;
 pub mod webhook;

@@ -32,11 +32,7 @@ pub async fn receive(
             }
         }
     };
-    state
-        .metrics
-        .webhooks_total
-        .with_label_values(&[label])
-        .inc();
+    state.metrics.webhook(label);
     resp
 }
 

@@ -1,0 +1,168 @@
+//! The operator console at `/console/` (on the admin listener): server-rendered HTML, no
+//! front-end build. Sign-in with the admin token gives an HttpOnly, SameSite=Strict session
+//! cookie: an expiry and a nonce, signed with HMAC-SHA256 under a key derived from
+//! `security.encryption_key` and the admin token (changing either signs everyone out), so any
+//! replica checks it without shared state. Every form carries a CSRF token derived from the
+//! session. Pages: tenants (filters, search by org id, tenant id, name or trackingId; paged),
+//! one tenant (record, lifecycle history, inventory counts, health check now, secret rotation,
+//! manifest update request), invitations and pending activations (approve, reject), an error
+//! found by its trackingId.
+mod invitations;
+mod pages;
+mod session;
+
+use std::collections::HashMap;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+
+use super::html::{esc, see_other};
+use super::{ApiError, AppState};
+use invitations::{create_invitation, decide_pending, invitations};
+use pages::{error, tenant, tenant_action, tenants};
+use session::{csrf, end_sessions, login, logout};
+
+/// An error page of the console that the support log records like an error JSON (see
+/// `super::record_errors`), with its `Retry-After` if it has one.
+fn error_page(
+    state: &AppState,
+    e: ApiError,
+    session: Option<&str>,
+    title: &str,
+    html: &str,
+) -> HttpResponse {
+    let mut resp = layout(
+        e.status,
+        title,
+        session,
+        state,
+        &format!(
+            "{html}<p>Reference: <code id=tracking>{}</code></p>",
+            e.tracking_id
+        ),
+    );
+    if let Some(secs) = e.retry_after {
+        resp.headers_mut().insert(
+            actix_web::http::header::RETRY_AFTER,
+            actix_web::http::header::HeaderValue::from(secs),
+        );
+    }
+    resp.extensions_mut().insert(super::error::Answered {
+        tracking_id: e.tracking_id,
+        reason: e.reason,
+        description: e.description,
+    });
+    resp
+}
+
+/// The 503 page of a console request Redis could not serve.
+fn unavailable(state: &AppState, e: &actors::StoreError) -> HttpResponse {
+    error_page(
+        state,
+        ApiError::unavailable(&format!("console: storage unavailable: {e}")),
+        None,
+        "Try again shortly",
+        "<p class=err>Storage is unavailable; nothing was changed. Try again in a moment.</p>",
+    )
+}
+
+/// A console page with the navigation, and the session's CSRF token in its forms.
+fn layout(
+    status: StatusCode,
+    title: &str,
+    session: Option<&str>,
+    state: &AppState,
+    body: &str,
+) -> HttpResponse {
+    let nav = match session {
+        Some(s) => format!(
+            r#"<nav><a href="/console/">Tenants</a> · <a href="/console/invitations">Invitations &amp; pending activations</a>
+<form class=inline method=get action="/console/"><input name=q placeholder="org id, tenant id, name or trackingId" size=40 aria-label=search> <button>Search</button></form>
+<form class=inline method=post action="/console/logout"><input type=hidden name=csrf value="{c}"><button>Sign out</button></form>
+<form class=inline method=post action="/console/sessions/end"><input type=hidden name=csrf value="{c}"><button title="Ends every console session, on every replica">Sign out everywhere</button></form></nav>"#,
+            c = csrf(state, s)
+        ),
+        None => String::new(),
+    };
+    HttpResponse::build(status)
+        .content_type("text/html; charset=utf-8")
+        .insert_header(("Cache-Control", "no-store"))
+        .insert_header(("Referrer-Policy", "no-referrer"))
+        .insert_header(("X-Frame-Options", "DENY"))
+        .insert_header((
+            "Content-Security-Policy",
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+        ))
+        .body(format!(
+            "<!doctype html><html><head><meta charset=utf-8><title>{t} · xapi-stream</title><style>\
+body{{font-family:sans-serif;margin:1.5em 2em}}table{{border-collapse:collapse}}td,th{{border-bottom:1px solid #ddd;padding:.25em .6em;text-align:left}}\
+.inline{{display:inline;margin-left:1em}}.err{{color:#a00}}.ok{{color:#070}}code{{background:#f4f4f4}}nav{{margin-bottom:1em}}dt{{font-weight:bold}}\
+</style></head><body>{nav}<h1>{t}</h1>{body}</body></html>",
+            t = esc(title)
+        ))
+}
+
+fn query(req: &HttpRequest) -> HashMap<String, String> {
+    web::Query::<HashMap<String, String>>::from_query(req.query_string())
+        .map(|q| q.into_inner())
+        .unwrap_or_default()
+}
+
+fn is_tracking_id(q: &str) -> bool {
+    q.len() == 32 && q.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn notice(q: &HashMap<String, String>) -> String {
+    match (q.get("done"), q.get("failed")) {
+        (Some(d), _) => format!("<p class=ok id=notice>{}</p>", esc(d)),
+        (_, Some(f)) => format!("<p class=err id=notice>{}</p>", esc(f)),
+        _ => String::new(),
+    }
+}
+
+/// A console page (GET) answers within `redis.command_timeout_ms`, whatever Redis does: a page
+/// reads Redis several times, and each read alone may take that long in a stall. Past it, a
+/// 503 page. (A POST is not cut short: its work — a decision, a rotation, a health check with
+/// its own bound — must not stop half-way; its first step, the session check, is one bounded
+/// Redis read, so in a stall it is answered after one timeout too.)
+async fn within(
+    state: &AppState,
+    handler: impl std::future::Future<Output = HttpResponse>,
+) -> HttpResponse {
+    let budget = std::time::Duration::from_millis(state.config.redis.command_timeout_ms);
+    match tokio::time::timeout(budget, handler).await {
+        Ok(resp) => resp,
+        Err(_) => {
+            let what = "<p class=err>Storage is slow to answer. Try again in a moment.</p>";
+            let e = ApiError::unavailable(&format!(
+                "console: no answer within {} ms (redis.command_timeout_ms)",
+                budget.as_millis()
+            ));
+            error_page(state, e, None, "Try again shortly", what)
+        }
+    }
+}
+
+/// The console's routes (on the admin listener); each page answers within [`within`]'s bound.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route(
+        "/console",
+        web::get().to(|| async { see_other("/console/") }),
+    )
+    .route("/console/", web::get().to(tenants))
+    .route("/console/login", web::post().to(login))
+    .route("/console/logout", web::post().to(logout))
+    .route("/console/sessions/end", web::post().to(end_sessions))
+    .route("/console/tenants/{tenant_id}", web::get().to(tenant))
+    .route(
+        "/console/tenants/{tenant_id}/{action}",
+        web::post().to(tenant_action),
+    )
+    .route("/console/errors/{tracking_id}", web::get().to(error))
+    .route("/console/invitations", web::get().to(invitations))
+    .route("/console/invitations", web::post().to(create_invitation))
+    .route(
+        "/console/pending/{session}/{decision}",
+        web::post().to(decide_pending),
+    );
+}

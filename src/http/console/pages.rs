@@ -1,0 +1,411 @@
+//! The console's tenant pages: the list (filters, search, paging), one tenant (record,
+//! history, inventory, actions), an error found by its trackingId.
+use std::fmt::Write as _;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+
+use super::session::{csrf, page_session, post_form};
+use super::{is_tracking_id, layout, notice, query, within};
+use crate::http::html::{enc, esc, see_other, truncate};
+use crate::http::{AppState, admin};
+
+/// Tenants per page.
+pub(super) const PAGE: usize = 50;
+
+/// Lifecycle entries read to find one tenant's history.
+pub(super) const HISTORY_SCAN: usize = 5000;
+
+/// `GET /console/`: the tenants, filtered (`state`, `tokens`, `q`) and paged (`page`). A `q`
+/// that is a trackingId opens that error.
+pub async fn tenants(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
+    let bound = state.clone();
+    within(&bound, async move {
+    let s = match page_session(&state, &req).await {
+        Ok(s) => s,
+        Err(resp) => return resp,
+    };
+    let q = query(&req);
+    let search = q.get("q").map(|v| v.trim().to_string()).unwrap_or_default();
+    if is_tracking_id(&search) {
+        return see_other(&format!("/console/errors/{}", search.to_ascii_lowercase()));
+    }
+    let want_state = q.get("state").cloned().unwrap_or_default();
+    let want_tokens = q.get("tokens").cloned().unwrap_or_default();
+    let needle = search.to_lowercase();
+    let mut rows: Vec<_> = state
+        .registry
+        .list()
+        .into_iter()
+        .map(|h| (h.record(), h))
+        .filter(|(r, _)| want_state.is_empty() || r.provisioning_state.as_str() == want_state)
+        .filter(|(r, _)| want_tokens.is_empty() || r.tokens_state.as_str() == want_tokens)
+        .filter(|(r, _)| {
+            needle.is_empty()
+                || r.org_id.to_lowercase().contains(&needle)
+                || r.tenant_id.to_lowercase().contains(&needle)
+                || r.org_name.to_lowercase().contains(&needle)
+                || r.customer.as_ref().is_some_and(|c| {
+                    c.id.to_lowercase().contains(&needle) || c.name.to_lowercase().contains(&needle)
+                })
+        })
+        .collect();
+    rows.sort_by(|a, b| {
+        a.0.org_name
+            .cmp(&b.0.org_name)
+            .then(a.0.tenant_id.cmp(&b.0.tenant_id))
+    });
+    let total = rows.len();
+    let pages = total.div_ceil(PAGE).max(1);
+    let page: usize = q
+        .get("page")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(1)
+        .clamp(1, pages);
+    let mut html = notice(&q);
+    let select = |name: &str, current: &str, options: &[&str]| {
+        let mut out = format!("<select name={name}><option value=\"\">any {name}</option>");
+        for o in options {
+            let sel = if *o == current { " selected" } else { "" };
+            let _ = write!(out, "<option{sel}>{o}</option>");
+        }
+        out + "</select>"
+    };
+    let _ = write!(
+        html,
+        r#"<form method=get action="/console/">{} {} <input name=q value="{}" placeholder="search" aria-label=filter> <button>Filter</button></form>
+<p id=count>{total} tenant(s); page {page} of {pages}.</p>
+<table id=tenants><tr><th>Organization</th><th>Org id</th><th>Tenant</th><th>Customer</th><th>Region</th><th>Provisioning</th><th>Tokens</th><th>Ingest</th><th>Msgs/min</th><th>Last error</th></tr>"#,
+        select(
+            "state",
+            &want_state,
+            &["provisioning", "completed", "error", "deprovisioned"]
+        ),
+        select("tokens", &want_tokens, &["valid", "invalid", "unknown"]),
+        esc(&search)
+    );
+    for (r, h) in rows.iter().skip((page - 1) * PAGE).take(PAGE) {
+        let err = r
+            .last_error
+            .as_ref()
+            .map(|e| {
+                format!(
+                    "<span class=err>{}</span> <a href=\"/console/errors/{}\"><code>{}</code></a>",
+                    esc(&truncate(&e.description, 80)),
+                    e.tracking_id,
+                    e.tracking_id
+                )
+            })
+            .unwrap_or_default();
+        let _ = write!(
+            html,
+            "<tr><td><a href=\"/console/tenants/{id}\">{name}</a></td><td><code>{org}</code></td><td><code>{id}</code></td><td>{cust}</td><td>{region}</td><td>{ps}</td><td>{ts}</td><td>{ingest}</td><td>{rate}</td><td>{err}</td></tr>",
+            id = esc(&r.tenant_id),
+            name = esc(&r.org_name),
+            org = esc(&truncate(&r.org_id, 40)),
+            cust = r
+                .customer
+                .as_ref()
+                .map(|c| format!("{} ({})", esc(&c.name), esc(&c.id)))
+                .unwrap_or_default(),
+            region = esc(&r.region),
+            ps = r.provisioning_state.as_str(),
+            ts = r.tokens_state.as_str(),
+            ingest = ingest_str(r.ingest),
+            rate = h.shared.messages_last_minute(),
+        );
+    }
+    html.push_str("</table>");
+    let link = |p: usize| {
+        format!(
+            "/console/?state={}&tokens={}&q={}&page={p}",
+            enc(&want_state),
+            enc(&want_tokens),
+            enc(&search)
+        )
+    };
+    if page > 1 {
+        let _ = write!(
+            html,
+            "<a href=\"{}\" id=prev>← previous</a> ",
+            esc(&link(page - 1))
+        );
+    }
+    if page < pages {
+        let _ = write!(
+            html,
+            "<a href=\"{}\" id=next>next →</a>",
+            esc(&link(page + 1))
+        );
+    }
+    html.push_str("<p><small>Msgs/min: messages this replica wrote for the tenant in the last full minute.</small></p>");
+    layout(StatusCode::OK, "Tenants", Some(&s), &state, &html)
+    })
+    .await
+}
+
+pub(super) fn ingest_str(m: actors::config::IngestMode) -> &'static str {
+    match (m.webhook(), m.queue()) {
+        (true, true) => "both",
+        (true, false) => "webhook",
+        _ => "queue",
+    }
+}
+
+/// `GET /console/tenants/<id>`.
+pub async fn tenant(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> HttpResponse {
+    let bound = state.clone();
+    within(&bound, async move {
+    let s = match page_session(&state, &req).await {
+        Ok(s) => s,
+        Err(resp) => return resp,
+    };
+    let id = path.into_inner();
+    let Some(h) = state.registry.get(&id) else {
+        return layout(
+            StatusCode::NOT_FOUND,
+            "Tenant not found",
+            Some(&s),
+            &state,
+            &format!("<p>No tenant <code>{}</code>.</p>", esc(&id)),
+        );
+    };
+    let q = query(&req);
+    let json = h.to_json().await;
+    let r = h.record();
+    let inventory = match state.registry.inventory_counts(&r.org_id).await {
+        Ok((d, w)) => format!("{d} devices, {w} workspaces"),
+        Err(e) => format!("unavailable ({})", esc(&e.to_string())),
+    };
+    let history = match state.registry.history(&id, HISTORY_SCAN).await {
+        Ok(entries) => {
+            let mut t = String::from(
+                "<table id=history><tr><th>Time</th><th>Event</th><th>Reason</th></tr>",
+            );
+            for e in entries.iter().take(50) {
+                let f = |k: &str| esc(e.get(k).map(String::as_str).unwrap_or(""));
+                let _ = write!(
+                    t,
+                    "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    f("ts"),
+                    f("event"),
+                    f("reason")
+                );
+            }
+            t + "</table>"
+        }
+        Err(e) => format!(
+            "<p class=err>History unavailable: {}</p>",
+            esc(&e.to_string())
+        ),
+    };
+    let err = r
+        .last_error
+        .as_ref()
+        .map(|e| format!("<p class=err id=last_error>{} — {} — <a href=\"/console/errors/{t}\"><code>{t}</code></a></p>", e.at, esc(&e.description), t = e.tracking_id))
+        .unwrap_or_else(|| "<p>No error.</p>".into());
+    let received = &json["messages_received"];
+    let token = csrf(&state, &s);
+    let action = |path: &str, label: &str, extra: &str| {
+        format!(
+            r#"<form method=post action="/console/tenants/{id}/{path}">{extra}<input type=hidden name=csrf value="{token}"><button>{label}</button></form>"#,
+            id = esc(&id)
+        )
+    };
+    let html = format!(
+        r#"{notice}<dl id=record><dt>Organization</dt><dd>{name} (<code>{org}</code>)</dd><dt>Tenant</dt><dd><code>{id}</code></dd>
+<dt>Customer</dt><dd>{cust}</dd><dt>Region</dt><dd>{region}</dd><dt>Provisioning</dt><dd id=provisioning>{ps}</dd><dt>Tokens</dt><dd>{ts}</dd>
+<dt>Ingest</dt><dd>{ingest}</dd><dt>Scopes</dt><dd>{scopes}</dd><dt>Manifest version</dt><dd>{mv}</dd><dt>Messages</dt><dd>{total} received ({wh} webhook, {qu} queue); {rate} in the last minute on this replica</dd>
+<dt>Inventory</dt><dd id=inventory>{inventory}</dd><dt>Created</dt><dd>{created}</dd></dl>
+<h2>Last error</h2>{err}
+<h2>Actions</h2>{health}{rotate}
+<h3>Request a manifest update</h3>{manifest}
+<h2>Lifecycle</h2>{history}"#,
+        notice = notice(&q),
+        name = esc(&r.org_name),
+        org = esc(&r.org_id),
+        id = esc(&id),
+        cust = r
+            .customer
+            .as_ref()
+            .map(|c| format!("{} ({})", esc(&c.name), esc(&c.id)))
+            .unwrap_or_else(|| "—".into()),
+        region = esc(&r.region),
+        ps = r.provisioning_state.as_str(),
+        ts = r.tokens_state.as_str(),
+        ingest = ingest_str(r.ingest),
+        scopes = esc(&r.scopes.join(" ")),
+        mv = esc(r.manifest_version.as_deref().unwrap_or("—")),
+        total = received["total"],
+        wh = received["webhook"],
+        qu = received["queue"],
+        rate = h.shared.messages_last_minute(),
+        created = r.created_at,
+        health = action("health", "Health check now", ""),
+        rotate = action("rotate", "Rotate webhook secret", ""),
+        manifest = action(
+            "manifest-update",
+            "Send update request",
+            "<textarea name=manifest rows=6 cols=80 placeholder=\"the new manifest (JSON)\" required></textarea><br>"
+        ),
+    );
+    layout(
+        StatusCode::OK,
+        &format!("Tenant {}", r.org_name),
+        Some(&s),
+        &state,
+        &html,
+    )
+    })
+    .await
+}
+
+/// `POST /console/tenants/<id>/<action>`: health, rotate, manifest-update.
+pub async fn tenant_action(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+) -> HttpResponse {
+    let form = match post_form(&state, &req, payload).await {
+        Ok((_, form)) => form,
+        Err(resp) => return resp,
+    };
+    let (id, action) = path.into_inner();
+    let Some(h) = state.registry.get(&id) else {
+        return see_other("/console/?failed=unknown+tenant");
+    };
+    let back = |ok: bool, msg: String| {
+        see_other(&format!(
+            "/console/tenants/{}?{}={}",
+            enc(&id),
+            if ok { "done" } else { "failed" },
+            enc(&msg)
+        ))
+    };
+    match action.as_str() {
+        "health" => match actors::actions::health_check(&h.shared).await {
+            actors::actions::ActionOutcome::Health {
+                operational_state,
+                tokens_state,
+            } => back(
+                true,
+                format!("Health check: {operational_state}, tokens {tokens_state}"),
+            ),
+            _ => back(false, "health check gave no answer".into()),
+        },
+        "rotate" => match actors::tenant::rotation::rotate(
+            &h.shared,
+            actors::tenant::rotation::Why::Operator,
+        )
+        .await
+        {
+            Ok(r) => back(
+                true,
+                format!(
+                    "Webhook secret rotated; the previous one is accepted until {}",
+                    r.previous_valid_until
+                        .map(|t| t.to_string())
+                        .unwrap_or_else(|| "now".into())
+                ),
+            ),
+            Err(e) => back(false, format!("Not rotated: {e}")),
+        },
+        "manifest-update" => {
+            let manifest: serde_json::Value = match serde_json::from_str(&form.manifest) {
+                Ok(v) => v,
+                Err(e) => return back(false, format!("The manifest is not JSON: {e}")),
+            };
+            let problems = actors::protocol::manifest::check(&manifest);
+            if !problems.is_empty() {
+                let list: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+                return back(false, format!("Invalid manifest: {}", list.join("; ")));
+            }
+            match actors::actions::request_manifest_update(&h.shared, manifest).await {
+                Ok(_) => back(
+                    true,
+                    "Update request sent: the customer's admin can approve the new manifest".into(),
+                ),
+                Err(e) => back(false, format!("Webex refused the update request: {e}")),
+            }
+        }
+        _ => see_other(&format!("/console/tenants/{}", enc(&id))),
+    }
+}
+
+/// `GET /console/errors/<trackingId>`.
+pub async fn error(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> HttpResponse {
+    let bound = state.clone();
+    within(&bound, async move {
+    let s = match page_session(&state, &req).await {
+        Ok(s) => s,
+        Err(resp) => return resp,
+    };
+    let id = path.into_inner().to_ascii_lowercase();
+    if !is_tracking_id(&id) {
+        return layout(
+            StatusCode::BAD_REQUEST,
+            "Not a trackingId",
+            Some(&s),
+            &state,
+            "<p>A trackingId is 32 hex digits.</p>",
+        );
+    }
+    let found = match admin::lookup_error(&state, &id).await {
+        Ok(found) => found,
+        Err(e) => {
+            return layout(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Support log unavailable",
+                Some(&s),
+                &state,
+                &format!("<p class=err>{}</p>", esc(&e.to_string())),
+            );
+        }
+    };
+    let Some(e) = found else {
+        return layout(
+            StatusCode::NOT_FOUND,
+            "trackingId not found",
+            Some(&s),
+            &state,
+            &format!(
+                "<p>No error with trackingId <code>{}</code> in the last {} s.</p>",
+                esc(&id),
+                state.config.support.errors_retention_secs
+            ),
+        );
+    };
+    let f = |k: &str| match &e[k] {
+        serde_json::Value::String(v) => esc(v),
+        serde_json::Value::Null => "—".into(),
+        v => esc(&v.to_string()),
+    };
+    let tenant = match e["tenant"].as_str() {
+        Some(t) => format!(
+            "<a href=\"/console/tenants/{t}\" id=tenant>{t}</a>",
+            t = esc(t)
+        ),
+        None => "—".into(),
+    };
+    let html = format!(
+        "<dl id=error><dt>trackingId</dt><dd><code>{}</code></dd><dt>Time</dt><dd>{}</dd><dt>Endpoint</dt><dd>{}</dd><dt>Status</dt><dd>{}</dd><dt>Tenant</dt><dd>{tenant}</dd><dt>Reason</dt><dd id=reason>{}</dd><dt>Description</dt><dd id=description>{}</dd></dl>",
+        f("trackingId"),
+        f("time"),
+        f("endpoint"),
+        f("status"),
+        f("reason"),
+        f("description")
+    );
+    layout(StatusCode::OK, "Error", Some(&s), &state, &html)
+    })
+    .await
+}
