@@ -21,3 +21,4 @@ mod prometheus;
 mod rotation;
 mod scale;
 mod sentinel;
+mod walls;
