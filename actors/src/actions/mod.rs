@@ -179,7 +179,7 @@ pub async fn deprovision(
 pub async fn request_manifest_update(
     shared: &TenantShared,
     manifest: Value,
-) -> Result<Value, String> {
+) -> Result<Value, WithToken<AppUrlError>> {
     let deps = &shared.deps();
     let app_url = shared.record().app_url;
     let body = serde_json::json!({ "updateRequest": { "newManifest": manifest } });
@@ -189,5 +189,4 @@ pub async fn request_manifest_update(
             async move { webex.patch_app(url, &t, body).await }
         })
         .await
-        .map_err(|e| e.to_string())
 }

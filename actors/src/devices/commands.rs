@@ -17,7 +17,7 @@ use super::{DeviceError, DeviceRequest};
 use crate::protocol::tracking::TrackingId;
 use crate::shutdown::Shutdown;
 use crate::store::devices::{CommandEntry, DeviceStore, Mark};
-use crate::tenant::TenantShared;
+use crate::tenant::{ChildError, TenantShared};
 
 /// The consumer group every engine replica reads with.
 pub const GROUP: &str = "xapi-stream";
@@ -218,7 +218,7 @@ async fn handle(
 /// entry), reading anyway every `devices.commands_sweep_secs`, or — while the bell is silent —
 /// every `devices.commands_poll_ms`. Entries another consumer left pending (a previous owner)
 /// are claimed every `commands_claim_idle_secs` until none are left.
-pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), String> {
+pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), ChildError> {
     let cfg = &shared.deps().config.devices;
     let store = DeviceStore::new(shared.deps().store.clone());
     let org = shared.org_id.clone();
@@ -229,13 +229,13 @@ pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), String
     let claim_every = Duration::from_secs(cfg.commands_claim_idle_secs.max(1));
     let claim_idle_ms = cfg.commands_claim_idle_secs * 1000;
     let maxlen = cfg.results_maxlen;
-    let fail = |what: &str, e: crate::store::StoreError| format!("command stream: {what}: {e}");
+    let fail = |doing: &'static str, e: crate::store::StoreError| ChildError::new(doing, e);
     let bell = &shared.deps().bell;
     let door = Door::open(bell, &org);
     store
         .ensure_group(&org, GROUP)
         .await
-        .map_err(|e| fail("creating the consumer group", e))?;
+        .map_err(|e| fail("command stream: creating the consumer group", e))?;
     // First this consumer's own pending entries (left by a previous run), then new ones.
     let mut own_pending = true;
     // Whether other consumers have entries pending (checked once their own are done).
@@ -249,7 +249,7 @@ pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), String
         let mut entries = store
             .read_commands(&org, GROUP, &consumer, from, BATCH)
             .await
-            .map_err(|e| fail("reading", e))?;
+            .map_err(|e| fail("command stream: reading", e))?;
         if own_pending && entries.is_empty() {
             own_pending = false;
             continue;
@@ -260,12 +260,12 @@ pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), String
             entries = store
                 .claim_stale(&org, GROUP, &consumer, claim_idle_ms, BATCH)
                 .await
-                .map_err(|e| fail("claiming stale entries", e))?;
+                .map_err(|e| fail("command stream: claiming stale entries", e))?;
             if entries.is_empty() {
                 others_pending = store
                     .pending_of_others(&org, GROUP, &consumer)
                     .await
-                    .map_err(|e| fail("counting pending entries", e))?
+                    .map_err(|e| fail("command stream: counting pending entries", e))?
                     > 0;
             }
         }
@@ -297,7 +297,7 @@ pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), String
         store
             .finish_commands(&org, GROUP, &results, maxlen)
             .await
-            .map_err(|e| fail("writing results", e))?;
+            .map_err(|e| fail("command stream: writing results", e))?;
     }
 }
 

@@ -15,7 +15,7 @@ use super::{Api, DeviceError};
 use crate::shutdown::Shutdown;
 use crate::store::devices::{DeviceStore, InventoryChanges, InventoryKind};
 use crate::store::tenants::ProvisioningState;
-use crate::tenant::TenantShared;
+use crate::tenant::{ChildError, TenantShared};
 
 /// A listing longer than this many pages is cut off as an error (a paging loop).
 const MAX_PAGES: usize = 10_000;
@@ -225,7 +225,7 @@ pub async fn stored(
 /// `devices.inventory_interval_secs`, jittered. Transient failures end the child so the
 /// supervisor restarts it with backoff; refusals (a missing scope on the Webex side) wait for
 /// the next round.
-pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), String> {
+pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), ChildError> {
     let every = Duration::from_secs_f64(shared.deps().config.devices.inventory_interval_secs);
     // A new owner (restart, takeover) whose predecessor synced recently waits out the rest of
     // the interval (jittered), so thousands of tenants taken over together do not all list
@@ -263,7 +263,7 @@ pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), String
                 if let Err(e) = store.forget_synced(&shared.org_id).await {
                     tracing::debug!(tenant = %shared.tenant_id, error = %e, "inventory sync time not cleared");
                 }
-                return Err(format!("inventory sync: {e}"));
+                return Err(ChildError::new("inventory sync", e));
             }
             Err(e) => {
                 tracing::warn!(tenant = %shared.tenant_id, error = %e, code = e.code(), "inventory sync refused; next round");

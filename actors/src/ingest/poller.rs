@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::shutdown::Shutdown;
+use crate::tenant::{ChildError, Refusal, TenantShared, WithToken};
 use crate::webex::http1::{self, Connection};
 use crate::webex::polls::PollSlot;
-use crate::shutdown::Shutdown;
-use crate::tenant::{Refusal, TenantShared, WithToken};
 
 /// Largest pause after failed polls; the first is `ingest.poll_retry_secs` (the protocol
 /// suggests 10 s), doubling up to this cap, jittered ±20 %.
@@ -36,7 +36,7 @@ struct PollResponse {
 }
 
 /// Runs until `stop`. Returns `Err` only for failures a restart could mend.
-pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), String> {
+pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), ChildError> {
     let deps = shared.deps().clone();
     let retry_base = Duration::from_secs_f64(deps.config.ingest.poll_retry_secs);
     let metrics = &deps.metrics;

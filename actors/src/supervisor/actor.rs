@@ -12,8 +12,8 @@ use actix::prelude::*;
 
 use crate::shutdown::{self, Shutdown, ShutdownTrigger};
 use crate::store::tenants::ProvisioningState;
-use crate::tenant::TenantShared;
 use crate::tenant::appurl::{complete_activation, relearn_poll_url, run_reconciler};
+use crate::tenant::{ChildError, TenantShared};
 
 /// Bounded mailbox: lifecycle messages are rare; a full mailbox means something is stuck.
 const MAILBOX_CAPACITY: usize = 64;
@@ -129,7 +129,7 @@ impl TenantSupervisor {
         let generation = self.generation;
         // Each child is boxed at its own size: one future matching over all kinds would be as
         // large as the largest (4.4 KB, the inventory) for every child of every tenant.
-        type Child = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>>>>;
+        type Child = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ChildError>>>>;
         let child: Child = match kind {
             ChildKind::TokenRefresher => Box::pin(async move {
                 shared.run_refresher(stop).await;
@@ -313,7 +313,7 @@ impl TenantSupervisor {
         &mut self,
         kind: ChildKind,
         generation: u64,
-        result: Result<(), String>,
+        result: Result<(), ChildError>,
         ctx: &mut Context<Self>,
     ) {
         if self

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::{TenantShared, TokenError, WithToken, rotation};
+use super::{ChildError, TenantShared, TokenError, WithToken, rotation};
 use crate::secret::Secret;
 use crate::shutdown::Shutdown;
 use crate::store::tenants::{ProvisioningState, TokensState};
@@ -273,7 +273,7 @@ async fn try_complete(shared: &TenantShared) -> Result<(), Failure> {
 /// what Webex says; a removed integration is reported. Interval from
 /// `activation.reconcile_interval_secs`, jittered. The same loop runs the periodic webhook
 /// secret rotation when it falls due (see [`rotation`]): no extra task per tenant.
-pub async fn run_reconciler(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), String> {
+pub async fn run_reconciler(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), ChildError> {
     let every = shared.deps().config.activation.reconcile_interval_secs;
     let jittered = || {
         let jitter = 1.0 + RECONCILE_JITTER * (rand::random::<f64>() * 2.0 - 1.0);
@@ -330,7 +330,7 @@ pub async fn run_reconciler(shared: Arc<TenantShared>, stop: Shutdown) -> Result
 
 /// One reconciliation. Errors that a restart could mend are returned; Webex being down is not
 /// one of them (logged, next round).
-pub async fn reconcile_once(shared: &TenantShared) -> Result<(), String> {
+pub async fn reconcile_once(shared: &TenantShared) -> Result<(), ChildError> {
     let deps = &shared.deps();
     let app_url = shared.record().app_url;
     let answer = shared
@@ -373,7 +373,7 @@ pub async fn reconcile_once(shared: &TenantShared) -> Result<(), String> {
                     }
                 })
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| ChildError::new("reconcile: storing the appUrl's answer", e))?;
             Ok(())
         }
         Err(AppUrlError::Gone(code)) => {

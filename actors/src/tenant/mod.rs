@@ -558,6 +558,29 @@ impl Refusal for crate::webex::client::AppUrlError {
     }
 }
 
+/// Why a tenant's child (reconciler, queue poller, inventory, command consumer) ended early:
+/// what it was doing and the error underneath. The supervisor logs it and restarts the child
+/// after a backoff; a child that stops because its work is over returns `Ok`.
+#[derive(Debug, thiserror::Error)]
+#[error("{doing}: {source}")]
+pub struct ChildError {
+    pub doing: &'static str,
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl ChildError {
+    pub fn new(
+        doing: &'static str,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            doing,
+            source: Box::new(source),
+        }
+    }
+}
+
 /// Why [`TenantShared::with_token`] failed: no token, or the call's own error (after the one
 /// refresh, if the token was refused).
 #[derive(Debug)]
