@@ -191,7 +191,7 @@ async fn poll_once(shared: &Arc<TenantShared>, stop: &Shutdown, conn: &Connectio
     };
     let url = match deps.webex.check_url(&poll_url) {
         Ok(u) => u,
-        Err(e) => return Poll::Failed(e.into()),
+        Err(e) => return Poll::Failed(e.to_string().into()),
     };
     let lease_floor = deps.config.scaling.lease_ttl() / 2;
     let sent = shared

@@ -43,7 +43,7 @@ pub enum OAuthError {
     },
     /// The URL is not allowed (http without `webex.allow_http`) or not a URL.
     #[error("refusing URL {0}")]
-    Url(String),
+    Url(UrlError),
     /// The request may have reached the token endpoint but no complete answer came back (a
     /// timeout, a connection lost mid-way, an unreadable 200): the refresh token may have been
     /// redeemed. Worth retrying, but Webex may refuse that token now.
@@ -71,7 +71,21 @@ pub enum AppUrlError {
     #[error("appUrl unreachable: {0}")]
     Network(String),
     #[error("refusing URL {0}")]
-    Url(String),
+    Url(UrlError),
+}
+
+/// Why a URL Webex handed us is not called.
+#[derive(Debug, thiserror::Error)]
+pub enum UrlError {
+    #[error("{url}: {source}")]
+    Invalid {
+        url: String,
+        #[source]
+        source: url::ParseError,
+    },
+    /// Not https (http is allowed only with `webex.allow_http`, for simulators).
+    #[error("{0}: scheme not allowed")]
+    Scheme(String),
 }
 
 /// Largest error body kept for a log line or last_error.
@@ -94,12 +108,15 @@ impl WebexClient {
     }
 
     /// Only https URLs (http too when `webex.allow_http` is set, for simulators).
-    pub fn check_url(&self, url: &str) -> Result<url::Url, String> {
-        let u = url::Url::parse(url).map_err(|e| format!("{url}: {e}"))?;
+    pub fn check_url(&self, url: &str) -> Result<url::Url, UrlError> {
+        let u = url::Url::parse(url).map_err(|source| UrlError::Invalid {
+            url: url.to_string(),
+            source,
+        })?;
         match u.scheme() {
             "https" => Ok(u),
             "http" if self.allow_http => Ok(u),
-            _ => Err(format!("{url}: scheme not allowed")),
+            _ => Err(UrlError::Scheme(url.to_string())),
         }
     }
 
