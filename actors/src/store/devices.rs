@@ -7,47 +7,6 @@ use redis::AsyncCommands;
 
 use super::{Store, StoreError};
 
-/// Diffs a full listing against the stored hash and writes only the changes, atomically:
-/// `HSET`/`HDEL` plus one `add`/`update`/`remove` entry each on the inventory stream.
-/// Idempotent: the same listing applied twice writes nothing the second time, whichever
-/// replica applies it.
-const INVENTORY_LUA: &str = r#"
--- KEYS[1] hash, KEYS[2] stream
--- ARGV[1] kind, ARGV[2] org, ARGV[3] ts, ARGV[4] maxlen, then id, json pairs
-local current = redis.call('HGETALL', KEYS[1])
-local have = {}
-for i = 1, #current, 2 do have[current[i]] = current[i + 1] end
-local added, updated, removed = 0, 0, 0
-local seen = {}
-for i = 5, #ARGV, 2 do
-  local id, json = ARGV[i], ARGV[i + 1]
-  seen[id] = true
-  local prev = have[id]
-  if prev == nil then
-    redis.call('HSET', KEYS[1], id, json)
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'org', ARGV[2], 'kind', ARGV[1],
-      'id', id, 'op', 'add', 'value', json, 'ts', ARGV[3])
-    added = added + 1
-  elseif prev ~= json then
-    redis.call('HSET', KEYS[1], id, json)
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'org', ARGV[2], 'kind', ARGV[1],
-      'id', id, 'op', 'update', 'value', json, 'prev', prev, 'ts', ARGV[3])
-    updated = updated + 1
-  end
-  have[id] = json
-end
-for i = 1, #current, 2 do
-  local id = current[i]
-  if not seen[id] then
-    redis.call('HDEL', KEYS[1], id)
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'org', ARGV[2], 'kind', ARGV[1],
-      'id', id, 'op', 'remove', 'prev', current[i + 1], 'ts', ARGV[3])
-    removed = removed + 1
-  end
-end
-return {added, updated, removed}
-"#;
-
 /// Changes written by one inventory apply.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct InventoryChanges {
@@ -150,10 +109,11 @@ pub const REQUEST_ID_TTL_SECS: u64 = 24 * 3600;
 /// Tenant-hash field: when the inventory was last fully synced (epoch ms).
 const INVENTORY_SYNCED: &str = "inventory_synced_ms";
 
+/// Diffs a full listing against the stored inventory hash (see devices_inventory.lua).
 /// Compiled (hashed) once: every tenant's pollers and inventory make a `DeviceStore`, and a
 /// script per store held 2.4 KB per tenant (measured at 10,000 tenants).
 static INVENTORY: std::sync::LazyLock<redis::Script> =
-    std::sync::LazyLock::new(|| redis::Script::new(INVENTORY_LUA));
+    std::sync::LazyLock::new(|| redis::Script::new(include_str!("devices_inventory.lua")));
 
 #[derive(Clone)]
 pub struct DeviceStore {

@@ -16,7 +16,7 @@ use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{Store, StoreError};
+use super::{NOW_MS_LUA, Store, StoreError};
 use crate::store::tenants::Customer;
 
 /// Letters of a code: Crockford's base32 (no I, L, O, U), easy to read aloud and type.
@@ -26,18 +26,12 @@ const CODE_LEN: usize = 20;
 /// An invitation's record outlives its expiry by this much, so listings show it as expired.
 const KEEP_AFTER_EXPIRY: Duration = Duration::from_secs(86_400);
 
-/// Stores an invitation unless Redis runs it past its write deadline (then the caller was
-/// answered 503: a code nobody saw must not be usable). `KEYS`: the invitation, the index;
-/// `ARGV`: JSON, seconds kept, creation ms, digest, oldest score kept, deadline ms.
+/// Stores an invitation unless past its write deadline (invitations_store.lua after
+/// [`NOW_MS_LUA`]).
 static STORE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(&format!(
-        "{}
-        if now > tonumber(ARGV[6]) then return -now end
-        redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-        redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
-        redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[5])
-        return 1",
-        super::NOW_MS_LUA
+        "{NOW_MS_LUA}\n{}",
+        include_str!("invitations_store.lua")
     ))
 });
 
@@ -99,21 +93,9 @@ pub fn digest(code: &str) -> String {
     hex::encode(Sha256::digest(normal.as_bytes()))
 }
 
-/// Marks an invitation used unless it is already: {0} unknown, {1} used before, {2, record}
-/// used now. The mark expires with the invitation's record (never before it: a used code must
-/// not work again while its record lives).
-static REDEEM: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r"
-local v = redis.call('GET', KEYS[1])
-if not v then return {0} end
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl < 1000 then ttl = 1000 end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ttl) then return {2, v} end
-return {1}
-",
-    )
-});
+/// Marks an invitation used unless it is already (see invitations_redeem.lua).
+static REDEEM: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("invitations_redeem.lua")));
 
 impl Store {
     /// Stores a new invitation for `customer`, valid `ttl`; returns it and its code (the only

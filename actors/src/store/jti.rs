@@ -33,40 +33,14 @@ pub enum JtiClaim {
     Replay,
 }
 
-/// `KEYS[1]` the jti; `ARGV`: token digest, attempt nonce, hold ms, deadline ms, retention s.
-/// Answers what it found and, for `held`, the ms left; for `late`, Redis's time.
+/// Claims a jti for an attempt (jti_claim.lua after [`NOW_MS_LUA`]).
 static CLAIM: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(&format!(
-        "{NOW_MS_LUA}
-        if now > tonumber(ARGV[4]) then return {{'late', now}} end
-        local claim = 'claim:' .. ARGV[1] .. ':' .. ARGV[2] .. ':' .. (now + tonumber(ARGV[3]))
-        local v = redis.call('GET', KEYS[1])
-        if not v then
-          redis.call('SET', KEYS[1], claim, 'EX', ARGV[5])
-          return {{'claimed', 0}}
-        end
-        local d, held = string.match(v, '^claim:(%x+):%x+:(%d+)$')
-        if d ~= ARGV[1] then return {{'replay', 0}} end
-        if tonumber(held) > now then return {{'held', tonumber(held) - now}} end
-        redis.call('SET', KEYS[1], claim, 'KEEPTTL')
-        return {{'resumed', 0}}"
-    ))
+    redis::Script::new(&format!("{NOW_MS_LUA}\n{}", include_str!("jti_claim.lua")))
 });
 
-/// `KEYS[1]` the jti; `ARGV`: token digest, attempt nonce, deadline ms. Answers 1 when this
-/// attempt committed, 0 when its claim was taken over, or Redis's time (negated) when late.
+/// Commits a claimed jti (jti_commit.lua after [`NOW_MS_LUA`]).
 static COMMIT: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(&format!(
-        "{NOW_MS_LUA}
-        if now > tonumber(ARGV[3]) then return -now end
-        local mine = 'claim:' .. ARGV[1] .. ':' .. ARGV[2] .. ':'
-        local v = redis.call('GET', KEYS[1])
-        if v and string.sub(v, 1, #mine) == mine then
-          redis.call('SET', KEYS[1], 'done', 'KEEPTTL')
-          return 1
-        end
-        return 0"
-    ))
+    redis::Script::new(&format!("{NOW_MS_LUA}\n{}", include_str!("jti_commit.lua")))
 });
 
 impl Store {

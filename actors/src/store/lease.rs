@@ -3,7 +3,7 @@
 //! record is as good as its replica's heartbeat. The epoch comes from the tenant hash
 //! (`lease_epoch`, never reset) and grows with every new holder, so it works as a fencing
 //! token: token-state writes carry it and fail once someone else took the tenant (see
-//! `tenants::CAS_SECRETS`). Both keys share the `{org}` hash tag: one script, one slot.
+//! `tenants/cas_secrets.lua`). Both keys share the `{org}` hash tag: one script, one slot.
 //!
 //! Replicas heartbeat in `<p>:replicas`, a sorted set scored by the heartbeat's expiry in
 //! Redis time (replica clocks do not matter). A replica alive there keeps every record naming
@@ -16,42 +16,6 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use super::{Store, StoreError};
-
-/// Take over a record. KEYS: record, tenant hash. ARGV: replica, the value the record must
-/// still have ('' = absent). Returns the new epoch (> 0), 0 when the record changed meanwhile,
-/// -1 when the tenant is gone.
-const TAKE: &str = r#"
-if (redis.call('GET', KEYS[1]) or '') ~= ARGV[2] then return 0 end
-if redis.call('HEXISTS', KEYS[2], 'record') == 0 then return -1 end
-local e = redis.call('HINCRBY', KEYS[2], 'lease_epoch', 1)
-redis.call('SET', KEYS[1], ARGV[1] .. '|' .. e)
-return e
-"#;
-
-/// Give a record up (only if still ours). KEYS: record. ARGV: `<replica>|<epoch>`.
-const RELEASE: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"#;
-
-/// Heartbeat: (re)announce this replica as ARGV[1] (removing its twin ARGV[3]: the draining
-/// or the plain name), drop expired ones. KEYS: replicas. ARGV: member, ttl ms, twin. Returns
-/// {1 if this replica's previous heartbeat (under either name) had not expired yet, the
-/// server's time in ms, {member, expiry, ...}}. Uses the server's clock.
-const HEARTBEAT: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local function alive(m)
-  local s = redis.call('ZSCORE', KEYS[1], m)
-  return s and tonumber(s) > now
-end
-local continuous = 0
-if alive(ARGV[1]) or alive(ARGV[3]) then continuous = 1 end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-redis.call('ZREM', KEYS[1], ARGV[3])
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-return {continuous, now, redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')}
-"#;
 
 /// How a draining replica's heartbeat member ends.
 const DRAINING: &str = "|draining";
@@ -90,8 +54,11 @@ pub fn holder(record: &str) -> Option<(&str, u64)> {
 #[derive(Clone)]
 pub struct Leases {
     store: Store,
+    /// Takes over a record (see lease_take.lua).
     take: redis::Script,
+    /// Gives a record up if still ours (see lease_release.lua).
     release: redis::Script,
+    /// Announces this replica, drops expired ones (see lease_heartbeat.lua).
     heartbeat: redis::Script,
 }
 
@@ -107,9 +74,9 @@ impl Leases {
     pub fn new(store: Store) -> Self {
         Self {
             store,
-            take: redis::Script::new(TAKE),
-            release: redis::Script::new(RELEASE),
-            heartbeat: redis::Script::new(HEARTBEAT),
+            take: redis::Script::new(include_str!("lease_take.lua")),
+            release: redis::Script::new(include_str!("lease_release.lua")),
+            heartbeat: redis::Script::new(include_str!("lease_heartbeat.lua")),
         }
     }
 

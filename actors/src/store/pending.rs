@@ -89,11 +89,9 @@ impl PendingStore {
     /// Gives back a decision claimed under `token` (nothing was decided); another caller's
     /// claim is left alone.
     pub async fn release_decision(&self, session: &str, token: &str) -> Result<(), StoreError> {
-        static RELEASE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
-            redis::Script::new(
-                "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end",
-            )
-        });
+        /// Deletes the decision if still claimed under the token (see pending_release.lua).
+        static RELEASE: std::sync::LazyLock<redis::Script> =
+            std::sync::LazyLock::new(|| redis::Script::new(include_str!("pending_release.lua")));
         let mut conn = self.store.conn()?;
         self.store
             .bounded(

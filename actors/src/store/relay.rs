@@ -160,11 +160,7 @@ pub async fn relay(
             .key(keys.firehose_events(shard))
             .arg(trim.maxlen)
             .arg(min_id(trim.retention))
-            .arg(if trim_by_maxlen_now() {
-                "1"
-            } else {
-                "0"
-            })
+            .arg(if trim_by_maxlen_now() { "1" } else { "0" })
             .arg(org)
             .arg(if touch { "1" } else { "0" });
         for range in &ranges {

@@ -6,17 +6,9 @@ use std::sync::LazyLock;
 
 use super::{Store, StoreError};
 
-/// Opens a session in the current epoch (set to `ARGV[2]` if there is none yet): `KEYS[1]`
-/// the session, `KEYS[2]` the epoch, `ARGV[1]` its lifetime in seconds. An epoch is random:
-/// should the key be lost (evicted, or in a failover), no session ended before matches the
-/// next one, and every session fails closed until signing in again.
-static OPEN: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        "local e = redis.call('GET', KEYS[2]) \
-         if not e then e = ARGV[2] redis.call('SET', KEYS[2], e) end \
-         redis.call('SET', KEYS[1], e, 'EX', ARGV[1]) return 1",
-    )
-});
+/// Opens a session in the current epoch (see sessions_open.lua).
+static OPEN: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("sessions_open.lua")));
 
 fn new_epoch() -> String {
     hex::encode(rand::random::<[u8; 16]>())

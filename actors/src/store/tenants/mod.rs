@@ -6,6 +6,17 @@
 //! organization; they are never written in plain text. A write of secrets names the version it
 //! was derived from and fails if another writer got there first, so an older refresh token can
 //! never overwrite a newer one.
+//!
+//! # Layout
+//! - this file: the domain types and [`Tenants`]' records and their compare-and-set
+//!   (`cas_secrets.lua`, `cas_record.lua`).
+//! - `intents`: the exchange intent a refresh leaves behind ([`ExchangeIntent`]).
+//! - `lifecycle`: the `<p>:tenants` lifecycle stream.
+//! - `purge`: deprovisioning (secrets deleted, streams purged).
+mod intents;
+mod lifecycle;
+mod purge;
+
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
@@ -16,6 +27,8 @@ use super::crypto::Sealer;
 use super::{Store, StoreError};
 use crate::config::IngestMode;
 use crate::secret::Secret;
+
+pub use intents::{BeginExchange, ExchangeIntent};
 
 /// Where an organization's activation stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -192,140 +205,9 @@ mod field {
     pub const RECORD_VERSION: &str = "record_version";
     /// Message counters are `received:<source>`.
     pub const RECEIVED_PREFIX: &str = "received:";
-    // `exchange_intent` (an exchange of the refresh token in flight, [`super::ExchangeIntent`])
+    // `exchange_intent` (an exchange of the refresh token in flight, [`ExchangeIntent`])
     // and `lease_epoch` are read and written by the scripts only.
 }
-
-/// A note the lease holder leaves in the tenant's hash right before it redeems the refresh
-/// token, removed by the compare-and-set that stores the result. Webex invalidates a refresh
-/// token once it is exchanged, so a holder that dies between the token endpoint's answer and
-/// that write loses the new one; the note it leaves behind lets its successor tell such a loss
-/// from a revoked token (see `TokenKeeper::refresh`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExchangeIntent {
-    /// The lease epoch the exchange ran under.
-    pub epoch: u64,
-    /// `token_version` of the secrets whose refresh token was redeemed.
-    pub token_version: u64,
-    /// Which refresh token: the first 16 hex digits of its SHA-256 (not a secret, and enough to
-    /// tell tokens apart).
-    pub fingerprint: String,
-    /// When the exchange started (Unix milliseconds).
-    pub at_ms: i64,
-    /// The replica that ran it.
-    pub replica: String,
-}
-
-impl ExchangeIntent {
-    /// An intent to redeem `refresh_token` (stored at `token_version`) under `epoch`, now.
-    pub fn new(epoch: u64, token_version: u64, refresh_token: &Secret, replica: &str) -> Self {
-        Self {
-            epoch,
-            token_version,
-            fingerprint: fingerprint(refresh_token),
-            at_ms: Utc::now().timestamp_millis(),
-            replica: replica.to_string(),
-        }
-    }
-
-    /// Whether this intent redeemed `refresh_token`.
-    pub fn redeems(&self, refresh_token: &Secret) -> bool {
-        self.fingerprint == fingerprint(refresh_token)
-    }
-
-    /// When the exchange started.
-    pub fn started_at(&self) -> DateTime<Utc> {
-        DateTime::from_timestamp_millis(self.at_ms).unwrap_or_default()
-    }
-
-    fn encode(&self) -> String {
-        format!(
-            "v1|{}|{}|{}|{}|{}",
-            self.epoch, self.token_version, self.fingerprint, self.at_ms, self.replica
-        )
-    }
-
-    fn decode(s: &str) -> Option<Self> {
-        let mut it = s.splitn(6, '|');
-        if it.next()? != "v1" {
-            return None;
-        }
-        Some(Self {
-            epoch: it.next()?.parse().ok()?,
-            token_version: it.next()?.parse().ok()?,
-            fingerprint: it.next()?.to_string(),
-            at_ms: it.next()?.parse().ok()?,
-            replica: it.next()?.to_string(),
-        })
-    }
-}
-
-fn fingerprint(token: &Secret) -> String {
-    use sha2::Digest;
-    hex::encode(&sha2::Sha256::digest(token.expose().as_bytes())[..8])
-}
-
-/// What [`Tenants::begin_exchange`] found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BeginExchange {
-    /// The intent is recorded. `previous`: an earlier intent that no stored result ever
-    /// cleared (its holder died or never got an answer), if one was left.
-    Begun { previous: Option<ExchangeIntent> },
-    /// The secrets changed since they were read: reload first.
-    Stale,
-    /// The lease epoch moved on: another replica owns the tenant now.
-    Fenced,
-}
-
-/// Compare-and-set of the secrets: writes only if `token_version` is still the one the new
-/// secrets were derived from and, when a fencing epoch is given (ARGV[4]), only if it is still
-/// the tenant's current lease epoch (a paused ex-owner cannot write). Bumps the version.
-/// Returns the new version, -1 (version moved on) or -2 (fenced off). ARGV[5], when set, is
-/// the exchange intent whose result this write stores: it is removed in the same step.
-const CAS_SECRETS: &str = r#"
-if ARGV[4] ~= '' and redis.call('HGET', KEYS[1], 'lease_epoch') ~= ARGV[4] then return -2 end
-local v = tonumber(redis.call('HGET', KEYS[1], 'token_version') or '0')
-if v ~= tonumber(ARGV[1]) then return -1 end
-redis.call('HSET', KEYS[1], 'secrets', ARGV[2], 'token_version', v + 1)
-if ARGV[5] ~= '' and redis.call('HGET', KEYS[1], 'exchange_intent') == ARGV[5] then
-  redis.call('HDEL', KEYS[1], 'exchange_intent')
-end
-if ARGV[3] ~= '' then
-  redis.call('HSET', KEYS[1], 'record', ARGV[3])
-  redis.call('HINCRBY', KEYS[1], 'record_version', 1)
-end
-return v + 1
-"#;
-
-/// Records an exchange intent (ARGV[3]) if the lease epoch is still ARGV[1] and the secrets
-/// still at version ARGV[2]; returns {1, the intent left before or ''}, {-1} (stale) or {-2}
-/// (fenced).
-const BEGIN_EXCHANGE: &str = r#"
-if redis.call('HGET', KEYS[1], 'lease_epoch') ~= ARGV[1] then return {-2} end
-if tonumber(redis.call('HGET', KEYS[1], 'token_version') or '0') ~= tonumber(ARGV[2]) then
-  return {-1}
-end
-local prev = redis.call('HGET', KEYS[1], 'exchange_intent') or ''
-redis.call('HSET', KEYS[1], 'exchange_intent', ARGV[3])
-return {1, prev}
-"#;
-
-/// Removes the exchange intent ARGV[1] if it is still the one recorded (the exchange ended
-/// with an answer that rotated nothing).
-const END_EXCHANGE: &str = r#"
-if redis.call('HGET', KEYS[1], 'exchange_intent') == ARGV[1] then
-  return redis.call('HDEL', KEYS[1], 'exchange_intent')
-end
-return 0
-"#;
-
-/// Compare-and-set of the record: writes only if `record_version` is still ARGV[1].
-const CAS_RECORD: &str = r#"
-local v = tonumber(redis.call('HGET', KEYS[1], 'record_version') or '0')
-if v ~= tonumber(ARGV[1]) then return -1 end
-redis.call('HSET', KEYS[1], 'record', ARGV[2], 'record_version', v + 1)
-return v + 1
-"#;
 
 /// The outcome of a compare-and-set of the secrets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -348,10 +230,10 @@ fn secrets_context(org: &str) -> String {
 pub struct Tenants {
     store: Store,
     sealer: Sealer,
+    /// Compare-and-set of the secrets (see cas_secrets.lua).
     cas: redis::Script,
+    /// Compare-and-set of the record (see cas_record.lua).
     cas_record: redis::Script,
-    begin_exchange: redis::Script,
-    end_exchange: redis::Script,
 }
 
 impl Tenants {
@@ -359,10 +241,8 @@ impl Tenants {
         Self {
             store,
             sealer,
-            cas: redis::Script::new(CAS_SECRETS),
-            cas_record: redis::Script::new(CAS_RECORD),
-            begin_exchange: redis::Script::new(BEGIN_EXCHANGE),
-            end_exchange: redis::Script::new(END_EXCHANGE),
+            cas: redis::Script::new(include_str!("cas_secrets.lua")),
+            cas_record: redis::Script::new(include_str!("cas_record.lua")),
         }
     }
 
@@ -643,210 +523,5 @@ impl Tenants {
         }
         let _: () = self.store.bounded(pipe.query_async(&mut conn)).await?;
         Ok(())
-    }
-
-    /// Records `intent` before the refresh token is redeemed (see [`ExchangeIntent`]).
-    pub async fn begin_exchange(
-        &self,
-        org: &str,
-        intent: &ExchangeIntent,
-    ) -> Result<BeginExchange, StoreError> {
-        let mut conn = self.store.conn()?;
-        let mut inv = self.begin_exchange.prepare_invoke();
-        inv.key(self.store.keys().tenant(org))
-            .arg(intent.epoch)
-            .arg(intent.token_version)
-            .arg(intent.encode());
-        let reply: Vec<redis::Value> = self.store.bounded(inv.invoke_async(&mut conn)).await?;
-        let code: i64 = match reply.first() {
-            Some(v) => redis::from_redis_value(v.clone())
-                .map_err(|e| StoreError::Corrupt(format!("exchange intent reply: {e}")))?,
-            None => return Err(StoreError::Corrupt("empty exchange intent reply".into())),
-        };
-        Ok(match code {
-            -2 => BeginExchange::Fenced,
-            -1 => BeginExchange::Stale,
-            _ => {
-                let prev: String = match reply.get(1) {
-                    Some(v) => redis::from_redis_value(v.clone()).unwrap_or_default(),
-                    None => String::new(),
-                };
-                BeginExchange::Begun {
-                    previous: ExchangeIntent::decode(&prev),
-                }
-            }
-        })
-    }
-
-    /// Removes `intent` after an exchange that rotated nothing (the token endpoint refused it
-    /// or was unavailable).
-    pub async fn end_exchange(&self, org: &str, intent: &ExchangeIntent) -> Result<(), StoreError> {
-        let mut conn = self.store.conn()?;
-        let mut inv = self.end_exchange.prepare_invoke();
-        inv.key(self.store.keys().tenant(org)).arg(intent.encode());
-        let _: i64 = self.store.bounded(inv.invoke_async(&mut conn)).await?;
-        Ok(())
-    }
-
-    /// Removes the secrets (deprovisioning) and bumps the version so no in-flight refresh
-    /// can write them back.
-    pub async fn delete_secrets(&self, org: &str) -> Result<(), StoreError> {
-        let mut conn = self.store.conn()?;
-        let key = self.store.keys().tenant(org);
-        let _: () = self
-            .store
-            .bounded(
-                redis::pipe()
-                    .atomic()
-                    .hdel(&key, field::SECRETS)
-                    .ignore()
-                    .hincr(&key, field::TOKEN_VERSION, 1)
-                    .ignore()
-                    .query_async(&mut conn),
-            )
-            .await?;
-        self.announce(org).await;
-        Ok(())
-    }
-
-    /// Deletes an organization's streams and device state (deprovisioning with purge).
-    pub async fn purge_streams(&self, org: &str) -> Result<(), StoreError> {
-        let mut conn = self.store.conn()?;
-        let keys = self.store.keys();
-        let pattern = format!("{}:{{{org}}}:*", keys.prefix());
-        let mut found: Vec<String> = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let mut scan = redis::cmd("SCAN");
-            scan.arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(500);
-            let (next, batch): (u64, Vec<String>) = match &mut conn {
-                // On a cluster SCAN visits one node: ask the one serving this org's slot (every
-                // key of the org carries its hash tag).
-                super::Conn::Cluster(c) => {
-                    use redis::cluster_routing::{
-                        Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr,
-                    };
-                    let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
-                        Route::new(super::key_slot(&keys.tenant(org)), SlotAddr::Master),
-                    ));
-                    let v = self.store.bounded(c.route_command(scan, route)).await?;
-                    redis::from_redis_value(v)
-                        .map_err(|e| StoreError::Corrupt(format!("SCAN reply: {e}")))?
-                }
-                super::Conn::Single(_) | super::Conn::Sentinel(_) => {
-                    self.store.bounded(scan.query_async(&mut conn)).await?
-                }
-            };
-            found.extend(batch.into_iter().filter(|k| !k.ends_with(":tenant")));
-            cursor = next;
-            if cursor == 0 {
-                break;
-            }
-        }
-        for chunk in found.chunks(500) {
-            let _: i64 = self.store.bounded(conn.del(chunk)).await?;
-        }
-        Ok(())
-    }
-
-    /// Appends a lifecycle entry to `<p>:tenants`, now.
-    pub async fn lifecycle(
-        &self,
-        tenant_id: &str,
-        org: &str,
-        event: &str,
-        reason: Option<&str>,
-    ) -> Result<(), StoreError> {
-        self.lifecycle_at(tenant_id, org, event, reason, Utc::now())
-            .await
-    }
-
-    /// Appends a lifecycle entry of something that happened at `ts`, unless Redis runs it past
-    /// its write deadline (a stall: then `Err(Timeout)` and nothing written, so that a retry
-    /// never writes it twice).
-    pub async fn lifecycle_at(
-        &self,
-        tenant_id: &str,
-        org: &str,
-        event: &str,
-        reason: Option<&str>,
-        ts: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        static XADD: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
-            redis::Script::new(&format!(
-                "{}
-                if now > tonumber(ARGV[1]) then return -now end
-                local fields = {{}}
-                for i = 2, #ARGV do fields[#fields + 1] = ARGV[i] end
-                redis.call('XADD', KEYS[1], '*', unpack(fields))
-                return 1",
-                crate::store::NOW_MS_LUA
-            ))
-        });
-        let mut conn = self.store.conn()?;
-        let ts = ts.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let mut inv = XADD.key(self.store.keys().tenants_stream());
-        inv.arg(self.store.write_deadline_ms());
-        for (k, v) in [
-            ("tenant", tenant_id),
-            ("org", org),
-            ("event", event),
-            ("ts", &ts),
-        ] {
-            inv.arg(k).arg(v);
-        }
-        if let Some(reason) = reason {
-            inv.arg("reason").arg(reason);
-        }
-        let added: i64 = self.store.bounded(inv.invoke_async(&mut conn)).await?;
-        if added == 1 {
-            Ok(())
-        } else {
-            Err(self.store.late_write(-added))
-        }
-    }
-
-    /// The newest lifecycle entries of `tenant_id` (field maps), newest first, among the last
-    /// `scan` entries of `<p>:tenants`.
-    pub async fn history(
-        &self,
-        tenant_id: &str,
-        scan: usize,
-    ) -> Result<Vec<BTreeMap<String, String>>, StoreError> {
-        let mut conn = self.store.conn()?;
-        let reply: redis::streams::StreamRangeReply = self
-            .store
-            .bounded(
-                redis::cmd("XREVRANGE")
-                    .arg(self.store.keys().tenants_stream())
-                    .arg("+")
-                    .arg("-")
-                    .arg("COUNT")
-                    .arg(scan)
-                    .query_async(&mut conn),
-            )
-            .await?;
-        Ok(reply
-            .ids
-            .into_iter()
-            .map(|e| {
-                let mut m: BTreeMap<String, String> = e
-                    .map
-                    .iter()
-                    .filter_map(|(k, v)| {
-                        redis::from_redis_value::<String>(v.clone())
-                            .ok()
-                            .map(|v| (k.clone(), v))
-                    })
-                    .collect();
-                m.insert("id".into(), e.id);
-                m
-            })
-            .filter(|m| m.get("tenant").is_some_and(|t| t == tenant_id))
-            .collect())
     }
 }
