@@ -21,7 +21,7 @@ use crate::store::tenants::{
 };
 use crate::supervisor::TenantHandle;
 use crate::tenant::claim::Claim;
-use crate::tenant::{Deps, TenantShared, TokenKeeper};
+use crate::tenant::{Deps, TenantShared, TokenKeeper, WebhookSecrets};
 
 /// Why an activation could not start.
 #[derive(Debug, thiserror::Error)]
@@ -421,6 +421,7 @@ impl Registry {
             ..
         } = stored;
         let claim = claim.unwrap_or_default();
+        let webhook = Arc::new(WebhookSecrets::default());
         let tokens = Arc::new(TokenKeeper::new(
             self.deps.clone(),
             record.org_id.clone(),
@@ -428,11 +429,13 @@ impl Registry {
             secrets,
             token_version,
             claim.clone(),
+            webhook.clone(),
         ));
         let shared = Arc::new(TenantShared::new(
             self.deps.clone(),
             record,
             tokens,
+            webhook,
             claim,
             record_version,
         ));

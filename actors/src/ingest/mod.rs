@@ -138,8 +138,8 @@ impl<D: Directory> Ingest<D> {
         let t = Instant::now();
         let verify = || {
             let auth = tenant
-                .tokens
-                .webhook_auth()
+                .webhook
+                .credentials()
                 .ok_or_else(|| "tenant has no webhook secret yet".to_string())?;
             webhook::verify_any(&auth, presented, body).map_err(|e| e.to_string())
         };

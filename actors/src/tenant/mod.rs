@@ -16,6 +16,7 @@ mod deps;
 pub mod gate;
 pub mod rotation;
 pub mod tokens;
+pub mod webhook_secrets;
 
 use std::sync::{Arc, RwLock};
 
@@ -31,6 +32,7 @@ use crate::telemetry::Metrics;
 
 pub use deps::{BuildError, Built, Deps};
 pub use tokens::{TokenError, TokenKeeper};
+pub use webhook_secrets::WebhookSecrets;
 
 /// State of one tenant shared between its supervisor and the HTTP edge: readable without a
 /// mailbox round trip. Only the supervisor (and actions routed through it) writes the record.
@@ -39,6 +41,9 @@ pub struct TenantShared {
     pub org_id: String,
     record: RwLock<TenantRecord>,
     pub tokens: Arc<TokenKeeper>,
+    /// The secrets its webhooks may be signed with (kept current by the token keeper, which
+    /// stores them with the tokens).
+    pub webhook: Arc<WebhookSecrets>,
     /// The engine's dependencies: reachable inside this crate only, never from the edge.
     deps: Arc<Deps>,
     /// Set while the queue poller's last poll failed (healthCheck reports `impaired`).
@@ -95,6 +100,7 @@ impl TenantShared {
         deps: Arc<Deps>,
         record: TenantRecord,
         tokens: Arc<TokenKeeper>,
+        webhook: Arc<WebhookSecrets>,
         claim: Arc<claim::Claim>,
         record_version: u64,
     ) -> Self {
@@ -115,6 +121,7 @@ impl TenantShared {
             claim,
             reloaded_at: std::sync::Mutex::new(std::time::Instant::now()),
             tokens,
+            webhook,
             devices: gate::DeviceGate::new(deps.config.devices.max_concurrency),
             deps,
             poller_failing: Default::default(),

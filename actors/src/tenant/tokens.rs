@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use super::Deps;
 use super::claim::Claim;
-use crate::protocol::webhook::Scheme;
+use super::webhook_secrets::WebhookSecrets;
 use crate::secret::Secret;
 use crate::store::StoreError;
 use crate::store::tenants::{BeginExchange, CasOutcome, ExchangeIntent, TenantSecrets};
@@ -182,8 +182,9 @@ pub struct TokenKeeper {
     replica: String,
     /// Wakes the background refresher (new token, new refresh token, stop).
     wake: Notify,
-    /// Webhook secrets as last persisted, readable without waiting for an exchange.
-    webhook: StdMutex<WebhookSecrets>,
+    /// The webhook secrets' view, refreshed whenever the secrets are stored or read (they
+    /// share the sealed record, and its compare-and-set, with the tokens).
+    webhook: Arc<WebhookSecrets>,
     /// After a transient failure: no new exchange before this instant, whoever asks (the
     /// reconciler, the poller and health checks share one backoff instead of each hammering
     /// the token endpoint), and how many failures in a row.
@@ -201,39 +202,6 @@ struct Backoff {
 const EXCHANGE_RETRY_BASE: Duration = Duration::from_secs(1);
 const EXCHANGE_RETRY_CAP: Duration = Duration::from_secs(60);
 
-/// The secrets a webhook may be signed with.
-#[derive(Clone, Default)]
-struct WebhookSecrets {
-    current: Option<(Secret, Scheme)>,
-    previous: Option<(Secret, Scheme, chrono::DateTime<Utc>)>,
-    /// A secret offered to Webex and not confirmed, and older ones still accepted (see
-    /// `super::rotation`).
-    others: Vec<(Secret, Scheme, chrono::DateTime<Utc>)>,
-}
-
-impl WebhookSecrets {
-    fn of(s: &TenantSecrets) -> Self {
-        Self {
-            current: s.webhook_secret.clone().map(|x| (x, s.webhook_scheme)),
-            previous: s
-                .previous_webhook_secret
-                .clone()
-                .zip(s.previous_valid_until)
-                .map(|(x, until)| (x, s.previous_webhook_scheme, until)),
-            others: s
-                .offered_webhook
-                .iter()
-                .map(|o| (o.secret.clone(), o.scheme, o.until))
-                .chain(
-                    s.also_accepted
-                        .iter()
-                        .map(|a| (a.secret.clone(), a.scheme, a.until)),
-                )
-                .collect(),
-        }
-    }
-}
-
 impl TokenKeeper {
     pub fn new(
         deps: Arc<Deps>,
@@ -242,9 +210,10 @@ impl TokenKeeper {
         secrets: TenantSecrets,
         version: u64,
         claim: Arc<Claim>,
+        webhook: Arc<WebhookSecrets>,
     ) -> Self {
         let current = stored_access_token(&secrets);
-        let webhook = StdMutex::new(WebhookSecrets::of(&secrets));
+        webhook.refresh(&secrets);
         Self {
             backoff: StdMutex::new(Backoff::default()),
             webhook,
@@ -550,7 +519,7 @@ impl TokenKeeper {
                 CasOutcome::Written(v) => {
                     p.version = v;
                     p.secrets = next;
-                    *self.webhook.lock().expect("webhook lock") = WebhookSecrets::of(&p.secrets);
+                    self.webhook.refresh(&p.secrets);
                     return Ok(true);
                 }
                 CasOutcome::Fenced => {
@@ -592,7 +561,7 @@ impl TokenKeeper {
         }
         p.secrets = secrets;
         p.version = version;
-        *self.webhook.lock().expect("webhook lock") = WebhookSecrets::of(&p.secrets);
+        self.webhook.refresh(&p.secrets);
         if new_refresh_token {
             self.set_invalid(None);
             *self.backoff.lock().expect("backoff lock") = Backoff::default();
@@ -682,28 +651,6 @@ impl TokenKeeper {
         })
     }
 
-    /// How webhooks of this tenant authenticate now; `None` before any secret exists. Besides
-    /// the current secret, the previous one verifies while its rotation's overlap lasts, and an
-    /// offered one (its PATCH in flight or of unknown outcome) until its own deadline.
-    pub fn webhook_auth(&self) -> Option<crate::protocol::webhook::Credentials> {
-        let w = self.webhook.lock().expect("webhook lock").clone();
-        let now = Utc::now();
-        let mut also: Vec<_> = w
-            .previous
-            .into_iter()
-            .chain(w.others)
-            .filter(|(_, _, until)| *until > now)
-            .map(|(s, scheme, _)| scheme.with_secret(s))
-            .collect();
-        let current = match w.current {
-            Some((s, scheme)) => scheme.with_secret(s),
-            // A first activation's secret, offered and not confirmed yet.
-            None if !also.is_empty() => also.remove(0),
-            None => return None,
-        };
-        Some(crate::protocol::webhook::Credentials { current, also })
-    }
-
     /// Adopts a new refresh token (update action) and new oauthUrl, persisted with CAS.
     pub async fn adopt_refresh_token(
         &self,
@@ -788,7 +735,7 @@ impl TokenKeeper {
     pub async fn clear(&self) {
         let mut p = self.persisted.lock().await;
         p.secrets = TenantSecrets::default();
-        *self.webhook.lock().expect("webhook lock") = WebhookSecrets::default();
+        self.webhook.clear();
         *self.current.lock().expect("token lock") = None;
         self.wake.notify_one();
     }
