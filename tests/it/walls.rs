@@ -8,8 +8,8 @@
 //!   children is a declaration, not an import);
 //! * the HTTP edge and the wiring name no `store::` and reach no `Deps` field;
 //! * `protocol/` imports neither actix, reqwest, redis, `config`, `store` nor `webex`;
-//! * only `store/` holds Redis scripts, only `telemetry.rs` registers metrics, and the engine
-//!   never imports `devkit`.
+//! * only `store/` holds Redis scripts, each a `.lua` file beside the Rust that loads it; only
+//!   `telemetry.rs` registers metrics; the engine never imports `devkit`.
 //!
 //! Rerun alone: `cargo nextest run --test it -E 'test(/^walls::/)'`.
 use std::collections::{BTreeMap, BTreeSet};
@@ -334,12 +334,8 @@ fn imports(src: &str, name: &str) -> BTreeMap<String, BTreeSet<String>> {
     let mut graph = BTreeMap::new();
     for (file, text) in &sources {
         let (module, folder) = module_of(&krate, file);
-        // `super` of a folder's mod.rs is the folder's parent; of a file, its folder.
-        let base: Vec<String> = if folder {
-            module.clone()
-        } else {
-            module[..module.len().saturating_sub(1)].to_vec()
-        };
+        // `super` is the parent module: of `a/b.rs` and of `a/b/mod.rs` alike, `a`.
+        let base: Vec<String> = module[..module.len().saturating_sub(1)].to_vec();
         let mut to = BTreeSet::new();
         for p in paths(&code(text)) {
             let abs: Vec<String> = match p[0].as_str() {
@@ -603,6 +599,21 @@ fn protocol_is_pure_and_scripts_and_metrics_have_one_home() {
         scripts.is_empty(),
         "Redis scripts outside store/: {scripts:#?}"
     );
+    // Inside store/, every script is a .lua file beside the Rust that loads it (the one Lua
+    // fragment in Rust is `NOW_MS_LUA`, which deadline scripts start with).
+    let inline: Vec<_> = actors
+        .iter()
+        .filter(|(f, _)| f.starts_with("actors/src/store/"))
+        .flat_map(|(f, text)| {
+            without_tests(text)
+                .lines()
+                .filter(|l| l.contains("redis.call") || l.contains("redis.pcall"))
+                .filter(|l| !l.contains("NOW_MS_LUA"))
+                .map(|l| format!("{f}: {}", l.trim()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(inline.is_empty(), "Lua held in Rust strings: {inline:#?}");
     let registered: Vec<_> = hits(&engine, ".register(")
         .into_iter()
         .filter(|h| !h.starts_with("actors/src/telemetry.rs"))
