@@ -189,12 +189,9 @@ fn activate(
     config: Option<&std::path::Path>,
     url: Option<String>,
 ) -> ExitCode {
-    let cfg = match config::load(config) {
+    let cfg = match load(config) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let jwt = match std::fs::read_to_string(jwt_file) {
         Ok(t) => t.trim().to_string(),
@@ -285,12 +282,9 @@ fn invite(
     config: Option<&std::path::Path>,
     url: Option<String>,
 ) -> ExitCode {
-    let cfg = match config::load(config) {
+    let cfg = match load(config) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let body = serde_json::json!({ "customer_id": customer_id, "name": name }).to_string();
     match admin_post(&cfg, url, "/admin/invitations", body) {
@@ -308,13 +302,18 @@ fn invite(
     }
 }
 
+/// The configuration of a command, or exit code 2 with the reason on stderr.
+fn load(config: Option<&std::path::Path>) -> Result<config::Config, ExitCode> {
+    config::load(config).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(2)
+    })
+}
+
 fn support(tracking_id: &str, config: Option<&std::path::Path>, url: Option<String>) -> ExitCode {
-    let cfg = match config::load(config) {
+    let cfg = match load(config) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     match admin_request(
         &cfg,
@@ -343,12 +342,9 @@ fn support(tracking_id: &str, config: Option<&std::path::Path>, url: Option<Stri
 }
 
 fn rotate_secret(tenant: &str, config: Option<&std::path::Path>, url: Option<String>) -> ExitCode {
-    let cfg = match config::load(config) {
+    let cfg = match load(config) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let path = format!("/admin/tenants/{tenant}/webhook-secret/rotate");
     match admin_post(&cfg, url, &path, String::new()) {
@@ -375,12 +371,9 @@ fn request_update(
     if manifest_check(path) != ExitCode::SUCCESS {
         return ExitCode::from(1);
     }
-    let cfg = match config::load(config) {
+    let cfg = match load(config) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let text = std::fs::read_to_string(path).unwrap_or_default();
     match admin_post(

@@ -4,23 +4,19 @@ use std::fmt::Write as _;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use super::session::{csrf, page_session, post_form};
-use super::{layout, notice, query, within};
+use super::session::{csrf, post_form};
+use super::{layout, notice, page, query};
 use crate::http::html::{enc, esc, see_other};
 use crate::http::{AppState, activation};
 
 /// `GET /console/invitations`: invitations (and the form for a new one), pending activations.
 pub async fn invitations(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
-    let bound = state.clone();
-    within(&bound, async move {
-        let s = match page_session(&state, &req).await {
-            Ok(s) => s,
-            Err(resp) => return resp,
-        };
-        let q = query(&req);
-        render_invitations(&state, &s, &notice(&q)).await
-    })
-    .await
+    page(&state, &req, |s| invitations_page(&state, &req, s)).await
+}
+
+async fn invitations_page(state: &AppState, req: &HttpRequest, s: String) -> HttpResponse {
+    let q = query(req);
+    render_invitations(state, &s, &notice(&q)).await
 }
 
 pub(super) async fn render_invitations(state: &AppState, s: &str, top: &str) -> HttpResponse {

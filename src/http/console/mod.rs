@@ -20,7 +20,7 @@ use super::html::{esc, see_other};
 use super::{ApiError, AppState};
 use invitations::{create_invitation, decide_pending, invitations};
 use pages::{error, tenant, tenant_action, tenants};
-use session::{csrf, end_sessions, login, logout};
+use session::{csrf, end_sessions, login, logout, page_session};
 
 /// An error page of the console that the support log records like an error JSON (see
 /// `super::record_errors`), with its `Retry-After` if it has one.
@@ -118,6 +118,22 @@ fn notice(q: &HashMap<String, String>) -> String {
         (_, Some(f)) => format!("<p class=err id=notice>{}</p>", esc(f)),
         _ => String::new(),
     }
+}
+
+/// A console page (GET): the request's session — else the sign-in page, or a 503 when Redis
+/// cannot say — then `render` with it, all within [`within`]'s bound.
+async fn page<F: std::future::Future<Output = HttpResponse>>(
+    state: &AppState,
+    req: &HttpRequest,
+    render: impl FnOnce(String) -> F,
+) -> HttpResponse {
+    within(state, async {
+        match page_session(state, req).await {
+            Ok(s) => render(s).await,
+            Err(resp) => resp,
+        }
+    })
+    .await
 }
 
 /// A console page (GET) answers within `redis.command_timeout_ms`, whatever Redis does: a page

@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use super::session::{csrf, page_session, post_form};
-use super::{is_tracking_id, layout, notice, query, within};
+use super::session::{csrf, post_form};
+use super::{is_tracking_id, layout, notice, page, query};
 use crate::http::html::{enc, esc, see_other, truncate};
 use crate::http::{AppState, admin};
 
@@ -19,13 +19,11 @@ pub(super) const HISTORY_SCAN: usize = 5000;
 /// `GET /console/`: the tenants, filtered (`state`, `tokens`, `q`) and paged (`page`). A `q`
 /// that is a trackingId opens that error.
 pub async fn tenants(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
-    let bound = state.clone();
-    within(&bound, async move {
-    let s = match page_session(&state, &req).await {
-        Ok(s) => s,
-        Err(resp) => return resp,
-    };
-    let q = query(&req);
+    page(&state, &req, |s| tenants_page(&state, &req, s)).await
+}
+
+async fn tenants_page(state: &AppState, req: &HttpRequest, s: String) -> HttpResponse {
+    let q = query(req);
     let search = q.get("q").map(|v| v.trim().to_string()).unwrap_or_default();
     if is_tracking_id(&search) {
         return see_other(&format!("/console/errors/{}", search.to_ascii_lowercase()));
@@ -74,8 +72,8 @@ pub async fn tenants(state: web::Data<AppState>, req: HttpRequest) -> HttpRespon
     let _ = write!(
         html,
         r#"<form method=get action="/console/">{} {} <input name=q value="{}" placeholder="search" aria-label=filter> <button>Filter</button></form>
-<p id=count>{total} tenant(s); page {page} of {pages}.</p>
-<table id=tenants><tr><th>Organization</th><th>Org id</th><th>Tenant</th><th>Customer</th><th>Region</th><th>Provisioning</th><th>Tokens</th><th>Ingest</th><th>Msgs/min</th><th>Last error</th></tr>"#,
+    <p id=count>{total} tenant(s); page {page} of {pages}.</p>
+    <table id=tenants><tr><th>Organization</th><th>Org id</th><th>Tenant</th><th>Customer</th><th>Region</th><th>Provisioning</th><th>Tokens</th><th>Ingest</th><th>Msgs/min</th><th>Last error</th></tr>"#,
         select(
             "state",
             &want_state,
@@ -139,9 +137,7 @@ pub async fn tenants(state: web::Data<AppState>, req: HttpRequest) -> HttpRespon
         );
     }
     html.push_str("<p><small>Msgs/min: messages this replica wrote for the tenant in the last full minute.</small></p>");
-    layout(StatusCode::OK, "Tenants", Some(&s), &state, &html)
-    })
-    .await
+    layout(StatusCode::OK, "Tenants", Some(&s), state, &html)
 }
 
 pub(super) fn ingest_str(m: actors::config::IngestMode) -> &'static str {
@@ -158,23 +154,23 @@ pub async fn tenant(
     req: HttpRequest,
     path: web::Path<String>,
 ) -> HttpResponse {
-    let bound = state.clone();
-    within(&bound, async move {
-    let s = match page_session(&state, &req).await {
-        Ok(s) => s,
-        Err(resp) => return resp,
-    };
-    let id = path.into_inner();
+    page(&state, &req, |s| {
+        tenant_page(&state, &req, path.into_inner(), s)
+    })
+    .await
+}
+
+async fn tenant_page(state: &AppState, req: &HttpRequest, id: String, s: String) -> HttpResponse {
     let Some(h) = state.registry.get(&id) else {
         return layout(
             StatusCode::NOT_FOUND,
             "Tenant not found",
             Some(&s),
-            &state,
+            state,
             &format!("<p>No tenant <code>{}</code>.</p>", esc(&id)),
         );
     };
-    let q = query(&req);
+    let q = query(req);
     let json = h.to_json().await;
     let r = h.record();
     let inventory = match state.registry.inventory_counts(&r.org_id).await {
@@ -204,12 +200,12 @@ pub async fn tenant(
         ),
     };
     let err = r
-        .last_error
-        .as_ref()
-        .map(|e| format!("<p class=err id=last_error>{} — {} — <a href=\"/console/errors/{t}\"><code>{t}</code></a></p>", e.at, esc(&e.description), t = e.tracking_id))
-        .unwrap_or_else(|| "<p>No error.</p>".into());
+            .last_error
+            .as_ref()
+            .map(|e| format!("<p class=err id=last_error>{} — {} — <a href=\"/console/errors/{t}\"><code>{t}</code></a></p>", e.at, esc(&e.description), t = e.tracking_id))
+            .unwrap_or_else(|| "<p>No error.</p>".into());
     let received = &json["messages_received"];
-    let token = csrf(&state, &s);
+    let token = csrf(state, &s);
     let action = |path: &str, label: &str, extra: &str| {
         format!(
             r#"<form method=post action="/console/tenants/{id}/{path}">{extra}<input type=hidden name=csrf value="{token}"><button>{label}</button></form>"#,
@@ -218,13 +214,13 @@ pub async fn tenant(
     };
     let html = format!(
         r#"{notice}<dl id=record><dt>Organization</dt><dd>{name} (<code>{org}</code>)</dd><dt>Tenant</dt><dd><code>{id}</code></dd>
-<dt>Customer</dt><dd>{cust}</dd><dt>Region</dt><dd>{region}</dd><dt>Provisioning</dt><dd id=provisioning>{ps}</dd><dt>Tokens</dt><dd>{ts}</dd>
-<dt>Ingest</dt><dd>{ingest}</dd><dt>Scopes</dt><dd>{scopes}</dd><dt>Manifest version</dt><dd>{mv}</dd><dt>Messages</dt><dd>{total} received ({wh} webhook, {qu} queue); {rate} in the last minute on this replica</dd>
-<dt>Inventory</dt><dd id=inventory>{inventory}</dd><dt>Created</dt><dd>{created}</dd></dl>
-<h2>Last error</h2>{err}
-<h2>Actions</h2>{health}{rotate}
-<h3>Request a manifest update</h3>{manifest}
-<h2>Lifecycle</h2>{history}"#,
+    <dt>Customer</dt><dd>{cust}</dd><dt>Region</dt><dd>{region}</dd><dt>Provisioning</dt><dd id=provisioning>{ps}</dd><dt>Tokens</dt><dd>{ts}</dd>
+    <dt>Ingest</dt><dd>{ingest}</dd><dt>Scopes</dt><dd>{scopes}</dd><dt>Manifest version</dt><dd>{mv}</dd><dt>Messages</dt><dd>{total} received ({wh} webhook, {qu} queue); {rate} in the last minute on this replica</dd>
+    <dt>Inventory</dt><dd id=inventory>{inventory}</dd><dt>Created</dt><dd>{created}</dd></dl>
+    <h2>Last error</h2>{err}
+    <h2>Actions</h2>{health}{rotate}
+    <h3>Request a manifest update</h3>{manifest}
+    <h2>Lifecycle</h2>{history}"#,
         notice = notice(&q),
         name = esc(&r.org_name),
         org = esc(&r.org_id),
@@ -257,11 +253,9 @@ pub async fn tenant(
         StatusCode::OK,
         &format!("Tenant {}", r.org_name),
         Some(&s),
-        &state,
+        state,
         &html,
     )
-    })
-    .await
 }
 
 /// `POST /console/tenants/<id>/<action>`: health, rotate, manifest-update.
@@ -343,30 +337,31 @@ pub async fn error(
     req: HttpRequest,
     path: web::Path<String>,
 ) -> HttpResponse {
-    let bound = state.clone();
-    within(&bound, async move {
-    let s = match page_session(&state, &req).await {
-        Ok(s) => s,
-        Err(resp) => return resp,
-    };
-    let id = path.into_inner().to_ascii_lowercase();
+    page(&state, &req, |s| {
+        error_page_of(&state, path.into_inner(), s)
+    })
+    .await
+}
+
+async fn error_page_of(state: &AppState, id: String, s: String) -> HttpResponse {
+    let id = id.to_ascii_lowercase();
     if !is_tracking_id(&id) {
         return layout(
             StatusCode::BAD_REQUEST,
             "Not a trackingId",
             Some(&s),
-            &state,
+            state,
             "<p>A trackingId is 32 hex digits.</p>",
         );
     }
-    let found = match admin::lookup_error(&state, &id).await {
+    let found = match admin::lookup_error(state, &id).await {
         Ok(found) => found,
         Err(e) => {
             return layout(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Support log unavailable",
                 Some(&s),
-                &state,
+                state,
                 &format!("<p class=err>{}</p>", esc(&e.to_string())),
             );
         }
@@ -376,7 +371,7 @@ pub async fn error(
             StatusCode::NOT_FOUND,
             "trackingId not found",
             Some(&s),
-            &state,
+            state,
             &format!(
                 "<p>No error with trackingId <code>{}</code> in the last {} s.</p>",
                 esc(&id),
@@ -405,7 +400,5 @@ pub async fn error(
         f("reason"),
         f("description")
     );
-    layout(StatusCode::OK, "Error", Some(&s), &state, &html)
-    })
-    .await
+    layout(StatusCode::OK, "Error", Some(&s), state, &html)
 }
