@@ -13,7 +13,7 @@ pub struct Sessions {
 impl Sessions {
     pub fn new(registry: &Registry) -> Self {
         Self {
-            store: registry.deps().store.clone(),
+            store: registry.deps().store().clone(),
         }
     }
 

@@ -62,9 +62,9 @@ pub struct Coordinator {
 impl Coordinator {
     pub fn new(registry: Arc<Registry>) -> Arc<Self> {
         let deps = registry.deps().clone();
-        let scaling = &deps.config.scaling;
+        let scaling = &deps.config().scaling;
         Arc::new(Self {
-            leases: Leases::new(deps.store.clone()),
+            leases: Leases::new(deps.store().clone()),
             replica: scaling.replica_id(),
             ttl: scaling.lease_ttl(),
             every: scaling.renew_every(),
@@ -161,7 +161,7 @@ impl Coordinator {
         if draining {
             return;
         }
-        let metrics = &self.registry.deps().metrics;
+        let metrics = &self.registry.deps().metrics();
         metrics.replicas_live.set(beat.preferred.len() as i64);
         let round = self.rounds.fetch_add(1, Ordering::Relaxed);
         self.verify(&handles, round).await;
@@ -215,7 +215,7 @@ impl Coordinator {
 
     /// Forgets a tenant held and stops its owned work.
     async fn lose(&self, h: &TenantHandle, why: &str) {
-        self.registry.deps().metrics.lease(why);
+        self.registry.deps().metrics().lease(why);
         h.shared.claim.clear();
         h.stop_owned_work().await;
     }
@@ -294,7 +294,7 @@ impl Coordinator {
                 {
                     Ok(Acquired::Held(epoch)) => {
                         claim.set(epoch, sent, self.ttl);
-                        self.registry.deps().metrics.lease("acquired");
+                        self.registry.deps().metrics().lease("acquired");
                         tracing::debug!(tenant = %h.shared.tenant_id, epoch, previous = ?record, "tenant taken");
                         h.start_owned_work();
                     }
@@ -313,7 +313,7 @@ impl Coordinator {
         let claim = &h.shared.claim;
         if claim.held_epoch().is_some() && claim.valid_for().is_zero() {
             tracing::warn!(tenant = %h.shared.tenant_id, "lease lapsed without renewal; stopping owned work");
-            self.registry.deps().metrics.lease("lapsed");
+            self.registry.deps().metrics().lease("lapsed");
             claim.clear();
             h.stop_owned_work().await;
         }
@@ -344,7 +344,7 @@ impl Coordinator {
             if idle && let Err(e) = me.leases.release(&org, &me.replica, epoch).await {
                 tracing::debug!(tenant = %h.shared.tenant_id, error = %e, "record not released; it is taken once this replica's heartbeat expires");
             }
-            me.registry.deps().metrics.lease("handed_over");
+            me.registry.deps().metrics().lease("handed_over");
             me.handing_over.lock().expect("handover lock").remove(&org);
         });
     }

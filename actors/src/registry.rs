@@ -80,7 +80,7 @@ impl Registry {
         if let Some(h) = self.get(tenant_id) {
             return Ok(Some(h));
         }
-        let Some(org) = self.deps.tenants.org_of(tenant_id).await? else {
+        let Some(org) = self.deps.tenants().org_of(tenant_id).await? else {
             return Ok(None);
         };
         self.refresh(&org).await?;
@@ -105,12 +105,12 @@ impl Registry {
         // Known and nothing newer stored (this replica's own announcement, most often): the
         // versions say so in one small read, without loading and decrypting the tenant.
         if let Some(h) = self.by_org(org) {
-            let (record, token) = self.deps.tenants.versions(org).await?;
+            let (record, token) = self.deps.tenants().versions(org).await?;
             if record <= h.shared.record_version() && token <= h.shared.tokens.version().await {
                 return Ok(false);
             }
         }
-        let stored = match self.deps.tenants.load(org).await {
+        let stored = match self.deps.tenants().load(org).await {
             Ok(Some(s)) => s,
             Ok(None) => return Ok(false),
             Err(StoreError::Corrupt(e)) => {
@@ -140,8 +140,8 @@ impl Registry {
     /// Reloads every stored tenant (the safety net under pub/sub); returns how many exist.
     pub async fn resync(&self) -> Result<usize, StoreError> {
         // Counts first: a change after this read moves its count again.
-        let counts = self.deps.tenants.change_counts().await?;
-        let ids = self.deps.tenants.all_ids().await?;
+        let counts = self.deps.tenants().change_counts().await?;
+        let ids = self.deps.tenants().all_ids().await?;
         let n = ids.len();
         self.follow_all(ids.into_iter().map(|(_, org)| org)).await?;
         *self
@@ -155,7 +155,7 @@ impl Registry {
     /// Reloads the tenants whose announced-change count moved since the last resync (and
     /// those counted for the first time); returns how many.
     pub async fn resync_changed(&self) -> Result<usize, StoreError> {
-        let counts = self.deps.tenants.change_counts().await?;
+        let counts = self.deps.tenants().change_counts().await?;
         let moved: Vec<String> = {
             let seen = self
                 .seen
@@ -288,12 +288,12 @@ impl Registry {
             .filter_map(|e| e.value().shared.tokens.expires_in())
             .min();
         self.deps
-            .metrics
+            .metrics()
             .token_expiry_horizon_seconds
             .set(horizon.map(|d| d.as_secs_f64()).unwrap_or(0.0));
         for (s, n) in ProvisioningState::ALL.iter().zip(counts) {
             self.deps
-                .metrics
+                .metrics()
                 .tenants
                 .with_label_values(&[s.as_str()])
                 .set(n);
@@ -322,11 +322,11 @@ impl Registry {
         let lock = self.org_lock(&org);
         let _guard = lock.lock().await;
 
-        let tenants = &self.deps.tenants;
+        let tenants = &self.deps.tenants();
         let tenant_id = tenants.tenant_id_for(&org).await?;
         let existing = tenants.load(&org).await?;
         // The activated tenant's first owner syncs its inventory at once (scopes may differ).
-        crate::store::devices::DeviceStore::new(self.deps.store.clone())
+        crate::store::devices::DeviceStore::new(self.deps.store().clone())
             .forget_synced(&org)
             .await?;
         // A running supervisor (re-activation) is replaced below and stopped only after, so
@@ -345,7 +345,7 @@ impl Registry {
             manifest_version: existing
                 .as_ref()
                 .and_then(|e| e.record.manifest_version.clone()),
-            ingest: self.deps.config.integration.ingest,
+            ingest: self.deps.config().integration.ingest,
             app_url: claims.app_url.clone(),
             manifest_url: claims.manifest_url.clone(),
             oauth_url: claims.oauth_url.clone(),
@@ -376,7 +376,7 @@ impl Registry {
             CasOutcome::Written(v) => v,
             CasOutcome::Stale | CasOutcome::Fenced => return Err(ActivateError::Conflict),
         };
-        self.deps.metrics.activation("started");
+        self.deps.metrics().activation("started");
         let started = record.clone();
         let stored = StoredTenant {
             record,
@@ -403,7 +403,7 @@ impl Registry {
     ) -> Result<Option<TenantRecord>, StoreError> {
         Ok(self
             .deps
-            .tenants
+            .tenants()
             .load_record(&claims.sub)
             .await?
             .map(|(r, _)| r)
@@ -473,12 +473,12 @@ impl Registry {
 
     /// Connects to Redis, retrying until it succeeds or `until` resolves.
     pub async fn connect(&self, until: impl std::future::Future<Output = ()>) -> bool {
-        self.deps.store.connect(until).await
+        self.deps.store().connect(until).await
     }
 
     /// PING within the readiness bound.
     pub async fn ping_store(&self) -> Result<(), StoreError> {
-        self.deps.store.ping().await
+        self.deps.store().ping().await
     }
 
     /// The newest lifecycle entries of one tenant (among the last `scan` of `<p>:tenants`).
@@ -487,12 +487,12 @@ impl Registry {
         tenant_id: &str,
         scan: usize,
     ) -> Result<Vec<std::collections::BTreeMap<String, String>>, StoreError> {
-        self.deps.tenants.history(tenant_id, scan).await
+        self.deps.tenants().history(tenant_id, scan).await
     }
 
     /// How many devices and workspaces the stored inventory of `org` holds.
     pub async fn inventory_counts(&self, org: &str) -> Result<(u64, u64), StoreError> {
-        crate::store::devices::DeviceStore::new(self.deps.store.clone())
+        crate::store::devices::DeviceStore::new(self.deps.store().clone())
             .counts(org)
             .await
     }
@@ -500,7 +500,7 @@ impl Registry {
     /// Waits until the token exchanges in flight stored their results (or `limit` passed);
     /// returns how many were in flight and whether all finished.
     pub async fn drain_exchanges(&self, limit: Duration) -> (usize, bool) {
-        let exchanges = &self.deps.exchanges;
+        let exchanges = &self.deps.exchanges();
         let in_flight = exchanges.in_flight();
         (in_flight, exchanges.drain(limit).await)
     }
@@ -508,13 +508,7 @@ impl Registry {
     /// Adds the message counts written since the last flush to the stored counters (one
     /// pipeline); counts that could not be stored are kept for the next flush.
     pub async fn flush_counters(&self) {
-        let queued = std::mem::take(
-            &mut *self
-                .deps
-                .to_flush
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
+        let queued = self.deps.take_to_flush();
         let mut taken: Vec<(TenantHandle, [u64; 2])> = Vec::new();
         for id in queued {
             let Some(h) = self.get(&id) else { continue };
@@ -533,7 +527,7 @@ impl Registry {
                     .map(|(source, n)| (h.shared.org_id.clone(), source, n))
             })
             .collect();
-        if let Err(e) = self.deps.tenants.add_received(&rows).await {
+        if let Err(e) = self.deps.tenants().add_received(&rows).await {
             tracing::debug!(error = %e, "message counters not stored yet; next flush");
             for (h, counts) in &taken {
                 h.shared.restore_unflushed(*counts);
@@ -544,7 +538,7 @@ impl Registry {
     /// Resolves once the stream writer has written what it accepted and stopped (after the
     /// engine fired its stop).
     pub async fn writer_stopped(&self) {
-        self.deps.writer.stopped().await
+        self.deps.writer().stopped().await
     }
 
     /// Stops every supervisor (and its children), then the arbiters.
@@ -563,14 +557,19 @@ impl Registry {
 pub async fn follow_changes(registry: Arc<Registry>, stop: Shutdown) {
     use futures::StreamExt;
     let deps = registry.deps().clone();
-    let channel = deps.store.keys().changes_channel();
+    let channel = deps.store().keys().changes_channel();
     let mut gap = false;
     loop {
         // Under Sentinel a new master means subscribing there (announcements are published on
         // the master; a demoted one may hear nothing).
-        let mut master = deps.store.master_watch();
+        let mut master = deps.store().master_watch();
         let attempt = async {
-            let mut pubsub = deps.store.pubsub_client().await?.get_async_pubsub().await?;
+            let mut pubsub = deps
+                .store()
+                .pubsub_client()
+                .await?
+                .get_async_pubsub()
+                .await?;
             pubsub.subscribe(&channel).await?;
             Ok::<_, StoreError>(pubsub)
         };
@@ -621,16 +620,16 @@ impl Registry {
     pub fn spawn_command_bell(&self, stop: Shutdown) {
         let deps = &self.deps;
         let listen = deps
-            .bell
+            .bell()
             .clone()
-            .listen(deps.store.clone(), deps.metrics.clone(), stop);
+            .listen(deps.store().clone(), deps.metrics().clone(), stop);
         tokio::spawn(listen);
     }
 
     /// Starts sampling consumer lag (`streams.lag_sample_secs`; the firehose, and the
     /// organizations this replica owns), unless there is nothing to sample.
     pub fn spawn_lag_sampling(self: &Arc<Self>, stop: Shutdown) {
-        let streams = &self.deps.config.streams;
+        let streams = &self.deps.config().streams;
         let owned_by = Arc::downgrade(self);
         let lag = crate::store::lag::LagSampling {
             shards: if streams.firehose { streams.shards } else { 0 },
@@ -650,7 +649,7 @@ impl Registry {
             }),
         };
         if lag.wanted() {
-            let store = self.deps.store.clone();
+            let store = self.deps.store().clone();
             tokio::spawn(crate::store::lag::sample_loop(store, lag, stop));
         }
     }
@@ -672,7 +671,7 @@ pub async fn flush_counters_loop(registry: Arc<Registry>, stop: Shutdown) {
 /// The safety net for missed announcements: every `scaling.resync_secs` reloads the tenants
 /// whose change count moved, every `scaling.full_resync_secs` all of them.
 pub async fn resync_loop(registry: Arc<Registry>, stop: Shutdown) {
-    let scaling = &registry.deps().config.scaling;
+    let scaling = &registry.deps().config().scaling;
     let every = Duration::from_secs_f64(scaling.resync_secs);
     let full_every = Duration::from_secs_f64(scaling.full_resync_secs);
     let mut last_full = tokio::time::Instant::now();

@@ -6,7 +6,8 @@
 //!   first): a room imports only rooms listed below it, and every room is listed;
 //! * no import circle between files, in either crate (a folder's `mod.rs` declaring its own
 //!   children is a declaration, not an import);
-//! * the HTTP edge and the wiring name no `store::` and reach no `Deps` field;
+//! * the HTTP edge and the wiring name no `store::` and reach no `Deps` field, and `Deps`'
+//!   fields are private to `tenant/` (other rooms read them through its methods);
 //! * `protocol/` imports neither actix, reqwest, redis, `config`, `store` nor `webex`;
 //! * only `store/` holds Redis scripts, each a `.lua` file beside the Rust that loads it; only
 //!   `telemetry.rs` registers metrics; the engine never imports `devkit`.
@@ -565,6 +566,25 @@ fn the_edge_and_the_wiring_use_handles_only() {
         .filter(|h| h.contains("actors::store::") && !h.contains("actors::store::keys"))
         .collect();
     assert!(named.is_empty(), "{named:#?}");
+}
+
+#[test]
+fn the_tenant_dependencies_are_read_not_reached_into() {
+    // `Deps`' fields are private to tenant/: other rooms read what they use through methods.
+    let text = std::fs::read_to_string(root().join("actors/src/tenant/deps.rs")).unwrap();
+    let code = code(&text);
+    let start = code.find("pub struct Deps {").expect("Deps");
+    let body = &code[start..start + code[start..].find("\n}").unwrap()];
+    let open: Vec<_> = body
+        .lines()
+        .skip(1)
+        .map(str::trim)
+        .filter(|l| l.starts_with("pub ") || l.starts_with("pub(crate)"))
+        .collect();
+    assert!(
+        open.is_empty(),
+        "Deps fields open outside tenant/: {open:#?}"
+    );
 }
 
 #[test]

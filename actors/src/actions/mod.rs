@@ -56,9 +56,9 @@ pub async fn health_check(shared: &TenantShared) -> ActionOutcome {
         .await
         .unwrap_or(TokensState::Unknown);
     let deps = &shared.deps();
-    let operational = if deps.store.ping().await.is_err() {
+    let operational = if deps.store().ping().await.is_err() {
         "outage"
-    } else if deps.writer.capacity() == 0 || shared.poller_failing.load(Ordering::Relaxed) {
+    } else if deps.writer().capacity() == 0 || shared.poller_failing.load(Ordering::Relaxed) {
         "impaired"
     } else {
         "operational"
@@ -78,7 +78,7 @@ async fn tokens_state(shared: &TenantShared) -> TokensState {
     let app_url = shared.record().app_url;
     match shared
         .with_token(|t| {
-            let (webex, url) = (&deps.webex, &app_url);
+            let (webex, url) = (deps.webex(), &app_url);
             async move { webex.get_app(url, &t).await }
         })
         .await
@@ -151,22 +151,22 @@ pub async fn deprovision(
     handle.deprovision().await;
     shared.tokens.clear().await;
     let deps = &shared.deps();
-    deps.tenants.delete_secrets(&shared.org_id).await?;
+    deps.tenants().delete_secrets(&shared.org_id).await?;
     shared
         .update(|r| {
             r.provisioning_state = ProvisioningState::Deprovisioned;
             r.poll_url = None;
         })
         .await?;
-    if deps.config.activation.purge_streams_on_deprovision {
-        deps.tenants.purge_streams(&shared.org_id).await?;
+    if deps.config().activation.purge_streams_on_deprovision {
+        deps.tenants().purge_streams(&shared.org_id).await?;
     }
     shared.lifecycle("deprovisioned").await;
     tracing::info!(tenant = %shared.tenant_id, "tenant deprovisioned");
     Ok(if interactive {
         ActionOutcome::Redirect(format!(
             "{}/setup/removed/{}",
-            deps.config.public_base(),
+            deps.config().public_base(),
             shared.tenant_id
         ))
     } else {
@@ -185,7 +185,7 @@ pub async fn request_manifest_update(
     let body = serde_json::json!({ "updateRequest": { "newManifest": manifest } });
     shared
         .with_token(|t| {
-            let (webex, url, body) = (&deps.webex, &app_url, &body);
+            let (webex, url, body) = (deps.webex(), &app_url, &body);
             async move { webex.patch_app(url, &t, body).await }
         })
         .await

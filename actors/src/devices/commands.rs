@@ -180,7 +180,7 @@ async fn handle(
         super::Api::of(shared).send_checked(&req).await
     }
     .await;
-    let metrics = &shared.deps().metrics;
+    let metrics = &shared.deps().metrics();
     match outcome {
         Ok(result) => {
             metrics.device_request("stream", "ok");
@@ -219,18 +219,18 @@ async fn handle(
 /// every `devices.commands_poll_ms`. Entries another consumer left pending (a previous owner)
 /// are claimed every `commands_claim_idle_secs` until none are left.
 pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), ChildError> {
-    let cfg = &shared.deps().config.devices;
-    let store = DeviceStore::new(shared.deps().store.clone());
+    let cfg = &shared.deps().config().devices;
+    let store = DeviceStore::new(shared.deps().store().clone());
     let org = shared.org_id.clone();
     // The replica id: a restarted replica (same pod name) finds its own pending entries.
-    let consumer = shared.deps().config.scaling.replica_id();
+    let consumer = shared.deps().config().scaling.replica_id();
     let poll = Duration::from_millis(cfg.commands_poll_ms);
     let sweep = Duration::from_secs_f64(cfg.commands_sweep_secs);
     let claim_every = Duration::from_secs(cfg.commands_claim_idle_secs.max(1));
     let claim_idle_ms = cfg.commands_claim_idle_secs * 1000;
     let maxlen = cfg.results_maxlen;
     let fail = |doing: &'static str, e: crate::store::StoreError| ChildError::new(doing, e);
-    let bell = &shared.deps().bell;
+    let bell = &shared.deps().bell();
     let door = Door::open(bell, &org);
     store
         .ensure_group(&org, GROUP)

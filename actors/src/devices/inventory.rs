@@ -84,7 +84,7 @@ impl Api<'_> {
         let mut url = base.join(path).expect("relative path joins");
         url.query_pairs_mut().append_pair(
             "max",
-            &self.tenant.deps().config.devices.page_size.to_string(),
+            &self.tenant.deps().config().devices.page_size.to_string(),
         );
         let mut items = Vec::new();
         let mut seen = std::collections::HashSet::new();
@@ -129,8 +129,8 @@ impl Api<'_> {
             return Err(DeviceError::NotActive(record.provisioning_state.as_str()));
         }
         let grants = Grants::new(&record.scopes, &record.xapi_access);
-        let store = DeviceStore::new(self.tenant.deps().store.clone());
-        let maxlen = self.tenant.deps().config.devices.results_maxlen;
+        let store = DeviceStore::new(self.tenant.deps().store().clone());
+        let maxlen = self.tenant.deps().config().devices.results_maxlen;
         let mut report = InventoryReport::default();
         let result: Result<(), DeviceError> = async {
             for (call, path, kind) in [
@@ -183,7 +183,7 @@ impl Api<'_> {
                 ]);
             }
         }
-        let metrics = &self.tenant.deps().metrics;
+        let metrics = &self.tenant.deps().metrics();
         match result {
             Ok(()) => {
                 metrics.inventory_sync("ok", &changes);
@@ -206,7 +206,7 @@ pub async fn stored(
     tenant: &TenantShared,
     kind: InventoryKind,
 ) -> Result<Vec<Value>, crate::store::StoreError> {
-    let store = DeviceStore::new(tenant.deps().store.clone());
+    let store = DeviceStore::new(tenant.deps().store().clone());
     let map = store.inventory(&tenant.org_id, kind).await?;
     let mut items: Vec<Value> = map
         .values()
@@ -226,11 +226,11 @@ pub async fn stored(
 /// supervisor restarts it with backoff; refusals (a missing scope on the Webex side) wait for
 /// the next round.
 pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), ChildError> {
-    let every = Duration::from_secs_f64(shared.deps().config.devices.inventory_interval_secs);
+    let every = Duration::from_secs_f64(shared.deps().config().devices.inventory_interval_secs);
     // A new owner (restart, takeover) whose predecessor synced recently waits out the rest of
     // the interval (jittered), so thousands of tenants taken over together do not all list
     // their devices at once; a tenant never synced (a new activation) syncs now.
-    let store = DeviceStore::new(shared.deps().store.clone());
+    let store = DeviceStore::new(shared.deps().store().clone());
     let mut wait = match store.synced_ago(&shared.org_id).await {
         Ok(Some(ago)) if ago < every => Some(
             (every - ago)

@@ -341,7 +341,7 @@ impl<'a> Api<'a> {
         let with_slash = format!("{}/", raw.trim_end_matches('/'));
         self.tenant
             .deps()
-            .webex
+            .webex()
             .check_url(&with_slash)
             .map_err(|e| {
                 DeviceError::Refused(AccessError::Invalid(format!("webexapisBaseUrl {e}")))
@@ -350,7 +350,7 @@ impl<'a> Api<'a> {
 
     fn call_deadline(&self) -> Instant {
         Instant::now()
-            + Duration::from_secs_f64(self.tenant.deps().config.devices.call_deadline_secs)
+            + Duration::from_secs_f64(self.tenant.deps().config().devices.call_deadline_secs)
     }
 
     /// One device-API call with the tenant's policy: gate, bounded concurrency, token (one
@@ -398,8 +398,8 @@ impl<'a> Api<'a> {
             deadline,
         } = *call;
         let gate = &self.tenant.devices;
-        let metrics = &self.tenant.deps().metrics;
-        let max_attempts = self.tenant.deps().config.devices.max_attempts;
+        let metrics = &self.tenant.deps().metrics();
+        let max_attempts = self.tenant.deps().config().devices.max_attempts;
         let label = kind.as_str();
         loop {
             let attempt = attempts.fetch_add(1, Ordering::Relaxed) + 1;
@@ -418,7 +418,7 @@ impl<'a> Api<'a> {
             let mut rb = self
                 .tenant
                 .deps()
-                .webex
+                .webex()
                 .http()
                 .request(method.clone(), url.clone())
                 .bearer_auth(token.expose());

@@ -38,10 +38,10 @@ struct PollResponse {
 /// Runs until `stop`. Returns `Err` only for failures a restart could mend.
 pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), ChildError> {
     let deps = shared.deps().clone();
-    let retry_base = Duration::from_secs_f64(deps.config.ingest.poll_retry_secs);
-    let metrics = &deps.metrics;
+    let retry_base = Duration::from_secs_f64(deps.config().ingest.poll_retry_secs);
+    let metrics = &deps.metrics();
     let count = |result: &str| metrics.queue_polls_total.with_label_values(&[result]).inc();
-    let lease_floor = deps.config.scaling.lease_ttl() / 2;
+    let lease_floor = deps.config().scaling.lease_ttl() / 2;
     let mut failures = 0u32;
     // No poll of this ownership period has succeeded yet (a takeover, a start).
     let mut first = true;
@@ -53,7 +53,7 @@ pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), ChildE
         if stop.is_fired() {
             return Ok(());
         }
-        if deps.writer.capacity() < MIN_FREE_PLACES {
+        if deps.writer().capacity() < MIN_FREE_PLACES {
             count("backpressure");
             metrics.backpressure_rejections_total.inc();
             if sleep_or_stop(BACKPRESSURE_PAUSE, &stop).await {
@@ -189,11 +189,11 @@ async fn poll_once(shared: &Arc<TenantShared>, stop: &Shutdown, conn: &Connectio
     let Some(poll_url) = shared.poll_url() else {
         return Poll::Failed(String::from("no pollUrl").into());
     };
-    let url = match deps.webex.check_url(&poll_url) {
+    let url = match deps.webex().check_url(&poll_url) {
         Ok(u) => u,
         Err(e) => return Poll::Failed(e.to_string().into()),
     };
-    let lease_floor = deps.config.scaling.lease_ttl() / 2;
+    let lease_floor = deps.config().scaling.lease_ttl() / 2;
     let sent = shared
         .with_token(|token| {
             let url = url.clone();
@@ -211,8 +211,9 @@ async fn poll_once(shared: &Arc<TenantShared>, stop: &Shutdown, conn: &Connectio
                 // batch written. A handover (this tenant's `stop` alone) lets the poll end by
                 // itself: the next owner's first poll waits for it, so one queue never has two
                 // pollers.
+                let (lean, pooled) = deps.poll_clients();
                 let request = async {
-                    match &deps.poll_http1 {
+                    match lean {
                         Some(lean) => lean
                             .get(conn, &url, token.expose())
                             .await
@@ -222,7 +223,7 @@ async fn poll_once(shared: &Arc<TenantShared>, stop: &Shutdown, conn: &Connectio
                                 message: e.to_string(),
                             }),
                         None => {
-                            let slot = deps.poll_http.slot();
+                            let slot = pooled.slot();
                             slot.client()
                                 .get(url)
                                 .bearer_auth(token.expose())
@@ -247,7 +248,7 @@ async fn poll_once(shared: &Arc<TenantShared>, stop: &Shutdown, conn: &Connectio
                         })),
                     },
                     _ = async {
-                        deps.shutdown.wait().await;
+                        deps.shutdown().wait().await;
                         tokio::time::sleep(ABANDON_AFTER).await;
                     } => return Err(PollCall::Skipped),
                 };

@@ -133,10 +133,10 @@ impl Onboarding {
     pub fn new(registry: Arc<Registry>) -> Self {
         let deps = registry.deps().clone();
         Self {
-            pending: PendingStore::new(deps.store.clone(), deps.tenants.sealer().clone()),
-            store: deps.store.clone(),
-            config: deps.config.clone(),
-            metrics: deps.metrics.clone(),
+            pending: PendingStore::new(deps.store().clone(), deps.tenants().sealer().clone()),
+            store: deps.store().clone(),
+            config: deps.config().clone(),
+            metrics: deps.metrics().clone(),
             registry,
         }
     }

@@ -173,7 +173,7 @@ impl Actor for TenantSupervisor {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
         // Engine shutdown stops this tenant too.
-        let engine = self.shared.deps().shutdown.clone();
+        let engine = self.shared.deps().shutdown().clone();
         ctx.spawn(
             async move { engine.wait().await }
                 .into_actor(self)
@@ -256,7 +256,7 @@ impl Handler<Stop> for TenantSupervisor {
             ctx.stop();
             return;
         }
-        let grace = Duration::from_secs(self.shared.deps().config.server.shutdown_grace_secs);
+        let grace = Duration::from_secs(self.shared.deps().config().server.shutdown_grace_secs);
         ctx.run_later(grace, |act, ctx| {
             for (kind, (h, _)) in act.children.drain() {
                 tracing::warn!(tenant = %act.shared.tenant_id, child = kind.as_str(), "child did not stop within the grace; cancelled");

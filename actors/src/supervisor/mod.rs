@@ -54,7 +54,7 @@ impl TenantHandle {
     /// The tenant as the admin API shows it.
     pub async fn to_json(&self) -> serde_json::Value {
         let r = self.record();
-        let mut received = match self.shared.deps().tenants.load(&r.org_id).await {
+        let mut received = match self.shared.deps().tenants().load(&r.org_id).await {
             Ok(Some(t)) => t.received,
             _ => Default::default(),
         };
@@ -91,7 +91,7 @@ impl TenantHandle {
     /// finish their current work first, bounded by `server.shutdown_grace_secs`).
     pub async fn stop(&self) {
         let _ = self.addr.send(Stop).await;
-        let grace = Duration::from_secs(self.shared.deps().config.server.shutdown_grace_secs + 1);
+        let grace = Duration::from_secs(self.shared.deps().config().server.shutdown_grace_secs + 1);
         if tokio::time::timeout(grace, self.finished.wait())
             .await
             .is_err()

@@ -25,38 +25,104 @@ const USER_AGENT: &str = concat!("xapi-stream/", env!("CARGO_PKG_VERSION"));
 
 /// What every tenant component needs from the engine.
 pub struct Deps {
-    pub config: Arc<Config>,
-    pub store: Store,
-    pub tenants: Tenants,
-    pub webex: WebexClient,
+    pub(super) config: Arc<Config>,
+    pub(super) store: Store,
+    pub(super) tenants: Tenants,
+    pub(super) webex: WebexClient,
     /// A separate HTTP client for queue long-polls. reqwest drives each pooled connection on
     /// the runtime that opened it; sharing the pool with calls made from HTTP workers would let
     /// a poller reuse a connection that dies when those workers stop during a drain — with a
     /// batch Webex already removed from its queue in flight. Pollers run on the supervisors'
     /// arbiters, which stop only after them.
     /// Polls are spread over several clients ([`crate::webex::polls`]).
-    pub poll_http: crate::webex::polls::PollClients,
+    pub(super) poll_http: crate::webex::polls::PollClients,
     /// The lean HTTP/1.1 poll client, when `ingest.poll_client = "http1"` (else `poll_http`).
-    pub poll_http1: Option<crate::webex::http1::Http1Polls>,
+    pub(super) poll_http1: Option<crate::webex::http1::Http1Polls>,
     /// The client of token exchanges only: they run on [`Deps::exchanges`]' runtime, which
     /// drives these connections until the process exits (see `poll_http` for the pitfall).
-    pub oauth: WebexClient,
+    pub(super) oauth: WebexClient,
     /// Where token exchanges run, and what a drain waits for.
-    pub exchanges: ExchangeTasks,
-    pub metrics: Metrics,
+    pub(super) exchanges: ExchangeTasks,
+    pub(super) metrics: Metrics,
     /// Wakes a tenant's command consumer when its stream gets an entry (listening is started
-    /// by the process: [`crate::store::bell::Bell::listen`]).
-    pub bell: crate::store::bell::Bell,
-    pub writer: crate::store::writer::StreamWriter,
-    pub shutdown: Shutdown,
+    /// by the registry once connected: `Registry::spawn_command_bell`).
+    pub(super) bell: crate::store::bell::Bell,
+    pub(super) writer: crate::store::writer::StreamWriter,
+    pub(super) shutdown: Shutdown,
     /// Tenants found removed on the Webex side (appUrl 404/410), for the registry to clean up.
-    pub gone: tokio::sync::mpsc::UnboundedSender<String>,
+    pub(super) gone: tokio::sync::mpsc::UnboundedSender<String>,
     /// Tenant ids with message counts not yet stored (the registry's flush takes them): a
     /// flush visits the tenants that received something, not all of them.
-    pub to_flush: std::sync::Mutex<Vec<String>>,
+    pub(super) to_flush: std::sync::Mutex<Vec<String>>,
 }
 
+/// What the rooms outside `tenant/` are handed: each reads the parts it uses, none can
+/// replace one (the fields are private to `tenant/`).
 impl Deps {
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The engine's stop signal.
+    pub fn shutdown(&self) -> &Shutdown {
+        &self.shutdown
+    }
+
+    /// The Redis store (for the rooms that own a repository of their own: registry,
+    /// ownership, onboarding, the console's sessions, the device API).
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The sealed tenant records.
+    pub(crate) fn tenants(&self) -> &Tenants {
+        &self.tenants
+    }
+
+    /// The Webex client of appUrl and device-API calls.
+    pub(crate) fn webex(&self) -> &WebexClient {
+        &self.webex
+    }
+
+    /// The stream writer.
+    pub(crate) fn writer(&self) -> &StreamWriter {
+        &self.writer
+    }
+
+    /// The queue poller's clients: the lean HTTP/1.1 one when configured, else reqwest's.
+    pub(crate) fn poll_clients(
+        &self,
+    ) -> (
+        Option<&crate::webex::http1::Http1Polls>,
+        &crate::webex::polls::PollClients,
+    ) {
+        (self.poll_http1.as_ref(), &self.poll_http)
+    }
+
+    /// Where token exchanges run (what a drain waits for).
+    pub(crate) fn exchanges(&self) -> &ExchangeTasks {
+        &self.exchanges
+    }
+
+    /// The command bell.
+    pub(crate) fn bell(&self) -> &crate::store::bell::Bell {
+        &self.bell
+    }
+
+    /// The tenant ids whose message counts wait for the registry's flush (taken all at once).
+    pub(crate) fn take_to_flush(&self) -> Vec<String> {
+        std::mem::take(
+            &mut *self
+                .to_flush
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
     /// `<public_url>/tenants/<id>/actions`.
     pub fn actions_url(&self, tenant_id: &str) -> String {
         format!("{}/tenants/{tenant_id}/actions", self.config.public_base())
