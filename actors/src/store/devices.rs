@@ -145,8 +145,7 @@ impl DeviceStore {
             .arg(keys.devices(org))
             .cmd("HLEN")
             .arg(keys.workspaces(org));
-        let mut conn = self.store.conn()?;
-        self.store.bounded(pipe.query_async(&mut conn)).await
+        self.store.query_pipe(&pipe).await
     }
 
     /// Applies a full listing of `kind` for `org` (entries: id → canonical JSON).
@@ -170,9 +169,7 @@ impl DeviceStore {
         for (id, json) in entries {
             inv.arg(id).arg(json);
         }
-        let mut conn = self.store.conn()?;
-        let (added, updated, removed): (u64, u64, u64) =
-            self.store.bounded(inv.invoke_async(&mut conn)).await?;
+        let (added, updated, removed): (u64, u64, u64) = self.store.invoke(&inv).await?;
         Ok(InventoryChanges {
             total: entries.len(),
             added,
@@ -185,27 +182,34 @@ impl DeviceStore {
     /// tenant hash): a new owner (a restart, a takeover) waits out the interval instead of
     /// syncing every tenant at once.
     pub async fn mark_synced(&self, org: &str) -> Result<(), StoreError> {
-        let mut conn = self.store.conn()?;
         let now = chrono::Utc::now().timestamp_millis();
         self.store
-            .bounded(conn.hset(self.store.keys().tenant(org), INVENTORY_SYNCED, now))
+            .query(&redis::Cmd::hset(
+                self.store.keys().tenant(org),
+                INVENTORY_SYNCED,
+                now,
+            ))
             .await
     }
 
     /// Forgets when `org`'s inventory was synced (an activation: its first owner syncs at once).
     pub async fn forget_synced(&self, org: &str) -> Result<(), StoreError> {
-        let mut conn = self.store.conn()?;
         self.store
-            .bounded(conn.hdel(self.store.keys().tenant(org), INVENTORY_SYNCED))
+            .query(&redis::Cmd::hdel(
+                self.store.keys().tenant(org),
+                INVENTORY_SYNCED,
+            ))
             .await
     }
 
     /// How long ago `org`'s inventory was last fully synced (None: never, or not recorded).
     pub async fn synced_ago(&self, org: &str) -> Result<Option<std::time::Duration>, StoreError> {
-        let mut conn = self.store.conn()?;
         let at: Option<i64> = self
             .store
-            .bounded(conn.hget(self.store.keys().tenant(org), INVENTORY_SYNCED))
+            .query(&redis::Cmd::hget(
+                self.store.keys().tenant(org),
+                INVENTORY_SYNCED,
+            ))
             .await?;
         let now = chrono::Utc::now().timestamp_millis();
         Ok(at.map(|t| std::time::Duration::from_millis(now.saturating_sub(t).max(0) as u64)))
@@ -218,8 +222,7 @@ impl DeviceStore {
         kind: InventoryKind,
     ) -> Result<Vec<String>, StoreError> {
         let hash = self.hash_key(org, kind);
-        let mut conn = self.store.conn()?;
-        self.store.bounded(conn.hkeys(hash)).await
+        self.store.query(&redis::Cmd::hkeys(hash)).await
     }
 
     /// The stored inventory of `kind` for `org`: id → JSON.
@@ -229,17 +232,15 @@ impl DeviceStore {
         kind: InventoryKind,
     ) -> Result<HashMap<String, String>, StoreError> {
         let hash = self.hash_key(org, kind);
-        let mut conn = self.store.conn()?;
-        self.store.bounded(conn.hgetall(hash)).await
+        self.store.query(&redis::Cmd::hgetall(hash)).await
     }
 
     /// Creates the consumer group of `org`'s command stream (from the stream's start, so
     /// commands written before the tenant's first activation are not skipped).
     pub async fn ensure_group(&self, org: &str, group: &str) -> Result<(), StoreError> {
-        let mut conn = self.store.conn()?;
         let res: Result<(), StoreError> = self
             .store
-            .bounded(conn.xgroup_create_mkstream(
+            .query(&redis::Cmd::xgroup_create_mkstream(
                 self.store.keys().commands_stream(org),
                 group,
                 "0",
@@ -261,13 +262,12 @@ impl DeviceStore {
         from: &str,
         count: usize,
     ) -> Result<Vec<CommandEntry>, StoreError> {
-        let mut conn = self.store.conn()?;
         // Parsed by hand: an entry that was deleted (XDEL, trimming) while pending comes back
         // with nil fields, which the typed reply refuses — and a consumer that cannot read
         // past it would stall on it forever.
         let reply: redis::Value = self
             .store
-            .bounded(
+            .query(
                 redis::cmd("XREADGROUP")
                     .arg("GROUP")
                     .arg(group)
@@ -276,8 +276,7 @@ impl DeviceStore {
                     .arg(count)
                     .arg("STREAMS")
                     .arg(self.store.keys().commands_stream(org))
-                    .arg(from)
-                    .query_async(&mut conn),
+                    .arg(from),
             )
             .await?;
         Ok(parse_read_reply(reply))
@@ -292,11 +291,10 @@ impl DeviceStore {
         min_idle_ms: u64,
         count: usize,
     ) -> Result<Vec<CommandEntry>, StoreError> {
-        let mut conn = self.store.conn()?;
         // Reply: [next cursor, [entries], [deleted ids]].
         let reply: redis::Value = self
             .store
-            .bounded(
+            .query(
                 redis::cmd("XAUTOCLAIM")
                     .arg(self.store.keys().commands_stream(org))
                     .arg(group)
@@ -304,8 +302,7 @@ impl DeviceStore {
                     .arg(min_idle_ms)
                     .arg("0-0")
                     .arg("COUNT")
-                    .arg(count)
-                    .query_async(&mut conn),
+                    .arg(count),
             )
             .await?;
         Ok(match reply {
@@ -323,15 +320,13 @@ impl DeviceStore {
         group: &str,
         consumer: &str,
     ) -> Result<u64, StoreError> {
-        let mut conn = self.store.conn()?;
         // Reply: [count, first id, last id, [[consumer, count], ...]].
         let reply: redis::Value = self
             .store
-            .bounded(
+            .query(
                 redis::cmd("XPENDING")
                     .arg(self.store.keys().commands_stream(org))
-                    .arg(group)
-                    .query_async(&mut conn),
+                    .arg(group),
             )
             .await?;
         let redis::Value::Array(parts) = reply else {
@@ -413,8 +408,7 @@ impl DeviceStore {
                 .ignore();
             pipe.xack(&stream, group, &[entry]).ignore();
         }
-        let mut conn = self.store.conn()?;
-        let _: () = self.store.bounded(pipe.query_async(&mut conn)).await?;
+        let _: () = self.store.query_pipe(&pipe).await?;
         Ok(())
     }
 }

@@ -53,8 +53,7 @@ impl Store {
                 hset.arg(&r.tracking_id).arg(json);
             }
             pipe.ignore().cmd("EXPIRE").arg(&key).arg(ttl).ignore();
-            let mut conn = self.conn()?;
-            self.bounded(pipe.query_async::<()>(&mut conn)).await?;
+            self.query_pipe::<()>(&pipe).await?;
         }
         Ok(())
     }
@@ -72,8 +71,7 @@ impl Store {
         for h in (newest - hours..=newest).rev() {
             pipe.cmd("HGET").arg(self.keys().errors(h)).arg(tracking_id);
         }
-        let mut conn = self.conn()?;
-        let found: Vec<Option<String>> = self.bounded(pipe.query_async(&mut conn)).await?;
+        let found: Vec<Option<String>> = self.query_pipe(&pipe).await?;
         found
             .into_iter()
             .flatten()

@@ -118,9 +118,8 @@ impl Store {
         let index = keys.invitations_index();
         let json = serde_json::to_string(&inv).expect("an invitation serializes");
         let oldest_kept = (now - chrono::Duration::seconds(keep as i64)).timestamp_millis();
-        let mut conn = self.conn()?;
         let stored: i64 = self
-            .bounded(
+            .invoke(
                 STORE
                     .key(keys.invitation(&inv.digest))
                     .key(&index)
@@ -129,8 +128,7 @@ impl Store {
                     .arg(now.timestamp_millis())
                     .arg(&inv.digest)
                     .arg(format!("({oldest_kept}"))
-                    .arg(self.write_deadline_ms())
-                    .invoke_async(&mut conn),
+                    .arg(self.write_deadline_ms()),
             )
             .await?;
         if stored != 1 {
@@ -194,8 +192,7 @@ impl Store {
 
     /// Gives an invitation back (the activation it was redeemed for could not start).
     pub async fn release_invitation(&self, digest: &str) -> Result<(), StoreError> {
-        let mut conn = self.conn()?;
-        self.bounded(conn.del(self.keys().invitation_used(digest)))
+        self.query(&redis::Cmd::del(self.keys().invitation_used(digest)))
             .await
     }
 
@@ -256,8 +253,7 @@ impl Store {
             .ignore()
             .cmd("INCR")
             .arg(keys.setup_failures_from(addr));
-        let mut conn = self.conn()?;
-        let (s, a): (u64, u64) = self.bounded(pipe.query_async(&mut conn)).await?;
+        let (s, a): (u64, u64) = self.query_pipe(&pipe).await?;
         Ok((s, a))
     }
 
@@ -272,8 +268,7 @@ impl Store {
             .cmd("DECR")
             .arg(keys.setup_failures_from(addr))
             .ignore();
-        let mut conn = self.conn()?;
-        self.bounded(pipe.query_async(&mut conn)).await
+        self.query_pipe(&pipe).await
     }
 
     /// Wrong codes so far for `session` and from `addr` (this hour).
@@ -288,8 +283,7 @@ impl Store {
             .arg(keys.setup_failures(session))
             .cmd("GET")
             .arg(keys.setup_failures_from(addr));
-        let mut conn = self.conn()?;
-        let (s, a): (Option<u64>, Option<u64>) = self.bounded(pipe.query_async(&mut conn)).await?;
+        let (s, a): (Option<u64>, Option<u64>) = self.query_pipe(&pipe).await?;
         Ok((s.unwrap_or(0), a.unwrap_or(0)))
     }
 }

@@ -46,17 +46,15 @@ static COMMIT: LazyLock<redis::Script> = LazyLock::new(|| {
 impl Store {
     /// Records `jti` (`SET NX EX`); `Ok(false)` when it was already there — a replay.
     pub async fn record_jti(&self, jti: &str) -> Result<bool, StoreError> {
-        let mut conn = self.conn()?;
         let key = self.keys().jti(jti);
         let set: Option<String> = self
-            .bounded(
+            .query(
                 redis::cmd("SET")
                     .arg(&key)
                     .arg(1)
                     .arg("NX")
                     .arg("EX")
-                    .arg(JTI_RETENTION.as_secs())
-                    .query_async(&mut conn),
+                    .arg(JTI_RETENTION.as_secs()),
             )
             .await?;
         Ok(set.is_some())
@@ -69,18 +67,16 @@ impl Store {
         digest: &str,
         hold: Duration,
     ) -> Result<JtiClaim, StoreError> {
-        let mut conn = self.conn()?;
         let nonce = hex::encode(rand::random::<[u8; 8]>());
         let (what, ms): (String, i64) = self
-            .bounded(
+            .invoke(
                 CLAIM
                     .key(self.keys().jti(jti))
                     .arg(digest)
                     .arg(&nonce)
                     .arg(hold.as_millis() as u64)
                     .arg(self.write_deadline_ms())
-                    .arg(JTI_RETENTION.as_secs())
-                    .invoke_async(&mut conn),
+                    .arg(JTI_RETENTION.as_secs()),
             )
             .await?;
         match what.as_str() {
@@ -97,15 +93,13 @@ impl Store {
     /// (another attempt took the claim over, or Redis ran the commit past its deadline): the
     /// caller answers 503, and the token's retry finds the claim again.
     pub async fn commit_jti(&self, jti: &str, digest: &str, nonce: &str) -> Result<(), StoreError> {
-        let mut conn = self.conn()?;
         let done: i64 = self
-            .bounded(
+            .invoke(
                 COMMIT
                     .key(self.keys().jti(jti))
                     .arg(digest)
                     .arg(nonce)
-                    .arg(self.write_deadline_ms())
-                    .invoke_async(&mut conn),
+                    .arg(self.write_deadline_ms()),
             )
             .await?;
         match done {

@@ -89,13 +89,12 @@ impl Leases {
         expected: Option<&str>,
     ) -> Result<Acquired, StoreError> {
         let keys = self.store.keys();
-        let mut conn = self.store.conn()?;
         let mut inv = self.take.prepare_invoke();
         inv.key(keys.lease(org))
             .key(keys.tenant(org))
             .arg(replica)
             .arg(expected.unwrap_or(""));
-        let v: i64 = self.store.bounded(inv.invoke_async(&mut conn)).await?;
+        let v: i64 = self.store.invoke(&inv).await?;
         Ok(match v {
             v if v > 0 => Acquired::Held(v as u64),
             0 => Acquired::Busy,
@@ -108,13 +107,11 @@ impl Leases {
         let keys = self.store.keys();
         let mut out = Vec::with_capacity(orgs.len());
         for chunk in orgs.chunks(READ_CHUNK) {
-            let mut conn = self.store.conn()?;
             let mut cmd = redis::cmd("MGET");
             for org in chunk {
                 cmd.arg(keys.lease(org));
             }
-            let values: Vec<Option<String>> =
-                self.store.bounded(cmd.query_async(&mut conn)).await?;
+            let values: Vec<Option<String>> = self.store.query(&cmd).await?;
             out.extend(values);
         }
         Ok(out)
@@ -122,11 +119,10 @@ impl Leases {
 
     /// Gives our record up so another replica can take the tenant at once.
     pub async fn release(&self, org: &str, replica: &str, epoch: u64) -> Result<(), StoreError> {
-        let mut conn = self.store.conn()?;
         let mut inv = self.release.prepare_invoke();
         inv.key(self.store.keys().lease(org))
             .arg(value(replica, epoch));
-        let _: i64 = self.store.bounded(inv.invoke_async(&mut conn)).await?;
+        let _: i64 = self.store.invoke(&inv).await?;
         Ok(())
     }
 
@@ -142,14 +138,13 @@ impl Leases {
         } else {
             (replica.to_string(), format!("{replica}{DRAINING}"))
         };
-        let mut conn = self.store.conn()?;
         let mut inv = self.heartbeat.prepare_invoke();
         inv.key(self.store.keys().replicas())
             .arg(&me)
             .arg(ttl.as_millis() as u64)
             .arg(&twin);
         let (continuous, now, members): (i64, i64, Vec<(String, f64)>) =
-            self.store.bounded(inv.invoke_async(&mut conn)).await?;
+            self.store.invoke(&inv).await?;
         let mut beat = Heartbeat {
             continuous: continuous == 1,
             ..Default::default()
@@ -175,15 +170,13 @@ impl Leases {
 
     /// Leaves the replica set for good (after a drain released every record).
     pub async fn leave(&self, replica: &str) -> Result<(), StoreError> {
-        let mut conn = self.store.conn()?;
         let _: i64 = self
             .store
-            .bounded(
+            .query(
                 redis::cmd("ZREM")
                     .arg(self.store.keys().replicas())
                     .arg(replica)
-                    .arg(format!("{replica}{DRAINING}"))
-                    .query_async(&mut conn),
+                    .arg(format!("{replica}{DRAINING}")),
             )
             .await?;
         Ok(())

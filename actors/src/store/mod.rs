@@ -332,10 +332,7 @@ impl Store {
         if !self.is_cluster() {
             return Ok(vec![self.pubsub_client().await?]);
         }
-        let mut conn = self.conn()?;
-        let nodes: String = self
-            .bounded(redis::cmd("CLUSTER").arg("NODES").query_async(&mut conn))
-            .await?;
+        let nodes: String = self.query(redis::cmd("CLUSTER").arg("NODES")).await?;
         let seed = self.inner.seed.clone();
         nodes
             .lines()
@@ -416,6 +413,34 @@ impl Store {
             Err(_) => {}
         }
         res
+    }
+
+    /// Sends one command on the shared connection ([`Store::conn`]) under the store's bound
+    /// ([`Store::bounded`]). For sequences that must reach one server, hold a connection
+    /// instead ([`Conn::pinned`], [`Store::dedicated`]).
+    pub async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
+        let mut conn = self.conn()?;
+        self.bounded(cmd.query_async(&mut conn)).await
+    }
+
+    /// Sends one pipeline (or transaction) like [`Store::query`]. In cluster mode its keys
+    /// must share one hash slot.
+    pub async fn query_pipe<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn()?;
+        self.bounded(pipe.query_async(&mut conn)).await
+    }
+
+    /// Runs one script invocation (`EVALSHA`, loading the script when Redis lacks it) like
+    /// [`Store::query`].
+    pub async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        inv: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn()?;
+        self.bounded(inv.invoke_async(&mut conn)).await
     }
 
     /// Remembers a `READONLY` refusal (see [`Store::ping`]); passes the result on.

@@ -22,9 +22,12 @@ impl PendingStore {
 
     /// Sessions of pending HTTPS activations, newest first (at most `limit`).
     pub async fn sessions(&self, limit: usize) -> Result<Vec<String>, StoreError> {
-        let mut conn = self.store.conn()?;
         self.store
-            .bounded(conn.zrevrange(self.store.keys().pending_index(), 0, limit as isize - 1))
+            .query(&redis::Cmd::zrevrange(
+                self.store.keys().pending_index(),
+                0,
+                limit as isize - 1,
+            ))
             .await
     }
 
@@ -70,17 +73,15 @@ impl PendingStore {
         token: &str,
         ttl_secs: u64,
     ) -> Result<bool, StoreError> {
-        let mut conn = self.store.conn()?;
         let set: Option<String> = self
             .store
-            .bounded(
+            .query(
                 redis::cmd("SET")
                     .arg(self.store.keys().pending_decided(session))
                     .arg(token)
                     .arg("NX")
                     .arg("EX")
-                    .arg(ttl_secs.max(1))
-                    .query_async(&mut conn),
+                    .arg(ttl_secs.max(1)),
             )
             .await?;
         Ok(set.is_some())
@@ -92,23 +93,20 @@ impl PendingStore {
         /// Deletes the decision if still claimed under the token (see pending_release.lua).
         static RELEASE: std::sync::LazyLock<redis::Script> =
             std::sync::LazyLock::new(|| redis::Script::new(include_str!("pending_release.lua")));
-        let mut conn = self.store.conn()?;
         self.store
-            .bounded(
+            .invoke(
                 RELEASE
                     .key(self.store.keys().pending_decided(session))
-                    .arg(token)
-                    .invoke_async(&mut conn),
+                    .arg(token),
             )
             .await
     }
 
     /// Reads a pending activation.
     pub async fn get(&self, session: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let mut conn = self.store.conn()?;
         let sealed: Option<String> = self
             .store
-            .bounded(conn.get(self.store.keys().pending(session)))
+            .query(&redis::Cmd::get(self.store.keys().pending(session)))
             .await?;
         match sealed {
             None => Ok(None),

@@ -21,15 +21,13 @@ impl Store {
         digest: &str,
         ttl_secs: u64,
     ) -> Result<(), StoreError> {
-        let mut conn = self.conn()?;
         let keys = self.keys();
         let _: i64 = self
-            .bounded(
+            .invoke(
                 OPEN.key(keys.console_session(digest))
                     .key(keys.console_epoch())
                     .arg(ttl_secs.max(1))
-                    .arg(new_epoch())
-                    .invoke_async(&mut conn),
+                    .arg(new_epoch()),
             )
             .await?;
         Ok(())
@@ -37,14 +35,12 @@ impl Store {
 
     /// Whether the session `digest` is open: stored, unexpired, opened in the current epoch.
     pub async fn console_session_open(&self, digest: &str) -> Result<bool, StoreError> {
-        let mut conn = self.conn()?;
         let keys = self.keys();
         let (opened, epoch): (Option<String>, Option<String>) = self
-            .bounded(
+            .query(
                 redis::cmd("MGET")
                     .arg(keys.console_session(digest))
-                    .arg(keys.console_epoch())
-                    .query_async(&mut conn),
+                    .arg(keys.console_epoch()),
             )
             .await?;
         Ok(opened.is_some_and(|o| epoch.is_some_and(|e| o == e)))
@@ -52,26 +48,19 @@ impl Store {
 
     /// Ends the session `digest`.
     pub async fn close_console_session(&self, digest: &str) -> Result<(), StoreError> {
-        let mut conn = self.conn()?;
         let _: i64 = self
-            .bounded(
-                redis::cmd("DEL")
-                    .arg(self.keys().console_session(digest))
-                    .query_async(&mut conn),
-            )
+            .query(redis::cmd("DEL").arg(self.keys().console_session(digest)))
             .await?;
         Ok(())
     }
 
     /// Ends every session (sessions opened afterwards are not affected): a new epoch.
     pub async fn end_console_sessions(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn()?;
         let _: () = self
-            .bounded(
+            .query(
                 redis::cmd("SET")
                     .arg(self.keys().console_epoch())
-                    .arg(new_epoch())
-                    .query_async(&mut conn),
+                    .arg(new_epoch()),
             )
             .await?;
         Ok(())

@@ -105,13 +105,12 @@ impl Tenants {
         org: &str,
         intent: &ExchangeIntent,
     ) -> Result<BeginExchange, StoreError> {
-        let mut conn = self.store.conn()?;
         let mut inv = BEGIN_EXCHANGE.prepare_invoke();
         inv.key(self.store.keys().tenant(org))
             .arg(intent.epoch)
             .arg(intent.token_version)
             .arg(intent.encode());
-        let reply: Vec<redis::Value> = self.store.bounded(inv.invoke_async(&mut conn)).await?;
+        let reply: Vec<redis::Value> = self.store.invoke(&inv).await?;
         let code: i64 = match reply.first() {
             Some(v) => redis::from_redis_value(v.clone())
                 .map_err(|e| StoreError::Corrupt(format!("exchange intent reply: {e}")))?,
@@ -135,10 +134,9 @@ impl Tenants {
     /// Removes `intent` after an exchange that rotated nothing (the token endpoint refused it
     /// or was unavailable).
     pub async fn end_exchange(&self, org: &str, intent: &ExchangeIntent) -> Result<(), StoreError> {
-        let mut conn = self.store.conn()?;
         let mut inv = END_EXCHANGE.prepare_invoke();
         inv.key(self.store.keys().tenant(org)).arg(intent.encode());
-        let _: i64 = self.store.bounded(inv.invoke_async(&mut conn)).await?;
+        let _: i64 = self.store.invoke(&inv).await?;
         Ok(())
     }
 }

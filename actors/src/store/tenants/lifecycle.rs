@@ -36,7 +36,6 @@ impl Tenants {
         reason: Option<&str>,
         ts: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let mut conn = self.store.conn()?;
         let ts = ts.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let mut inv = XADD.key(self.store.keys().tenants_stream());
         inv.arg(self.store.write_deadline_ms());
@@ -51,7 +50,7 @@ impl Tenants {
         if let Some(reason) = reason {
             inv.arg("reason").arg(reason);
         }
-        let added: i64 = self.store.bounded(inv.invoke_async(&mut conn)).await?;
+        let added: i64 = self.store.invoke(&inv).await?;
         if added == 1 {
             Ok(())
         } else {
@@ -66,17 +65,15 @@ impl Tenants {
         tenant_id: &str,
         scan: usize,
     ) -> Result<Vec<BTreeMap<String, String>>, StoreError> {
-        let mut conn = self.store.conn()?;
         let reply: redis::streams::StreamRangeReply = self
             .store
-            .bounded(
+            .query(
                 redis::cmd("XREVRANGE")
                     .arg(self.store.keys().tenants_stream())
                     .arg("+")
                     .arg("-")
                     .arg("COUNT")
-                    .arg(scan)
-                    .query_async(&mut conn),
+                    .arg(scan),
             )
             .await?;
         Ok(reply

@@ -270,9 +270,8 @@ impl Tenants {
 
     /// How many changes were announced per organization (`<p>:tenant_changes`).
     pub async fn change_counts(&self) -> Result<HashMap<String, u64>, StoreError> {
-        let mut conn = self.store.conn()?;
         self.store
-            .bounded(conn.hgetall(self.store.keys().tenant_changes()))
+            .query(&redis::Cmd::hgetall(self.store.keys().tenant_changes()))
             .await
     }
 
@@ -306,28 +305,25 @@ impl Tenants {
 
     /// The organization of a tenant id, if known.
     pub async fn org_of(&self, tenant_id: &str) -> Result<Option<String>, StoreError> {
-        let mut conn = self.store.conn()?;
         self.store
-            .bounded(conn.hget(self.store.keys().tenant_ids(), tenant_id))
+            .query(&redis::Cmd::hget(self.store.keys().tenant_ids(), tenant_id))
             .await
     }
 
     /// Every (tenant id, org) known.
     pub async fn all_ids(&self) -> Result<Vec<(String, String)>, StoreError> {
-        let mut conn = self.store.conn()?;
         let map: BTreeMap<String, String> = self
             .store
-            .bounded(conn.hgetall(self.store.keys().tenant_ids()))
+            .query(&redis::Cmd::hgetall(self.store.keys().tenant_ids()))
             .await?;
         Ok(map.into_iter().collect())
     }
 
     /// Loads one tenant with decrypted secrets.
     pub async fn load(&self, org: &str) -> Result<Option<StoredTenant>, StoreError> {
-        let mut conn = self.store.conn()?;
         let map: BTreeMap<String, String> = self
             .store
-            .bounded(conn.hgetall(self.store.keys().tenant(org)))
+            .query(&redis::Cmd::hgetall(self.store.keys().tenant(org)))
             .await?;
         let Some(record) = map.get(field::RECORD) else {
             return Ok(None);
@@ -372,15 +368,13 @@ impl Tenants {
     /// The stored `(record_version, token_version)` of `org` (0 where absent): what a replica
     /// compares before loading the whole tenant.
     pub async fn versions(&self, org: &str) -> Result<(u64, u64), StoreError> {
-        let mut conn = self.store.conn()?;
         let (record, token): (Option<u64>, Option<u64>) = self
             .store
-            .bounded(
+            .query(
                 redis::cmd("HMGET")
                     .arg(self.store.keys().tenant(org))
                     .arg(field::RECORD_VERSION)
-                    .arg(field::TOKEN_VERSION)
-                    .query_async(&mut conn),
+                    .arg(field::TOKEN_VERSION),
             )
             .await?;
         Ok((record.unwrap_or(0), token.unwrap_or(0)))
@@ -388,15 +382,13 @@ impl Tenants {
 
     /// The stored record and its version (None: no record).
     pub async fn load_record(&self, org: &str) -> Result<Option<(TenantRecord, u64)>, StoreError> {
-        let mut conn = self.store.conn()?;
         let (record, version): (Option<String>, Option<u64>) = self
             .store
-            .bounded(
+            .query(
                 redis::cmd("HMGET")
                     .arg(self.store.keys().tenant(org))
                     .arg(field::RECORD)
-                    .arg(field::RECORD_VERSION)
-                    .query_async(&mut conn),
+                    .arg(field::RECORD_VERSION),
             )
             .await?;
         let Some(record) = record else {
@@ -414,13 +406,12 @@ impl Tenants {
         record: &TenantRecord,
         expected_version: u64,
     ) -> Result<Option<u64>, StoreError> {
-        let mut conn = self.store.conn()?;
         let json = serde_json::to_string(record).expect("record serializes");
         let mut inv = self.cas_record.prepare_invoke();
         inv.key(self.store.keys().tenant(&record.org_id))
             .arg(expected_version)
             .arg(json);
-        let v: i64 = self.store.bounded(inv.invoke_async(&mut conn)).await?;
+        let v: i64 = self.store.invoke(&inv).await?;
         if v >= 0 {
             self.announce(&record.org_id).await;
         }
@@ -470,7 +461,6 @@ impl Tenants {
         epoch: Option<u64>,
         intent: Option<&ExchangeIntent>,
     ) -> Result<CasOutcome, StoreError> {
-        let mut conn = self.store.conn()?;
         let plain = serde_json::to_vec(secrets).expect("secrets serialize");
         let sealed = self.sealer.seal(&plain, &secrets_context(org));
         let record_json = record
@@ -483,7 +473,7 @@ impl Tenants {
             .arg(record_json)
             .arg(epoch.map(|e| e.to_string()).unwrap_or_default())
             .arg(intent.map(ExchangeIntent::encode).unwrap_or_default());
-        let v: i64 = self.store.bounded(inv.invoke_async(&mut conn)).await?;
+        let v: i64 = self.store.invoke(&inv).await?;
         if v >= 0 {
             self.announce(org).await;
         }

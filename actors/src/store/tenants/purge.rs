@@ -8,18 +8,16 @@ impl Tenants {
     /// Removes the secrets (deprovisioning) and bumps the version so no in-flight refresh
     /// can write them back.
     pub async fn delete_secrets(&self, org: &str) -> Result<(), StoreError> {
-        let mut conn = self.store.conn()?;
         let key = self.store.keys().tenant(org);
         let _: () = self
             .store
-            .bounded(
+            .query_pipe(
                 redis::pipe()
                     .atomic()
                     .hdel(&key, field::SECRETS)
                     .ignore()
                     .hincr(&key, field::TOKEN_VERSION, 1)
-                    .ignore()
-                    .query_async(&mut conn),
+                    .ignore(),
             )
             .await?;
         self.announce(org).await;
