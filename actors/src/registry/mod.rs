@@ -3,6 +3,9 @@
 //! changes other replicas make (pub/sub, periodic resync, lookups of unknown ids), and spreads
 //! tenant supervisors over a small pool of arbiters (threads). Which replica runs a tenant's
 //! background work is decided by leases (`crate::ownership`), not here.
+mod background;
+mod follow;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,7 +17,6 @@ use dashmap::DashMap;
 use std::time::Duration;
 
 use crate::protocol::jwt::ActivationClaims;
-use crate::shutdown::Shutdown;
 use crate::store::StoreError;
 use crate::store::tenants::{
     CasOutcome, Customer, ProvisioningState, StoredTenant, TenantRecord, TenantSecrets, TokensState,
@@ -22,6 +24,8 @@ use crate::store::tenants::{
 use crate::supervisor::TenantHandle;
 use crate::tenant::claim::Claim;
 use crate::tenant::{Deps, TenantShared, TokenKeeper, WebhookSecrets};
+pub use background::flush_counters_loop;
+pub use follow::{follow_changes, resync_loop};
 
 /// Why an activation could not start.
 #[derive(Debug, thiserror::Error)]
@@ -50,9 +54,6 @@ pub struct Registry {
     seen: std::sync::Mutex<HashMap<String, u64>>,
 }
 
-/// How many tenants a resync loads at once.
-const RESYNC_CONCURRENCY: usize = 64;
-
 impl Registry {
     /// A registry whose supervisors run on `threads` arbiters (at least one).
     pub fn new(deps: Arc<Deps>, threads: usize) -> Self {
@@ -72,150 +73,6 @@ impl Registry {
     /// Every handle, in no particular order.
     pub fn handles(&self) -> Vec<TenantHandle> {
         self.by_id.iter().map(|e| e.value().clone()).collect()
-    }
-
-    /// The tenant with this id, loading it from Redis when another replica created it and the
-    /// announcement has not arrived yet.
-    pub async fn lookup(&self, tenant_id: &str) -> Result<Option<TenantHandle>, StoreError> {
-        if let Some(h) = self.get(tenant_id) {
-            return Ok(Some(h));
-        }
-        let Some(org) = self.deps.tenants().org_of(tenant_id).await? else {
-            return Ok(None);
-        };
-        self.refresh(&org).await?;
-        Ok(self.get(tenant_id))
-    }
-
-    /// Follows what Redis holds for `org` (after another replica changed it): loads an unknown
-    /// tenant, adopts new record and secrets, stops a deprovisioned one's work, restarts the
-    /// owned work after a re-activation or an update.
-    pub async fn refresh(&self, org: &str) -> Result<(), StoreError> {
-        if self.follow(org).await? {
-            self.update_gauges();
-        }
-        Ok(())
-    }
-
-    /// [`Registry::refresh`] without the gauges; returns whether anything changed.
-    async fn follow(&self, org: &str) -> Result<bool, StoreError> {
-        // Read under the org's lock: an activation on this replica cannot interleave.
-        let lock = self.org_lock(org);
-        let _guard = lock.lock().await;
-        // Known and nothing newer stored (this replica's own announcement, most often): the
-        // versions say so in one small read, without loading and decrypting the tenant.
-        if let Some(h) = self.by_org(org) {
-            let (record, token) = self.deps.tenants().versions(org).await?;
-            if record <= h.shared.record_version() && token <= h.shared.tokens.version().await {
-                return Ok(false);
-            }
-        }
-        let stored = match self.deps.tenants().load(org).await {
-            Ok(Some(s)) => s,
-            Ok(None) => return Ok(false),
-            Err(StoreError::Corrupt(e)) => {
-                tracing::error!(org, error = %e, "tenant record unreadable; skipped (wrong security.encryption_key?)");
-                return Ok(false);
-            }
-            Err(e) => return Err(e),
-        };
-        let Some(handle) = self.get(&stored.record.tenant_id) else {
-            self.start(stored, None);
-            self.kick.notify_one();
-            return Ok(true);
-        };
-        let before = handle.shared.state();
-        let changes = handle.shared.reload(stored.clone()).await;
-        if changes.deprovisioned {
-            handle.deprovision().await;
-            handle.shared.tokens.clear().await;
-        } else if changes.reactivated {
-            self.replace(handle.clone(), stored);
-        } else if changes.updated {
-            handle.restart_children().await;
-        }
-        Ok(changes != Default::default() || before != handle.shared.state())
-    }
-
-    /// Reloads every stored tenant (the safety net under pub/sub); returns how many exist.
-    pub async fn resync(&self) -> Result<usize, StoreError> {
-        // Counts first: a change after this read moves its count again.
-        let counts = self.deps.tenants().change_counts().await?;
-        let ids = self.deps.tenants().all_ids().await?;
-        let n = ids.len();
-        self.follow_all(ids.into_iter().map(|(_, org)| org)).await?;
-        *self
-            .seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = counts;
-        self.update_gauges();
-        Ok(n)
-    }
-
-    /// Reloads the tenants whose announced-change count moved since the last resync (and
-    /// those counted for the first time); returns how many.
-    pub async fn resync_changed(&self) -> Result<usize, StoreError> {
-        let counts = self.deps.tenants().change_counts().await?;
-        let moved: Vec<String> = {
-            let seen = self
-                .seen
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            counts
-                .iter()
-                .filter(|(org, n)| seen.get(*org) != Some(n))
-                .map(|(org, _)| org.clone())
-                .collect()
-        };
-        let n = moved.len();
-        if n > 0 {
-            self.follow_all(moved).await?;
-            self.update_gauges();
-        }
-        *self
-            .seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = counts;
-        Ok(n)
-    }
-
-    /// Follows `orgs`, [`RESYNC_CONCURRENCY`] at a time; the first error after all were tried.
-    async fn follow_all(&self, orgs: impl IntoIterator<Item = String>) -> Result<(), StoreError> {
-        use futures::StreamExt;
-        let mut first = None;
-        let mut results = futures::stream::iter(orgs)
-            .map(|org| async move { self.follow(&org).await })
-            .buffer_unordered(RESYNC_CONCURRENCY);
-        while let Some(r) = results.next().await {
-            if let Err(e) = r {
-                first.get_or_insert(e);
-            }
-        }
-        first.map_or(Ok(()), Err)
-    }
-
-    fn org_lock(&self, org: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.org_locks
-            .entry(org.to_string())
-            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
-            .clone()
-    }
-
-    /// Replaces a running supervisor with a fresh one for `stored` (re-activation). The old
-    /// one stops first (its poller finishes the poll in flight) before the new one may start
-    /// owned work, so two pollers never share the queue.
-    fn replace(&self, old: TenantHandle, stored: StoredTenant) -> TenantHandle {
-        let claim = old.shared.claim.clone();
-        claim.set_blocked(true);
-        old.shared.superseded.store(true, Ordering::Release);
-        let handle = self.start(stored, Some(claim.clone()));
-        let registry_kick = self.kick_handle();
-        tokio::spawn(async move {
-            old.stop().await;
-            claim.set_blocked(false);
-            registry_kick();
-        });
-        handle
     }
 
     /// A closure that wakes the coordinator, for tasks that outlive a borrow of `self`.
@@ -451,26 +308,6 @@ impl Registry {
         handle
     }
 
-    /// Cleans up tenants whose integration was removed on the Webex side, as if deprovisioned.
-    pub fn spawn_gone_cleaner(
-        self: &Arc<Self>,
-        mut gone: tokio::sync::mpsc::UnboundedReceiver<String>,
-    ) {
-        let me = Arc::downgrade(self);
-        tokio::spawn(async move {
-            while let Some(id) = gone.recv().await {
-                let Some(reg) = me.upgrade() else { return };
-                if let Some(h) = reg.get(&id)
-                    && h.shared.state() != ProvisioningState::Deprovisioned
-                    && let Err(e) = crate::actions::deprovision(&h, false).await
-                {
-                    tracing::error!(tenant = %id, error = %e, "cleanup of a removed integration failed");
-                }
-                reg.update_gauges();
-            }
-        });
-    }
-
     /// Connects to Redis, retrying until it succeeds or `until` resolves.
     pub async fn connect(&self, until: impl std::future::Future<Output = ()>) -> bool {
         self.deps.store().connect(until).await
@@ -505,36 +342,6 @@ impl Registry {
         (in_flight, exchanges.drain(limit).await)
     }
 
-    /// Adds the message counts written since the last flush to the stored counters (one
-    /// pipeline); counts that could not be stored are kept for the next flush.
-    pub async fn flush_counters(&self) {
-        let queued = self.deps.take_to_flush();
-        let mut taken: Vec<(TenantHandle, [u64; 2])> = Vec::new();
-        for id in queued {
-            let Some(h) = self.get(&id) else { continue };
-            let counts = h.shared.take_unflushed();
-            if counts != [0, 0] {
-                h.shared.count_rate(counts[0] + counts[1]);
-                taken.push((h, counts));
-            }
-        }
-        let rows: Vec<(String, &str, u64)> = taken
-            .iter()
-            .flat_map(|(h, [webhook, queue])| {
-                [("webhook", *webhook), ("queue", *queue)]
-                    .into_iter()
-                    .filter(|(_, n)| *n > 0)
-                    .map(|(source, n)| (h.shared.org_id.clone(), source, n))
-            })
-            .collect();
-        if let Err(e) = self.deps.tenants().add_received(&rows).await {
-            tracing::debug!(error = %e, "message counters not stored yet; next flush");
-            for (h, counts) in &taken {
-                h.shared.restore_unflushed(*counts);
-            }
-        }
-    }
-
     /// Resolves once the stream writer has written what it accepted and stopped (after the
     /// engine fired its stop).
     pub async fn writer_stopped(&self) {
@@ -547,148 +354,6 @@ impl Registry {
         futures::future::join_all(handles.iter().map(|h| h.stop())).await;
         for a in &self.arbiters {
             a.stop();
-        }
-    }
-}
-
-/// Applies the changes other replicas announce on `<p>:changes` (one org per message). The
-/// subscription reconnects by itself; after a gap every tenant is reloaded, since messages
-/// published meanwhile are lost.
-pub async fn follow_changes(registry: Arc<Registry>, stop: Shutdown) {
-    use futures::StreamExt;
-    let deps = registry.deps().clone();
-    let channel = deps.store().keys().changes_channel();
-    let mut gap = false;
-    loop {
-        // Under Sentinel a new master means subscribing there (announcements are published on
-        // the master; a demoted one may hear nothing).
-        let mut master = deps.store().master_watch();
-        let attempt = async {
-            let mut pubsub = deps
-                .store()
-                .pubsub_client()
-                .await?
-                .get_async_pubsub()
-                .await?;
-            pubsub.subscribe(&channel).await?;
-            Ok::<_, StoreError>(pubsub)
-        };
-        match tokio::time::timeout(Duration::from_secs(5), attempt).await {
-            Ok(Ok(pubsub)) => {
-                if gap {
-                    tracing::info!("change announcements resubscribed; reloading every tenant");
-                    let _ = registry.resync().await;
-                }
-                let mut messages = pubsub.into_on_message();
-                loop {
-                    tokio::select! {
-                        _ = stop.wait() => return,
-                        _ = master.changed() => break,
-                        m = messages.next() => match m {
-                            Some(m) => {
-                                let Ok(org) = m.get_payload::<String>() else { continue };
-                                let registry = registry.clone();
-                                tokio::spawn(async move {
-                                    if let Err(e) = registry.refresh(&org).await {
-                                        tracing::warn!(org, error = %e, "announced change not loaded; the next resync will");
-                                    }
-                                });
-                            }
-                            None => break,
-                        }
-                    }
-                }
-                tracing::warn!("change announcements: subscription lost; reconnecting");
-            }
-            Ok(Err(e)) => tracing::debug!(error = %e, "change announcements: cannot subscribe yet"),
-            Err(_) => tracing::debug!("change announcements: subscribe timed out"),
-        }
-        gap = true;
-        tokio::select! {
-            _ = stop.wait() => return,
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-    }
-}
-
-/// How often message counts are added to the stored counters.
-const COUNTER_FLUSH: Duration = Duration::from_secs(1);
-
-impl Registry {
-    /// Starts listening for the command bell (a tenant's command consumer wakes when its
-    /// stream gets an entry); call once connected.
-    pub fn spawn_command_bell(&self, stop: Shutdown) {
-        let deps = &self.deps;
-        let listen = deps
-            .bell()
-            .clone()
-            .listen(deps.store().clone(), deps.metrics().clone(), stop);
-        tokio::spawn(listen);
-    }
-
-    /// Starts sampling consumer lag (`streams.lag_sample_secs`; the firehose, and the
-    /// organizations this replica owns), unless there is nothing to sample.
-    pub fn spawn_lag_sampling(self: &Arc<Self>, stop: Shutdown) {
-        let streams = &self.deps.config().streams;
-        let owned_by = Arc::downgrade(self);
-        let lag = crate::store::lag::LagSampling {
-            shards: if streams.firehose { streams.shards } else { 0 },
-            org_groups: streams.lag_groups.clone(),
-            every: Duration::from_secs(streams.lag_sample_secs),
-            owned: Arc::new(move || {
-                owned_by
-                    .upgrade()
-                    .map(|r| {
-                        r.handles()
-                            .into_iter()
-                            .filter(|h| h.shared.claim.is_owning())
-                            .map(|h| h.shared.org_id.clone())
-                            .collect()
-                    })
-                    .unwrap_or_default()
-            }),
-        };
-        if lag.wanted() {
-            let store = self.deps.store().clone();
-            tokio::spawn(crate::store::lag::sample_loop(store, lag, stop));
-        }
-    }
-}
-
-/// Adds the message counts to the stored counters every second until `stop` (then once more),
-/// and recomputes the tenant gauges if they are stale.
-pub async fn flush_counters_loop(registry: Arc<Registry>, stop: Shutdown) {
-    loop {
-        tokio::select! {
-            _ = stop.wait() => break,
-            _ = tokio::time::sleep(COUNTER_FLUSH) => {}
-        }
-        registry.flush_counters().await;
-        registry.refresh_gauges();
-    }
-}
-
-/// The safety net for missed announcements: every `scaling.resync_secs` reloads the tenants
-/// whose change count moved, every `scaling.full_resync_secs` all of them.
-pub async fn resync_loop(registry: Arc<Registry>, stop: Shutdown) {
-    let scaling = &registry.deps().config().scaling;
-    let every = Duration::from_secs_f64(scaling.resync_secs);
-    let full_every = Duration::from_secs_f64(scaling.full_resync_secs);
-    let mut last_full = tokio::time::Instant::now();
-    loop {
-        tokio::select! {
-            _ = stop.wait() => return,
-            _ = tokio::time::sleep(every) => {}
-        }
-        let full = last_full.elapsed() >= full_every;
-        let result = if full {
-            last_full = tokio::time::Instant::now();
-            registry.resync().await
-        } else {
-            registry.resync_changed().await
-        };
-        if let Err(e) = result {
-            tracing::warn!(error = %e, full, "tenant resync failed; next round");
         }
     }
 }

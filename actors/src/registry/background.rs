@@ -1,0 +1,115 @@
+//! The registry's background work: cleaning up tenants removed on the Webex side, adding
+//! message counts to the stored counters, the command bell, consumer-lag sampling.
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Registry;
+use crate::shutdown::Shutdown;
+use crate::store::tenants::ProvisioningState;
+use crate::supervisor::TenantHandle;
+
+/// How often message counts are added to the stored counters.
+const COUNTER_FLUSH: Duration = Duration::from_secs(1);
+
+/// Adds the message counts to the stored counters every second until `stop` (then once more),
+/// and recomputes the tenant gauges if they are stale.
+pub async fn flush_counters_loop(registry: Arc<Registry>, stop: Shutdown) {
+    loop {
+        tokio::select! {
+            _ = stop.wait() => break,
+            _ = tokio::time::sleep(COUNTER_FLUSH) => {}
+        }
+        registry.flush_counters().await;
+        registry.refresh_gauges();
+    }
+}
+impl Registry {
+    /// Cleans up tenants whose integration was removed on the Webex side, as if deprovisioned.
+    pub fn spawn_gone_cleaner(
+        self: &Arc<Self>,
+        mut gone: tokio::sync::mpsc::UnboundedReceiver<String>,
+    ) {
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while let Some(id) = gone.recv().await {
+                let Some(reg) = me.upgrade() else { return };
+                if let Some(h) = reg.get(&id)
+                    && h.shared.state() != ProvisioningState::Deprovisioned
+                    && let Err(e) = crate::actions::deprovision(&h, false).await
+                {
+                    tracing::error!(tenant = %id, error = %e, "cleanup of a removed integration failed");
+                }
+                reg.update_gauges();
+            }
+        });
+    }
+
+    /// Adds the message counts written since the last flush to the stored counters (one
+    /// pipeline); counts that could not be stored are kept for the next flush.
+    pub async fn flush_counters(&self) {
+        let queued = self.deps.take_to_flush();
+        let mut taken: Vec<(TenantHandle, [u64; 2])> = Vec::new();
+        for id in queued {
+            let Some(h) = self.get(&id) else { continue };
+            let counts = h.shared.take_unflushed();
+            if counts != [0, 0] {
+                h.shared.count_rate(counts[0] + counts[1]);
+                taken.push((h, counts));
+            }
+        }
+        let rows: Vec<(String, &str, u64)> = taken
+            .iter()
+            .flat_map(|(h, [webhook, queue])| {
+                [("webhook", *webhook), ("queue", *queue)]
+                    .into_iter()
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(source, n)| (h.shared.org_id.clone(), source, n))
+            })
+            .collect();
+        if let Err(e) = self.deps.tenants().add_received(&rows).await {
+            tracing::debug!(error = %e, "message counters not stored yet; next flush");
+            for (h, counts) in &taken {
+                h.shared.restore_unflushed(*counts);
+            }
+        }
+    }
+
+    /// Starts listening for the command bell (a tenant's command consumer wakes when its
+    /// stream gets an entry); call once connected.
+    pub fn spawn_command_bell(&self, stop: Shutdown) {
+        let deps = &self.deps;
+        let listen = deps
+            .bell()
+            .clone()
+            .listen(deps.store().clone(), deps.metrics().clone(), stop);
+        tokio::spawn(listen);
+    }
+
+    /// Starts sampling consumer lag (`streams.lag_sample_secs`; the firehose, and the
+    /// organizations this replica owns), unless there is nothing to sample.
+    pub fn spawn_lag_sampling(self: &Arc<Self>, stop: Shutdown) {
+        let streams = &self.deps.config().streams;
+        let owned_by = Arc::downgrade(self);
+        let lag = crate::store::lag::LagSampling {
+            shards: if streams.firehose { streams.shards } else { 0 },
+            org_groups: streams.lag_groups.clone(),
+            every: Duration::from_secs(streams.lag_sample_secs),
+            owned: Arc::new(move || {
+                owned_by
+                    .upgrade()
+                    .map(|r| {
+                        r.handles()
+                            .into_iter()
+                            .filter(|h| h.shared.claim.is_owning())
+                            .map(|h| h.shared.org_id.clone())
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            }),
+        };
+        if lag.wanted() {
+            let store = self.deps.store().clone();
+            tokio::spawn(crate::store::lag::sample_loop(store, lag, stop));
+        }
+    }
+}
