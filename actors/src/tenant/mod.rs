@@ -3,16 +3,25 @@
 //! supervisor actor and handle are `crate::supervisor`.)
 //!
 //! # Layout
-//! - this file: [`TenantShared`], token-state transitions, the 401 helper, the refresher.
+//! - this file: [`TenantShared`]: its record (read, compare-and-set update, reload), state;
+//!   [`ChildError`], why a child ended early.
+//! - `calls`: calls with the tenant's token ([`TenantShared::with_token`]: the one
+//!   "401 → refresh → retry"), token-state transitions, the refresher.
+//! - `counts`: message counts (hot path), their flush, the per-minute rate.
+//! - `failures`: last error and lifecycle entries, written later while Redis is unreachable.
 //! - [`appurl`]: completing an activation, reconciling with the appUrl, re-learning pollUrl.
 //! - [`claim`]: this replica's claim on the tenant: the lease it holds and the owned work.
 //! - `deps`: [`Deps`], what every tenant component needs from the engine, built once.
 //! - [`gate`]: the device API's per-tenant gate (concurrency, rate-limit window).
 //! - [`rotation`]: webhook secret rotation (offer, PATCH, confirm; periodic and on demand).
 //! - [`tokens`]: `TokenKeeper`, the only place that exchanges the tenant's refresh token.
+//! - [`webhook_secrets`]: the secrets webhooks may be signed with, as ingest reads them.
 pub mod appurl;
+mod calls;
 pub mod claim;
+mod counts;
 mod deps;
+mod failures;
 pub mod gate;
 pub mod rotation;
 pub mod tokens;
@@ -23,13 +32,13 @@ use std::sync::{Arc, RwLock};
 use chrono::Utc;
 use serde_json::json;
 
-use crate::protocol::tracking::TrackingId;
-use crate::shutdown::Shutdown;
 use crate::store::StoreError;
+use crate::store::tenants::ProvisioningState;
 pub use crate::store::tenants::TenantRecord;
-use crate::store::tenants::{LastError, ProvisioningState};
 use crate::telemetry::Metrics;
 
+pub use calls::{Refusal, WithToken};
+use counts::MinuteRate;
 pub use deps::{BuildError, Built, Deps};
 pub use tokens::{TokenError, TokenKeeper};
 pub use webhook_secrets::WebhookSecrets;
@@ -71,14 +80,6 @@ pub struct TenantShared {
     /// Writes waiting for Redis to come back (`error`, `lifecycle:<event>`): one of each at a
     /// time, however often the same failure recurs meanwhile.
     deferred: Arc<dashmap::DashSet<String>>,
-}
-
-/// Messages counted in the current and the previous minute.
-#[derive(Default, Clone, Copy)]
-struct MinuteRate {
-    minute: i64,
-    count: u64,
-    previous: u64,
 }
 
 /// How many times a record update is retried after another replica wrote first.
@@ -140,86 +141,6 @@ impl TenantShared {
 
     pub(crate) fn metrics(&self) -> &Metrics {
         &self.deps.metrics
-    }
-
-    /// One message written for this tenant by `source` (counted in its `messages_received`).
-    pub(crate) fn count_received(&self, source: crate::protocol::message::Source) {
-        use std::sync::atomic::Ordering;
-        let i = usize::from(source != crate::protocol::message::Source::Webhook);
-        self.unflushed[i].fetch_add(1, Ordering::Relaxed);
-        if !self.flush_queued.load(Ordering::Relaxed)
-            && !self.flush_queued.swap(true, Ordering::AcqRel)
-        {
-            self.queue_for_flush();
-        }
-    }
-
-    fn queue_for_flush(&self) {
-        self.deps
-            .to_flush
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(self.tenant_id.clone());
-    }
-
-    /// Takes the counts not yet stored: `[webhook, queue]`.
-    pub(crate) fn take_unflushed(&self) -> [u64; 2] {
-        use std::sync::atomic::Ordering::AcqRel;
-        // Unqueued first: a message counted after this queues the tenant again.
-        self.flush_queued
-            .store(false, std::sync::atomic::Ordering::Release);
-        [
-            self.unflushed[0].swap(0, AcqRel),
-            self.unflushed[1].swap(0, AcqRel),
-        ]
-    }
-
-    /// Adds `n` messages written now to the per-minute rate.
-    pub(crate) fn count_rate(&self, n: u64) {
-        let minute = Utc::now().timestamp().div_euclid(60);
-        let mut r = self
-            .rate
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if r.minute != minute {
-            r.previous = if r.minute == minute - 1 { r.count } else { 0 };
-            r.minute = minute;
-            r.count = 0;
-        }
-        r.count += n;
-    }
-
-    /// Messages this replica wrote for the tenant in the last full minute.
-    pub fn messages_last_minute(&self) -> u64 {
-        let minute = Utc::now().timestamp().div_euclid(60);
-        let r = *self
-            .rate
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match minute - r.minute {
-            0 => r.previous,
-            1 => r.count,
-            _ => 0,
-        }
-    }
-
-    /// Gives counts back that could not be stored (they are added on the next flush).
-    pub(crate) fn restore_unflushed(&self, counts: [u64; 2]) {
-        use std::sync::atomic::Ordering::AcqRel;
-        self.unflushed[0].fetch_add(counts[0], AcqRel);
-        self.unflushed[1].fetch_add(counts[1], AcqRel);
-        if !self.flush_queued.swap(true, AcqRel) {
-            self.queue_for_flush();
-        }
-    }
-
-    /// The counts not yet stored, without taking them: `[webhook, queue]`.
-    pub(crate) fn peek_unflushed(&self) -> [u64; 2] {
-        use std::sync::atomic::Ordering::Acquire;
-        [
-            self.unflushed[0].load(Acquire),
-            self.unflushed[1].load(Acquire),
-        ]
     }
 
     /// True once the engine's drain began.
@@ -334,193 +255,6 @@ impl TenantShared {
         *at = std::time::Instant::now();
         true
     }
-
-    /// Records a failure with a fresh trackingId (also in the log line); returns the id.
-    pub async fn fail(&self, state: Option<ProvisioningState>, description: String) -> TrackingId {
-        self.record_error(description, move |r| {
-            if let Some(s) = state {
-                r.provisioning_state = s;
-            }
-        })
-        .await
-    }
-
-    /// Stores `description` as the tenant's `last_error` with a fresh trackingId (also in the
-    /// log line), together with `change`; returns the id. When Redis cannot be reached it is
-    /// stored once Redis is back ([`store_error_later`]).
-    async fn record_error(
-        &self,
-        description: String,
-        change: impl Fn(&mut TenantRecord) + Send + Sync + 'static,
-    ) -> TrackingId {
-        let tracking = TrackingId::new();
-        tracing::error!(trackingId = %tracking, tenant = %self.tenant_id, %description, "tenant error");
-        let err = LastError {
-            tracking_id: tracking.to_string(),
-            description,
-            at: Utc::now(),
-        };
-        let apply = {
-            let err = err.clone();
-            move |r: &mut TenantRecord| {
-                change(r);
-                r.last_error = Some(err.clone());
-            }
-        };
-        match self.update(&apply).await {
-            Ok(_) => {}
-            Err(e) if e.is_unavailable() => {
-                if let Some(done) = Deferred::start(&self.deferred, "error") {
-                    tracing::warn!(trackingId = %tracking, tenant = %self.tenant_id, error = %e, "tenant error not stored yet: Redis unavailable; storing it once Redis is back");
-                    store_error_later(
-                        self.deps.tenants.clone(),
-                        self.org_id.clone(),
-                        err,
-                        apply,
-                        done,
-                    );
-                }
-            }
-            Err(e) => {
-                tracing::error!(trackingId = %tracking, tenant = %self.tenant_id, error = %e, "could not store the tenant error");
-            }
-        }
-        tracking
-    }
-
-    /// Appends a lifecycle entry; failures are logged, not fatal.
-    pub async fn lifecycle(&self, event: &str) {
-        self.lifecycle_because(event, None).await
-    }
-
-    /// Appends a lifecycle entry with a `reason` field. When Redis cannot be reached it is
-    /// written once Redis is back (with the time it happened; never twice: each attempt
-    /// carries a write deadline).
-    pub async fn lifecycle_because(&self, event: &str, reason: Option<&str>) {
-        let ts = Utc::now();
-        let tenants = &self.deps.tenants;
-        match tenants
-            .lifecycle_at(&self.tenant_id, &self.org_id, event, reason, ts)
-            .await
-        {
-            Ok(()) => {}
-            Err(e) if e.is_unavailable() => {
-                tracing::warn!(tenant = %self.tenant_id, event, error = %e, "lifecycle entry not written yet: Redis unavailable; writing it once Redis is back");
-                let (tenants, tenant, org) =
-                    (tenants.clone(), self.tenant_id.clone(), self.org_id.clone());
-                let (event, reason) = (event.to_string(), reason.map(str::to_string));
-                tokio::spawn(async move {
-                    let written = retry_while_unavailable(|| {
-                        tenants.lifecycle_at(&tenant, &org, &event, reason.as_deref(), ts)
-                    })
-                    .await;
-                    match written {
-                        Ok(()) => tracing::info!(
-                            tenant,
-                            event,
-                            "lifecycle entry written after Redis came back"
-                        ),
-                        Err(e) => {
-                            tracing::warn!(tenant, event, error = %e, "lifecycle entry not written")
-                        }
-                    }
-                });
-            }
-            Err(e) => {
-                tracing::warn!(tenant = %self.tenant_id, event, error = %e, "lifecycle entry not written");
-            }
-        }
-    }
-}
-
-/// A write waiting for Redis, marked in its tenant's set while it waits (see
-/// `TenantShared::deferred`); the mark goes when it is dropped.
-struct Deferred {
-    set: Arc<dashmap::DashSet<String>>,
-    what: String,
-}
-
-impl Deferred {
-    /// The mark for `what`, unless one is already waiting.
-    fn start(set: &Arc<dashmap::DashSet<String>>, what: &str) -> Option<Self> {
-        set.insert(what.to_string()).then(|| Self {
-            set: set.clone(),
-            what: what.to_string(),
-        })
-    }
-}
-
-impl Drop for Deferred {
-    fn drop(&mut self) {
-        self.set.remove(&self.what);
-    }
-}
-
-/// How long a write Redis could not take is tried again (with backoff up to
-/// [`LATER_PAUSE_MAX`]) before it is given up (and logged).
-const LATER_FOR: std::time::Duration = std::time::Duration::from_secs(3600);
-const LATER_PAUSE_MAX: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Runs `write` until it succeeds or fails other than for Redis being unreachable, for at most
-/// [`LATER_FOR`].
-async fn retry_while_unavailable<T, F, Fut>(mut write: F) -> Result<T, StoreError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, StoreError>>,
-{
-    let until = std::time::Instant::now() + LATER_FOR;
-    let mut pause = std::time::Duration::from_millis(500);
-    loop {
-        tokio::time::sleep(pause).await;
-        match write().await {
-            Err(e) if e.is_unavailable() && std::time::Instant::now() < until => {
-                pause = (pause * 2).min(LATER_PAUSE_MAX);
-            }
-            other => return other,
-        }
-    }
-}
-
-/// Stores a tenant error that Redis could not take when it happened, once Redis is back —
-/// unless the record changed after it (a newer state wins over an old error). The replicas
-/// pick the change up like any other record change.
-fn store_error_later(
-    tenants: crate::store::tenants::Tenants,
-    org: String,
-    err: LastError,
-    apply: impl Fn(&mut TenantRecord) + Send + Sync + 'static,
-    done: Deferred,
-) {
-    tokio::spawn(async move {
-        let _done = done;
-        let stored = retry_while_unavailable(|| async {
-            for _ in 0..RECORD_CAS_ATTEMPTS {
-                let Some((mut r, version)) = tenants.load_record(&org).await? else {
-                    return Ok(false);
-                };
-                if r.last_error.as_ref() == Some(&err) || r.updated_at > err.at {
-                    // Stored after all (a write that landed late), or overtaken.
-                    return Ok(false);
-                }
-                apply(&mut r);
-                r.updated_at = Utc::now();
-                if tenants.save_record(&r, version).await?.is_some() {
-                    return Ok(true);
-                }
-            }
-            Err(StoreError::Conflict("the tenant record kept changing"))
-        })
-        .await;
-        match stored {
-            Ok(true) => {
-                tracing::info!(trackingId = %err.tracking_id, org, "tenant error stored after Redis came back")
-            }
-            Ok(false) => {}
-            Err(e) => {
-                tracing::warn!(trackingId = %err.tracking_id, org, error = %e, "tenant error not stored")
-            }
-        }
-    });
 }
 
 /// The contract's tenant JSON.
@@ -554,17 +288,6 @@ pub fn tenant_json(
     })
 }
 
-/// An error of a call made with the tenant's token that can say "Webex refused the token".
-pub trait Refusal {
-    fn token_refused(&self) -> bool;
-}
-
-impl Refusal for crate::webex::client::AppUrlError {
-    fn token_refused(&self) -> bool {
-        matches!(self, crate::webex::client::AppUrlError::Unauthorized(_))
-    }
-}
-
 /// Why a tenant's child (reconciler, queue poller, inventory, command consumer) ended early:
 /// what it was doing and the error underneath. The supervisor logs it and restarts the child
 /// after a backoff; a child that stops because its work is over returns `Ok`.
@@ -584,174 +307,6 @@ impl ChildError {
         Self {
             doing,
             source: Box::new(source),
-        }
-    }
-}
-
-/// Why [`TenantShared::with_token`] failed: no token, or the call's own error (after the one
-/// refresh, if the token was refused).
-#[derive(Debug)]
-pub enum WithToken<E> {
-    Token(TokenError),
-    Call(E),
-}
-
-impl<E: std::fmt::Display> std::fmt::Display for WithToken<E> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            WithToken::Token(e) => write!(f, "token: {e}"),
-            WithToken::Call(e) => e.fmt(f),
-        }
-    }
-}
-
-/// First and largest pause between failed background refreshes (doubling in between).
-const REFRESH_RETRY_BASE: std::time::Duration = std::time::Duration::from_secs(1);
-const REFRESH_RETRY_CAP: std::time::Duration = std::time::Duration::from_secs(60);
-
-impl TenantShared {
-    /// A usable access token; token-state transitions are recorded.
-    pub async fn access_token(&self) -> Result<crate::secret::Secret, TokenError> {
-        let res = self.tokens.access_token().await;
-        self.note_token_result(&res).await;
-        res
-    }
-
-    /// Calls `call` with the tenant's access token; when Webex refuses that token (the call's
-    /// error says so: [`Refusal::token_refused`]), refreshes it once and calls again with the
-    /// new one. The one place of "401 → refresh → retry".
-    pub async fn with_token<T, E, F, Fut>(&self, call: F) -> Result<T, WithToken<E>>
-    where
-        E: Refusal,
-        F: FnMut(crate::secret::Secret) -> Fut,
-        Fut: std::future::Future<Output = Result<T, E>>,
-    {
-        let token = self.access_token().await.map_err(WithToken::Token)?;
-        self.with_this_token(token, call).await
-    }
-
-    /// [`with_token`](Self::with_token) starting with `token` (already fetched by the caller).
-    pub async fn with_this_token<T, E, F, Fut>(
-        &self,
-        token: crate::secret::Secret,
-        mut call: F,
-    ) -> Result<T, WithToken<E>>
-    where
-        E: Refusal,
-        F: FnMut(crate::secret::Secret) -> Fut,
-        Fut: std::future::Future<Output = Result<T, E>>,
-    {
-        match call(token.clone()).await {
-            Err(e) if e.token_refused() => {
-                let fresh = self
-                    .refresh_after_rejection(&token)
-                    .await
-                    .map_err(WithToken::Token)?;
-                call(fresh).await.map_err(WithToken::Call)
-            }
-            other => other.map_err(WithToken::Call),
-        }
-    }
-
-    /// After Webex refused `rejected` (401): a fresh token, or why not.
-    async fn refresh_after_rejection(
-        &self,
-        rejected: &crate::secret::Secret,
-    ) -> Result<crate::secret::Secret, TokenError> {
-        let res = self.tokens.refresh(Some(rejected)).await;
-        self.note_token_result(&res).await;
-        res
-    }
-
-    /// Keeps `tokens_state` in the record in line with what the token endpoint said. A dead
-    /// refresh token always says why: `last_error` (with a trackingId, also in the log line)
-    /// and the `tokens_invalid` lifecycle entry carry the reason.
-    pub async fn note_token_result(&self, res: &Result<crate::secret::Secret, TokenError>) {
-        use crate::store::tenants::TokensState;
-        let next = match res {
-            Ok(_) => TokensState::Valid,
-            Err(TokenError::Invalid) => TokensState::Invalid,
-            Err(_) => return,
-        };
-        if self.record.read().expect("record lock").tokens_state == next {
-            return;
-        }
-        let _one_at_a_time = self.tokens_state_lock.lock().await;
-        if self.record.read().expect("record lock").tokens_state == next {
-            return;
-        }
-        if next == TokensState::Valid {
-            if let Err(e) = self.update(|r| r.tokens_state = next).await {
-                tracing::warn!(tenant = %self.tenant_id, error = %e, "tokens_state not stored");
-            }
-            return;
-        }
-        let reason = self
-            .tokens
-            .invalid_reason()
-            .unwrap_or_else(|| "refresh token rejected by Webex".into());
-        let description = format!(
-            "{reason}. The customer's admin must provide a new refresh token (an update action, or activate again)."
-        );
-        self.record_error(description, move |r| r.tokens_state = next)
-            .await;
-        self.deps.metrics.token_refresh("invalid");
-        self.lifecycle_because("tokens_invalid", Some(&reason))
-            .await;
-    }
-
-    /// The background refresher: keeps a fresh access token ahead of expiry until `stop`.
-    /// It runs on its own task, so a busy supervisor mailbox cannot delay it. Failures back off
-    /// (doubling, capped, honouring `Retry-After`); a rejected refresh token parks the loop
-    /// until a new one is adopted.
-    pub async fn run_refresher(self: Arc<Self>, stop: Shutdown) {
-        use tokio::time::Instant;
-        let mut failures = 0u32;
-        let mut retry_at: Option<Instant> = None;
-        loop {
-            let idle = self.tokens.is_invalid() || !self.tokens.has_refresh_token().await;
-            let wait_until = if idle {
-                None
-            } else {
-                Some(
-                    retry_at
-                        .or(self.tokens.refresh_due_at())
-                        .unwrap_or_else(Instant::now),
-                )
-            };
-            tokio::select! {
-                _ = stop.wait() => return,
-                _ = self.tokens.changed() => { retry_at = None; continue }
-                _ = async {
-                    match wait_until {
-                        Some(at) => tokio::time::sleep_until(at).await,
-                        None => std::future::pending::<()>().await,
-                    }
-                } => {}
-            }
-            // The current token is due: replace it even though it is usable for a moment.
-            let due = self.tokens.current_token();
-            // Boxed: the exchange's state exists only while it runs, not while the loop waits.
-            let res = Box::pin(self.tokens.refresh(due.as_ref())).await;
-            Box::pin(self.note_token_result(&res)).await;
-            match res {
-                Ok(_) | Err(TokenError::Invalid | TokenError::Gone) => {
-                    failures = 0;
-                    retry_at = None;
-                }
-                Err(TokenError::Transient {
-                    retry_after,
-                    message,
-                    ..
-                }) => {
-                    failures += 1;
-                    let backoff = retry_after
-                        .unwrap_or_else(|| REFRESH_RETRY_BASE.saturating_mul(1 << failures.min(6)))
-                        .min(REFRESH_RETRY_CAP);
-                    tracing::warn!(tenant = %self.tenant_id, failures, %message, ?backoff, "token refresh failed; backing off");
-                    retry_at = Some(Instant::now() + backoff);
-                }
-            }
         }
     }
 }
