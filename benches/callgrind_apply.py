@@ -8,7 +8,7 @@ organization; 16 status messages of 2 updated + 1 removed key per call, 4 calls 
 4,000 devices each rotating through 8 keys, the dedupe set's expiry already set), warms up,
 zeroes the counters, applies `--messages` more and prints Redis's instructions per message.
 
-    python3 benches/callgrind_apply.py [--messages 3200] [--script actors/src/store/apply.lua]
+    python3 benches/callgrind_apply.py [--messages 3200] [--script actors/src/store/writer/apply.lua]
 
 Needs valgrind and redis-server (Debian's packages); nothing else.
 """
@@ -129,7 +129,7 @@ def main():
     ap.add_argument("--messages", type=int, default=3200)
     ap.add_argument("--warmup", type=int, default=2 * DEVICES)
     ap.add_argument("--script", default=os.path.join(os.path.dirname(__file__), "..",
-                                                      "actors/src/store/apply.lua"))
+                                                      "actors/src/store/writer/apply.lua"))
     opts = ap.parse_args()
     work = tempfile.mkdtemp(prefix="callgrind-apply-")
     with socket.socket() as s:
