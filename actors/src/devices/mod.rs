@@ -10,11 +10,14 @@
 //! - [`access`]: pure rules — scopes per call kind, xAPI path patterns, name/key/patch syntax.
 //! - [`inventory`]: listing with paging, normalization, the sync into Redis hashes + stream.
 //! - [`commands`]: the consumer of `<p>:{<org>}:commands` writing `command_results`.
-//! - this file: [`Api`] (one tenant's device API over its gate, `crate::tenant::gate`),
-//!   [`DeviceRequest`], [`DeviceError`], and the HTTP call with its retry policy.
+//! - this file: [`Api`] (one tenant's device API over its gate, `crate::tenant::gate`) and the
+//!   HTTP call with its retry policy; `request`: [`DeviceRequest`], [`DeviceError`]; `paging`:
+//!   the next page of a listing.
 pub mod access;
 pub mod commands;
 pub mod inventory;
+mod paging;
+mod request;
 
 pub use crate::store::devices::InventoryKind;
 
@@ -25,11 +28,14 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use crate::store::StoreError;
 use crate::store::tenants::ProvisioningState;
-use crate::tenant::{Refusal, TenantShared, TokenError, WithToken};
+use crate::tenant::{Refusal, TenantShared, WithToken};
 use crate::webex::client::{retry_after, short_body};
 use access::{AccessError, CallKind, Grants};
+use paging::next_link;
+pub use paging::{NextPage, parse_next_link};
+use request::check_device_id;
+pub use request::{DeviceError, DeviceRequest};
 
 /// Wait after a 429 that carries no `Retry-After`.
 const DEFAULT_RATE_LIMIT_WAIT: Duration = Duration::from_secs(5);
@@ -38,142 +44,6 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// First pause before retrying a 5xx or network error (doubling, capped, jittered ±20 %).
 const RETRY_BASE: Duration = Duration::from_millis(250);
 const RETRY_CAP: Duration = Duration::from_secs(8);
-/// Longest accepted device id.
-const MAX_DEVICE_ID_LEN: usize = 512;
-
-/// A request for one device, from the admin API or the command stream.
-#[derive(Debug, Clone, PartialEq)]
-pub enum DeviceRequest {
-    /// `GET /xapi/status?deviceId=&name=…` (batched by 10 names).
-    Status { device: String, names: Vec<String> },
-    /// `POST /xapi/command/<Name>` with `arguments` and an optional multiline `body`.
-    Command {
-        device: String,
-        name: String,
-        arguments: Option<serde_json::Map<String, Value>>,
-        body: Option<String>,
-    },
-    /// `GET /deviceConfigurations?deviceId=&key=`.
-    ConfigGet { device: String, key: Option<String> },
-    /// `PATCH /deviceConfigurations?deviceId=` with JSON-patch operations.
-    ConfigPatch { device: String, ops: Value },
-}
-
-impl DeviceRequest {
-    pub fn kind(&self) -> CallKind {
-        match self {
-            Self::Status { .. } => CallKind::Status,
-            Self::Command { .. } => CallKind::Command,
-            Self::ConfigGet { .. } => CallKind::ConfigGet,
-            Self::ConfigPatch { .. } => CallKind::ConfigPatch,
-        }
-    }
-
-    pub fn device(&self) -> &str {
-        match self {
-            Self::Status { device, .. }
-            | Self::Command { device, .. }
-            | Self::ConfigGet { device, .. }
-            | Self::ConfigPatch { device, .. } => device,
-        }
-    }
-
-    /// The command name, status names or configuration key (for results and logs).
-    pub fn name(&self) -> Option<String> {
-        match self {
-            Self::Status { names, .. } => Some(names.join(",")),
-            Self::Command { name, .. } => Some(name.clone()),
-            Self::ConfigGet { key, .. } => key.clone(),
-            Self::ConfigPatch { .. } => None,
-        }
-    }
-}
-
-/// Why a device request failed. [`code`](Self::code) is the stable word downstream systems
-/// and the HTTP edge use.
-#[derive(Debug, thiserror::Error)]
-pub enum DeviceError {
-    #[error(transparent)]
-    Refused(#[from] AccessError),
-    #[error("the tenant is {0}; device calls need a completed activation")]
-    NotActive(&'static str),
-    #[error("Webex answered {status}: {message}")]
-    Webex { status: u16, message: String },
-    #[error("rate limited by Webex; retry in {}s", retry_after.as_secs().max(1))]
-    RateLimited { retry_after: Duration },
-    #[error("Webex unavailable: {0}")]
-    Unavailable(String),
-    #[error("no usable access token: {0}")]
-    Token(#[from] TokenError),
-    #[error("the command's outcome is unknown ({0}); it was not sent again")]
-    OutcomeUnknown(String),
-    #[error("no answer within devices.call_deadline_secs")]
-    Deadline,
-    #[error("storage unavailable: {0}")]
-    Store(#[from] StoreError),
-}
-
-impl DeviceError {
-    /// Stable error code: in `command_results` entries and the HTTP edge's log lines.
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::Refused(e) if e.is_forbidden() => "forbidden",
-            Self::Refused(_) => "invalid_request",
-            Self::NotActive(_) => "tenant_not_active",
-            Self::Webex { status: 404, .. } => "not_found",
-            Self::Webex { status: 401, .. } => "unauthorized",
-            Self::Webex { status: 403, .. } => "webex_forbidden",
-            Self::Webex { .. } => "webex_rejected",
-            Self::RateLimited { .. } => "rate_limited",
-            Self::Unavailable(_) => "webex_unavailable",
-            Self::Token(_) => "no_token",
-            Self::OutcomeUnknown(_) => "outcome_unknown",
-            Self::Deadline => "timeout",
-            Self::Store(_) => "storage_unavailable",
-        }
-    }
-
-    /// The HTTP status the admin API answers with.
-    pub fn http_status(&self) -> u16 {
-        match self {
-            Self::Refused(e) if e.is_forbidden() => 403,
-            Self::Refused(_) => 400,
-            Self::NotActive(_) => 409,
-            Self::Webex { status, .. } if (400..500).contains(status) && *status != 401 => *status,
-            Self::Webex { .. } => 502,
-            Self::RateLimited { .. } => 429,
-            Self::Unavailable(_) => 502,
-            Self::Token(_) | Self::Store(_) => 503,
-            Self::OutcomeUnknown(_) | Self::Deadline => 504,
-        }
-    }
-
-    /// Seconds a caller should wait before trying again, when that is known.
-    pub fn retry_after_secs(&self) -> Option<u64> {
-        match self {
-            Self::RateLimited { retry_after } => Some(retry_after.as_secs().max(1)),
-            Self::Token(_) | Self::Store(_) | Self::Unavailable(_) => Some(5),
-            _ => None,
-        }
-    }
-
-    /// Refused before anything reached Webex.
-    pub fn is_refusal(&self) -> bool {
-        matches!(self, Self::Refused(_) | Self::NotActive(_))
-    }
-
-    /// Worth trying again later (the inventory child restarts with backoff on these).
-    pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            Self::RateLimited { .. }
-                | Self::Unavailable(_)
-                | Self::Deadline
-                | Self::Store(_)
-                | Self::Token(TokenError::Transient { .. })
-        )
-    }
-}
 
 /// A request body.
 enum Body {
@@ -185,18 +55,6 @@ enum Body {
 struct Answer {
     body: Value,
     next: NextPage,
-}
-
-fn check_device_id(device: &str) -> Result<(), AccessError> {
-    if device.is_empty()
-        || device.len() > MAX_DEVICE_ID_LEN
-        || device.chars().any(|c| c.is_control() || c.is_whitespace())
-    {
-        return Err(AccessError::Invalid(format!(
-            "device id {device:?} is empty, too long or has spaces"
-        )));
-    }
-    Ok(())
 }
 
 /// The device API of one tenant.
@@ -561,67 +419,6 @@ async fn retry_pause(
     }
     tokio::time::sleep_until(at).await;
     Ok(())
-}
-
-/// The next page of a listing, from its `Link` header.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NextPage {
-    /// The last page.
-    None,
-    /// The next page, on the origin of the current one.
-    Follow(String),
-    /// A next page on another origin: not followed (the tenant's bearer token never goes to
-    /// another host), so the listing is incomplete.
-    Refused(String),
-}
-
-/// The `rel="next"` target of a `Link` header, followed only when it stays on the origin of
-/// `current`.
-fn next_link(resp: &reqwest::Response, current: &url::Url) -> NextPage {
-    let Some(header) = resp
-        .headers()
-        .get(reqwest::header::LINK)
-        .and_then(|h| h.to_str().ok())
-    else {
-        return NextPage::None;
-    };
-    match parse_next_link(header, current) {
-        Some(next) => NextPage::Follow(next),
-        None => match any_next_link(header) {
-            Some(target) => NextPage::Refused(target),
-            None => NextPage::None,
-        },
-    }
-}
-
-/// The raw `rel="next"` target of a `Link` header, wherever it points.
-fn any_next_link(header: &str) -> Option<String> {
-    header.split(',').find_map(|part| {
-        let mut pieces = part.split(';');
-        let target = pieces.next()?.trim();
-        let target = target.strip_prefix('<')?.strip_suffix('>')?;
-        pieces
-            .any(|p| matches!(p.trim(), "rel=\"next\"" | "rel=next"))
-            .then(|| target.to_string())
-    })
-}
-
-/// Parses `<url>; rel="next", <url>; rel="prev"` and keeps a same-origin `next`.
-pub fn parse_next_link(header: &str, current: &url::Url) -> Option<String> {
-    header.split(',').find_map(|part| {
-        let mut pieces = part.split(';');
-        let target = pieces.next()?.trim();
-        let target = target.strip_prefix('<')?.strip_suffix('>')?;
-        let is_next = pieces.any(|p| {
-            let p = p.trim();
-            p == "rel=\"next\"" || p == "rel=next"
-        });
-        if !is_next {
-            return None;
-        }
-        let next = current.join(target).ok()?;
-        (next.origin() == current.origin()).then(|| next.to_string())
-    })
 }
 
 #[cfg(test)]
