@@ -1,6 +1,7 @@
 //! The HTTP edge: routes, size limits and the mapping of outcomes to status codes. Handlers
-//! talk to engine handles (`Registry`, `TenantHandle`, `Ingest`, `JwtVerifier`, metrics),
-//! never to Redis or Webex directly.
+//! read requests, call engine handles (`Registry`, `TenantHandle`, `Ingest`, `Onboarding`,
+//! `console::Sessions`, `JwtVerifier`, metrics) and render what they answer; they never talk
+//! to Redis or Webex directly (`tests/it/walls.rs` checks it).
 pub mod actions;
 pub mod activation;
 pub mod admin;

@@ -1,11 +1,21 @@
-//! Redis, the system of record: the connection, key names, and (with later work) tenant
-//! records, the jti store and the stream writer. Only this module knows key names and scripts.
+//! Redis, the system of record: the connection, key names, and one repository per kind of
+//! record. Only this module knows key names and scripts; every script is a `.lua` file beside
+//! the Rust that loads it.
 //!
 //! # Layout
-//! - [`devices`]: inventory hashes and the command/result streams of the device API.
-//! - [`keys`]: every key name the engine writes, in one place.
 //! - [`Store`]: a cloneable handle on one multiplexed, self-reconnecting connection (to one
-//!   server, a Redis Cluster, or the master that Redis Sentinel names: [`sentinel`]).
+//!   server, a Redis Cluster, or the master that Redis Sentinel names: [`sentinel`]), and the
+//!   three ways of sending on it, each bounded in time: [`Store::query`],
+//!   [`Store::query_pipe`], [`Store::invoke`].
+//! - [`keys`]: every key name the engine writes, in one place.
+//! - [`tenants`]: sealed tenant records and their CAS, exchange intents, lifecycle, purge.
+//! - [`writer`]: the stream writer (group commit, `apply.lua`, `WAIT`); [`relay`]: the firehose
+//!   relay on a cluster; [`trim`]: how both trim.
+//! - [`jti`], [`invitations`], [`pending`], [`sessions`]: activation JWT ids, invitation codes,
+//!   pending HTTPS activations, console sessions.
+//! - [`lease`]: ownership records and heartbeats; [`bell`]: the command bell; [`lag`]:
+//!   consumer-lag sampling; [`devices`]: inventory hashes and command/result streams;
+//!   [`errors`]: the support log's hourly hashes; [`crypto`]: sealing records at rest.
 pub mod bell;
 pub mod crypto;
 pub mod devices;
