@@ -10,6 +10,15 @@
 //! server closed, that holds stray bytes, or that sat idle too long is replaced, and a request
 //! is sent a second time only when its kept connection failed within a second of the write.
 //!
+//! Why not hyper's own low-level client (`hyper::client::conn::http1`: a connection future the
+//! poller owns, no pool): it was built with the same surface and semantics and measured beside
+//! this one (2026-12-06, `xapi-load --tenants 10000 --idle 60`, two runs each on a loaded
+//! 2-core machine): 50.2–51.2 KB of engine RSS per idle queue tenant against 23.1–23.5 KB here,
+//! CPU 3.7–4.2 % against 3.1–3.5 % of a core. It is smaller in code (260 lines against 433, tests
+//! and comments aside), but 27 KB more per tenant (≈ 275 MB at 10,000) is far beyond the 2 KB
+//! that would have bought it: hyper allocates an 8 KB write buffer at the handshake and reserves
+//! its read buffer before every read, also while a poll waits.
+//!
 //! What it reads: a status line and headers (`httparse`), then a body delimited by
 //! `Content-Length`, chunked transfer coding, or the end of the connection. Nothing else is
 //! asked of it: one `GET` with a bearer token, no redirects, no compression.

@@ -53,8 +53,9 @@ pub enum Applied {
 pub enum WriteError {
     #[error("ingest saturated")]
     Overloaded,
+    /// The batch's write failed (every message of the batch gets the same error).
     #[error("redis unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(Arc<StoreError>),
     #[error("writer stopped")]
     Stopped,
 }
@@ -312,7 +313,7 @@ async fn run(
                 };
                 apply_batch(&store, conn, &script, durability, seen, &batch).await
             }
-            Err(e) => vec![Err(e.to_string()); batch.len()],
+            Err(e) => vec![Err(Arc::new(e)); batch.len()],
         };
         store.metrics().ingest_queue_depth.sub(n);
         for (job, result) in batch.into_iter().zip(results) {
@@ -332,8 +333,8 @@ async fn run(
                     }
                     let _ = job.reply.send(Ok(applied));
                 }
-                Err(text) => {
-                    let _ = job.reply.send(Err(WriteError::Unavailable(text)));
+                Err(e) => {
+                    let _ = job.reply.send(Err(WriteError::Unavailable(e)));
                 }
             }
         }
@@ -358,13 +359,14 @@ async fn apply_batch(
     durability: Durability,
     seen: Seen<'_>,
     batch: &[Job],
-) -> Vec<Result<i64, String>> {
-    let per_job = |res: Result<Vec<i64>, StoreError>, n: usize| -> Vec<Result<i64, String>> {
-        match res {
-            Ok(v) => v.into_iter().map(Ok).collect(),
-            Err(e) => vec![Err(e.to_string()); n],
-        }
-    };
+) -> Vec<Result<i64, Arc<StoreError>>> {
+    let per_job =
+        |res: Result<Vec<i64>, StoreError>, n: usize| -> Vec<Result<i64, Arc<StoreError>>> {
+            match res {
+                Ok(v) => v.into_iter().map(Ok).collect(),
+                Err(e) => vec![Err(Arc::new(e)); n],
+            }
+        };
     if !store.is_cluster() {
         // The writes and the WAIT for them must reach the same server, even if a Sentinel
         // failover happens in between (a WAIT on the new master would confirm nothing).
@@ -412,7 +414,7 @@ async fn apply_batch(
         }
     }))
     .await;
-    let mut out: Vec<Result<i64, String>> = vec![Ok(0); batch.len()];
+    let mut out: Vec<Result<i64, Arc<StoreError>>> = vec![Ok(0); batch.len()];
     for (idx, res) in groups.iter().zip(results) {
         for (&i, r) in idx.iter().zip(per_job(res, idx.len())) {
             out[i] = r;
