@@ -1,6 +1,7 @@
 //! Redis, the system of record: the connection, key names, and one repository per kind of
 //! record. Only this module knows key names and scripts; every script is a `.lua` file beside
-//! the Rust that loads it.
+//! the Rust that loads it (deadline scripts start with the one Lua fragment kept here,
+//! [`NOW_MS_LUA`]).
 //!
 //! # Layout
 //! - [`Store`]: a cloneable handle on one multiplexed, self-reconnecting connection (to one

@@ -20,14 +20,14 @@ static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0
 
 /// Whether this script call also trims by `stream_maxlen` when retention by age is on (one
 /// call in [`MAXLEN_EVERY`]).
-pub fn trim_by_maxlen_now() -> bool {
+pub(super) fn trim_by_maxlen_now() -> bool {
     CALLS
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         .is_multiple_of(MAXLEN_EVERY)
 }
 
 /// The `MINID` threshold of retention by age (milliseconds of the oldest ID kept); "0" = none.
-pub fn min_id(retention: Duration) -> String {
+pub(super) fn min_id(retention: Duration) -> String {
     if retention.is_zero() {
         return "0".into();
     }

@@ -52,7 +52,7 @@ pub struct TenantShared {
     pub tokens: Arc<TokenKeeper>,
     /// The secrets its webhooks may be signed with (kept current by the token keeper, which
     /// stores them with the tokens).
-    pub webhook: Arc<WebhookSecrets>,
+    pub(crate) webhook: Arc<WebhookSecrets>,
     /// The engine's dependencies: reachable inside this crate only, never from the edge.
     deps: Arc<Deps>,
     /// Set while the queue poller's last poll failed (healthCheck reports `impaired`).

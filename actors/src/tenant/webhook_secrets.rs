@@ -28,7 +28,7 @@ struct Accepted {
 
 impl WebhookSecrets {
     /// Takes the webhook secrets of `s` (stored or just read).
-    pub fn refresh(&self, s: &TenantSecrets) {
+    pub(super) fn refresh(&self, s: &TenantSecrets) {
         let accepted = Accepted {
             current: s.webhook_secret.clone().map(|x| (x, s.webhook_scheme)),
             previous: s
@@ -51,14 +51,14 @@ impl WebhookSecrets {
     }
 
     /// Forgets them (deprovisioning).
-    pub fn clear(&self) {
+    pub(super) fn clear(&self) {
         *self.0.lock().expect("webhook secrets lock") = Accepted::default();
     }
 
     /// How webhooks of this tenant authenticate now; `None` before any secret exists. Besides
     /// the current secret, the previous one verifies while its rotation's overlap lasts, and an
     /// offered one until its own deadline.
-    pub fn credentials(&self) -> Option<Credentials> {
+    pub(crate) fn credentials(&self) -> Option<Credentials> {
         let w = self.0.lock().expect("webhook secrets lock").clone();
         let now = Utc::now();
         let mut also: Vec<_> = w

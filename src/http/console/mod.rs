@@ -1,9 +1,9 @@
 //! The operator console at `/console/` (on the admin listener): server-rendered HTML, no
 //! front-end build. Sign-in with the admin token gives an HttpOnly, SameSite=Strict session
 //! cookie: an expiry and a nonce, signed with HMAC-SHA256 under a key derived from
-//! `security.encryption_key` and the admin token (changing either signs everyone out), so any
-//! replica checks it without shared state. Every form carries a CSRF token derived from the
-//! session. Pages: tenants (filters, search by org id, tenant id, name or trackingId; paged),
+//! `security.encryption_key` and the admin token (changing either signs everyone out), and
+//! checked against its server-side record in Redis (`actors::console::Sessions`), so signing
+//! out holds on every replica. Every form carries a CSRF token derived from the session. Pages: tenants (filters, search by org id, tenant id, name or trackingId; paged),
 //! one tenant (record, lifecycle history, inventory counts, health check now, secret rotation,
 //! manifest update request), invitations and pending activations (approve, reject), an error
 //! found by its trackingId.
