@@ -173,6 +173,25 @@ struct Segment {
     index: Option<Option<u32>>,
 }
 
+/// Why an xAPI path (a status, command or configuration key) is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum PathError {
+    #[error("empty")]
+    Empty,
+    #[error("longer than {MAX_PATH_LEN} characters")]
+    TooLong,
+    #[error("wildcards are not allowed here")]
+    Wildcard,
+    #[error("a path needs at least one name")]
+    NoName,
+    #[error("segment {0:?}: unbalanced brackets")]
+    Brackets(String),
+    #[error("segment {0:?}: index must be a number or *")]
+    Index(String),
+    #[error("segment {0:?}: names are letters, digits, '_' or '-'")]
+    Name(String),
+}
+
 /// A parsed xAPI path; `wildcard` when it ends with `.*` (everything below).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Path {
@@ -181,18 +200,18 @@ struct Path {
 }
 
 impl Path {
-    fn parse(raw: &str, allow_wildcard: bool) -> Result<Self, String> {
+    fn parse(raw: &str, allow_wildcard: bool) -> Result<Self, PathError> {
         if raw.is_empty() {
-            return Err("empty".into());
+            return Err(PathError::Empty);
         }
         if raw.len() > MAX_PATH_LEN {
-            return Err(format!("longer than {MAX_PATH_LEN} characters"));
+            return Err(PathError::TooLong);
         }
         let mut parts: Vec<&str> = raw.split('.').collect();
         let wildcard = parts.last() == Some(&"*");
         if wildcard {
             if !allow_wildcard {
-                return Err("wildcards are not allowed here".into());
+                return Err(PathError::Wildcard);
             }
             parts.pop();
         }
@@ -201,18 +220,18 @@ impl Path {
             .map(parse_segment)
             .collect::<Result<Vec<_>, _>>()?;
         if segments.is_empty() {
-            return Err("a path needs at least one name".into());
+            return Err(PathError::NoName);
         }
         Ok(Self { segments, wildcard })
     }
 }
 
-fn parse_segment(s: &str) -> Result<Segment, String> {
+fn parse_segment(s: &str) -> Result<Segment, PathError> {
     let (name, index) = match s.find('[') {
         None => (s, None),
         Some(open) => {
             let Some(inner) = s[open + 1..].strip_suffix(']') else {
-                return Err(format!("segment {s:?}: unbalanced brackets"));
+                return Err(PathError::Brackets(s.to_string()));
             };
             let idx = if inner == "*" {
                 None
@@ -220,7 +239,7 @@ fn parse_segment(s: &str) -> Result<Segment, String> {
                 Some(
                     inner
                         .parse::<u32>()
-                        .map_err(|_| format!("segment {s:?}: index must be a number or *"))?,
+                        .map_err(|_| PathError::Index(s.to_string()))?,
                 )
             };
             (&s[..open], Some(idx))
@@ -231,9 +250,7 @@ fn parse_segment(s: &str) -> Result<Segment, String> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
     if !valid {
-        return Err(format!(
-            "segment {s:?}: names are letters, digits, '_' or '-'"
-        ));
+        return Err(PathError::Name(s.to_string()));
     }
     Ok(Segment {
         name: name.to_string(),
