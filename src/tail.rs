@@ -164,6 +164,12 @@ async fn tail(cfg: config::Config, args: TailArgs) -> anyhow::Result<()> {
     }
 }
 
+/// The organization an organization's stream key names: `<p>:{<org>}:status` → `<org>`.
+fn org_of(stream: &str) -> Option<&str> {
+    let (_, rest) = stream.split_once('{')?;
+    rest.split_once('}').map(|(org, _)| org)
+}
+
 fn print_entry(stream: &str, id: &str, map: &std::collections::HashMap<String, redis::Value>) {
     let get = |k: &str| {
         map.get(k)
@@ -182,20 +188,24 @@ fn print_entry(stream: &str, id: &str, map: &std::collections::HashMap<String, r
             s
         }
     };
-    // Firehose entries come from every organization: say which.
-    let device = |d: String| {
-        if stream.contains(":{all-") {
-            format!("{} org={}", short(d), short(get("org")))
-        } else {
-            short(d)
-        }
+    // Say which organization: a firehose entry carries it, an organization's stream names it in
+    // its key (entry schema 2).
+    let org = match get("org") {
+        o if !o.is_empty() => o,
+        _ => org_of(stream).unwrap_or_default().to_string(),
+    };
+    let device = |d: String| format!("{} org={}", short(d), short(org.clone()));
+    // An empty `prev` is a previous value unknown (schema 2; absent in schema 1).
+    let prev = match get("prev") {
+        p if p.is_empty() => "unknown".to_string(),
+        p => p,
     };
     match get("op").as_str() {
         "remove" => println!(
             "{id} {kind} device={} {} removed (was {})",
             device(get("device")),
             get("key"),
-            get("prev")
+            prev
         ),
         _ if kind == "event " => println!(
             "{id} {kind} device={} {} = {} at {}",
@@ -209,7 +219,7 @@ fn print_entry(stream: &str, id: &str, map: &std::collections::HashMap<String, r
             device(get("device")),
             get("key"),
             get("value"),
-            get("prev"),
+            prev,
             get("source")
         ),
     }

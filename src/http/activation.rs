@@ -578,7 +578,11 @@ pub async fn admin_activate(
     };
     confirm(&state, &claimed).await?;
     // The tenant as the activation started; it moves on to completed/error in the background.
-    Ok(HttpResponse::Accepted().json(actors::tenant::tenant_json(&started, &Default::default())))
+    Ok(HttpResponse::Accepted().json(actors::tenant::tenant_json(
+        &started,
+        &Default::default(),
+        &state.config.integration.app_id,
+    )))
 }
 
 #[cfg(test)]

@@ -265,12 +265,16 @@ fn tail_reads_with_a_consumer_group_and_acks() {
             .arg(&key)
             .arg("*")
             .arg(&[
-                ("org", "ORG1"),
+                ("workspace", "WS"),
                 ("device", "DEV"),
                 ("key", "Standby.State"),
                 ("op", "set"),
                 ("value", &format!("{v}")),
+                ("prev", if v == 0 { "" } else { "0" }),
+                ("ts", "2026-12-06T00:00:00.000Z"),
+                ("full_sync", "0"),
                 ("source", "webhook"),
+                ("schema", "2"),
             ])
             .query(&mut conn)
             .unwrap();
@@ -290,6 +294,9 @@ fn tail_reads_with_a_consumer_group_and_acks() {
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert_eq!(stdout.lines().count(), 3, "{stdout}");
     assert!(stdout.contains("Standby.State = 2"), "{stdout}");
+    // Schema 2 leaves the organization to the stream's key: tail names it from there.
+    assert!(stdout.lines().all(|l| l.contains("org=ORG1")), "{stdout}");
+    assert!(stdout.contains("(was unknown)"), "{stdout}");
     let pending: redis::Value = redis::cmd("XPENDING")
         .arg(&key)
         .arg("g1")

@@ -10,6 +10,7 @@ use serde_json::Value;
 use xapi_stream::devkit::redis_cluster::RedisCluster;
 use xapi_stream::devkit::sim::{Sim, SimConfig};
 
+use crate::ingest::{EVENT_FIELDS, STATUS_FIELDS};
 use crate::utils::*;
 
 /// Where `make consumer-deps` puts the examples' packages (redis-py; ioredis in the example's
@@ -89,6 +90,13 @@ fn entry_ids(
     ids
 }
 
+fn org_streams(prefix: &str, org: &str) -> [String; 2] {
+    [
+        format!("{prefix}:{{{org}}}:status"),
+        format!("{prefix}:{{{org}}}:events"),
+    ]
+}
+
 fn total_len(conn: &mut impl redis::ConnectionLike, streams: &[String]) -> usize {
     streams
         .iter()
@@ -136,15 +144,19 @@ fn check_schema(kind: &str, entry: &Value) {
     let schema: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
     for field in schema["required"].as_array().unwrap() {
         let field = field.as_str().unwrap();
-        if field == "value" && entry["op"] == "remove" {
-            continue;
-        }
         assert!(
             entry[field].is_string(),
             "{kind} entry without {field}: {entry}"
         );
     }
-    for (name, rule) in schema["properties"].as_object().unwrap() {
+    let known = schema["properties"].as_object().unwrap();
+    for name in entry.as_object().unwrap().keys() {
+        assert!(
+            known.contains_key(name),
+            "{kind} entry: unknown field {name}"
+        );
+    }
+    for (name, rule) in known {
         let Some(v) = entry.get(name) else { continue };
         if let Some(allowed) = rule["enum"].as_array() {
             assert!(
@@ -157,10 +169,7 @@ fn check_schema(kind: &str, entry: &Value) {
         }
     }
     if entry["op"] == "remove" {
-        assert!(
-            entry.get("value").is_none(),
-            "a remove with a value: {entry}"
-        );
+        assert_eq!(entry["value"], "", "a remove with a value: {entry}");
     }
 }
 
@@ -332,6 +341,35 @@ async fn firehose_group_suite<C: redis::ConnectionLike>(
     }
     let firehose = entry_ids(&mut conn, &streams);
     assert!(per_org > 0);
+    // Schema 2: a firehose entry is `org`, then an organization's entry's fields in their order;
+    // the organization's own entries leave `org` to their key.
+    for (stream, fields) in [
+        (&streams[..], true),
+        (&org_streams(prefix, &sim.org(0).org_id)[..], false),
+    ] {
+        for s in stream {
+            let want: Vec<&str> = if s.ends_with(":events") {
+                EVENT_FIELDS.to_vec()
+            } else {
+                STATUS_FIELDS.to_vec()
+            };
+            let want = if fields {
+                [vec!["org"], want].concat()
+            } else {
+                want
+            };
+            let r: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+                .arg(s)
+                .arg("-")
+                .arg("+")
+                .query(&mut conn)
+                .unwrap();
+            for (id, flat) in r {
+                let names: Vec<&str> = flat.iter().step_by(2).map(String::as_str).collect();
+                assert_eq!(names, want, "{s} {id}");
+            }
+        }
+    }
     assert_eq!(
         firehose.len(),
         per_org,
@@ -643,14 +681,12 @@ async fn the_cluster_relay_copies_every_entry_once_even_when_relays_race() {
                 .arg("*")
                 .arg(
                     &[
-                        "org",
-                        org,
                         "key",
                         &format!("K{i}"),
                         "value",
                         &format!("{{\"n\":{i}}}"),
                         "schema",
-                        "1",
+                        "2",
                     ][..],
                 )
                 .query(&mut conn)
@@ -720,8 +756,13 @@ async fn the_cluster_relay_copies_every_entry_once_even_when_relays_race() {
             .arg("+")
             .query(&mut conn)
             .unwrap();
-        let fields = |r: &Range| r.iter().map(|(_, f)| f.clone()).collect::<Vec<_>>();
-        assert_eq!(fields(&a), fields(&b), "{to} differs from {from}");
+        // A copy is the entry, field for field, after the organization (schema 2).
+        let with_org = a
+            .iter()
+            .map(|(_, f)| [vec!["org".to_string(), org.to_string()], f.clone()].concat())
+            .collect::<Vec<_>>();
+        let copies = b.iter().map(|(_, f)| f.clone()).collect::<Vec<_>>();
+        assert_eq!(with_org, copies, "{to} differs from {from}");
     }
     // Both checkpoints exist now: no more marks wanted for this organization.
     assert_eq!(known.marks_wanted(org), "00");
@@ -751,8 +792,6 @@ async fn on_a_cluster_the_next_message_relays_what_a_dead_engine_left_unrelayed(
         .arg("*")
         .arg(
             &[
-                "org",
-                &org,
                 "workspace",
                 "ws-left",
                 "device",
@@ -763,16 +802,16 @@ async fn on_a_cluster_the_next_message_relays_what_a_dead_engine_left_unrelayed(
                 "set",
                 "value",
                 "1",
+                "prev",
+                "",
                 "ts",
                 "2026-12-02T00:00:00.000Z",
                 "full_sync",
                 "0",
                 "source",
                 "webhook",
-                "app",
-                "app-left",
                 "schema",
-                "1",
+                "2",
             ][..],
         )
         .query(&mut conn)
@@ -815,6 +854,7 @@ async fn on_a_cluster_the_next_message_relays_what_a_dead_engine_left_unrelayed(
         first[0].1.windows(2).any(|w| w == ["key", "Left.Over"]),
         "the left entry is not the shard's first: {first:?}"
     );
+    assert_eq!(first[0].1[..2], ["org".to_string(), org.clone()]);
     engine.shutdown().await;
     sim.shutdown().await;
 }

@@ -93,6 +93,48 @@ pub fn entries(
         .collect()
 }
 
+/// The field names of each entry of a stream, in the order Redis keeps them.
+pub fn field_order(
+    redis: &xapi_stream::devkit::redis_server::RedisServer,
+    key: &str,
+) -> Vec<Vec<String>> {
+    let mut conn = redis.client().get_connection().unwrap();
+    let r: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+        .arg(key)
+        .arg("-")
+        .arg("+")
+        .query(&mut conn)
+        .unwrap();
+    r.into_iter()
+        .map(|(_, flat)| flat.into_iter().step_by(2).collect())
+        .collect()
+}
+
+/// Entry schema 2 (contract §3): every status entry has these fields, in this order.
+pub const STATUS_FIELDS: [&str; 10] = [
+    "workspace",
+    "device",
+    "key",
+    "op",
+    "value",
+    "prev",
+    "ts",
+    "full_sync",
+    "source",
+    "schema",
+];
+/// ... and every events entry these.
+pub const EVENT_FIELDS: [&str; 8] = [
+    "workspace",
+    "device",
+    "key",
+    "value",
+    "ts",
+    "msg_ts",
+    "source",
+    "schema",
+];
+
 fn now_ts(offset_ms: i64) -> String {
     (chrono::Utc::now() + chrono::Duration::milliseconds(offset_ms))
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
@@ -145,28 +187,25 @@ async fn seed_payloads_become_exactly_the_contract_records() {
     });
     let body = serde_json::to_vec(&seed).unwrap();
     assert_eq!(post(&base, &tenant, &secret, &body).await.0, 200);
-    let common = |key: &str, op: &str| {
-        let mut f = fields(&[
-            ("org", &org.org_id),
+    // Entry schema 2: no `org` (the key names it) nor `app`; `value` and `prev` empty when
+    // absent (here: a removal, and keys whose previous value is unknown).
+    let common = |key: &str, op: &str, value: &str| {
+        fields(&[
             ("workspace", &ws),
             ("device", &dev),
             ("key", key),
             ("op", op),
+            ("value", value),
+            ("prev", ""),
             ("ts", &t1),
             ("full_sync", "0"),
             ("source", "webhook"),
-            ("app", &app),
-            // The version of docs/schemas (an extension of the contract's fields).
-            ("schema", "1"),
-        ]);
-        f.retain(|_, v| !v.is_empty());
-        f
+            ("schema", "2"),
+        ])
     };
-    let mut people = common("RoomAnalytics.PeopleCount.Current", "set");
-    people.insert("value".into(), "2".into());
-    let mut standby = common("Standby.State", "set");
-    standby.insert("value".into(), "\"Halfwake\"".into());
-    let mute = common("Audio.Microphones.Mute", "remove");
+    let people = common("RoomAnalytics.PeopleCount.Current", "set", "2");
+    let standby = common("Standby.State", "set", "\"Halfwake\"");
+    let mute = common("Audio.Microphones.Mute", "remove", "");
     let got = entries(redis, &status_key);
     assert_eq!(got.len(), 3, "{got:#?}");
     for want in [&people, &standby, &mute] {
@@ -248,8 +287,12 @@ async fn seed_payloads_become_exactly_the_contract_records() {
     assert!(new.contains(&("RoomAnalytics.PeopleCount.Current", "remove")));
     let removal = got[4..].iter().find(|e| e["op"] == "remove").unwrap();
     assert_eq!(removal["prev"], "2");
-    assert!(!removal.contains_key("value"));
+    assert_eq!(removal["value"], "");
     assert!(got[4..].iter().all(|e| e["full_sync"] == "1"));
+    // Every status entry, whatever it carries, has the same fields in the same order.
+    let order = field_order(redis, &status_key);
+    assert_eq!(order.len(), 6);
+    assert!(order.iter().all(|f| f == &STATUS_FIELDS), "{order:?}");
 
     // Events: one entry per event, with both timestamps.
     let t4 = now_ts(0);
@@ -267,7 +310,6 @@ async fn seed_payloads_become_exactly_the_contract_records() {
     assert_eq!(
         got[0],
         fields(&[
-            ("org", &org.org_id),
             ("workspace", &ws),
             ("device", &dev),
             ("key", "BootEvent"),
@@ -275,10 +317,11 @@ async fn seed_payloads_become_exactly_the_contract_records() {
             ("ts", &t3),
             ("msg_ts", &t4),
             ("source", "webhook"),
-            ("app", &app),
-            ("schema", "1")
+            ("schema", "2")
         ])
     );
+    let order = field_order(redis, &events_key);
+    assert!(order.iter().all(|f| f == &EVENT_FIELDS), "{order:?}");
 
     // The tenant counts what it received.
     let t = admin_tenant(&base, &tenant).await;

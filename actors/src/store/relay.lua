@@ -1,7 +1,8 @@
 -- Copies an organization's new stream entries to its firehose shard (Redis Cluster: the shard
 -- is in another slot than the organization, so apply.lua cannot write it; see relay.rs). Runs
 -- in the shard's slot; what it has copied is recorded there too, in the same call, so an entry
--- is copied once however many relays (retries, replicas) send it.
+-- is copied once however many relays (retries, replicas) send it. A copy carries `org` first,
+-- then the entry's own fields (entry schema 2: an organization's entries leave it to the key).
 --
 -- KEYS: 1 the shard's checkpoint hash, 2 the shard's status stream, 3 its events stream.
 -- ARGV: 1 maxlen, 2 MINID threshold ("0" = none), 3 "1" to trim by maxlen too, 4 org, 5 "1"
@@ -35,15 +36,15 @@ for t, kind in ipairs({ 'status', 'events' }) do
     a = final
     if not checkpoint or after(id, checkpoint) then
       if trimmed then
-        redis.call('XADD', shard, '*', unpack(ARGV, first, final))
+        redis.call('XADD', shard, '*', 'org', org, unpack(ARGV, first, final))
       else
         -- Trimmed by its first entry of the call, as apply.lua does.
         trimmed = true
         if minid == '0' then
-          redis.call('XADD', shard, 'MAXLEN', '~', maxlen, '*', unpack(ARGV, first, final))
+          redis.call('XADD', shard, 'MAXLEN', '~', maxlen, '*', 'org', org, unpack(ARGV, first, final))
         else
           if both then redis.call('XTRIM', shard, 'MAXLEN', '~', maxlen) end
-          redis.call('XADD', shard, 'MINID', '~', minid, '*', unpack(ARGV, first, final))
+          redis.call('XADD', shard, 'MINID', '~', minid, '*', 'org', org, unpack(ARGV, first, final))
         end
       end
       last = id

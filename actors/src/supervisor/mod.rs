@@ -62,7 +62,11 @@ impl TenantHandle {
         let [webhook, queue] = self.shared.peek_unflushed();
         *received.entry("webhook".into()).or_default() += webhook;
         *received.entry("queue".into()).or_default() += queue;
-        tenant_json(&r, &received)
+        tenant_json(
+            &r,
+            &received,
+            &self.shared.deps().config().integration.app_id,
+        )
     }
 
     /// This replica now holds the tenant's lease. `false` when the supervisor's mailbox is full

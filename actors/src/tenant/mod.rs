@@ -257,16 +257,19 @@ impl TenantShared {
     }
 }
 
-/// The contract's tenant JSON.
+/// The contract's tenant JSON. `app_id` is the integration's (`integration.app_id`): stream
+/// entries leave it out since schema 2, so the tenant says it.
 pub fn tenant_json(
     r: &TenantRecord,
     received: &std::collections::BTreeMap<String, u64>,
+    app_id: &str,
 ) -> serde_json::Value {
     let total: u64 = received.values().sum();
     json!({
         "tenant_id": r.tenant_id,
         "org_id": r.org_id,
         "org_name": r.org_name,
+        "app_id": app_id,
         "region": r.region,
         "provisioning_state": r.provisioning_state,
         "tokens_state": r.tokens_state,

@@ -2,7 +2,9 @@
 // A downstream consumer of xapi-stream's Redis streams (ioredis): a consumer group on one
 // organization's streams or on the firehose, one JSON line per entry on stdout, XACK after the
 // line is written, XAUTOCLAIM of entries another consumer left pending longer than
-// --claim-idle-ms. Delivery is at least once: make the sink idempotent on (stream, id).
+// --claim-idle-ms. Delivery is at least once: make the sink idempotent on (stream, id). An entry
+// without `org` (entry schema 2 leaves it out of an organization's own streams) gets it from
+// the stream's key, so every line names its organization.
 //
 //   node consumer.js --redis redis://127.0.0.1:6379 --prefix xapi --firehose --shards 16 \
 //       --group analytics --consumer c1
@@ -50,6 +52,16 @@ function fields(flat) {
   return f;
 }
 
+// Entry schema 2: an organization's own streams leave `org` out (the key names it, between the
+// braces: <p>:{<org>}:status); put it back in front, as firehose entries carry it, so every
+// printed entry has it. Firehose entries and schema 1 entries carry it already.
+function withOrg(stream, f) {
+  if ("org" in f) return f;
+  const open = stream.indexOf("{");
+  const tag = stream.slice(open + 1, stream.indexOf("}", open));
+  return tag.startsWith("all-") ? f : { org: tag, ...f }; // a shard's tag is no organization
+}
+
 async function main() {
   const o = options(process.argv);
   const r = o.cluster ? new Redis.Cluster([o.redis]) : new Redis(o.redis);
@@ -67,7 +79,8 @@ async function main() {
     const ids = [];
     for (const [id, flat] of entries) {
       if (!flat) continue; // deleted (trimmed) while pending
-      process.stdout.write(JSON.stringify({ stream, id, fields: fields(flat) }) + "\n");
+      const f = withOrg(stream, fields(flat));
+      process.stdout.write(JSON.stringify({ stream, id, fields: f }) + "\n");
       ids.push(id);
     }
     if (ids.length) await r.xack(stream, o.group, ...ids);

@@ -4,6 +4,8 @@
 Reads one organization's streams or the fleet-wide firehose with a consumer group, writes each
 entry to a sink, then acknowledges it (XACK). Entries another consumer of the group read and
 never acknowledged (it crashed) are taken over with XAUTOCLAIM once idle for --claim-idle-ms.
+An entry without `org` (entry schema 2 leaves it out of an organization's own streams) gets it
+from the stream's key before it is written, so every row of the sink names its organization.
 
 Delivery is at least once: a consumer killed after writing an entry and before its XACK leaves
 the entry pending, and the consumer that claims it writes it again. The sink here is idempotent
@@ -54,6 +56,18 @@ def decode(fields):
     return {k.decode(): v.decode() for k, v in fields.items()}
 
 
+def with_org(stream, fields):
+    """Entry schema 2: an organization's own streams leave `org` out (the key names it, between
+    the braces: <p>:{<org>}:status); add it back so the sink has it for every entry. Firehose
+    entries and schema 1 entries carry it already."""
+    if "org" not in fields:
+        start = stream.index("{") + 1
+        tag = stream[start:stream.index("}", start)]
+        if not tag.startswith("all-"):  # a firehose shard's tag is not an organization
+            fields["org"] = tag
+    return fields
+
+
 class Sink:
     """Idempotent: an entry seen again (claimed after a crash) only counts a delivery."""
 
@@ -63,7 +77,8 @@ class Sink:
         self.consumer = consumer
 
     def write(self, stream, entries):
-        rows = [(stream, i.decode(), json.dumps(decode(f), sort_keys=True), self.consumer)
+        rows = [(stream, i.decode(), json.dumps(with_org(stream, decode(f)), sort_keys=True),
+                 self.consumer)
                 for i, f in entries if f is not None]
         with self.db:  # one transaction: committed before the XACK
             self.db.executemany(

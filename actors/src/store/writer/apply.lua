@@ -13,7 +13,7 @@
 --   the first status entry's id in the relay-start hash (HSETNX, field = the stream's key),
 --   in the second the first events entry's; "00" = none. Then per
 --   organization: org, number of messages, then per message: kind ("status"|"events"),
---   workspace, device, msg timestamp (verbatim), source, app, ts_ms (see `ms` below),
+--   workspace, device, msg timestamp (verbatim), source, ts_ms (see `ms` below),
 --   fingerprint, dedupe set expiry (Unix seconds; "-" before it when the caller has set that
 --   set's expiry already), full_sync ("0"|"1"), n, then
 --   status: n pairs (key, json), n_removed, removed keys
@@ -32,8 +32,11 @@ local ARGV, KEYS, call, tonumber, unpack = ARGV, KEYS, redis.call, tonumber, unp
 local maxlen, touch, minid, both = ARGV[1], ARGV[2] == '1', ARGV[3], ARGV[4] == '1'
 local per_org, firehose = ARGV[5] == '1', ARGV[6] == '1'
 local mark_status, mark_events = ARGV[7]:sub(1, 1) == '1', ARGV[7]:sub(2, 2) == '1'
--- Every entry carries the version of the entry schemas in docs/schemas.
-local SCHEMA = '1'
+-- Every entry carries the version of the entry schemas in docs/schemas. Schema 2: an entry
+-- has always the same fields in the same order (Redis then keeps their names once per stream
+-- node instead of in every entry: see docs/streams.md), `value` and `prev` empty when absent,
+-- and no `org` in an organization's own streams (its key names it) — the firehose's carry it.
+local SCHEMA = '2'
 
 -- Numbers from strings: Lua 5.1's tonumber(s) is glibc's strtod, while tonumber(s, 16) is
 -- strtoul, far cheaper (≈ 3,500 instructions fewer per 3-change message, counted by callgrind).
@@ -80,13 +83,14 @@ local function xadd(stream, ...)
   if both then call('XTRIM', stream, 'MAXLEN', '~', maxlen) end
   return call('XADD', stream, 'MINID', '~', minid, '*', ...)
 end
--- An entry goes to the organization's stream and to its firehose shard, as configured. The
--- first entry of a stream in `marks` records its id in the organization's relay-start hash.
-local marker, marks = nil, {}
+-- An entry goes to the organization's stream and to its firehose shard (there with the
+-- organization `org` first), as configured. The first entry of a stream in `marks` records its
+-- id in the organization's relay-start hash.
+local marker, marks, org = nil, {}, nil
 local function emit(stream, shard, ...)
   if per_org then
     if trimmed[stream] and not marks[stream] then
-      -- The common case, with one function call less (each passes the entry's 22 arguments on).
+      -- The common case, with one function call less (each passes the entry's 20 arguments on).
       call('XADD', stream, '*', ...)
     else
       local id = xadd(stream, ...)
@@ -96,7 +100,7 @@ local function emit(stream, shard, ...)
       end
     end
   end
-  if shard then xadd(shard, ...) end
+  if shard then xadd(shard, 'org', org, ...) end
 end
 
 local out, expiring = {}, {}
@@ -106,7 +110,8 @@ local out, expiring = {}, {}
 local asked, new_stamps, new_values, dropped = {}, {}, {}, {}
 local a, k, m = 8, 0, 0
 while a <= #ARGV do
-  local org, count = ARGV[a], tonumber(ARGV[a + 1], 16)
+  local count
+  org, count = ARGV[a], tonumber(ARGV[a + 1], 16)
   a = a + 2
   local status, events = KEYS[k + 1], KEYS[k + 2]
   k = k + 2
@@ -126,16 +131,15 @@ while a <= #ARGV do
     local state_key, stamps_key, seen_key = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
     k = k + 3
     m = m + 1
-    local kind, ws, dev, ts, src, app = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3],
-      ARGV[a + 4], ARGV[a + 5]
+    local kind, ws, dev, ts, src = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
     -- ts_ms is compared as a number and written back as the caller's string (a Lua number
     -- would be formatted by Redis for every HSET).
-    local ts_text, fingerprint, expire_at = ARGV[a + 6], ARGV[a + 7], ARGV[a + 8]
+    local ts_text, fingerprint, expire_at = ARGV[a + 5], ARGV[a + 6], ARGV[a + 7]
     local ts_ms = ms(ts_text)
     local expiry_set = expire_at:byte(1) == 45
     if expiry_set then expire_at = expire_at:sub(2) end
-    local full, n = ARGV[a + 9], tonumber(ARGV[a + 10], 16)
-    a = a + 11
+    local full, n = ARGV[a + 8], tonumber(ARGV[a + 9], 16)
+    a = a + 10
     if call('SADD', seen_key, fingerprint) == 0 then
       -- With redis.wait_replicas the caller WAITs for this connection's writes. A duplicate
       -- writes something too, so that the WAIT also covers the first write of this message,
@@ -151,9 +155,8 @@ while a <= #ARGV do
       local written = 0
       if kind == 'events' then
         for _ = 1, n do
-          emit(events, hose_events,
-            'org', org, 'workspace', ws, 'device', dev, 'key', ARGV[a], 'value', ARGV[a + 1],
-            'ts', ARGV[a + 2], 'msg_ts', ts, 'source', src, 'app', app, 'schema', SCHEMA)
+          emit(events, hose_events, 'workspace', ws, 'device', dev, 'key', ARGV[a],
+            'value', ARGV[a + 1], 'ts', ARGV[a + 2], 'msg_ts', ts, 'source', src, 'schema', SCHEMA)
           a = a + 3
           written = written + 1
         end
@@ -215,15 +218,9 @@ while a <= #ARGV do
             if prev ~= v then
               new_values[nv + 1], new_values[nv + 2] = key, v
               nv = nv + 2
-              if prev then
-                emit(status, hose_status, 'org', org,
-                  'workspace', ws, 'device', dev, 'key', key, 'op', 'set', 'value', v,
-                  'prev', prev, 'ts', ts, 'full_sync', full, 'source', src, 'app', app, 'schema', SCHEMA)
-              else
-                emit(status, hose_status, 'org', org,
-                  'workspace', ws, 'device', dev, 'key', key, 'op', 'set', 'value', v,
-                  'ts', ts, 'full_sync', full, 'source', src, 'app', app, 'schema', SCHEMA)
-              end
+              emit(status, hose_status, 'workspace', ws, 'device', dev, 'key', key, 'op', 'set',
+                'value', v, 'prev', prev or '', 'ts', ts, 'full_sync', full, 'source', src,
+                'schema', SCHEMA)
               written = written + 1
             end
           end
@@ -238,15 +235,9 @@ while a <= #ARGV do
               ns = ns + 2
               -- Deleting a field the hash does not have would change nothing.
               if prev then nd = nd + 1; dropped[nd] = key end
-              if prev then
-                emit(status, hose_status, 'org', org,
-                  'workspace', ws, 'device', dev, 'key', key, 'op', 'remove', 'prev', prev,
-                  'ts', ts, 'full_sync', full, 'source', src, 'app', app, 'schema', SCHEMA)
-              else
-                emit(status, hose_status, 'org', org,
-                  'workspace', ws, 'device', dev, 'key', key, 'op', 'remove', 'ts', ts,
-                  'full_sync', full, 'source', src, 'app', app, 'schema', SCHEMA)
-              end
+              emit(status, hose_status, 'workspace', ws, 'device', dev, 'key', key,
+                'op', 'remove', 'value', '', 'prev', prev or '', 'ts', ts, 'full_sync', full,
+                'source', src, 'schema', SCHEMA)
               written = written + 1
             end
           end

@@ -99,7 +99,6 @@ pub(super) fn add_args(cmd: &mut redis::Cmd, msg: &Message, source: Source, expi
         .arg(&msg.device_id)
         .arg(&msg.timestamp)
         .arg(source.as_str())
-        .arg(&msg.app_id)
         .arg(Stamp(msg.ts.timestamp_millis()))
         .arg(&msg.fingerprint_bytes()[..])
         .arg(expiry);
