@@ -7,7 +7,7 @@
 //!
 //!   make bench            (or: cargo build --release --bins && target/release/xapi-bench)
 //!   target/release/xapi-bench [--seconds 10] [--connections 64] [--rounds 3] [--tenants 1]
-//!                             [--bodies 400000] [--no-peer] [--no-open-loop]
+//!                             [--bodies 400000] [--devices 4000] [--no-peer] [--no-open-loop]
 //!                             [--wait-replicas N]   (Redis gets N replicas, `redis.wait_replicas = N`)
 //!                             [--commandstats]      (per engine run: Redis's INFO commandstats,
 //!                                                    calls and µs per accepted message)
@@ -27,7 +27,7 @@ use xapi_stream::devkit::sim::{Sim, SimConfig, sign_webhook};
 mod common;
 use common::*;
 
-const USAGE: &str = "usage: xapi-bench [--seconds 10] [--connections 64] [--rounds 3] [--tenants 1] [--bodies 400000]
+const USAGE: &str = "usage: xapi-bench [--seconds 10] [--connections 64] [--rounds 3] [--tenants 1] [--bodies 400000] [--devices 4000]
                   [--no-peer] [--no-open-loop] [--wait-replicas N] [--commandstats] [--trace]
 (see the top of benches/bench.rs and benches/README.md)";
 
@@ -75,9 +75,9 @@ struct Target {
     metrics_url: Option<String>,
 }
 
-/// Devices per tenant the bodies are spread over: a body's device comes back only every
-/// `DEVICES` bodies, so wrk's 64 connections never carry two messages of one device at once and
-/// each device's messages apply in order.
+/// Devices per tenant the bodies are spread over, by default (`--devices`): a body's device
+/// comes back only every `tenants × devices` bodies, so wrk's 64 connections never carry two
+/// messages of one device at once and each device's messages apply in order.
 const DEVICES: usize = 4000;
 /// The status keys a device's messages rotate through.
 const KEYS: [&str; 3] = [
@@ -91,20 +91,23 @@ const KEYS: [&str; 3] = [
 /// sets `KEYS[n % 3]` and `KEYS[(n + 1) % 3]` to a value never sent before and removes
 /// `KEYS[(n + 2) % 3]`, which its previous message set — so each produces exactly 3 stream
 /// entries (the first of a device too: its state is unknown, so its removal is written).
-fn bodies(t: &Target, n: usize, tag: &str, app: &str, dir: &std::path::Path) -> std::path::PathBuf {
+fn bodies(
+    t: &Target,
+    (n, devices): (usize, usize),
+    tag: &str,
+    app: &str,
+    dir: &std::path::Path,
+) -> std::path::PathBuf {
     let path = dir.join(format!("{}-{tag}.tsv", t.name.replace(' ', "_")));
     let mut out = std::io::BufWriter::new(std::fs::File::create(&path).expect("bodies file"));
     let ts = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    let per_tenant = DEVICES.min(n.div_ceil(t.tenants.len())).max(1);
+    let per_tenant = devices.min(n.div_ceil(t.tenants.len())).max(1);
     for k in 0..n {
         let tenant = k % t.tenants.len();
         let (p, secret, org, ws) = &t.tenants[tenant];
         let d = (k / t.tenants.len()) % per_tenant;
         let seq = k / (t.tenants.len() * per_tenant);
-        let device = base64::Engine::encode(
-            &base64::engine::general_purpose::STANDARD,
-            format!("ciscospark://urn:TEAM:us-east-2_a/DEVICE/bench-{tag}-{d:05}"),
-        );
+        let device = webex_id("DEVICE", &format!("{tag}-{d}"));
         let mut updated = serde_json::Map::new();
         updated.insert(KEYS[seq % 3].into(), json!(k));
         updated.insert(KEYS[(seq + 1) % 3].into(), json!(k));
@@ -125,6 +128,45 @@ fn bodies(t: &Target, n: usize, tag: &str, app: &str, dir: &std::path::Path) -> 
     }
     out.flush().unwrap();
     path
+}
+
+/// An id of the length of Webex's own (organization 87, workspace 78, device 79 characters):
+/// unpadded base64 of `ciscospark://us/<KIND>/<uuid>`, the uuid derived from `seed`. What an
+/// entry costs in Redis depends on it (the ids are most of a status entry's bytes).
+fn webex_id(kind: &str, seed: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    seed.hash(&mut h);
+    let (a, b) = (
+        h.finish(),
+        h.finish().rotate_left(29) ^ 0x9e37_79b9_7f4a_7c15,
+    );
+    let uuid = format!(
+        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xfff,
+        b >> 52,
+        b & 0xffff_ffff_ffff
+    );
+    base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD_NO_PAD,
+        format!("ciscospark://us/{kind}/{uuid}"),
+    )
+}
+
+/// What a status entry costs Redis: `MEMORY USAGE <stream> SAMPLES 0` (every node counted)
+/// over `XLEN`, for the engine's first tenant, whose entries carry ids of Webex's length.
+fn bytes_per_entry(redis: &RedisServer, stream: &str) -> anyhow::Result<(u64, f64)> {
+    let mut conn = redis.client().get_connection()?;
+    let len: u64 = redis::cmd("XLEN").arg(stream).query(&mut conn)?;
+    let bytes: u64 = redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg(stream)
+        .arg("SAMPLES")
+        .arg(0)
+        .query(&mut conn)?;
+    Ok((len, bytes as f64 / len.max(1) as f64))
 }
 
 /// Parses wrk's `--latency` output.
@@ -205,7 +247,7 @@ async fn run_wrk(
     app: &str,
     dir: &std::path::Path,
 ) -> anyhow::Result<Run> {
-    let file = bodies(t, opts.bodies, tag, app, dir);
+    let file = bodies(t, (opts.bodies, opts.devices), tag, app, dir);
     let script = dir.join("bench.lua");
     std::fs::write(&script, WRK_LUA)?;
     let before = match &t.metrics_url {
@@ -320,6 +362,7 @@ struct Opts {
     rounds: usize,
     tenants: usize,
     bodies: usize,
+    devices: usize,
     peer: bool,
     open_loop: bool,
     wait_replicas: u32,
@@ -385,6 +428,7 @@ async fn main() -> anyhow::Result<()> {
             "--rounds",
             "--tenants",
             "--bodies",
+            "--devices",
             "--wait-replicas",
         ],
         &["--no-peer", "--no-open-loop", "--commandstats", "--trace"],
@@ -398,6 +442,7 @@ async fn main() -> anyhow::Result<()> {
         rounds: arg("--rounds", 3),
         tenants: arg("--tenants", 1),
         bodies: arg("--bodies", 400_000),
+        devices: arg("--devices", DEVICES),
         peer: !std::env::args().any(|a| a == "--no-peer"),
         open_loop: !std::env::args().any(|a| a == "--no-open-loop"),
         wait_replicas: arg("--wait-replicas", 0),
@@ -412,8 +457,8 @@ async fn main() -> anyhow::Result<()> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     std::fs::create_dir_all(&dir)?;
     println!(
-        "xapi-bench: wrk -t1 -c{} -d{}s, {} round(s), {} tenant(s), {} unique signed bodies per engine run (2 updated + 1 removed key)",
-        opts.connections, opts.seconds, opts.rounds, opts.tenants, opts.bodies
+        "xapi-bench: wrk -t1 -c{} -d{}s, {} round(s), {} tenant(s) of up to {} devices, {} unique signed bodies per engine run (2 updated + 1 removed key)",
+        opts.connections, opts.seconds, opts.rounds, opts.tenants, opts.devices, opts.bodies
     );
     let redis = RedisServer::start()?;
     let rpid = redis_pid(&redis);
@@ -483,9 +528,10 @@ async fn main() -> anyhow::Result<()> {
             .and_then(|w| w.secret)
             .unwrap_or_default()
     };
+    // The workspace of the bodies: an id of Webex's length (the simulator's are longer).
     let org = |i: usize| {
         let o = sim.org(i);
-        (o.org_id.clone(), o.devices[0].workspace_id.clone())
+        (o.org_id.clone(), webex_id("PLACE", &o.org_id))
     };
     let engine_port: u16 = base
         .rsplit(':')
@@ -580,6 +626,13 @@ async fn main() -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    let stream = format!("bench:{{{}}}:status", org(0).0);
+    let (len, per_entry) = bytes_per_entry(&redis, &stream)?;
+    println!(
+        "status entry in Redis: {per_entry:.0} bytes (MEMORY USAGE SAMPLES 0 / XLEN over the {len} entries of the first tenant's stream; workspace id {} and device id {} characters)",
+        org(0).1.len(),
+        webex_id("DEVICE", "r0-0").len()
+    );
 
     if opts.open_loop {
         let rate = med(0, |r| r.rps) / 3.0;
@@ -636,7 +689,13 @@ fn start_followers(master: &RedisServer, n: u32) -> anyhow::Result<Vec<RedisServ
 /// Open loop at `rate`/s for `secs` against the engine (fresh bodies; see `common::open_loop`).
 async fn open_loop(t: &Target, rate: f64, opts: &Opts, app: &str) -> OpenLoop {
     let n = (rate * opts.seconds as f64) as usize;
-    let file = bodies(t, n.max(1), "open", app, &std::env::temp_dir());
+    let file = bodies(
+        t,
+        (n.max(1), opts.devices),
+        "open",
+        app,
+        &std::env::temp_dir(),
+    );
     let base = format!("http://127.0.0.1:{}", t.port);
     let reqs: Vec<Req> = std::fs::read_to_string(&file)
         .unwrap_or_default()

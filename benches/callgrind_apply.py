@@ -7,8 +7,12 @@ so a change of a few % to the script shows here and not in `xapi-bench`. It star
 organization; 16 status messages of 2 updated + 1 removed key per call, 4 calls per pipeline,
 4,000 devices each rotating through 8 keys, the dedupe set's expiry already set), warms up,
 zeroes the counters, applies `--messages` more and prints Redis's instructions per message.
+With `--orgs N` the messages spread over N organizations, as the engine's calls do when many
+tenants share a group commit: message n is organization n % N's, and a call passes each
+organization's messages with its keys once (one message each when N ≥ 16). The devices stay
+4,000 in all (4,000 / N per organization), so the data set is the same size.
 
-    python3 benches/callgrind_apply.py [--messages 3200] [--script actors/src/store/writer/apply.lua]
+    python3 benches/callgrind_apply.py [--messages 3200] [--orgs 1] [--script actors/src/store/writer/apply.lua]
 
 Needs valgrind and redis-server (Debian's packages); nothing else.
 """
@@ -85,14 +89,23 @@ class Conn:
         return self.reply()
 
 
+ORGS = 1
+
+
+def org_of(n):
+    """The organization of the n-th message."""
+    return ORG if ORGS == 1 else "%s-%05d" % (ORG, n % ORGS)
+
+
 def message_args(n, now_ms):
     """KEYS and ARGV of the n-th message (device n % DEVICES, its (n // DEVICES)-th message)."""
     device, j = n % DEVICES, n // DEVICES
     dev = "Y2lzY29zcGFyazovL3VybjpURUFNOnVzLXdlc3QtMl9yL0RFVklDRS8%08d" % device
+    org = org_of(n)
     keys = [
-        "%s:{%s}:state:%s" % (PREFIX, ORG, dev),
-        "%s:{%s}:stamps:%s" % (PREFIX, ORG, dev),
-        "%s:{%s}:seen:%d" % (PREFIX, ORG, now_ms // 300000),
+        "%s:{%s}:state:%s" % (PREFIX, org, dev),
+        "%s:{%s}:stamps:%s" % (PREFIX, org, dev),
+        "%s:{%s}:seen:%d" % (PREFIX, org, now_ms // 300000),
     ]
     ms = now_ms + n
     updated = [(KEYS[(j + i) % 8], VALUES[(j + i + n) % 8]) for i in (0, 1)]
@@ -111,12 +124,19 @@ def pipeline(conn, sha, start, now_ms):
     """One pipeline of CALLS_PER_PIPELINE calls of PER_CALL messages from message `start`."""
     out = []
     for c in range(CALLS_PER_PIPELINE):
-        keys = ["%s:{%s}:status" % (PREFIX, ORG), "%s:{%s}:events" % (PREFIX, ORG)]
-        argv = ["100000", "0", "0", "0", "1", "0", "00", ORG, "%x" % PER_CALL]
-        for m in range(PER_CALL):
-            k, a = message_args(start + c * PER_CALL + m, now_ms)
-            keys += k
-            argv += a
+        keys, argv = [], ["100000", "0", "0", "0", "1", "0", "00"]
+        # The call's messages grouped by organization, in order of first appearance.
+        first = start + c * PER_CALL
+        groups = {}
+        for n in range(first, first + PER_CALL):
+            groups.setdefault(org_of(n), []).append(n)
+        for org, ns in groups.items():
+            keys += ["%s:{%s}:status" % (PREFIX, org), "%s:{%s}:events" % (PREFIX, org)]
+            argv += [org, "%x" % len(ns)]
+            for n in ns:
+                k, a = message_args(n, now_ms)
+                keys += k
+                argv += a
         out.append(resp("EVALSHA", sha, str(len(keys)), *keys, *argv))
     conn.s.sendall(b"".join(out))
     for _ in range(CALLS_PER_PIPELINE):
@@ -128,9 +148,12 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--messages", type=int, default=3200)
     ap.add_argument("--warmup", type=int, default=2 * DEVICES)
+    ap.add_argument("--orgs", type=int, default=1)
     ap.add_argument("--script", default=os.path.join(os.path.dirname(__file__), "..",
                                                       "actors/src/store/writer/apply.lua"))
     opts = ap.parse_args()
+    global ORGS
+    ORGS = opts.orgs
     work = tempfile.mkdtemp(prefix="callgrind-apply-")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -165,7 +188,8 @@ def main():
             measured += pipeline(conn, sha, n + measured, now_ms)
         subprocess.run(["callgrind_control", "-d", str(redis.pid)], check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        entries = int(conn.call("XLEN", "%s:{%s}:status" % (PREFIX, ORG)))
+        entries = sum(int(conn.call("XLEN", "%s:{%s}:status" % (PREFIX, org_of(i))))
+                      for i in range(ORGS))
         dumps = sorted(glob.glob(out + "*"), key=os.path.getmtime)
         total = None
         for line in open(dumps[-1]):
@@ -173,9 +197,10 @@ def main():
                 total = int(line.split()[1])
         if total is None:
             sys.exit("no instruction count in " + dumps[-1])
-        print("%s: %d instructions per message (%d messages measured, batch %d; %d status "
-              "entries in all)" % (os.path.basename(opts.script), total // measured, measured,
-                                    batch, entries))
+        print("%s: %d instructions per message (%d messages measured, batch %d, %d "
+              "organization(s); %d status entries in all)" % (
+                  os.path.basename(opts.script), total // measured, measured, batch, ORGS,
+                  entries))
     finally:
         redis.terminate()
         redis.wait()

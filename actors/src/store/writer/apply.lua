@@ -136,15 +136,18 @@ while a <= #ARGV do
     -- would be formatted by Redis for every HSET).
     local ts_text, fingerprint, expire_at = ARGV[a + 5], ARGV[a + 6], ARGV[a + 7]
     local ts_ms = ms(ts_text)
+    -- "-<secs>" when the caller set the expiry already: stripped only where used (a duplicate
+    -- with `touch`), not for every message (a new string each time).
     local expiry_set = expire_at:byte(1) == 45
-    if expiry_set then expire_at = expire_at:sub(2) end
     local full, n = ARGV[a + 8], tonumber(ARGV[a + 9], 16)
     a = a + 10
     if call('SADD', seen_key, fingerprint) == 0 then
       -- With redis.wait_replicas the caller WAITs for this connection's writes. A duplicate
       -- writes something too, so that the WAIT also covers the first write of this message,
       -- made perhaps on another connection and not yet replicated (its 503 brought the retry).
-      if touch then call('EXPIREAT', seen_key, expire_at) end
+      if touch then
+        call('EXPIREAT', seen_key, expiry_set and expire_at:sub(2) or expire_at)
+      end
       out[m] = -1
       if kind == 'events' then a = a + 3 * n else a = a + 2 * n; a = a + 1 + tonumber(ARGV[a], 16) end
     else
