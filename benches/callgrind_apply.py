@@ -132,7 +132,7 @@ def pipeline(conn, sha, start, now_ms):
             groups.setdefault(org_of(n), []).append(n)
         for org, ns in groups.items():
             keys += ["%s:{%s}:status" % (PREFIX, org), "%s:{%s}:events" % (PREFIX, org)]
-            argv += [org, "%x" % len(ns)]
+            argv += ["%x" % len(ns)]  # no org: the firehose is off
             for n in ns:
                 k, a = message_args(n, now_ms)
                 keys += k

@@ -12,7 +12,8 @@
 --   marks wanted (Redis Cluster, see relay.rs): two characters, "1" in the first to record
 --   the first status entry's id in the relay-start hash (HSETNX, field = the stream's key),
 --   in the second the first events entry's; "00" = none. Then per
---   organization: org, number of messages, then per message: kind ("status"|"events"),
+--   organization: org (only when ARGV 6 is "1": the firehose's entries carry it), number of
+--   messages, then per message: kind ("status"|"events"),
 --   workspace, device, msg timestamp (verbatim), source, ts_ms (see `ms` below),
 --   fingerprint, dedupe set expiry (Unix seconds; "-" before it when the caller has set that
 --   set's expiry already), full_sync ("0"|"1"), n, then
@@ -110,9 +111,12 @@ local out, expiring = {}, {}
 local asked, new_stamps, new_values, dropped = {}, {}, {}, {}
 local a, k, m = 8, 0, 0
 while a <= #ARGV do
-  local count
-  org, count = ARGV[a], tonumber(ARGV[a + 1], 16)
-  a = a + 2
+  if firehose then
+    org = ARGV[a]
+    a = a + 1
+  end
+  local count = tonumber(ARGV[a], 16)
+  a = a + 1
   local status, events = KEYS[k + 1], KEYS[k + 2]
   k = k + 2
   local hose_status, hose_events

@@ -512,7 +512,12 @@ async fn apply_group<'a>(
             .arg(flag(inline_firehose))
             .arg(marks);
         for group in &groups {
-            cmd.arg(&group[0].msg.org_id).arg(Hex(group.len()));
+            // The organization itself only for the firehose's entries (an organization's own
+            // carry none since entry schema 2): a long string less per organization.
+            if inline_firehose {
+                cmd.arg(&group[0].msg.org_id);
+            }
+            cmd.arg(Hex(group.len()));
             for job in group.iter() {
                 let (bucket, expiry) = (dedupe_bucket(&job.msg), dedupe_expiry(&job.msg));
                 let known = expiries.is_set(&job.msg.org_id, bucket);
