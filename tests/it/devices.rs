@@ -1072,6 +1072,26 @@ async fn the_command_bell_wakes_1000_idle_consumers_and_runs_each_request_once()
         short, 0,
         "{short} orgs got no result for wave a in {limit:?}"
     );
+    // The bell listens on each consumer's own channel, not on a pattern (which Redis would
+    // match against the notification of every stream entry written).
+    let channels: Vec<String> = (0..ORGS)
+        .map(|i| format!("__keyspace@0__:{}", key(i, "commands")))
+        .collect();
+    let subscribed = eventually(Duration::from_secs(30), || async {
+        let numsub: Vec<(String, u64)> = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(&channels)
+            .query(&mut redis.client().get_connection().unwrap())
+            .unwrap();
+        numsub.iter().all(|(_, n)| *n == 1)
+    })
+    .await;
+    assert!(
+        subscribed,
+        "not every consumer's channel is subscribed once"
+    );
+    let patterns: u64 = redis::cmd("PUBSUB").arg("NUMPAT").query(&mut conn).unwrap();
+    assert_eq!(patterns, 0);
     // Every consumer is idle now: wave b reaches them only through the bell; every tenth org
     // also gets wave a's request id again.
     send(&mut conn, "b", 10);
