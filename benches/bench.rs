@@ -468,6 +468,19 @@ async fn main() -> anyhow::Result<()> {
         .arg("latency-monitor-threshold")
         .arg(5)
         .query(&mut redis.client().get_connection()?)?;
+    // Redis settings to try, e.g. XAPI_BENCH_REDIS="stream-node-max-bytes=1024".
+    for (k, v) in std::env::var("XAPI_BENCH_REDIS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+    {
+        println!("redis setting {k} {v}");
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(k)
+            .arg(v)
+            .query(&mut redis.client().get_connection()?)?;
+    }
     let followers = start_followers(&redis, opts.wait_replicas)?;
     let sim = Sim::start(
         SimConfig {
