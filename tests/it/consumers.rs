@@ -764,6 +764,30 @@ async fn the_cluster_relay_copies_every_entry_once_even_when_relays_race() {
         let copies = b.iter().map(|(_, f)| f.clone()).collect::<Vec<_>>();
         assert_eq!(with_org, copies, "{to} differs from {from}");
     }
+    // An entry written before schema 2 (a rolling upgrade) has `org` first: copied as it is,
+    // not with a second `org`.
+    let old = ["org", org, "key", "Old.Schema", "schema", "1"];
+    let _: String = redis::cmd("XADD")
+        .arg(&status)
+        .arg("*")
+        .arg(&old[..])
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(
+        relay(&store, &mut c, org, shards, trim, &known, false)
+            .await
+            .unwrap(),
+        1
+    );
+    let last: Range = redis::cmd("XREVRANGE")
+        .arg(&hose_status)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(last[0].1, old);
     // Both checkpoints exist now: no more marks wanted for this organization.
     assert_eq!(known.marks_wanted(org), "00");
     sim.shutdown().await;

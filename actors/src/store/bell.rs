@@ -33,12 +33,20 @@ pub struct Bell {
 
 #[derive(Default)]
 struct Inner {
-    doors: DashMap<String, Arc<Notify>>,
+    doors: DashMap<String, Door>,
     /// True while notifications are enabled and subscribed.
     ringing: AtomicBool,
     /// Each node's subscription: told of every door opened or closed, which it subscribes or
-    /// unsubscribes (dropped when its subscription ends).
+    /// unsubscribes (dropped when its subscription ends). Held while a door opens or closes,
+    /// so that every subscription hears of the changes of one door in the order they happened.
     listeners: std::sync::Mutex<Vec<mpsc::UnboundedSender<Change>>>,
+}
+
+/// An organization's door and how many consumers hold it (two overlap when one stops as the
+/// next starts): it closes with the last.
+struct Door {
+    notify: Arc<Notify>,
+    holders: usize,
 }
 
 /// A door opened or closed: a channel to subscribe or unsubscribe.
@@ -49,33 +57,42 @@ enum Change {
 }
 
 impl Bell {
-    /// The door of `org`'s consumer (the same one for every caller).
+    /// The door of `org`'s consumer (the same one for every caller), held until [`Bell::close`].
     pub fn door(&self, org: &str) -> Arc<Notify> {
-        if let Some(door) = self.inner.doors.get(org) {
-            return door.clone();
+        let mut listeners = self.inner.listeners.lock().expect("bell listeners");
+        let mut door = self
+            .inner
+            .doors
+            .entry(org.to_string())
+            .or_insert_with(|| Door {
+                notify: Arc::new(Notify::new()),
+                holders: 0,
+            });
+        door.holders += 1;
+        let (notify, opened) = (door.notify.clone(), door.holders == 1);
+        drop(door);
+        if opened {
+            announce(&mut listeners, Change::Open(org.to_string()));
         }
-        let door = match self.inner.doors.entry(org.to_string()) {
-            dashmap::Entry::Occupied(e) => return e.get().clone(),
-            dashmap::Entry::Vacant(e) => e.insert(Arc::new(Notify::new())).clone(),
-        };
-        self.announce(Change::Open(org.to_string()));
-        door
+        notify
     }
 
-    /// Forgets `org`'s door (its consumer stopped).
+    /// Lets go of `org`'s door (a consumer stopped); the last holder closes it.
     pub fn close(&self, org: &str) {
-        if self.inner.doors.remove(org).is_some() {
-            self.announce(Change::Close(org.to_string()));
+        let mut listeners = self.inner.listeners.lock().expect("bell listeners");
+        let closed = match self.inner.doors.entry(org.to_string()) {
+            dashmap::Entry::Occupied(mut e) => {
+                e.get_mut().holders -= 1;
+                e.get().holders == 0 && {
+                    e.remove();
+                    true
+                }
+            }
+            dashmap::Entry::Vacant(_) => false,
+        };
+        if closed {
+            announce(&mut listeners, Change::Close(org.to_string()));
         }
-    }
-
-    /// Tells every node's subscription; forgets those that ended.
-    fn announce(&self, change: Change) {
-        self.inner
-            .listeners
-            .lock()
-            .expect("bell listeners")
-            .retain(|l| l.send(change.clone()).is_ok());
     }
 
     /// Whether notifications arrive now (else consumers must poll).
@@ -85,7 +102,7 @@ impl Bell {
 
     fn ring(&self, org: &str) {
         if let Some(door) = self.inner.doors.get(org) {
-            door.notify_one();
+            door.notify.notify_one();
         }
     }
 
@@ -143,7 +160,7 @@ impl Bell {
 
     fn ring_all(&self) {
         for door in self.inner.doors.iter() {
-            door.notify_one();
+            door.notify.notify_one();
         }
     }
 
@@ -168,11 +185,11 @@ impl Bell {
         // Told of changes before the doors are read: a door opened in between is subscribed
         // twice at worst (harmless), never missed.
         let (tell, mut changes) = mpsc::unbounded_channel();
-        self.inner
-            .listeners
-            .lock()
-            .expect("bell listeners")
-            .push(tell);
+        {
+            let mut listeners = self.inner.listeners.lock().expect("bell listeners");
+            listeners.retain(|l| !l.is_closed());
+            listeners.push(tell);
+        }
         let open: Vec<String> = self
             .inner
             .doors
@@ -199,12 +216,14 @@ impl Bell {
             tokio::select! {
                 _ = stop.wait() => return,
                 change = changes.recv() => {
-                    let done = match change {
-                        Some(Change::Open(org)) => sink.subscribe(channels.of(&org)).await,
-                        Some(Change::Close(org)) => sink.unsubscribe(channels.of(&org)).await,
-                        None => return,
-                    };
-                    if let Err(e) = done {
+                    let Some(change) = change else { return };
+                    // With what queued up behind it: one SUBSCRIBE and one UNSUBSCRIBE.
+                    let mut batch = vec![change];
+                    while let Ok(c) = changes.try_recv() {
+                        batch.push(c);
+                    }
+                    let (open, closed) = settle(batch);
+                    if let Err(e) = self.resubscribe(&mut sink, &channels, &open, &closed).await {
                         tracing::debug!(error = %e, "command bell: cannot (un)subscribe");
                         return;
                     }
@@ -226,6 +245,52 @@ impl Bell {
             }
         }
     }
+}
+
+impl Bell {
+    /// Subscribes the channels of the doors `open`ed and unsubscribes those `closed`; then
+    /// rings each door opened, once its channel is confirmed: an entry its consumer's first
+    /// read missed, added before the subscription, was announced to nobody.
+    async fn resubscribe(
+        &self,
+        sink: &mut redis::aio::PubSubSink,
+        channels: &Channels,
+        open: &[String],
+        closed: &[String],
+    ) -> redis::RedisResult<()> {
+        let of = |orgs: &[String]| orgs.iter().map(|o| channels.of(o)).collect::<Vec<_>>();
+        for chunk in of(open).chunks(SUBSCRIBE_CHUNK) {
+            sink.subscribe(chunk).await?;
+        }
+        for chunk in of(closed).chunks(SUBSCRIBE_CHUNK) {
+            sink.unsubscribe(chunk).await?;
+        }
+        for org in open {
+            self.ring(org);
+        }
+        Ok(())
+    }
+}
+
+/// Tells every node's subscription; forgets those that ended.
+fn announce(listeners: &mut Vec<mpsc::UnboundedSender<Change>>, change: Change) {
+    listeners.retain(|l| l.send(change.clone()).is_ok());
+}
+
+/// What a run of changes leaves: the doors open and those closed at its end (each once).
+fn settle(changes: Vec<Change>) -> (Vec<String>, Vec<String>) {
+    let mut last = std::collections::HashMap::new();
+    let mut order = Vec::new();
+    for change in changes {
+        let (org, open) = match change {
+            Change::Open(org) => (org, true),
+            Change::Close(org) => (org, false),
+        };
+        if last.insert(org.clone(), open).is_none() {
+            order.push(org);
+        }
+    }
+    order.into_iter().partition(|org| last[org])
 }
 
 /// Channels subscribed per command at once (a SUBSCRIBE is confirmed channel by channel).
@@ -309,17 +374,36 @@ mod tests {
         let bell = Bell::default();
         let (mut a, mut b) = (listen(&bell), listen(&bell));
         let door = bell.door("ORG1");
+        // A second consumer of ORG1 (one starting as the other stops): the same door, which
+        // stays open until both let go.
         assert!(Arc::ptr_eq(&door, &bell.door("ORG1")), "one door per org");
         bell.door("ORG2");
         bell.close("ORG1");
+        assert_eq!(drain(&mut a), ["+ORG1", "+ORG2"]);
         bell.close("ORG1");
-        assert_eq!(drain(&mut a), ["+ORG1", "+ORG2", "-ORG1"]);
+        bell.close("ORG1");
+        assert_eq!(drain(&mut a), ["-ORG1"]);
         assert_eq!(drain(&mut b), ["+ORG1", "+ORG2", "-ORG1"]);
         // A subscription that ended is forgotten at the next change.
         drop(b);
         bell.close("ORG2");
         assert_eq!(drain(&mut a), ["-ORG2"]);
         assert_eq!(bell.inner.listeners.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_run_of_changes_settles_to_the_last_of_each_door() {
+        let changes = [
+            Change::Open("A".into()),
+            Change::Open("B".into()),
+            Change::Close("A".into()),
+            Change::Close("C".into()),
+            Change::Open("A".into()),
+            Change::Close("B".into()),
+        ];
+        let (open, closed) = settle(changes.to_vec());
+        assert_eq!(open, ["A"]);
+        assert_eq!(closed, ["B", "C"]);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 -- is in another slot than the organization, so apply.lua cannot write it; see relay.rs). Runs
 -- in the shard's slot; what it has copied is recorded there too, in the same call, so an entry
 -- is copied once however many relays (retries, replicas) send it. A copy carries `org` first,
--- then the entry's own fields (entry schema 2: an organization's entries leave it to the key).
+-- then the entry's own fields (entry schema 2: an organization's entries leave it to the key;
+-- an entry written before schema 2 has `org` first already and is copied as it is).
 --
 -- KEYS: 1 the shard's checkpoint hash, 2 the shard's status stream, 3 its events stream.
 -- ARGV: 1 maxlen, 2 MINID threshold ("0" = none), 3 "1" to trim by maxlen too, 4 org, 5 "1"
@@ -25,6 +26,13 @@ local function after(a, b)
   return tonumber(aseq) > tonumber(bseq)
 end
 
+-- The fields of the entry in ARGV[first..final] as its copy has them: `org` first (an entry
+-- written before schema 2 has it first already).
+local function fields(first, final)
+  if ARGV[first] == 'org' then return unpack(ARGV, first, final) end
+  return 'org', org, unpack(ARGV, first, final)
+end
+
 local copied, a = 0, 6
 for t, kind in ipairs({ 'status', 'events' }) do
   local shard, field = KEYS[1 + t], org .. ':' .. kind
@@ -36,15 +44,15 @@ for t, kind in ipairs({ 'status', 'events' }) do
     a = final
     if not checkpoint or after(id, checkpoint) then
       if trimmed then
-        redis.call('XADD', shard, '*', 'org', org, unpack(ARGV, first, final))
+        redis.call('XADD', shard, '*', fields(first, final))
       else
         -- Trimmed by its first entry of the call, as apply.lua does.
         trimmed = true
         if minid == '0' then
-          redis.call('XADD', shard, 'MAXLEN', '~', maxlen, '*', 'org', org, unpack(ARGV, first, final))
+          redis.call('XADD', shard, 'MAXLEN', '~', maxlen, '*', fields(first, final))
         else
           if both then redis.call('XTRIM', shard, 'MAXLEN', '~', maxlen) end
-          redis.call('XADD', shard, 'MINID', '~', minid, '*', 'org', org, unpack(ARGV, first, final))
+          redis.call('XADD', shard, 'MINID', '~', minid, '*', fields(first, final))
         end
       end
       last = id
