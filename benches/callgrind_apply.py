@@ -19,11 +19,11 @@ Needs valgrind and redis-server (Debian's packages); nothing else.
 import argparse
 import glob
 import os
-import socket
 import subprocess
 import sys
-import tempfile
 import time
+
+from redis_wire import resp, start_redis
 
 PER_CALL, CALLS_PER_PIPELINE, DEVICES = 16, 4, 4000
 KEYS = [
@@ -39,54 +39,6 @@ KEYS = [
 VALUES = ['3', '"Yes"', '45', '"Off"', '"Receiving"', '31', '1', '2']
 ORG = "0b8b3d8a-6f0a-4a1e-9c2b-5d6e7f8a9b0c"
 PREFIX = "xapi"
-
-
-def resp(*args):
-    out = [b"*%d\r\n" % len(args)]
-    for a in args:
-        if isinstance(a, str):
-            a = a.encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
-    return b"".join(out)
-
-
-class Conn:
-    def __init__(self, port):
-        self.s = socket.create_connection(("127.0.0.1", port))
-        self.buf = b""
-
-    def _line(self):
-        while b"\r\n" not in self.buf:
-            chunk = self.s.recv(1 << 16)
-            if not chunk:
-                raise EOFError
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\r\n", 1)
-        return line
-
-    def _exact(self, n):
-        while len(self.buf) < n + 2:
-            self.buf += self.s.recv(1 << 16)
-        data, self.buf = self.buf[:n], self.buf[n + 2:]
-        return data
-
-    def reply(self):
-        line = self._line()
-        kind, rest = line[:1], line[1:]
-        if kind == b"-":
-            raise RuntimeError(rest.decode())
-        if kind in (b"+", b":"):
-            return rest
-        if kind == b"$":
-            n = int(rest)
-            return None if n < 0 else self._exact(n)
-        if kind == b"*":
-            return [self.reply() for _ in range(int(rest))]
-        raise RuntimeError("unexpected reply %r" % line)
-
-    def call(self, *args):
-        self.s.sendall(resp(*args))
-        return self.reply()
 
 
 ORGS = 1
@@ -154,26 +106,11 @@ def main():
     opts = ap.parse_args()
     global ORGS
     ORGS = opts.orgs
-    work = tempfile.mkdtemp(prefix="callgrind-apply-")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    redis, conn, work, _ = start_redis(
+        "callgrind-apply-",
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file={work}/callgrind.out"], 60)
     out = os.path.join(work, "callgrind.out")
-    redis = subprocess.Popen(
-        ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out, "redis-server",
-         "--port", str(port), "--save", "", "--appendonly", "no", "--dir", work],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                conn = Conn(port)
-                conn.call("PING")
-                break
-            except OSError:
-                if time.time() > deadline:
-                    sys.exit("redis-server under valgrind did not start")
-                time.sleep(0.2)
         sha = conn.call("SCRIPT", "LOAD", open(opts.script).read()).decode()
         now_ms = int(time.time() * 1000)
         n, batch = 0, CALLS_PER_PIPELINE * PER_CALL

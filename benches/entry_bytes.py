@@ -16,14 +16,11 @@ entries the engine wrote in its run.
 """
 import argparse
 import base64
-import os
 import random
-import socket
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
+
+from redis_wire import start_redis
 
 KEYS = ["RoomAnalytics.PeopleCount.Current", "Audio.Volume", "Standby.State",
         "RoomAnalytics.PeoplePresence", "Conference.Presentation.Mode"]
@@ -33,38 +30,6 @@ VALUES = ['3', '"Yes"', '45', '"Off"', '"Receiving"', '31', '1', '"Standby"']
 def webex_id(kind):
     raw = "ciscospark://us/%s/%s" % (kind, uuid.uuid4())
     return base64.b64encode(raw.encode()).decode().rstrip("=")
-
-
-def resp(*args):
-    out = [b"*%d\r\n" % len(args)]
-    for a in args:
-        a = a.encode() if isinstance(a, str) else a
-        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
-    return b"".join(out)
-
-
-class Conn:
-    def __init__(self, port):
-        self.s = socket.create_connection(("127.0.0.1", port))
-        self.f = self.s.makefile("rb")
-
-    def reply(self):
-        line = self.f.readline().rstrip(b"\r\n")
-        kind, rest = line[:1], line[1:]
-        if kind == b"-":
-            raise RuntimeError(rest.decode())
-        if kind in (b"+", b":"):
-            return rest
-        if kind == b"$":
-            n = int(rest)
-            return None if n < 0 else self.f.read(n + 2)[:-2]
-        if kind == b"*":
-            return [self.reply() for _ in range(int(rest))]
-        raise RuntimeError("unexpected reply %r" % line)
-
-    def pipeline(self, commands):
-        self.s.sendall(b"".join(resp(*c) for c in commands))
-        return [self.reply() for _ in commands]
 
 
 def entries(n, rng):
@@ -105,24 +70,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--entries", type=int, default=30000)
     opts = ap.parse_args()
-    work = tempfile.mkdtemp(prefix="entry-bytes-")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    redis = subprocess.Popen(["redis-server", "--port", str(port), "--save", "",
-                              "--appendonly", "no", "--dir", work],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    redis, conn, _, _ = start_redis("entry-bytes-")
     try:
-        deadline = time.time() + 30
-        while True:
-            try:
-                conn = Conn(port)
-                conn.pipeline([["PING"]])
-                break
-            except OSError:
-                if time.time() > deadline:
-                    sys.exit("redis-server did not start")
-                time.sleep(0.1)
         version = [l for l in conn.pipeline([["INFO", "server"]])[0].decode().splitlines()
                    if l.startswith("redis_version:")][0].split(":")[1]
         sample = list(entries(opts.entries, random.Random(1)))
