@@ -164,12 +164,6 @@ async fn tail(cfg: config::Config, args: TailArgs) -> anyhow::Result<()> {
     }
 }
 
-/// The organization an organization's stream key names: `<p>:{<org>}:status` → `<org>`.
-fn org_of(stream: &str) -> Option<&str> {
-    let (_, rest) = stream.split_once('{')?;
-    rest.split_once('}').map(|(org, _)| org)
-}
-
 fn print_entry(stream: &str, id: &str, map: &std::collections::HashMap<String, redis::Value>) {
     let get = |k: &str| {
         map.get(k)
@@ -192,7 +186,9 @@ fn print_entry(stream: &str, id: &str, map: &std::collections::HashMap<String, r
     // its key (entry schema 2).
     let org = match get("org") {
         o if !o.is_empty() => o,
-        _ => org_of(stream).unwrap_or_default().to_string(),
+        _ => actors::store::keys::hash_tag(stream)
+            .unwrap_or_default()
+            .to_string(),
     };
     let device = |d: String| format!("{} org={}", short(d), short(org.clone()));
     // An empty `prev` is a previous value unknown (schema 2; absent in schema 1).

@@ -231,12 +231,7 @@ impl Bell {
                 m = messages.next() => match m {
                     Some(m) => {
                         // __keyspace@0__:<p>:{<org>}:commands, payload "xadd".
-                        let channel = m.get_channel_name();
-                        if let Some(org) = channel
-                            .split_once(":{")
-                            .and_then(|(_, rest)| rest.rsplit_once("}:commands"))
-                            .map(|(org, _)| org)
-                        {
+                        if let Some(org) = super::keys::hash_tag(m.get_channel_name()) {
                             self.ring(org);
                         }
                     }
@@ -245,9 +240,7 @@ impl Bell {
             }
         }
     }
-}
 
-impl Bell {
     /// Subscribes the channels of the doors `open`ed and unsubscribes those `closed`; then
     /// rings each door opened, once its channel is confirmed: an entry its consumer's first
     /// read missed, added before the subscription, was announced to nobody.

@@ -236,6 +236,13 @@ pub fn firehose_shard(org: &str, shards: u32) -> u32 {
 }
 
 /// Whether `key` is a firehose shard (`<p>:{all-<n>}:…`), not an organization's stream.
+/// The hash tag of a key, as Redis Cluster reads it (between the first `{` and the next `}`):
+/// the organization of `<p>:{<org>}:…` — and of a keyspace channel, which ends with the key.
+pub fn hash_tag(key: &str) -> Option<&str> {
+    let (_, rest) = key.split_once('{')?;
+    rest.split_once('}').map(|(tag, _)| tag)
+}
+
 pub fn is_firehose(prefix: &str, key: &str) -> bool {
     key.strip_prefix(prefix)
         .and_then(|k| k.strip_prefix(":{all-"))
@@ -260,6 +267,9 @@ mod tests {
         assert_eq!(k.devices("ORG"), "xapi:{ORG}:devices");
         assert_eq!(k.workspaces("ORG"), "xapi:{ORG}:workspaces");
         assert_eq!(k.commands_stream("ORG"), "xapi:{ORG}:commands");
+        assert_eq!(hash_tag(&k.commands_stream("ORG")), Some("ORG"));
+        assert_eq!(hash_tag("__keyspace@0__:xapi:{ORG}:commands"), Some("ORG"));
+        assert_eq!(hash_tag("xapi:tenants"), None);
         assert_eq!(k.command_results("ORG"), "xapi:{ORG}:command_results");
         assert_eq!(k.firehose_status(3), "xapi:{all-3}:status");
         assert_eq!(k.firehose_events(15), "xapi:{all-15}:events");
