@@ -59,6 +59,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
         verifier,
         writer,
         errors,
+        consumers,
     } = Deps::build(
         config.clone(),
         metrics.clone(),
@@ -81,6 +82,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
         throttle: http::admin::Throttle::new(&config.security),
         onboarding: actors::onboarding::Onboarding::new(registry.clone()),
         sessions: actors::console::Sessions::new(&registry),
+        consumers,
         accepting: AtomicBool::new(true),
     });
 
@@ -225,6 +227,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
             shutdown.clone(),
         ));
         registry.spawn_lag_sampling(shutdown.clone());
+        registry.spawn_consumer_sync(shutdown.clone());
         tokio::spawn(actors::registry::flush_counters_loop(
             registry.clone(),
             shutdown.clone(),

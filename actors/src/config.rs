@@ -262,6 +262,10 @@ pub struct RedisConfig {
     pub sentinel_master: String,
     /// The sentinels' own password (`requirepass` in sentinel.conf); empty = none.
     pub sentinel_password: Secret,
+    /// Seconds between two checks that every data node has exactly the consumer credentials on
+    /// record (a node that joined or restarted gets them; a revoked one left on a node that was
+    /// down is removed); 0 = never.
+    pub acl_sync_secs: u64,
 }
 
 impl crate::protocol::jwt::JwksTable for WebexConfig {

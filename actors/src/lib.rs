@@ -30,6 +30,7 @@ pub mod actions;
 pub mod auth;
 pub mod config;
 pub mod console;
+pub mod consumers;
 pub mod devices;
 pub mod ingest;
 pub mod onboarding;

@@ -118,6 +118,10 @@ pub struct Metrics {
     pub support_errors_total: IntCounterVec,
     pub setup_attempts_total: IntCounterVec,
     pub admin_auth_failures_total: IntCounterVec,
+    /// Consumer credentials granted, revoked, restored and removed on Redis nodes.
+    pub consumer_credentials_total: IntCounterVec,
+    /// Consumer credentials on record (as the last sync saw them).
+    pub consumer_users: IntGauge,
     pub replicas_live: IntGauge,
     pub tenants_owned: IntGauge,
     pub command_notifications_up: IntGauge,
@@ -441,6 +445,32 @@ impl Metrics {
         for r in ["refused", "throttled"] {
             admin_auth_failures_total.with_label_values(&[r]);
         }
+        let consumer_credentials_total = counter_vec(
+            "consumer_credentials_total",
+            "Consumer credentials (Redis ACL users reading one organization) by action and result: grant and revoke (the admin API, the console, a deprovision: ok, exists, not_found, invalid, refused = Redis refused ACL, unavailable), restore (the sync set a recorded user on a node that lacked it: a node that joined or restarted) and remove (the sync deleted a user no record names).",
+            &["action", "result"],
+        );
+        for a in ["grant", "revoke"] {
+            for r in [
+                "ok",
+                "exists",
+                "not_found",
+                "invalid",
+                "refused",
+                "unavailable",
+            ] {
+                consumer_credentials_total.with_label_values(&[a, r]);
+            }
+        }
+        for a in ["restore", "remove"] {
+            for r in ["ok", "refused", "unavailable"] {
+                consumer_credentials_total.with_label_values(&[a, r]);
+            }
+        }
+        let consumer_users = gauge(
+            "consumer_users",
+            "Consumer credentials on record, as this replica's last sync of the Redis ACL users saw them.",
+        );
         for r in WEBHOOK_RESULTS {
             webhooks_total.with_label_values(&[r]);
         }
@@ -522,6 +552,8 @@ impl Metrics {
             support_errors_total,
             setup_attempts_total,
             admin_auth_failures_total,
+            consumer_credentials_total,
+            consumer_users,
             replicas_live,
             tenants_owned,
             command_notifications_up,
@@ -543,6 +575,12 @@ impl Metrics {
 
     pub fn jwt_rejected(&self, reason: &str) {
         self.jwt_rejections_total.with_label_values(&[reason]).inc();
+    }
+
+    pub fn consumer_credentials(&self, action: &str, result: &str) {
+        self.consumer_credentials_total
+            .with_label_values(&[action, result])
+            .inc();
     }
 
     pub fn admin_auth_failure(&self, result: &str) {

@@ -7,6 +7,7 @@ pub mod activation;
 pub mod admin;
 pub mod body;
 pub mod console;
+pub mod consumers;
 pub mod devices;
 pub mod error;
 pub mod html;
@@ -45,6 +46,8 @@ pub struct AppState {
     pub onboarding: actors::onboarding::Onboarding,
     /// The console's sessions (kept in Redis, so that signing out holds on every replica).
     pub sessions: actors::console::Sessions,
+    /// Consumer credentials: Redis ACL users that read one organization.
+    pub consumers: actors::consumers::Consumers,
 }
 
 impl AppState {
@@ -273,6 +276,18 @@ pub fn admin_routes(cfg: &mut web::ServiceConfig) {
         .route(
             "/admin/tenants/{tenant_id}/webhook-secret/rotate",
             web::post().to(admin::rotate_webhook_secret),
+        )
+        .route(
+            "/admin/tenants/{tenant_id}/consumers",
+            web::post().to(consumers::grant),
+        )
+        .route(
+            "/admin/tenants/{tenant_id}/consumers",
+            web::get().to(consumers::list),
+        )
+        .route(
+            "/admin/tenants/{tenant_id}/consumers/{name}",
+            web::delete().to(consumers::revoke),
         );
 }
 

@@ -15,7 +15,7 @@ use crate::utils::*;
 
 /// Where `make consumer-deps` puts the examples' packages (redis-py; ioredis in the example's
 /// own node_modules).
-fn deps(kind: &str) -> PathBuf {
+pub(crate) fn deps(kind: &str) -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let dir = match kind {
         "python" => root.join("target/consumer-deps/python"),
@@ -29,7 +29,7 @@ fn deps(kind: &str) -> PathBuf {
     dir
 }
 
-fn example(path: &str) -> PathBuf {
+pub(crate) fn example(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("docs/consumers")
         .join(path)
@@ -78,7 +78,7 @@ fn shards(prefix: &str) -> Vec<String> {
 }
 
 /// Every entry id of `streams`.
-fn entry_ids(
+pub(crate) fn entry_ids(
     conn: &mut impl redis::ConnectionLike,
     streams: &[String],
 ) -> HashSet<(String, String)> {
@@ -90,7 +90,7 @@ fn entry_ids(
     ids
 }
 
-fn org_streams(prefix: &str, org: &str) -> [String; 2] {
+pub(crate) fn org_streams(prefix: &str, org: &str) -> [String; 2] {
     [
         format!("{prefix}:{{{org}}}:status"),
         format!("{prefix}:{{{org}}}:events"),
@@ -105,7 +105,7 @@ fn total_len(conn: &mut impl redis::ConnectionLike, streams: &[String]) -> usize
 }
 
 /// (stream, id) → deliveries, over every sink.
-fn sunk(sinks: &[PathBuf]) -> Vec<(String, String, i64, String)> {
+pub(crate) fn sunk(sinks: &[PathBuf]) -> Vec<(String, String, i64, String)> {
     let mut rows = Vec::new();
     for sink in sinks {
         let out = Command::new("python3")

@@ -9,6 +9,7 @@ mod browser;
 mod cli;
 mod console;
 mod consumers;
+mod credentials;
 mod devices;
 mod drain;
 mod durability;

@@ -158,6 +158,8 @@ pub async fn deprovision(
             r.poll_url = None;
         })
         .await?;
+    // The customer's consumers read nothing more (their ACL users go on every node).
+    deps.consumers().revoke_all(&shared.tenant_id).await?;
     if deps.config().activation.purge_streams_on_deprovision {
         deps.tenants().purge_streams(&shared.org_id).await?;
     }

@@ -85,6 +85,21 @@ impl Registry {
         tokio::spawn(listen);
     }
 
+    /// Starts the consumer credentials' sync (`redis.acl_sync_secs`; never when 0): every data
+    /// node gets the users on record, and loses engine-made users no record names.
+    pub fn spawn_consumer_sync(&self, stop: Shutdown) {
+        let every = self.deps.config().redis.acl_sync_secs;
+        if every == 0 {
+            return;
+        }
+        let consumers = self.deps.consumers().clone();
+        tokio::spawn(async move {
+            consumers
+                .run_sync(Duration::from_secs(every), stop.wait())
+                .await
+        });
+    }
+
     /// Starts sampling consumer lag (`streams.lag_sample_secs`; the firehose, and the
     /// organizations this replica owns), unless there is nothing to sample.
     pub fn spawn_lag_sampling(self: &Arc<Self>, stop: Shutdown) {

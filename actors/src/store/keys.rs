@@ -195,6 +195,12 @@ impl Keys {
         )
     }
 
+    /// `<p>:consumers` — hash ACL user → consumer record (consumer credentials; never a
+    /// password, only its sealed SHA-256).
+    pub fn consumers(&self) -> String {
+        format!("{}:consumers", self.prefix)
+    }
+
     /// `<p>:{<org>}:lease` — which replica owns the tenant's token refresh and queue poller,
     /// and under which fencing epoch (`<replica>|<epoch>`, expires unless renewed).
     pub fn lease(&self, org: &str) -> String {

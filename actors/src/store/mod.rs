@@ -16,8 +16,10 @@
 //!   pending HTTPS activations, console sessions.
 //! - [`lease`]: ownership records and heartbeats; [`bell`]: the command bell; [`lag`]:
 //!   consumer-lag sampling; [`devices`]: inventory hashes and command/result streams;
+//!   [`consumers`]: consumer credentials (records, and ACL users on every data node);
 //!   [`errors`]: the support log's hourly hashes; [`crypto`]: sealing records at rest.
 pub mod bell;
+pub mod consumers;
 pub mod crypto;
 pub mod devices;
 pub mod errors;
@@ -344,7 +346,6 @@ impl Store {
             return Ok(vec![self.pubsub_client().await?]);
         }
         let nodes: String = self.query(redis::cmd("CLUSTER").arg("NODES")).await?;
-        let seed = self.inner.seed.clone();
         nodes
             .lines()
             .filter(|l| {
@@ -353,19 +354,22 @@ impl Store {
                     .is_some_and(|f| f.contains("master"))
             })
             .filter_map(|l| l.split_whitespace().nth(1))
-            .map(|addr| {
-                // ip:port@cport
-                let hostport = addr.split('@').next().unwrap_or(addr);
-                let (host, port) = hostport.rsplit_once(':').unwrap_or((hostport, "6379"));
-                let mut u = url::Url::parse(&seed)
-                    .map_err(|e| StoreError::Corrupt(format!("redis.url: {e}")))?;
-                u.set_host(Some(host))
-                    .map_err(|e| StoreError::Corrupt(format!("node address {addr}: {e}")))?;
-                u.set_port(port.parse().ok())
-                    .map_err(|_| StoreError::Corrupt(format!("node address {addr}")))?;
-                Ok(redis::Client::open(u.as_str())?)
-            })
+            // ip:port@cport
+            .map(|addr| self.client_at(addr.split('@').next().unwrap_or(addr)))
             .collect()
+    }
+
+    /// A client of the node at `host:port`, with the scheme, credentials, database and TLS
+    /// options of `redis.url` (its first seed).
+    pub fn client_at(&self, hostport: &str) -> Result<redis::Client, StoreError> {
+        let (host, port) = hostport.rsplit_once(':').unwrap_or((hostport, "6379"));
+        let mut u = url::Url::parse(&self.inner.seed)
+            .map_err(|e| StoreError::Corrupt(format!("redis.url: {e}")))?;
+        u.set_host(Some(host))
+            .map_err(|e| StoreError::Corrupt(format!("node address {hostport}: {e}")))?;
+        u.set_port(port.parse().ok())
+            .map_err(|_| StoreError::Corrupt(format!("node address {hostport}")))?;
+        Ok(redis::Client::open(u.as_str())?)
     }
 
     /// The multiplexed connection, or `NotConnected` before the first connect.

@@ -48,6 +48,7 @@ pub struct Deps {
     /// by the registry once connected: `Registry::spawn_command_bell`).
     pub(super) bell: crate::store::bell::Bell,
     pub(super) writer: crate::store::writer::StreamWriter,
+    pub(super) consumers: crate::consumers::Consumers,
     pub(super) shutdown: Shutdown,
     /// Tenants found removed on the Webex side (appUrl 404/410), for the registry to clean up.
     pub(super) gone: tokio::sync::mpsc::UnboundedSender<String>,
@@ -89,6 +90,11 @@ impl Deps {
     }
 
     /// The stream writer.
+    /// Consumer credentials (a deprovision revokes them; the registry syncs them).
+    pub(crate) fn consumers(&self) -> &crate::consumers::Consumers {
+        &self.consumers
+    }
+
     pub(crate) fn writer(&self) -> &StreamWriter {
         &self.writer
     }
@@ -156,6 +162,8 @@ pub struct Built {
     pub writer: StreamWriter,
     /// The support log (error answers, found again by trackingId).
     pub errors: Arc<ErrorLog>,
+    /// Consumer credentials (the admin API's and the console's).
+    pub consumers: crate::consumers::Consumers,
 }
 
 impl Deps {
@@ -223,7 +231,14 @@ impl Deps {
             &config.support,
             metrics.clone(),
         ));
+        let consumers = crate::consumers::Consumers::new(
+            store.clone(),
+            sealer.clone(),
+            metrics.clone(),
+            errors.clone(),
+        );
         let deps = Arc::new(Deps {
+            consumers: consumers.clone(),
             tenants: Tenants::new(store.clone(), sealer),
             webex: WebexClient::new(http, config.webex.allow_http),
             oauth: WebexClient::new(oauth_http, config.webex.allow_http),
@@ -245,6 +260,7 @@ impl Deps {
             verifier,
             writer,
             errors,
+            consumers,
         })
     }
 }

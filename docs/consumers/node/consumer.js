@@ -10,6 +10,8 @@
 //       --group analytics --consumer c1
 //   node consumer.js --org <orgId> ...
 //   node consumer.js --cluster --redis redis://node:7000 ...   (one stream per read: slots)
+//   REDIS_PASSWORD=<password> node consumer.js --user <user> --org <orgId> ...
+//       (the consumer credentials of one organization: POST /admin/tenants/<id>/consumers)
 "use strict";
 const Redis = require("ioredis");
 
@@ -17,7 +19,8 @@ function options(argv) {
   const o = {
     redis: "redis://127.0.0.1:6379", prefix: "xapi", shards: 16, group: "analytics",
     consumer: "c1", start: "0", count: 200, claimIdleMs: 30000, exitWhenIdleMs: 0,
-    firehose: false, cluster: false, org: null,
+    firehose: false, cluster: false, org: null, user: null,
+    password: process.env.REDIS_PASSWORD || null,
   };
   const names = { "--claim-idle-ms": "claimIdleMs", "--exit-when-idle-ms": "exitWhenIdleMs" };
   for (let i = 2; i < argv.length; i++) {
@@ -64,7 +67,11 @@ function withOrg(stream, f) {
 
 async function main() {
   const o = options(process.argv);
-  const r = o.cluster ? new Redis.Cluster([o.redis]) : new Redis(o.redis);
+  // A consumer credential may not run INFO: no ready check (ioredis would warn and skip it).
+  const auth = o.user ? { username: o.user, password: o.password, enableReadyCheck: false }
+    : o.password ? { password: o.password } : {};
+  const r = o.cluster ? new Redis.Cluster([o.redis], { redisOptions: auth })
+    : new Redis(o.redis, auth);
   const names = streams(o);
   for (const s of names) {
     try {

@@ -16,6 +16,8 @@ exactly once; do the same in a warehouse (MERGE on stream + id).
         --group analytics --consumer c1 --sink c1.sqlite
     python3 consumer.py --org <orgId> ...                  # one organization
     python3 consumer.py --cluster --redis redis://node:7000 ...   # Redis Cluster
+    REDIS_PASSWORD=<password> python3 consumer.py --user <user> --org <orgId> ...
+        # with the consumer credentials of one organization (POST /admin/tenants/<id>/consumers)
 
 On Redis Cluster every firehose shard is in its own slot, so each XREADGROUP names one stream;
 on a single Redis all streams are read with one command.
@@ -90,6 +92,9 @@ class Sink:
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--redis", default="redis://127.0.0.1:6379")
+    p.add_argument("--user", help="Redis ACL user (a consumer credential: reads one --org)")
+    p.add_argument("--password", default=os.environ.get("REDIS_PASSWORD"),
+                   help="its password (default: $REDIS_PASSWORD, which keeps it out of ps)")
     p.add_argument("--cluster", action="store_true", help="talk to a Redis Cluster")
     p.add_argument("--prefix", default="xapi", help="redis.key_prefix of the engine")
     p.add_argument("--firehose", action="store_true", help="read <p>:{all-<n>}:status|events")
@@ -108,8 +113,13 @@ def main():
                         "read pending")
     args = p.parse_args()
 
-    r = (redis.RedisCluster.from_url(args.redis) if args.cluster
-         else redis.Redis.from_url(args.redis))
+    auth = {}
+    if args.user:
+        auth["username"] = args.user
+    if args.password:
+        auth["password"] = args.password
+    r = (redis.RedisCluster.from_url(args.redis, **auth) if args.cluster
+         else redis.Redis.from_url(args.redis, **auth))
     streams = streams_to_read(args)
     for s in streams:
         ensure_group(r, s, args.group, args.start)
