@@ -85,11 +85,62 @@ pub enum Command {
     },
     /// Read the streams with a consumer group and print records (a downstream example).
     Tail(crate::tail::TailArgs),
+    /// Consumer credentials: Redis ACL users that read one organization's data only, through a
+    /// running engine's admin API.
+    Consumer {
+        #[command(subcommand)]
+        command: ConsumerCommand,
+    },
     /// Integration manifest tools.
     Manifest {
         #[command(subcommand)]
         command: ManifestCommand,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConsumerCommand {
+    /// Create a Redis user that reads this tenant's organization only (its status, events,
+    /// command results, device state and inventory); prints its password once.
+    Grant {
+        #[arg(long)]
+        tenant: String,
+        /// A name for the consumer (lowercase letters, digits, '_' and '-').
+        #[arg(long)]
+        name: String,
+        /// Also let it add commands to the organization's command stream.
+        #[arg(long)]
+        commands: bool,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
+    /// List a tenant's consumers (never their passwords).
+    List {
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
+    /// Delete a consumer's Redis user on every node: its connections close at once.
+    Revoke {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
+}
+
+/// Where the running engine is.
+#[derive(clap::Args, Debug)]
+pub struct EngineArgs {
+    /// The engine's configuration (for its address and admin token).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Engine base URL (default: http://<server.admin_bind>, else http://<server.bind>).
+    #[arg(long)]
+    url: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -143,6 +194,7 @@ pub fn main() -> ExitCode {
             config,
             url,
         } => rotate_secret(&tenant, config.as_deref(), url),
+        Command::Consumer { command } => consumer(command),
         Command::Manifest {
             command: ManifestCommand::Check { path },
         } => manifest_check(&path),
@@ -359,6 +411,84 @@ fn rotate_secret(tenant: &str, config: Option<&std::path::Path>, url: Option<Str
             ExitCode::SUCCESS
         }
         other => refused("rotation", other),
+    }
+}
+
+fn consumer(command: ConsumerCommand) -> ExitCode {
+    let engine = match &command {
+        ConsumerCommand::Grant { engine, .. }
+        | ConsumerCommand::List { engine, .. }
+        | ConsumerCommand::Revoke { engine, .. } => engine,
+    };
+    let cfg = match load(engine.config.as_deref()) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let url = engine.url.clone();
+    match &command {
+        ConsumerCommand::Grant {
+            tenant,
+            name,
+            commands,
+            ..
+        } => {
+            let body = serde_json::json!({ "name": name, "commands": commands }).to_string();
+            let path = format!("/admin/tenants/{tenant}/consumers");
+            match admin_post(&cfg, url, &path, body) {
+                Ok((status, g)) if status.is_success() => {
+                    println!("consumer {name} of tenant {tenant} granted");
+                    println!("user:     {}", g["user"].as_str().unwrap_or("?"));
+                    println!("password: {}", g["password"].as_str().unwrap_or("?"));
+                    println!(
+                        "(shown once: the engine keeps no copy; revoke and grant again if it is lost)"
+                    );
+                    if let Some(keys) = g["keys"].as_object() {
+                        for (kind, key) in keys {
+                            println!("{kind:<16}{}", key.as_str().unwrap_or("?"));
+                        }
+                    }
+                    println!(
+                        "set on {} Redis node(s); trackingId {}",
+                        g["nodes"].as_array().map_or(0, Vec::len),
+                        g["trackingId"].as_str().unwrap_or("-")
+                    );
+                    ExitCode::SUCCESS
+                }
+                other => refused("grant", other),
+            }
+        }
+        ConsumerCommand::List { tenant, .. } => {
+            let path = format!("/admin/tenants/{tenant}/consumers");
+            match admin_request(&cfg, url, reqwest::Method::GET, &path, String::new()) {
+                Ok((status, list)) if status.is_success() => {
+                    let list = list.as_array().cloned().unwrap_or_default();
+                    if list.is_empty() {
+                        println!("tenant {tenant} has no consumers");
+                    }
+                    for c in list {
+                        println!(
+                            "{:<24} {:<60} commands={} since {}",
+                            c["name"].as_str().unwrap_or("?"),
+                            c["user"].as_str().unwrap_or("?"),
+                            c["commands"],
+                            c["created_at"].as_str().unwrap_or("?")
+                        );
+                    }
+                    ExitCode::SUCCESS
+                }
+                other => refused("listing", other),
+            }
+        }
+        ConsumerCommand::Revoke { tenant, name, .. } => {
+            let path = format!("/admin/tenants/{tenant}/consumers/{name}");
+            match admin_request(&cfg, url, reqwest::Method::DELETE, &path, String::new()) {
+                Ok((status, _)) if status.is_success() => {
+                    println!("consumer {name} of tenant {tenant} revoked: its Redis user is gone");
+                    ExitCode::SUCCESS
+                }
+                other => refused("revocation", other),
+            }
+        }
     }
 }
 

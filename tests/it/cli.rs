@@ -457,3 +457,81 @@ async fn manifest_request_update_patches_the_app_url() {
     engine.shutdown().await;
     sim.shutdown().await;
 }
+
+/// `xapi-stream consumer grant|list|revoke` through a running engine: the password printed
+/// once works against Redis, the listing never shows it, a revoked user cannot authenticate.
+#[actix_web::test]
+async fn consumer_commands_grant_list_and_revoke_a_redis_user() {
+    let TestEnv { redis, prefix, sim } =
+        TestEnv::start(xapi_stream::devkit::sim::SimConfig::default()).await;
+    let engine = start_engine(&sim, &redis.url(), &prefix, &[]).await;
+    let base = engine.base_url();
+    let id = activate_org(&sim, &base, 0).await;
+    let run = |args: Vec<String>| async move {
+        let out = tokio::process::Command::new(BIN)
+            .arg("consumer")
+            .args(&args)
+            .env(
+                "XAPI_STREAM__SERVER__ADMIN_TOKEN",
+                xapi_stream::devkit::devenv::ADMIN_TOKEN,
+            )
+            .env("XAPI_STREAM__SECURITY__ENCRYPTION_KEY", KEY)
+            .output()
+            .await
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let args = |words: &[&str]| -> Vec<String> {
+        words
+            .iter()
+            .map(|w| w.to_string())
+            .chain(["--tenant".into(), id.clone(), "--url".into(), base.clone()])
+            .collect()
+    };
+    let (ok, out, err) = run(args(&["grant", "--name", "bi"])).await;
+    assert!(ok, "{out} {err}");
+    let field = |name: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| panic!("no {name} in {out}"))
+    };
+    let (user, password) = (field("user:"), field("password:"));
+    let org = sim.org(0).org_id;
+    assert!(out.contains(&format!("{prefix}:{{{org}}}:status")), "{out}");
+    let client = {
+        let mut u = url::Url::parse(&redis.url()).unwrap();
+        u.set_username(&user).unwrap();
+        u.set_password(Some(&password)).unwrap();
+        redis::Client::open(u.as_str()).unwrap()
+    };
+    let len: i64 = redis::cmd("XLEN")
+        .arg(format!("{prefix}:{{{org}}}:status"))
+        .query(&mut client.get_connection().unwrap())
+        .unwrap();
+    assert!(len >= 0);
+    let (ok, listed, _) = run(args(&["list"])).await;
+    assert!(
+        ok && listed.contains(&user) && !listed.contains(&password),
+        "{listed}"
+    );
+    let (ok, again, err) = run(args(&["grant", "--name", "bi"])).await;
+    assert!(
+        !ok && err.contains("409") && err.contains("trackingId"),
+        "{again} {err}"
+    );
+    let (ok, out, err) = run(args(&["revoke", "--name", "bi"])).await;
+    assert!(ok, "{out} {err}");
+    assert!(
+        client.get_connection().is_err(),
+        "a revoked user authenticated"
+    );
+    let (ok, listed, _) = run(args(&["list"])).await;
+    assert!(ok && listed.contains("no consumers"), "{listed}");
+    engine.shutdown().await;
+    sim.shutdown().await;
+}

@@ -274,3 +274,84 @@ async fn a_reject_racing_a_customers_code_decides_the_activation_once() {
     }
     engine.shutdown().await;
 }
+
+/// The tenant page lists the consumers; its Grant button shows the password once (a page the
+/// browser does not store), which works against Redis; its Revoke button removes the user; a
+/// form without the CSRF token grants nothing.
+#[actix_web::test]
+async fn the_tenant_page_grants_lists_and_revokes_consumers() {
+    let env = TestEnv::start(SimConfig::default()).await;
+    let engine = env.engine(&[]).await;
+    let admin = engine.admin_url();
+    let tenant = activate_org(&env.sim, &admin, 0).await;
+    let cookie = sign_in(&admin).await;
+    let page = format!("/console/tenants/{tenant}");
+    let (_, html) = get(&admin, &page, &cookie).await;
+    assert!(
+        html.contains("<table id=consumers>") && html.contains("None:"),
+        "{html}"
+    );
+    let token = csrf_of(&html);
+    let post = |form: Vec<(&'static str, String)>| {
+        let (admin, cookie, tenant) = (admin.clone(), cookie.clone(), tenant.clone());
+        async move {
+            client()
+                .post(format!("{admin}/console/tenants/{tenant}/grant-consumer"))
+                .header("Cookie", &cookie)
+                .form(&form)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let forged = post(vec![("csrf", "forged".into()), ("name", "bi".into())]).await;
+    assert_eq!(forged.status(), 403);
+    let r = post(vec![
+        ("csrf", token.clone()),
+        ("name", "bi".into()),
+        ("commands", "on".into()),
+    ])
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let shown = r.text().await.unwrap();
+    let between = |html: &str, id: &str| {
+        let start = html.find(&format!("<code id={id}>")).expect(id) + 10 + id.len();
+        html[start..].split('<').next().unwrap().to_string()
+    };
+    let (user, password) = (between(&shown, "user"), between(&shown, "password"));
+    assert_eq!(password.len(), 64, "{shown}");
+    let org = env.sim.org(0).org_id;
+    assert!(
+        shown.contains(&format!("{}:{{{org}}}:commands", env.prefix)),
+        "{shown}"
+    );
+    let mut u = url::Url::parse(&env.redis.url()).unwrap();
+    u.set_username(&user).unwrap();
+    u.set_password(Some(&password)).unwrap();
+    let client_as = redis::Client::open(u.as_str()).unwrap();
+    let _: String = redis::cmd("PING")
+        .query(&mut client_as.get_connection().unwrap())
+        .unwrap();
+    // Listed on the tenant page, without the password.
+    let (_, html) = get(&admin, &page, &cookie).await;
+    assert!(html.contains(&user) && html.contains("may add"), "{html}");
+    assert!(!html.contains(&password));
+    // Revoked from the page.
+    let r = client()
+        .post(format!("{admin}/console/tenants/{tenant}/revoke-consumer"))
+        .header("Cookie", &cookie)
+        .form(&[("csrf", token.as_str()), ("name", "bi")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let back = r.headers()["location"].to_str().unwrap().to_string();
+    let (_, html) = get(&admin, &back, &cookie).await;
+    assert!(html.contains("revoked"), "{html}");
+    assert!(
+        client_as.get_connection().is_err(),
+        "a revoked user authenticated"
+    );
+    engine.shutdown().await;
+}

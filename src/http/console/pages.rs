@@ -206,6 +206,32 @@ async fn tenant_page(state: &AppState, req: &HttpRequest, id: String, s: String)
             .unwrap_or_else(|| "<p>No error.</p>".into());
     let received = &json["messages_received"];
     let token = csrf(state, &s);
+    let consumers = match state.consumers.list(&id).await {
+        Ok(list) => {
+            let mut t = String::from(
+                "<table id=consumers><tr><th>Name</th><th>Redis user</th><th>Commands</th><th>Since</th><th></th></tr>",
+            );
+            for c in &list {
+                let _ = write!(
+                    t,
+                    r#"<tr><td>{name}</td><td><code>{user}</code></td><td>{cmds}</td><td>{since}</td><td><form method=post action="/console/tenants/{id}/revoke-consumer"><input type=hidden name=name value="{name}"><input type=hidden name=csrf value="{token}"><button>Revoke</button></form></td></tr>"#,
+                    name = esc(&c.name),
+                    user = esc(&c.user),
+                    cmds = if c.commands { "may add" } else { "read only" },
+                    since = c.created_at.format("%Y-%m-%d %H:%M UTC"),
+                    id = esc(&id),
+                );
+            }
+            if list.is_empty() {
+                t.push_str("<tr><td colspan=5>None: analytics of this organization cannot read Redis yet.</td></tr>");
+            }
+            t + "</table>"
+        }
+        Err(e) => format!(
+            "<p class=err>Consumers unavailable: {}</p>",
+            esc(&e.to_string())
+        ),
+    };
     let action = |path: &str, label: &str, extra: &str| {
         format!(
             r#"<form method=post action="/console/tenants/{id}/{path}">{extra}<input type=hidden name=csrf value="{token}"><button>{label}</button></form>"#,
@@ -218,6 +244,7 @@ async fn tenant_page(state: &AppState, req: &HttpRequest, id: String, s: String)
     <dt>Ingest</dt><dd>{ingest}</dd><dt>Scopes</dt><dd>{scopes}</dd><dt>Manifest version</dt><dd>{mv}</dd><dt>Messages</dt><dd>{total} received ({wh} webhook, {qu} queue); {rate} in the last minute on this replica</dd>
     <dt>Inventory</dt><dd id=inventory>{inventory}</dd><dt>Created</dt><dd>{created}</dd></dl>
     <h2>Last error</h2>{err}
+    <h2>Consumers</h2><p>Redis users that read this organization's streams, device state and inventory only.</p>{consumers}{grant}
     <h2>Actions</h2>{health}{rotate}
     <h3>Request a manifest update</h3>{manifest}
     <h2>Lifecycle</h2>{history}"#,
@@ -243,6 +270,11 @@ async fn tenant_page(state: &AppState, req: &HttpRequest, id: String, s: String)
         created = r.created_at,
         health = action("health", "Health check now", ""),
         rotate = action("rotate", "Rotate webhook secret", ""),
+        grant = action(
+            "grant-consumer",
+            "Grant",
+            "<label>Name <input name=name required maxlength=32 pattern=\"[a-z0-9][a-z0-9_-]*\" placeholder=analytics></label> <label><input type=checkbox name=commands> may add commands</label> "
+        ),
         manifest = action(
             "manifest-update",
             "Send update request",
@@ -265,8 +297,8 @@ pub async fn tenant_action(
     path: web::Path<(String, String)>,
     payload: web::Payload,
 ) -> HttpResponse {
-    let form = match post_form(&state, &req, payload).await {
-        Ok((_, form)) => form,
+    let (session, form) = match post_form(&state, &req, payload).await {
+        Ok(sf) => sf,
         Err(resp) => return resp,
     };
     let (id, action) = path.into_inner();
@@ -327,8 +359,72 @@ pub async fn tenant_action(
                 Err(e) => back(false, format!("Webex refused the update request: {e}")),
             }
         }
+        "grant-consumer" => {
+            let commands = !form.commands.is_empty();
+            match state
+                .consumers
+                .grant(&id, &h.shared.org_id, form.name.trim(), commands)
+                .await
+            {
+                Ok(g) => granted_page(&state, &session, &id, &g),
+                Err(e) => back(false, format!("Not granted: {e}")),
+            }
+        }
+        "revoke-consumer" => match state.consumers.revoke(&id, form.name.trim()).await {
+            Ok(_) => back(
+                true,
+                format!(
+                    "Consumer {} revoked: its Redis user is gone",
+                    form.name.trim()
+                ),
+            ),
+            Err(e) => back(false, format!("Not revoked: {e}")),
+        },
         _ => see_other(&format!("/console/tenants/{}", enc(&id))),
     }
+}
+
+/// The answer to a grant: its password, this once (the page is not stored by the browser).
+fn granted_page(
+    state: &AppState,
+    session: &str,
+    id: &str,
+    g: &actors::consumers::Granted,
+) -> HttpResponse {
+    let keys = serde_json::to_value(&g.info.keys).unwrap_or_default();
+    let mut rows = String::new();
+    for (kind, key) in keys.as_object().into_iter().flatten() {
+        let _ = write!(
+            rows,
+            "<tr><td>{}</td><td><code>{}</code></td></tr>",
+            esc(kind),
+            esc(key.as_str().unwrap_or(""))
+        );
+    }
+    let html = format!(
+        r#"<p class=ok>Consumer <b>{name}</b> granted on {nodes} Redis node(s).</p>
+    <dl id=granted><dt>User</dt><dd><code id=user>{user}</code></dd><dt>Password</dt><dd><code id=password>{password}</code></dd></dl>
+    <p><b>Shown once:</b> the engine keeps no copy. Give it to the customer's analytics team; if it is lost, revoke the consumer and grant it again.</p>
+    <table id=keys><tr><th>What</th><th>Key</th></tr>{rows}</table>
+    <p><a href="/console/tenants/{id}">Back to the tenant</a></p>"#,
+        name = esc(&g.info.name),
+        nodes = g.nodes.len(),
+        user = esc(&g.info.user),
+        password = esc(&g.password),
+        id = esc(id),
+    );
+    let mut resp = layout(
+        StatusCode::OK,
+        "Consumer granted",
+        Some(session),
+        state,
+        &html,
+    );
+    resp.headers_mut().insert(
+        actix_web::http::header::CACHE_CONTROL,
+        actix_web::http::header::HeaderValue::from_static("no-store"),
+    );
+    resp
 }
 
 /// `GET /console/errors/<trackingId>`.

@@ -200,6 +200,9 @@ pub struct CsrfForm {
     pub(super) name: String,
     #[serde(default)]
     pub(super) manifest: String,
+    /// A checkbox: present ("on") when ticked.
+    #[serde(default)]
+    pub(super) commands: String,
 }
 
 /// The form of a console POST with its session and a checked CSRF token, or the answer to
