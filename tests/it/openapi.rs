@@ -54,6 +54,9 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/admin/invitations"),
     ("GET", "/admin/invitations"),
     ("POST", "/admin/tenants/{tenant_id}/webhook-secret/rotate"),
+    ("POST", "/admin/tenants/{tenant_id}/consumers"),
+    ("GET", "/admin/tenants/{tenant_id}/consumers"),
+    ("DELETE", "/admin/tenants/{tenant_id}/consumers/{name}"),
     // console::routes
     ("GET", "/console"),
     ("GET", "/console/"),
