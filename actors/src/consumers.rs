@@ -46,8 +46,8 @@ pub struct ConsumerInfo {
     pub keys: ConsumerKeys,
 }
 
-/// A new grant: the only time its password is known.
-#[derive(Debug, Clone, serde::Serialize)]
+/// A new grant: the only time its password is known (its `Debug` leaves it out).
+#[derive(Clone, serde::Serialize)]
 pub struct Granted {
     #[serde(flatten)]
     pub info: ConsumerInfo,
@@ -59,6 +59,17 @@ pub struct Granted {
     /// The support log's record of the grant (`GET /admin/errors/<trackingId>`).
     #[serde(rename = "trackingId")]
     pub tracking_id: String,
+}
+
+impl std::fmt::Debug for Granted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Granted")
+            .field("info", &self.info)
+            .field("tenant_id", &self.tenant_id)
+            .field("password", &"<redacted>")
+            .field("nodes", &self.nodes)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +84,9 @@ pub enum ConsumerError {
     Exists(String),
     #[error("no consumer {0:?} for this tenant")]
     NotFound(String),
-    #[error("consumer {0:?} was revoked while it was being granted")]
+    #[error(
+        "consumer {0:?} was revoked (or granted again) while it was being granted; nothing of this grant is kept"
+    )]
     RevokedMeanwhile(String),
     /// Redis answered `ACL` with an error: a managed Redis that restricts it, an engine user
     /// without `+acl`, or Redis < 7.0.
@@ -105,6 +118,15 @@ impl ConsumerError {
             AclError::Unreachable { .. } => Self::Unreachable(e),
         }
     }
+}
+
+/// What the sync did on one node.
+#[derive(Default)]
+struct NodeSync {
+    restored: usize,
+    removed: usize,
+    /// Records (as stored) whose rules were set anew, with the new rules' digest.
+    stale_rules: Vec<(String, String)>,
 }
 
 /// What one sync did.
@@ -201,6 +223,7 @@ impl Consumers {
         let user = user_name(self.store.keys(), tenant_id, name);
         let password = hex::encode(rand::random::<[u8; PASSWORD_BYTES]>());
         let sha256 = hex::encode(sha2::Sha256::digest(password.as_bytes()));
+        let rules = self.rules(org, commands, &sha256);
         let record = ConsumerRecord {
             name: name.to_string(),
             user: user.clone(),
@@ -209,23 +232,25 @@ impl Consumers {
             commands,
             created_at: Utc::now(),
             password_sha256: self.sealer.seal(sha256.as_bytes(), &context(&user)),
+            rules: acl::rules_digest(&rules),
         };
-        if !self.store.insert_consumer(&record).await? {
+        let Some(json) = self.store.insert_consumer(&record).await? else {
             return Err(ConsumerError::Exists(name.to_string()));
-        }
-        let rules = self.rules(org, commands, &sha256);
-        let set = self.set_everywhere(&user, &rules).await;
-        let nodes = match set {
+        };
+        let nodes = match self.set_everywhere(&user, &rules).await {
             Ok(nodes) => nodes,
             Err(e) => {
-                // Undo: no record, no user (what a node missed now, the sync removes).
-                let _ = self.store.remove_consumer(&user).await;
-                self.delete_everywhere(&user).await;
+                // Undo this grant only (never a newer one of the same name), then make the
+                // nodes match whatever the record is now.
+                let _ = self.store.swap_consumer(&user, &json, None).await;
+                self.settle(&user).await;
                 return Err(e);
             }
         };
-        if !self.store.consumer_recorded(&user).await? {
-            self.delete_everywhere(&user).await;
+        if self.store.consumer_json(&user).await?.as_deref() != Some(json.as_str()) {
+            // Revoked (and perhaps granted again) while the user was being set: the nodes
+            // follow the record as it is now.
+            self.settle(&user).await;
             return Err(ConsumerError::RevokedMeanwhile(name.to_string()));
         }
         let tracking_id = self.audit(
@@ -247,6 +272,46 @@ impl Consumers {
         })
     }
 
+    /// Makes every node hold `user` as its record says now: deleted when there is none, else
+    /// set with the record's password and rules. Best effort (what fails, the sync finishes).
+    async fn settle(&self, user: &str) {
+        match self.store.consumer_json(user).await {
+            Ok(None) => {
+                let _ = self.delete_everywhere(user).await;
+            }
+            Ok(Some(json)) => {
+                let Some((record, sha)) = self.open(user, &json) else {
+                    return;
+                };
+                let rules = self.rules(&record.org, record.commands, &sha);
+                if let Err(e) = self.set_everywhere(user, &rules).await {
+                    tracing::warn!(error = %e, user, "consumer user not set again; the sync does it");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, user, "consumer record unreadable; the sync settles the user")
+            }
+        }
+    }
+
+    /// A stored record and its password's SHA-256 (hex), if it can be read and opened.
+    fn open(&self, user: &str, json: &str) -> Option<(ConsumerRecord, String)> {
+        let record: ConsumerRecord = serde_json::from_str(json)
+            .map_err(|e| tracing::warn!(user, error = %e, "consumer record corrupt"))
+            .ok()?;
+        let sha = self
+            .sealer
+            .open(&record.password_sha256, &context(user))
+            .map_err(|_| {
+                tracing::warn!(
+                    user,
+                    "consumer record cannot be opened (another encryption key?)"
+                )
+            })
+            .ok()?;
+        Some((record, String::from_utf8_lossy(&sha).into_owned()))
+    }
+
     /// Sets `user` on every data node; the nodes' addresses, or the first failure.
     async fn set_everywhere(
         &self,
@@ -265,16 +330,10 @@ impl Consumers {
         Ok(addrs)
     }
 
-    /// Deletes `user` on every data node it can reach; how many had it, and the failures (a
-    /// node it could not reach keeps the user until the sync removes it).
-    async fn delete_everywhere(&self, user: &str) -> (usize, Vec<AclError>) {
-        let nodes = match self.store.data_nodes().await {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::warn!(error = %e, user, "consumer user not deleted: Redis nodes unknown; the sync deletes it");
-                return (0, Vec::new());
-            }
-        };
+    /// Deletes `user` on every data node: how many had it, and the nodes that could not be
+    /// reached or refused (they keep the user until the sync removes it).
+    async fn delete_everywhere(&self, user: &str) -> Result<(usize, Vec<AclError>), StoreError> {
+        let nodes = self.store.data_nodes().await?;
         let results =
             futures::future::join_all(nodes.iter().map(|n| n.del_user(&self.store, user))).await;
         let mut had = 0;
@@ -289,7 +348,7 @@ impl Consumers {
                 }
             }
         }
-        (had, failed)
+        Ok((had, failed))
     }
 
     /// The consumers of `tenant_id`, by name (never a password).
@@ -307,8 +366,9 @@ impl Consumers {
     }
 
     /// Revokes consumer `name` of `tenant_id`: its record goes, then its user on every node
-    /// (Redis closes its connections: its next command fails to authenticate). Also finishes a
-    /// revocation a node missed (the record gone, the user still somewhere).
+    /// (Redis closes its connections: its next command fails to authenticate). A node that
+    /// cannot be reached makes it answer [`ConsumerError::Unreachable`]: the record is gone, so
+    /// a retry (or the sync, once the node is back) finishes the revocation.
     pub async fn revoke(&self, tenant_id: &str, name: &str) -> Result<String, ConsumerError> {
         let res = self.try_revoke(tenant_id, name, "revoked").await;
         self.metrics.consumer_credentials(
@@ -329,50 +389,41 @@ impl Consumers {
         }
         let user = user_name(self.store.keys(), tenant_id, name);
         let recorded = self.store.remove_consumer(&user).await?;
-        let (had, failed) = self.delete_everywhere(&user).await;
+        let (had, failed) = self.delete_everywhere(&user).await?;
+        if let Some(e) = failed.into_iter().next() {
+            return Err(ConsumerError::from_acl(e));
+        }
         if !recorded && had == 0 {
-            if let Some(e) = failed.into_iter().next() {
-                return Err(ConsumerError::from_acl(e));
-            }
             return Err(ConsumerError::NotFound(name.to_string()));
         }
         let tracking_id = self.audit(
             tenant_id,
             204,
             "consumer_revoked",
-            format!(
-                "consumer {name:?} {why}: Redis ACL user {user} deleted on {had} node(s){}",
-                if failed.is_empty() {
-                    String::new()
-                } else {
-                    format!(
-                        "; {} node(s) unreachable: the sync deletes it there",
-                        failed.len()
-                    )
-                }
-            ),
+            format!("consumer {name:?} {why}: Redis ACL user {user} deleted on {had} node(s)"),
         );
         Ok(tracking_id)
     }
 
     /// Revokes every consumer of `tenant_id` (deprovisioning): the records go (an error is
-    /// returned only when Redis cannot be read or written), the users wherever reachable.
+    /// returned only when Redis cannot be read or written), the users wherever reachable (the
+    /// sync deletes them from a node that was not).
     pub async fn revoke_all(&self, tenant_id: &str) -> Result<usize, StoreError> {
         let records = self.store.consumer_records().await?;
         let mut n = 0;
         for r in records.iter().filter(|r| r.tenant_id == tenant_id) {
-            match self
+            let res = self
                 .try_revoke(tenant_id, &r.name, "revoked (tenant deprovisioned)")
-                .await
-            {
-                Ok(_) => {
-                    n += 1;
-                    self.metrics.consumer_credentials("revoke", "ok");
-                }
+                .await;
+            self.metrics.consumer_credentials(
+                "revoke",
+                res.as_ref().map_or_else(ConsumerError::label, |_| "ok"),
+            );
+            match res {
+                Ok(_) => n += 1,
                 Err(ConsumerError::Store(e)) => return Err(e),
                 Err(e) => {
-                    self.metrics.consumer_credentials("revoke", e.label());
-                    tracing::warn!(tenant = %tenant_id, error = %e, "consumer not revoked");
+                    tracing::warn!(tenant = %tenant_id, error = %e, "consumer revoked on record; a node still has it until the sync")
                 }
             }
         }
@@ -380,19 +431,24 @@ impl Consumers {
     }
 
     /// Makes every data node hold exactly the users on record: a missing one (the node joined
-    /// or restarted without an ACL file) is set, one whose password differs is set again, an
-    /// engine-made user no record names (revoked while the node was unreachable) is deleted.
+    /// or restarted without an ACL file) is set, one whose password or rules version differs is
+    /// set again, an engine-made user no record names (revoked while the node was unreachable)
+    /// is deleted. A record whose rules changed (an upgrade, a switch to a cluster) is marked
+    /// current once every node has the new rules.
     pub async fn sync(&self) -> Result<Synced, StoreError> {
         let nodes = self.store.data_nodes().await?;
         let mut done = Synced {
             nodes: nodes.len(),
             ..Default::default()
         };
+        let mut stale_rules: Option<Vec<(String, String)>> = None;
         for node in &nodes {
             match self.sync_node(node).await {
-                Ok((restored, removed)) => {
-                    done.restored += restored;
-                    done.removed += removed;
+                Ok(s) => {
+                    done.restored += s.restored;
+                    done.removed += s.removed;
+                    // Records whose rules are new on every node (the same on each pass).
+                    stale_rules.get_or_insert(s.stale_rules);
                 }
                 Err(e) => {
                     use std::sync::atomic::Ordering;
@@ -405,23 +461,35 @@ impl Consumers {
                 }
             }
         }
+        if done.failed == 0 {
+            for (json, digest) in stale_rules.unwrap_or_default() {
+                if let Ok(mut r) = serde_json::from_str::<ConsumerRecord>(&json) {
+                    r.rules = digest;
+                    let _ = self
+                        .store
+                        .swap_consumer(&r.user.clone(), &json, Some(&r))
+                        .await;
+                }
+            }
+        }
         Ok(done)
     }
 
-    async fn sync_node(&self, node: &Node) -> Result<(usize, usize), AclError> {
+    async fn sync_node(&self, node: &Node) -> Result<NodeSync, AclError> {
         // The node's users first, then the records (see the module's comment).
         let lines = node.users(&self.store).await?;
-        let records = self
+        let unreachable = |e: StoreError| AclError::Unreachable {
+            node: "records".into(),
+            error: e.to_string(),
+        };
+        let all: Vec<(String, String)> = self
             .store
-            .consumer_records()
+            .query(redis::cmd("HGETALL").arg(self.store.keys().consumers()))
             .await
-            .map_err(|e| AclError::Unreachable {
-                node: "records".into(),
-                error: e.to_string(),
-            })?;
-        self.metrics.consumer_users.set(records.len() as i64);
+            .map_err(unreachable)?;
+        self.metrics.consumer_users.set(all.len() as i64);
         let keys = self.store.keys();
-        // `user <name> <rules…>`: the name, and whether the line holds the recorded password.
+        // `user <name> <rules…>`: the name, and the rest of the line.
         let present: Vec<(&str, &str)> = lines
             .iter()
             .filter_map(|l| {
@@ -429,22 +497,20 @@ impl Consumers {
                 Some(rest.split_once(' ').unwrap_or((rest, "")))
             })
             .collect();
-        let (mut restored, mut removed) = (0, 0);
-        for r in &records {
-            let Ok(sha) = self.sealer.open(&r.password_sha256, &context(&r.user)) else {
-                tracing::warn!(user = %r.user, "consumer record cannot be opened (another encryption key?); not synced");
+        let mut out = NodeSync::default();
+        for (user, json) in &all {
+            let Some((r, sha)) = self.open(user, json) else {
                 continue;
             };
-            let sha = String::from_utf8_lossy(&sha).into_owned();
+            let rules = self.rules(&r.org, r.commands, &sha);
+            let digest = acl::rules_digest(&rules);
             let has = present
                 .iter()
-                .any(|(u, rules)| *u == r.user && rules.contains(&format!("#{sha}")));
-            if has {
+                .any(|(u, line)| u == user && line.contains(&format!("#{sha}")));
+            if has && r.rules == digest {
                 continue;
             }
-            let res = node
-                .set_user(&self.store, &r.user, &self.rules(&r.org, r.commands, &sha))
-                .await;
+            let res = node.set_user(&self.store, user, &rules).await;
             self.metrics.consumer_credentials(
                 "restore",
                 match &res {
@@ -454,16 +520,30 @@ impl Consumers {
                 },
             );
             res?;
-            // Revoked meanwhile? Then its revocation may have run before this set.
-            if !self.store.consumer_recorded(&r.user).await.unwrap_or(true) {
-                node.del_user(&self.store, &r.user).await?;
+            // Changed meanwhile (revoked, granted again)? Then this set may have come after
+            // the change's own: the nodes follow the record as it is now.
+            if self
+                .store
+                .consumer_json(user)
+                .await
+                .ok()
+                .flatten()
+                .as_deref()
+                != Some(json.as_str())
+            {
+                self.settle(user).await;
                 continue;
             }
-            restored += 1;
-            tracing::info!(node = %node.addr, user = %r.user, "consumer credentials: user set on a node that lacked it");
+            if r.rules != digest {
+                out.stale_rules.push((json.clone(), digest));
+            }
+            if !has {
+                out.restored += 1;
+                tracing::info!(node = %node.addr, user = %user, "consumer credentials: user set on a node that lacked it");
+            }
         }
         for (user, _) in &present {
-            if acl::is_consumer_user(keys, user) && !records.iter().any(|r| r.user == *user) {
+            if acl::is_consumer_user(keys, user) && !all.iter().any(|(u, _)| u == user) {
                 let res = node.del_user(&self.store, user).await;
                 self.metrics.consumer_credentials(
                     "remove",
@@ -474,12 +554,12 @@ impl Consumers {
                     },
                 );
                 if res? {
-                    removed += 1;
+                    out.removed += 1;
                     tracing::info!(node = %node.addr, user, "consumer credentials: a user no record names deleted");
                 }
             }
         }
-        Ok((restored, removed))
+        Ok(out)
     }
 
     /// Runs [`Consumers::sync`] every `every` until `stop` resolves (the first one at once).

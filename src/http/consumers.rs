@@ -22,9 +22,8 @@ pub fn error(e: &ConsumerError) -> ApiError {
         ConsumerError::InvalidName(_) | ConsumerError::UnsafeOrg => {
             (StatusCode::BAD_REQUEST, "invalid_consumer")
         }
-        ConsumerError::Exists(_) | ConsumerError::RevokedMeanwhile(_) => {
-            (StatusCode::CONFLICT, "consumer_exists")
-        }
+        ConsumerError::Exists(_) => (StatusCode::CONFLICT, "consumer_exists"),
+        ConsumerError::RevokedMeanwhile(_) => (StatusCode::CONFLICT, "consumer_changed"),
         ConsumerError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
         ConsumerError::Refused(_) => (StatusCode::BAD_GATEWAY, "acl_refused"),
         ConsumerError::Unreachable(_) | ConsumerError::Store(_) => {
@@ -58,11 +57,26 @@ pub async fn grant(
         .grant(&id, &h.shared.org_id, &body.name, body.commands)
         .await
     {
+        Ok(_) if h.shared.is_deprovisioned() => {
+            Err(deprovisioned_meanwhile(&state, &id, &body.name).await)
+        }
         Ok(granted) => Ok(HttpResponse::Created()
             .insert_header(("Cache-Control", "no-store"))
             .json(granted)),
         Err(e) => Err(error(&e)),
     }
+}
+
+/// A grant that raced the tenant's deprovisioning (which revokes what it finds): undone, 410.
+pub async fn deprovisioned_meanwhile(state: &AppState, id: &str, name: &str) -> ApiError {
+    if let Err(e) = state.consumers.revoke(id, name).await {
+        tracing::warn!(tenant = %id, error = %e, "a grant that raced a deprovision not undone yet; the sync removes it once its record is gone");
+    }
+    ApiError::new(
+        StatusCode::GONE,
+        "gone",
+        "tenant deprovisioned while the consumer was being granted; nothing granted",
+    )
 }
 
 /// `GET /admin/tenants/<id>/consumers`: the tenant's consumers (never a password).

@@ -690,6 +690,48 @@ async fn the_sync_restores_a_lost_user_and_removes_one_no_record_names() {
         .unwrap()
             >= 1.0
     );
+    // Rules of an earlier version (the record says so): set again, and the record marked.
+    let records = format!("{prefix}:consumers");
+    let json: String = redis::cmd("HGET")
+        .arg(&records)
+        .arg(&user)
+        .query(&mut admin)
+        .unwrap();
+    let mut record: Value = serde_json::from_str(&json).unwrap();
+    assert!(!record["rules"].as_str().unwrap().is_empty(), "{record}");
+    record["rules"] = json!("an-earlier-version");
+    let _: () = redis::cmd("HSET")
+        .arg(&records)
+        .arg(&user)
+        .arg(record.to_string())
+        .query(&mut admin)
+        .unwrap();
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(&user)
+        .arg("-xrange")
+        .query(&mut admin)
+        .unwrap();
+    let status = format!("{prefix}:{{{}}}:status", sim.org(0).org_id);
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            let xrange = redis::cmd("XRANGE")
+                .arg(&status)
+                .arg("-")
+                .arg("+")
+                .query::<redis::Value>(&mut c)
+                .is_ok();
+            let json: String = redis::cmd("HGET")
+                .arg(&records)
+                .arg(&user)
+                .query(&mut admin)
+                .unwrap();
+            let ok = xrange && !json.contains("an-earlier-version");
+            async move { ok }
+        })
+        .await,
+        "the sync did not set the current rules for a record of an earlier version"
+    );
     let _: () = redis::cmd("ACL")
         .arg("DELUSER")
         .arg(&foreign)

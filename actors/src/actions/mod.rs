@@ -150,7 +150,10 @@ pub async fn deprovision(
     let shared = &handle.shared;
     handle.deprovision().await;
     shared.tokens.clear().await;
+    // First, while a failure still brings Webex's retry: the customer's consumers read nothing
+    // more (their records go, and their ACL users on every node).
     let deps = &shared.deps();
+    deps.consumers().revoke_all(&shared.tenant_id).await?;
     deps.tenants().delete_secrets(&shared.org_id).await?;
     shared
         .update(|r| {
@@ -158,8 +161,6 @@ pub async fn deprovision(
             r.poll_url = None;
         })
         .await?;
-    // The customer's consumers read nothing more (their ACL users go on every node).
-    deps.consumers().revoke_all(&shared.tenant_id).await?;
     if deps.config().activation.purge_streams_on_deprovision {
         deps.tenants().purge_streams(&shared.org_id).await?;
     }

@@ -7,10 +7,17 @@
 //! read-only hash commands on its device state and inventory hashes, and — granted with
 //! `commands` — `XADD` to its command stream only. No command that writes data, lists keys,
 //! publishes or touches the server; on a Cluster the topology reads a cluster client needs.
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 
 use super::{Keys, Store, StoreError};
+
+/// Replaces or deletes a record only if it is the one expected (consumers_swap.lua).
+static SWAP: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("consumers_swap.lua")));
 
 /// One granted consumer, as stored. The password is never stored: only its SHA-256 (what Redis
 /// itself keeps), sealed with the encryption key.
@@ -26,6 +33,11 @@ pub struct ConsumerRecord {
     pub created_at: DateTime<Utc>,
     /// `v1:…`: the password's SHA-256 (hex), sealed for `consumer:<user>`.
     pub password_sha256: String,
+    /// [`rules_digest`] of the rules last set everywhere: the sync sets the user again when
+    /// this version's rules differ (an upgrade, a switch to a cluster). Empty in records of
+    /// the first version.
+    #[serde(default)]
+    pub rules: String,
 }
 
 /// The key names a consumer of `org` may use, for the grant's answer and the docs.
@@ -68,21 +80,19 @@ pub fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
 }
 
-/// The prefix of every ACL user the engine creates: `<p>-`, the key prefix with anything but
-/// letters, digits, `_` and `.` replaced by `_` (user names go into `redis://user:pw@…` URLs).
+/// The prefix of every ACL user the engine creates: `<p>-` when the key prefix holds only
+/// letters, digits, `_` and `.` (user names go into `redis://user:pw@…` URLs); otherwise those
+/// characters with the rest replaced by `_`, then `~` and 8 hex digits of the prefix's SHA-256,
+/// so that two deployments on one Redis never share it.
 fn user_prefix(keys: &Keys) -> String {
-    let p: String = keys
-        .prefix()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("{p}-")
+    let raw = keys.prefix();
+    let safe = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '.';
+    if raw.chars().all(safe) {
+        return format!("{raw}-");
+    }
+    let p: String = raw.chars().map(|c| if safe(c) { c } else { '_' }).collect();
+    let digest = hex::encode(&sha2::Sha256::digest(raw.as_bytes())[..4]);
+    format!("{p}~{digest}-")
 }
 
 /// The ACL user of consumer `name` of tenant `tenant_id`: `<p>-<tenant_id>-<name>`.
@@ -114,13 +124,25 @@ fn literal(key: &str) -> String {
     out
 }
 
-/// Why an organization id cannot go into ACL rules: a selector is one argument that Redis
-/// splits on spaces, and parentheses would end it.
+/// Whether an organization id can go into ACL rules: Webex's are base64 (`A-Z a-z 0-9 + / =`).
+/// Anything else is refused rather than escaped: a selector is one argument that Redis splits
+/// on spaces and quotes, and `}` or `:` would let one organization's pattern reach into
+/// another's keys.
 pub fn acl_safe(org: &str) -> bool {
     !org.is_empty()
-        && !org
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || c == '(' || c == ')')
+        && org.bytes().all(|c| {
+            c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'=' | b'_' | b'.' | b'-')
+        })
+}
+
+/// A short digest of `rules` without the password (`#…`): which version of the rules a user has.
+pub fn rules_digest(rules: &[String]) -> String {
+    let mut h = sha2::Sha256::new();
+    for r in rules.iter().filter(|r| !r.starts_with('#')) {
+        h.update(r.as_bytes());
+        h.update([0]);
+    }
+    hex::encode(&h.finalize()[..8])
 }
 
 /// The `ACL SETUSER` rules (after the user name) of a consumer of `org` whose password has the
@@ -188,6 +210,8 @@ const STREAM_READS: &[&str] = &[
     "xgroup|delconsumer",
     "ping",
     "echo",
+    // A client of a `redis.url` with a database number selects it first.
+    "select",
 ];
 
 /// What cluster clients ask before their first command (topology, command table) and during a
@@ -324,7 +348,8 @@ impl Store {
                 };
                 if flags
                     .split(',')
-                    .any(|x| matches!(x, "fail" | "fail?" | "handshake" | "noaddr"))
+                    // `fail?` (suspected by one node) may still serve clients: it is tried.
+                    .any(|x| matches!(x, "fail" | "handshake" | "noaddr"))
                 {
                     continue;
                 }
@@ -367,14 +392,44 @@ impl Store {
             .collect()
     }
 
-    /// Stores `record` unless its user exists; false when it does.
-    pub async fn insert_consumer(&self, record: &ConsumerRecord) -> Result<bool, StoreError> {
+    /// Stores `record` unless its user exists: the stored JSON, or None when it exists.
+    pub async fn insert_consumer(
+        &self,
+        record: &ConsumerRecord,
+    ) -> Result<Option<String>, StoreError> {
         let json = serde_json::to_string(record).expect("a record serializes");
-        self.query(
-            redis::cmd("HSETNX")
-                .arg(self.keys().consumers())
-                .arg(&record.user)
-                .arg(json),
+        let inserted: bool = self
+            .query(
+                redis::cmd("HSETNX")
+                    .arg(self.keys().consumers())
+                    .arg(&record.user)
+                    .arg(&json),
+            )
+            .await?;
+        Ok(inserted.then_some(json))
+    }
+
+    /// The stored JSON of `user`'s record, if any.
+    pub async fn consumer_json(&self, user: &str) -> Result<Option<String>, StoreError> {
+        self.query(redis::cmd("HGET").arg(self.keys().consumers()).arg(user))
+            .await
+    }
+
+    /// Replaces `user`'s record by `new` (None: deletes it) only if it still is `expected`.
+    pub async fn swap_consumer(
+        &self,
+        user: &str,
+        expected: &str,
+        new: Option<&ConsumerRecord>,
+    ) -> Result<bool, StoreError> {
+        let new = new
+            .map(|r| serde_json::to_string(r).expect("a record serializes"))
+            .unwrap_or_default();
+        self.invoke(
+            SWAP.key(self.keys().consumers())
+                .arg(user)
+                .arg(expected)
+                .arg(new),
         )
         .await
     }
@@ -385,12 +440,6 @@ impl Store {
             .query(redis::cmd("HDEL").arg(self.keys().consumers()).arg(user))
             .await?;
         Ok(n > 0)
-    }
-
-    /// Whether a record names `user`.
-    pub async fn consumer_recorded(&self, user: &str) -> Result<bool, StoreError> {
-        self.query(redis::cmd("HEXISTS").arg(self.keys().consumers()).arg(user))
-            .await
     }
 }
 
@@ -443,7 +492,16 @@ mod tests {
         assert!(!is_consumer_user(&keys, "default"));
         assert!(!is_consumer_user(&keys, "xapi-not-a-uuid-analytics"));
         assert!(!is_consumer_user(&Keys::new("other"), &user));
-        assert_eq!(user_name(&Keys::new("a:b"), id, "n"), format!("a_b-{id}-n"));
+        let (colon, slash) = (
+            user_name(&Keys::new("a:b"), id, "n"),
+            user_name(&Keys::new("a/b"), id, "n"),
+        );
+        assert!(
+            colon.starts_with("a_b~") && colon.ends_with(&format!("-{id}-n")),
+            "{colon}"
+        );
+        assert_ne!(colon, slash, "two prefixes, one user name");
+        assert_ne!(colon, user_name(&Keys::new("a_b"), id, "n"));
     }
 
     #[test]
@@ -463,9 +521,19 @@ mod tests {
         assert!(!without.iter().any(|r| r.contains("commands")));
         assert!(!without.iter().any(|r| r.contains("cluster")));
         assert!(acl_rules(&keys, "o", false, true, "ab").contains(&"+cluster|slots".to_string()));
-        assert!(acl_safe("Y2lzY29zcGFyazovL3VzL09SR0FOSVpBVElPTi8x"));
-        assert!(!acl_safe("a b"));
-        assert!(!acl_safe("a)"));
+        assert!(acl_safe("Y2lzY29zcGFyazovL3VzL09SR0FOSVpBVElPTi8x+/="));
+        for bad in ["a b", "a)", "a\"b", "A}:state:X", "o*1", ""] {
+            assert!(!acl_safe(bad), "{bad}");
+        }
+        let rules = acl_rules(&keys, "o", false, false, "ab");
+        assert_eq!(
+            rules_digest(&rules),
+            rules_digest(&acl_rules(&keys, "o", false, false, "cd"))
+        );
+        assert_ne!(
+            rules_digest(&rules),
+            rules_digest(&acl_rules(&keys, "o", false, true, "ab"))
+        );
     }
 
     #[test]

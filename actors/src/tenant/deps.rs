@@ -89,12 +89,12 @@ impl Deps {
         &self.webex
     }
 
-    /// The stream writer.
     /// Consumer credentials (a deprovision revokes them; the registry syncs them).
     pub(crate) fn consumers(&self) -> &crate::consumers::Consumers {
         &self.consumers
     }
 
+    /// The stream writer.
     pub(crate) fn writer(&self) -> &StreamWriter {
         &self.writer
     }

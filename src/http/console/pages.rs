@@ -359,13 +359,22 @@ pub async fn tenant_action(
                 Err(e) => back(false, format!("Webex refused the update request: {e}")),
             }
         }
+        "grant-consumer" if h.shared.is_deprovisioned() => {
+            back(false, "Not granted: the tenant is deprovisioned".into())
+        }
         "grant-consumer" => {
             let commands = !form.commands.is_empty();
+            let name = form.name.trim();
             match state
                 .consumers
-                .grant(&id, &h.shared.org_id, form.name.trim(), commands)
+                .grant(&id, &h.shared.org_id, name, commands)
                 .await
             {
+                Ok(_) if h.shared.is_deprovisioned() => {
+                    let e =
+                        crate::http::consumers::deprovisioned_meanwhile(&state, &id, name).await;
+                    back(false, format!("Not granted: {e}"))
+                }
                 Ok(g) => granted_page(&state, &session, &id, &g),
                 Err(e) => back(false, format!("Not granted: {e}")),
             }
