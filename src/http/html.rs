@@ -3,20 +3,74 @@
 use actix_web::HttpResponse;
 use actix_web::http::StatusCode;
 
-/// A small, self-contained HTML page.
-pub fn page(status: StatusCode, title: &str, body_html: &str) -> HttpResponse {
+/// The stylesheet of the console and the setup pages (one file, served by the engine).
+pub const STYLESHEET: &str = include_str!("style.css");
+
+/// The pages' Content-Security-Policy: nothing but the same-origin stylesheet (no script at
+/// all, no inline style), forms posting to the engine only, never framed.
+pub const CSP: &str = "default-src 'none'; style-src 'self'; form-action 'self'; frame-ancestors 'none'";
+
+/// `GET /console/style.css` and `GET /setup/style.css`.
+pub async fn stylesheet() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/css; charset=utf-8")
+        .insert_header(("Cache-Control", "public, max-age=300"))
+        .body(STYLESHEET)
+}
+
+/// Wraps every table of `html` in a frame that scrolls sideways on a narrow screen, so that a
+/// page itself never does.
+pub fn framed_tables(html: &str) -> String {
+    html.replace("<table", "<div class=scroll><table")
+        .replace("</table>", "</table></div>")
+}
+
+/// A page of the engine: `head` and `header` around `body`, with the stylesheet at `css`.
+pub fn document(
+    status: StatusCode,
+    title: &str,
+    css: &str,
+    body_class: &str,
+    header: &str,
+    body: &str,
+) -> HttpResponse {
     HttpResponse::build(status)
         .content_type("text/html; charset=utf-8")
         .insert_header(("Cache-Control", "no-store"))
         .insert_header(("Referrer-Policy", "no-referrer"))
         .insert_header(("X-Frame-Options", "DENY"))
-        .insert_header(("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'"))
+        .insert_header(("Content-Security-Policy", CSP))
         .body(format!(
-            "<!doctype html><html><head><meta charset=utf-8><title>{t}</title>\
-<style>body{{font-family:sans-serif;max-width:40em;margin:3em auto}}dt{{font-weight:bold}}.err{{color:#a00}}</style>\
-</head><body><h1>{t}</h1>{body_html}</body></html>",
-            t = esc(title)
+            "<!doctype html><html lang=en><head><meta charset=utf-8>\
+<meta name=viewport content=\"width=device-width, initial-scale=1\"><title>{t}</title>\
+<link rel=stylesheet href=\"{css}\"></head><body class=\"{body_class}\">{header}<main>{body}</main></body></html>",
+            t = esc(title),
+            body = framed_tables(body),
         ))
+}
+
+/// A small customer-facing page (the setup pages): a narrow column, the same look as the
+/// console.
+pub fn page(status: StatusCode, title: &str, body_html: &str) -> HttpResponse {
+    document(
+        status,
+        title,
+        "/setup/style.css",
+        "narrow",
+        "<header class=bar><nav><span class=brand>xapi-stream</span></nav></header>",
+        &format!("<h1>{}</h1>{body_html}", esc(title)),
+    )
+}
+
+/// A state as a badge: its word, in a colour by how it stands (the word alone says it too).
+pub fn badge(state: &str) -> String {
+    let class = match state {
+        "completed" | "valid" | "accepted" | "health_check" | "operational" => "ok",
+        "provisioning" | "unknown" | "duplicate" | "impaired" => "warn",
+        "deprovisioned" => "idle",
+        _ => "bad",
+    };
+    format!("<span class=\"badge {class}\">{}</span>", esc(state))
 }
 
 /// HTML escaping for text from JWTs and records.

@@ -212,6 +212,7 @@ pub fn public_routes(cfg: &mut web::ServiceConfig) {
             web::get().to(actions::removed_page),
         )
         .route("/setup", web::get().to(activation::invitation_landing))
+        .route("/setup/style.css", web::get().to(html::stylesheet))
         .route("/setup/{session}", web::get().to(activation::setup_page))
         .route("/setup/{session}", web::post().to(activation::setup_submit));
 }

@@ -15,7 +15,8 @@ async fn sign_in(b: &Browser, admin: &str) {
     b.goto(&format!("{admin}/console/")).await;
     b.fill("input[name=token]", ADMIN_TOKEN).await;
     b.click("button[type=submit]").await;
-    b.wait_for("id=\"tenants\"", Duration::from_secs(10)).await;
+    b.wait_for("id=\"tenants-total\"", Duration::from_secs(10))
+        .await;
 }
 
 #[actix_web::test]

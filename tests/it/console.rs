@@ -80,7 +80,7 @@ async fn the_console_signs_in_searches_and_refuses_forms_without_csrf() {
     assert!(html.contains("name=token"), "a forged cookie is no session");
 
     let cookie = sign_in(&admin).await;
-    let (status, html) = get(&admin, "/console/", &cookie).await;
+    let (status, html) = get(&admin, "/console/tenants", &cookie).await;
     assert_eq!(status, 200);
     assert!(html.contains("2 tenant(s)"), "{html}");
     assert!(html.contains(&sim.org(0).name) && html.contains(&sim.org(1).name));
@@ -97,7 +97,7 @@ async fn the_console_signs_in_searches_and_refuses_forms_without_csrf() {
     let (status, html) = get(&admin, &format!("/console/tenants/{tenant}"), &cookie).await;
     assert_eq!(status, 200);
     assert!(
-        html.contains("<dd id=provisioning>completed</dd>"),
+        html.contains("<dd id=provisioning><span class=\"badge ok\">completed</span></dd>"),
         "{html}"
     );
     assert!(html.contains("activated"), "lifecycle history: {html}");

@@ -60,6 +60,9 @@ const ROUTES: &[(&str, &str)] = &[
     // console::routes
     ("GET", "/console"),
     ("GET", "/console/"),
+    ("GET", "/console/tenants"),
+    ("GET", "/console/style.css"),
+    ("GET", "/setup/style.css"),
     ("POST", "/console/login"),
     ("POST", "/console/logout"),
     ("POST", "/console/sessions/end"),

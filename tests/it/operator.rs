@@ -650,6 +650,7 @@ async fn a_console_page_answers_within_one_redis_timeout_during_a_stall() {
         format!("/console/tenants/{tenant}"),
         "/console/invitations".to_string(),
         "/console/".to_string(),
+        "/console/tenants".to_string(),
     ] {
         t.redis.pause();
         let started = Instant::now();

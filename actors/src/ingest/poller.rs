@@ -73,9 +73,12 @@ pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), ChildE
         let delay = match outcome {
             Poll::Skipped => Some(LEASE_WAIT),
             Poll::Messages(n) => {
-                shared
+                if shared
                     .poller_failing
-                    .store(false, std::sync::atomic::Ordering::Relaxed);
+                    .swap(false, std::sync::atomic::Ordering::Relaxed)
+                {
+                    report_polls(&shared, None).await;
+                }
                 count(if n == 0 { "empty" } else { "ok" });
                 failures = 0;
                 first = false;
@@ -92,9 +95,12 @@ pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), ChildE
                 None
             }
             Poll::Failed(why) => {
-                shared
+                if !shared
                     .poller_failing
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    report_polls(&shared, Some(&why.message)).await;
+                }
                 count("error");
                 failures += 1;
                 let base = retry_base.saturating_mul(1 << (failures - 1).min(4));
@@ -109,6 +115,26 @@ pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), ChildE
         {
             return Ok(());
         }
+    }
+}
+
+/// Tells the console's overview (every replica's) that this tenant's polls fail, or succeed
+/// again: written on the change only, never per poll. A report Redis does not take is left to
+/// the next change (the overview is a view, not a record).
+async fn report_polls(shared: &TenantShared, error: Option<&str>) {
+    let store = shared.deps().store();
+    let res = match error {
+        Some(e) => {
+            let failing = crate::store::stats::PollsFailing {
+                since: chrono::Utc::now(),
+                error: e.chars().take(200).collect(),
+            };
+            store.set_polls_failing(&shared.tenant_id, &failing).await
+        }
+        None => store.clear_polls_failing(&shared.tenant_id).await,
+    };
+    if let Err(e) = res {
+        tracing::debug!(tenant = %shared.tenant_id, error = %e, "poll state not reported to the overview");
     }
 }
 

@@ -8,6 +8,15 @@ use crate::shutdown::Shutdown;
 use crate::store::tenants::ProvisioningState;
 use crate::supervisor::TenantHandle;
 
+/// This replica's share of the fleet's figures not yet stored.
+#[derive(Default)]
+pub(super) struct FleetPending {
+    messages: u64,
+    webhooks: std::collections::BTreeMap<&'static str, u64>,
+    /// `webhooks_total` by result as last read ([`crate::telemetry::WEBHOOK_RESULTS`] order).
+    webhook_seen: Vec<u64>,
+}
+
 /// How often message counts are added to the stored counters.
 const COUNTER_FLUSH: Duration = Duration::from_secs(1);
 
@@ -71,6 +80,55 @@ impl Registry {
             for (h, counts) in &taken {
                 h.shared.restore_unflushed(*counts);
             }
+        }
+        let written: u64 = taken.iter().map(|(_, [w, q])| w + q).sum();
+        self.flush_fleet(written).await;
+    }
+
+    /// Adds this replica's messages and webhook answers since the last flush to the fleet's
+    /// figures per minute (what the console's overview shows); kept for the next flush when
+    /// Redis does not take them.
+    async fn flush_fleet(&self, written: u64) {
+        let metrics = self.deps.metrics();
+        let counts = {
+            let mut p = self.fleet.lock().expect("fleet lock");
+            p.messages += written;
+            for (i, result) in crate::telemetry::WEBHOOK_RESULTS.iter().enumerate() {
+                let now = metrics.webhooks_total.with_label_values(&[result]).get();
+                let seen = p.webhook_seen.get(i).copied().unwrap_or(0);
+                if p.webhook_seen.len() <= i {
+                    p.webhook_seen.resize(i + 1, 0);
+                }
+                p.webhook_seen[i] = now;
+                if now > seen {
+                    *p.webhooks.entry(result).or_default() += now - seen;
+                }
+            }
+            crate::store::stats::FleetCounts {
+                messages: p.messages,
+                webhooks: p.webhooks.iter().map(|(r, n)| (*r, *n)).collect(),
+            }
+        };
+        if counts.is_empty() {
+            return;
+        }
+        match self
+            .deps
+            .store()
+            .add_fleet_counts(chrono::Utc::now(), &counts)
+            .await
+        {
+            Ok(()) => {
+                let mut p = self.fleet.lock().expect("fleet lock");
+                p.messages -= counts.messages;
+                for (r, n) in &counts.webhooks {
+                    if let Some(left) = p.webhooks.get_mut(r) {
+                        *left -= n;
+                    }
+                }
+                p.webhooks.retain(|_, n| *n > 0);
+            }
+            Err(e) => tracing::debug!(error = %e, "fleet figures not stored yet; next flush"),
         }
     }
 

@@ -37,6 +37,13 @@ pub enum ActivateError {
 }
 
 /// All tenants of this engine.
+/// What the console's overview reads from Redis (see [`Registry::fleet_view`]).
+pub struct FleetView {
+    pub hour: crate::store::stats::FleetHour,
+    pub recent_errors: Vec<crate::support::ErrorRecord>,
+    pub polls_failing: Vec<(String, crate::store::stats::PollsFailing)>,
+}
+
 pub struct Registry {
     deps: Arc<Deps>,
     by_id: DashMap<String, TenantHandle>,
@@ -52,6 +59,8 @@ pub struct Registry {
     org_ids: DashMap<String, String>,
     /// Each organization's announced-change count at the last resync.
     seen: std::sync::Mutex<HashMap<String, u64>>,
+    /// This replica's share of the fleet's figures not yet added (see `store::stats`).
+    fleet: std::sync::Mutex<background::FleetPending>,
 }
 
 impl Registry {
@@ -65,6 +74,7 @@ impl Registry {
             next: AtomicUsize::new(0),
             kick: Arc::new(tokio::sync::Notify::new()),
             seen: Default::default(),
+            fleet: Default::default(),
             org_ids: DashMap::new(),
             gauges_stale: Default::default(),
         }
@@ -325,6 +335,23 @@ impl Registry {
         scan: usize,
     ) -> Result<Vec<std::collections::BTreeMap<String, String>>, StoreError> {
         self.deps.tenants().history(tenant_id, scan).await
+    }
+
+    /// The fleet's last hour for the console's overview: messages per minute and webhook
+    /// answers by result (every replica's, added by their counter flushes), the latest errors
+    /// of the support log, and the queue tenants whose polls fail (reported by their owners).
+    pub async fn fleet_view(&self, errors: usize) -> Result<FleetView, StoreError> {
+        let store = self.deps.store();
+        let (hour, recent, failing) = tokio::try_join!(
+            store.fleet_hour(chrono::Utc::now()),
+            store.recent_errors(errors),
+            store.polls_failing(),
+        )?;
+        Ok(FleetView {
+            hour,
+            recent_errors: recent,
+            polls_failing: failing,
+        })
     }
 
     /// How many devices and workspaces the stored inventory of `org` holds.

@@ -27,6 +27,8 @@ pub struct ErrorRecord {
 }
 
 const HOUR: i64 = 3600;
+/// Errors the recent list keeps.
+const RECENT: usize = 50;
 
 fn hour_of(t: DateTime<Utc>) -> i64 {
     t.timestamp().div_euclid(HOUR)
@@ -55,7 +57,44 @@ impl Store {
             pipe.ignore().cmd("EXPIRE").arg(&key).arg(ttl).ignore();
             self.query_pipe::<()>(&pipe).await?;
         }
+        // The latest few, newest first, for the console's overview (same slot, `{errors}`).
+        let recent = self.keys().errors_recent();
+        let mut pipe = redis::pipe();
+        let push = pipe.cmd("LPUSH").arg(&recent);
+        // LPUSH puts each argument at the head in turn: the batch's newest goes last.
+        for r in &records[records.len().saturating_sub(RECENT)..] {
+            push.arg(serde_json::to_string(r).expect("a record serializes"));
+        }
+        pipe.ignore()
+            .cmd("LTRIM")
+            .arg(&recent)
+            .arg(0)
+            .arg(RECENT as i64 - 1)
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(&recent)
+            .arg(ttl)
+            .ignore();
+        if !records.is_empty() {
+            self.query_pipe::<()>(&pipe).await?;
+        }
         Ok(())
+    }
+
+    /// The latest `n` errors recorded (at most 50), newest first.
+    pub async fn recent_errors(&self, n: usize) -> Result<Vec<ErrorRecord>, StoreError> {
+        let list: Vec<String> = self
+            .query(
+                redis::cmd("LRANGE")
+                    .arg(self.keys().errors_recent())
+                    .arg(0)
+                    .arg(n.min(RECENT) as i64 - 1),
+            )
+            .await?;
+        Ok(list
+            .iter()
+            .filter_map(|j| serde_json::from_str(j).ok())
+            .collect())
     }
 
     /// The error answered with `tracking_id` within `retention` of `now`, if recorded.

@@ -195,6 +195,27 @@ impl Keys {
         )
     }
 
+    /// `<p>:{stats}:messages:<hour>` — hash minute → messages written by every replica.
+    pub fn fleet_messages(&self, hour: i64) -> String {
+        format!("{}:{{stats}}:messages:{hour}", self.prefix)
+    }
+
+    /// `<p>:{stats}:webhooks:<hour>` — hash `<minute>:<result>` → webhook answers.
+    pub fn fleet_webhooks(&self, hour: i64) -> String {
+        format!("{}:{{stats}}:webhooks:{hour}", self.prefix)
+    }
+
+    /// `<p>:{stats}:polls_failing` — hash tenant id → since when its queue polls fail (JSON),
+    /// kept by the tenant's owner (set on the first failure in a row, removed on a success).
+    pub fn polls_failing(&self) -> String {
+        format!("{}:{{stats}}:polls_failing", self.prefix)
+    }
+
+    /// `<p>-audit:{errors}:recent` — list of the latest error records, newest first (capped).
+    pub fn errors_recent(&self) -> String {
+        format!("{}-audit:{{errors}}:recent", self.prefix)
+    }
+
     /// `<p>:consumers` — hash ACL user → consumer record (consumer credentials; never a
     /// password, only its sealed SHA-256).
     pub fn consumers(&self) -> String {

@@ -17,6 +17,7 @@
 //! - [`lease`]: ownership records and heartbeats; [`bell`]: the command bell; [`lag`]:
 //!   consumer-lag sampling; [`devices`]: inventory hashes and command/result streams;
 //!   [`consumers`]: consumer credentials (records, and ACL users on every data node);
+//!   [`stats`]: the fleet's figures per minute for the console's overview;
 //!   [`errors`]: the support log's hourly hashes; [`crypto`]: sealing records at rest.
 pub mod bell;
 pub mod consumers;
@@ -32,6 +33,7 @@ pub mod pending;
 pub mod relay;
 pub mod sentinel;
 pub mod sessions;
+pub mod stats;
 pub mod tenants;
 pub mod trim;
 pub mod writer;

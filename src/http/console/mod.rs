@@ -8,6 +8,7 @@
 //! manifest update request), invitations and pending activations (approve, reject), an error
 //! found by its trackingId.
 mod invitations;
+mod overview;
 mod pages;
 mod session;
 
@@ -76,30 +77,22 @@ fn layout(
 ) -> HttpResponse {
     let nav = match session {
         Some(s) => format!(
-            r#"<nav><a href="/console/">Tenants</a> · <a href="/console/invitations">Invitations &amp; pending activations</a>
-<form class=inline method=get action="/console/"><input name=q placeholder="org id, tenant id, name or trackingId" size=40 aria-label=search> <button>Search</button></form>
-<form class=inline method=post action="/console/logout"><input type=hidden name=csrf value="{c}"><button>Sign out</button></form>
-<form class=inline method=post action="/console/sessions/end"><input type=hidden name=csrf value="{c}"><button title="Ends every console session, on every replica">Sign out everywhere</button></form></nav>"#,
+            r#"<header class=bar><nav><span class=brand>xapi-stream</span><a href="/console/">Overview</a><a href="/console/tenants">Tenants</a><a href="/console/invitations">Invitations</a>
+<form class=search method=get action="/console/tenants"><input name=q placeholder="org id, tenant id, name or trackingId" aria-label=search><button>Search</button></form>
+<form method=post action="/console/logout"><input type=hidden name=csrf value="{c}"><button>Sign out</button></form>
+<form method=post action="/console/sessions/end"><input type=hidden name=csrf value="{c}"><button title="Ends every console session, on every replica">Sign out everywhere</button></form></nav></header>"#,
             c = csrf(state, s)
         ),
-        None => String::new(),
+        None => "<header class=bar><nav><span class=brand>xapi-stream</span></nav></header>".into(),
     };
-    HttpResponse::build(status)
-        .content_type("text/html; charset=utf-8")
-        .insert_header(("Cache-Control", "no-store"))
-        .insert_header(("Referrer-Policy", "no-referrer"))
-        .insert_header(("X-Frame-Options", "DENY"))
-        .insert_header((
-            "Content-Security-Policy",
-            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
-        ))
-        .body(format!(
-            "<!doctype html><html><head><meta charset=utf-8><title>{t} · xapi-stream</title><style>\
-body{{font-family:sans-serif;margin:1.5em 2em}}table{{border-collapse:collapse}}td,th{{border-bottom:1px solid #ddd;padding:.25em .6em;text-align:left}}\
-.inline{{display:inline;margin-left:1em}}.err{{color:#a00}}.ok{{color:#070}}code{{background:#f4f4f4}}nav{{margin-bottom:1em}}dt{{font-weight:bold}}\
-</style></head><body>{nav}<h1>{t}</h1>{body}</body></html>",
-            t = esc(title)
-        ))
+    super::html::document(
+        status,
+        &format!("{title} · xapi-stream"),
+        "/console/style.css",
+        "",
+        &nav,
+        &format!("<h1>{}</h1>{body}", esc(title)),
+    )
 }
 
 fn query(req: &HttpRequest) -> HashMap<String, String> {
@@ -165,7 +158,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         "/console",
         web::get().to(|| async { see_other("/console/") }),
     )
-    .route("/console/", web::get().to(tenants))
+    .route("/console/", web::get().to(overview::overview))
+    .route("/console/tenants", web::get().to(tenants))
+    .route("/console/style.css", web::get().to(super::html::stylesheet))
     .route("/console/login", web::post().to(login))
     .route("/console/logout", web::post().to(logout))
     .route("/console/sessions/end", web::post().to(end_sessions))

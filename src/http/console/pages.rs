@@ -7,7 +7,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::session::{csrf, post_form};
 use super::{is_tracking_id, layout, notice, page, query};
-use crate::http::html::{enc, esc, see_other, truncate};
+use crate::http::html::{badge, enc, esc, see_other, truncate};
 use crate::http::{AppState, admin};
 
 /// Tenants per page.
@@ -71,7 +71,7 @@ async fn tenants_page(state: &AppState, req: &HttpRequest, s: String) -> HttpRes
     };
     let _ = write!(
         html,
-        r#"<form method=get action="/console/">{} {} <input name=q value="{}" placeholder="search" aria-label=filter> <button>Filter</button></form>
+        r#"<form method=get action="/console/tenants">{} {} <input name=q value="{}" placeholder="search" aria-label=filter> <button>Filter</button></form>
     <p id=count>{total} tenant(s); page {page} of {pages}.</p>
     <table id=tenants><tr><th>Organization</th><th>Org id</th><th>Tenant</th><th>Customer</th><th>Region</th><th>Provisioning</th><th>Tokens</th><th>Ingest</th><th>Msgs/min</th><th>Last error</th></tr>"#,
         select(
@@ -107,8 +107,8 @@ async fn tenants_page(state: &AppState, req: &HttpRequest, s: String) -> HttpRes
                 .map(|c| format!("{} ({})", esc(&c.name), esc(&c.id)))
                 .unwrap_or_default(),
             region = esc(&r.region),
-            ps = r.provisioning_state.as_str(),
-            ts = r.tokens_state.as_str(),
+            ps = badge(r.provisioning_state.as_str()),
+            ts = badge(r.tokens_state.as_str()),
             ingest = ingest_str(r.ingest),
             rate = h.shared.messages_last_minute(),
         );
@@ -116,7 +116,7 @@ async fn tenants_page(state: &AppState, req: &HttpRequest, s: String) -> HttpRes
     html.push_str("</table>");
     let link = |p: usize| {
         format!(
-            "/console/?state={}&tokens={}&q={}&page={p}",
+            "/console/tenants?state={}&tokens={}&q={}&page={p}",
             enc(&want_state),
             enc(&want_tokens),
             enc(&search)
@@ -258,8 +258,8 @@ async fn tenant_page(state: &AppState, req: &HttpRequest, id: String, s: String)
             .map(|c| format!("{} ({})", esc(&c.name), esc(&c.id)))
             .unwrap_or_else(|| "—".into()),
         region = esc(&r.region),
-        ps = r.provisioning_state.as_str(),
-        ts = r.tokens_state.as_str(),
+        ps = badge(r.provisioning_state.as_str()),
+        ts = badge(r.tokens_state.as_str()),
         ingest = ingest_str(r.ingest),
         scopes = esc(&r.scopes.join(" ")),
         mv = esc(r.manifest_version.as_deref().unwrap_or("—")),
@@ -303,7 +303,7 @@ pub async fn tenant_action(
     };
     let (id, action) = path.into_inner();
     let Some(h) = state.registry.get(&id) else {
-        return see_other("/console/?failed=unknown+tenant");
+        return see_other("/console/tenants?failed=unknown+tenant");
     };
     let back = |ok: bool, msg: String| {
         see_other(&format!(
