@@ -1,5 +1,6 @@
 # xapi-stream — two commands on a fresh machine:
-#   make demo   start a private Redis, the Webex simulator and the engine; show data arriving
+#   make demo   start a private Redis, the Webex simulator and the engine; show data arriving,
+#               then keep running (console, commands to try) until Ctrl-C
 #   make test   every test (fmt, clippy, unit, integration against a real redis-server)
 SHELL := /bin/bash
 CARGO ?= cargo

@@ -258,19 +258,68 @@ async fn main() -> anyhow::Result<()> {
             "--seconds",
             "--connections",
             "--replicas",
+            "--overview",
         ],
         &[],
-        "usage: xapi-load [--replicas 1,2,3] [--seconds 6] [--connections 64]\n       xapi-load --tenants N [--idle 20] [--polls http1|reqwest-http1|h2]\n(see the top of benches/load.rs)",
+        "usage: xapi-load [--replicas 1,2,3] [--seconds 6] [--connections 64]\n       xapi-load --tenants N [--idle 20] [--polls http1|reqwest-http1|h2]\n       xapi-load --tenants N --overview REQUESTS\n(see the top of benches/load.rs)",
     );
     let tenants: usize = arg("--tenants", 0);
     if tenants > 0 {
         let polls: String = arg("--polls", "http1".to_string());
-        return idle_scale(tenants, arg("--idle", 20.0), &polls).await;
+        return idle_scale(tenants, arg("--idle", 20.0), &polls, arg("--overview", 0)).await;
     }
     let secs: f64 = arg("--seconds", 6.0);
     let connections: usize = arg("--connections", 64);
     let replicas: String = arg("--replicas", "1,2,3".to_string());
     scale_out(&replicas, secs, connections).await
+}
+
+/// `--overview R`: with the N tenants loaded, signs in to the console and asks for the overview
+/// (`GET /console/`) R times one after another, then the first page of the tenant list; prints
+/// the latency of each (median, p95, max), as a browser would see it over loopback.
+async fn console_overview(base: &str, n: usize, requests: usize) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let login = http
+        .post(format!("{base}/console/login"))
+        .form(&[("token", xapi_stream::devkit::devenv::ADMIN_TOKEN)])
+        .send()
+        .await?;
+    let cookie = login
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .ok_or_else(|| anyhow::anyhow!("no session cookie"))?
+        .to_string();
+    for (path, check) in [
+        ("/console/", format!(">{n}</div>")),
+        ("/console/tenants", format!("{n} tenant(s)")),
+    ] {
+        let mut took = Vec::with_capacity(requests);
+        for _ in 0..requests {
+            let t = Instant::now();
+            let r = http
+                .get(format!("{base}{path}"))
+                .header("Cookie", &cookie)
+                .send()
+                .await?;
+            anyhow::ensure!(r.status().is_success(), "{path}: {}", r.status());
+            let body = r.text().await?;
+            took.push(t.elapsed());
+            anyhow::ensure!(body.contains(&check), "{path} does not show {n} tenants");
+        }
+        took.sort();
+        let at = |q: f64| took[((took.len() - 1) as f64 * q).round() as usize];
+        println!(
+            "GET {path} with {n} tenants, {requests} requests one after another: median {:.1?}, p95 {:.1?}, max {:.1?}",
+            at(0.5),
+            at(0.95),
+            took[took.len() - 1]
+        );
+    }
+    Ok(())
 }
 
 /// Resident memory of a process, from `/proc/<pid>/status`.
@@ -352,7 +401,7 @@ async fn all_polled_after(
 /// one engine. Polls go over the lean HTTP/1.1 client (the default, a connection per tenant),
 /// reqwest over HTTP/1.1 (a connection per poll with hyper's buffers), or reqwest over HTTP/2
 /// (as over HTTPS to a server offering it; `ingest.polls_per_connection` polls per connection).
-async fn idle_scale(n: usize, idle_secs: f64, polls: &str) -> anyhow::Result<()> {
+async fn idle_scale(n: usize, idle_secs: f64, polls: &str, overview: usize) -> anyhow::Result<()> {
     let (protocol, client, h2) = match polls {
         "http1" => ("HTTP/1.1", "http1", false),
         "reqwest-http1" => ("HTTP/1.1", "negotiated", false),
@@ -414,6 +463,12 @@ async fn idle_scale(n: usize, idle_secs: f64, polls: &str) -> anyhow::Result<()>
     let activation = started.elapsed();
     println!("activated {n} tenants in {activation:.1?}");
     all_polled_after(&sim, n, started, Duration::from_secs(120)).await?;
+    if overview > 0 {
+        let res = console_overview(&base, n, overview).await;
+        let _ = engine.kill();
+        let _ = engine.wait();
+        return res;
+    }
     // Settle (first inventory syncs, first refresh schedules), then measure.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let pid = engine.id();

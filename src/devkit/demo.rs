@@ -22,9 +22,10 @@ pub struct DemoArgs {
     /// Devices per organization.
     #[arg(long, default_value_t = 4)]
     pub devices: usize,
-    /// How long to show traffic, in seconds (Ctrl-C stops earlier).
-    #[arg(long, default_value_t = 15)]
-    pub duration: u64,
+    /// Stop by itself this many seconds after the walk-through (when it prints the console's
+    /// address and what to try); without it the demo runs until Ctrl-C.
+    #[arg(long)]
+    pub seconds: Option<u64>,
     /// Device changes per second across all organizations.
     #[arg(long, default_value_t = 40.0)]
     pub rate: f64,
@@ -171,34 +172,26 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     ));
 
     let mut conn = redis.client().get_multiplexed_async_connection().await?;
-    let stop = tokio::time::sleep(Duration::from_secs(args.duration));
-    tokio::pin!(stop);
-    let mut tick = tokio::time::interval(Duration::from_secs(3));
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            _ = &mut stop => break,
-            _ = engine::termination_signal() => break,
-            _ = tick.tick() => {
-                let metrics = http.get(format!("{base}/metrics")).send().await?.text().await?;
-                let m = |s: &str| metric_value(&metrics, s).unwrap_or(0.0);
-                let mut status = 0u64;
-                let mut events = 0u64;
-                for org in sim.orgs() {
-                    let s: u64 = redis::cmd("XLEN").arg(keys.status_stream(&org.org_id)).query_async(&mut conn).await?;
-                    let e: u64 = redis::cmd("XLEN").arg(keys.events_stream(&org.org_id)).query_async(&mut conn).await?;
-                    status += s;
-                    events += e;
-                }
-                p.step(format!(
-                    "streams: {status} status + {events} event entries | webhooks accepted {} duplicate {} | queue polls {} | redis_up {}",
-                    m("xapi_stream_webhooks_total{result=\"accepted\"}"),
-                    m("xapi_stream_webhooks_total{result=\"duplicate\"}"),
-                    m("xapi_stream_queue_polls_total{result=\"ok\"}") + m("xapi_stream_queue_polls_total{result=\"empty\"}"),
-                    m("xapi_stream_redis_up"),
-                ));
-            }
-        }
+    // A few progress lines first (Ctrl-C ends the demo).
+    let until = Instant::now() + Duration::from_secs(7);
+    if !show_progress(
+        &p,
+        &http,
+        &base,
+        &sim,
+        &keys,
+        &mut conn,
+        Duration::from_secs(3),
+        Some(until),
+    )
+    .await?
+    {
+        p.step("stopping: engine, simulator, redis");
+        engine.shutdown().await;
+        sim.shutdown().await;
+        drop(redis);
+        p.step("demo finished");
+        return Ok(());
     }
     let org = sim.org(0);
     let last: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
@@ -227,11 +220,6 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         ));
         println!("    {}", fields.join("  "));
     }
-    p.step(format!(
-        "read them yourself: redis-cli -p {} XRANGE '{}' - + COUNT 5",
-        redis.port(),
-        keys.status_stream(&org.org_id)
-    ));
 
     // The device API: the inventory downstream joins on, and a command sent through Redis.
     let devices: u64 = redis::cmd("HLEN")
@@ -292,12 +280,153 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // A consumer credential: the customer's own analytics reads its organization only.
+    let tenant_id = tenant_of(&http, &base, &org.org_id).await?;
+    let grant: serde_json::Value = http
+        .post(format!("{base}/admin/tenants/{tenant_id}/consumers"))
+        .bearer_auth(devenv::ADMIN_TOKEN)
+        .json(&serde_json::json!({"name": "analytics"}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let (user, password) = (
+        grant["user"].as_str().unwrap_or("?").to_string(),
+        grant["password"].as_str().unwrap_or("?").to_string(),
+    );
+    p.step(format!(
+        "granted {}'s analytics a Redis user that reads its organization only: {user}",
+        org.name
+    ));
+
+    let admin = engine.admin_url();
+    let other = sim.org(1.min(args.orgs.saturating_sub(1)));
+    println!();
+    let stop_at = args
+        .seconds
+        .map(|s| Instant::now() + Duration::from_secs(s));
+    println!(
+        "  The demo keeps running{}. While it does:",
+        match args.seconds {
+            Some(s) => format!(" for {s} s (--seconds)"),
+            None => " until you press Ctrl-C".into(),
+        }
+    );
+    println!();
+    println!("  console     {admin}/console/");
+    println!(
+        "  sign in     with the admin token: {}",
+        devenv::ADMIN_TOKEN
+    );
+    println!();
+    println!("  try:");
+    println!(
+        "    redis-cli -p {} XRANGE '{}' - + COUNT 5",
+        redis.port(),
+        keys.status_stream(&org.org_id)
+    );
+    println!(
+        "    redis-cli -p {} --user {user} --pass {password} --no-auth-warning XLEN '{}'",
+        redis.port(),
+        keys.status_stream(&org.org_id)
+    );
+    if other.org_id != org.org_id {
+        println!(
+            "    redis-cli -p {} --user {user} --pass {password} --no-auth-warning XLEN '{}'   # NOPERM: another customer",
+            redis.port(),
+            keys.status_stream(&other.org_id)
+        );
+    }
+    println!(
+        "    curl -s -H 'Authorization: Bearer {}' {admin}/admin/tenants",
+        devenv::ADMIN_TOKEN
+    );
+    println!("    curl -s {admin}/metrics | grep '^xapi_stream_webhooks_total'");
+    println!();
+    show_progress(
+        &p,
+        &http,
+        &base,
+        &sim,
+        &keys,
+        &mut conn,
+        Duration::from_secs(10),
+        stop_at,
+    )
+    .await?;
+
     p.step("stopping: engine, simulator, redis");
     engine.shutdown().await;
     sim.shutdown().await;
     drop(redis);
     p.step("demo finished");
     Ok(())
+}
+
+/// Prints what has arrived every `every` until `until` (None: until Ctrl-C or SIGTERM); false
+/// when it was stopped by a signal.
+#[allow(clippy::too_many_arguments)]
+async fn show_progress(
+    p: &Progress,
+    http: &reqwest::Client,
+    base: &str,
+    sim: &Sim,
+    keys: &Keys,
+    conn: &mut redis::aio::MultiplexedConnection,
+    every: Duration,
+    until: Option<Instant>,
+) -> anyhow::Result<bool> {
+    let stop = async {
+        match until {
+            Some(at) => tokio::time::sleep_until(at.into()).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(stop);
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = &mut stop => return Ok(true),
+            _ = engine::termination_signal() => return Ok(false),
+            _ = tick.tick() => {
+                let metrics = http.get(format!("{base}/metrics")).send().await?.text().await?;
+                let m = |s: &str| metric_value(&metrics, s).unwrap_or(0.0);
+                let mut status = 0u64;
+                let mut events = 0u64;
+                for org in sim.orgs() {
+                    let s: u64 = redis::cmd("XLEN").arg(keys.status_stream(&org.org_id)).query_async(conn).await?;
+                    let e: u64 = redis::cmd("XLEN").arg(keys.events_stream(&org.org_id)).query_async(conn).await?;
+                    status += s;
+                    events += e;
+                }
+                p.step(format!(
+                    "streams: {status} status + {events} event entries | webhooks accepted {} duplicate {} | queue polls {} | redis_up {}",
+                    m("xapi_stream_webhooks_total{result=\"accepted\"}"),
+                    m("xapi_stream_webhooks_total{result=\"duplicate\"}"),
+                    m("xapi_stream_queue_polls_total{result=\"ok\"}") + m("xapi_stream_queue_polls_total{result=\"empty\"}"),
+                    m("xapi_stream_redis_up"),
+                ));
+            }
+        }
+    }
+}
+
+/// The tenant id of organization `org`.
+async fn tenant_of(http: &reqwest::Client, base: &str, org: &str) -> anyhow::Result<String> {
+    let tenants: Vec<serde_json::Value> = http
+        .get(format!("{base}/admin/tenants"))
+        .bearer_auth(devenv::ADMIN_TOKEN)
+        .send()
+        .await?
+        .json()
+        .await?;
+    tenants
+        .iter()
+        .find(|t| t["org_id"] == org)
+        .and_then(|t| t["tenant_id"].as_str())
+        .map(str::to_string)
+        .ok_or_else(|| anyhow::anyhow!("no tenant for {org}"))
 }
 
 /// The value of an unlabelled sample in a Prometheus text exposition.

@@ -8,7 +8,8 @@ pub const STYLESHEET: &str = include_str!("style.css");
 
 /// The pages' Content-Security-Policy: nothing but the same-origin stylesheet (no script at
 /// all, no inline style), forms posting to the engine only, never framed.
-pub const CSP: &str = "default-src 'none'; style-src 'self'; form-action 'self'; frame-ancestors 'none'";
+pub const CSP: &str =
+    "default-src 'none'; style-src 'self'; form-action 'self'; frame-ancestors 'none'";
 
 /// `GET /console/style.css` and `GET /setup/style.css`.
 pub async fn stylesheet() -> HttpResponse {

@@ -135,3 +135,196 @@ async fn the_operator_finds_a_rejected_webhooks_tracking_id_in_the_console() {
     engine.shutdown().await;
     sim.shutdown().await;
 }
+
+/// The text of the element with `id`.
+async fn text(b: &Browser, id: &str) -> String {
+    b.text(&format!("#{id}")).await
+}
+
+/// The window sizes every page must fit without sideways scrolling: a laptop and a phone.
+const SIZES: [(u32, u32); 2] = [(1280, 800), (390, 844)];
+
+/// Opens `url` at every size: no horizontal overflow of the page, a screenshot each.
+async fn fits(b: &mut Browser, url: &str, name: &str, wait: &str) {
+    for (w, h) in SIZES {
+        b.resize(w, h).await;
+        b.goto(url).await;
+        b.wait_for(wait, Duration::from_secs(10)).await;
+        check_width(b, &format!("{name}-{w}x{h}")).await;
+    }
+}
+
+/// Screenshot `name`, then asserts the page does not scroll sideways.
+async fn check_width(b: &mut Browser, name: &str) {
+    let shot = b.screenshot(name).await;
+    let (scroll, client) = b.widths().await;
+    assert!(
+        scroll <= client,
+        "{name}: the page is {scroll} px wide in a {client}-px window ({})",
+        shot.display()
+    );
+}
+
+/// Every console page, the sign-in page and the customer's setup pages fit 1280 × 800 and
+/// 390 × 844 (screenshots in target/browser-artifacts/every_page_fits/), and the overview shows
+/// what the test did: the tenants by state, the messages written, the webhook answers by result,
+/// and the rejected webhook among the latest errors.
+#[actix_web::test]
+async fn every_page_fits_a_laptop_and_a_phone_and_the_overview_counts_what_was_sent() {
+    let TestEnv { redis, prefix, sim } = TestEnv::start(SimConfig {
+        orgs: 4,
+        ..Default::default()
+    })
+    .await;
+    let engine = start_engine(&sim, &redis.url(), &prefix, &[]).await;
+    let (base, admin) = (engine.base_url(), engine.admin_url());
+    let mut tenants = Vec::new();
+    for i in 0..3 {
+        tenants.push(activate_org(&sim, &base, i).await);
+    }
+    // Traffic: unique messages, a few delivered twice, and one with a bad signature.
+    let mut written = 0u64;
+    let mut duplicates = 0u64;
+    for i in 0..3 {
+        let hook = sim.app_state(i).webhook.unwrap();
+        let msgs = sim.generate(i, 10);
+        for m in &msgs {
+            assert_eq!(sim.post_webhook(&hook, m).await, 200);
+            written += 1;
+        }
+        assert_eq!(sim.post_webhook(&hook, &msgs[0]).await, 200);
+        duplicates += 1;
+    }
+    let r = reqwest::Client::new()
+        .post(format!("{base}/tenants/{}/webhook", tenants[0]))
+        .header("X-Spark-Signature", "0".repeat(40))
+        .json(&json!({"type": "status"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let rejected = r.json::<Value>().await.unwrap()["trackingId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // A customer's setup page (an HTTPS activation waiting for its code), and an invitation.
+    let inv: Value = reqwest::Client::new()
+        .post(format!("{admin}/admin/invitations"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"customer_id": "globex-12", "name": "Globex Meeting Rooms International"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let link = inv["link"]
+        .as_str()
+        .unwrap()
+        .replace("http://127.0.0.1:8080", &base);
+    let provision: Value = reqwest::Client::new()
+        .post(format!("{base}/provision"))
+        .json(&json!({ "jwt": sim.activation_jwt(3) }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let setup = provision["redirectUrl"]
+        .as_str()
+        .unwrap()
+        .replace("http://127.0.0.1:8080", &base);
+
+    let mut b = Browser::start("every_page_fits").await;
+    fits(
+        &mut b,
+        &format!("{admin}/console/"),
+        "sign-in",
+        "name=\"token\"",
+    )
+    .await;
+    fits(&mut b, &link, "invitation-link", "id=\"code\"").await;
+    fits(&mut b, &setup, "setup-page", "name=\"code\"").await;
+    b.resize(1280, 800).await;
+    sign_in(&b, &admin).await;
+
+    // The overview's figures: what /admin/tenants says, and what was sent (every replica's
+    // counter flush runs once a second: polled, not slept).
+    let listed = admin_get(&admin, "/admin/tenants").await;
+    let listed = listed.as_array().unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            b.goto(&format!("{admin}/console/")).await;
+            text(&b, "msgs-hour").await == written.to_string()
+                && b.source().await.contains(&rejected)
+        })
+        .await,
+        "the overview did not come to show {written} messages and the rejected webhook ({})",
+        b.source().await
+    );
+    assert_eq!(text(&b, "tenants-total").await, listed.len().to_string());
+    let completed = listed
+        .iter()
+        .filter(|t| t["provisioning_state"] == "completed")
+        .count();
+    assert_eq!(completed, 3);
+    assert_eq!(text(&b, "tenants-completed").await, "3");
+    assert_eq!(text(&b, "tokens-valid").await, "3");
+    assert_eq!(text(&b, "webhooks-accepted").await, written.to_string());
+    assert_eq!(text(&b, "webhooks-duplicate").await, duplicates.to_string());
+    assert_eq!(text(&b, "webhooks-bad_signature").await, "1");
+    assert!(
+        b.source().await.contains("<svg id=\"chart\""),
+        "the chart is drawn"
+    );
+
+    // Every console page at both sizes.
+    fits(
+        &mut b,
+        &format!("{admin}/console/"),
+        "overview",
+        "id=\"chart\"",
+    )
+    .await;
+    fits(
+        &mut b,
+        &format!("{admin}/console/tenants"),
+        "tenants",
+        "id=\"tenants\"",
+    )
+    .await;
+    let page = format!("{admin}/console/tenants/{}", tenants[0]);
+    fits(&mut b, &page, "tenant", "id=\"consumers\"").await;
+    fits(
+        &mut b,
+        &format!("{admin}/console/errors/{rejected}"),
+        "error",
+        "id=\"reason\"",
+    )
+    .await;
+    fits(
+        &mut b,
+        &format!("{admin}/console/invitations"),
+        "invitations",
+        "Invitations",
+    )
+    .await;
+    // The answer of a grant (a POST: once per size).
+    for (i, (w, h)) in SIZES.into_iter().enumerate() {
+        b.resize(w, h).await;
+        b.goto(&page).await;
+        b.fill(
+            "form[action$=grant-consumer] input[name=name]",
+            &format!("bi-{i}"),
+        )
+        .await;
+        b.click("form[action$=grant-consumer] button").await;
+        b.wait_loaded("id=\"password\"", Duration::from_secs(10))
+            .await;
+        check_width(&mut b, &format!("consumer-granted-{w}x{h}")).await;
+    }
+    b.close().await;
+    engine.shutdown().await;
+    sim.shutdown().await;
+}

@@ -535,3 +535,82 @@ async fn consumer_commands_grant_list_and_revoke_a_redis_user() {
     engine.shutdown().await;
     sim.shutdown().await;
 }
+
+/// `xapi-stream demo --seconds N` (what `make demo` runs, bounded): it keeps running after the
+/// walk-through, prints the console's address and a sign-in token, every command it suggests
+/// works while it runs (the consumer credential's read of another customer is refused), and it
+/// ends by itself with exit code 0.
+#[actix_web::test]
+async fn the_demo_stays_up_and_every_command_it_suggests_works_while_it_runs() {
+    use tokio::io::AsyncBufReadExt;
+    let mut demo = tokio::process::Command::new(BIN)
+        .args(["demo", "--seconds", "15"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(demo.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let mut commands = Vec::new();
+    let read = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            seen.push(line.clone());
+            let t = line.trim_start();
+            if t.starts_with("redis-cli") || t.starts_with("curl") {
+                commands.push(t.to_string());
+            }
+            if line.contains("curl -s http") {
+                break; // the last suggestion
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(120), read)
+        .await
+        .unwrap_or_else(|_| panic!("the demo did not reach its suggestions: {seen:#?}"));
+    let console = seen
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("console"))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no console address: {seen:#?}"))
+        .to_string();
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("admin token: dev-admin-token")),
+        "{seen:#?}"
+    );
+    let page = reqwest::get(&console).await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("name=token"));
+    assert_eq!(commands.len(), 5, "{commands:#?}");
+    for c in &commands {
+        let out = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(c.split("   #").next().unwrap())
+            .output()
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        if c.contains("NOPERM") {
+            assert!(text.contains("NOPERM"), "{c}: {text}");
+        } else {
+            assert!(
+                out.status.success() && !text.contains("ERR") && !text.trim().is_empty(),
+                "{c}: {text}"
+            );
+        }
+    }
+    // Still running, then ends by itself.
+    assert!(
+        demo.try_wait().unwrap().is_none(),
+        "the demo ended before --seconds"
+    );
+    let status = tokio::time::timeout(std::time::Duration::from_secs(90), async {
+        while lines.next_line().await.unwrap().is_some() {}
+        demo.wait().await.unwrap()
+    })
+    .await
+    .expect("the demo ends by itself after --seconds");
+    assert!(status.success());
+}

@@ -60,7 +60,13 @@ async fn overview_page(state: &AppState, s: String) -> HttpResponse {
         );
     };
     html.push_str("<h2>Tenants</h2><div class=cards>");
-    card(&mut html, "tenants-total", "tenants", handles.len(), "/console/tenants");
+    card(
+        &mut html,
+        "tenants-total",
+        "tenants",
+        handles.len(),
+        "/console/tenants",
+    );
     for (i, p) in PROVISIONING.iter().enumerate() {
         card(
             &mut html,
@@ -91,7 +97,7 @@ async fn overview_page(state: &AppState, s: String) -> HttpResponse {
 <div class=chart>{chart}</div></section>"#,
         last = hour.per_minute.last().copied().unwrap_or(0),
         now = hour.this_minute,
-        chart = chart(&hour.per_minute),
+        chart = chart(&hour.per_minute, hour.this_minute),
     );
     html.push_str("<section><h2>Webhook answers, last hour</h2><table id=webhooks><tr><th>Result</th><th class=num>Answers</th></tr>");
     if hour.webhooks.is_empty() {
@@ -215,12 +221,13 @@ tenant, customer or trackingId from the bar above.</small></p>",
 const PROVISIONING: [&str; 4] = ["completed", "provisioning", "error", "deprovisioned"];
 const TOKENS: [&str; 3] = ["valid", "invalid", "unknown"];
 
-/// Messages per minute of the last hour as bars, oldest left (an SVG in the page: no script,
-/// no image request). Each bar's tooltip says its count.
-fn chart(per_minute: &[u64]) -> String {
+/// Messages per minute of the last hour as bars, oldest left, then the current minute so far
+/// (paler): an SVG in the page (no script, no image request). Each bar's tooltip says its count.
+fn chart(per_minute: &[u64], this_minute: u64) -> String {
     let (w, h, top, bottom) = (600.0, 150.0, 14.0, 18.0);
-    let max = per_minute.iter().copied().max().unwrap_or(0).max(1);
-    let step = w / per_minute.len().max(1) as f64;
+    let bars: Vec<u64> = per_minute.iter().copied().chain([this_minute]).collect();
+    let max = bars.iter().copied().max().unwrap_or(0).max(1);
+    let step = w / bars.len() as f64;
     let mut out = format!(
         r#"<svg id=chart viewBox="0 0 {w} {h}" role=img aria-label="messages per minute over the last hour, highest {max}">"#
     );
@@ -231,18 +238,23 @@ fn chart(per_minute: &[u64]) -> String {
         ty = h - 4.0,
         tx = w,
     );
-    for (i, n) in per_minute.iter().enumerate() {
+    for (i, n) in bars.iter().enumerate() {
         if *n == 0 {
             continue;
         }
         let bar = (h - top - bottom) * (*n as f64) / (max as f64);
+        let ago = bars.len() - 1 - i;
+        let (class, when) = if ago == 0 {
+            ("bar now", "this minute so far".to_string())
+        } else {
+            ("bar", format!("{ago} min ago"))
+        };
         let _ = write!(
             out,
-            r#"<rect class=bar x="{x:.1}" y="{y:.1}" width="{bw:.1}" height="{bar:.1}"><title>{ago} min ago: {n}</title></rect>"#,
+            r#"<rect class="{class}" x="{x:.1}" y="{y:.1}" width="{bw:.1}" height="{bar:.1}"><title>{when}: {n}</title></rect>"#,
             x = i as f64 * step + 0.5,
             y = h - bottom - bar,
             bw = (step - 1.0).max(1.0),
-            ago = per_minute.len() - i,
         );
     }
     out + "</svg>"

@@ -202,6 +202,49 @@ impl Browser {
         }
     }
 
+    /// Waits, without reloading (the page may be a POST's answer), until the page source
+    /// contains `needle` (or panics after `limit`).
+    pub async fn wait_loaded(&self, needle: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.source().await.contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "{needle:?} never showed on {}",
+                self.url().await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Sets the window to `width` × `height` CSS pixels (headless: the viewport).
+    pub async fn resize(&self, width: u32, height: u32) {
+        self.call(
+            reqwest::Method::POST,
+            "/window/rect",
+            Some(json!({"width": width, "height": height})),
+        )
+        .await;
+    }
+
+    /// Runs `script` (a function body) in the page; its return value.
+    pub async fn execute(&self, script: &str) -> Value {
+        self.call(
+            reqwest::Method::POST,
+            "/execute/sync",
+            Some(json!({"script": script, "args": []})),
+        )
+        .await
+    }
+
+    /// The page's `(scrollWidth, clientWidth)`: wider content than the window scrolls the page
+    /// sideways.
+    pub async fn widths(&self) -> (u64, u64) {
+        let v = self
+            .execute("const e = document.documentElement; return [e.scrollWidth, e.clientWidth];")
+            .await;
+        (v[0].as_u64().unwrap(), v[1].as_u64().unwrap())
+    }
+
     /// Saves a PNG screenshot as `<n>-<name>.png` among the test's artifacts.
     pub async fn screenshot(&mut self, name: &str) -> PathBuf {
         let b64 = self.call(reqwest::Method::GET, "/screenshot", None).await;
