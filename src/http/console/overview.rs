@@ -104,7 +104,7 @@ async fn overview_page(state: &AppState, s: String) -> HttpResponse {
         html.push_str("<tr><td colspan=2 class=muted>No webhook answered.</td></tr>");
     }
     let mut answers = hour.webhooks.clone();
-    answers.sort_by(|a, b| b.1.cmp(&a.1));
+    answers.sort_by_key(|a| std::cmp::Reverse(a.1));
     for (result, n) in &answers {
         let _ = write!(
             html,
