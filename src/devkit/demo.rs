@@ -143,13 +143,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let tenants: Vec<serde_json::Value> = http
-            .get(format!("{base}/admin/tenants"))
-            .bearer_auth(devenv::ADMIN_TOKEN)
-            .send()
-            .await?
-            .json()
-            .await?;
+        let tenants = tenants(&http, &base).await?;
         let done = tenants
             .iter()
             .filter(|t| t["provisioning_state"] == "completed")
@@ -412,16 +406,21 @@ async fn show_progress(
     }
 }
 
-/// The tenant id of organization `org`.
-async fn tenant_of(http: &reqwest::Client, base: &str, org: &str) -> anyhow::Result<String> {
-    let tenants: Vec<serde_json::Value> = http
+/// Every tenant, as `GET /admin/tenants` lists them.
+async fn tenants(http: &reqwest::Client, base: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+    Ok(http
         .get(format!("{base}/admin/tenants"))
         .bearer_auth(devenv::ADMIN_TOKEN)
         .send()
         .await?
         .json()
-        .await?;
-    tenants
+        .await?)
+}
+
+/// The tenant id of organization `org`.
+async fn tenant_of(http: &reqwest::Client, base: &str, org: &str) -> anyhow::Result<String> {
+    tenants(http, base)
+        .await?
         .iter()
         .find(|t| t["org_id"] == org)
         .and_then(|t| t["tenant_id"].as_str())

@@ -19,6 +19,41 @@ async fn sign_in(b: &Browser, admin: &str) {
         .await;
 }
 
+/// An invitation for a customer (the admin API): its code and its link on the engine at `base`.
+async fn invitation(admin: &str, base: &str, customer_id: &str, name: &str) -> (String, String) {
+    let inv: Value = reqwest::Client::new()
+        .post(format!("{admin}/admin/invitations"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"customer_id": customer_id, "name": name}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let link = inv["link"].as_str().unwrap();
+    (
+        inv["code"].as_str().unwrap().to_string(),
+        link.replace("http://127.0.0.1:8080", base),
+    )
+}
+
+/// Starts an HTTPS activation with `jwt` as Webex does (`POST /provision`): the customer's
+/// setup page on the engine at `base`.
+async fn setup_page(base: &str, jwt: &str) -> String {
+    let provision: Value = reqwest::Client::new()
+        .post(format!("{base}/provision"))
+        .json(&json!({ "jwt": jwt }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let url = provision["redirectUrl"].as_str().unwrap();
+    url.replace("http://127.0.0.1:8080", base)
+}
+
 #[actix_web::test]
 async fn a_customer_activates_with_an_invitation_and_the_operator_finds_the_tenant() {
     let TestEnv { redis, prefix, sim } = TestEnv::start(SimConfig::default()).await;
@@ -27,43 +62,14 @@ async fn a_customer_activates_with_an_invitation_and_the_operator_finds_the_tena
     let mut b = Browser::start("activation_with_invitation").await;
 
     // The operator invites the customer (API), and Webex starts the HTTPS activation.
-    let inv: Value = reqwest::Client::new()
-        .post(format!("{admin}/admin/invitations"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"customer_id": "acme-7", "name": "Acme Rooms"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let code = inv["code"].as_str().unwrap().to_string();
-    let link = inv["link"]
-        .as_str()
-        .unwrap()
-        .replace("http://127.0.0.1:8080", &base);
-    let provision: Value = reqwest::Client::new()
-        .post(format!("{base}/provision"))
-        .json(&json!({ "jwt": sim.activation_jwt(0) }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let session = provision["redirectUrl"]
-        .as_str()
-        .unwrap()
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let (code, link) = invitation(&admin, &base, "acme-7", "Acme Rooms").await;
+    let setup = setup_page(&base, &sim.activation_jwt(0)).await;
 
     // The customer's admin opens the invitation link, then lands on the setup page.
     b.goto(&link).await;
     assert_eq!(b.text("#code").await, code);
     b.screenshot("invitation-link").await;
-    b.goto(&format!("{base}/setup/{session}")).await;
+    b.goto(&setup).await;
     let page = b.source().await;
     assert!(!page.to_lowercase().contains("admin token"), "{page}");
     assert_eq!(b.text("#org").await, sim.org(0).name);
@@ -208,33 +214,14 @@ async fn every_page_fits_a_laptop_and_a_phone_and_the_overview_counts_what_was_s
         .unwrap()
         .to_string();
     // A customer's setup page (an HTTPS activation waiting for its code), and an invitation.
-    let inv: Value = reqwest::Client::new()
-        .post(format!("{admin}/admin/invitations"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"customer_id": "globex-12", "name": "Globex Meeting Rooms International"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let link = inv["link"]
-        .as_str()
-        .unwrap()
-        .replace("http://127.0.0.1:8080", &base);
-    let provision: Value = reqwest::Client::new()
-        .post(format!("{base}/provision"))
-        .json(&json!({ "jwt": sim.activation_jwt(3) }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let setup = provision["redirectUrl"]
-        .as_str()
-        .unwrap()
-        .replace("http://127.0.0.1:8080", &base);
+    let (_, link) = invitation(
+        &admin,
+        &base,
+        "globex-12",
+        "Globex Meeting Rooms International",
+    )
+    .await;
+    let setup = setup_page(&base, &sim.activation_jwt(3)).await;
 
     let mut b = Browser::start("every_page_fits").await;
     fits(
