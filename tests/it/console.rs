@@ -355,3 +355,51 @@ async fn the_tenant_page_grants_lists_and_revokes_consumers() {
     );
     engine.shutdown().await;
 }
+
+/// A queue tenant whose polls fail shows on the overview under "Queue polls failing" (its owner
+/// reports it on the change, into Redis, so every replica's overview has it), and leaves it
+/// once a poll succeeds again.
+#[actix_web::test]
+async fn the_overview_lists_a_queue_tenant_while_its_polls_fail() {
+    // An empty queue answers a poll after poll_wait: short, so a good poll ends soon.
+    let env = TestEnv::start(SimConfig {
+        poll_wait: Duration::from_secs(1),
+        ..Default::default()
+    })
+    .await;
+    let engine = env
+        .engine(&[
+            ("INTEGRATION__INGEST", "queue"),
+            ("INGEST__POLL_RETRY_SECS", "0.2"),
+        ])
+        .await;
+    let admin = engine.admin_url();
+    let tenant = activate_org(&env.sim, &admin, 0).await;
+    let cookie = sign_in(&admin).await;
+    let polls_table = |html: &str| {
+        let start = html.find("<table id=polls>").expect("the polls table");
+        html[start..].split("</table>").next().unwrap().to_string()
+    };
+    env.sim.fail_next_polls(0, 1_000_000);
+    let name = env.sim.org(0).name;
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            let (_, html) = get(&admin, "/console/", &cookie).await;
+            polls_table(&html).contains(&format!("/console/tenants/{tenant}"))
+        })
+        .await,
+        "the failing queue tenant is not listed"
+    );
+    let (_, html) = get(&admin, "/console/", &cookie).await;
+    assert!(polls_table(&html).contains(&name), "{html}");
+    env.sim.fail_next_polls(0, 0);
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            let (_, html) = get(&admin, "/console/", &cookie).await;
+            polls_table(&html).contains("None.")
+        })
+        .await,
+        "the tenant stays listed after its polls succeed again"
+    );
+    engine.shutdown().await;
+}
