@@ -47,6 +47,9 @@ pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), ChildE
     let mut first = true;
     // Whether the one immediate retry after a success (or the start) is used up.
     let mut retried_at_once = false;
+    // A failure reported by an earlier owner (this replica's before a restart, or another's
+    // before the lease moved) is withdrawn by this poller's first good poll.
+    let mut reported_by_others = true;
     // The lean client's connection, kept from one poll to the next.
     let conn = Connection::default();
     loop {
@@ -76,6 +79,7 @@ pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), ChildE
                 if shared
                     .poller_failing
                     .swap(false, std::sync::atomic::Ordering::Relaxed)
+                    || std::mem::take(&mut reported_by_others)
                 {
                     report_polls(&shared, None).await;
                 }
@@ -99,6 +103,7 @@ pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), ChildE
                     .poller_failing
                     .swap(true, std::sync::atomic::Ordering::Relaxed)
                 {
+                    reported_by_others = false;
                     report_polls(&shared, Some(&why.message)).await;
                 }
                 count("error");
