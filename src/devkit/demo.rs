@@ -57,6 +57,12 @@ pub fn run(args: DemoArgs) -> ExitCode {
 
 async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let p = Progress(Instant::now());
+    // Ctrl-C (or SIGTERM) is heard once, for the whole demo: it ends the demo at the next step.
+    let (stop_tx, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        engine::termination_signal().await;
+        let _ = stop_tx.send(true);
+    });
     p.step("starting a private redis-server on a free port");
     let redis = RedisServer::start()?;
     p.step(format!("redis ready at {}", redis.url()));
@@ -177,6 +183,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         &mut conn,
         Duration::from_secs(3),
         Some(until),
+        stopped.clone(),
     )
     .await?
     {
@@ -337,17 +344,20 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     );
     println!("    curl -s {admin}/metrics | grep '^xapi_stream_webhooks_total'");
     println!();
-    show_progress(
-        &p,
-        &http,
-        &base,
-        &sim,
-        &keys,
-        &mut conn,
-        Duration::from_secs(10),
-        stop_at,
-    )
-    .await?;
+    if !*stopped.borrow() {
+        show_progress(
+            &p,
+            &http,
+            &base,
+            &sim,
+            &keys,
+            &mut conn,
+            Duration::from_secs(10),
+            stop_at,
+            stopped.clone(),
+        )
+        .await?;
+    }
 
     p.step("stopping: engine, simulator, redis");
     engine.shutdown().await;
@@ -357,8 +367,8 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Prints what has arrived every `every` until `until` (None: until Ctrl-C or SIGTERM); false
-/// when it was stopped by a signal.
+/// Prints what has arrived every `every` until `until` (None: until Ctrl-C or SIGTERM, which
+/// `stopped` tells); false when it was stopped by a signal.
 #[allow(clippy::too_many_arguments)]
 async fn show_progress(
     p: &Progress,
@@ -369,6 +379,7 @@ async fn show_progress(
     conn: &mut redis::aio::MultiplexedConnection,
     every: Duration,
     until: Option<Instant>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<bool> {
     let stop = async {
         match until {
@@ -382,7 +393,7 @@ async fn show_progress(
     loop {
         tokio::select! {
             _ = &mut stop => return Ok(true),
-            _ = engine::termination_signal() => return Ok(false),
+            _ = stopped.wait_for(|s| *s) => return Ok(false),
             _ = tick.tick() => {
                 let metrics = http.get(format!("{base}/metrics")).send().await?.text().await?;
                 let m = |s: &str| metric_value(&metrics, s).unwrap_or(0.0);

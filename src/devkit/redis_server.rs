@@ -225,6 +225,9 @@ fn spawn_tied_to_process(cmd: Command) -> std::io::Result<Child> {
                     #[cfg(target_os = "linux")]
                     {
                         use std::os::unix::process::CommandExt;
+                        // Its own process group: a Ctrl-C in the terminal reaches the process
+                        // that owns it (the demo stops the engine first), not Redis too.
+                        cmd.process_group(0);
                         // SAFETY: prctl is async-signal-safe; nothing else runs in pre_exec.
                         unsafe {
                             cmd.pre_exec(|| {

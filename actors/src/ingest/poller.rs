@@ -50,6 +50,8 @@ pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), ChildE
     // A failure reported by an earlier owner (this replica's before a restart, or another's
     // before the lease moved) is withdrawn by this poller's first good poll.
     let mut reported_by_others = true;
+    // This poller's failure report was not taken by Redis yet.
+    let mut failure_unreported = false;
     // The lean client's connection, kept from one poll to the next.
     let conn = Connection::default();
     loop {
@@ -81,7 +83,9 @@ pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), ChildE
                     .swap(false, std::sync::atomic::Ordering::Relaxed)
                     || std::mem::take(&mut reported_by_others)
                 {
-                    report_polls(&shared, None).await;
+                    failure_unreported = false;
+                    // Not taken: the next good poll tries again.
+                    reported_by_others = !report_polls(&shared, None).await;
                 }
                 count(if n == 0 { "empty" } else { "ok" });
                 failures = 0;
@@ -102,9 +106,11 @@ pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), ChildE
                 if !shared
                     .poller_failing
                     .swap(true, std::sync::atomic::Ordering::Relaxed)
+                    || failure_unreported
                 {
                     reported_by_others = false;
-                    report_polls(&shared, Some(&why.message)).await;
+                    // Not taken: the next failure tries again.
+                    failure_unreported = !report_polls(&shared, Some(&why.message)).await;
                 }
                 count("error");
                 failures += 1;
@@ -124,9 +130,9 @@ pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), ChildE
 }
 
 /// Tells the console's overview (every replica's) that this tenant's polls fail, or succeed
-/// again: written on the change only, never per poll. A report Redis does not take is left to
-/// the next change (the overview is a view, not a record).
-async fn report_polls(shared: &TenantShared, error: Option<&str>) {
+/// again: written on the change only, never per poll. False when Redis did not take it (the
+/// caller tries again on its next poll of the same kind).
+async fn report_polls(shared: &TenantShared, error: Option<&str>) -> bool {
     let store = shared.deps().store();
     let res = match error {
         Some(e) => {
@@ -138,9 +144,10 @@ async fn report_polls(shared: &TenantShared, error: Option<&str>) {
         }
         None => store.clear_polls_failing(&shared.tenant_id).await,
     };
-    if let Err(e) = res {
+    if let Err(e) = &res {
         tracing::debug!(tenant = %shared.tenant_id, error = %e, "poll state not reported to the overview");
     }
+    res.is_ok()
 }
 
 enum Poll {

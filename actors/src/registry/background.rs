@@ -20,8 +20,8 @@ pub(super) struct FleetPending {
 /// How often message counts are added to the stored counters.
 const COUNTER_FLUSH: Duration = Duration::from_secs(1);
 
-/// Adds the message counts to the stored counters every second until `stop` (then once more),
-/// and recomputes the tenant gauges if they are stale.
+/// Adds the message counts to the stored counters every second until `stop` (the engine's
+/// drain flushes once more), and recomputes the tenant gauges if they are stale.
 pub async fn flush_counters_loop(registry: Arc<Registry>, stop: Shutdown) {
     loop {
         tokio::select! {
@@ -75,13 +75,17 @@ impl Registry {
                     .map(|(source, n)| (h.shared.org_id.clone(), source, n))
             })
             .collect();
-        if let Err(e) = self.deps.tenants().add_received(&rows).await {
-            tracing::debug!(error = %e, "message counters not stored yet; next flush");
-            for (h, counts) in &taken {
-                h.shared.restore_unflushed(*counts);
+        let mut written = 0;
+        match self.deps.tenants().add_received(&rows).await {
+            // Counted once: what is restored here comes back in a later flush.
+            Ok(()) => written = taken.iter().map(|(_, [w, q])| w + q).sum(),
+            Err(e) => {
+                tracing::debug!(error = %e, "message counters not stored yet; next flush");
+                for (h, counts) in &taken {
+                    h.shared.restore_unflushed(*counts);
+                }
             }
         }
-        let written: u64 = taken.iter().map(|(_, [w, q])| w + q).sum();
         self.flush_fleet(written).await;
     }
 
@@ -90,6 +94,8 @@ impl Registry {
     /// Redis does not take them.
     async fn flush_fleet(&self, written: u64) {
         let metrics = self.deps.metrics();
+        // Taken out while written (a flush at shutdown may overlap the loop's), put back if
+        // Redis does not take them.
         let counts = {
             let mut p = self.fleet.lock().expect("fleet lock");
             p.messages += written;
@@ -105,30 +111,25 @@ impl Registry {
                 }
             }
             crate::store::stats::FleetCounts {
-                messages: p.messages,
-                webhooks: p.webhooks.iter().map(|(r, n)| (*r, *n)).collect(),
+                messages: std::mem::take(&mut p.messages),
+                webhooks: std::mem::take(&mut p.webhooks).into_iter().collect(),
             }
         };
         if counts.is_empty() {
             return;
         }
-        match self
+        if let Err(e) = self
             .deps
             .store()
             .add_fleet_counts(chrono::Utc::now(), &counts)
             .await
         {
-            Ok(()) => {
-                let mut p = self.fleet.lock().expect("fleet lock");
-                p.messages -= counts.messages;
-                for (r, n) in &counts.webhooks {
-                    if let Some(left) = p.webhooks.get_mut(r) {
-                        *left -= n;
-                    }
-                }
-                p.webhooks.retain(|_, n| *n > 0);
+            tracing::debug!(error = %e, "fleet figures not stored yet; next flush");
+            let mut p = self.fleet.lock().expect("fleet lock");
+            p.messages += counts.messages;
+            for (r, n) in counts.webhooks {
+                *p.webhooks.entry(r).or_default() += n;
             }
-            Err(e) => tracing::debug!(error = %e, "fleet figures not stored yet; next flush"),
         }
     }
 

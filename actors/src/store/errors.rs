@@ -83,6 +83,9 @@ impl Store {
 
     /// The latest `n` errors recorded (at most 50), newest first.
     pub async fn recent_errors(&self, n: usize) -> Result<Vec<ErrorRecord>, StoreError> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
         let list: Vec<String> = self
             .query(
                 redis::cmd("LRANGE")

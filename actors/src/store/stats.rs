@@ -93,14 +93,10 @@ impl Store {
             ..Default::default()
         };
         let mut results: std::collections::BTreeMap<String, u64> = Default::default();
-        // The two hours may be one: each field is counted once.
-        let mut seen = std::collections::HashSet::new();
+        // 61 minutes always span two hours (the first's and the current one's).
         for (i, fields) in all.into_iter().enumerate() {
             let is_messages = i % 2 == 0;
             for (field, n) in fields {
-                if !seen.insert((is_messages, field.clone())) {
-                    continue;
-                }
                 let (minute, result) = match field.split_once(':') {
                     Some((m, r)) => (m, Some(r)),
                     None => (field.as_str(), None),

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use super::super::html::{badge, enc, esc, truncate};
+use super::super::html::{badge, esc, truncate};
 use super::{AppState, layout, page, query};
 
 /// Rows of each "needs attention" list and of the latest errors.
@@ -44,7 +44,8 @@ async fn overview_page(state: &AppState, s: String) -> HttpResponse {
         if tokens == "invalid" && r.provisioning_state.as_str() != "deprovisioned" {
             invalid.push(r.clone());
         }
-        names.insert(r.tenant_id.clone(), (r.org_name, r.provisioning_state));
+        let polled = r.provisioning_state.as_str() == "completed" && r.ingest.queue();
+        names.insert(r.tenant_id.clone(), (r.org_name, polled));
     }
     invalid.sort_by(|a, b| a.org_name.cmp(&b.org_name));
     let view = match state.registry.fleet_view(ROWS * 3).await {
@@ -115,7 +116,7 @@ async fn overview_page(state: &AppState, s: String) -> HttpResponse {
     }
     html.push_str("</table></section></div>");
 
-    html.push_str("<h2>Needs attention</h2><div class=grid2><section><h3>Tokens invalid</h3><table id=invalid><tr><th>Organization</th><th>Since</th></tr>");
+    html.push_str("<h2>Needs attention</h2><div class=grid2><section><h3>Tokens invalid</h3><table id=invalid><tr><th>Organization</th><th>Last error</th></tr>");
     if invalid.is_empty() {
         html.push_str("<tr><td colspan=2 class=muted>None.</td></tr>");
     }
@@ -127,7 +128,7 @@ async fn overview_page(state: &AppState, s: String) -> HttpResponse {
                 format!(
                     "{} <a href=\"/console/errors/{t}\"><code>{t}</code></a>",
                     e.at.format("%Y-%m-%d %H:%M UTC"),
-                    t = e.tracking_id
+                    t = esc(&e.tracking_id)
                 )
             })
             .unwrap_or_default();
@@ -146,13 +147,14 @@ async fn overview_page(state: &AppState, s: String) -> HttpResponse {
         );
     }
     html.push_str("</table></section><section><h3>Queue polls failing</h3><table id=polls><tr><th>Organization</th><th>Since</th><th>Error</th></tr>");
-    // Reported by owners; a tenant gone since, or deprovisioned, is not listed.
+    // Reported by owners; a tenant gone since, deprovisioned or no longer on the queue is not
+    // listed (what its owner reported last may outlive that).
     let mut failing: Vec<_> = view
         .polls_failing
         .iter()
         .filter_map(|(id, f)| {
-            let (name, ps) = names.get(id)?;
-            (ps.as_str() != "deprovisioned").then_some((id, name, f))
+            let (name, polled) = names.get(id)?;
+            polled.then_some((id, name, f))
         })
         .collect();
     failing.sort_by_key(|(_, _, f)| f.since);
@@ -210,10 +212,9 @@ async fn overview_page(state: &AppState, s: String) -> HttpResponse {
         html,
         "<p><small>Where the figures come from: tenants from this replica's registry (every replica holds every tenant); \
 messages and webhook answers from every replica's once-a-second counter flush into <code>{p}:{{stats}}</code>; failing queue polls \
-as the owning replica reported them; errors from the support log. <a href=\"/console/tenants?q={q}\">Search</a> by organization, \
+as the owning replica reported them; errors from the support log. <a href=\"/console/tenants\">Search</a> by organization, \
 tenant, customer or trackingId from the bar above.</small></p>",
         p = esc(&state.config.redis.key_prefix),
-        q = enc(""),
     );
     layout(StatusCode::OK, "Overview", Some(&s), state, &html)
 }
