@@ -341,21 +341,7 @@ impl Store {
         let mut addrs: Vec<String> = Vec::new();
         if self.is_cluster() {
             let nodes: String = self.query(redis::cmd("CLUSTER").arg("NODES")).await?;
-            for line in nodes.lines() {
-                let mut f = line.split_whitespace();
-                let (Some(addr), Some(flags)) = (f.nth(1), f.next()) else {
-                    continue;
-                };
-                if flags
-                    .split(',')
-                    // `fail?` (suspected by one node) may still serve clients: it is tried.
-                    .any(|x| matches!(x, "fail" | "handshake" | "noaddr"))
-                {
-                    continue;
-                }
-                // ip:port@cport
-                addrs.push(addr.split('@').next().unwrap_or(addr).to_string());
-            }
+            addrs = cluster_data_nodes(&nodes);
         } else {
             let master = self.pubsub_client().await?;
             let info = master.get_connection_info();
@@ -441,6 +427,24 @@ impl Store {
             .await?;
         Ok(n > 0)
     }
+}
+
+/// The `ip:port` of every master and replica in a `CLUSTER NODES` answer, but those the cluster
+/// marked `fail` and nodes still joining (`handshake`) or without an address (`noaddr`); a node
+/// only suspected (`fail?`) may still serve clients, so it is kept.
+fn cluster_data_nodes(nodes: &str) -> Vec<String> {
+    nodes
+        .lines()
+        .filter_map(|line| {
+            let mut f = line.split_whitespace();
+            let (addr, flags) = (f.nth(1)?, f.next()?);
+            let skip = flags
+                .split(',')
+                .any(|x| matches!(x, "fail" | "handshake" | "noaddr"));
+            // ip:port@cport (Redis 7 may add ,hostname)
+            (!skip).then(|| addr.split('@').next().unwrap_or(addr).to_string())
+        })
+        .collect()
 }
 
 /// The `ip:port` of each replica in a master's `ROLE` answer
@@ -533,6 +537,30 @@ mod tests {
         assert_ne!(
             rules_digest(&rules),
             rules_digest(&acl_rules(&keys, "o", false, true, "ab"))
+        );
+    }
+
+    #[test]
+    fn cluster_nodes_masters_and_replicas_but_not_failed_ones() {
+        let nodes = "\
+a1 10.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460
+b2 10.0.0.2:7001@17001 master - 0 1700000000000 2 connected 5461-10922
+c3 10.0.0.3:7002@17002,redis-3 master - 0 1700000000000 3 connected 10923-16383
+d4 10.0.0.4:7003@17003 slave a1 0 1700000000000 1 connected
+e5 10.0.0.5:7004@17004 slave,fail? b2 0 1700000000000 2 connected
+f6 10.0.0.6:7005@17005 slave,fail c3 0 1700000000000 3 disconnected
+g7 10.0.0.7:7006@17006 handshake - 0 0 0 connected
+h8 :0@0 noaddr - 0 0 0 disconnected
+";
+        assert_eq!(
+            cluster_data_nodes(nodes),
+            [
+                "10.0.0.1:7000",
+                "10.0.0.2:7001",
+                "10.0.0.3:7002",
+                "10.0.0.4:7003",
+                "10.0.0.5:7004"
+            ]
         );
     }
 
