@@ -55,7 +55,7 @@ async fn sign_in(base: &str) -> String {
     set.split(';').next().unwrap().to_string()
 }
 
-/// Whether `cookie` opens the console at `base` (the tenants page, not the sign-in form).
+/// Whether `cookie` opens the console at `base` (its overview, not the sign-in form).
 async fn opens_console(base: &str, cookie: &str) -> bool {
     let r = client()
         .get(format!("{base}/console/"))
@@ -65,7 +65,7 @@ async fn opens_console(base: &str, cookie: &str) -> bool {
         .unwrap();
     let status = r.status().as_u16();
     let html = r.text().await.unwrap();
-    status == 200 && html.contains("id=count")
+    status == 200 && html.contains("id=\"tenants-total\"")
 }
 
 /// The CSRF token of a console page's forms.
