@@ -170,6 +170,15 @@ impl Consumers {
         )
     }
 
+    /// Counts `res` of `action` (`consumer_credentials_total`) and passes it on.
+    fn counted<T>(&self, action: &str, res: Result<T, ConsumerError>) -> Result<T, ConsumerError> {
+        self.metrics.consumer_credentials(
+            action,
+            res.as_ref().map_or_else(ConsumerError::label, |_| "ok"),
+        );
+        res
+    }
+
     /// The support log's record of a change (no secret in it), and the log line.
     fn audit(&self, tenant_id: &str, status: u16, reason: &str, description: String) -> String {
         let tracking_id = crate::protocol::tracking::TrackingId::new().to_string();
@@ -199,12 +208,10 @@ impl Consumers {
         name: &str,
         commands: bool,
     ) -> Result<Granted, ConsumerError> {
-        let res = self.try_grant(tenant_id, org, name, commands).await;
-        self.metrics.consumer_credentials(
+        self.counted(
             "grant",
-            res.as_ref().map_or_else(ConsumerError::label, |_| "ok"),
-        );
-        res
+            self.try_grant(tenant_id, org, name, commands).await,
+        )
     }
 
     async fn try_grant(
@@ -370,12 +377,7 @@ impl Consumers {
     /// cannot be reached makes it answer [`ConsumerError::Unreachable`]: the record is gone, so
     /// a retry (or the sync, once the node is back) finishes the revocation.
     pub async fn revoke(&self, tenant_id: &str, name: &str) -> Result<String, ConsumerError> {
-        let res = self.try_revoke(tenant_id, name, "revoked").await;
-        self.metrics.consumer_credentials(
-            "revoke",
-            res.as_ref().map_or_else(ConsumerError::label, |_| "ok"),
-        );
-        res
+        self.counted("revoke", self.try_revoke(tenant_id, name, "revoked").await)
     }
 
     async fn try_revoke(
@@ -415,11 +417,7 @@ impl Consumers {
             let res = self
                 .try_revoke(tenant_id, &r.name, "revoked (tenant deprovisioned)")
                 .await;
-            self.metrics.consumer_credentials(
-                "revoke",
-                res.as_ref().map_or_else(ConsumerError::label, |_| "ok"),
-            );
-            match res {
+            match self.counted("revoke", res) {
                 Ok(_) => n += 1,
                 Err(ConsumerError::Store(e)) => return Err(e),
                 Err(e) => {

@@ -174,18 +174,17 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let mut conn = redis.client().get_multiplexed_async_connection().await?;
     // A few progress lines first (Ctrl-C ends the demo).
     let until = Instant::now() + Duration::from_secs(7);
-    if !show_progress(
-        &p,
-        &http,
-        &base,
-        &sim,
-        &keys,
-        &mut conn,
-        Duration::from_secs(3),
-        Some(until),
-        stopped.clone(),
-    )
-    .await?
+    let mut watch = Watch {
+        p: &p,
+        http: &http,
+        base: &base,
+        sim: &sim,
+        keys: &keys,
+        stopped: stopped.clone(),
+    };
+    if !watch
+        .progress(&mut conn, Duration::from_secs(3), Some(until))
+        .await?
     {
         p.step("stopping: engine, simulator, redis");
         engine.shutdown().await;
@@ -345,18 +344,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     println!("    curl -s {admin}/metrics | grep '^xapi_stream_webhooks_total'");
     println!();
     if !*stopped.borrow() {
-        show_progress(
-            &p,
-            &http,
-            &base,
-            &sim,
-            &keys,
-            &mut conn,
-            Duration::from_secs(10),
-            stop_at,
-            stopped.clone(),
-        )
-        .await?;
+        watch
+            .progress(&mut conn, Duration::from_secs(10), stop_at)
+            .await?;
     }
 
     p.step("stopping: engine, simulator, redis");
@@ -367,51 +357,65 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Prints what has arrived every `every` until `until` (None: until Ctrl-C or SIGTERM, which
-/// `stopped` tells); false when it was stopped by a signal.
-#[allow(clippy::too_many_arguments)]
-async fn show_progress(
-    p: &Progress,
-    http: &reqwest::Client,
-    base: &str,
-    sim: &Sim,
-    keys: &Keys,
-    conn: &mut redis::aio::MultiplexedConnection,
-    every: Duration,
-    until: Option<Instant>,
-    mut stopped: tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<bool> {
-    let stop = async {
-        match until {
-            Some(at) => tokio::time::sleep_until(at.into()).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(stop);
-    let mut tick = tokio::time::interval(every);
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            _ = &mut stop => return Ok(true),
-            _ = stopped.wait_for(|s| *s) => return Ok(false),
-            _ = tick.tick() => {
-                let metrics = http.get(format!("{base}/metrics")).send().await?.text().await?;
-                let m = |s: &str| metric_value(&metrics, s).unwrap_or(0.0);
-                let mut status = 0u64;
-                let mut events = 0u64;
-                for org in sim.orgs() {
-                    let s: u64 = redis::cmd("XLEN").arg(keys.status_stream(&org.org_id)).query_async(conn).await?;
-                    let e: u64 = redis::cmd("XLEN").arg(keys.events_stream(&org.org_id)).query_async(conn).await?;
-                    status += s;
-                    events += e;
+/// What the progress lines read, and whether Ctrl-C or SIGTERM was heard.
+struct Watch<'a> {
+    p: &'a Progress,
+    http: &'a reqwest::Client,
+    base: &'a str,
+    sim: &'a Sim,
+    keys: &'a Keys,
+    stopped: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Watch<'_> {
+    /// Prints what has arrived every `every` until `until` (None: until Ctrl-C or SIGTERM, which
+    /// `stopped` tells); false when it was stopped by a signal.
+    async fn progress(
+        &mut self,
+        conn: &mut redis::aio::MultiplexedConnection,
+        every: Duration,
+        until: Option<Instant>,
+    ) -> anyhow::Result<bool> {
+        let Watch {
+            p,
+            http,
+            base,
+            sim,
+            keys,
+            stopped,
+        } = self;
+        let stop = async {
+            match until {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(stop);
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = &mut stop => return Ok(true),
+                _ = stopped.wait_for(|s| *s) => return Ok(false),
+                _ = tick.tick() => {
+                    let metrics = http.get(format!("{base}/metrics")).send().await?.text().await?;
+                    let m = |s: &str| metric_value(&metrics, s).unwrap_or(0.0);
+                    let mut status = 0u64;
+                    let mut events = 0u64;
+                    for org in sim.orgs() {
+                        let s: u64 = redis::cmd("XLEN").arg(keys.status_stream(&org.org_id)).query_async(conn).await?;
+                        let e: u64 = redis::cmd("XLEN").arg(keys.events_stream(&org.org_id)).query_async(conn).await?;
+                        status += s;
+                        events += e;
+                    }
+                    p.step(format!(
+                        "streams: {status} status + {events} event entries | webhooks accepted {} duplicate {} | queue polls {} | redis_up {}",
+                        m("xapi_stream_webhooks_total{result=\"accepted\"}"),
+                        m("xapi_stream_webhooks_total{result=\"duplicate\"}"),
+                        m("xapi_stream_queue_polls_total{result=\"ok\"}") + m("xapi_stream_queue_polls_total{result=\"empty\"}"),
+                        m("xapi_stream_redis_up"),
+                    ));
                 }
-                p.step(format!(
-                    "streams: {status} status + {events} event entries | webhooks accepted {} duplicate {} | queue polls {} | redis_up {}",
-                    m("xapi_stream_webhooks_total{result=\"accepted\"}"),
-                    m("xapi_stream_webhooks_total{result=\"duplicate\"}"),
-                    m("xapi_stream_queue_polls_total{result=\"ok\"}") + m("xapi_stream_queue_polls_total{result=\"empty\"}"),
-                    m("xapi_stream_redis_up"),
-                ));
             }
         }
     }

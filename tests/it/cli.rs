@@ -361,20 +361,27 @@ fn tail_all_reads_the_firehose_shards_and_names_each_org() {
     assert!(!stdout.contains("Own.Stream"), "{stdout}");
 }
 
+/// The binary as an operator runs it against a running engine: the engine's admin token and
+/// encryption key in its environment (as from the same configuration).
+fn admin_cli() -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.env(
+        "XAPI_STREAM__SERVER__ADMIN_TOKEN",
+        xapi_stream::devkit::devenv::ADMIN_TOKEN,
+    )
+    .env("XAPI_STREAM__SECURITY__ENCRYPTION_KEY", KEY);
+    cmd
+}
+
 #[actix_web::test]
 async fn activate_command_sends_the_jwt_to_a_running_engine() {
     let TestEnv { redis, prefix, sim } =
         TestEnv::start(xapi_stream::devkit::sim::SimConfig::default()).await;
     let engine = start_engine(&sim, &redis.url(), &prefix, &[]).await;
     let jwt_file = write_config(&sim.activation_jwt(0));
-    let out = tokio::process::Command::new(BIN)
+    let out = admin_cli()
         .args(["activate", "--url", &engine.base_url(), "--jwt-file"])
         .arg(jwt_file.path())
-        .env(
-            "XAPI_STREAM__SERVER__ADMIN_TOKEN",
-            xapi_stream::devkit::devenv::ADMIN_TOKEN,
-        )
-        .env("XAPI_STREAM__SECURITY__ENCRYPTION_KEY", KEY)
         .output()
         .await
         .unwrap();
@@ -389,14 +396,9 @@ async fn activate_command_sends_the_jwt_to_a_running_engine() {
         "{stdout}"
     );
     // The same JWT again is a replay: refused with the trackingId shown.
-    let out = tokio::process::Command::new(BIN)
+    let out = admin_cli()
         .args(["activate", "--url", &engine.base_url(), "--jwt-file"])
         .arg(jwt_file.path())
-        .env(
-            "XAPI_STREAM__SERVER__ADMIN_TOKEN",
-            xapi_stream::devkit::devenv::ADMIN_TOKEN,
-        )
-        .env("XAPI_STREAM__SECURITY__ENCRYPTION_KEY", KEY)
         .output()
         .await
         .unwrap();
@@ -418,7 +420,7 @@ async fn manifest_request_update_patches_the_app_url() {
         let base = base.clone();
         let id = id.clone();
         async move {
-            tokio::process::Command::new(BIN)
+            admin_cli()
                 .args([
                     "manifest",
                     "request-update",
@@ -428,11 +430,6 @@ async fn manifest_request_update_patches_the_app_url() {
                     &base,
                     &file,
                 ])
-                .env(
-                    "XAPI_STREAM__SERVER__ADMIN_TOKEN",
-                    xapi_stream::devkit::devenv::ADMIN_TOKEN,
-                )
-                .env("XAPI_STREAM__SECURITY__ENCRYPTION_KEY", KEY)
                 .output()
                 .await
                 .unwrap()
@@ -468,14 +465,9 @@ async fn consumer_commands_grant_list_and_revoke_a_redis_user() {
     let base = engine.base_url();
     let id = activate_org(&sim, &base, 0).await;
     let run = |args: Vec<String>| async move {
-        let out = tokio::process::Command::new(BIN)
+        let out = admin_cli()
             .arg("consumer")
             .args(&args)
-            .env(
-                "XAPI_STREAM__SERVER__ADMIN_TOKEN",
-                xapi_stream::devkit::devenv::ADMIN_TOKEN,
-            )
-            .env("XAPI_STREAM__SECURITY__ENCRYPTION_KEY", KEY)
             .output()
             .await
             .unwrap();
