@@ -91,6 +91,23 @@ pub enum Command {
         #[command(subcommand)]
         command: ConsumerCommand,
     },
+    /// Move tenants between webhook and queue through a running engine's admin API: the new
+    /// transport is enabled first, both are read for activation.transport_overlap_secs, then
+    /// the old one is removed (make-before-break).
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["tenant", "all"])))]
+    SetIngest {
+        /// One tenant id.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Every completed tenant that does not read MODE yet.
+        #[arg(long)]
+        all: bool,
+        /// webhook, queue or both.
+        #[arg(value_parser = ["webhook", "queue", "both"])]
+        mode: String,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
     /// Integration manifest tools.
     Manifest {
         #[command(subcommand)]
@@ -195,6 +212,12 @@ pub fn main() -> ExitCode {
             url,
         } => rotate_secret(&tenant, config.as_deref(), url),
         Command::Consumer { command } => consumer(command),
+        Command::SetIngest {
+            tenant,
+            all: _,
+            mode,
+            engine,
+        } => set_ingest(tenant.as_deref(), &mode, &engine),
         Command::Manifest {
             command: ManifestCommand::Check { path },
         } => manifest_check(&path),
@@ -411,6 +434,95 @@ fn rotate_secret(tenant: &str, config: Option<&std::path::Path>, url: Option<Str
             ExitCode::SUCCESS
         }
         other => refused("rotation", other),
+    }
+}
+
+/// `set-ingest`: one tenant (`--tenant`), or every completed tenant not on `mode` (`--all`),
+/// one PATCH each, a line per tenant.
+fn set_ingest(tenant: Option<&str>, mode: &str, engine: &EngineArgs) -> ExitCode {
+    let cfg = match load(engine.config.as_deref()) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let body = serde_json::json!({ "ingest": mode }).to_string();
+    let patch = |id: &str| {
+        admin_request(
+            &cfg,
+            engine.url.clone(),
+            reqwest::Method::PATCH,
+            &format!("/admin/tenants/{id}"),
+            body.clone(),
+        )
+    };
+    let ids: Vec<String> = match tenant {
+        Some(id) => vec![id.to_string()],
+        None => {
+            let listed = admin_request(
+                &cfg,
+                engine.url.clone(),
+                reqwest::Method::GET,
+                "/admin/tenants",
+                String::new(),
+            );
+            let tenants = match listed {
+                Ok((status, serde_json::Value::Array(t))) if status.is_success() => t,
+                other => return refused("listing the tenants", other),
+            };
+            let total = tenants.len();
+            let ids: Vec<String> = tenants
+                .iter()
+                .filter(|t| {
+                    t["provisioning_state"] == "completed"
+                        && t["ingest"] != mode
+                        && t["transport_switch"]["to"] != mode
+                })
+                .filter_map(|t| t["tenant_id"].as_str().map(str::to_string))
+                .collect();
+            println!(
+                "{} of {total} tenants to move to {mode} (the others read it already, are moving there, or are not active)",
+                ids.len()
+            );
+            ids
+        }
+    };
+    let mut failed = 0;
+    for (k, id) in ids.iter().enumerate() {
+        let progress = if ids.len() > 1 {
+            format!("[{}/{}] ", k + 1, ids.len())
+        } else {
+            String::new()
+        };
+        match patch(id) {
+            Ok((status, t)) if status.is_success() => {
+                let sw = &t["transport_switch"];
+                if sw.is_null() {
+                    println!(
+                        "{progress}tenant {id} reads {}",
+                        t["ingest"].as_str().unwrap_or("?")
+                    );
+                } else {
+                    println!(
+                        "{progress}tenant {id}: switching {} -> {} ({}; the old transport is removed after {})",
+                        sw["from"].as_str().unwrap_or("?"),
+                        sw["to"].as_str().unwrap_or("?"),
+                        sw["phase"].as_str().unwrap_or("?"),
+                        sw["overlap_until"].as_str().unwrap_or("the overlap"),
+                    );
+                }
+            }
+            other => {
+                failed += 1;
+                let _ = refused(&format!("{progress}tenant {id}: switch"), other);
+            }
+        }
+    }
+    if ids.len() > 1 {
+        println!("{} switching, {failed} refused", ids.len() - failed);
+    }
+    if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

@@ -211,6 +211,15 @@ pub async fn start(config: Config) -> anyhow::Result<RunningEngine> {
             match registry.resume_all().await {
                 Ok(n) => {
                     tracing::info!(tenants = n, replica = %coord.replica(), "tenants loaded");
+                    let (differing, some) = registry.transports_differing();
+                    if differing > 0 {
+                        let wanted = config.integration.ingest.as_str();
+                        tracing::warn!(
+                            tenants = differing,
+                            examples = %some.join(","),
+                            "{differing} tenant(s) read another transport than integration.ingest = \"{wanted}\" (which applies to activations only); to move them: xapi-stream set-ingest --all {wanted} (or --tenant ID {wanted}, or PATCH /admin/tenants/<id> {{\"ingest\": \"{wanted}\"}})"
+                        );
+                    }
                     break;
                 }
                 Err(e) => {

@@ -188,6 +188,31 @@ impl IngestMode {
             Self::Both => "both",
         }
     }
+    /// The mode reading these transports; `None` for neither.
+    pub fn of(webhook: bool, queue: bool) -> Option<Self> {
+        match (webhook, queue) {
+            (true, true) => Some(Self::Both),
+            (true, false) => Some(Self::Webhook),
+            (false, true) => Some(Self::Queue),
+            (false, false) => None,
+        }
+    }
+    /// Both modes' transports.
+    pub fn union(self, other: Self) -> Self {
+        Self::of(
+            self.webhook() || other.webhook(),
+            self.queue() || other.queue(),
+        )
+        .unwrap_or(self)
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "webhook" => Some(Self::Webhook),
+            "queue" => Some(Self::Queue),
+            "both" => Some(Self::Both),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -236,6 +261,15 @@ pub struct ActivationConfig {
     pub setup_max_attempts: u64,
     /// Wrong invitation codes from one client address per hour, at most.
     pub setup_attempts_per_address: u64,
+    /// A transport switch reads both transports this long before it removes the old one
+    /// (Webex caches notification settings for up to 10 minutes).
+    pub transport_overlap_secs: u64,
+}
+
+impl ActivationConfig {
+    pub fn transport_overlap(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.transport_overlap_secs)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -478,6 +512,12 @@ impl Config {
         if self.security.webhook_secret_overlap_secs < min_overlap {
             return Err(err(
                 "security.webhook_secret_overlap_secs",
+                "must be at least 600 (Webex caches notification settings for up to 10 minutes)",
+            ));
+        }
+        if self.activation.transport_overlap_secs < min_overlap {
+            return Err(err(
+                "activation.transport_overlap_secs",
                 "must be at least 600 (Webex caches notification settings for up to 10 minutes)",
             ));
         }

@@ -44,6 +44,9 @@ pub const JWT_REASONS: &[&str] = &[
 pub const QUEUE_POLL_RESULTS: &[&str] = &["ok", "empty", "error", "unauthorized", "backpressure"];
 pub const TOKEN_REFRESH_RESULTS: &[&str] = &["ok", "invalid_grant", "invalid", "error"];
 pub const ACTIVATION_RESULTS: &[&str] = &["started", "completed", "error", "rejected"];
+/// Outcomes of transport switches (webhook ↔ queue): asked for, done, refused by Webex (4xx),
+/// failed otherwise.
+pub const TRANSPORT_SWITCH_RESULTS: &[&str] = &["requested", "completed", "refused", "failed"];
 pub const ACTIONS: &[&str] = &["healthCheck", "update", "updateApproved", "deprovision"];
 pub const ACTION_RESULTS: &[&str] = &["ok", "rejected", "error"];
 pub const SOURCES: &[&str] = &["webhook", "queue"];
@@ -89,6 +92,7 @@ pub struct Metrics {
     pub token_refreshes_total: IntCounterVec,
     pub actions_total: IntCounterVec,
     pub activations_total: IntCounterVec,
+    pub transport_switches_total: IntCounterVec,
     pub jwt_rejections_total: IntCounterVec,
     pub jwks_fetches_total: IntCounterVec,
     pub backpressure_rejections_total: IntCounter,
@@ -204,6 +208,11 @@ impl Metrics {
         let activations_total = counter_vec(
             "activations_total",
             "Activations by result (started, completed, error, rejected).",
+            &["result"],
+        );
+        let transport_switches_total = counter_vec(
+            "transport_switches_total",
+            "Transport switches between webhook and queue, by result (requested, completed, refused, failed).",
             &["result"],
         );
         let jwt_rejections_total = counter_vec(
@@ -486,6 +495,9 @@ impl Metrics {
         for r in ACTIVATION_RESULTS {
             activations_total.with_label_values(&[r]);
         }
+        for r in TRANSPORT_SWITCH_RESULTS {
+            transport_switches_total.with_label_values(&[r]);
+        }
         for a in ACTIONS {
             for r in ACTION_RESULTS {
                 actions_total.with_label_values(&[a, r]);
@@ -525,6 +537,7 @@ impl Metrics {
             token_refreshes_total,
             actions_total,
             activations_total,
+            transport_switches_total,
             jwt_rejections_total,
             jwks_fetches_total,
             backpressure_rejections_total,
@@ -614,6 +627,12 @@ impl Metrics {
 
     pub fn activation(&self, result: &str) {
         self.activations_total.with_label_values(&[result]).inc();
+    }
+
+    pub fn transport_switch(&self, result: &str) {
+        self.transport_switches_total
+            .with_label_values(&[result])
+            .inc();
     }
 
     pub fn token_refresh(&self, result: &str) {

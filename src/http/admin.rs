@@ -263,6 +263,63 @@ pub async fn rotate_webhook_secret(
     }
 }
 
+/// The body of `PATCH /admin/tenants/<id>`: what may be changed of a tenant.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantPatch {
+    ingest: actors::config::IngestMode,
+}
+
+/// `PATCH /admin/tenants/<id>` with `{"ingest": "webhook" | "queue" | "both"}`: starts a
+/// transport switch (see `actors::tenant::transport`) and answers 202 with the tenant, whose
+/// `transport_switch` shows the target and the phase. Asking for the current mode, or for the
+/// switch under way, changes nothing (202). 409 while another switch runs or the activation is
+/// not completed; 502 when Webex refused (4xx) or did not take the PATCH enabling the new
+/// transport (the tenant stays as it was; `last_error` says why).
+pub async fn patch_tenant(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let id = path.into_inner();
+    let bytes = super::body::read(&req, payload, state.config.server.max_body_bytes).await?;
+    let patch: TenantPatch = super::body::object(&bytes)?;
+    let h = switch_ingest(&state, &id, patch.ingest).await?;
+    Ok(HttpResponse::Accepted().json(h.to_json().await))
+}
+
+/// Starts switching tenant `id` to `mode` (the admin API's PATCH and the console's form).
+pub async fn switch_ingest(
+    state: &AppState,
+    id: &str,
+    mode: actors::config::IngestMode,
+) -> Result<actors::supervisor::TenantHandle, ApiError> {
+    use actors::tenant::transport::{self, SwitchError};
+    let h = super::live_tenant(state, id).await?;
+    let result = transport::request(&h.shared, mode).await;
+    // Whatever happened, the owner (perhaps this replica) starts what the tenant reads now.
+    h.transport_changed().await;
+    match result {
+        Ok(_) => Ok(h),
+        Err(e) => {
+            let (status, reason) = match &e {
+                SwitchError::NotActive(_) => (StatusCode::CONFLICT, "not_applicable"),
+                SwitchError::Busy(_) => (StatusCode::CONFLICT, "switch_busy"),
+                SwitchError::Refused(_) => (StatusCode::BAD_GATEWAY, "webex_refused"),
+                SwitchError::Webex(_) => (StatusCode::BAD_GATEWAY, "webex"),
+                SwitchError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            };
+            let mut err = ApiError::new(status, reason, format!("transport not switched: {e}"));
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                err = err.retry_after(1);
+            }
+            Err(err)
+        }
+    }
+}
+
 /// `GET /admin/errors/<trackingId>`: the error answered with that trackingId (time, endpoint,
 /// tenant, reason, description) from the support log, or a tenant's last error (a failed
 /// activation, a dead refresh token) carrying it. 404 when neither knows it.

@@ -231,6 +231,10 @@ pub fn admin_routes(cfg: &mut web::ServiceConfig) {
         .route("/admin/tenants", web::get().to(admin::list))
         .route("/admin/tenants/{tenant_id}", web::get().to(admin::get))
         .route(
+            "/admin/tenants/{tenant_id}",
+            web::patch().to(admin::patch_tenant),
+        )
+        .route(
             "/admin/tenants/{tenant_id}/devices",
             web::get().to(devices::list_devices),
         )

@@ -22,4 +22,5 @@ mod prometheus;
 mod rotation;
 mod scale;
 mod sentinel;
+mod transport;
 mod walls;

@@ -30,6 +30,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/admin/activations"),
     ("GET", "/admin/tenants"),
     ("GET", "/admin/tenants/{tenant_id}"),
+    ("PATCH", "/admin/tenants/{tenant_id}"),
     ("GET", "/admin/tenants/{tenant_id}/devices"),
     ("GET", "/admin/tenants/{tenant_id}/workspaces"),
     ("POST", "/admin/tenants/{tenant_id}/inventory/sync"),

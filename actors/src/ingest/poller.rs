@@ -58,6 +58,18 @@ pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), ChildE
         if stop.is_fired() {
             return Ok(());
         }
+        if !shared.reads_queue() {
+            // A transport switch removed the queue: this poll loop's work is over (its last
+            // batch is written). A failure it reported is withdrawn.
+            if shared
+                .poller_failing
+                .swap(false, std::sync::atomic::Ordering::Relaxed)
+            {
+                report_polls(&shared, None).await;
+            }
+            tracing::info!(tenant = %shared.tenant_id, "queue poller stopped: the tenant no longer reads its queue");
+            return Ok(());
+        }
         if deps.writer().capacity() < MIN_FREE_PLACES {
             count("backpressure");
             metrics.backpressure_rejections_total.inc();

@@ -159,6 +159,8 @@ impl Registry {
             self.replace(handle.clone(), stored);
         } else if changes.updated {
             handle.restart_children().await;
+        } else if changes.transport {
+            handle.transport_changed().await;
         }
         Ok(changes != Default::default() || before != handle.shared.state())
     }

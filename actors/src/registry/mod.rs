@@ -106,6 +106,27 @@ impl Registry {
     }
 
     /// Every tenant, ordered by org name then id (stable for the admin API).
+    /// Live tenants whose transport is not `integration.ingest` and that no switch is moving
+    /// there (e.g. after the setting changed): how many, and a few of their ids.
+    pub fn transports_differing(&self) -> (usize, Vec<String>) {
+        let wanted = self.deps.config().integration.ingest;
+        let mut ids: Vec<String> = self
+            .by_id
+            .iter()
+            .filter(|e| {
+                let r = e.value().record();
+                r.provisioning_state != ProvisioningState::Deprovisioned
+                    && r.ingest != wanted
+                    && r.transport_switch.as_ref().is_none_or(|s| s.to != wanted)
+            })
+            .map(|e| e.key().clone())
+            .collect();
+        let n = ids.len();
+        ids.sort();
+        ids.truncate(5);
+        (n, ids)
+    }
+
     pub fn list(&self) -> Vec<TenantHandle> {
         let mut v: Vec<TenantHandle> = self.by_id.iter().map(|e| e.value().clone()).collect();
         v.sort_by_cached_key(|h| {
@@ -228,6 +249,9 @@ impl Registry {
             customer: customer
                 .or_else(|| existing.as_ref().and_then(|e| e.record.customer.clone())),
             activation_jti: Some(claims.jti.clone()),
+            // A re-activation asks Webex for `integration.ingest` afresh: a switch under way
+            // ends with it.
+            transport_switch: None,
         };
         let (mut secrets, version, record_version) = match &existing {
             Some(e) => (e.secrets.clone(), e.token_version, e.record_version),

@@ -29,6 +29,7 @@ pub enum ChildKind {
     QueuePoller,
     Inventory,
     CommandConsumer,
+    TransportSwitch,
 }
 
 impl ChildKind {
@@ -39,6 +40,7 @@ impl ChildKind {
             Self::QueuePoller => "queue_poller",
             Self::Inventory => "inventory",
             Self::CommandConsumer => "command_consumer",
+            Self::TransportSwitch => "transport_switch",
         }
     }
 }
@@ -53,6 +55,12 @@ pub struct Stop;
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct RestartChildren;
+
+/// The tenant's transport switch moved on, or its `ingest` changed: start what it reads now
+/// (nothing running is cancelled: a poller whose queue was removed ends after its last poll).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct TransportChanged;
 
 /// This replica now holds the tenant's lease: start the owned work (completing a pending
 /// activation first).
@@ -139,6 +147,7 @@ impl TenantSupervisor {
             ChildKind::QueuePoller => Box::pin(crate::ingest::poller::run(shared, stop)),
             ChildKind::Inventory => Box::pin(crate::devices::inventory::run(shared, stop)),
             ChildKind::CommandConsumer => Box::pin(crate::devices::commands::run(shared, stop)),
+            ChildKind::TransportSwitch => Box::pin(crate::tenant::transport::run(shared, stop)),
         };
         let fut = async move {
             let _guard = guard;
@@ -162,6 +171,9 @@ impl TenantSupervisor {
             let r = self.shared.record();
             if r.ingest.queue() && r.poll_url.is_some() {
                 self.spawn_child(ChildKind::QueuePoller, ctx);
+            }
+            if r.transport_switch.is_some() {
+                self.spawn_child(ChildKind::TransportSwitch, ctx);
             }
         }
     }
@@ -295,6 +307,15 @@ impl Handler<RestartChildren> for TenantSupervisor {
     }
 }
 
+impl Handler<TransportChanged> for TenantSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, _: TransportChanged, ctx: &mut Self::Context) {
+        // Not ours: nothing to start (spawn_child needs the lease).
+        self.start_children(ctx);
+    }
+}
+
 impl Handler<Deprovision> for TenantSupervisor {
     type Result = ();
 
@@ -339,6 +360,11 @@ impl TenantSupervisor {
         match result {
             Ok(()) => {
                 self.restarts.remove(&kind);
+                if kind == ChildKind::TransportSwitch {
+                    // A step of the switch changed what the tenant reads: start it (a poller
+                    // of a new queue), and the next step while the switch lasts.
+                    self.start_children(ctx);
+                }
             }
             Err(e) => {
                 let n = self.restarts.entry(kind).or_default();

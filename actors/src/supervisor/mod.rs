@@ -17,7 +17,10 @@ use crate::store::tenants::TenantRecord;
 use crate::tenant::{TenantShared, tenant_json};
 
 pub use actor::ChildKind;
-use actor::{Deprovision, RestartChildren, StartOwnedWork, Stop, StopOwnedWork, TenantSupervisor};
+use actor::{
+    Deprovision, RestartChildren, StartOwnedWork, Stop, StopOwnedWork, TenantSupervisor,
+    TransportChanged,
+};
 
 /// The handle on one tenant: its shared state and its supervisor.
 #[derive(Clone)]
@@ -84,6 +87,12 @@ impl TenantHandle {
     /// After an update: the owner restarts its URL-bound children.
     pub async fn restart_children(&self) {
         let _ = self.addr.send(RestartChildren).await;
+    }
+
+    /// The tenant's transport switch moved on (or its `ingest` changed): the owner starts what
+    /// the tenant reads now (the queue poller, the switch's next step).
+    pub async fn transport_changed(&self) {
+        let _ = self.addr.send(TransportChanged).await;
     }
 
     /// Stops every child; the supervisor stays (the tenant answers 410).

@@ -15,6 +15,7 @@
 //! - [`gate`]: the device API's per-tenant gate (concurrency, rate-limit window).
 //! - [`rotation`]: webhook secret rotation (offer, PATCH, confirm; periodic and on demand).
 //! - [`tokens`]: `TokenKeeper`, the only place that exchanges the tenant's refresh token.
+//! - [`transport`]: switching between webhook and queue (enable, overlap, remove).
 //! - [`webhook_secrets`]: the secrets webhooks may be signed with, as ingest reads them.
 pub mod appurl;
 mod calls;
@@ -25,6 +26,7 @@ mod failures;
 pub mod gate;
 pub mod rotation;
 pub mod tokens;
+pub mod transport;
 pub mod webhook_secrets;
 
 use std::sync::{Arc, RwLock};
@@ -94,6 +96,9 @@ pub struct Changes {
     pub deprovisioned: bool,
     /// New URLs, scopes or refresh token (an update action elsewhere): owned work restarts.
     pub updated: bool,
+    /// A transport switch moved on elsewhere (or `ingest` changed): the owner starts what the
+    /// tenant now reads (the poller, the switch's own step); nothing running is cancelled.
+    pub transport: bool,
 }
 
 impl TenantShared {
@@ -151,6 +156,11 @@ impl TenantShared {
     /// A copy of the record.
     pub fn record(&self) -> TenantRecord {
         self.record.read().expect("record lock").clone()
+    }
+
+    /// Whether the tenant reads its queue (checked before every poll: a switch may remove it).
+    pub fn reads_queue(&self) -> bool {
+        self.record.read().expect("record lock").ingest.queue()
     }
 
     /// The queue's pollUrl (read on every poll: without copying the whole record).
@@ -227,6 +237,8 @@ impl TenantShared {
                     || before.app_url != after.app_url
                     || before.poll_url != after.poll_url
                     || before.scopes != after.scopes),
+            transport: before.ingest != after.ingest
+                || before.transport_switch != after.transport_switch,
         }
     }
 
@@ -277,6 +289,7 @@ pub fn tenant_json(
         "xapi_access": r.xapi_access,
         "manifest_version": r.manifest_version,
         "ingest": r.ingest,
+        "transport_switch": r.transport_switch,
         "last_error": r.last_error,
         "messages_received": {
             "webhook": received.get("webhook").copied().unwrap_or(0),

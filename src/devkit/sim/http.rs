@@ -294,6 +294,14 @@ async fn patch_app(
     let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
         return error(400, "invalid_request", "body is not JSON");
     };
+    {
+        let mut s = sim.state();
+        let refuse = &mut s.oauth_orgs[i].refuse_patches;
+        if *refuse > 0 {
+            *refuse -= 1;
+            return error(400, "invalid_request", "refused by the simulator");
+        }
+    }
     if let Some(ps) = patch.get("provisioningState")
         && !matches!(ps.as_str(), Some("completed" | "error"))
     {
@@ -353,8 +361,40 @@ async fn patch_app(
         if let Some(c) = patch.get("customer") {
             a.customer = Some(c.clone());
         }
+        let later = sim.inner.cfg.transport_apply_delay;
+        let at = std::time::Instant::now() + later;
+        a.apply_due();
+        // A transport enabled or removed takes effect later (Webex's caches), in order.
+        let registered = a.webhook.is_some()
+            || a.pending_transport
+                .iter()
+                .rev()
+                .find_map(|(_, c)| match c {
+                    super::TransportChange::Webhook(w) => Some(w.is_some()),
+                    super::TransportChange::QueueRemoved => None,
+                })
+                .unwrap_or(false);
         match webhook {
-            Some((kind, _, _)) if kind == "none" => a.webhook = None,
+            Some((kind, _, _)) if kind == "none" => {
+                a.pending_webhook = None;
+                if later.is_zero() {
+                    a.webhook = None;
+                } else {
+                    a.pending_transport
+                        .push((at, super::TransportChange::Webhook(None)));
+                }
+            }
+            Some((kind, w, secret)) if !registered && !later.is_zero() => {
+                let reg = WebhookReg {
+                    target_url: w["targetUrl"].as_str().unwrap_or_default().to_string(),
+                    kind,
+                    secret,
+                    username: w["username"].as_str().map(str::to_string),
+                    password: w["password"].as_str().map(str::to_string),
+                };
+                a.pending_transport
+                    .push((at, super::TransportChange::Webhook(Some(reg))));
+            }
             Some((kind, w, secret)) => {
                 let reg = WebhookReg {
                     target_url: w["targetUrl"].as_str().unwrap_or_default().to_string(),
@@ -377,14 +417,20 @@ async fn patch_app(
         }
         match queue.as_deref() {
             Some("enabled") => {
+                a.pending_transport
+                    .retain(|(_, c)| !matches!(c, super::TransportChange::QueueRemoved));
+                if a.queue_state.as_deref() != Some("enabled") {
+                    a.queue_flowing_from = (!later.is_zero()).then_some(at);
+                }
                 a.queue_state = Some("enabled".into());
+                a.queue_removed = false;
                 a.poll_url = Some(format!("{base}/queue/{uuid}/poll"));
             }
             Some("disabled") => a.queue_state = Some("disabled".into()),
-            Some("remove") => {
-                a.queue_state = None;
-                a.poll_url = None;
-            }
+            Some("remove") if !later.is_zero() => a
+                .pending_transport
+                .push((at, super::TransportChange::QueueRemoved)),
+            Some("remove") => a.remove_queue(),
             _ => {}
         }
     }
@@ -473,6 +519,14 @@ async fn poll(sim: web::Data<Sim>, req: HttpRequest, path: web::Path<String>) ->
     let Some(i) = org_index(&sim, &path) else {
         return error(404, "not_found", "unknown queue");
     };
+    {
+        let mut s = sim.state();
+        let a = &mut s.apps[i];
+        a.apply_due();
+        if a.queue_removed {
+            return error(404, "not_found", "the queue was removed");
+        }
+    }
     if !bearer_ok(&sim, &req, i) {
         return error(
             401,

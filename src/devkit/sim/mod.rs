@@ -70,6 +70,13 @@ pub struct SimConfig {
     /// later; until then messages are still sent with the old registration. A first
     /// registration applies at once. Default zero.
     pub webhook_apply_delay: Duration,
+    /// A PATCH that enables or removes a transport — a webhook registered where none was,
+    /// `{"webhook": {"type": "none"}}`, `{"queue": {"state": "enabled"}}` or `"remove"` — takes
+    /// effect this long after it was answered, as Webex's caches do (up to 10 minutes): until
+    /// then messages flow as before (an enabled queue exists at once, and is polled, but
+    /// receives messages only from then on). A removed queue's poll URL answers 404. Default
+    /// zero: at once.
+    pub transport_apply_delay: Duration,
 }
 
 impl Default for SimConfig {
@@ -85,6 +92,7 @@ impl Default for SimConfig {
             retention: Duration::from_secs(600),
             seed: 1,
             webhook_apply_delay: Duration::ZERO,
+            transport_apply_delay: Duration::ZERO,
         }
     }
 }
@@ -133,6 +141,23 @@ pub struct AppState {
     /// A changed registration not in effect yet (see [`SimConfig::webhook_apply_delay`]).
     #[serde(skip)]
     pub pending_webhook: Option<(Instant, WebhookReg)>,
+    /// Transports enabled or removed, not in effect yet (see
+    /// [`SimConfig::transport_apply_delay`]), in the order they were asked for.
+    #[serde(skip)]
+    pub pending_transport: Vec<(Instant, TransportChange)>,
+    /// The enabled queue receives messages from then on.
+    #[serde(skip)]
+    pub queue_flowing_from: Option<Instant>,
+    /// The queue was removed (`state: remove`, in effect): its poll URL answers 404.
+    pub queue_removed: bool,
+}
+
+/// A transport change waiting to take effect.
+#[derive(Debug, Clone)]
+pub enum TransportChange {
+    /// The webhook registered (`Some`) or removed (`None`).
+    Webhook(Option<WebhookReg>),
+    QueueRemoved,
 }
 
 impl AppState {
@@ -146,6 +171,30 @@ impl AppState {
         {
             self.webhook = Some(w);
         }
+        let now = Instant::now();
+        while self
+            .pending_transport
+            .first()
+            .is_some_and(|(at, _)| now >= *at)
+        {
+            match self.pending_transport.remove(0).1 {
+                TransportChange::Webhook(w) => self.webhook = w,
+                TransportChange::QueueRemoved => self.remove_queue(),
+            }
+        }
+    }
+
+    fn remove_queue(&mut self) {
+        self.queue_state = None;
+        self.poll_url = None;
+        self.queue_flowing_from = None;
+        self.queue_removed = true;
+    }
+
+    /// Whether messages go to the queue now.
+    pub fn queue_receives(&self) -> bool {
+        self.queue_state.as_deref() == Some("enabled")
+            && self.queue_flowing_from.is_none_or(|t| Instant::now() >= t)
     }
 }
 
@@ -224,6 +273,8 @@ struct OrgOAuth {
     reused: u64,
     /// The next this many polls of the queue are answered 503.
     fail_polls: usize,
+    /// The next this many PATCHes of the appUrl are refused (400).
+    refuse_patches: usize,
 }
 
 struct Inner {
@@ -629,6 +680,11 @@ impl Sim {
         self.state().oauth_orgs[i].reused
     }
 
+    /// The next `n` PATCHes of org `i`'s appUrl are refused (400, nothing applied).
+    pub fn refuse_next_patches(&self, i: usize, n: usize) {
+        self.state().oauth_orgs[i].refuse_patches = n;
+    }
+
     /// The next `n` polls of org `i`'s queue are answered 503 (they count in [`Sim::polls`],
     /// not in [`Sim::last_poll`]).
     pub fn fail_next_polls(&self, i: usize, n: usize) {
@@ -701,10 +757,7 @@ impl Sim {
             let mut s = self.state();
             let a = &mut s.apps[i];
             a.apply_due();
-            (
-                a.queue_state.as_deref() == Some("enabled"),
-                a.webhook.clone(),
-            )
+            (a.queue_receives(), a.webhook.clone())
         };
         let mut report = DeliveryReport::default();
         if queue_on {
@@ -776,10 +829,7 @@ impl Sim {
                 let active: Vec<usize> = {
                     let s = sim.state();
                     (0..s.apps.len())
-                        .filter(|&i| {
-                            s.apps[i].webhook.is_some()
-                                || s.apps[i].queue_state.as_deref() == Some("enabled")
-                        })
+                        .filter(|&i| s.apps[i].webhook.is_some() || s.apps[i].queue_receives())
                         .collect()
                 };
                 if active.is_empty() || n == 0 {

@@ -245,6 +245,7 @@ async fn tenant_page(state: &AppState, req: &HttpRequest, id: String, s: String)
     <dt>Inventory</dt><dd id=inventory>{inventory}</dd><dt>Created</dt><dd>{created}</dd></dl>
     <h2>Last error</h2>{err}
     <h2>Consumers</h2><p>Redis users that read this organization's streams, device state and inventory only.</p>{consumers}{grant}
+    <h2>Transport</h2>{transport}
     <h2>Actions</h2>{health}{rotate}
     <h3>Request a manifest update</h3>{manifest}
     <h2>Lifecycle</h2>{history}"#,
@@ -268,6 +269,7 @@ async fn tenant_page(state: &AppState, req: &HttpRequest, id: String, s: String)
         qu = received["queue"],
         rate = h.shared.messages_last_minute(),
         created = r.created_at,
+        transport = transport_section(&r, &action),
         health = action("health", "Health check now", ""),
         rotate = action("rotate", "Rotate webhook secret", ""),
         grant = action(
@@ -287,6 +289,47 @@ async fn tenant_page(state: &AppState, req: &HttpRequest, id: String, s: String)
         Some(&s),
         state,
         &html,
+    )
+}
+
+/// The tenant page's transport: what it reads, the switch under way, and the form to switch.
+fn transport_section(
+    r: &actors::tenant::TenantRecord,
+    action: &dyn Fn(&str, &str, &str) -> String,
+) -> String {
+    let now = match &r.transport_switch {
+        Some(sw) => format!(
+            "<p id=transport>Switching {} → {}: {}{}. Both transports are read until the old one is removed; a message both deliver is written once.</p>",
+            ingest_str(sw.from),
+            ingest_str(sw.to),
+            badge(sw.phase.as_str()),
+            sw.overlap_until
+                .map(|t| format!(
+                    ", old transport removed after {}",
+                    t.format("%Y-%m-%d %H:%M:%S UTC")
+                ))
+                .unwrap_or_default()
+        ),
+        None => format!("<p id=transport>Reads {}.</p>", ingest_str(r.ingest)),
+    };
+    let options: String = ["webhook", "queue", "both"]
+        .iter()
+        .map(|m| {
+            let selected = if *m == r.ingest.as_str() {
+                " selected"
+            } else {
+                ""
+            };
+            format!("<option value={m}{selected}>{m}</option>")
+        })
+        .collect();
+    let form = action(
+        "ingest",
+        "Switch",
+        &format!("<label>Transport <select name=ingest>{options}</select></label> "),
+    );
+    format!(
+        "{now}<p>The new transport is enabled first and both are read for activation.transport_overlap_secs (Webex takes up to 10 minutes to apply a change); then the old one is removed.</p>{form}"
     )
 }
 
@@ -357,6 +400,26 @@ pub async fn tenant_action(
                     "Update request sent: the customer's admin can approve the new manifest".into(),
                 ),
                 Err(e) => back(false, format!("Webex refused the update request: {e}")),
+            }
+        }
+        "ingest" => {
+            let Some(mode) = actors::config::IngestMode::parse(form.ingest.trim()) else {
+                return back(false, "Choose webhook, queue or both".into());
+            };
+            match crate::http::admin::switch_ingest(&state, &id, mode).await {
+                Ok(h) => {
+                    let r = h.record();
+                    let msg = match &r.transport_switch {
+                        Some(sw) => format!(
+                            "Switching {} → {}: the new transport is enabled; the old one is removed after the overlap",
+                            sw.from.as_str(),
+                            sw.to.as_str()
+                        ),
+                        None => format!("The tenant reads {}", r.ingest.as_str()),
+                    };
+                    back(true, msg)
+                }
+                Err(e) => back(false, e.to_string()),
             }
         }
         "grant-consumer" if h.shared.is_deprovisioned() => {

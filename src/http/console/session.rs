@@ -200,6 +200,9 @@ pub struct CsrfForm {
     pub(super) name: String,
     #[serde(default)]
     pub(super) manifest: String,
+    /// The transport a tenant is switched to (webhook, queue, both).
+    #[serde(default)]
+    pub(super) ingest: String,
     /// A checkbox: present ("on") when ticked.
     #[serde(default)]
     pub(super) commands: String,

@@ -116,6 +116,51 @@ pub struct TenantRecord {
     /// activation answered 503 finds here that it took effect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub activation_jti: Option<String>,
+    /// A change of transport under way (see `crate::tenant::transport`): recorded here so
+    /// that whichever replica owns the tenant finishes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport_switch: Option<TransportSwitch>,
+}
+
+/// A switch between webhook and queue, made before it breaks: the new transport is enabled
+/// (`ingest` then reads both), both are read for `activation.transport_overlap_secs`, then the
+/// old one is removed (`ingest` becomes `to`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransportSwitch {
+    /// The mode when the switch was asked for.
+    pub from: IngestMode,
+    /// The mode asked for.
+    pub to: IngestMode,
+    pub phase: SwitchPhase,
+    pub requested_at: DateTime<Utc>,
+    /// When the old transport is removed (set once the new one is enabled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlap_until: Option<DateTime<Utc>>,
+    /// The request's trackingId (its answer, the lifecycle entry and any error carry it).
+    #[serde(rename = "trackingId")]
+    pub tracking_id: String,
+}
+
+/// Where a transport switch stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SwitchPhase {
+    /// The PATCH enabling the new transport is being sent.
+    Enabling,
+    /// Both transports are read until `overlap_until`.
+    Overlap,
+    /// The PATCH removing the old transport is due or being sent.
+    Removing,
+}
+
+impl SwitchPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Enabling => "enabling",
+            Self::Overlap => "overlap",
+            Self::Removing => "removing",
+        }
+    }
 }
 
 /// A partner's customer: who an organization is in the partner's own books.
