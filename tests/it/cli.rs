@@ -606,3 +606,105 @@ async fn the_demo_stays_up_and_every_command_it_suggests_works_while_it_runs() {
     .expect("the demo ends by itself after --seconds");
     assert!(status.success());
 }
+
+#[actix_web::test]
+async fn set_ingest_switches_one_tenant_or_all_and_a_restart_names_those_off_the_setting() {
+    let TestEnv { redis, prefix, sim } = TestEnv::start(xapi_stream::devkit::sim::SimConfig {
+        devices_per_org: 1,
+        ..Default::default()
+    })
+    .await;
+    // Processes sharing one configuration (and encryption key).
+    let mut env = xapi_stream::devkit::devenv::engine_env(&sim, &redis.url(), &prefix);
+    for (k, v) in [
+        ("INTEGRATION__INGEST", "webhook"),
+        ("LOG__LEVEL", "info"),
+        ("LOG__FORMAT", "text"),
+    ] {
+        env.push((format!("XAPI_STREAM__{k}"), v.to_string()));
+    }
+    let engine = Replica::spawn("first", &env);
+    wait_ready(&engine.base, Duration::from_secs(20)).await;
+    let base = engine.base.clone();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(activate_org(&sim, &base, i).await);
+    }
+    let run = |args: &[&str]| {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let base = base.clone();
+        async move {
+            let out = admin_cli()
+                .arg("set-ingest")
+                .args(&args)
+                .args(["--url", &base])
+                .output()
+                .await
+                .unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+    // One tenant: the queue is enabled at once, the webhook removed after the (600-s) overlap.
+    let (code, out, err) = run(&["--tenant", &ids[0], "queue"]).await;
+    assert_eq!(code, Some(0), "{out} {err}");
+    assert!(
+        out.contains(&format!(
+            "tenant {}: switching webhook -> queue (overlap",
+            ids[0]
+        )),
+        "{out}"
+    );
+    assert_eq!(sim.app_state(0).queue_state.as_deref(), Some("enabled"));
+    // Every other tenant, with progress and a summary; then nothing is left to move.
+    let (code, out, err) = run(&["--all", "queue"]).await;
+    assert_eq!(code, Some(0), "{out} {err}");
+    assert!(out.contains("2 of 3 tenants to move to queue"), "{out}");
+    assert!(
+        out.contains("[1/2] tenant") && out.contains("[2/2] tenant"),
+        "{out}"
+    );
+    assert!(out.contains("2 switching, 0 refused"), "{out}");
+    let (code, out, _) = run(&["--all", "queue"]).await;
+    assert_eq!(code, Some(0));
+    assert!(out.contains("0 of 3 tenants to move"), "{out}");
+    // Refused (another switch is under way): exit 1, each refusal with its description and
+    // trackingId.
+    let (code, out, err) = run(&["--all", "webhook"]).await;
+    assert_eq!(code, Some(1), "{out} {err}");
+    assert!(out.contains("0 switching, 3 refused"), "{out}");
+    assert!(
+        err.contains("switch refused (409 Conflict)")
+            && err.contains("a switch to queue is under way")
+            && err.contains("trackingId"),
+        "{err}"
+    );
+    // Not a mode, or no tenant named: refused by the command line itself.
+    assert_eq!(run(&["--all", "pigeon"]).await.0, Some(2));
+    assert_eq!(run(&["queue"]).await.0, Some(2));
+    // A replica started now (integration.ingest still "webhook") says which tenants differ
+    // from the setting, and how to move them.
+    let replica = Replica::spawn("differs", &env);
+    wait_ready(&replica.base, Duration::from_secs(20)).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            replica.log_lines(1000).contains(
+                "3 tenant(s) read another transport than integration.ingest = \"webhook\"",
+            )
+        })
+        .await,
+        "{}",
+        replica.log_tail()
+    );
+    assert!(
+        replica
+            .log_lines(1000)
+            .contains("xapi-stream set-ingest --all webhook")
+    );
+    drop(replica);
+    drop(engine);
+    sim.shutdown().await;
+}

@@ -403,3 +403,50 @@ async fn the_overview_lists_a_queue_tenant_while_its_polls_fail() {
     );
     engine.shutdown().await;
 }
+
+#[actix_web::test]
+async fn the_tenant_page_switches_the_transport_and_shows_the_switch() {
+    let env = TestEnv::start(SimConfig::default()).await;
+    let engine = env.engine(&[("INTEGRATION__INGEST", "webhook")]).await;
+    let admin = engine.admin_url();
+    let tenant = activate_org(&env.sim, &admin, 0).await;
+    let cookie = sign_in(&admin).await;
+    let page = format!("/console/tenants/{tenant}");
+    let (_, html) = get(&admin, &page, &cookie).await;
+    assert!(
+        html.contains("<p id=transport>Reads webhook.</p>"),
+        "{html}"
+    );
+    assert!(html.contains("<option value=webhook selected>"), "{html}");
+    let token = csrf_of(&html);
+    let post = |mode: &'static str, csrf: String| {
+        let (admin, cookie, tenant) = (admin.clone(), cookie.clone(), tenant.clone());
+        async move {
+            client()
+                .post(format!("{admin}/console/tenants/{tenant}/ingest"))
+                .header("Cookie", &cookie)
+                .form(&[("csrf", csrf), ("ingest", mode.to_string())])
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(post("queue", "forged".into()).await.status(), 403);
+    assert_eq!(env.sim.app_state(0).queue_state, None);
+    let r = post("queue", token.clone()).await;
+    assert_eq!(r.status(), 303);
+    let back = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(back.contains("done="), "{back}");
+    let (_, html) = get(&admin, &back, &cookie).await;
+    assert!(html.contains("Switching webhook → queue"), "{html}");
+    assert!(html.contains("old transport removed after"), "{html}");
+    assert_eq!(env.sim.app_state(0).queue_state.as_deref(), Some("enabled"));
+    // Another target while it runs: refused, and the page says why.
+    let r = post("both", token).await;
+    let back = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(back.contains("failed="), "{back}");
+    let (_, html) = get(&admin, &back, &cookie).await;
+    assert!(html.contains("a switch to queue is under way"), "{html}");
+    drop(engine);
+    env.sim.shutdown().await;
+}

@@ -232,6 +232,82 @@ async fn queue_long_poll_waits_then_answers_empty_and_caps_at_ten() {
 }
 
 #[actix_web::test]
+async fn transport_changes_take_effect_after_the_delay_and_a_removed_queue_answers_404() {
+    const DELAY: Duration = Duration::from_millis(400);
+    let s = sim(SimConfig {
+        poll_wait: Duration::from_millis(50),
+        transport_apply_delay: DELAY,
+        ..Default::default()
+    })
+    .await;
+    let token = access_token(&s, 0).await;
+    let (app, http) = (s.org(0).app_url, reqwest::Client::new());
+    let patch = |body: Value| {
+        let (http, app, token) = (http.clone(), app.clone(), token.clone());
+        async move {
+            let r = http
+                .patch(&app)
+                .bearer_auth(&token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let hook = json!({"type": "hmac_signature", "targetUrl": "http://127.0.0.1:9/hook",
+        "secret": "0123456789abcdefghij"});
+    let asked = Instant::now();
+    let answer = patch(json!({"webhook": hook, "queue": {"state": "enabled"}})).await;
+    // The queue exists at once (its pollUrl in the answer) but receives nothing yet; the
+    // webhook is not registered yet.
+    let poll_url = answer["queue"]["pollUrl"].as_str().unwrap().to_string();
+    let a = s.app_state(0);
+    if asked.elapsed() < DELAY {
+        assert!(a.webhook.is_none() && !a.queue_receives(), "{a:?}");
+        assert_eq!(s.deliver(0, &s.generate(0, 1)).await.queued, 0);
+    }
+    tokio::time::sleep(DELAY).await;
+    let a = s.app_state(0);
+    assert!(a.webhook.is_some() && a.queue_receives(), "{a:?}");
+    // Removals: messages flow as before until the delay has passed, then the queue's poll
+    // URL answers 404 and nothing is sent anywhere.
+    let asked = Instant::now();
+    patch(json!({"webhook": {"type": "none"}, "queue": {"state": "remove"}})).await;
+    let poll = || http.get(&poll_url).bearer_auth(&token).send();
+    if asked.elapsed() < DELAY {
+        let a = s.app_state(0);
+        assert!(a.webhook.is_some() && a.queue_receives(), "{a:?}");
+    }
+    tokio::time::sleep(DELAY).await;
+    let a = s.app_state(0);
+    assert!(
+        a.webhook.is_none() && a.queue_removed && a.queue_state.is_none(),
+        "{a:?}"
+    );
+    assert_eq!(poll().await.unwrap().status(), 404);
+    let report = s.deliver(0, &s.generate(0, 1)).await;
+    assert_eq!((report.queued, report.webhook_statuses.len()), (0, 0));
+    // Enabled again: polled again (no 404).
+    patch(json!({"queue": {"state": "enabled"}})).await;
+    assert_eq!(poll().await.unwrap().status(), 200);
+    // A PATCH refused on demand changes nothing.
+    s.refuse_next_patches(0, 1);
+    let r = http
+        .patch(&app)
+        .bearer_auth(&token)
+        .json(&json!({"queue": {"state": "remove"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    tokio::time::sleep(DELAY).await;
+    assert!(!s.app_state(0).queue_removed);
+    s.shutdown().await;
+}
+
+#[actix_web::test]
 async fn app_url_checks_tokens_records_patches_and_can_fail_on_demand() {
     let s = sim(SimConfig {
         access_token_ttl: Duration::from_secs(1),
