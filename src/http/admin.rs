@@ -298,9 +298,20 @@ pub async fn switch_ingest(
 ) -> Result<actors::supervisor::TenantHandle, ApiError> {
     use actors::tenant::transport::{self, SwitchError};
     let h = super::live_tenant(state, id).await?;
-    let result = transport::request(&h.shared, mode).await;
-    // Whatever happened, the owner (perhaps this replica) starts what the tenant reads now.
-    h.transport_changed().await;
+    // In a task of its own: a caller that goes away does not cut the switch short between the
+    // PATCH and recording what Webex answered. Whatever happened, the owner (perhaps this
+    // replica) then starts what the tenant reads now.
+    let task = {
+        let h = h.clone();
+        actix_web::rt::spawn(async move {
+            let result = transport::request(&h.shared, mode).await;
+            h.transport_changed().await;
+            result
+        })
+    };
+    let result = task
+        .await
+        .map_err(|e| ApiError::internal(&format!("transport switch: {e}")))?;
     match result {
         Ok(_) => Ok(h),
         Err(e) => {
@@ -311,7 +322,15 @@ pub async fn switch_ingest(
                 SwitchError::Webex(_) => (StatusCode::BAD_GATEWAY, "webex"),
                 SwitchError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             };
-            let mut err = ApiError::new(status, reason, format!("transport not switched: {e}"));
+            let description = match &e {
+                // Perhaps after Webex took the PATCH: the record may hold the switch, which
+                // the owner then finishes.
+                SwitchError::Store(_) => format!(
+                    "transport switch: {e}; GET the tenant to see whether the switch is under way"
+                ),
+                _ => format!("transport not switched: {e}"),
+            };
+            let mut err = ApiError::new(status, reason, description);
             if status == StatusCode::SERVICE_UNAVAILABLE {
                 err = err.retry_after(1);
             }

@@ -130,17 +130,24 @@ async fn switching_transports_under_traffic_loses_nothing_and_writes_nothing_twi
     let stop = Arc::new(AtomicBool::new(false));
     let traffic = start_traffic(sim, ORGS, stop.clone());
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let asked_at = Instant::now();
+    let mut overlap_until = HashMap::new();
     for (i, mode) in [(0, "queue"), (1, "webhook"), (2, "webhook")] {
         let (status, body) = set_ingest(&base, &ids[i], mode).await;
         assert_eq!(status, 202, "org {i}: {body}");
         let sw = &body["transport_switch"];
-        assert_eq!(sw["to"], mode, "org {i}: {body}");
-        assert_eq!(sw["trackingId"].as_str().map(str::len), Some(32), "{body}");
         if i < 2 {
             // The new transport is enabled (and read) before the answer; the old one stays.
+            assert_eq!(sw["to"], mode, "org {i}: {body}");
             assert_eq!(sw["phase"], "overlap", "org {i}: {body}");
+            assert_eq!(sw["trackingId"].as_str().map(str::len), Some(32), "{body}");
             assert_eq!(body["ingest"], "both", "org {i}: {body}");
+            let until: chrono::DateTime<chrono::Utc> =
+                sw["overlap_until"].as_str().unwrap().parse().unwrap();
+            overlap_until.insert(ids[i].clone(), until);
+        } else {
+            // Both → webhook: nothing new to wait for; the queue goes at once (the switch may
+            // be over before the answer).
+            assert!(sw.is_null() || sw["to"] == mode, "org {i}: {body}");
         }
     }
     let limit = OVERLAP * 4 + APPLY_DELAY * 2;
@@ -151,10 +158,20 @@ async fn switching_transports_under_traffic_loses_nothing_and_writes_nothing_twi
             admin_tenant(&base, &ids[i]).await
         );
     }
-    assert!(
-        asked_at.elapsed() >= OVERLAP,
-        "a switch ended before its overlap"
-    );
+    // Each old transport went only once its overlap had run (the lifecycle entry is written
+    // after the removal).
+    let changes = ingest_changes(env.redis, prefix);
+    for (tenant, until) in &overlap_until {
+        let (_, ts, reason) = changes.iter().rfind(|c| &c.0 == tenant).unwrap();
+        assert!(
+            ts >= until,
+            "{tenant}: removed at {ts}, overlap until {until}"
+        );
+        assert!(
+            reason == "webhook -> queue" || reason == "queue -> webhook",
+            "{reason}"
+        );
+    }
     // The simulator shows each old transport removed.
     assert!(
         eventually(APPLY_DELAY * 5, || async {
@@ -223,11 +240,7 @@ async fn switching_transports_under_traffic_loses_nothing_and_writes_nothing_twi
         (0..ORGS).map(both_ways).collect::<Vec<_>>()
     );
     // Each switch is in the lifecycle stream and counted.
-    let changes = lifecycle(env.redis, prefix)
-        .into_iter()
-        .filter(|e| e == "ingest_changed")
-        .count();
-    assert_eq!(changes, 5);
+    assert_eq!(ingest_changes(env.redis, prefix).len(), 5);
     assert_eq!(
         scrape(
             &base,
@@ -243,6 +256,33 @@ async fn switching_transports_under_traffic_loses_nothing_and_writes_nothing_twi
     );
     drop(engine);
     sim.shutdown().await;
+}
+
+/// The `ingest_changed` lifecycle entries: (tenant, ts, reason).
+fn ingest_changes(
+    redis: &RedisServer,
+    prefix: &str,
+) -> Vec<(String, chrono::DateTime<chrono::Utc>, String)> {
+    let mut conn = redis.client().get_connection().unwrap();
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(format!("{prefix}:tenants"))
+        .arg("-")
+        .arg("+")
+        .query(&mut conn)
+        .unwrap();
+    reply
+        .ids
+        .iter()
+        .filter(|e| e.get::<String>("event").as_deref() == Some("ingest_changed"))
+        .map(|e| {
+            let ts: String = e.get("ts").unwrap();
+            (
+                e.get("tenant").unwrap(),
+                ts.parse().unwrap(),
+                e.get("reason").unwrap(),
+            )
+        })
+        .collect()
 }
 
 /// The replica holding each org's lease.
@@ -269,10 +309,14 @@ async fn a_kill_9_of_the_owner_in_the_overlap_leaves_the_survivor_to_finish_the_
     .await;
     let (sim, prefix) = (&env.sim, &env.prefix);
     let mut vars = env.replica_env();
+    let (overlap, ttl) = (
+        OVERLAP_HERE.as_secs().to_string(),
+        LEASE_TTL.as_secs().to_string(),
+    );
     for (k, v) in [
         ("INTEGRATION__INGEST", "webhook"),
-        ("ACTIVATION__TRANSPORT_OVERLAP_SECS", "10"),
-        ("SCALING__LEASE_TTL_SECS", "6"),
+        ("ACTIVATION__TRANSPORT_OVERLAP_SECS", overlap.as_str()),
+        ("SCALING__LEASE_TTL_SECS", ttl.as_str()),
         ("WEBEX__HTTP_TIMEOUT_SECS", "3"),
         ("SERVER__WORKERS", "1"),
         ("LOG__LEVEL", "info"),
@@ -340,7 +384,12 @@ async fn a_kill_9_of_the_owner_in_the_overlap_leaves_the_survivor_to_finish_the_
         lease_holder(&env.redis, prefix, sim, 0).as_deref(),
         Some(survivor.id.as_str())
     );
-    assert!(lifecycle(&env.redis, prefix).contains(&"ingest_changed".to_string()));
+    let changes = ingest_changes(&env.redis, prefix);
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert!(
+        changes[0].1 >= until && changes[0].2 == "webhook -> queue",
+        "{changes:?}"
+    );
     sim.shutdown().await;
 }
 

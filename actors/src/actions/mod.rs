@@ -158,6 +158,8 @@ pub async fn deprovision(
     shared
         .update(|r| {
             r.provisioning_state = ProvisioningState::Deprovisioned;
+            // A transport switch under way ends with the tenant.
+            r.transport_switch = None;
             r.poll_url = None;
         })
         .await?;

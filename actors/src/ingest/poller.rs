@@ -17,6 +17,8 @@ use crate::webex::polls::PollSlot;
 pub const POLL_RETRY_CAP: Duration = Duration::from_secs(60);
 /// A long-poll waits up to 20 s on the server; allow this much more before giving up.
 const LONG_POLL_TIMEOUT: Duration = Duration::from_secs(35);
+/// The most messages one poll answers (the protocol's): fewer means the queue was empty.
+const MAX_MESSAGES_PER_POLL: usize = 10;
 /// With fewer free places than this in the writer's queue, polling pauses.
 const MIN_FREE_PLACES: usize = 64;
 /// How often to look again while paused for backpressure.
@@ -86,10 +88,16 @@ pub async fn run(shared: Arc<TenantShared>, stop: Shutdown) -> Result<(), ChildE
             }
             continue;
         }
+        let sent_at = chrono::Utc::now().timestamp_millis();
         let outcome = poll_once(&shared, &stop, &conn).await;
         let delay = match outcome {
             Poll::Skipped => Some(LEASE_WAIT),
             Poll::Messages(n) => {
+                if n < MAX_MESSAGES_PER_POLL {
+                    shared
+                        .queue_drained_at
+                        .fetch_max(sent_at, std::sync::atomic::Ordering::Relaxed);
+                }
                 if shared
                     .poller_failing
                     .swap(false, std::sync::atomic::Ordering::Relaxed)

@@ -59,6 +59,10 @@ pub struct TenantShared {
     deps: Arc<Deps>,
     /// Set while the queue poller's last poll failed (healthCheck reports `impaired`).
     pub poller_failing: std::sync::atomic::AtomicBool,
+    /// When (Unix ms) the latest poll was sent that answered fewer messages than a poll may
+    /// hold, its batch written: the queue was empty then (a transport switch removes a queue
+    /// only once this is after its overlap). 0: not since this replica owns the tenant.
+    pub queue_drained_at: std::sync::atomic::AtomicI64,
     /// The device API's per-tenant gate (concurrency, rate-limit window).
     pub(crate) devices: gate::DeviceGate,
     /// Whether this replica owns the tenant's background work (token refresh, queue poller…).
@@ -131,6 +135,7 @@ impl TenantShared {
             devices: gate::DeviceGate::new(deps.config.devices.max_concurrency),
             deps,
             poller_failing: Default::default(),
+            queue_drained_at: Default::default(),
         }
     }
 
@@ -235,7 +240,9 @@ impl TenantShared {
             updated: !state_changed
                 && (new_refresh_token
                     || before.app_url != after.app_url
-                    || before.poll_url != after.poll_url
+                    // (A queue a transport switch adds or removes is `transport`'s: nothing
+                    // running needs a restart for it.)
+                    || (before.poll_url != after.poll_url && before.ingest == after.ingest)
                     || before.scopes != after.scopes),
             transport: before.ingest != after.ingest
                 || before.transport_switch != after.transport_switch,

@@ -190,14 +190,17 @@ async fn enable(shared: &TenantShared) -> Result<(), SwitchError> {
         };
         if let Err(e) = checked {
             let why = format!("transport switch to {}: {e}", to.as_str());
-            return Err(abandon(shared, &switch, why, true).await);
+            return Err(abandon(shared, &switch, why, false).await);
         }
     }
     let until = Utc::now() + deps.config.activation.transport_overlap();
     let both = from.union(to);
-    shared
+    let next = shared
         .update(|r| {
-            if r.transport_switch.as_ref().map(|s| &s.tracking_id) == Some(&switch.tracking_id) {
+            let ours = r.transport_switch.as_ref().is_some_and(|s| {
+                s.tracking_id == switch.tracking_id && s.phase == SwitchPhase::Enabling
+            });
+            if ours && r.provisioning_state == ProvisioningState::Completed {
                 r.ingest = both;
                 if add_queue {
                     r.poll_url = poll_url.clone();
@@ -209,6 +212,18 @@ async fn enable(shared: &TenantShared) -> Result<(), SwitchError> {
             }
         })
         .await?;
+    match &next.transport_switch {
+        Some(s) if s.tracking_id == switch.tracking_id && s.phase != SwitchPhase::Enabling => {}
+        _ => {
+            // The owner took the switch over meanwhile and ended it (or the tenant was
+            // deprovisioned or re-activated): what Webex now has is reconciled by asking again.
+            tracing::warn!(tenant = %shared.tenant_id, trackingId = %switch.tracking_id, "transport switch: enabled at Webex after the switch had ended");
+            return Err(SwitchError::Webex(
+                "the switch ended while its PATCH was answered (see the tenant's last_error); ask again"
+                    .into(),
+            ));
+        }
+    }
     tracing::info!(tenant = %shared.tenant_id, trackingId = %switch.tracking_id, added = what(add_webhook, add_queue), %until, "transport switch: new transport enabled; both are read until the overlap ends");
     Ok(())
 }
@@ -231,6 +246,11 @@ async fn remove(shared: &TenantShared, switch: &TransportSwitch) -> Result<(), S
         body["queue"] = json!({ "state": "remove" });
     }
     if drop_webhook || drop_queue {
+        if !shared.still_in_charge() {
+            // A lease moved or a re-activation replaced this tenant meanwhile: its new owner
+            // (or the activation) decides what Webex has.
+            return Err(SwitchError::Webex("no longer the tenant's owner".into()));
+        }
         let deps = shared.deps();
         let answer = shared
             .with_token(|t| {
@@ -329,7 +349,10 @@ async fn set_phase(
 fn refused(e: &WithToken<AppUrlError>) -> bool {
     match e {
         WithToken::Token(_) => false,
-        WithToken::Call(AppUrlError::Status { status, .. }) => *status < 500,
+        // Too many requests, a timeout or a conflict at Webex: worth another try.
+        WithToken::Call(AppUrlError::Status { status, .. }) => {
+            *status < 500 && !matches!(status, 408 | 409 | 429)
+        }
         WithToken::Call(AppUrlError::Gone(_) | AppUrlError::Unauthorized(_)) => true,
         WithToken::Call(AppUrlError::Url(_)) => true,
         WithToken::Call(AppUrlError::Network(_)) => false,
@@ -345,54 +368,88 @@ fn what(webhook: bool, queue: bool) -> &'static str {
 }
 
 /// The owner's part, a child of the supervisor while the record holds a switch: waits out the
-/// overlap and removes the old transport (or sends a PATCH whose requester died). Returns after
-/// each step that changed what the tenant reads, so the supervisor starts (or lets end) the
-/// queue poller, and runs it again while the switch lasts.
+/// overlap — and, before removing a queue, a poll after it that found the queue empty — then
+/// removes the old transport (or sends the enabling PATCH of a requester that died). Returns
+/// after each step that changed what the tenant reads, so the supervisor starts (or lets end)
+/// the queue poller and runs it again while the switch lasts; a step that changed nothing is an
+/// error (the supervisor tries again after its backoff).
 pub async fn run(shared: std::sync::Arc<TenantShared>, stop: Shutdown) -> Result<(), ChildError> {
+    let overlap = shared.deps().config.activation.transport_overlap();
     loop {
-        let Some(switch) = shared.record().transport_switch else {
+        let record = shared.record();
+        let Some(switch) = record.transport_switch else {
             return Ok(());
         };
+        let now = Utc::now();
         let wait_until = match switch.phase {
-            // The requester's PATCH (and a token refresh with a second one) may be in flight.
-            SwitchPhase::Enabling => switch.requested_at + rotation::in_flight_for(&shared),
-            SwitchPhase::Overlap => switch.overlap_until.unwrap_or_else(Utc::now),
-            SwitchPhase::Removing => Utc::now(),
+            // The requester's PATCH (after a token refresh, and again after another) may be
+            // in flight: its own bound, twice.
+            SwitchPhase::Enabling => switch.requested_at + rotation::in_flight_for(&shared) * 2,
+            SwitchPhase::Overlap => switch.overlap_until.unwrap_or(now),
+            SwitchPhase::Removing => now,
         };
-        let wait = (wait_until - Utc::now()).to_std().unwrap_or_default();
-        if !wait.is_zero() {
+        let mut wait = (wait_until - now).to_std().unwrap_or_default();
+        if wait.is_zero() && switch.phase != SwitchPhase::Enabling {
+            wait = drain_wait(&shared, &switch, record.ingest, overlap);
+        }
+        if !wait.is_zero() || !shared.still_in_charge() {
+            // Also looks again now and then: the requester may move the switch on, a lease
+            // being renewed may come back.
             tokio::select! {
                 _ = stop.wait() => return Ok(()),
-                // Also looks again now and then: the requester may have moved the switch on.
-                _ = tokio::time::sleep(wait.min(RECHECK)) => {}
+                _ = tokio::time::sleep(wait.clamp(Duration::from_millis(50), RECHECK)) => {}
             }
             continue;
         }
         if stop.is_fired() {
             return Ok(());
         }
-        if !shared.still_in_charge() {
-            // A lease being renewed or handed over: look again (the supervisor stops this
-            // child if the lease is lost).
-            tokio::select! {
-                _ = stop.wait() => return Ok(()),
-                _ = tokio::time::sleep(RECHECK) => continue,
-            }
-        }
-        return match switch.phase {
-            SwitchPhase::Enabling => match enable(&shared).await {
-                Err(SwitchError::Store(e)) => Err(ChildError::new("transport switch", e)),
-                _ => Ok(()),
-            },
-            SwitchPhase::Overlap | SwitchPhase::Removing => match remove(&shared, &switch).await {
-                Ok(()) | Err(SwitchError::Refused(_)) => Ok(()),
-                Err(e) => Err(ChildError::new(
-                    "transport switch: removing the old transport",
-                    e,
-                )),
-            },
+        let step = match switch.phase {
+            SwitchPhase::Enabling => enable(&shared).await,
+            SwitchPhase::Overlap | SwitchPhase::Removing => remove(&shared, &switch).await,
+        };
+        let after = shared.record().transport_switch;
+        let moved_on = after
+            .as_ref()
+            .is_none_or(|a| a.tracking_id != switch.tracking_id || a.phase != switch.phase);
+        return match step {
+            Ok(()) | Err(SwitchError::Refused(_)) if moved_on => Ok(()),
+            Ok(()) | Err(SwitchError::Refused(_)) => Err(ChildError::new(
+                "transport switch",
+                SwitchError::Webex("the step could not be recorded yet".into()),
+            )),
+            Err(e) => Err(ChildError::new("transport switch", e)),
         };
     }
+}
+
+/// Before a queue is removed: how much longer to wait for a poll sent after the overlap ended
+/// that found it empty (messages Webex queued before the new transport took effect are read
+/// first). Waits at most one more overlap for it; then the queue goes anyway, said in the log.
+fn drain_wait(
+    shared: &TenantShared,
+    switch: &TransportSwitch,
+    ingest: IngestMode,
+    overlap: Duration,
+) -> Duration {
+    let Some(until) = switch.overlap_until else {
+        return Duration::ZERO;
+    };
+    if !ingest.queue() || switch.to.queue() {
+        return Duration::ZERO;
+    }
+    let drained = shared
+        .queue_drained_at
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if drained >= until.timestamp_millis() {
+        return Duration::ZERO;
+    }
+    let give_up = until + overlap;
+    if Utc::now() >= give_up {
+        tracing::warn!(tenant = %shared.tenant_id, trackingId = %switch.tracking_id, "transport switch: the queue was not seen empty since the overlap ended (its polls fail?); removing it anyway");
+        return Duration::ZERO;
+    }
+    RECHECK
 }
 
 /// How often a waiting switch looks at the record again.

@@ -365,15 +365,14 @@ async fn patch_app(
         let at = std::time::Instant::now() + later;
         a.apply_due();
         // A transport enabled or removed takes effect later (Webex's caches), in order.
-        let registered = a.webhook.is_some()
-            || a.pending_transport
-                .iter()
-                .rev()
-                .find_map(|(_, c)| match c {
-                    super::TransportChange::Webhook(w) => Some(w.is_some()),
-                    super::TransportChange::QueueRemoved => None,
-                })
-                .unwrap_or(false);
+        // A registration waits behind a webhook change still pending (in order), or — where
+        // none was registered — for the delay itself; a change of a registration in force is
+        // `webhook_apply_delay`'s.
+        let webhook_pending = a
+            .pending_transport
+            .iter()
+            .any(|(_, c)| matches!(c, super::TransportChange::Webhook(_)));
+        let registered = a.webhook.is_some() && !webhook_pending;
         match webhook {
             Some((kind, _, _)) if kind == "none" => {
                 a.pending_webhook = None;

@@ -315,7 +315,9 @@ fn transport_section(
     let options: String = ["webhook", "queue", "both"]
         .iter()
         .map(|m| {
-            let selected = if *m == r.ingest.as_str() {
+            // During a switch its target is preselected (asking for it again changes nothing).
+            let shown = r.transport_switch.as_ref().map_or(r.ingest, |sw| sw.to);
+            let selected = if *m == shown.as_str() {
                 " selected"
             } else {
                 ""
@@ -410,10 +412,16 @@ pub async fn tenant_action(
                 Ok(h) => {
                     let r = h.record();
                     let msg = match &r.transport_switch {
-                        Some(sw) => format!(
+                        Some(sw) if sw.phase.as_str() == "overlap" => format!(
                             "Switching {} → {}: the new transport is enabled; the old one is removed after the overlap",
                             sw.from.as_str(),
                             sw.to.as_str()
+                        ),
+                        Some(sw) => format!(
+                            "Switching {} → {}: {}",
+                            sw.from.as_str(),
+                            sw.to.as_str(),
+                            sw.phase.as_str()
                         ),
                         None => format!("The tenant reads {}", r.ingest.as_str()),
                     };

@@ -136,7 +136,7 @@ pub struct TransportSwitch {
     /// When the old transport is removed (set once the new one is enabled).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overlap_until: Option<DateTime<Utc>>,
-    /// The request's trackingId (its answer, the lifecycle entry and any error carry it).
+    /// The request's trackingId, in the log line of each step (support finds them by it).
     #[serde(rename = "trackingId")]
     pub tracking_id: String,
 }
