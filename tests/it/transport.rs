@@ -3,7 +3,8 @@
 //! carries, no message is lost and none is written twice; the simulator — which applies a
 //! transport change only `transport_apply_delay` after its PATCH, as Webex's caches do — shows
 //! the old transport removed; a kill -9 of the owner in the overlap leaves the survivor to finish;
-//! a refused PATCH leaves the tenant as it was and says why.
+//! a requester killed before Webex answered its PATCH leaves the owner to send it again; a
+//! refused PATCH leaves the tenant as it was and says why.
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -480,5 +481,111 @@ async fn a_refused_switch_leaves_the_tenant_as_it_was_and_says_why() {
     );
     assert_eq!(transports(sim, 0), (true, true, false));
     drop(engine);
+    sim.shutdown().await;
+}
+
+#[actix_web::test]
+async fn a_requester_killed_before_webex_answered_leaves_the_owner_to_send_the_patch_again() {
+    const LEASE_TTL: Duration = Duration::from_secs(6);
+    const HTTP_TIMEOUT: Duration = Duration::from_secs(3);
+    // The owner takes an enabling PATCH over once the requester's could no longer be in
+    // flight: twice (3 × webex.http_timeout_secs + 5 s).
+    let takeover = (HTTP_TIMEOUT * 3 + Duration::from_secs(5)) * 2;
+    let env = TestEnv::own(SimConfig {
+        orgs: 1,
+        devices_per_org: 1,
+        poll_wait: Duration::from_secs(1),
+        transport_apply_delay: APPLY_DELAY,
+        ..Default::default()
+    })
+    .await;
+    let (sim, prefix) = (&env.sim, &env.prefix);
+    let mut vars = env.replica_env();
+    let (overlap, ttl, timeout) = (
+        OVERLAP.as_secs().to_string(),
+        LEASE_TTL.as_secs().to_string(),
+        HTTP_TIMEOUT.as_secs().to_string(),
+    );
+    for (k, v) in [
+        ("INTEGRATION__INGEST", "queue"),
+        ("ACTIVATION__TRANSPORT_OVERLAP_SECS", overlap.as_str()),
+        ("SCALING__LEASE_TTL_SECS", ttl.as_str()),
+        ("WEBEX__HTTP_TIMEOUT_SECS", timeout.as_str()),
+        ("SERVER__WORKERS", "1"),
+        ("LOG__LEVEL", "info"),
+        ("LOG__FORMAT", "text"),
+    ] {
+        vars.push((format!("XAPI_STREAM__{k}"), v.to_string()));
+    }
+    let mut replicas: HashMap<String, Replica> = HashMap::new();
+    for id in ["r0", "r1"] {
+        let r = Replica::spawn(id, &vars);
+        wait_ready(&r.base, Duration::from_secs(20)).await;
+        replicas.insert(id.to_string(), r);
+    }
+    let tenant = activate_org(sim, &replicas["r0"].base, 0).await;
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            lease_holder(&env.redis, prefix, sim, 0).is_some()
+        })
+        .await
+    );
+    let owner = lease_holder(&env.redis, prefix, sim, 0).unwrap();
+    let requester = if owner == "r0" { "r1" } else { "r0" };
+    // The requester's PATCH is applied by Webex, its answer held; the requester dies.
+    sim.hold_patch_answers(0, true);
+    let (base, id) = (replicas[requester].base.clone(), tenant.clone());
+    // (Its caller gets no answer: the connection dies with the process.)
+    let asked = tokio::spawn(async move {
+        reqwest::Client::new()
+            .patch(format!("{base}/admin/tenants/{id}"))
+            .bearer_auth(xapi_stream::devkit::devenv::ADMIN_TOKEN)
+            .json(&json!({ "ingest": "webhook" }))
+            .send()
+            .await
+            .is_err()
+    });
+    assert!(
+        eventually(HTTP_TIMEOUT, || async { sim.patch_answers_held(0) == 1 }).await,
+        "the requester's PATCH did not arrive"
+    );
+    replicas.get_mut(requester).unwrap().kill();
+    sim.hold_patch_answers(0, false);
+    assert!(asked.await.unwrap(), "the killed requester answered");
+    let owner = &replicas[&owner];
+    let t = admin_tenant(&owner.base, &tenant).await;
+    assert_eq!(t["transport_switch"]["phase"], "enabling", "{t}");
+    assert_eq!(t["ingest"], "queue", "{t}");
+    // The owner sends it again once the requester's can no longer be in flight, then the
+    // switch runs its course.
+    let bound = takeover + OVERLAP + APPLY_DELAY * 2 + Duration::from_secs(5);
+    assert!(
+        switched(&owner.base, &tenant, "webhook", bound).await,
+        "the owner did not finish the switch: {}\n{}",
+        admin_tenant(&owner.base, &tenant).await,
+        owner.log_tail()
+    );
+    let enabling: Vec<Value> = sim
+        .app_state(0)
+        .patches
+        .into_iter()
+        .filter(|p| p["webhook"]["targetUrl"].is_string())
+        .collect();
+    assert_eq!(
+        enabling.len(),
+        2,
+        "the requester's and the owner's: {enabling:?}"
+    );
+    assert!(
+        eventually(APPLY_DELAY * 5, || async {
+            transports(sim, 0) == (true, false, true)
+        })
+        .await,
+        "{:?}",
+        transports(sim, 0)
+    );
+    let changes = ingest_changes(&env.redis, prefix);
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_eq!(changes[0].2, "queue -> webhook");
     sim.shutdown().await;
 }

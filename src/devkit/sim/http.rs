@@ -433,7 +433,21 @@ async fn patch_app(
             _ => {}
         }
     }
+    hold_patch_answer(&sim, i).await;
     HttpResponse::Ok().json(details(&sim, i, ""))
+}
+
+/// Holds a PATCH's answer while the test says so (see `Sim::hold_patch_answers`).
+async fn hold_patch_answer(sim: &Sim, i: usize) {
+    if !sim.state().oauth_orgs[i].hold_patches {
+        return;
+    }
+    sim.state().oauth_orgs[i].patches_held += 1;
+    let stop = sim.inner.stop.subscribe();
+    while sim.state().oauth_orgs[i].hold_patches && !*stop.borrow() {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    sim.state().oauth_orgs[i].patches_held -= 1;
 }
 
 async fn manifest(sim: web::Data<Sim>, path: web::Path<(String, String)>) -> HttpResponse {

@@ -275,6 +275,11 @@ struct OrgOAuth {
     fail_polls: usize,
     /// The next this many PATCHes of the appUrl are refused (400).
     refuse_patches: usize,
+    /// Hold every answer to a PATCH of the appUrl *after* applying it, until released: a
+    /// client killed meanwhile never learns that Webex took it.
+    hold_patches: bool,
+    /// PATCH answers being held right now.
+    patches_held: usize,
 }
 
 struct Inner {
@@ -678,6 +683,16 @@ impl Sim {
     /// Refresh tokens of org `i` that were presented again after being used.
     pub fn reused_refresh_tokens(&self, i: usize) -> u64 {
         self.state().oauth_orgs[i].reused
+    }
+
+    /// Holds (or releases) the answers to PATCHes of org `i`'s appUrl, each after applying it.
+    pub fn hold_patch_answers(&self, i: usize, on: bool) {
+        self.state().oauth_orgs[i].hold_patches = on;
+    }
+
+    /// PATCH answers of org `i` being held right now (applied, not answered).
+    pub fn patch_answers_held(&self, i: usize) -> usize {
+        self.state().oauth_orgs[i].patches_held
     }
 
     /// The next `n` PATCHes of org `i`'s appUrl are refused (400, nothing applied).
