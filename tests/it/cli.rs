@@ -615,14 +615,14 @@ async fn set_ingest_switches_one_tenant_or_all_and_a_restart_names_those_off_the
     })
     .await;
     // Processes sharing one configuration (and encryption key).
-    let mut env = xapi_stream::devkit::devenv::engine_env(&sim, &redis.url(), &prefix);
-    for (k, v) in [
-        ("INTEGRATION__INGEST", "webhook"),
-        ("LOG__LEVEL", "info"),
-        ("LOG__FORMAT", "text"),
-    ] {
-        env.push((format!("XAPI_STREAM__{k}"), v.to_string()));
-    }
+    let env = with_settings(
+        xapi_stream::devkit::devenv::engine_env(&sim, &redis.url(), &prefix),
+        &[
+            ("INTEGRATION__INGEST", "webhook"),
+            ("LOG__LEVEL", "info"),
+            ("LOG__FORMAT", "text"),
+        ],
+    );
     let engine = Replica::spawn("first", &env);
     wait_ready(&engine.base, Duration::from_secs(20)).await;
     let base = engine.base.clone();

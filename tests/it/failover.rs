@@ -28,51 +28,27 @@ const RESUME_BOUND: Duration =
 const CRASH_REASON: &str = "refresh token lost in a crash during exchange";
 
 fn replica_env(sim: &Sim, redis: &RedisServer, prefix: &str) -> Vec<(String, String)> {
-    let mut env = xapi_stream::devkit::devenv::engine_env(sim, &redis.url(), prefix);
-    for (k, v) in [
-        ("INTEGRATION__INGEST", "queue"),
-        ("SCALING__LEASE_TTL_SECS", "6"),
-        ("WEBEX__HTTP_TIMEOUT_SECS", "3"),
-        ("SERVER__WORKERS", "1"),
-        ("LOG__LEVEL", "info"),
-        ("LOG__FORMAT", "text"),
-    ] {
-        env.push((format!("XAPI_STREAM__{k}"), v.to_string()));
-    }
-    env
-}
-
-/// The lease holder of every tenant: org index → replica id.
-fn lease_holders(redis: &RedisServer, prefix: &str, sim: &Sim, n: usize) -> HashMap<usize, String> {
-    let mut conn = redis.client().get_connection().unwrap();
-    (0..n)
-        .filter_map(|i| {
-            let v: Option<String> = redis::cmd("GET")
-                .arg(format!("{prefix}:{{{}}}:lease", sim.org(i).org_id))
-                .query(&mut conn)
-                .unwrap();
-            v.and_then(|v| v.rsplit_once('|').map(|(r, _)| (i, r.to_string())))
-        })
-        .collect()
+    with_settings(
+        xapi_stream::devkit::devenv::engine_env(sim, &redis.url(), prefix),
+        &[
+            ("INTEGRATION__INGEST", "queue"),
+            ("SCALING__LEASE_TTL_SECS", "6"),
+            ("WEBEX__HTTP_TIMEOUT_SECS", "3"),
+            ("SERVER__WORKERS", "1"),
+            ("LOG__LEVEL", "info"),
+            ("LOG__FORMAT", "text"),
+        ],
+    )
 }
 
 /// The `tokens_invalid` lifecycle entries: (tenant, reason).
 fn tokens_invalid_entries(redis: &RedisServer, prefix: &str) -> Vec<(String, String)> {
-    let mut conn = redis.client().get_connection().unwrap();
-    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(format!("{prefix}:tenants"))
-        .arg("-")
-        .arg("+")
-        .query(&mut conn)
-        .unwrap();
-    reply
-        .ids
-        .iter()
-        .filter(|e| e.get::<String>("event").as_deref() == Some("tokens_invalid"))
-        .map(|e| {
+    lifecycle_entries(redis, prefix, "tokens_invalid")
+        .into_iter()
+        .map(|mut e| {
             (
-                e.get::<String>("tenant").unwrap_or_default(),
-                e.get::<String>("reason").unwrap_or_default(),
+                e.remove("tenant").unwrap_or_default(),
+                e.remove("reason").unwrap_or_default(),
             )
         })
         .collect()

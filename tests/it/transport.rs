@@ -264,42 +264,63 @@ fn ingest_changes(
     redis: &RedisServer,
     prefix: &str,
 ) -> Vec<(String, chrono::DateTime<chrono::Utc>, String)> {
-    let mut conn = redis.client().get_connection().unwrap();
-    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(format!("{prefix}:tenants"))
-        .arg("-")
-        .arg("+")
-        .query(&mut conn)
-        .unwrap();
-    reply
-        .ids
-        .iter()
-        .filter(|e| e.get::<String>("event").as_deref() == Some("ingest_changed"))
-        .map(|e| {
-            let ts: String = e.get("ts").unwrap();
+    lifecycle_entries(redis, prefix, "ingest_changed")
+        .into_iter()
+        .map(|mut e| {
             (
-                e.get("tenant").unwrap(),
-                ts.parse().unwrap(),
-                e.get("reason").unwrap(),
+                e.remove("tenant").unwrap(),
+                e["ts"].parse().unwrap(),
+                e.remove("reason").unwrap(),
             )
         })
         .collect()
 }
 
-/// The replica holding each org's lease.
+/// The replica holding org `i`'s lease.
 fn lease_holder(redis: &RedisServer, prefix: &str, sim: &Sim, i: usize) -> Option<String> {
-    let mut conn = redis.client().get_connection().unwrap();
-    let v: Option<String> = redis::cmd("GET")
-        .arg(format!("{prefix}:{{{}}}:lease", sim.org(i).org_id))
-        .query(&mut conn)
-        .unwrap();
-    v.and_then(|v| v.rsplit_once('|').map(|(r, _)| r.to_string()))
+    lease_holders(redis, prefix, sim, i + 1).remove(&i)
+}
+
+/// Lease TTL and `webex.http_timeout_secs` of this file's engine processes.
+const LEASE_TTL: Duration = Duration::from_secs(6);
+const HTTP_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Two engine processes of `env` (ids r0 and r1, ready) reading `ingest`, switching with
+/// `overlap`.
+async fn two_replicas<R: std::borrow::Borrow<RedisServer>>(
+    env: &TestEnv<R>,
+    ingest: &str,
+    overlap: Duration,
+) -> HashMap<String, Replica> {
+    let overlap = overlap.as_secs().to_string();
+    let (ttl, timeout) = (
+        LEASE_TTL.as_secs().to_string(),
+        HTTP_TIMEOUT.as_secs().to_string(),
+    );
+    let vars = with_settings(
+        env.replica_env(),
+        &[
+            ("INTEGRATION__INGEST", ingest),
+            ("ACTIVATION__TRANSPORT_OVERLAP_SECS", &overlap),
+            ("SCALING__LEASE_TTL_SECS", &ttl),
+            ("WEBEX__HTTP_TIMEOUT_SECS", &timeout),
+            ("SERVER__WORKERS", "1"),
+            ("LOG__LEVEL", "info"),
+            ("LOG__FORMAT", "text"),
+        ],
+    );
+    let mut replicas = HashMap::new();
+    for id in ["r0", "r1"] {
+        let r = Replica::spawn(id, &vars);
+        wait_ready(&r.base, Duration::from_secs(20)).await;
+        replicas.insert(id.to_string(), r);
+    }
+    replicas
 }
 
 #[actix_web::test]
 async fn a_kill_9_of_the_owner_in_the_overlap_leaves_the_survivor_to_finish_the_switch() {
     const OVERLAP_HERE: Duration = Duration::from_secs(10);
-    const LEASE_TTL: Duration = Duration::from_secs(6);
     let env = TestEnv::own(SimConfig {
         orgs: 1,
         devices_per_org: 1,
@@ -309,28 +330,7 @@ async fn a_kill_9_of_the_owner_in_the_overlap_leaves_the_survivor_to_finish_the_
     })
     .await;
     let (sim, prefix) = (&env.sim, &env.prefix);
-    let mut vars = env.replica_env();
-    let (overlap, ttl) = (
-        OVERLAP_HERE.as_secs().to_string(),
-        LEASE_TTL.as_secs().to_string(),
-    );
-    for (k, v) in [
-        ("INTEGRATION__INGEST", "webhook"),
-        ("ACTIVATION__TRANSPORT_OVERLAP_SECS", overlap.as_str()),
-        ("SCALING__LEASE_TTL_SECS", ttl.as_str()),
-        ("WEBEX__HTTP_TIMEOUT_SECS", "3"),
-        ("SERVER__WORKERS", "1"),
-        ("LOG__LEVEL", "info"),
-        ("LOG__FORMAT", "text"),
-    ] {
-        vars.push((format!("XAPI_STREAM__{k}"), v.to_string()));
-    }
-    let mut replicas: HashMap<String, Replica> = HashMap::new();
-    for id in ["r0", "r1"] {
-        let r = Replica::spawn(id, &vars);
-        wait_ready(&r.base, Duration::from_secs(20)).await;
-        replicas.insert(id.to_string(), r);
-    }
+    let mut replicas = two_replicas(&env, "webhook", OVERLAP_HERE).await;
     let any = replicas["r0"].base.clone();
     let tenant = activate_org(sim, &any, 0).await;
     assert!(
@@ -486,8 +486,6 @@ async fn a_refused_switch_leaves_the_tenant_as_it_was_and_says_why() {
 
 #[actix_web::test]
 async fn a_requester_killed_before_webex_answered_leaves_the_owner_to_send_the_patch_again() {
-    const LEASE_TTL: Duration = Duration::from_secs(6);
-    const HTTP_TIMEOUT: Duration = Duration::from_secs(3);
     // The owner takes an enabling PATCH over once the requester's could no longer be in
     // flight: twice (3 × webex.http_timeout_secs + 5 s).
     let takeover = (HTTP_TIMEOUT * 3 + Duration::from_secs(5)) * 2;
@@ -500,29 +498,7 @@ async fn a_requester_killed_before_webex_answered_leaves_the_owner_to_send_the_p
     })
     .await;
     let (sim, prefix) = (&env.sim, &env.prefix);
-    let mut vars = env.replica_env();
-    let (overlap, ttl, timeout) = (
-        OVERLAP.as_secs().to_string(),
-        LEASE_TTL.as_secs().to_string(),
-        HTTP_TIMEOUT.as_secs().to_string(),
-    );
-    for (k, v) in [
-        ("INTEGRATION__INGEST", "queue"),
-        ("ACTIVATION__TRANSPORT_OVERLAP_SECS", overlap.as_str()),
-        ("SCALING__LEASE_TTL_SECS", ttl.as_str()),
-        ("WEBEX__HTTP_TIMEOUT_SECS", timeout.as_str()),
-        ("SERVER__WORKERS", "1"),
-        ("LOG__LEVEL", "info"),
-        ("LOG__FORMAT", "text"),
-    ] {
-        vars.push((format!("XAPI_STREAM__{k}"), v.to_string()));
-    }
-    let mut replicas: HashMap<String, Replica> = HashMap::new();
-    for id in ["r0", "r1"] {
-        let r = Replica::spawn(id, &vars);
-        wait_ready(&r.base, Duration::from_secs(20)).await;
-        replicas.insert(id.to_string(), r);
-    }
+    let mut replicas = two_replicas(&env, "queue", OVERLAP).await;
     let tenant = activate_org(sim, &replicas["r0"].base, 0).await;
     assert!(
         eventually(Duration::from_secs(20), || async {

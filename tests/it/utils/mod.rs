@@ -281,6 +281,62 @@ pub fn lifecycle(redis: &RedisServer, prefix: &str) -> Vec<String> {
         .collect()
 }
 
+/// The entries of `<prefix>:tenants` whose `event` is `event`, each as its fields.
+pub fn lifecycle_entries(
+    redis: &RedisServer,
+    prefix: &str,
+    event: &str,
+) -> Vec<std::collections::HashMap<String, String>> {
+    let mut conn = redis.client().get_connection().unwrap();
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(format!("{prefix}:tenants"))
+        .arg("-")
+        .arg("+")
+        .query(&mut conn)
+        .unwrap();
+    reply
+        .ids
+        .iter()
+        .filter(|e| e.get::<String>("event").as_deref() == Some(event))
+        .map(|e| {
+            e.map
+                .keys()
+                .map(|k| (k.clone(), e.get::<String>(k).unwrap_or_default()))
+                .collect()
+        })
+        .collect()
+}
+
+/// The lease holder of each of orgs `0..n` that has one: org index → replica id.
+pub fn lease_holders(
+    redis: &RedisServer,
+    prefix: &str,
+    sim: &Sim,
+    n: usize,
+) -> std::collections::HashMap<usize, String> {
+    let mut conn = redis.client().get_connection().unwrap();
+    (0..n)
+        .filter_map(|i| {
+            let v: Option<String> = redis::cmd("GET")
+                .arg(format!("{prefix}:{{{}}}:lease", sim.org(i).org_id))
+                .query(&mut conn)
+                .unwrap();
+            v.and_then(|v| v.rsplit_once('|').map(|(r, _)| (i, r.to_string())))
+        })
+        .collect()
+}
+
+/// `env` (an engine process's environment) with `settings` (`SECTION__KEY`, value) added.
+pub fn with_settings(
+    mut env: Vec<(String, String)>,
+    settings: &[(&str, &str)],
+) -> Vec<(String, String)> {
+    for (k, v) in settings {
+        env.push((format!("XAPI_STREAM__{k}"), v.to_string()));
+    }
+    env
+}
+
 /// The text of `GET <base>/metrics`.
 pub async fn metrics_text(base: &str) -> String {
     reqwest::get(format!("{base}/metrics"))
