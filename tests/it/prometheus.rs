@@ -6,7 +6,7 @@
 //! webhooks and queue, bad and stale webhooks, rejected JWTs, device requests over HTTP and the
 //! command stream, inventory syncs (one tenant's listing fails, so its inventory actor restarts),
 //! short-lived access tokens (refreshes), consumer groups behind (lag), leases acquired while
-//! Prometheus watches, and Redis paused until ingest refuses (backpressure).
+//! Prometheus watches, a transport switch, and Redis paused until ingest refuses (backpressure).
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -589,6 +589,24 @@ async fn a_real_prometheus_scrapes_the_engine_and_dashboard_queries_work() {
         .map(|i| sim.app_state(i).webhook.expect("a registered webhook"))
         .collect();
     sim.start_traffic(150.0);
+    // A transport switch (both → webhook: the queue goes at once) for its panel.
+    let switched = reqwest::Client::new()
+        .patch(format!("{base}/admin/tenants/{}", tenants[2]))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({ "ingest": "webhook" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(switched.status().as_u16(), 202);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let t = admin_tenant(&base, &tenants[2]).await;
+            t["ingest"] == "webhook" && t["transport_switch"].is_null()
+        })
+        .await,
+        "the switch did not complete: {}",
+        admin_tenant(&base, &tenants[2]).await
+    );
     let redis_paused = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let driver = actix_web::rt::spawn(
