@@ -45,8 +45,9 @@ pub const QUEUE_POLL_RESULTS: &[&str] = &["ok", "empty", "error", "unauthorized"
 pub const TOKEN_REFRESH_RESULTS: &[&str] = &["ok", "invalid_grant", "invalid", "error"];
 pub const ACTIVATION_RESULTS: &[&str] = &["started", "completed", "error", "rejected"];
 /// Outcomes of transport switches (webhook ↔ queue): asked for, done, refused by Webex (4xx),
-/// failed otherwise.
-pub const TRANSPORT_SWITCH_RESULTS: &[&str] = &["requested", "completed", "refused", "failed"];
+/// failed otherwise, a queue removed without having been seen empty after the overlap.
+pub const TRANSPORT_SWITCH_RESULTS: &[&str] =
+    &["requested", "completed", "refused", "failed", "forced"];
 pub const ACTIONS: &[&str] = &["healthCheck", "update", "updateApproved", "deprovision"];
 pub const ACTION_RESULTS: &[&str] = &["ok", "rejected", "error"];
 pub const SOURCES: &[&str] = &["webhook", "queue"];
@@ -212,7 +213,7 @@ impl Metrics {
         );
         let transport_switches_total = counter_vec(
             "transport_switches_total",
-            "Transport switches between webhook and queue, by result (requested, completed, refused, failed).",
+            "Transport switches between webhook and queue, by result (requested, completed, refused, failed, forced).",
             &["result"],
         );
         let jwt_rejections_total = counter_vec(

@@ -18,6 +18,8 @@ use crate::utils::*;
 
 /// Webex applies a transport change this long after its PATCH (the simulator's delay).
 const APPLY_DELAY: Duration = Duration::from_secs(1);
+/// The simulator's long-poll wait (a quiet queue's poll answers after it).
+const POLL_WAIT: Duration = Duration::from_secs(1);
 /// `activation.transport_overlap_secs` of these tests: longer than the apply delay, as the
 /// default 600 s is longer than Webex's 10 minutes.
 const OVERLAP: Duration = Duration::from_secs(3);
@@ -82,7 +84,7 @@ async fn switching_transports_under_traffic_loses_nothing_and_writes_nothing_twi
     let env = TestEnv::start(SimConfig {
         orgs: ORGS,
         devices_per_org: 1,
-        poll_wait: Duration::from_secs(1),
+        poll_wait: POLL_WAIT,
         transport_apply_delay: APPLY_DELAY,
         ..Default::default()
     })
@@ -161,6 +163,15 @@ async fn switching_transports_under_traffic_loses_nothing_and_writes_nothing_twi
     }
     // Each old transport went only once its overlap had run (the lifecycle entry is written
     // after the removal).
+    // (The lifecycle entry follows the record's change.)
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            ingest_changes(env.redis, prefix).len() == 5
+        })
+        .await,
+        "{:?}",
+        ingest_changes(env.redis, prefix)
+    );
     let changes = ingest_changes(env.redis, prefix);
     for (tenant, until) in &overlap_until {
         let (_, ts, reason) = changes.iter().rfind(|c| &c.0 == tenant).unwrap();
@@ -240,8 +251,7 @@ async fn switching_transports_under_traffic_loses_nothing_and_writes_nothing_twi
         "the overlap carried no message over both transports: {:?}",
         (0..ORGS).map(both_ways).collect::<Vec<_>>()
     );
-    // Each switch is in the lifecycle stream and counted.
-    assert_eq!(ingest_changes(env.redis, prefix).len(), 5);
+    // Each switch is counted.
     assert_eq!(
         scrape(
             &base,
@@ -324,7 +334,7 @@ async fn a_kill_9_of_the_owner_in_the_overlap_leaves_the_survivor_to_finish_the_
     let env = TestEnv::own(SimConfig {
         orgs: 1,
         devices_per_org: 1,
-        poll_wait: Duration::from_secs(1),
+        poll_wait: POLL_WAIT,
         transport_apply_delay: APPLY_DELAY,
         ..Default::default()
     })
@@ -363,10 +373,6 @@ async fn a_kill_9_of_the_owner_in_the_overlap_leaves_the_survivor_to_finish_the_
         survivor.log_tail()
     );
     assert!(
-        chrono::Utc::now() >= until,
-        "the webhook was removed before the overlap ended"
-    );
-    assert!(
         eventually(APPLY_DELAY * 5, || async {
             transports(sim, 0) == (false, true, false)
         })
@@ -385,8 +391,14 @@ async fn a_kill_9_of_the_owner_in_the_overlap_leaves_the_survivor_to_finish_the_
         lease_holder(&env.redis, prefix, sim, 0).as_deref(),
         Some(survivor.id.as_str())
     );
+    // The removal came after the overlap (the lifecycle entry follows the record's change).
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            ingest_changes(&env.redis, prefix).len() == 1
+        })
+        .await
+    );
     let changes = ingest_changes(&env.redis, prefix);
-    assert_eq!(changes.len(), 1, "{changes:?}");
     assert!(
         changes[0].1 >= until && changes[0].2 == "webhook -> queue",
         "{changes:?}"
@@ -399,7 +411,7 @@ async fn a_refused_switch_leaves_the_tenant_as_it_was_and_says_why() {
     let env = TestEnv::start(SimConfig {
         orgs: 1,
         devices_per_org: 1,
-        poll_wait: Duration::from_secs(1),
+        poll_wait: POLL_WAIT,
         ..Default::default()
     })
     .await;
@@ -492,7 +504,7 @@ async fn a_requester_killed_before_webex_answered_leaves_the_owner_to_send_the_p
     let env = TestEnv::own(SimConfig {
         orgs: 1,
         devices_per_org: 1,
-        poll_wait: Duration::from_secs(1),
+        poll_wait: POLL_WAIT,
         transport_apply_delay: APPLY_DELAY,
         ..Default::default()
     })
@@ -534,7 +546,10 @@ async fn a_requester_killed_before_webex_answered_leaves_the_owner_to_send_the_p
     assert_eq!(t["ingest"], "queue", "{t}");
     // The owner sends it again once the requester's can no longer be in flight, then the
     // switch runs its course.
-    let bound = takeover + OVERLAP + APPLY_DELAY * 2 + Duration::from_secs(5);
+    // The takeover, the overlap, then a poll sent after it (and the engine's 2-s allowance for
+    // clocks) that found the queue empty — up to two polls' wait — with the switch looking at
+    // the record every second, and slack.
+    let bound = takeover + OVERLAP + POLL_WAIT * 2 + Duration::from_secs(10);
     assert!(
         switched(&owner.base, &tenant, "webhook", bound).await,
         "the owner did not finish the switch: {}\n{}",
@@ -560,8 +575,12 @@ async fn a_requester_killed_before_webex_answered_leaves_the_owner_to_send_the_p
         "{:?}",
         transports(sim, 0)
     );
-    let changes = ingest_changes(&env.redis, prefix);
-    assert_eq!(changes.len(), 1, "{changes:?}");
-    assert_eq!(changes[0].2, "queue -> webhook");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            ingest_changes(&env.redis, prefix).len() == 1
+        })
+        .await
+    );
+    assert_eq!(ingest_changes(&env.redis, prefix)[0].2, "queue -> webhook");
     sim.shutdown().await;
 }

@@ -105,9 +105,9 @@ impl Registry {
         self.by_id.get(tenant_id).map(|h| h.clone())
     }
 
-    /// Every tenant, ordered by org name then id (stable for the admin API).
-    /// Live tenants whose transport is not `integration.ingest` and that no switch is moving
-    /// there (e.g. after the setting changed): how many, and a few of their ids.
+    /// Completed tenants whose transport is not `integration.ingest` and that no switch is
+    /// moving there (e.g. after the setting changed; what `set-ingest --all` would move): how
+    /// many, and a few of their ids.
     pub fn transports_differing(&self) -> (usize, Vec<String>) {
         let wanted = self.deps.config().integration.ingest;
         let mut ids: Vec<String> = self
@@ -115,7 +115,7 @@ impl Registry {
             .iter()
             .filter(|e| {
                 let r = e.value().record();
-                r.provisioning_state != ProvisioningState::Deprovisioned
+                r.provisioning_state == ProvisioningState::Completed
                     && r.ingest != wanted
                     && r.transport_switch.as_ref().is_none_or(|s| s.to != wanted)
             })
@@ -127,6 +127,7 @@ impl Registry {
         (n, ids)
     }
 
+    /// Every tenant, ordered by org name then id (stable for the admin API).
     pub fn list(&self) -> Vec<TenantHandle> {
         let mut v: Vec<TenantHandle> = self.by_id.iter().map(|e| e.value().clone()).collect();
         v.sort_by_cached_key(|h| {

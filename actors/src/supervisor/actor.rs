@@ -360,9 +360,11 @@ impl TenantSupervisor {
         match result {
             Ok(()) => {
                 self.restarts.remove(&kind);
-                if kind == ChildKind::TransportSwitch {
+                if matches!(kind, ChildKind::TransportSwitch | ChildKind::QueuePoller) {
                     // A step of the switch changed what the tenant reads: start it (a poller
-                    // of a new queue), and the next step while the switch lasts.
+                    // of a new queue), and the next step while the switch lasts. A poller
+                    // that ended as its queue was removed is started again if a new switch
+                    // brought a queue back meanwhile.
                     self.start_children(ctx);
                 }
             }

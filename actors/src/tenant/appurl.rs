@@ -37,7 +37,14 @@ pub async fn relearn_poll_url(shared: &TenantShared) {
     };
     if let Some(url) = poll_url
         && shared.record().poll_url.as_deref() != Some(url.as_str())
-        && let Err(e) = shared.update(|r| r.poll_url = Some(url.clone())).await
+        && let Err(e) = shared
+            .update(|r| {
+                // Not for a queue a transport switch removed meanwhile.
+                if r.ingest.queue() {
+                    r.poll_url = Some(url.clone());
+                }
+            })
+            .await
     {
         tracing::warn!(tenant = %shared.tenant_id, error = %e, "new pollUrl not stored");
     }

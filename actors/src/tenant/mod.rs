@@ -59,9 +59,9 @@ pub struct TenantShared {
     deps: Arc<Deps>,
     /// Set while the queue poller's last poll failed (healthCheck reports `impaired`).
     pub poller_failing: std::sync::atomic::AtomicBool,
-    /// When (Unix ms) the latest poll was sent that answered fewer messages than a poll may
-    /// hold, its batch written: the queue was empty then (a transport switch removes a queue
-    /// only once this is after its overlap). 0: not since this replica owns the tenant.
+    /// When (Unix ms) this replica last sent a poll that answered fewer messages than a poll
+    /// may hold, its batch written: the queue was empty then (a transport switch removes a
+    /// queue only once this is after its overlap). 0: never.
     pub queue_drained_at: std::sync::atomic::AtomicI64,
     /// The device API's per-tenant gate (concurrency, rate-limit window).
     pub(crate) devices: gate::DeviceGate,

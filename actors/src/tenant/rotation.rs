@@ -456,9 +456,19 @@ pub async fn rotate(shared: &TenantShared, why: Why) -> Result<Rotated, RotateEr
     result
 }
 
+/// Whether the tenant has a webhook that stays: not while a transport switch removes it (a
+/// rotation's PATCH landing after the removal would register it again).
+fn keeps_webhook(record: &crate::store::tenants::TenantRecord) -> bool {
+    record.ingest.webhook()
+        && record
+            .transport_switch
+            .as_ref()
+            .is_none_or(|s| s.to.webhook())
+}
+
 async fn try_rotate(shared: &TenantShared) -> Result<Rotated, RotateError> {
     let record = shared.record();
-    if !record.ingest.webhook() {
+    if !keeps_webhook(&record) {
         return Err(RotateError::NoWebhook);
     }
     if record.provisioning_state != ProvisioningState::Completed {
@@ -507,7 +517,7 @@ async fn try_rotate(shared: &TenantShared) -> Result<Rotated, RotateError> {
 pub async fn next_due(shared: &TenantShared, since: DateTime<Utc>) -> Option<DateTime<Utc>> {
     let period = shared.deps().config.security.rotation_period()?;
     let record = shared.record();
-    if !record.ingest.webhook() || record.provisioning_state != ProvisioningState::Completed {
+    if !keeps_webhook(&record) || record.provisioning_state != ProvisioningState::Completed {
         return None;
     }
     let secrets = shared.tokens.secrets().await;

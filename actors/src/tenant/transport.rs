@@ -14,15 +14,18 @@
 //!    queue stops after its last poll, and a lifecycle entry `ingest_changed` is written.
 //!
 //! Every phase is in the tenant record (`transport_switch`), so a restart or a lease move
-//! resumes it on the new owner. Webex refusing a PATCH (4xx) ends the switch with the reason in
-//! `last_error`: refused while enabling, the tenant stays as it was; refused while removing, it
-//! keeps reading both (what Webex sends) until switched again.
+//! resumes it on the new owner. Any failure of the enabling PATCH ends the switch with the
+//! reason in `last_error` (the tenant stays as it was; the operator asks again). A removal
+//! Webex refuses (4xx other than 408/409/429, or a dead refresh token) ends the switch the same
+//! way, the tenant reading both (what Webex sends) until switched again; other failures of it
+//! are retried. A 4xx to a removal sent again (the phase was `removing` already: the first may
+//! have landed) counts as done.
 use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::{Value, json};
 
-use super::{ChildError, TenantRecord, TenantShared, WithToken, rotation};
+use super::{ChildError, TenantRecord, TenantShared, TokenError, WithToken, rotation};
 use crate::config::IngestMode;
 use crate::protocol::tracking::TrackingId;
 use crate::shutdown::Shutdown;
@@ -104,8 +107,14 @@ async fn enable(shared: &TenantShared) -> Result<(), SwitchError> {
     let add_webhook = to.webhook() && !from.webhook();
     let add_queue = to.queue() && !from.queue();
     if !add_webhook && !add_queue {
-        // Both → one of them: nothing new to wait for; the other goes now.
-        set_phase(shared, &switch, |s| s.phase = SwitchPhase::Removing).await?;
+        // Both → one of them: nothing new to wait for; the other goes now (a queue once a poll
+        // found it empty: a message whose webhook delivery failed is still there).
+        let now = Utc::now();
+        set_phase(shared, &switch, |s| {
+            s.phase = SwitchPhase::Removing;
+            s.overlap_until = Some(now);
+        })
+        .await?;
         return Ok(());
     }
     let deps = shared.deps();
@@ -168,7 +177,11 @@ async fn enable(shared: &TenantShared) -> Result<(), SwitchError> {
             return Err(abandon(shared, &switch, why, refused).await);
         }
     };
-    if let Some(secret) = &secret
+    // Confirmed only while the switch is still this request's to move on: a requester whose
+    // answer came after the owner took over must not demote the secret the owner registered.
+    let still_ours =
+        current(shared, SwitchPhase::Enabling).is_some_and(|s| s.tracking_id == switch.tracking_id);
+    if let Some(secret) = secret.as_ref().filter(|_| still_ours)
         && let Err(e) = rotation::confirm_stored(shared, secret, scheme).await
     {
         // Webex has the new registration; webhooks signed with it verify for the offer's
@@ -231,7 +244,10 @@ async fn enable(shared: &TenantShared) -> Result<(), SwitchError> {
 /// Step 3: removes what the target drops. A refusal ends the switch; other failures are
 /// returned for the caller to try again (the phase stays `removing`).
 async fn remove(shared: &TenantShared, switch: &TransportSwitch) -> Result<(), SwitchError> {
-    if switch.phase != SwitchPhase::Removing {
+    // Sent before (a crash, a lost answer, a record not updated after it): Webex may have
+    // removed it already.
+    let again = switch.phase == SwitchPhase::Removing;
+    if !again {
         set_phase(shared, switch, |s| s.phase = SwitchPhase::Removing).await?;
     }
     let record = shared.record();
@@ -258,21 +274,27 @@ async fn remove(shared: &TenantShared, switch: &TransportSwitch) -> Result<(), S
                 async move { webex.patch_app(url, &t, body).await }
             })
             .await;
-        if let Err(e) = answer {
-            let why = format!(
-                "Webex {} removing the {} (switch to {}): {e}",
-                if refused(&e) {
-                    "refused"
-                } else {
-                    "did not confirm"
-                },
-                what(drop_webhook, drop_queue),
-                to.as_str()
-            );
-            if refused(&e) {
-                return Err(abandon(shared, switch, why, true).await);
+        match answer {
+            Ok(_) => {}
+            Err(e) if again && refused(&e) => {
+                tracing::info!(tenant = %shared.tenant_id, trackingId = %switch.tracking_id, error = %e, "transport switch: a removal sent again was refused; the first one took effect");
             }
-            return Err(SwitchError::Webex(why));
+            Err(e) => {
+                let why = format!(
+                    "Webex {} removing the {} (switch to {}): {e}",
+                    if refused(&e) {
+                        "refused"
+                    } else {
+                        "did not confirm"
+                    },
+                    what(drop_webhook, drop_queue),
+                    to.as_str()
+                );
+                if refused(&e) {
+                    return Err(abandon(shared, switch, why, true).await);
+                }
+                return Err(SwitchError::Webex(why));
+            }
         }
     }
     let finished = std::sync::atomic::AtomicBool::new(false);
@@ -348,6 +370,8 @@ async fn set_phase(
 /// answering it.
 fn refused(e: &WithToken<AppUrlError>) -> bool {
     match e {
+        // A dead refresh token stays dead until an update action: nothing to retry.
+        WithToken::Token(TokenError::Invalid) => true,
         WithToken::Token(_) => false,
         // Too many requests, a timeout or a conflict at Webex: worth another try.
         WithToken::Call(AppUrlError::Status { status, .. }) => {
@@ -375,6 +399,8 @@ fn what(webhook: bool, queue: bool) -> &'static str {
 /// error (the supervisor tries again after its backoff).
 pub async fn run(shared: std::sync::Arc<TenantShared>, stop: Shutdown) -> Result<(), ChildError> {
     let overlap = shared.deps().config.activation.transport_overlap();
+    // When this owner started waiting for the queue to be seen empty.
+    let mut draining_since: Option<tokio::time::Instant> = None;
     loop {
         let record = shared.record();
         let Some(switch) = record.transport_switch else {
@@ -389,15 +415,37 @@ pub async fn run(shared: std::sync::Arc<TenantShared>, stop: Shutdown) -> Result
             SwitchPhase::Removing => now,
         };
         let mut wait = (wait_until - now).to_std().unwrap_or_default();
-        if wait.is_zero() && switch.phase != SwitchPhase::Enabling {
-            wait = drain_wait(&shared, &switch, record.ingest, overlap);
+        if wait.is_zero()
+            && switch.phase != SwitchPhase::Enabling
+            && !drained(&shared, &switch, record.ingest)
+        {
+            let since = *draining_since.get_or_insert_with(tokio::time::Instant::now);
+            if since.elapsed() < overlap {
+                wait = RECHECK;
+            } else {
+                // Its polls fail (or the queue is gone at Webex already): it goes anyway, and
+                // the tenant says so.
+                let why = format!(
+                    "transport switch to {}: the queue was not seen empty within {} s after the overlap (do its polls fail?); removed anyway",
+                    switch.to.as_str(),
+                    overlap.as_secs()
+                );
+                shared.record_error(why, |_| {}).await;
+                shared.metrics().transport_switch("forced");
+            }
         }
-        if !wait.is_zero() || !shared.still_in_charge() {
+        let in_charge = shared.still_in_charge();
+        if !wait.is_zero() || !in_charge {
             // Also looks again now and then: the requester may move the switch on, a lease
             // being renewed may come back.
+            let pause = if in_charge {
+                wait.clamp(Duration::from_millis(50), RECHECK)
+            } else {
+                RECHECK
+            };
             tokio::select! {
                 _ = stop.wait() => return Ok(()),
-                _ = tokio::time::sleep(wait.clamp(Duration::from_millis(50), RECHECK)) => {}
+                _ = tokio::time::sleep(pause) => {}
             }
             continue;
         }
@@ -413,7 +461,8 @@ pub async fn run(shared: std::sync::Arc<TenantShared>, stop: Shutdown) -> Result
             .as_ref()
             .is_none_or(|a| a.tracking_id != switch.tracking_id || a.phase != switch.phase);
         return match step {
-            Ok(()) | Err(SwitchError::Refused(_)) if moved_on => Ok(()),
+            // Whoever moved it on (this step, or a requester's late answer): done here.
+            _ if moved_on => Ok(()),
             Ok(()) | Err(SwitchError::Refused(_)) => Err(ChildError::new(
                 "transport switch",
                 SwitchError::Webex("the step could not be recorded yet".into()),
@@ -423,34 +472,24 @@ pub async fn run(shared: std::sync::Arc<TenantShared>, stop: Shutdown) -> Result
     }
 }
 
-/// Before a queue is removed: how much longer to wait for a poll sent after the overlap ended
-/// that found it empty (messages Webex queued before the new transport took effect are read
-/// first). Waits at most one more overlap for it; then the queue goes anyway, said in the log.
-fn drain_wait(
-    shared: &TenantShared,
-    switch: &TransportSwitch,
-    ingest: IngestMode,
-    overlap: Duration,
-) -> Duration {
+/// Whether the switch may remove what it drops now: a webhook at once; a queue once a poll
+/// sent after the overlap (plus [`CLOCK_MARGIN`], the replicas' clocks differ) found it empty,
+/// its batch written — what Webex queued before the new transport took effect is read first.
+fn drained(shared: &TenantShared, switch: &TransportSwitch, ingest: IngestMode) -> bool {
     let Some(until) = switch.overlap_until else {
-        return Duration::ZERO;
+        return true;
     };
     if !ingest.queue() || switch.to.queue() {
-        return Duration::ZERO;
+        return true;
     }
-    let drained = shared
+    let margin = chrono::Duration::from_std(CLOCK_MARGIN).unwrap_or_default();
+    shared
         .queue_drained_at
-        .load(std::sync::atomic::Ordering::Relaxed);
-    if drained >= until.timestamp_millis() {
-        return Duration::ZERO;
-    }
-    let give_up = until + overlap;
-    if Utc::now() >= give_up {
-        tracing::warn!(tenant = %shared.tenant_id, trackingId = %switch.tracking_id, "transport switch: the queue was not seen empty since the overlap ended (its polls fail?); removing it anyway");
-        return Duration::ZERO;
-    }
-    RECHECK
+        .load(std::sync::atomic::Ordering::Relaxed)
+        >= (until + margin).timestamp_millis()
 }
 
 /// How often a waiting switch looks at the record again.
 const RECHECK: Duration = Duration::from_secs(1);
+/// Allowance for the difference between two replicas' clocks.
+const CLOCK_MARGIN: Duration = Duration::from_secs(2);
