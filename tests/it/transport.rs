@@ -24,6 +24,18 @@ const POLL_WAIT: Duration = Duration::from_secs(1);
 /// default 600 s is longer than Webex's 10 minutes.
 const OVERLAP: Duration = Duration::from_secs(3);
 
+/// A simulator of `orgs` organizations of one device each that applies transport changes
+/// after [`APPLY_DELAY`].
+fn delayed_sim(orgs: usize) -> SimConfig {
+    SimConfig {
+        orgs,
+        devices_per_org: 1,
+        poll_wait: POLL_WAIT,
+        transport_apply_delay: APPLY_DELAY,
+        ..Default::default()
+    }
+}
+
 /// `PATCH /admin/tenants/<id>` with `{"ingest": mode}`: (status, body).
 async fn set_ingest(base: &str, id: &str, mode: &str) -> (u16, Value) {
     let r = reqwest::Client::new()
@@ -81,14 +93,7 @@ fn start_traffic(
 #[actix_web::test]
 async fn switching_transports_under_traffic_loses_nothing_and_writes_nothing_twice() {
     const ORGS: usize = 3;
-    let env = TestEnv::start(SimConfig {
-        orgs: ORGS,
-        devices_per_org: 1,
-        poll_wait: POLL_WAIT,
-        transport_apply_delay: APPLY_DELAY,
-        ..Default::default()
-    })
-    .await;
+    let env = TestEnv::start(delayed_sim(ORGS)).await;
     let (sim, prefix) = (&env.sim, &env.prefix);
     let overlap = OVERLAP.as_secs().to_string();
     let engine = env
@@ -295,13 +300,19 @@ fn lease_holder(redis: &RedisServer, prefix: &str, sim: &Sim, i: usize) -> Optio
 const LEASE_TTL: Duration = Duration::from_secs(6);
 const HTTP_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Two engine processes of `env` (ids r0 and r1, ready) reading `ingest`, switching with
-/// `overlap`.
-async fn two_replicas<R: std::borrow::Borrow<RedisServer>>(
-    env: &TestEnv<R>,
-    ingest: &str,
-    overlap: Duration,
-) -> HashMap<String, Replica> {
+/// One organization's tenant on two engine processes (ids r0 and r1) reading `ingest` and
+/// switching with `overlap`, activated and leased.
+struct TwoReplicas {
+    env: TestEnv<RedisServer>,
+    replicas: HashMap<String, Replica>,
+    tenant: String,
+    /// The replica holding the tenant's lease, and the other.
+    owner: String,
+    other: String,
+}
+
+async fn two_replicas(ingest: &str, overlap: Duration) -> TwoReplicas {
+    let env = TestEnv::own(delayed_sim(1)).await;
     let overlap = overlap.as_secs().to_string();
     let (ttl, timeout) = (
         LEASE_TTL.as_secs().to_string(),
@@ -325,32 +336,35 @@ async fn two_replicas<R: std::borrow::Borrow<RedisServer>>(
         wait_ready(&r.base, Duration::from_secs(20)).await;
         replicas.insert(id.to_string(), r);
     }
-    replicas
+    let tenant = activate_org(&env.sim, &replicas["r0"].base, 0).await;
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            lease_holder(&env.redis, &env.prefix, &env.sim, 0).is_some()
+        })
+        .await
+    );
+    let owner = lease_holder(&env.redis, &env.prefix, &env.sim, 0).unwrap();
+    let other = if owner == "r0" { "r1" } else { "r0" }.to_string();
+    TwoReplicas {
+        env,
+        replicas,
+        tenant,
+        owner,
+        other,
+    }
 }
 
 #[actix_web::test]
 async fn a_kill_9_of_the_owner_in_the_overlap_leaves_the_survivor_to_finish_the_switch() {
     const OVERLAP_HERE: Duration = Duration::from_secs(10);
-    let env = TestEnv::own(SimConfig {
-        orgs: 1,
-        devices_per_org: 1,
-        poll_wait: POLL_WAIT,
-        transport_apply_delay: APPLY_DELAY,
-        ..Default::default()
-    })
-    .await;
+    let TwoReplicas {
+        env,
+        mut replicas,
+        tenant,
+        owner,
+        other: survivor,
+    } = two_replicas("webhook", OVERLAP_HERE).await;
     let (sim, prefix) = (&env.sim, &env.prefix);
-    let mut replicas = two_replicas(&env, "webhook", OVERLAP_HERE).await;
-    let any = replicas["r0"].base.clone();
-    let tenant = activate_org(sim, &any, 0).await;
-    assert!(
-        eventually(Duration::from_secs(20), || async {
-            lease_holder(&env.redis, prefix, sim, 0).is_some()
-        })
-        .await
-    );
-    let owner = lease_holder(&env.redis, prefix, sim, 0).unwrap();
-    let survivor = if owner == "r0" { "r1" } else { "r0" };
     // Asked of the owner: it sends the enabling PATCH and would remove the webhook later.
     let (status, body) = set_ingest(&replicas[&owner].base, &tenant, "queue").await;
     assert_eq!(status, 202, "{body}");
@@ -362,7 +376,7 @@ async fn a_kill_9_of_the_owner_in_the_overlap_leaves_the_survivor_to_finish_the_
         .unwrap();
     replicas.get_mut(&owner).unwrap().kill();
     let killed_at = Instant::now();
-    let survivor = &replicas[survivor];
+    let survivor = &replicas[&survivor];
     // The survivor takes the lease over within its TTL, polls the new queue, and once the
     // overlap has run removes the webhook.
     let bound = OVERLAP_HERE + LEASE_TTL + Duration::from_secs(5);
@@ -501,28 +515,17 @@ async fn a_requester_killed_before_webex_answered_leaves_the_owner_to_send_the_p
     // The owner takes an enabling PATCH over once the requester's could no longer be in
     // flight: twice (3 × webex.http_timeout_secs + 5 s).
     let takeover = (HTTP_TIMEOUT * 3 + Duration::from_secs(5)) * 2;
-    let env = TestEnv::own(SimConfig {
-        orgs: 1,
-        devices_per_org: 1,
-        poll_wait: POLL_WAIT,
-        transport_apply_delay: APPLY_DELAY,
-        ..Default::default()
-    })
-    .await;
+    let TwoReplicas {
+        env,
+        mut replicas,
+        tenant,
+        owner,
+        other: requester,
+    } = two_replicas("queue", OVERLAP).await;
     let (sim, prefix) = (&env.sim, &env.prefix);
-    let mut replicas = two_replicas(&env, "queue", OVERLAP).await;
-    let tenant = activate_org(sim, &replicas["r0"].base, 0).await;
-    assert!(
-        eventually(Duration::from_secs(20), || async {
-            lease_holder(&env.redis, prefix, sim, 0).is_some()
-        })
-        .await
-    );
-    let owner = lease_holder(&env.redis, prefix, sim, 0).unwrap();
-    let requester = if owner == "r0" { "r1" } else { "r0" };
     // The requester's PATCH is applied by Webex, its answer held; the requester dies.
     sim.hold_patch_answers(0, true);
-    let (base, id) = (replicas[requester].base.clone(), tenant.clone());
+    let (base, id) = (replicas[&requester].base.clone(), tenant.clone());
     // (Its caller gets no answer: the connection dies with the process.)
     let asked = tokio::spawn(async move {
         reqwest::Client::new()
@@ -537,7 +540,7 @@ async fn a_requester_killed_before_webex_answered_leaves_the_owner_to_send_the_p
         eventually(HTTP_TIMEOUT, || async { sim.patch_answers_held(0) == 1 }).await,
         "the requester's PATCH did not arrive"
     );
-    replicas.get_mut(requester).unwrap().kill();
+    replicas.get_mut(&requester).unwrap().kill();
     sim.hold_patch_answers(0, false);
     assert!(asked.await.unwrap(), "the killed requester answered");
     let owner = &replicas[&owner];

@@ -207,13 +207,7 @@ async fn try_complete(shared: &TenantShared) -> Result<(), Failure> {
         Ok(a) => a,
         Err(e) => {
             if let Some(secret) = &secret {
-                // Webex may have applied a PATCH left unanswered: then the offer stays
-                // acceptable for the overlap.
-                let known = match &e {
-                    WithToken::Token(_) => true,
-                    WithToken::Call(e) => rotation::outcome_known(e),
-                };
-                rotation::withdraw_stored(shared, secret, known).await;
+                rotation::withdraw_after(shared, secret, &e).await;
             }
             return Err(match e {
                 WithToken::Token(e) => {

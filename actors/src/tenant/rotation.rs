@@ -419,6 +419,20 @@ pub async fn confirm_stored(
 
 /// Withdraws `secret` after a failed PATCH (see [`withdraw`]); a store error is logged (the
 /// offer then simply expires).
+/// [`withdraw_stored`] after a PATCH with the tenant's token failed with `e`: Webex may have
+/// applied a PATCH left unanswered (then the offer stays acceptable for the overlap).
+pub async fn withdraw_after(
+    shared: &TenantShared,
+    secret: &Secret,
+    e: &super::WithToken<AppUrlError>,
+) {
+    let known = match e {
+        super::WithToken::Token(_) => true,
+        super::WithToken::Call(e) => outcome_known(e),
+    };
+    withdraw_stored(shared, secret, known).await;
+}
+
 pub async fn withdraw_stored(shared: &TenantShared, secret: &Secret, outcome_known: bool) {
     if let Err(e) = shared
         .tokens

@@ -158,11 +158,7 @@ async fn enable(shared: &TenantShared) -> Result<(), SwitchError> {
         Err(e) => {
             let refused = refused(&e);
             if let Some(secret) = &secret {
-                let known = match &e {
-                    WithToken::Token(_) => true,
-                    WithToken::Call(e) => rotation::outcome_known(e),
-                };
-                rotation::withdraw_stored(shared, secret, known).await;
+                rotation::withdraw_after(shared, secret, &e).await;
             }
             let why = format!(
                 "Webex {} enabling the {} (switch to {}): {e}",

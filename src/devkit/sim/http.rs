@@ -383,17 +383,6 @@ async fn patch_app(
                         .push((at, super::TransportChange::Webhook(None)));
                 }
             }
-            Some((kind, w, secret)) if !registered && !later.is_zero() => {
-                let reg = WebhookReg {
-                    target_url: w["targetUrl"].as_str().unwrap_or_default().to_string(),
-                    kind,
-                    secret,
-                    username: w["username"].as_str().map(str::to_string),
-                    password: w["password"].as_str().map(str::to_string),
-                };
-                a.pending_transport
-                    .push((at, super::TransportChange::Webhook(Some(reg))));
-            }
             Some((kind, w, secret)) => {
                 let reg = WebhookReg {
                     target_url: w["targetUrl"].as_str().unwrap_or_default().to_string(),
@@ -403,9 +392,12 @@ async fn patch_app(
                     password: w["password"].as_str().map(str::to_string),
                 };
                 let delay = sim.inner.cfg.webhook_apply_delay;
-                // A change of an existing registration applies later (Webex: about 5 minutes).
-                a.apply_due();
-                if a.webhook.is_some() && !delay.is_zero() {
+                if !registered && !later.is_zero() {
+                    a.pending_transport
+                        .push((at, super::TransportChange::Webhook(Some(reg))));
+                } else if a.webhook.is_some() && !delay.is_zero() {
+                    // A change of an existing registration applies later (Webex: about 5
+                    // minutes).
                     a.pending_webhook = Some((std::time::Instant::now() + delay, reg));
                 } else {
                     a.pending_webhook = None;
