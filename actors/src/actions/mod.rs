@@ -185,13 +185,7 @@ pub async fn request_manifest_update(
     shared: &TenantShared,
     manifest: Value,
 ) -> Result<Value, WithToken<AppUrlError>> {
-    let deps = &shared.deps();
     let app_url = shared.record().app_url;
     let body = serde_json::json!({ "updateRequest": { "newManifest": manifest } });
-    shared
-        .with_token(|t| {
-            let (webex, url, body) = (deps.webex(), &app_url, &body);
-            async move { webex.patch_app(url, &t, body).await }
-        })
-        .await
+    shared.patch_app(&app_url, None, &body).await
 }

@@ -198,10 +198,7 @@ async fn try_complete(shared: &TenantShared) -> Result<(), Failure> {
     }
     // The token may have been revoked between exchange and PATCH: one fresh try.
     let answer = shared
-        .with_this_token(token.clone(), |t| {
-            let (webex, url, body) = (&deps.webex, &record.app_url, &body);
-            async move { webex.patch_app(url, &t, body).await }
-        })
+        .patch_app(&record.app_url, Some(token.clone()), &body)
         .await;
     let answer = match answer {
         Ok(a) => a,

@@ -82,6 +82,25 @@ impl TenantShared {
         }
     }
 
+    /// PATCHes the appUrl `app_url` with `body` ([`with_this_token`](Self::with_this_token)
+    /// with `token`, or [`with_token`](Self::with_token) when `None`): how the activation, the
+    /// webhook secret's rotation, a transport switch and a manifest update send theirs. (A
+    /// failed activation's error report uses its token as it is: no refresh.)
+    pub async fn patch_app(
+        &self,
+        app_url: &str,
+        token: Option<crate::secret::Secret>,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, WithToken<crate::webex::client::AppUrlError>> {
+        let webex = self.deps().webex();
+        let call =
+            |t: crate::secret::Secret| async move { webex.patch_app(app_url, &t, body).await };
+        match token {
+            Some(token) => self.with_this_token(token, call).await,
+            None => self.with_token(call).await,
+        }
+    }
+
     /// After Webex refused `rejected` (401): a fresh token, or why not.
     pub(super) async fn refresh_after_rejection(
         &self,

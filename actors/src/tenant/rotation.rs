@@ -497,14 +497,7 @@ async fn try_rotate(shared: &TenantShared) -> Result<Rotated, RotateError> {
     });
     // Bounded, so the offer is never still being PATCHed once it stops counting as in flight.
     let bound = in_flight_for(shared).saturating_sub(Duration::from_secs(2));
-    let answer = tokio::time::timeout(
-        bound,
-        shared.with_token(|t| {
-            let (webex, url, body) = (&deps.webex, &record.app_url, &body);
-            async move { webex.patch_app(url, &t, body).await }
-        }),
-    )
-    .await;
+    let answer = tokio::time::timeout(bound, shared.patch_app(&record.app_url, None, &body)).await;
     match answer {
         Ok(Ok(_)) => confirm_stored(shared, &secret, scheme).await,
         Ok(Err(WithToken::Token(e))) => {

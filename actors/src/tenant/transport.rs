@@ -147,12 +147,7 @@ async fn enable(shared: &TenantShared) -> Result<(), SwitchError> {
     if add_queue {
         body["queue"] = json!({ "state": "enabled" });
     }
-    let answer = shared
-        .with_this_token(token, |t| {
-            let (webex, url, body) = (&deps.webex, &record.app_url, &body);
-            async move { webex.patch_app(url, &t, body).await }
-        })
-        .await;
+    let answer = shared.patch_app(&record.app_url, Some(token), &body).await;
     let answer = match answer {
         Ok(a) => a,
         Err(e) => {
@@ -263,13 +258,7 @@ async fn remove(shared: &TenantShared, switch: &TransportSwitch) -> Result<(), S
             // (or the activation) decides what Webex has.
             return Err(SwitchError::Webex("no longer the tenant's owner".into()));
         }
-        let deps = shared.deps();
-        let answer = shared
-            .with_token(|t| {
-                let (webex, url, body) = (&deps.webex, &record.app_url, &body);
-                async move { webex.patch_app(url, &t, body).await }
-            })
-            .await;
+        let answer = shared.patch_app(&record.app_url, None, &body).await;
         match answer {
             Ok(_) => {}
             Err(e) if again && refused(&e) => {
