@@ -639,6 +639,20 @@ async fn main() -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    // The medians above hide how far rounds spread on a shared machine: each round's own.
+    let each = |f: &dyn Fn(&Run, &Run) -> String| {
+        engine_runs
+            .iter()
+            .zip(&runs[1])
+            .map(|(e, b)| f(e, b))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "engine, round by round: Redis CPU µs/msg {}; vs that round's bare actix-web {}",
+        each(&|e, _| format!("{:.1}", e.redis_us)),
+        each(&|e, b| format!("{:.2}×", e.rps / b.rps))
+    );
     let stream = format!("bench:{{{}}}:status", org(0).0);
     let (len, per_entry) = bytes_per_entry(&redis, &stream)?;
     println!(
