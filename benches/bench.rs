@@ -228,7 +228,6 @@ async fn scrape(url: &str) -> String {
     }
 }
 
-/// Accepted messages and stream entries the engine reports.
 /// The engine's counts of status messages written, status entries written and webhooks
 /// answered as duplicates.
 async fn engine_counts(url: &str) -> (f64, f64, f64) {
