@@ -228,18 +228,27 @@ async fn scrape(url: &str) -> String {
     }
 }
 
-/// The engine's counts of status messages written, status entries written and webhooks
-/// answered as duplicates.
-async fn engine_counts(url: &str) -> (f64, f64, f64) {
+/// What the engine's metrics count, read before and after a run.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counts {
+    /// Status messages written.
+    messages: f64,
+    /// Status stream entries written.
+    entries: f64,
+    /// Webhooks answered as duplicates.
+    duplicates: f64,
+}
+
+async fn engine_counts(url: &str) -> Counts {
     let text = scrape(url).await;
-    (
-        metric(
+    Counts {
+        messages: metric(
             &text,
             "xapi_stream_messages_total{source=\"webhook\",type=\"status\"}",
         ),
-        metric(&text, "xapi_stream_stream_entries_total{stream=\"status\"}"),
-        metric(&text, "xapi_stream_webhooks_total{result=\"duplicate\"}"),
-    )
+        entries: metric(&text, "xapi_stream_stream_entries_total{stream=\"status\"}"),
+        duplicates: metric(&text, "xapi_stream_webhooks_total{result=\"duplicate\"}"),
+    }
 }
 
 /// One wrk run against `t` with a fresh set of bodies.
@@ -257,7 +266,7 @@ async fn run_wrk(
     std::fs::write(&script, WRK_LUA)?;
     let before = match &t.metrics_url {
         Some(u) => engine_counts(u).await,
-        None => (0.0, 0.0, 0.0),
+        None => Counts::default(),
     };
     let stats = opts.commandstats && t.metrics_url.is_some();
     if stats {
@@ -303,10 +312,11 @@ async fn run_wrk(
     let accepted = match &t.metrics_url {
         Some(u) => {
             // The last answers are counted by the time wrk has exited.
-            let (m, e, d) = engine_counts(u).await;
-            let (m, e) = (m - before.0, e - before.1);
+            let after = engine_counts(u).await;
+            let m = after.messages - before.messages;
+            let e = after.entries - before.entries;
             run.entries_per_msg = if m > 0.0 { e / m } else { f64::NAN };
-            run.duplicates = (d - before.2) as u64;
+            run.duplicates = (after.duplicates - before.duplicates) as u64;
             m
         }
         None => (run.requests - run.non_2xx) as f64,
